@@ -1,0 +1,60 @@
+"""`retrieval-explorer`: with no arguments the GUI, with a subcommand the headless CLI.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``, which adds a parser
+and sets ``func(args) -> int``. Heavy imports (torch, Qt) happen inside ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# module names under engine.cli, in the order their subcommands are listed in --help
+_COMMAND_MODULES = ("eval_cmd", "index_cmd", "train_cmd", "gui_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retrieval-explorer",
+        description="Content-based image retrieval with deep metric learning. "
+        "Without a command, opens the explorer window.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"engine.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command whose module is not part of this build
+            if exc.name != f"engine.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        from engine.cli.gui_cmd import launch_gui
+
+        return launch_gui([])
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # engine errors carry messages meant for the user; no traceback unless asked for
+        if args.verbose >= 2:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Pieces shared by the CLI subcommands: common options and a text progress bar on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TextIO
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--backbone, --weights, --descriptor, --image-size, --device, --batch-size, --workers."""
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="backbone name, or a trained model's checkpoint file (default: efficientnet_lite0)")
+    p.add_argument("--weights", default="pretrained",
+                   help="'pretrained' (default), 'random', or a local weights file")
+    p.add_argument("--descriptor", default="spoc", help="fc, spoc (conv-average), rmac, mac or gem (default: spoc)")
+    p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TextProgress:
+    """A progress callback drawing a one-line bar on a terminal (plain lines when not a tty)."""
+
+    def __init__(self, label: str = "", stream: TextIO | None = None, min_interval: float = 0.2) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._start = time.monotonic()
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        if not self._tty:  # logs and CI: a line every few seconds, not a flood
+            self.min_interval = max(min_interval, 5.0)
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        now = time.monotonic()
+        final = total > 0 and done >= total
+        if not final and now - self._last < self.min_interval:
+            return
+        self._last = now
+        elapsed = now - self._start
+        if total > 0:
+            frac = min(done / total, 1.0)
+            bar = "#" * int(frac * 30)
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else 0.0
+            text = f"{self.label} [{bar:<30}] {done}/{total} {rate:.1f}/s eta {eta:.0f}s {message}"
+        else:
+            text = f"{self.label} {done} {message}"
+        if self._tty:
+            self.stream.write("\r" + text[:160].ljust(100) + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
