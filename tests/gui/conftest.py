@@ -1,0 +1,40 @@
+"""Qt fixtures: every GUI test runs offscreen, on throw-away settings, and fails on a leaked thread."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QCoreApplication, QSettings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(qapp, tmp_path, monkeypatch):
+    """QSettings go to a temporary INI folder, never to the user's real settings."""
+    QCoreApplication.setOrganizationName("RetrievalExplorerTests")
+    QCoreApplication.setApplicationName("retrieval-explorer-tests")
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    for scope in (QSettings.Scope.UserScope, QSettings.Scope.SystemScope):
+        QSettings.setPath(QSettings.Format.IniFormat, scope, str(tmp_path / "settings"))
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_OFFLINE", "1")
+    yield tmp_path / "settings"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads(qapp):
+    """Fail a test that leaves an engine task thread running."""
+    from retrieval_gui import workers
+
+    yield
+    leaked = workers.live_tasks()
+    if leaked:
+        names = [h.name for h in leaked]
+        workers.shutdown(10_000)
+        qapp.processEvents()
+        pytest.fail(f"test leaked running task threads: {names}")
+    qapp.processEvents()
