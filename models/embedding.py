@@ -30,9 +30,9 @@ def _pool_fn(kind: str):
     return fns[kind]
 
 
-def l2n(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Rows of x (..., D) scaled to unit length."""
-    return x / (x.norm(dim=-1, keepdim=True) + eps)
+def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of x (..., D) scaled to unit length (exactly, even for tiny activations)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 # --- backbones ---------------------------------------------------------------------------------

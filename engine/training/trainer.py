@@ -289,6 +289,8 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         groups = [{"params": model.head.parameters(), "lr": config.lr_head},
                   {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.lr_backbone}]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    if config.mode == "full" and config.extra.get("compile"):
+        model.backbone.forward_features = torch.compile(model.backbone.forward_features)
     aug_gen = torch.Generator().manual_seed(config.seed + 1)
 
     def set_train_mode() -> None:

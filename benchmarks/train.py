@@ -1,0 +1,246 @@
+"""Training benchmark on cub100 (class-disjoint protocol): the best untrained descriptor (MAC) vs
+triplet vs triplet + cross-batch memory, in head and/or full mode; R@1, top-1 (query -> retrieval),
+mAP on the held-out classes 50-99, training images/s, wall time, peak memory; a markdown table.
+
+Trains on the protocol's train classes (validation classes carved from them, used for early
+stopping / model selection); the test classes are only touched for the final numbers.
+
+    python benchmarks/train.py --data ../shared/data/cub100 --modes head             # CPU: minutes
+    python benchmarks/train.py --data DIR --modes head,full --bare-step                # one GPU command
+
+On CUDA, --bare-step also measures the bare EfficientNet-Lite0 training step (fwd+bwd+AdamW,
+bf16, channels_last, batch 256; eager and torch.compile) beside the full loop at the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.training import data as D  # noqa: E402
+from engine.training.config import TrainConfig  # noqa: E402
+from engine.training.metrics import query_top1, retrieval_metrics  # noqa: E402
+from engine.training.trainer import compute_pooled_features, resolve_device, train  # noqa: E402
+from models.embedding import build_model_from_config, l2n, load_trained_backbone  # noqa: E402
+
+log = logging.getLogger("bench.train")
+
+
+def _resolve(root: Path, rel: str) -> str:
+    p = root / rel
+    if p.exists():
+        return str(p)
+    for ext in D.IMAGE_EXTENSIONS:  # a re-encoded copy (e.g. .webp) of the protocol's files
+        q = p.with_suffix(ext)
+        if q.exists():
+            return str(q)
+    raise FileNotFoundError(p)
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(vecs: torch.Tensor, labels: torch.Tensor, paths: list[str], qr: dict, root: Path) -> dict:
+    m = retrieval_metrics(vecs, labels, ks=(1, 5))
+    pos = {p: i for i, p in enumerate(paths)}
+    q = torch.tensor([pos[_resolve(root, p)] for p in qr["query"]])
+    r = torch.tensor([pos[_resolve(root, p)] for p in qr["retrieval"]])
+    m["top1"] = query_top1(vecs[q], labels[q], vecs[r], labels[r])
+    return m
+
+
+@torch.no_grad()
+def embed_full(ckpt: str, paths: list[str], size: int, device: torch.device, threads: int) -> torch.Tensor:
+    tb = load_trained_backbone(ckpt, device=str(device))
+    out = []
+    for s in range(0, len(paths), 64):
+        imgs, ok, sk = D.decode_all(paths[s:s + 64], size, threads=threads)
+        if sk:
+            raise RuntimeError(f"unreadable test images: {sk[:3]}")
+        x = D.normalize(imgs.to(device), tb.mean, tb.std)
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                fmap = tb.forward_features(x.contiguous(memory_format=torch.channels_last))
+        else:
+            fmap = tb.forward_features(x)
+        out.append(tb.forward_head(fmap).float().cpu())
+    return torch.cat(out)
+
+
+def bare_step(device: torch.device, batch: int = 256, steps: int = 30, compiled: bool = False) -> float:
+    """images/s of the bare EfficientNet-Lite0 step: fwd + MAC + bwd + AdamW, bf16 autocast, channels_last."""
+    model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random"}, device)
+    model.train()
+    fwd = torch.compile(model.backbone.forward_features) if compiled else model.backbone.forward_features
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fmap = fwd(x)
+        loss = model.embed_fmap(fmap).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(8):
+        step()
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize(device)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="../shared/data/cub100")
+    ap.add_argument("--modes", default="head", help="comma list of head, full")
+    ap.add_argument("--variants", default="triplet,xbm", help="comma list of triplet, xbm")
+    ap.add_argument("--iterations", type=int, default=800)
+    ap.add_argument("--val-every", type=int, default=100)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="bench_out/train")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a TrainConfig field for every run, e.g. --set head_views=4")
+    ap.add_argument("--bare-step", action="store_true", help="CUDA: bare step vs loop throughput at batch 256")
+    ap.add_argument("--json", help="also write all results to this file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = args.threads or torch.get_num_threads()
+    device = resolve_device(args.device)
+    root = Path(args.data)
+    split = json.loads((root / "class_split.json").read_text())
+    qr = json.loads((root / "query_retrieval_test.json").read_text())
+    img_root = root / "images"
+    out = Path(args.out)
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    rows, results = [], {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
+                         else None, "threads": threads, "torch": torch.__version__, "overrides": overrides}
+
+    # test set (classes 50-99): only for the final numbers
+    test = D.scan_labelled(img_root, split["test_classes"])
+    test_labels = torch.tensor(test.labels)
+    base_cfg = dict(backbone="efficientnet_lite0", weights="pretrained", pooling="mac", image_size=224)
+    t0 = time.perf_counter()
+    model0 = build_model_from_config(base_cfg, device)
+    test_feats, ok, sk = compute_pooled_features(model0, test.paths, image_size=224, views=1, seed=0,
+                                                 device=device, threads=threads)
+    assert not sk, sk
+    test_mac = test_feats[:, 0]
+    m = evaluate(l2n(test_mac), test_labels, test.paths, qr, root)
+    results["baseline_mac"] = m
+    rows.append(("untrained MAC (ImageNet)", "-", m, float("nan"), time.perf_counter() - t0, peak_mem_mb(device)))
+    log.info("baseline MAC: %s", m)
+    del model0
+
+    for mode in [s for s in args.modes.split(",") if s]:
+        for variant in [s for s in args.variants.split(",") if s]:
+            name = f"{mode}_{variant}"
+            cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode=mode,
+                              memory=(variant == "xbm"), iterations=args.iterations, val_every=args.val_every,
+                              device=str(device), out_dir=str(out / name), name=name,
+                              cache_dir=str(out / "cache"), num_threads=args.threads)
+            for k, v in overrides.items():
+                setattr(cfg, k, v)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rates: list[float] = []
+            t = time.perf_counter()
+            res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None)
+            wall = time.perf_counter() - t
+            peak = peak_mem_mb(device)
+            best_it = max((h for h in res.history if "val" in h), key=lambda h: h["val"].get("recall@1", -1))
+            if mode == "head":
+                ck = torch.load(res.best_checkpoint_path, map_location="cpu", weights_only=True)
+                w, b = ck["model"]["head.fc.weight"], ck["model"]["head.fc.bias"]
+                vecs = l2n(test_mac @ w.t() + b)
+            else:
+                vecs = embed_full(res.best_checkpoint_path, test.paths, cfg.image_size, device, threads)
+            m = evaluate(vecs, test_labels, test.paths, qr, root)
+            m.update(best_iteration=best_it["iteration"], val_best=best_it["val"], val_baseline=res.baseline_val_metrics,
+                     stopped=res.stopped_reason, train_images_per_s=rates[-1] if rates else 0.0, wall_s=wall,
+                     peak_mb=peak, val_curve=[(h["iteration"], h["val"].get("recall@1")) for h in res.history
+                                              if "val" in h])
+            results[name] = m
+            rows.append((f"{mode}: {'triplet + memory' if variant == 'xbm' else 'triplet'}", best_it["iteration"], m,
+                         m["train_images_per_s"], wall, peak))
+            log.info("%s: %s", name, {k: v for k, v in m.items() if k != "val_curve"})
+
+    if args.bare_step and device.type == "cuda":
+        bs = {}
+        for compiled in (False, True):
+            try:
+                bs["compile" if compiled else "eager"] = bare_step(device, compiled=compiled)
+            except Exception as exc:  # report, don't lose the other numbers
+                bs["compile" if compiled else "eager"] = f"failed: {exc}"[:300]
+        for compiled in (False, True):
+            key = "loop_compile" if compiled else "loop_eager"
+            try:
+                rates = []
+                cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode="full",
+                                  memory=True, warmup_iters=0, iterations=60, val_every=10_000,
+                                  classes_per_batch=32, samples_per_class=8, device=str(device),
+                                  out_dir=str(out / key), name=key, extra={"compile": compiled})
+                train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None)
+                # steady state: images/s over the last 40 iterations (compilation and warm-up excluded)
+                bs[key] = _steady_rate(rates, cfg.classes_per_batch * cfg.samples_per_class)
+            except Exception as exc:
+                bs[key] = f"failed: {exc}"[:300]
+        results["bare_step"] = bs
+
+    print(f"\n## cub100, train classes 0-49 (val carved), test classes 50-99 — device: {results['gpu'] or 'cpu'}"
+          f" ({threads} threads), torch {torch.__version__}\n")
+    print("| model | best it (val) | R@1 | R@5 | top-1 (q->r) | mAP | train img/s | wall s | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, it, m, rate, wall, peak in rows:
+        print(f"| {label} | {it} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['top1']:.4f} | {m['map']:.4f} | "
+              f"{'-' if rate != rate else f'{rate:.0f}'} | {wall:.0f} | {peak:.0f} |")
+    if "bare_step" in results:
+        bs = results["bare_step"]
+        print("\n| EfficientNet-Lite0, batch 256, bf16, channels_last | eager img/s | torch.compile img/s |")
+        print("|---|---|---|")
+        print(f"| bare step (fwd + bwd + AdamW) | {_fmt(bs.get('eager'))} | {_fmt(bs.get('compile'))} |")
+        print(f"| full training loop (32x8, memory on) | {_fmt(bs.get('loop_eager'))} | {_fmt(bs.get('loop_compile'))} |")
+        for k in ("eager", "compile"):
+            a, b = bs.get(f"loop_{k}"), bs.get(k)
+            if isinstance(a, float) and isinstance(b, float):
+                print(f"\nloop / bare ({k}): {a / b:.1%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def _steady_rate(cumulative_rates: list[float], batch: int) -> float:
+    """The trainer reports cumulative images/s; recover the rate over the last 40 iterations."""
+    n = len(cumulative_rates)
+    if n < 50:
+        return cumulative_rates[-1]
+    t_end = n * batch / cumulative_rates[-1]
+    t_mid = (n - 40) * batch / cumulative_rates[n - 41]
+    return 40 * batch / (t_end - t_mid)
+
+
+def _fmt(v) -> str:
+    return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
