@@ -79,7 +79,7 @@ def embed_full(ckpt: str, paths: list[str], size: int, device: torch.device, thr
     return torch.cat(out)
 
 
-def bare_step(device: torch.device, batch: int = 256, steps: int = 30, compiled: bool = False) -> float:
+def bare_step(device: torch.device, batch: int = 256, steps: int = 20, compiled: bool = False) -> float:
     """images/s of the bare EfficientNet-Lite0 step: fwd + MAC + bwd + AdamW, bf16 autocast, channels_last."""
     model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random"}, device)
     model.train()
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = args.threads or torch.get_num_threads()
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     root = Path(args.data)
     split = json.loads((root / "class_split.json").read_text())
     qr = json.loads((root / "query_retrieval_test.json").read_text())
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None)
             wall = time.perf_counter() - t
             peak = peak_mem_mb(device)
-            best_it = max((h for h in res.history if "val" in h), key=lambda h: h["val"].get("recall@1", -1))
+            sel = cfg.select_metric
+            best_it = max((h for h in res.history if "val" in h), key=lambda h: (h["val"].get(sel, -1), -h["iteration"]))
             if mode == "head":
                 ck = torch.load(res.best_checkpoint_path, map_location="cpu", weights_only=True)
                 w, b = ck["model"]["head.fc.weight"], ck["model"]["head.fc.bias"]
@@ -183,6 +186,17 @@ def main(argv: list[str] | None = None) -> int:
                          m["train_images_per_s"], wall, peak))
             log.info("%s: %s", name, {k: v for k, v in m.items() if k != "val_curve"})
 
+    print(f"\n## cub100, train classes 0-49 (val carved), test classes 50-99 — device: {results['gpu'] or 'cpu'}"
+          f" ({threads} threads), torch {torch.__version__}\n")
+    print("| model | best it (val) | R@1 | R@5 | top-1 (q->r) | mAP | train img/s | wall s | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    sys.stdout.flush()
+    for label, it, m, rate, wall, peak in rows:
+        print(f"| {label} | {it} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['top1']:.4f} | {m['map']:.4f} | "
+              f"{'-' if rate != rate else f'{rate:.0f}'} | {wall:.0f} | {peak:.0f} |")
+    if args.json:  # early copy: the bare-step part below may be cut off
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     if args.bare_step and device.type == "cuda":
         bs = {}
         for compiled in (False, True):
@@ -195,23 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rates = []
                 cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode="full",
-                                  memory=True, warmup_iters=0, iterations=60, val_every=10_000,
+                                  memory=True, warmup_iters=0, iterations=50, val_every=10_000,
                                   classes_per_batch=32, samples_per_class=8, device=str(device),
                                   out_dir=str(out / key), name=key, extra={"compile": compiled})
                 train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None)
-                # steady state: images/s over the last 40 iterations (compilation and warm-up excluded)
+                # steady state: images/s over the last 30 iterations (compilation and warm-up excluded)
                 bs[key] = _steady_rate(rates, cfg.classes_per_batch * cfg.samples_per_class)
             except Exception as exc:
                 bs[key] = f"failed: {exc}"[:300]
         results["bare_step"] = bs
 
-    print(f"\n## cub100, train classes 0-49 (val carved), test classes 50-99 — device: {results['gpu'] or 'cpu'}"
-          f" ({threads} threads), torch {torch.__version__}\n")
-    print("| model | best it (val) | R@1 | R@5 | top-1 (q->r) | mAP | train img/s | wall s | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, it, m, rate, wall, peak in rows:
-        print(f"| {label} | {it} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['top1']:.4f} | {m['map']:.4f} | "
-              f"{'-' if rate != rate else f'{rate:.0f}'} | {wall:.0f} | {peak:.0f} |")
     if "bare_step" in results:
         bs = results["bare_step"]
         print("\n| EfficientNet-Lite0, batch 256, bf16, channels_last | eager img/s | torch.compile img/s |")
@@ -229,13 +236,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _steady_rate(cumulative_rates: list[float], batch: int) -> float:
-    """The trainer reports cumulative images/s; recover the rate over the last 40 iterations."""
+    """The trainer reports cumulative images/s; recover the rate over the last 30 iterations."""
     n = len(cumulative_rates)
-    if n < 50:
+    if n < 40:
         return cumulative_rates[-1]
     t_end = n * batch / cumulative_rates[-1]
-    t_mid = (n - 40) * batch / cumulative_rates[n - 41]
-    return 40 * batch / (t_end - t_mid)
+    t_mid = (n - 30) * batch / cumulative_rates[n - 31]
+    return 30 * batch / (t_end - t_mid)
 
 
 def _fmt(v) -> str:

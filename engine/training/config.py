@@ -47,6 +47,7 @@ class TrainConfig:
     name: str = ""                          # "" = generated from date + settings
     # additions beyond the GUI contract (all optional)
     patience: int = 0                       # stop after this many validations without improvement (0 = never)
+    select_metric: str = "map"              # validation metric for the best checkpoint / early stopping: map | recall@1
     head_views: int = 2                     # head mode: cached views per image (1 = plain, 2 = + mirror, >2 = + crops)
     cache_dir: str = ""                     # head-mode feature cache / full-mode nothing ("" = <models dir>/../cache)
     num_threads: int = 0                    # torch CPU threads (0 = leave as is)
@@ -112,6 +113,8 @@ class TrainConfig:
             p.append("val_every must be >= 1")
         if self.head_views < 1:
             p.append("head_views must be >= 1")
+        if self.select_metric not in ("map", "recall@1"):
+            p.append("select_metric must be 'map' or 'recall@1'")
         if self.patience < 0:
             p.append("patience must be >= 0")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")

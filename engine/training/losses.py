@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from engine.training.miners import PairMiner, TripletMiner, _defaults
+from engine.training.miners import PairMiner, TripletMiner, _defaults, pair_masks, pairwise_distance
 
 
 class LossOutput(NamedTuple):
@@ -52,12 +52,14 @@ class TripletLoss(BaseMetricLoss):
         self.miner = TripletMiner(mining, margin)
 
     def compute(self, emb, labels, ids, ref, ref_labels, ref_ids) -> LossOutput:
-        a, p, n = self.miner(emb, labels, ids, ref, ref_labels, ref_ids)
+        # one differentiable (N, M) distance matrix; triplets index into it (no (T, D) gathers,
+        # which for a large memory would be millions of rows)
+        dist = pairwise_distance(emb, ref)
+        pos, neg = pair_masks(labels, ref_labels, ids, ref_ids)
+        a, p, n = self.miner.mine(dist, pos, neg)
         if a.numel() == 0:
             return LossOutput(emb.sum() * 0.0, 0)
-        d_ap = (emb[a] - ref[p]).pow(2).sum(1).clamp_min(1e-12).sqrt()
-        d_an = (emb[a] - ref[n]).pow(2).sum(1).clamp_min(1e-12).sqrt()
-        per = torch.relu(d_ap - d_an + self.margin)
+        per = torch.relu(dist[a, p] - dist[a, n] + self.margin)
         return LossOutput(_avg_nonzero(per, emb), int(a.numel()))
 
 
@@ -71,11 +73,13 @@ class ContrastiveLoss(BaseMetricLoss):
         self.miner = PairMiner(pos_margin, neg_margin)
 
     def compute(self, emb, labels, ids, ref, ref_labels, ref_ids) -> LossOutput:
-        a1, p, a2, n = self.miner(emb, labels, ids, ref, ref_labels, ref_ids)
+        dist = pairwise_distance(emb, ref)
+        pos_m, neg_m = pair_masks(labels, ref_labels, ids, ref_ids)
+        a1, p, a2, n = self.miner.mine(dist, pos_m, neg_m)
         if a1.numel() + a2.numel() == 0:
             return LossOutput(emb.sum() * 0.0, 0)
-        pos = torch.relu((emb[a1] - ref[p]).pow(2).sum(1).clamp_min(1e-12).sqrt() - self.pos_margin)
-        neg = torch.relu(self.neg_margin - (emb[a2] - ref[n]).pow(2).sum(1).clamp_min(1e-12).sqrt())
+        pos = torch.relu(dist[a1, p] - self.pos_margin)
+        neg = torch.relu(self.neg_margin - dist[a2, n])
         return LossOutput(_avg_nonzero(torch.cat([pos, neg]), emb), int(a1.numel() + a2.numel()))
 
 

@@ -68,8 +68,14 @@ class TripletMiner:
                  ref: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
                  ref_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids, ref, ref_labels, ref_ids = _defaults(emb, labels, ids, ref, ref_labels, ref_ids)
-        dist = pairwise_distance(emb.float(), ref.float())
         pos, neg = pair_masks(labels, ref_labels, ids, ref_ids)
+        return self.mine(pairwise_distance(emb.float(), ref.float()), pos, neg)
+
+    @torch.no_grad()
+    def mine(self, dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same on a distance matrix (N, M) and positive / negative masks (N, M)."""
+        dist = dist.detach()
         if self.kind == "hard":
             valid = pos.any(1) & neg.any(1)
             d_pos = dist.masked_fill(~pos, float("-inf"))
@@ -99,8 +105,12 @@ class PairMiner:
                  ref: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
                  ref_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         ids, ref, ref_labels, ref_ids = _defaults(emb, labels, ids, ref, ref_labels, ref_ids)
-        dist = pairwise_distance(emb.float(), ref.float())
         pos, neg = pair_masks(labels, ref_labels, ids, ref_ids)
+        return self.mine(pairwise_distance(emb.float(), ref.float()), pos, neg)
+
+    @torch.no_grad()
+    def mine(self, dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        dist = dist.detach()
         a1, p = (pos & (dist > self.pos_margin)).nonzero(as_tuple=True)
         a2, n = (neg & (dist < self.neg_margin)).nonzero(as_tuple=True)
         return a1, p, a2, n

@@ -288,7 +288,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     else:
         groups = [{"params": model.head.parameters(), "lr": config.lr_head},
                   {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.lr_backbone}]
-    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=device.type == "cuda")
     if config.mode == "full" and config.extra.get("compile"):
         model.backbone.forward_features = torch.compile(model.backbone.forward_features)
     aug_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -311,7 +311,8 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     # ---- state (fresh or resumed)
     history: list[dict] = []
     start = 0
-    best = {"recall@1": -1.0, "iteration": 0}
+    sel = config.select_metric
+    best = {sel: -1.0, "iteration": 0}
     bad_vals = 0
     baseline: dict = {}
     val_metrics: dict = {}
@@ -360,12 +361,13 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         """Record a validation; True when early stopping says stop."""
         nonlocal val_metrics, best, bad_vals
         val_metrics = m
-        r1 = m.get("recall@1")
+        r1, score = m.get("recall@1"), m.get(sel)
         emit(TrainEvent("validation", it, config.iterations, val_recall1=r1,
-                        message=f"validation R@1 {r1:.4f}" if r1 is not None else "no validation classes"))
+                        message=f"validation R@1 {r1:.4f}, mAP {m['map']:.4f}" if r1 is not None
+                        else "no validation classes"))
         history.append({"iteration": it, "val": dict(m)})
-        if r1 is None or r1 > best["recall@1"]:
-            best = {"recall@1": -1.0 if r1 is None else r1, "iteration": it}
+        if score is None or score > best.get(sel, -1.0):
+            best = {sel: -1.0 if score is None else score, "iteration": it}
             bad_vals = 0
             save_best(it)
         else:
@@ -397,17 +399,16 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         emb = source.embed_train(model, train_idx[ids], aug_gen)
         lab = train_labels[ids].to(emb.device)
         loss, part_b, part_m = xbm(emb, lab, ids.to(emb.device), it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # the one host sync of a step, after backward is queued and before the weights change
         loss_v = float(loss.detach())
         if not math.isfinite(loss_v):
             reason = (f"the loss became {loss_v} at iteration {it + 1}: training stopped; the last good "
                       f"checkpoint (iteration {last_saved}) is kept. Lower the learning rates.")
             message(reason, it)
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         t_train += time.perf_counter() - t0
         n_seen += int(ids.numel())
         it += 1
@@ -429,7 +430,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
             save_last(it)
             last_saved = it
             if stop:
-                reason = f"early stopping: no better validation R@1 in {config.patience} validations"
+                reason = f"early stopping: no better validation {sel} in {config.patience} validations"
                 message(reason, it)
                 break
     if cancelled and last_saved != it:
@@ -439,8 +440,9 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         reason = "finished"
     if not best_path.exists():  # no validation ever ran (cannot happen: iteration 0 saves one)
         save_best(last_saved)
-    emit(TrainEvent("done", it, total, val_recall1=best["recall@1"] if best["recall@1"] >= 0 else None,
-                    message=reason))
+    best_r1 = next((h["val"].get("recall@1") for h in history
+                    if "val" in h and h["iteration"] == best["iteration"]), None)
+    emit(TrainEvent("done", it, total, val_recall1=best_r1, message=reason))
     return TrainResult(checkpoint_path=str(last_path), best_checkpoint_path=str(best_path), config=config,
                        history=history, val_metrics=val_metrics, baseline_val_metrics=baseline,
                        cancelled=cancelled, stopped_reason=reason)
