@@ -1,0 +1,307 @@
+"""Export result galleries (no Qt): a self-contained HTML page, a PNG contact sheet and a CSV.
+
+A gallery is a list of :class:`QueryGallery` (one query image and its ranked hits). Hits may be
+:class:`GalleryHit` objects, or any object / dict with ``path``, ``score``, ``rank`` and optionally
+``label`` (e.g. the search engine's hits). Everything is usable headless::
+
+    gallery = [QueryGallery(query_path="q.jpg", hits=hits, query_label="cat")]
+    export_html(gallery, "out.html", settings={"model": "efficientnet_lite0", "descriptor": "spoc"})
+
+For every query of a split file, :func:`export_split` runs a ``search(path) -> hits`` callable.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from engine.atomic import atomic_write_bytes, atomic_write_text
+from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("html", "png", "csv")
+
+
+@dataclass
+class GalleryHit:
+    """One ranked result: ``rank`` starts at 1; ``score`` is the similarity (higher is closer)."""
+
+    path: str
+    score: float
+    rank: int
+    label: str | None = None
+
+
+@dataclass
+class QueryGallery:
+    """A query image and its ranked hits. ``hit`` marks are derived from labels when both exist."""
+
+    query_path: str
+    hits: list[GalleryHit] = field(default_factory=list)
+    query_label: str | None = None
+
+    def marks(self) -> list[bool | None]:
+        """Per hit: True (same label as the query), False (another label) or None (no labels)."""
+        if self.query_label is None:
+            return [None] * len(self.hits)
+        return [None if h.label is None else h.label == self.query_label for h in self.hits]
+
+    def precision(self) -> float | None:
+        """Share of labelled hits with the query's label (precision@k), None without labels."""
+        known = [m for m in self.marks() if m is not None]
+        return sum(known) / len(known) if known else None
+
+
+def as_hit(obj: Any, rank: int | None = None) -> GalleryHit:
+    """Normalise a hit given as a GalleryHit, a mapping or an object with path/score/rank/label."""
+    if isinstance(obj, GalleryHit):
+        return obj
+    get = obj.get if isinstance(obj, Mapping) else lambda k, d=None: getattr(obj, k, d)
+    path = get("path")
+    if path is None:
+        raise ValueError(f"a hit needs a 'path': {obj!r}")
+    label = get("label")
+    return GalleryHit(path=str(path), score=float(get("score", 0.0)),
+                      rank=int(get("rank", rank if rank is not None else 0)),
+                      label=None if label is None else str(label))
+
+
+def make_gallery(query_path: str | os.PathLike, hits: Iterable[Any], query_label: str | None = None) -> QueryGallery:
+    """A QueryGallery from any hit objects (ranks default to their order, from 1)."""
+    norm = [as_hit(h, rank=i + 1) for i, h in enumerate(hits)]
+    for i, h in enumerate(norm):
+        if h.rank <= 0:
+            h.rank = i + 1
+    return QueryGallery(str(query_path), norm, None if query_label is None else str(query_label))
+
+
+# ---------------------------------------------------------------------------------------------
+def thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
+    """The image fitted into size x size (RGB, aspect kept); a grey placeholder when unreadable."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.draft("RGB", (size * 2, size * 2))
+            im = im.convert("RGB")
+            im.thumbnail((size, size), Image.Resampling.BILINEAR)
+            return im
+    except Exception as exc:  # unreadable image: the gallery still shows its slot
+        log.warning("cannot read %s: %s", path, exc)
+        return Image.new("RGB", (size, size), (128, 128, 128))
+
+
+def jpeg_data_uri(path: str | os.PathLike, size: int = 160, quality: int = 82) -> str:
+    """A ``data:image/jpeg;base64,...`` URI of the image's thumbnail (for self-contained HTML)."""
+    buf = io.BytesIO()
+    thumbnail(path, size).save(buf, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _settings_rows(settings: Mapping[str, Any]) -> str:
+    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in settings.items())
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:22px} table.settings th{text-align:left;padding-right:12px;color:#555}
+section.query{background:#fff;border:1px solid #ddd;border-radius:8px;padding:12px;margin:16px 0}
+.row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
+figure{margin:0;width:var(--w);text-align:center;font-size:12px}
+figure img{display:block;margin:auto;border:3px solid #ccc;border-radius:4px}
+figure.q img{border-color:#1565c0} figure.hit img{border-color:#2e7d32} figure.miss img{border-color:#c62828}
+figcaption{word-break:break-all} .score{font-weight:bold} .mark{font-weight:bold}
+figure.hit .mark{color:#2e7d32} figure.miss .mark{color:#c62828}
+"""
+
+
+def render_html(galleries: Sequence[QueryGallery], settings: Mapping[str, Any] | None = None, *,
+                thumb_size: int = 160, title: str = "Retrieval results",
+                progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> str:
+    """The whole HTML page as a string; every image embedded as a base64 JPEG data URI."""
+    progress, should_stop = resolve(progress, should_stop)
+    settings = dict(settings or {})
+    settings.setdefault("date", _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    parts = [
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<table class='settings'>{_settings_rows(settings)}</table>",
+    ]
+    style = f"style='--w:{thumb_size + 16}px'"
+    total = len(galleries)
+    for qi, g in enumerate(galleries):
+        if should_stop():
+            raise Cancelled("export cancelled")
+        prec = g.precision()
+        head = f"Query {qi + 1}: {html.escape(Path(g.query_path).name)}"
+        if g.query_label is not None:
+            head += f" — label {html.escape(g.query_label)}"
+        if prec is not None:
+            head += f" — precision@{len(g.hits)} = {prec:.3f}"
+        parts.append(f"<section class='query'><h2>{head}</h2><div class='row'>")
+        parts.append(f"<figure class='q' {style}><img src='{jpeg_data_uri(g.query_path, thumb_size)}' "
+                     f"alt='query'><figcaption>query<br>{html.escape(g.query_path)}</figcaption></figure>")
+        for h, mark in zip(g.hits, g.marks(), strict=True):
+            cls = "" if mark is None else ("hit" if mark else "miss")
+            sym = "" if mark is None else ("✓ " if mark else "✗ ")
+            label = "" if h.label is None else f"<br>{html.escape(h.label)}"
+            parts.append(
+                f"<figure class='result {cls}' {style} data-rank='{h.rank}' data-score='{h.score:.6f}'>"
+                f"<img src='{jpeg_data_uri(h.path, thumb_size)}' alt='rank {h.rank}'>"
+                f"<figcaption><span class='mark'>{sym}</span>#{h.rank} "
+                f"<span class='score'>{h.score:.4f}</span>{label}<br>{html.escape(Path(h.path).name)}"
+                f"</figcaption></figure>")
+        parts.append("</div></section>")
+        progress(qi + 1, total, "html")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def export_html(galleries: Sequence[QueryGallery], path: str | os.PathLike,
+                settings: Mapping[str, Any] | None = None, **kwargs: Any) -> Path:
+    """Write :func:`render_html` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    atomic_write_text(path, render_html(galleries, settings, **kwargs))
+    return path
+
+
+def export_csv(galleries: Sequence[QueryGallery], path: str | os.PathLike,
+               settings: Mapping[str, Any] | None = None) -> Path:
+    """One row per (query, hit): query, query_label, rank, path, score, label, hit, + settings columns."""
+    settings = dict(settings or {})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["query", "query_label", "rank", "path", "score", "label", "hit", *settings.keys()])
+    extra = [str(v) for v in settings.values()]
+    for g in galleries:
+        for h, mark in zip(g.hits, g.marks(), strict=True):
+            w.writerow([g.query_path, g.query_label or "", h.rank, h.path, f"{h.score:.6f}", h.label or "",
+                        "" if mark is None else int(mark), *extra])
+    path = Path(path)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int = 128,
+                         progress: ProgressFn | None = None,
+                         should_stop: ShouldStopFn | None = None) -> Image.Image:
+    """One row per query: the query (blue frame) then its hits (green = same label, red = other)."""
+    progress, should_stop = resolve(progress, should_stop)
+    if not galleries:
+        raise ValueError("nothing to export: no queries")
+    cols = 1 + max(len(g.hits) for g in galleries)
+    pad, text_h = 6, 14
+    cell_w, cell_h = thumb_size + pad, thumb_size + pad + text_h
+    sheet = Image.new("RGB", (cols * cell_w + pad, len(galleries) * cell_h + pad), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for r, g in enumerate(galleries):
+        if should_stop():
+            raise Cancelled("export cancelled")
+        entries = [(g.query_path, (21, 101, 192), "query")]
+        for h, mark in zip(g.hits, g.marks(), strict=True):
+            colour = (160, 160, 160) if mark is None else ((46, 125, 50) if mark else (198, 40, 40))
+            entries.append((h.path, colour, f"#{h.rank} {h.score:.3f}"))
+        for c, (p, colour, text) in enumerate(entries):
+            x0, y0 = pad + c * cell_w, pad + r * cell_h
+            thumb = thumbnail(p, thumb_size - 6)
+            draw.rectangle([x0, y0, x0 + thumb_size - 1, y0 + thumb_size - 1], outline=colour, width=3)
+            sheet.paste(thumb, (x0 + 3 + (thumb_size - 6 - thumb.width) // 2,
+                                y0 + 3 + (thumb_size - 6 - thumb.height) // 2))
+            draw.text((x0 + 2, y0 + thumb_size + 1), text, fill=(30, 30, 30), font=font)
+        progress(r + 1, len(galleries), "png")
+    return sheet
+
+
+def export_contact_sheet(galleries: Sequence[QueryGallery], path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write :func:`render_contact_sheet` as a PNG atomically; returns the path."""
+    buf = io.BytesIO()
+    render_contact_sheet(galleries, **kwargs).save(buf, "PNG", optimize=True)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def export_gallery(galleries: Sequence[QueryGallery], out_base: str | os.PathLike,
+                   settings: Mapping[str, Any] | None = None, formats: Iterable[str] = FORMATS, *,
+                   thumb_size: int = 160, progress: ProgressFn | None = None,
+                   should_stop: ShouldStopFn | None = None) -> list[Path]:
+    """Write ``out_base`` + ``.html`` / ``.png`` / ``.csv`` for the chosen formats; returns the files."""
+    formats = list(formats)
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}: use {list(FORMATS)}")
+    base = Path(out_base)
+    if base.suffix.lower().lstrip(".") in FORMATS:
+        base = base.with_suffix("")
+    written = []
+    for fmt in formats:
+        target = base.with_name(base.name + "." + fmt)
+        if fmt == "html":
+            written.append(export_html(galleries, target, settings, thumb_size=thumb_size,
+                                       progress=progress, should_stop=should_stop))
+        elif fmt == "png":
+            written.append(export_contact_sheet(galleries, target, thumb_size=min(thumb_size, 128),
+                                                progress=progress, should_stop=should_stop))
+        else:
+            written.append(export_csv(galleries, target, settings))
+    return written
+
+
+def _load_split(split: str | os.PathLike | Mapping[str, Sequence[str]]) -> dict:
+    if isinstance(split, Mapping):
+        return dict(split)
+    try:
+        from engine.splits import load_split
+    except ImportError:  # engine.splits not in this build: JSON splits only
+        with open(split, encoding="utf-8") as fh:
+            return json.load(fh)
+    return load_split(split)
+
+
+def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: str | os.PathLike,
+                 search: Callable[[str], Sequence[Any]], out_base: str | os.PathLike,
+                 settings: Mapping[str, Any] | None = None, *, formats: Iterable[str] = FORMATS,
+                 label_of: Callable[[str], str | None] | None = None, limit: int | None = None,
+                 thumb_size: int = 128, progress: ProgressFn | None = None,
+                 should_stop: ShouldStopFn | None = None) -> list[Path]:
+    """A gallery for every query of a split file (paths relative to ``root``).
+
+    ``search(abs_path)`` returns the ranked hits of one query; ``label_of(abs_path)`` its label
+    (default: the parent folder's name). Progress counts the searches, then the writing.
+    """
+    progress, should_stop = resolve(progress, should_stop)
+    data = _load_split(split)
+    if "query" not in data:
+        raise ValueError("the split has no 'query' list")
+    queries = [str(Path(root) / q) for q in data["query"]][: limit or None]
+    if not queries:
+        raise ValueError("the split's query list is empty")
+    label_of = label_of or (lambda p: Path(p).parent.name)
+    galleries = []
+    for i, q in enumerate(queries):
+        if should_stop():
+            raise Cancelled("export cancelled")
+        galleries.append(make_gallery(q, search(q), label_of(q)))
+        progress(i + 1, len(queries), f"searched {Path(q).name}")
+    settings = dict(settings or {})
+    precs = [p for p in (g.precision() for g in galleries) if p is not None]
+    if precs:
+        settings["mean precision@k"] = f"{sum(precs) / len(precs):.4f}"
+    settings["queries"] = len(galleries)
+    return export_gallery(galleries, out_base, settings, formats, thumb_size=thumb_size,
+                          progress=progress, should_stop=should_stop)

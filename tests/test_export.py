@@ -1,0 +1,129 @@
+"""Gallery export: HTML parses and embeds every image, CSV rows, PNG size, split export."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.callbacks import Cancelled
+from engine.export import (
+    GalleryHit,
+    QueryGallery,
+    export_contact_sheet,
+    export_csv,
+    export_gallery,
+    export_html,
+    export_split,
+    make_gallery,
+)
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.figures, self.stack = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a)
+        if tag == "figure":
+            self.figures.append(a)
+
+
+def _gallery(root: Path) -> QueryGallery:
+    paths = sorted(root.rglob("*.jpg"))
+    query = paths[0]
+    hits = [{"path": str(p), "score": 1.0 - 0.1 * i, "rank": i + 1, "label": p.parent.name}
+            for i, p in enumerate(paths[1:6])]
+    return make_gallery(query, hits, query.parent.name)
+
+
+def test_html_is_self_contained_and_lists_every_hit(image_folder, tmp_path):
+    g = _gallery(image_folder(n_classes=2, per_class=3))
+    out = export_html([g], tmp_path / "r.html", {"model": "m0", "descriptor": "rmac", "index": "hnsw"})
+    text = out.read_text(encoding="utf-8")
+    p = _Collect()
+    p.feed(text)
+    p.close()
+    assert len(p.imgs) == 1 + len(g.hits)  # query + every result
+    for img in p.imgs:  # embedded, decodable JPEGs; no file references
+        assert img["src"].startswith("data:image/jpeg;base64,")
+        Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))).verify()
+    results = [f for f in p.figures if "result" in f.get("class", "")]
+    assert [int(f["data-rank"]) for f in results] == [1, 2, 3, 4, 5]
+    assert [float(f["data-score"]) for f in results] == pytest.approx([h.score for h in g.hits])
+    for h in g.hits:
+        assert f"{h.score:.4f}" in text and Path(h.path).name in text
+    # marks: hand-worked from the folder labels (class_00 has 2 more images, then class_01)
+    marks = g.marks()
+    assert marks == [True, True, False, False, False]
+    assert sum("hit" in f["class"].split() for f in results) == 2
+    assert "precision@5 = 0.400" in text
+    for word in ("m0", "rmac", "hnsw", "date"):
+        assert word in text
+
+
+def test_csv_rows_match_hits(image_folder, tmp_path):
+    g = _gallery(image_folder(n_classes=2, per_class=3))
+    out = export_csv([g, g], tmp_path / "r.csv", {"model": "m0"})
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 2 * len(g.hits)
+    assert [int(r["rank"]) for r in rows[:5]] == [1, 2, 3, 4, 5]
+    assert [float(r["score"]) for r in rows[:5]] == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6])
+    assert [r["hit"] for r in rows[:5]] == ["1", "1", "0", "0", "0"]
+    assert all(r["model"] == "m0" for r in rows)
+
+
+def test_png_contact_sheet_size(image_folder, tmp_path):
+    g = _gallery(image_folder(n_classes=2, per_class=3))
+    out = export_contact_sheet([g, g, g], tmp_path / "r.png", thumb_size=64)
+    im = Image.open(out)
+    # 1 query + 5 hits per row, 3 rows; cell = thumb + 6 pad (+14 text rows)
+    assert im.size == (6 * 70 + 6, 3 * 84 + 6)
+    # the hit frames are green, the miss frames red
+    px = im.convert("RGB")
+    assert px.getpixel((6 + 70 + 1, 6 + 1)) == (46, 125, 50)
+    assert px.getpixel((6 + 3 * 70 + 1, 6 + 1)) == (198, 40, 40)
+
+
+def test_unlabelled_and_unreadable(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    g = QueryGallery(str(bad), [GalleryHit(str(bad), 0.5, 1)])
+    assert g.marks() == [None] and g.precision() is None
+    files = export_gallery([g], tmp_path / "out.html", {}, ("html", "csv"))
+    assert [f.name for f in files] == ["out.html", "out.csv"]
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_gallery([g], tmp_path / "x", {}, ("pdf",))
+    with pytest.raises(ValueError, match="needs a 'path'"):
+        make_gallery("q.jpg", [{"score": 1.0}])
+
+
+def test_split_export_runs_every_query(image_folder, tmp_path):
+    root = image_folder(n_classes=2, per_class=3)
+    rel = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"query": rel[:2], "retrieval": rel[2:]}))
+    searched, progress = [], []
+
+    def search(path):
+        searched.append(path)
+        return [{"path": str(root / r), "score": 0.5, "rank": 1} for r in rel[2:4]]
+
+    files = export_split(split, root, search, tmp_path / "g", {"model": "m"},
+                         progress=lambda d, t, m: progress.append((d, t)))
+    assert searched == [str(root / r) for r in rel[:2]]
+    assert {f.suffix for f in files} == {".html", ".png", ".csv"}
+    rows = list(csv.DictReader((tmp_path / "g.csv").open(encoding="utf-8")))
+    assert len(rows) == 4 and rows[0]["queries"] == "2"
+    assert (2, 2) in progress
+    with pytest.raises(Cancelled):
+        export_split(split, root, search, tmp_path / "h", should_stop=lambda: True)
