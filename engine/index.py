@@ -1,0 +1,641 @@
+"""Vector indexes: exact (a blocked matrix product) and HNSW (nmslib), behind one interface.
+
+This is the only module of the project that imports ``nmslib`` (lazily, inside :class:`HnswIndex`), so
+everything else keeps working when nmslib is missing or broken.
+
+Conventions
+-----------
+- ids are caller-chosen ``int64`` values (unique); ``query`` returns them with a score, best first.
+- metric ``"cosine"``: score = cosine similarity in [-1, 1] (vectors are L2-normalised on the way in).
+- metric ``"l2"``: score = ``-euclidean distance`` (so that, for both metrics, *higher is better*).
+- Both index kinds compute the returned scores the same way from the stored float32 vectors, so an HNSW
+  answer and an exact answer for the same neighbour carry the same score.
+
+HNSW and change
+---------------
+nmslib cannot delete points, and inserting into an HNSW graph that was already built is not supported
+by its Python API (``addDataPointBatch`` after ``createIndex`` only takes effect at the next
+``createIndex``, which rebuilds the whole graph). So :class:`HnswIndex` keeps
+
+- a *built* part (the nmslib graph),
+- a small *pending* part of points added since the last build, searched exactly and merged into every
+  answer (so new points are found immediately, without a rebuild),
+- a *tombstone* set of removed ids, filtered out at query time (the graph is asked for
+  ``k + removed`` neighbours, and again with a larger k if too many of them were removed).
+
+The graph is rebuilt lazily, at the next query or save, when the pending part grows beyond
+``max(rebuild_min, rebuild_share * built)`` points or tombstones exceed ``rebuild_share`` of the graph.
+
+On disk
+-------
+An index is a folder: data files with fresh unique names, then ``manifest.json`` (written atomically,
+last) naming the files with their sizes and SHA-256. Loading checks the manifest, sizes and checksums
+and refuses a damaged index with :class:`IndexCorruptError` (re-index to fix). A crash during a save
+leaves the previous manifest, and so the previous index, in place.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.atomic import atomic_write_text, atomic_write_with
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("hnsw", "exact")
+METRICS = ("cosine", "l2")
+INDEX_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+#: defaults chosen with benchmarks/index.py (recall@10 against exact >= 0.99 on clustered data up to 100k)
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_EF = 100
+
+
+class IndexCorruptError(RuntimeError):
+    """A saved index that is damaged, incomplete or from another format; the message says what to do."""
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    return metric
+
+
+def _as_matrix(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
+    """-> C-contiguous float32 (N, dim); a single (dim,) vector becomes (1, dim)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"{what} must have shape (N, {dim}), got {tuple(np.shape(vectors))}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
+def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim != 1:
+        raise ValueError(f"ids must be a 1-D array, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"got {a.shape[0]} ids for {n} vectors")
+    if np.unique(a).size != a.size:
+        raise ValueError("ids must be unique")
+    return a
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation (zero rows stay zero)."""
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32, copy=False)
+
+
+def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, D) x (N, D) -> (Q, N) float32 scores, higher is better (inputs already prepared)."""
+    s = q @ x.T
+    if metric == "cosine":
+        return s
+    d2 = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * s
+    return -np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
+
+
+def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of the k best per row, best first (ties: lower index first)."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == 0:
+        return np.zeros((scores.shape[0], 0), np.int64), np.zeros((scores.shape[0], 0), np.float32)
+    if k < n:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n), scores.shape).copy()
+    s = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -s), axis=1) if part.shape[0] else np.zeros_like(part)
+    idx = np.take_along_axis(part, order, axis=1)
+    return idx.astype(np.int64), np.take_along_axis(s, order, axis=1).astype(np.float32)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write_with(path, write)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# --- the interface -------------------------------------------------------------------------------
+class VectorIndex(abc.ABC):
+    """A set of (id, vector) pairs answering k-nearest-neighbour queries.
+
+    ``add(vectors (N, D), ids (N,) int64)``, ``remove(ids)``,
+    ``query(vectors (Q, D), k) -> (ids (Q, k') int64, scores (Q, k') float32)`` best first, with
+    ``k' = min(k, len(index))``. Score: cosine similarity for ``"cosine"``, ``-distance`` for ``"l2"``.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, dim: int, metric: str = "cosine") -> None:
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self._dim = int(dim)
+        self._metric = _check_metric(metric)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension D."""
+        return self._dim
+
+    @property
+    def metric(self) -> str:
+        """'cosine' or 'l2'."""
+        return self._metric
+
+    @abc.abstractmethod
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add vectors (N, D) under new unique ids (N,); an id already present is a ValueError."""
+
+    @abc.abstractmethod
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove the given ids; unknown ids are a KeyError."""
+
+    @abc.abstractmethod
+    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) -> (ids (Q, k'), scores (Q, k')), best first; an empty index gives k' = 0."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of live vectors."""
+
+    @abc.abstractmethod
+    def ids(self) -> np.ndarray:
+        """The live ids, (N,) int64 (no particular order)."""
+
+    @abc.abstractmethod
+    def _params(self) -> dict[str, Any]:
+        """Constructor parameters stored in the manifest."""
+
+    @abc.abstractmethod
+    def _write_files(self, folder: Path, token: str) -> list[str]:
+        """Write the data files (fresh names containing ``token``) into ``folder``; return their names."""
+
+    @abc.abstractmethod
+    def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
+        """Restore the state from the files a manifest named."""
+
+    def _extra(self) -> dict[str, Any]:
+        return {}
+
+    def _check_k(self, k: int) -> int:
+        if not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        return int(k)
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        return _normalise(x) if self._metric == "cosine" else x
+
+    # --- persistence -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save into the folder ``path`` (created if needed), crash-safely: new files first, then the
+        manifest (atomic rename), then the files of the previous save are deleted."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(6)
+        files = self._write_files(folder, token)
+        manifest = {
+            "format": "retrieval-explorer-index",
+            "format_version": INDEX_FORMAT_VERSION,
+            "kind": self.kind,
+            "metric": self._metric,
+            "dim": self._dim,
+            "count": len(self),
+            "params": self._params(),
+            "extra": self._extra(),
+            "files": {name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+                      for name in files},
+        }
+        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+        keep = set(files) | {MANIFEST}
+        for p in folder.iterdir():  # the previous save's files and any leftovers of a crashed one
+            if p.name not in keep and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> VectorIndex:
+        """Load an index saved with :meth:`save` (any kind when called on VectorIndex). Checks the
+        manifest and, with ``verify``, every file's size and SHA-256; raises IndexCorruptError."""
+        folder = Path(path)
+        fix = f"delete {folder} and re-index (retrieval-explorer index DIR --rebuild)"
+        mpath = folder / MANIFEST
+        if not mpath.is_file():
+            raise IndexCorruptError(f"no saved index in {folder} (missing {MANIFEST}); {fix}")
+        try:
+            m = json.loads(mpath.read_text(encoding="utf-8"))
+            kind, metric, dim = m["kind"], m["metric"], int(m["dim"])
+            files, params, extra = m["files"], m["params"], m.get("extra", {})
+            version = m["format_version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexCorruptError(f"the index manifest {mpath} is damaged ({exc}); {fix}") from exc
+        if version != INDEX_FORMAT_VERSION:
+            raise IndexCorruptError(f"the index in {folder} has format version {version}, this program reads "
+                                    f"version {INDEX_FORMAT_VERSION}; {fix}")
+        target = _KINDS.get(kind)
+        if target is None:
+            raise IndexCorruptError(f"the index in {folder} is of unknown kind {kind!r}; {fix}")
+        if cls is not VectorIndex and not issubclass(target, cls):
+            raise IndexCorruptError(f"the index in {folder} is a {kind!r} index, not {cls.kind!r}")
+        for name, info in files.items():
+            p = folder / name
+            if not p.is_file():
+                raise IndexCorruptError(f"the index in {folder} is incomplete: {name} is missing; {fix}")
+            if p.stat().st_size != info["size"]:
+                raise IndexCorruptError(f"the index file {p} is truncated or damaged (size "
+                                        f"{p.stat().st_size}, expected {info['size']}); {fix}")
+            if verify and _sha256(p) != info["sha256"]:
+                raise IndexCorruptError(f"the index file {p} is damaged (checksum mismatch); {fix}")
+        index = target(dim=dim, metric=metric, **params)
+        try:
+            index._read_files(folder, list(files), extra)
+        except IndexCorruptError:
+            raise
+        except Exception as exc:
+            raise IndexCorruptError(f"cannot read the index in {folder} ({type(exc).__name__}: {exc}); {fix}") from exc
+        if len(index) != m.get("count", len(index)):
+            raise IndexCorruptError(f"the index in {folder} holds {len(index)} vectors, its manifest says "
+                                    f"{m['count']}; {fix}")
+        return index
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self._dim}, metric={self._metric!r}, n={len(self)})"
+
+
+# --- exact ---------------------------------------------------------------------------------------
+class ExactIndex(VectorIndex):
+    """Brute force: scores against every stored vector by a blocked float32 matrix product, top-k by
+    ``argpartition``. The yardstick for HNSW; fast enough up to ~10^5 vectors."""
+
+    kind = "exact"
+
+    def __init__(self, dim: int, metric: str = "cosine", block_size: int = 65536) -> None:
+        super().__init__(dim, metric)
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.block_size = int(block_size)
+        self._x = np.zeros((0, self._dim), np.float32)
+        self._ids = np.zeros(0, np.int64)
+        self._pos: dict[int, int] | None = None
+
+    def __len__(self) -> int:
+        return int(self._ids.shape[0])
+
+    def ids(self) -> np.ndarray:
+        return self._ids.copy()
+
+    def vectors(self) -> np.ndarray:
+        """The stored (prepared: normalised for cosine) vectors, row i for ``ids()[i]``."""
+        return self._x
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        x = _as_matrix(vectors, self._dim)
+        ids = _as_ids(ids, x.shape[0])
+        if np.isin(ids, self._ids).any():
+            raise ValueError(f"ids already in the index: {ids[np.isin(ids, self._ids)][:5].tolist()}")
+        self._x = np.concatenate([self._x, self._prepare(x)])
+        self._ids = np.concatenate([self._ids, ids])
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = _as_ids(ids)
+        present = np.isin(ids, self._ids)
+        if not present.all():
+            raise KeyError(f"ids not in the index: {ids[~present][:5].tolist()}")
+        keep = ~np.isin(self._ids, ids)
+        self._x, self._ids = self._x[keep], self._ids[keep]
+
+    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = self._prepare(_as_matrix(vectors, self._dim, "queries"))
+        k = min(self._check_k(k), len(self))
+        nq = q.shape[0]
+        if k == 0 or nq == 0:
+            return np.zeros((nq, k), np.int64), np.zeros((nq, k), np.float32)
+        best_s = np.full((nq, 0), -np.inf, np.float32)
+        best_i = np.zeros((nq, 0), np.int64)
+        for start in range(0, len(self), self.block_size):
+            block = self._x[start:start + self.block_size]
+            idx, s = _topk(_scores(q, block, self._metric), k)
+            cand_s = np.concatenate([best_s, s], axis=1)
+            cand_i = np.concatenate([best_i, idx + start], axis=1)
+            sel, best_s = _topk(cand_s, k)
+            best_i = np.take_along_axis(cand_i, sel, axis=1)
+        return self._ids[best_i], best_s
+
+    def _params(self) -> dict[str, Any]:
+        return {"block_size": self.block_size}
+
+    def _write_files(self, folder: Path, token: str) -> list[str]:
+        name = f"exact-{token}.npz"
+        _save_npz(folder / name, vectors=self._x, ids=self._ids)
+        return [name]
+
+    def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
+        d = _load_npz(folder / files[0])
+        x, ids = d["vectors"].astype(np.float32, copy=False), d["ids"].astype(np.int64, copy=False)
+        if x.ndim != 2 or x.shape != (ids.shape[0], self._dim):
+            raise IndexCorruptError(f"index data in {folder} has shape {x.shape}, expected (N, {self._dim})")
+        self._x, self._ids = x, ids
+
+
+# --- HNSW ----------------------------------------------------------------------------------------
+def _import_nmslib():
+    try:
+        import nmslib
+    except Exception as exc:  # ImportError, or a binary that fails to load
+        raise RuntimeError(f"the HNSW index needs nmslib, which cannot be imported ({exc}); "
+                           "install it (pip install nmslib) or use the exact index") from exc
+    return nmslib
+
+
+class HnswIndex(VectorIndex):
+    """Approximate search with nmslib's HNSW graph (space ``cosinesimil`` or ``l2``).
+
+    ``M`` (graph degree) and ``ef_construction`` are build parameters; ``ef`` (the query-time beam,
+    >= k is useful) can be changed at any time. ``threads`` is used for building and batch queries.
+    See the module docstring for how additions and removals work without rebuilding every time.
+    """
+
+    kind = "hnsw"
+
+    def __init__(self, dim: int, metric: str = "cosine", M: int = DEFAULT_M,  # noqa: N803
+                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF, threads: int = 1,
+                 rebuild_share: float = 0.2, rebuild_min: int = 2048) -> None:
+        super().__init__(dim, metric)
+        for name, v in (("M", M), ("ef_construction", ef_construction), ("ef", ef), ("threads", threads)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not 0.0 < rebuild_share <= 1.0:
+            raise ValueError(f"rebuild_share must be in (0, 1], got {rebuild_share}")
+        self.M, self.ef_construction, self.threads = int(M), int(ef_construction), int(threads)
+        self._ef = int(ef)
+        self.rebuild_share, self.rebuild_min = float(rebuild_share), int(rebuild_min)
+        self._graph = None                                   # nmslib index over _bx, or None
+        self._bx = np.zeros((0, self._dim), np.float32)      # vectors in the graph (position = nmslib id)
+        self._bids = np.zeros(0, np.int64)                   # their ids
+        self._px = np.zeros((0, self._dim), np.float32)      # pending (not yet in the graph)
+        self._pids = np.zeros(0, np.int64)
+        self._dead: set[int] = set()                         # removed ids still in the graph
+        self._dead_mask = np.zeros(0, bool)                  # per graph position
+        self.rebuilds = 0                                    # how many times the graph was (re)built
+
+    # --- parameters ---------------------------------------------------------------------------
+    @property
+    def ef(self) -> int:
+        """Query-time search breadth (efSearch)."""
+        return self._ef
+
+    @ef.setter
+    def ef(self, value: int) -> None:
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"ef must be a positive integer, got {value!r}")
+        self._ef = int(value)
+        if self._graph is not None:
+            self._graph.setQueryTimeParams({"efSearch": self._ef})
+
+    def _params(self) -> dict[str, Any]:
+        return {"M": self.M, "ef_construction": self.ef_construction, "ef": self._ef, "threads": self.threads,
+                "rebuild_share": self.rebuild_share, "rebuild_min": self.rebuild_min}
+
+    @property
+    def space(self) -> str:
+        return "cosinesimil" if self._metric == "cosine" else "l2"
+
+    # --- state ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._bids.shape[0] - len(self._dead) + self._pids.shape[0])
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate([self._bids[~self._dead_mask], self._pids])
+
+    @property
+    def pending(self) -> int:
+        """Points added since the last graph build (searched exactly until the next rebuild)."""
+        return int(self._pids.shape[0])
+
+    @property
+    def tombstones(self) -> int:
+        """Removed points still in the graph."""
+        return len(self._dead)
+
+    def _all_ids(self) -> np.ndarray:
+        return np.concatenate([self._bids, self._pids])
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        x = _as_matrix(vectors, self._dim)
+        ids = _as_ids(ids, x.shape[0])
+        live = self.ids()
+        clash = np.isin(ids, live)
+        if clash.any():
+            raise ValueError(f"ids already in the index: {ids[clash][:5].tolist()}")
+        # an id removed earlier but still in the graph as a tombstone: compact first so ids stay unique
+        if self._dead and np.isin(ids, np.fromiter(self._dead, np.int64)).any():
+            self._rebuild()
+        self._px = np.concatenate([self._px, self._prepare(x)])
+        self._pids = np.concatenate([self._pids, ids])
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = _as_ids(ids)
+        live = self.ids()
+        present = np.isin(ids, live)
+        if not present.all():
+            raise KeyError(f"ids not in the index: {ids[~present][:5].tolist()}")
+        in_pending = np.isin(self._pids, ids)
+        if in_pending.any():
+            self._px, self._pids = self._px[~in_pending], self._pids[~in_pending]
+        in_graph = np.isin(self._bids, ids)
+        self._dead.update(int(i) for i in self._bids[in_graph])
+        self._dead_mask = self._dead_mask | in_graph
+
+    def needs_rebuild(self) -> bool:
+        """True when the pending part or the tombstones have grown past the rebuild thresholds."""
+        built = self._bids.shape[0]
+        if built == 0 and self.pending > 0:  # the first build
+            return True
+        if self.pending > max(self.rebuild_min, self.rebuild_share * built):
+            return True
+        return built > 0 and len(self._dead) > self.rebuild_share * built
+
+    def rebuild(self) -> None:
+        """Build the graph now from all live vectors (pending included, tombstones dropped)."""
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        keep = ~self._dead_mask
+        x = np.concatenate([self._bx[keep], self._px])
+        ids = np.concatenate([self._bids[keep], self._pids])
+        self._px, self._pids = np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64)
+        self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
+        self._bx, self._bids = np.ascontiguousarray(x), ids
+        self._graph = self._build_graph(self._bx) if x.shape[0] else None
+        self.rebuilds += 1
+
+    def _new_graph(self):
+        nmslib = _import_nmslib()
+        return nmslib.init(method="hnsw", space=self.space, data_type=nmslib.DataType.DENSE_VECTOR)
+
+    def _build_graph(self, x: np.ndarray):
+        log.debug("building HNSW graph over %d vectors (M=%d, efConstruction=%d)", x.shape[0], self.M,
+                  self.ef_construction)
+        g = self._new_graph()
+        g.addDataPointBatch(x, ids=np.arange(x.shape[0], dtype=np.int32))
+        g.createIndex({"M": self.M, "efConstruction": self.ef_construction, "post": 0,
+                       "indexThreadQty": self.threads}, print_progress=False)
+        g.setQueryTimeParams({"efSearch": self._ef})
+        return g
+
+    def _maybe_rebuild(self) -> None:
+        if self.needs_rebuild():
+            self._rebuild()
+
+    # --- queries --------------------------------------------------------------------------------
+    def _graph_candidates(self, q: np.ndarray, k: int) -> list[np.ndarray]:
+        """Per query, up to k live graph positions (approximate nearest first)."""
+        n_graph = self._bids.shape[0]
+        n_live = n_graph - len(self._dead)
+        want = min(k, n_live)
+        if self._graph is None or want == 0:
+            return [np.zeros(0, np.int64) for _ in range(q.shape[0])]
+        fetch = min(n_graph, want + len(self._dead))
+        out: list[np.ndarray | None] = [None] * q.shape[0]
+        todo = np.arange(q.shape[0])
+        while todo.size:
+            res = self._graph.knnQueryBatch(q[todo], k=fetch, num_threads=self.threads)
+            again = []
+            for qi, (pos, _d) in zip(todo, res, strict=True):
+                pos = np.asarray(pos, np.int64)
+                alive = pos[~self._dead_mask[pos]]
+                if alive.shape[0] >= want or fetch >= n_graph:
+                    out[qi] = alive[:want]
+                else:
+                    again.append(qi)
+            todo = np.asarray(again, np.int64)
+            fetch = min(n_graph, fetch * 2)
+        return out  # type: ignore[return-value]
+
+    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = self._prepare(_as_matrix(vectors, self._dim, "queries"))
+        k = min(self._check_k(k), len(self))
+        nq = q.shape[0]
+        if k == 0 or nq == 0:
+            return np.zeros((nq, k), np.int64), np.zeros((nq, k), np.float32)
+        self._maybe_rebuild()
+        cands = self._graph_candidates(q, k)
+        out_ids = np.zeros((nq, k), np.int64)
+        out_s = np.zeros((nq, k), np.float32)
+        for i in range(nq):
+            pos = cands[i]
+            xs = [self._bx[pos]] if pos.size else []
+            ids = [self._bids[pos]] if pos.size else []
+            if self.pending:
+                xs.append(self._px)
+                ids.append(self._pids)
+            x = np.concatenate(xs)
+            cid = np.concatenate(ids)
+            s = _scores(q[i:i + 1], x, self._metric)
+            sel, ss = _topk(s, k)
+            out_ids[i], out_s[i] = cid[sel[0]], ss[0]
+        return out_ids, out_s
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Rebuild first if the thresholds say so, then save (see VectorIndex.save)."""
+        self._maybe_rebuild()
+        super().save(path)
+
+    def _write_files(self, folder: Path, token: str) -> list[str]:
+        data = f"hnsw-{token}.npz"
+        _save_npz(folder / data, graph_vectors=self._bx, graph_ids=self._bids, dead=self._dead_mask,
+                  pending_vectors=self._px, pending_ids=self._pids)
+        files = [data]
+        if self._graph is not None:
+            graph = f"hnsw-{token}.bin"
+            # save_data=True, or a loaded index has no vectors; nmslib writes graph and graph + ".dat"
+            self._graph.saveIndex(str(folder / graph), save_data=True)
+            for name in (graph, graph + ".dat"):
+                if (folder / name).is_file():
+                    _fsync_file(folder / name)
+                    files.append(name)
+        return files
+
+    def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
+        data = next(f for f in files if f.endswith(".npz"))
+        d = _load_npz(folder / data)
+        self._bx = d["graph_vectors"].astype(np.float32, copy=False)
+        self._bids = d["graph_ids"].astype(np.int64, copy=False)
+        self._dead_mask = d["dead"].astype(bool, copy=False)
+        self._px = d["pending_vectors"].astype(np.float32, copy=False)
+        self._pids = d["pending_ids"].astype(np.int64, copy=False)
+        if self._bx.shape != (self._bids.shape[0], self._dim) or self._dead_mask.shape != self._bids.shape \
+                or self._px.shape != (self._pids.shape[0], self._dim):
+            raise IndexCorruptError(f"inconsistent array shapes in the index data {folder / data}")
+        self._dead = {int(i) for i in self._bids[self._dead_mask]}
+        graph = next((f for f in files if f.endswith(".bin")), None)
+        if self._bids.shape[0] and graph is None:
+            raise IndexCorruptError(f"the HNSW graph file is missing from {folder}")
+        if graph is not None:
+            g = self._new_graph()
+            g.loadIndex(str(folder / graph), load_data=True)
+            if len(g) != self._bids.shape[0]:
+                raise IndexCorruptError(f"the HNSW graph in {folder} holds {len(g)} points, expected "
+                                        f"{self._bids.shape[0]}")
+            g.setQueryTimeParams({"efSearch": self._ef})
+            self._graph = g
+
+
+_KINDS: dict[str, type[VectorIndex]] = {"exact": ExactIndex, "hnsw": HnswIndex}
+
+
+def make_index(kind: str = "hnsw", metric: str = "cosine", *, dim: int, **params: Any) -> VectorIndex:
+    """A new empty index. ``kind``: 'hnsw' (params M, ef_construction, ef, threads, rebuild_share,
+    rebuild_min) or 'exact' (block_size); ``metric``: 'cosine' or 'l2'."""
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
+    _check_metric(metric)
+    return cls(dim=dim, metric=metric, **params)
+
+
+def load_index(path: str | os.PathLike, *, verify: bool = True) -> VectorIndex:
+    """Load a saved index of any kind (see :meth:`VectorIndex.load`)."""
+    return VectorIndex.load(path, verify=verify)
