@@ -1,0 +1,146 @@
+"""The "Train XBM model" wizard: data -> model -> loss -> run settings -> summary -> live run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from PySide6.QtCore import QSettings, Signal
+from PySide6.QtWidgets import QWidget, QWizard
+
+from engine.training.config import TrainConfig
+from retrieval_gui.wizard.models_dialog import TrainedModelsDialog, load_into
+from retrieval_gui.wizard.pages import DataPage, LossPage, ModelPage, RunPage, RunSettingsPage, SummaryPage
+
+log = logging.getLogger(__name__)
+
+SETTINGS_KEY = "train_wizard/last_config"
+
+
+def default_config() -> TrainConfig:
+    """The wizard's first-time settings: the trainer's defaults (head mode, memory on)."""
+    return TrainConfig(data_root="")
+
+
+def config_from_settings(settings: QSettings | None = None) -> TrainConfig:
+    """The settings of the last run started from the wizard (defaults where absent or unreadable)."""
+    s = settings or QSettings()
+    raw = s.value(SETTINGS_KEY, "")
+    cfg = default_config()
+    if not raw:
+        return cfg
+    try:
+        d = json.loads(str(raw))
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        d = {k: v for k, v in d.items() if k in names}  # settings of an older/newer version: keep what fits
+        d.setdefault("data_root", "")
+        cfg = TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as exc:
+        log.warning("ignoring unreadable wizard settings: %s", exc)
+        return default_config()
+    return cfg
+
+
+class TrainWizard(QWizard):
+    """Trains an embedding from the GUI. ``main_window`` (optional) gets ``use_model(checkpoint)``.
+
+    Signals: ``trainingStarted(TrainConfig)``, ``trainingFinished(TrainResult)``, ``modelChosen(str)``
+    (a checkpoint path the user asked to use).
+    """
+
+    trainingStarted = Signal(object)
+    trainingFinished = Signal(object)
+    modelChosen = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None, *, main_window: object | None = None,
+                 config: TrainConfig | None = None) -> None:
+        super().__init__(parent)
+        self.main_window = main_window
+        self.setWindowTitle("Train XBM model")
+        self.setWizardStyle(QWizard.WizardStyle.ClassicStyle)
+        self.setOption(QWizard.WizardOption.NoBackButtonOnLastPage, True)
+        self.setOption(QWizard.WizardOption.NoCancelButtonOnLastPage, True)
+        self.resize(1000, 820)
+        self._config = config or config_from_settings()
+        self.data_page = DataPage()
+        self.model_page = ModelPage()
+        self.loss_page = LossPage()
+        self.run_settings_page = RunSettingsPage()
+        self.summary_page = SummaryPage()
+        self.run_page = RunPage()
+        self.settings_pages = (self.data_page, self.model_page, self.loss_page, self.run_settings_page)
+        for page in (*self.settings_pages, self.summary_page, self.run_page):
+            self.addPage(page)
+        self.set_config(self._config)
+        self.run_page.useModelRequested.connect(self.use_model)
+        self.run_page.models_button.clicked.connect(self.show_trained_models)
+        self.currentIdChanged.connect(self._on_page)
+        self.models_dialog: TrainedModelsDialog | None = None
+        self.use_message = ""
+
+    # -- settings ----------------------------------------------------------------------------------
+    def config(self) -> TrainConfig:
+        """A TrainConfig from what the pages show now."""
+        cfg = dataclasses.replace(self._config, extra=dict(self._config.extra))
+        for page in self.settings_pages:
+            page.store(cfg)
+        return cfg
+
+    def set_config(self, cfg: TrainConfig) -> None:
+        """Show ``cfg`` in the pages."""
+        self._config = cfg
+        for page in self.settings_pages:
+            page.load(cfg)
+        self.data_page.rescan()
+
+    def save_settings(self, cfg: TrainConfig) -> None:
+        d = cfg.to_dict()
+        d["out_dir"] = ""  # never reuse a run's folder
+        QSettings().setValue(SETTINGS_KEY, json.dumps(d))
+
+    # -- running -----------------------------------------------------------------------------------
+    def _on_page(self, page_id: int) -> None:
+        if self.page(page_id) is self.run_page and not self.run_page.running and self.run_page.result is None:
+            self.start_training()
+
+    def start_training(self) -> None:
+        """Validate the settings, remember them, and start train() on a worker thread."""
+        from engine.training.trainer import train
+        from retrieval_gui.workers import start_task
+
+        cfg = self.config()
+        problems = cfg.validate()
+        if problems:
+            self.run_page.on_error("The settings are not valid: " + "; ".join(problems), "")
+            return
+        self.save_settings(cfg)
+        handle = start_task(train, cfg, parent=self, name="train", event_kwarg="on_event")
+        self.run_page.attach(handle, cfg)
+        handle.result.connect(self.trainingFinished)
+        self.trainingStarted.emit(cfg)
+
+    @property
+    def handle(self):
+        """The running (or last) training task, a workers.TaskHandle, or None."""
+        return self.run_page.handle
+
+    def use_model(self, path: str) -> None:
+        """Load ``path`` into the explorer (main_window.use_model) and say how it went on the run page."""
+        problem = load_into(self.main_window, path)
+        self.use_message = problem or f"Loading the model into the explorer: {path}"
+        self.run_page.use_label.setText(self.use_message)
+        self.modelChosen.emit(path)
+
+    def show_trained_models(self) -> TrainedModelsDialog:
+        """Open the "Trained models" dialog (non-modal); picking a model calls main_window.use_model."""
+        dlg = TrainedModelsDialog(self, main_window=self.main_window)
+        dlg.modelChosen.connect(self.modelChosen)
+        self.models_dialog = dlg
+        dlg.show()
+        return dlg
+
+    def done(self, result: int) -> None:  # noqa: D102 - closing stops a run (its checkpoints are kept)
+        if self.run_page.running:
+            self.run_page.stop(wait_ms=60_000)
+        super().done(result)

@@ -1,0 +1,344 @@
+"""The Train XBM wizard, walked with pytest-qt on a tiny generated data set and a random-weight model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QWizard
+
+from engine.training.config import TrainConfig
+from retrieval_gui.wizard import LiveTrainingPlot, TrainedModelsDialog, TrainWizard
+from retrieval_gui.wizard.dataset import read_class_list, summarize
+from retrieval_gui.wizard.wizard import SETTINGS_KEY
+
+
+class FakeExplorer:
+    """Stands in for the main window: records use_model() calls."""
+
+    def __init__(self) -> None:
+        self.used: list[str] = []
+
+    def use_model(self, backbone: str) -> None:
+        self.used.append(backbone)
+
+
+def tiny_config(root, tmp_path, **kw) -> TrainConfig:
+    base = dict(data_root=str(root), weights="random", image_size=32, iterations=30, val_every=10,
+                classes_per_batch=3, samples_per_class=2, warmup_iters=3, val_class_share=0.34,
+                cache_dir=str(tmp_path / "cache"), lr_head=1e-2, margin=0.3, num_threads=1, name="tiny")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def walk_to_run_page(qtbot, wiz: TrainWizard) -> None:
+    """Next through every settings page, then "Start training" on the summary page."""
+    wiz.show()
+    qtbot.waitExposed(wiz)
+    for _ in range(4):
+        assert wiz.currentPage().isComplete(), type(wiz.currentPage()).__name__
+        wiz.next()
+    assert wiz.currentPage() is wiz.summary_page
+    assert wiz.summary_page.isComplete(), wiz.summary_page.problems
+    assert wiz.button(QWizard.WizardButton.CommitButton).text() == "Start training"
+    wiz.next()
+    assert wiz.currentPage() is wiz.run_page
+
+
+# ------------------------------------------------------------------------------------------------
+def test_summarize_counts_the_trainers_split_and_warns(image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=24)
+    one = root / "class_06"
+    one.mkdir()
+    (root / "class_00" / "000.jpg").rename(one / "000.jpg")  # a class with a single image
+    s = summarize(str(root), None, val_share=0.34, seed=0, classes_per_batch=32)
+    from engine.training.data import split_classes
+
+    train, val = split_classes([f"class_{i:02d}" for i in range(7)], 0.34, 0)
+    assert (s.train_classes, s.val_classes) == (train, val)
+    per = {f"class_{i:02d}": 4 for i in range(6)} | {"class_00": 3, "class_06": 1}
+    assert s.per_class == per
+    assert s.train_images == sum(per[c] for c in train) and s.val_images == sum(per[c] for c in val)
+    assert s.train_images + s.val_images == 24
+    text = " ".join(s.warnings)
+    if "class_06" in train:
+        assert "fewer than 2 images" in text and "class_06" in text
+    assert "P = 32" in text  # far fewer classes than P
+    assert summarize("", None).error
+    assert "not found" in summarize(str(tmp_path / "nope"), None).error
+    bad = summarize(str(root), ["class_00", "class_99"])
+    assert "class_99" in bad.error
+
+
+def test_split_file_formats(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"train_classes": ["x", "y"], "test_classes": ["z"]}))
+    (tmp_path / "b.txt").write_text("# train\nx\n\ny\n")
+    (tmp_path / "c.json").write_text("{oops")
+    assert read_class_list(tmp_path / "a.json") == ["x", "y"]
+    assert read_class_list(tmp_path / "b.txt") == ["x", "y"]
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_class_list(tmp_path / "c.json")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_class_list(tmp_path / "missing.json")
+
+
+def test_data_page_shows_counts_warnings_and_split_file(qtbot, image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=24)
+    wiz = TrainWizard(config=tiny_config(root, tmp_path))
+    qtbot.addWidget(wiz)
+    page = wiz.data_page
+    s = page.rescan()
+    assert s.ok and page.isComplete()
+    assert len(s.train_classes) + len(s.val_classes) == 6
+    cells = [[page.counts.item(r, c).text() for c in range(2)] for r in range(2)]
+    assert cells == [[str(len(s.train_classes)), str(s.train_images)], [str(len(s.val_classes)), str(s.val_images)]]
+    assert "6 classes, 24 images" in page.message.text()
+    # a split file restricts the classes
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train_classes": [f"class_{i:02d}" for i in range(5)]}))
+    page.split_edit.setText(str(split))
+    s = page.rescan()
+    assert len(s.per_class) == 5 and "split file" in page.message.text()
+    assert wiz.config().train_classes == [f"class_{i:02d}" for i in range(5)]
+    # P larger than the classes: a warning, not an error
+    wiz.run_settings_page.p.setValue(32)
+    page.rescan()
+    assert "P = 32" in page.message.text() and page.isComplete()
+    # a bad folder blocks the page with a readable reason
+    page.folder_edit.setText(str(tmp_path / "missing"))
+    page.rescan()
+    assert not page.isComplete() and "not found" in page.message.text()
+    page.split_edit.setText(str(tmp_path / "nope.json"))
+    page.folder_edit.setText(str(root))
+    page.rescan()
+    assert not page.isComplete() and "cannot read the split file" in page.message.text()
+
+
+def test_config_round_trips_through_the_pages_and_settings(qtbot, image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=24)
+    cfg = tiny_config(root, tmp_path, mode="full", loss="contrastive", mining="hard", memory=False,
+                      memory_share=0.3, embedding_dim=128, pooling="gem", lr_backbone=3e-5, val_every=7)
+    wiz = TrainWizard(config=cfg)
+    qtbot.addWidget(wiz)
+    got = wiz.config()
+    for f in ("data_root", "mode", "loss", "mining", "memory", "memory_share", "embedding_dim", "pooling",
+              "lr_backbone", "lr_head", "val_every", "iterations", "classes_per_batch", "samples_per_class",
+              "image_size", "weights", "seed", "val_class_share", "name", "num_threads"):
+        assert getattr(got, f) == pytest.approx(getattr(cfg, f)), f
+    assert got.device == "cpu" or got.device.startswith("cuda")
+    assert wiz.run_settings_page.lr_backbone.isEnabled()  # full mode
+    wiz.run_settings_page.mode_head.setChecked(True)
+    assert not wiz.run_settings_page.lr_backbone.isEnabled()
+    wiz.save_settings(wiz.config())
+    stored = json.loads(QSettings().value(SETTINGS_KEY))
+    assert stored["mode"] == "head" and stored["embedding_dim"] == 128
+    wiz2 = TrainWizard()  # remembers the last values
+    qtbot.addWidget(wiz2)
+    assert wiz2.config().embedding_dim == 128 and wiz2.config().data_root == str(root)
+    assert wiz2.run_settings_page.mode_head.isChecked()
+    QSettings().setValue(SETTINGS_KEY, "{broken")
+    wiz3 = TrainWizard()
+    qtbot.addWidget(wiz3)
+    assert wiz3.config().data_root == "" and not wiz3.data_page.isComplete()
+
+
+def test_summary_page_blocks_invalid_settings(qtbot, image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=24)
+    wiz = TrainWizard(config=tiny_config(root, tmp_path, pooling="mac"))
+    qtbot.addWidget(wiz)
+    wiz.show()
+    wiz._config.select_metric = "nonsense"  # a setting no page shows: validate() must still catch it
+    for _ in range(4):
+        wiz.next()
+    assert wiz.currentPage() is wiz.summary_page
+    assert not wiz.summary_page.isComplete()
+    assert any("select_metric" in p for p in wiz.summary_page.problems)
+    assert "Cannot start" in wiz.summary_page.text.toHtml()
+    assert not wiz.button(QWizard.WizardButton.CommitButton).isEnabled()
+
+
+def test_live_plot_throttles_redraws(qtbot):
+    plot = LiveTrainingPlot(interval_ms=100)
+    qtbot.addWidget(plot)
+    t0 = time.perf_counter()
+    for i in range(1, 3001):
+        plot.add_iteration(i, 1.0 / i, 0.5 / i, None if i < 100 else 0.5 / i)
+        if i % 300 == 0:
+            qtbot.wait(1)  # the event loop runs, as between queued signals
+    plot.add_validation(0, 0.5)
+    plot.add_validation(3000, 0.75)
+    elapsed = time.perf_counter() - t0
+    assert plot.iteration_points == 3000
+    assert plot.redraws <= elapsed / 0.1 + 2  # never more than one redraw per interval
+    qtbot.waitUntil(lambda: plot.drawn_points()["total"] == 3000, timeout=2000)
+    assert plot.drawn_points() == {"total": 3000, "batch": 3000, "memory": 3000, "val": 2}
+    assert plot.validation_points == [(0.0, 0.5), (3000.0, 0.75)]
+    plot.set_baseline(0.6)
+    assert plot.baseline_line.isVisible() and plot.baseline_line.value() == pytest.approx(0.6)
+    plot.clear()
+    assert plot.drawn_points()["total"] == 0 and not plot.baseline_line.isVisible()
+
+
+# ------------------------------------------------------------------------------------------------
+def test_full_walk_trains_plots_and_uses_the_model(qtbot, image_folder, tmp_path):
+    """Data -> ... -> summary -> run to the end; results beside the baseline; "Use this model"."""
+    root = image_folder(n_classes=6, per_class=4, size=64)
+    explorer = FakeExplorer()
+    wiz = TrainWizard(main_window=explorer, config=tiny_config(root, tmp_path))
+    qtbot.addWidget(wiz)
+    with qtbot.waitSignal(wiz.trainingFinished, timeout=60_000) as finished:
+        walk_to_run_page(qtbot, wiz)
+    result = finished.args[0]
+    run = wiz.run_page
+    qtbot.waitUntil(lambda: not run.running, timeout=10_000)
+    assert run.error is None, run.error
+    assert result.stopped_reason == "finished" and not result.cancelled
+    assert run.events["iteration"] == 30 and run.events["validation"] == 4  # iterations 0, 10, 20, 30
+    assert run.plot.drawn_points()["total"] == 30 and run.plot.drawn_points()["val"] == 4
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert run.plot._total == pytest.approx(losses)
+    assert any(v == v for v in run.plot._memory)  # the memory curve gets points after the warm-up
+    assert run.memory_bar.maximum() > 1 and run.memory_bar.value() > 0
+    assert run.iteration_label.text() == "30 / 30"
+    # metrics beside the untrained descriptor's
+    assert run.results.isVisible()
+    rows = {run.metrics_table.item(r, 0).text(): (run.metrics_table.item(r, 1).text(),
+                                                  run.metrics_table.item(r, 2).text())
+            for r in range(run.metrics_table.rowCount())}
+    assert rows["recall@1"][0] == f"{result.baseline_val_metrics['recall@1']:.4f}"
+    assert rows["recall@1"][1] != "—"
+    assert run.plot.baseline == pytest.approx(result.baseline_val_metrics["recall@1"])
+    assert wiz.button(QWizard.WizardButton.FinishButton).isEnabled()
+    # "Use this model" -> main_window.use_model(best checkpoint)
+    with qtbot.waitSignal(wiz.modelChosen) as chosen:
+        qtbot.mouseClick(run.use_button, Qt.MouseButton.LeftButton)
+    assert explorer.used == [result.best_checkpoint_path] == [chosen.args[0]]
+    assert "Loading the model" in run.use_label.text()
+    # the settings were remembered
+    assert json.loads(QSettings().value(SETTINGS_KEY))["data_root"] == str(root)
+
+
+def test_pause_resume_stop_keeps_a_loadable_checkpoint(qtbot, image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=64)
+    wiz = TrainWizard(config=tiny_config(root, tmp_path, iterations=1_000_000, val_every=50))
+    qtbot.addWidget(wiz)
+    walk_to_run_page(qtbot, wiz)
+    run = wiz.run_page
+    assert run.running and not run.isComplete()
+    qtbot.waitUntil(lambda: run.plot.iteration_points >= 20, timeout=60_000)
+    qtbot.waitUntil(lambda: run.plot.drawn_points()["total"] >= 20, timeout=2_000)  # the timer redrew
+    qtbot.mouseClick(run.pause_button, Qt.MouseButton.LeftButton)
+    assert run.paused and run.resume_button.isEnabled() and not run.pause_button.isEnabled()
+    qtbot.wait(300)  # an in-flight step and its queued events land
+    n = run.plot.iteration_points
+    qtbot.wait(500)
+    assert run.plot.iteration_points == n  # no step while paused
+    qtbot.mouseClick(run.resume_button, Qt.MouseButton.LeftButton)
+    assert not run.paused
+    qtbot.waitUntil(lambda: run.plot.iteration_points >= n + 20, timeout=30_000)
+    with qtbot.waitSignal(wiz.trainingFinished, timeout=30_000) as finished:
+        qtbot.mouseClick(run.stop_button, Qt.MouseButton.LeftButton)
+    result = finished.args[0]
+    qtbot.waitUntil(lambda: not run.running, timeout=10_000)
+    assert result.cancelled and result.stopped_reason == "cancelled"
+    last = [r["iteration"] for r in result.history if "loss" in r][-1]
+    assert n + 20 <= last < 1_000_000
+    assert "Stopped" in run.phase.text()
+    import torch
+
+    ckpt = torch.load(result.checkpoint_path, weights_only=True)
+    assert ckpt["train_state"]["iteration"] == last  # stop saved the last step
+    # the best checkpoint loads as a backbone and embeds images
+    try:
+        from models.backbones import get_backbone
+    except ImportError:
+        from models.embedding import load_trained_backbone as get_backbone
+    bb = get_backbone(result.best_checkpoint_path)
+    with torch.no_grad():
+        emb = bb.forward_head(bb.forward_features(torch.rand(2, 3, 32, 32)))
+    assert emb.shape == (2, bb.fc_dim) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_errors_are_shown_in_the_page(qtbot, image_folder, tmp_path, monkeypatch):
+    root = image_folder(n_classes=6, per_class=4, size=24)
+    wiz = TrainWizard(config=tiny_config(root, tmp_path))
+    qtbot.addWidget(wiz)
+    import engine.training.trainer as T
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(T, "train", broken)
+    walk_to_run_page(qtbot, wiz)
+    run = wiz.run_page
+    qtbot.waitUntil(lambda: run.error is not None and not run.running, timeout=10_000)
+    assert "RuntimeError: CUDA out of memory (simulated)" in run.error_label.text()
+    assert run.error_label.isVisible() and "Traceback" in run.error_details.toPlainText()
+    assert run.isComplete() and not run.results.isVisible()
+
+
+def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=24)
+    wiz = TrainWizard(config=tiny_config(root, tmp_path, iterations=1_000_000))
+    qtbot.addWidget(wiz)
+    walk_to_run_page(qtbot, wiz)
+    qtbot.waitUntil(lambda: wiz.run_page.plot.iteration_points >= 3, timeout=60_000)
+    handle = wiz.handle
+    wiz.reject()
+    assert not handle.thread.isRunning()  # closing waited for the stop (no leaked thread)
+    assert wiz.run_page.handle is None and not wiz.run_page.running
+
+
+# ------------------------------------------------------------------------------------------------
+def _fake_model(models_dir, name: str, r1: float, date: str) -> str:
+    d = models_dir / name
+    d.mkdir(parents=True)
+    (d / "best.pt").write_bytes(b"x")
+    (d / "info.json").write_text(json.dumps({
+        "name": name, "date": date, "data_root": "/data/birds", "config": {"backbone": "efficientnet_lite0"},
+        "metrics": {"val": {"recall@1": r1, "map": 0.5}, "baseline_val": {"recall@1": 0.8}}}))
+    return str(d / "best.pt")
+
+
+def test_trained_models_dialog_lists_and_uses(qtbot, tmp_path):
+    from engine.training.registry import models_dir
+
+    empty = TrainedModelsDialog()
+    qtbot.addWidget(empty)
+    assert empty.table.rowCount() == 0 and "No trained models" in empty.info.text()
+    assert not empty.use_button.isEnabled()
+    older = _fake_model(models_dir(), "older", 0.81, "2026-01-01T10:00:00")
+    newer = _fake_model(models_dir(), "newer", 0.86, "2026-02-01T10:00:00")
+    explorer = FakeExplorer()
+    dlg = TrainedModelsDialog(main_window=explorer)
+    qtbot.addWidget(dlg)
+    assert dlg.table.rowCount() == 2
+    row = [dlg.table.item(0, c).text() for c in range(dlg.table.columnCount())]
+    assert row == ["newer", "2026-02-01T10:00:00", "/data/birds", "efficientnet_lite0", "0.8600", "0.8000",
+                   "0.5000"]
+    dlg.table.selectRow(1)
+    with qtbot.waitSignal(dlg.modelChosen) as chosen:
+        qtbot.mouseClick(dlg.use_button, Qt.MouseButton.LeftButton)
+    assert chosen.args == [older] and explorer.used == [older]
+    assert dlg.result() == dlg.DialogCode.Accepted
+    # a window whose use_model fails: the error is shown, the dialog stays open
+    class Failing:
+        def use_model(self, path):
+            raise RuntimeError("collection busy")
+
+    from PySide6.QtWidgets import QMessageBox
+
+    shown = []
+    import retrieval_gui.wizard.models_dialog as M
+
+    orig = QMessageBox.warning
+    try:
+        QMessageBox.warning = staticmethod(lambda parent, title, text: shown.append(text))
+        bad = M.TrainedModelsDialog(main_window=Failing())
+        qtbot.addWidget(bad)
+        bad.use_selected()
+    finally:
+        QMessageBox.warning = orig
+    assert shown and "collection busy" in shown[0] and newer in [m.path for m in bad.models]
