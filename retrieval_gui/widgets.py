@@ -1,0 +1,318 @@
+"""The explorer's building blocks: the query slot, the results grid (model, delegate, view), the viewer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    Qt,
+    QUrl,
+    Signal,
+    Slot,
+)
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (
+    QDialog,
+    QLabel,
+    QListView,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.images import IMAGE_EXTENSIONS
+from retrieval_gui.backend import Hit
+from retrieval_gui.thumbnails import ThumbnailLoader
+
+HIT_COLOUR = QColor(46, 160, 67)
+MISS_COLOUR = QColor(218, 54, 51)
+PLAIN_COLOUR = QColor(120, 120, 120)
+HitRole = Qt.ItemDataRole.UserRole + 1
+MarkRole = Qt.ItemDataRole.UserRole + 2
+
+
+def is_image_file(path: str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and os.path.isfile(path)
+
+
+def image_path_from_mime(mime: QMimeData) -> str | None:
+    """The first local image file among the mime data's URLs (file-manager drops, result drags)."""
+    if mime is None or not mime.hasUrls():
+        return None
+    for url in mime.urls():
+        if url.isLocalFile() and is_image_file(url.toLocalFile()):
+            return url.toLocalFile()
+    return None
+
+
+class QuerySlot(QLabel):
+    """Shows the query image; accepts image files dropped from a file manager or the results grid."""
+
+    imageDropped = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(220, 220)
+        self.setWordWrap(True)
+        self.setObjectName("querySlot")
+        self._image: QImage | None = None
+        self.path: str | None = None
+        self._set_style(False)
+        self.clear_image()
+
+    def _set_style(self, hover: bool) -> None:
+        border = "#1565c0" if hover else "#9e9e9e"
+        self.setStyleSheet(f"QLabel#querySlot {{ border: 2px dashed {border}; border-radius: 8px;"
+                           " background: #f5f7fa; color: #555; padding: 6px; }")
+
+    def clear_image(self) -> None:
+        self._image = None
+        self.path = None
+        self.setPixmap(QPixmap())
+        self.setText("Drop an image here\n\nor paste one (Ctrl+V)\nor File > Open query image…")
+
+    def set_image(self, path: str, image: QImage | None) -> None:
+        self.path = path
+        self._image = image if image is not None and not image.isNull() else None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._image is None:
+            self.setPixmap(QPixmap())
+            self.setText(Path(self.path).name if self.path else "")
+            return
+        pm = QPixmap.fromImage(self._image).scaled(self.width() - 16, self.height() - 16,
+                                                   Qt.AspectRatioMode.KeepAspectRatio,
+                                                   Qt.TransformationMode.SmoothTransformation)
+        self.setPixmap(pm)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        if self._image is not None:
+            self._refresh()
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802
+        if image_path_from_mime(event.mimeData()):
+            event.acceptProposedAction()
+            self._set_style(True)
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:  # noqa: N802
+        if image_path_from_mime(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dragLeaveEvent(self, event) -> None:  # noqa: N802
+        self._set_style(False)
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        self._set_style(False)
+        path = image_path_from_mime(event.mimeData())
+        if path:
+            event.acceptProposedAction()
+            self.imageDropped.emit(path)
+        else:
+            event.ignore()
+
+
+class ResultsModel(QAbstractListModel):
+    """Ranked hits; thumbnails come lazily from a ThumbnailLoader and update their rows when ready."""
+
+    def __init__(self, loader: ThumbnailLoader, parent=None) -> None:
+        super().__init__(parent)
+        self.loader = loader
+        self.hits: list[Hit] = []
+        self.query_label: str | None = None
+        self._rows: dict[str, list[int]] = {}
+        self._pixmaps: dict[str, QPixmap] = {}
+        loader.ready.connect(self._on_thumbnail)
+
+    def set_hits(self, hits: list[Hit], query_label: str | None = None) -> None:
+        self.beginResetModel()
+        self.loader.clear_queue()
+        self.hits = list(hits)
+        self.query_label = query_label
+        self._rows = {}
+        for i, h in enumerate(self.hits):
+            self._rows.setdefault(h.path, []).append(i)
+        self._pixmaps = {p: pm for p, pm in self._pixmaps.items() if p in self._rows}
+        self.endResetModel()
+
+    def mark(self, hit: Hit) -> bool | None:
+        if self.query_label is None or hit.label is None:
+            return None
+        return hit.label == self.query_label
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+        return 0 if parent.isValid() else len(self.hits)
+
+    def data(self, index, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or index.row() >= len(self.hits):
+            return None
+        h = self.hits[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return f"#{h.rank}  {h.score:.3f}\n{Path(h.path).name}"
+        if role == Qt.ItemDataRole.DecorationRole:
+            pm = self._pixmaps.get(h.path)
+            if pm is None:
+                img = self.loader.request(h.path)
+                if img is not None and not img.isNull():
+                    pm = self._pixmaps[h.path] = QPixmap.fromImage(img)
+            return pm
+        if role == Qt.ItemDataRole.ToolTipRole:
+            lab = f"\nlabel: {h.label}" if h.label is not None else ""
+            return f"{h.path}\nrank {h.rank}, score {h.score:.4f}{lab}"
+        if role == HitRole:
+            return h
+        if role == MarkRole:
+            return self.mark(h)
+        return None
+
+    def flags(self, index):
+        f = super().flags(index)
+        return f | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else f
+
+    def mimeTypes(self) -> list[str]:  # noqa: N802
+        return ["text/uri-list"]
+
+    def mimeData(self, indexes) -> QMimeData:  # noqa: N802
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(self.hits[i.row()].path) for i in indexes if i.isValid()])
+        return mime
+
+    def supportedDragActions(self):  # noqa: N802
+        return Qt.DropAction.CopyAction
+
+    @Slot(str, QImage)
+    def _on_thumbnail(self, path: str, img: QImage) -> None:
+        rows = self._rows.get(path)
+        if not rows:
+            return
+        if not img.isNull():
+            self._pixmaps[path] = QPixmap.fromImage(img)
+        for r in rows:
+            idx = self.index(r)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
+
+
+class ResultDelegate(QStyledItemDelegate):
+    """A card: the thumbnail framed green (same label as the query), red (another) or grey; rank,
+    score and file name below."""
+
+    def __init__(self, thumb: int = 150, parent=None) -> None:
+        super().__init__(parent)
+        self.thumb = thumb
+
+    def sizeHint(self, option, index) -> QSize:  # noqa: N802
+        return QSize(self.thumb + 16, self.thumb + 46)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
+        hit: Hit | None = index.data(HitRole)
+        if hit is None:
+            return
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        r = option.rect.adjusted(3, 3, -3, -3)
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor("#dbe8fb") if selected else QColor("#ffffff"))
+        painter.drawRoundedRect(r, 6, 6)
+        mark = index.data(MarkRole)
+        colour = PLAIN_COLOUR if mark is None else (HIT_COLOUR if mark else MISS_COLOUR)
+        box = QRect(r.left() + (r.width() - self.thumb) // 2, r.top() + 4, self.thumb, self.thumb)
+        pm = index.data(Qt.ItemDataRole.DecorationRole)
+        if isinstance(pm, QPixmap) and not pm.isNull():
+            scaled = pm.scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                               Qt.TransformationMode.SmoothTransformation)
+            painter.drawPixmap(box.left() + (box.width() - scaled.width()) // 2,
+                               box.top() + (box.height() - scaled.height()) // 2, scaled)
+        else:
+            painter.setBrush(QColor("#eceff1"))
+            painter.drawRect(box)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.setPen(QPen(colour, 4 if mark is not None else 1))
+        painter.drawRect(box.adjusted(1, 1, -1, -1))
+        if mark is not None:  # a badge with ✓ / ✗
+            badge = QRect(box.right() - 24, box.top() + 4, 20, 20)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(colour)
+            painter.drawEllipse(badge)
+            painter.setPen(QColor("white"))
+            f = QFont(option.font)
+            f.setBold(True)
+            painter.setFont(f)
+            painter.drawText(badge, Qt.AlignmentFlag.AlignCenter, "✓" if mark else "✗")
+        painter.setPen(QColor("#222"))
+        f = QFont(option.font)
+        f.setBold(True)
+        painter.setFont(f)
+        line1 = QRect(r.left() + 4, box.bottom() + 4, r.width() - 8, 18)
+        painter.drawText(line1, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"#{hit.rank}")
+        painter.drawText(line1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{hit.score:.3f}")
+        painter.setFont(option.font)
+        painter.setPen(QColor("#555"))
+        line2 = QRect(r.left() + 4, line1.bottom() + 1, r.width() - 8, 16)
+        name = Path(hit.path).name if hit.label is None else f"{hit.label}/{Path(hit.path).name}"
+        painter.drawText(line2, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
+                         painter.fontMetrics().elidedText(name, Qt.TextElideMode.ElideMiddle, line2.width()))
+        painter.restore()
+
+
+class ResultsView(QListView):
+    """The results grid: IconMode, drag a card out (file URL), click = select, double-click = query."""
+
+    hitActivated = Signal(object)  # double-click: query with this hit
+    hitSelected = Signal(object)  # single click: show larger / activations
+
+    def __init__(self, model: ResultsModel, thumb: int = 150, parent=None) -> None:
+        super().__init__(parent)
+        self.setModel(model)
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setMovement(QListView.Movement.Static)
+        self.setUniformItemSizes(True)
+        self.setSpacing(4)
+        self.setWordWrap(True)
+        self.setItemDelegate(ResultDelegate(thumb, self))
+        self.setSelectionMode(QListView.SelectionMode.SingleSelection)
+        self.setDragEnabled(True)
+        self.setDragDropMode(QListView.DragDropMode.DragOnly)
+        self.setStyleSheet("QListView { background: #eef1f5; border: none; }")
+        self.doubleClicked.connect(lambda idx: self.hitActivated.emit(idx.data(HitRole)))
+        self.clicked.connect(lambda idx: self.hitSelected.emit(idx.data(HitRole)))
+
+
+class ImageViewer(QDialog):
+    """A larger view of one image (non-modal)."""
+
+    def __init__(self, path: str, info: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(Path(path).name)
+        self.path = path
+        lay = QVBoxLayout(self)
+        self.image = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.image.setMinimumSize(320, 320)
+        lay.addWidget(self.image, 1)
+        self.info = QLabel(info or path)
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.info)
+        self.resize(640, 640)
+        self.image.setText("loading…")
+
+    def set_image(self, img: QImage) -> None:
+        if img.isNull():
+            self.image.setText("cannot read this image")
+            return
+        self.image.setPixmap(QPixmap.fromImage(img).scaled(600, 560, Qt.AspectRatioMode.KeepAspectRatio,
+                                                           Qt.TransformationMode.SmoothTransformation))
