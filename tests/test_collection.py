@@ -1,0 +1,352 @@
+"""engine.collection: incremental updates, crash safety, refusal of damaged or mismatched caches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_image  # noqa: E402 - tests/ is on sys.path under pytest
+from torch import nn
+
+from engine.collection import (
+    Collection,
+    CollectionError,
+    ModelSpec,
+    collection_dir,
+    evaluate_collection,
+)
+from engine.search import SearchOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = ModelSpec(backbone="stand-in", weights="random", descriptor="spoc", image_size=32)
+
+class CountingModel(nn.Module):
+    """Stand-in descriptor model, no weights: (B, 3, S, S) -> (B, 8) colour statistics (channel means,
+    stds, top-bottom and left-right contrast), L2-normalised; ``seen`` counts the images it was given."""
+
+    dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        h = x.shape[2] // 2
+        f = torch.cat([x.mean((2, 3)), x.std((2, 3)),
+                       (x[:, :, :h].mean((1, 2, 3)) - x[:, :, h:].mean((1, 2, 3)))[:, None],
+                       (x[..., :h].mean((1, 2, 3)) - x[..., h:].mean((1, 2, 3)))[:, None]], 1)
+        return torch.nn.functional.normalize(f, dim=1)
+
+
+def _open(folder: Path, cache: Path, **kw) -> Collection:
+    return Collection.open(folder, model_spec=SPEC, cache_dir=cache, **kw)
+
+
+def _touch_new_content(path: Path, label: int, variant: int) -> None:
+    st = path.stat() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    synthetic_image(label, variant, 64).save(path)
+    if st is not None:  # make sure the mtime moves even on coarse file systems
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+@pytest.fixture
+def setup(image_folder, tmp_path):
+    root = image_folder(n_classes=3, per_class=4)
+    cache = tmp_path / "cache"
+    model = CountingModel()
+    c = _open(root, cache)
+    rep = c.update(model)
+    assert rep.saved and rep.extracted == 12 and model.seen == 12
+    return root, cache, c
+
+
+def test_open_update_reopen_is_instant_and_identical(setup):
+    root, cache, c = setup
+    assert len(c) == 12 and c.vectors.shape == (12, 8) and c.vectors.dtype == np.float32
+    assert sorted(set(c.labels)) == ["class_00", "class_01", "class_02"]
+    assert all(Path(p).is_file() and Path(p).is_absolute() for p in c.paths)
+    np.testing.assert_allclose(np.linalg.norm(c.vectors, axis=1), 1.0, rtol=1e-5)
+    before = c.search_many(c.vectors[:5], SearchOptions(k=4))
+    c2 = _open(root, cache)  # a new open: loads, reads no image
+    assert c2.relpaths == c.relpaths and c2.generation == c.generation
+    np.testing.assert_array_equal(c2.vectors, c.vectors)
+    after = c2.search_many(c2.vectors[:5], SearchOptions(k=4))
+    assert [[(h.relpath, h.score) for h in r] for r in after] == [[(h.relpath, h.score) for h in r] for r in before]
+    assert not c2.scan()
+    model = CountingModel()
+    rep = c2.update(model)
+    assert model.seen == 0 and rep.extracted == 0 and not rep.saved and rep.total == 12
+
+
+def test_add_change_remove_extracts_only_what_changed(setup):
+    root, cache, c = setup
+    untouched = {p: v for p, v in zip(c.relpaths, c.vectors, strict=True)}
+    _touch_new_content(root / "class_00" / "100.jpg", 0, 100)           # added
+    _touch_new_content(root / "class_03" / "000.jpg", 1, 7)             # added, new class folder
+    _touch_new_content(root / "class_01" / "001.jpg", 2, 9)             # changed (other content)
+    (root / "class_02" / "003.jpg").unlink()                            # removed
+    c = _open(root, cache)
+    cs = c.scan()
+    assert sorted(cs.added) == ["class_00/100.jpg", "class_03/000.jpg"]
+    assert cs.changed == ["class_01/001.jpg"] and cs.removed == ["class_02/003.jpg"]
+    model = CountingModel()
+    rep = c.update(model)
+    assert model.seen == 3 and (rep.added, rep.changed, rep.removed, rep.total) == (2, 1, 1, 13)
+    assert "class_02/003.jpg" not in c.relpaths and "class_03" in c.labels
+    for p, v in zip(c.relpaths, c.vectors, strict=True):
+        if p in untouched and p != "class_01/001.jpg":
+            np.testing.assert_array_equal(v, untouched[p])  # not recomputed
+    # the incremental state equals a full re-index of the folder
+    full = _open(root, cache, rebuild=True)
+    full.update(CountingModel())
+    order = {p: i for i, p in enumerate(full.relpaths)}
+    assert sorted(full.relpaths) == sorted(c.relpaths)
+    np.testing.assert_allclose(c.vectors, full.vectors[[order[p] for p in c.relpaths]], atol=1e-6)
+    # and every image finds itself first through the (updated) HNSW index
+    hits = c.search_many(c.vectors, SearchOptions(k=1))
+    assert [h[0].relpath for h in hits] == c.relpaths
+    # old generations were cleaned: one left
+    gens = [p.name for p in c.state_dir.iterdir() if p.name.startswith("gen-")]
+    assert gens == [full.generation]
+
+
+def test_bad_file_is_skipped_with_reason_and_retried_only_when_changed(setup):
+    root, cache, c = setup
+    bad = root / "class_00" / "broken.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    model = CountingModel()
+    rep = c.update(model)
+    assert [s.path for s in rep.skipped] == ["class_00/broken.jpg"] and rep.skipped[0].reason
+    assert len(c) == 12 and [s.path for s in c.skipped] == ["class_00/broken.jpg"]
+    c = _open(root, cache)
+    assert [s.path for s in c.skipped] == ["class_00/broken.jpg"] and not c.scan()
+    model = CountingModel()
+    assert c.update(model).extracted == 0 and model.seen == 0
+    _touch_new_content(bad, 0, 50)  # repaired
+    assert c.scan().changed == ["class_00/broken.jpg"]
+    rep = c.update(model)
+    assert model.seen == 1 and len(c) == 13 and not c.skipped
+
+
+def test_cancel_keeps_previous_state(setup):
+    root, cache, c = setup
+    for v in range(6):
+        _touch_new_content(root / "class_01" / f"new{v}.jpg", 1, 20 + v)
+    gen = c.generation
+    calls = []
+    rep = c.update(CountingModel(), batch_size=2, should_stop=lambda: calls.append(1) or True)
+    assert rep.cancelled and not rep.saved and calls
+    assert len(c) == 12 and c.generation == gen
+    c2 = _open(root, cache)
+    assert len(c2) == 12 and c2.generation == gen and len(c2.scan().added) == 6
+
+
+def test_failed_save_restores_previous_state(setup, monkeypatch):
+    root, cache, c = setup
+    _touch_new_content(root / "class_00" / "x.jpg", 0, 77)
+    import engine.collection as mod
+
+    def boom(folder):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mod, "_fsync_tree", boom)
+    with pytest.raises(OSError, match="disk full"):
+        c.update(CountingModel())
+    assert len(c) == 12 and len(c.index) == 12  # memory back to the saved state
+    monkeypatch.undo()
+    assert len(_open(root, cache)) == 12
+
+
+_CHILD = textwrap.dedent('''
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    import numpy as np
+    import engine.collection as col
+    import engine.index as ix
+    where = {where!r}
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_savez = np.savez
+    def half_savez(fh, **arrays):  # write part of the file, then get killed
+        fh.write(b"PK\\x03\\x04" + b"x" * 1000)
+        fh.flush()
+        die()
+
+    if where == "arrays":
+        np.savez = half_savez
+    elif where == "index":
+        orig = ix._save_npz
+        def idx_save(path, **arrays):
+            with open(str(path) + ".partial", "wb") as fh:
+                fh.write(b"x" * 4096)
+            die()
+        ix._save_npz = idx_save
+    elif where == "switch":
+        orig_write = col.atomic_write_text
+        def write(path, text):
+            if str(path).endswith("CURRENT"):
+                die()
+            orig_write(path, text)
+        col.atomic_write_text = write
+    c = col.Collection.open({root!r}, model_spec=col.ModelSpec(backbone="stand-in", weights="random",
+                            descriptor="spoc", image_size=32), cache_dir={cache!r})
+    # what update() does after extraction, with stand-in vectors (keeps torch out of the child: fast)
+    current = c._scan_stats()
+    changes = c._diff(current)
+    new = np.random.default_rng(0).normal(size=(len(changes.added), 8)).astype(np.float32)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    c._apply(changes, changes.added, new, [], current)
+    c._save()
+    print("not killed")
+''')
+
+
+@pytest.mark.parametrize("where", ["arrays", "index", "switch"])
+def test_killed_mid_save_leaves_previous_state_loadable(setup, where):
+    root, cache, c = setup
+    for v in range(5):
+        _touch_new_content(root / "class_02" / f"k{v}.jpg", 2, 30 + v)
+    script = _CHILD.format(repo=str(REPO), where=where, root=str(root), cache=str(cache))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILLed mid-save
+    c2 = _open(root, cache)  # the previous state, intact (checksums verified)
+    assert len(c2) == 12 and c2.generation == c.generation
+    np.testing.assert_array_equal(c2.vectors, c.vectors)
+    assert len(c2.scan().added) == 5
+    rep = c2.update(CountingModel())  # and the next update goes through, cleaning the leftovers
+    assert rep.saved and len(c2) == 17
+    assert [p.name for p in c2.state_dir.iterdir() if p.name.startswith("gen-")] == [c2.generation]
+    assert len(_open(root, cache)) == 17
+
+
+def _rewrite_manifest(gdir: Path) -> None:
+    """Recompute a generation's manifest, as a program writing another format would have."""
+    m = json.loads((gdir / "manifest.json").read_text())
+    for name in m["files"]:
+        data = (gdir / name).read_bytes()
+        m["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (gdir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_damaged_caches_are_refused_with_advice(setup):
+    root, cache, c = setup
+    gdir = c.state_dir / c.generation
+    arrays = (gdir / "arrays.npz").read_bytes()
+
+    def refused(match: str) -> None:
+        with pytest.raises(CollectionError, match=match) as info:
+            _open(root, cache)
+        assert "--rebuild" in str(info.value) and str(c.state_dir) in str(info.value)
+
+    (gdir / "arrays.npz").write_bytes(arrays[:100])
+    refused("truncated")
+    (gdir / "arrays.npz").write_bytes(arrays[:-1] + bytes([arrays[-1] ^ 1]))
+    refused("checksum")
+    (gdir / "arrays.npz").write_bytes(arrays)
+    idx_file = next((gdir / "index").glob("*.npz"))
+    good_idx = idx_file.read_bytes()
+    idx_file.write_bytes(good_idx[:10])
+    refused("index")
+    idx_file.write_bytes(good_idx)
+    (gdir / "state.json").rename(gdir / "state.moved")
+    refused("missing")
+    (gdir / "state.moved").rename(gdir / "state.json")
+    (c.state_dir / "CURRENT").write_text("garbage")
+    refused("CURRENT")
+    (c.state_dir / "CURRENT").write_text(json.dumps({"generation": c.generation}))
+    assert len(_open(root, cache)) == 12  # all repaired: accepted again
+    # rebuild ignores a damaged cache and replaces it at the next update
+    (gdir / "arrays.npz").write_bytes(arrays[:100])
+    fresh = _open(root, cache, rebuild=True)
+    assert len(fresh) == 0
+    fresh.update(CountingModel())
+    assert len(_open(root, cache)) == 12 and not gdir.exists()
+
+
+@pytest.mark.parametrize("field_name, value, match", [
+    ("format_version", 99, "format version 99"),
+    ("identity", {"backbone": "resnet50"}, "another model"),
+])
+def test_mismatched_cache_is_refused(setup, field_name, value, match):
+    root, cache, c = setup
+    gdir = c.state_dir / c.generation
+    state = json.loads((gdir / "state.json").read_text())
+    state[field_name] = value
+    (gdir / "state.json").write_text(json.dumps(state))
+    _rewrite_manifest(gdir)
+    with pytest.raises(CollectionError, match=match):
+        _open(root, cache)
+
+
+def test_search_hits_threshold_exact_and_qe(setup):
+    root, cache, c = setup
+    q = c.vectors[3]
+    hits = c.search(q, SearchOptions(k=5))
+    assert hits[0].relpath == c.relpaths[3] and hits[0].rank == 1 and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].label == c.labels[3] and [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    exact = c.search(q, SearchOptions(k=5, exact=True))
+    assert [h.relpath for h in exact] == [h.relpath for h in hits]
+    cut = hits[2].score
+    assert [h.relpath for h in c.search(q, SearchOptions(k=5, threshold=cut))] == [h.relpath for h in hits[:3]]
+    qe = c.search(q, SearchOptions(k=12, query_expansion="alpha"))
+    assert len(qe) == 12 and sorted(h.relpath for h in qe) == sorted(c.relpaths)
+    with pytest.raises(ValueError, match="shape"):
+        c.search(np.ones(3), SearchOptions())
+
+
+def test_empty_collection_and_missing_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    c = Collection.open(empty, model_spec=SPEC, cache_dir=tmp_path / "cache")
+    rep = c.update(CountingModel())
+    assert rep.saved and len(c) == 0
+    c = Collection.open(empty, model_spec=SPEC, cache_dir=tmp_path / "cache")
+    assert c.is_saved and len(c) == 0
+    with pytest.raises(CollectionError, match="no indexed image"):
+        c.search(np.ones(8))
+    with pytest.raises(FileNotFoundError):
+        Collection.open(tmp_path / "nope", model_spec=SPEC, cache_dir=tmp_path / "cache")
+
+
+def test_model_spec_key_and_identity(tmp_path):
+    assert SPEC.key() == ModelSpec(backbone="stand-in", weights="random", descriptor="spoc", image_size=32).key()
+    assert SPEC.key() != ModelSpec(backbone="stand-in", weights="random", descriptor="rmac", image_size=32).key()
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"weights v1")
+    k1 = ModelSpec(weights=str(w)).key()
+    assert ModelSpec(weights=str(w)).identity()["weights"].startswith("sha256:")
+    w.write_bytes(b"weights v2!")  # same path, other content: another collection state
+    assert ModelSpec(weights=str(w)).key() != k1
+    with pytest.raises(FileNotFoundError, match="weights"):
+        ModelSpec(weights=str(tmp_path / "missing.pt")).key()
+    with pytest.raises(ValueError, match="crop_fraction"):
+        ModelSpec(crop_fraction=0)
+    d1 = collection_dir(tmp_path / "a", SPEC, tmp_path / "cache")
+    assert d1 == collection_dir(tmp_path / "a", SPEC, tmp_path / "cache") != collection_dir(tmp_path / "b", SPEC,
+                                                                                          tmp_path / "cache")
+
+
+def test_evaluate_collection(setup):
+    root, cache, c = setup
+    res = evaluate_collection(c)
+    assert res["n"] == 12 and res["classes"] == 3 and res["unlabelled"] == 0
+    assert 0.0 <= res["recall@1"] <= res["recall@5"] <= 1.0 and 0.0 < res["map"] <= 1.0
+
+
+def test_counting_model_is_a_module():
+    m = CountingModel()
+    out = m(torch.rand(2, 3, 32, 32))
+    assert isinstance(m, nn.Module) and out.shape == (2, 8) and m.seen == 2
