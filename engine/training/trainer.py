@@ -121,7 +121,6 @@ class _FullData:
 
     @torch.no_grad()
     def embed_eval(self, model: EmbeddingModel, idx: torch.Tensor, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        was_training = model.training
         model.eval()
         embs, pooled = [], []
         for s in range(0, idx.numel(), batch):
@@ -136,7 +135,6 @@ class _FullData:
             p = model.pool(fmap)
             embs.append(model.head(p))
             pooled.append(l2n(p))
-        model.train(was_training)
         return torch.cat(embs), torch.cat(pooled)
 
 
@@ -305,6 +303,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         if val_idx.numel() < 2:
             return {}, {}
         emb, pooled = source.embed_eval(model, val_idx)
+        set_train_mode()  # eval() for validation must not leave BatchNorm un-frozen afterwards
         vl = labels_t[val_idx]
         return retrieval_metrics(emb, vl), retrieval_metrics(pooled, vl)
 
