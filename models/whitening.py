@@ -1,0 +1,133 @@
+"""PCA-whitening learned from a set of descriptors, stored with its parameters.
+
+``apply(x) = (x - mean) @ P.T`` with ``P = diag((eigval + eps)^-1/2) V.T`` over the top ``dim``
+principal directions, so whitened training vectors have (nearly) identity covariance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_FORMAT = "retrieval-explorer/pca-whitening"
+_VERSION = 1
+
+
+class WhiteningFileError(ValueError):
+    """A whitening file that is damaged, foreign or of another version."""
+
+
+class PCAWhitening:
+    """mean (D,), projection (D', D); ``meta`` is a small JSON-able dict (source, counts)."""
+
+    def __init__(self, mean: np.ndarray, projection: np.ndarray, eigenvalues: np.ndarray | None = None,
+                 meta: dict | None = None) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.projection = np.asarray(projection, dtype=np.float32)
+        if self.mean.ndim != 1 or self.projection.ndim != 2 or self.projection.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"whitening shapes do not fit: mean {self.mean.shape}, projection {self.projection.shape}")
+        self.eigenvalues = None if eigenvalues is None else np.asarray(eigenvalues, dtype=np.float32)
+        self.meta = dict(meta or {})
+        self._torch_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.projection.shape[0])
+
+    @classmethod
+    def fit(cls, X: np.ndarray | torch.Tensor, dim: int | None = None, eps: float = 1e-6,  # noqa: N803
+            meta: dict | None = None) -> PCAWhitening:
+        """Learn from vectors X (N, D); keep the ``dim`` strongest directions (all when None)."""
+        X = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)  # noqa: N806
+        X = X.astype(np.float64)  # noqa: N806
+        if X.ndim != 2 or X.shape[0] < 2:
+            raise ValueError(f"PCA-whitening needs at least 2 vectors (N, D), got shape {X.shape}")
+        n, d = X.shape
+        dim = d if dim is None else int(dim)
+        if not 1 <= dim <= d:
+            raise ValueError(f"whitening dim must be in 1..{d}, got {dim}")
+        mean = X.mean(axis=0)
+        Xc = X - mean  # noqa: N806
+        cov = Xc.T @ Xc / n
+        eigval, eigvec = np.linalg.eigh(cov)
+        order = np.argsort(eigval)[::-1][:dim]
+        eigval = np.clip(eigval[order], 0.0, None)
+        eigvec = eigvec[:, order]
+        # a direction with (almost) no variance would be blown up: floor it relative to the largest
+        floor = max(eps, float(eigval[0]) * 1e-6) if eigval.size else eps
+        projection = (eigvec / np.sqrt(eigval + floor)).T
+        info = {"n_vectors": int(n), "in_dim": int(d), "out_dim": int(dim)}
+        info.update(meta or {})
+        return cls(mean, projection, eigval, info)
+
+    def apply(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Whiten x (..., D) -> (..., D'); numpy in, numpy out; torch in, torch out."""
+        if isinstance(x, torch.Tensor):
+            return self.apply_torch(x)
+        x = np.asarray(x, dtype=np.float32)
+        return (x - self.mean) @ self.projection.T
+
+    def apply_torch(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._torch_cache:
+            self._torch_cache[key] = (
+                torch.as_tensor(self.mean, device=x.device, dtype=x.dtype),
+                torch.as_tensor(self.projection, device=x.device, dtype=x.dtype),
+            )
+        mean, proj = self._torch_cache[key]
+        return (x - mean) @ proj.T
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an .npz with every parameter, atomically (temp file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = json.dumps({"format": _FORMAT, "version": _VERSION, "meta": self.meta})
+        arrays = {"mean": self.mean, "projection": self.projection, "header": np.array(header)}
+        if self.eigenvalues is not None:
+            arrays["eigenvalues"] = self.eigenvalues
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PCAWhitening:
+        """Read a file written by :meth:`save`; a damaged or foreign file raises WhiteningFileError."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"whitening file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                mean, projection = data["mean"], data["projection"]
+                eig = data["eigenvalues"] if "eigenvalues" in data.files else None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+            raise WhiteningFileError(
+                f"{path} is not a readable whitening file ({type(exc).__name__}: {exc}); learn it again"
+            ) from exc
+        if header.get("format") != _FORMAT:
+            raise WhiteningFileError(f"{path} is not a Retrieval Explorer whitening file")
+        if header.get("version") != _VERSION:
+            raise WhiteningFileError(f"{path} has whitening format version {header.get('version')}, "
+                                     f"this program reads version {_VERSION}; learn it again")
+        try:
+            return cls(mean, projection, eig, header.get("meta"))
+        except ValueError as exc:
+            raise WhiteningFileError(f"{path}: {exc}") from exc
