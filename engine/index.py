@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -411,6 +412,8 @@ class HnswIndex(VectorIndex):
         self._ef = int(ef)
         self.rebuild_share, self.rebuild_min = float(rebuild_share), int(rebuild_min)
         self._graph = None                                   # nmslib index over _bx, or None
+        self._graph_loaded = False                           # the graph came from loadIndex
+        self._graph_files: list[Path] | None = None          # where the graph was last saved/loaded
         self._bx = np.zeros((0, self._dim), np.float32)      # vectors in the graph (position = nmslib id)
         self._bids = np.zeros(0, np.int64)                   # their ids
         self._px = np.zeros((0, self._dim), np.float32)      # pending (not yet in the graph)
@@ -508,6 +511,7 @@ class HnswIndex(VectorIndex):
         self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
         self._bx, self._bids = np.ascontiguousarray(x), ids
         self._graph = self._build_graph(self._bx) if x.shape[0] else None
+        self._graph_loaded, self._graph_files = False, None
         self.rebuilds += 1
 
     def _new_graph(self):
@@ -590,13 +594,31 @@ class HnswIndex(VectorIndex):
         files = [data]
         if self._graph is not None:
             graph = f"hnsw-{token}.bin"
-            # save_data=True, or a loaded index has no vectors; nmslib writes graph and graph + ".dat"
-            self._graph.saveIndex(str(folder / graph), save_data=True)
-            for name in (graph, graph + ".dat"):
+            names = [graph, graph + ".dat"]
+            if self._graph_loaded and not self._copy_graph_files(folder, names):
+                # the files it was loaded from are gone: build a fresh graph, which saves correctly
+                self._graph, self._graph_loaded, self._graph_files = self._build_graph(self._bx), False, None
+                self.rebuilds += 1
+            if not self._graph_loaded:
+                # save_data=True, or a loaded index has no vectors; nmslib writes graph and graph + ".dat"
+                self._graph.saveIndex(str(folder / graph), save_data=True)
+            for name in names:
                 if (folder / name).is_file():
                     _fsync_file(folder / name)
                     files.append(name)
+            self._graph_files = [folder / n for n in names if (folder / n).is_file()]
         return files
+
+    def _copy_graph_files(self, folder: Path, names: list[str]) -> bool:
+        """Copy the graph files this graph was loaded from (nmslib 2.1 writes a broken file when
+        saveIndex is called on an index that came from loadIndex: loading that file segfaults)."""
+        src = self._graph_files or []
+        if not src or not all(p.is_file() for p in src):
+            return False
+        for p, name in zip(src, names, strict=False):
+            if p.resolve() != (folder / name).resolve():
+                shutil.copyfile(p, folder / name)
+        return True
 
     def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
         data = next(f for f in files if f.endswith(".npz"))
@@ -620,7 +642,9 @@ class HnswIndex(VectorIndex):
                 raise IndexCorruptError(f"the HNSW graph in {folder} holds {len(g)} points, expected "
                                         f"{self._bids.shape[0]}")
             g.setQueryTimeParams({"efSearch": self._ef})
-            self._graph = g
+            self._graph, self._graph_loaded = g, True
+            self._graph_files = [folder / graph] + ([folder / (graph + ".dat")]
+                                                    if (folder / (graph + ".dat")).is_file() else [])
 
 
 _KINDS: dict[str, type[VectorIndex]] = {"exact": ExactIndex, "hnsw": HnswIndex}

@@ -203,3 +203,25 @@ def test_hnsw_ef_is_settable_and_survives_save(tmp_path: Path):
     idx.ef = 77
     idx.save(tmp_path / "ix")
     assert load_index(tmp_path / "ix").ef == 77
+
+
+def test_resaving_a_loaded_hnsw_index(tmp_path):
+    """nmslib writes a broken file (which segfaults on load) when saveIndex is called on an index that
+    came from loadIndex; HnswIndex copies the graph files it was loaded from instead."""
+    import shutil
+
+    x = _clustered(60, 8, seed=9)
+    idx = HnswIndex(8, ef=100)
+    idx.add(x, np.arange(60))
+    idx.save(tmp_path / "a")
+    b = load_index(tmp_path / "a")
+    b.remove([0])
+    b.save(tmp_path / "b")
+    c = load_index(tmp_path / "b")  # loading b's files crashed before the fix
+    want, _ = _brute(x[1:], np.arange(1, 60), x[:3], 5, "cosine")
+    np.testing.assert_array_equal(c.query(x[:3], 5)[0], want)
+    shutil.rmtree(tmp_path / "b")  # the loaded-from files are gone: still saves (rebuilding the graph)
+    rebuilds = c.rebuilds
+    c.save(tmp_path / "d")
+    assert c.rebuilds == rebuilds + 1
+    np.testing.assert_array_equal(load_index(tmp_path / "d").query(x[:3], 5)[0], want)
