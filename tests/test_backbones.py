@@ -1,0 +1,93 @@
+"""The backbone registry: one contract for every network, offline weights, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.backbones import (
+    Backbone,
+    WeightsUnavailableError,
+    get_backbone,
+    list_backbones,
+    weights_available,
+)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+def test_registry_lists_default_first_and_rejects_unknown():
+    names = list_backbones()
+    assert names[0] == "efficientnet_lite0"
+    assert {"resnet18", "resnet50", "vgg16", "mobilenet_v2"} <= set(names)
+    with pytest.raises(ValueError, match="efficientnet_lite0, resnet18"):
+        get_backbone("alexnet")
+
+
+@pytest.mark.parametrize("name,dim", [("efficientnet_lite0", 1280), ("resnet18", 512), ("vgg16", 512),
+                                      ("mobilenet_v2", 1280)])
+def test_contract_random_weights(name, dim):
+    b = get_backbone(name, weights="random")
+    assert isinstance(b, Backbone) and not b.training
+    with torch.no_grad():
+        f = b.forward_features(torch.randn(1, 3, 96, 128))
+        assert f.shape[:2] == (1, dim) == (1, b.feature_dim)
+        assert b.forward_head(f).shape == (1, b.fc_dim)
+    layers = b.activation_layers()
+    assert len(layers) >= 3 and all(isinstance(m, torch.nn.Module) for m in layers.values())
+
+
+def test_default_weights_come_from_the_package_without_network():
+    assert weights_available("efficientnet_lite0")
+    b = get_backbone("efficientnet_lite0")
+    rnd = get_backbone("efficientnet_lite0", weights="random")
+    w1 = b.net._conv_stem.weight
+    assert not torch.equal(w1, rnd.net._conv_stem.weight)
+    # the pretrained classifier is confident on no particular class for a grey image, but it runs
+    with torch.no_grad():
+        logits = b(torch.zeros(1, 3, 224, 224))
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
+
+
+def test_torchvision_weights_unavailable_offline_names_both_ways():
+    assert not weights_available("resnet18")
+    with pytest.raises(WeightsUnavailableError) as info:
+        get_backbone("resnet18")
+    msg = str(info.value)
+    assert "--weights" in msg and "cache" in msg and "resnet18-" in msg
+
+
+def test_local_weights_file(tmp_path):
+    src = get_backbone("resnet18", weights="random")
+    path = tmp_path / "r18.pth"
+    torch.save(src.net.state_dict(), path)
+    b = get_backbone("resnet18", weights=str(path))
+    assert torch.equal(b.net.conv1.weight, src.net.conv1.weight)
+
+
+def test_damaged_or_malicious_weights_file_is_refused(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match="cannot read weights file"):
+        get_backbone("resnet18", weights=str(bad))
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(ValueError, match="cannot read weights file"):
+        get_backbone("resnet18", weights=str(evil))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_weights_file():
+    with pytest.raises(FileNotFoundError):
+        get_backbone("resnet18", weights="/nonexistent/file.pth")

@@ -1,0 +1,70 @@
+"""Descriptor heads on a backbone: shapes, normalisation, whitening, registry errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import pooling
+from models.backbones import get_backbone
+from models.descriptors import build_descriptor, list_descriptors
+from models.whitening import PCAWhitening
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return get_backbone("resnet18", weights="random")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+
+
+def test_every_kind_gives_unit_vectors(backbone, images):
+    assert list_descriptors() == ["fc", "spoc", "rmac", "mac", "gem"]
+    with torch.no_grad():
+        for kind in list_descriptors():
+            d = build_descriptor(kind, backbone)
+            v = d(images)
+            assert v.shape == (3, d.dim) and v.dtype == torch.float32
+            assert torch.allclose(v.norm(dim=1), torch.ones(3), atol=1e-4)
+
+
+def test_heads_match_pooling_functions(backbone, images):
+    with torch.no_grad():
+        f = backbone.forward_features(images)
+        assert torch.allclose(build_descriptor("spoc", backbone).describe(f), pooling.l2n(pooling.spoc(f)))
+        assert torch.allclose(build_descriptor("mac", backbone).describe(f), pooling.l2n(pooling.mac(f)))
+        assert torch.allclose(build_descriptor("fc", backbone).describe(f),
+                              pooling.l2n(backbone.forward_head(f)), atol=1e-6)
+        assert torch.allclose(build_descriptor("rmac", backbone, rmac_levels=2).describe(f), pooling.rmac(f, 2))
+
+
+def test_unknown_kind_names_the_choices(backbone):
+    with pytest.raises(ValueError, match="fc, spoc, rmac, mac, gem"):
+        build_descriptor("vlad", backbone)
+
+
+def test_rmac_whitening_per_region_and_region_shares(backbone, images):
+    with torch.no_grad():
+        f = backbone.forward_features(images)
+        regions = pooling.l2n(pooling.rmac_region_vectors(f)).reshape(-1, f.shape[1]).numpy()
+    w = PCAWhitening.fit(np.concatenate([regions] * 3) + np.random.default_rng(0).normal(0, 1e-3, (len(regions) * 3, f.shape[1])), dim=16)
+    d = build_descriptor("rmac", backbone, whitening=w)
+    assert d.dim == 16
+    with torch.no_grad():
+        v = d.describe(f)
+        assert v.shape == (3, 16)
+        shares = d.region_contributions(f[:1], v[1])
+    assert shares.shape == (1, len(d.region_boxes(tuple(f.shape[-2:]))))
+    # the parts add up to the cosine score of the two final descriptors
+    assert torch.allclose(shares.sum(), v[0] @ v[1], atol=1e-4)
+
+
+def test_whitening_dimension_mismatch_is_refused(backbone):
+    w = PCAWhitening.fit(np.random.default_rng(0).normal(size=(50, 8)))
+    with pytest.raises(ValueError, match="expects 8-d"):
+        build_descriptor("spoc", backbone, whitening=w)

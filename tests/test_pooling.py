@@ -1,0 +1,106 @@
+"""Pooling functions against brute-force loops, and the R-MAC grid against hand-computed regions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import pooling as P  # noqa: N812
+
+
+def brute_pool(x, fn):
+    B, C, H, W = x.shape  # noqa: N806
+    out = torch.zeros(B, C, dtype=torch.float64)
+    for b in range(B):
+        for c in range(C):
+            vals = [float(x[b, c, i, j]) for i in range(H) for j in range(W)]
+            out[b, c] = fn(vals)
+    return out
+
+
+@pytest.fixture
+def fmap():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64)
+
+
+def test_spoc_mac_gem_equal_loops(fmap):
+    assert torch.allclose(P.spoc(fmap), brute_pool(fmap, lambda v: sum(v) / len(v)))
+    assert torch.allclose(P.mac(fmap), brute_pool(fmap, max))
+    p = 3.0
+    expected = brute_pool(fmap, lambda v: (sum(max(t, 1e-6) ** p for t in v) / len(v)) ** (1 / p))
+    assert torch.allclose(P.gem(fmap, p), expected)
+
+
+def test_gem_limits(fmap):
+    assert torch.allclose(P.gem(fmap, 1.0), P.spoc(fmap.clamp(min=1e-6)))
+    assert torch.allclose(P.gem(fmap, 200.0), P.mac(fmap), atol=0.03)
+
+
+def test_l2n_unit_norm():
+    x = torch.randn(5, 7)
+    n = P.l2n(x).norm(dim=-1)
+    assert torch.allclose(n, torch.ones(5), atol=1e-5)
+
+
+def test_modules_wrap_functions(fmap):
+    assert torch.equal(P.SPoC()(fmap), P.spoc(fmap))
+    assert torch.equal(P.MAC()(fmap), P.mac(fmap))
+    assert torch.allclose(P.GeM(p=2.0)(fmap), P.gem(fmap, 2.0))
+    assert torch.allclose(P.RMAC(L=2)(fmap.float()), P.rmac(fmap.float(), 2))
+    assert isinstance(P.GeM(learn_p=True).p, torch.nn.Parameter)
+
+
+# Worked by hand with the rule in rmac_regions' docstring:
+# side_l = floor(2 * short / (l + 1)); starts = floor(half + i * stride) - half, half = floor(side/2 - 1),
+# stride = (extent - side) / (count - 1); extra regions on the long side make consecutive
+# regions overlap by the share closest to 40%.
+def test_rmac_regions_square_7x7():
+    # l=1: side 7, one region; l=2: side 4, stride 3 -> starts 0, 3; l=3: side 3, stride 2 -> 0, 2, 4
+    expected = [(0, 0, 7, 7)]
+    expected += [(y, x, 4, 4) for y in (0, 3) for x in (0, 3)]
+    expected += [(y, x, 3, 3) for y in (0, 2, 4) for x in (0, 2, 4)]
+    assert P.rmac_regions(7, 7, 3) == expected
+
+
+def test_rmac_regions_wide_5x10():
+    # short 5, long 10: with 3 regions at level 1 the stride is 2.5 -> overlap 1 - 2.5/5 = 0.5 (|0.1| from 0.4),
+    # better than 2 regions (overlap 0) or 4 (0.67): extra = 2.
+    # l=1: side 5, half 1, x: stride 2.5 -> floor(1, 3.5, 6) - 1 = 0, 2, 5 ; y: 0
+    # l=2: side 3, half 0, x: 4 regions, stride 7/3 -> 0, 2, 4, 7 ; y: 2 regions, stride 2 -> 0, 2
+    # l=3: side 2, half 0, x: 5 regions, stride 2 -> 0, 2, 4, 6, 8 ; y: 3 regions, stride 1.5 -> 0, 1, 3
+    expected = [(0, x, 5, 5) for x in (0, 2, 5)]
+    expected += [(y, x, 3, 3) for y in (0, 2) for x in (0, 2, 4, 7)]
+    expected += [(y, x, 2, 2) for y in (0, 1, 3) for x in (0, 2, 4, 6, 8)]
+    assert P.rmac_regions(5, 10, 3) == expected
+
+
+def test_rmac_regions_tall_is_wide_transposed():
+    wide = P.rmac_regions(5, 10, 3)
+    tall = P.rmac_regions(10, 5, 3)
+    assert sorted(tall) == sorted((x, y, w, h) for (y, x, h, w) in wide)
+
+
+@pytest.mark.parametrize("H,W", [(1, 1), (3, 17), (17, 3), (7, 7), (12, 9), (30, 40)])
+def test_rmac_regions_inside_map_and_square(H, W):  # noqa: N803
+    regions = P.rmac_regions(H, W, 3)
+    assert regions
+    for y, x, h, w in regions:
+        assert h == w and h >= 1
+        assert 0 <= y and y + h <= H and 0 <= x and x + w <= W
+
+
+def test_rmac_equals_loop():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 4, 5, 10, generator=g, dtype=torch.float64)
+    out = P.rmac(x, L=3)
+    for b in range(2):
+        total = torch.zeros(4, dtype=torch.float64)
+        for (y, xx, h, w) in P.rmac_regions(5, 10, 3):
+            v = torch.tensor([max(float(x[b, c, i, j]) for i in range(y, y + h) for j in range(xx, xx + w))
+                              for c in range(4)], dtype=torch.float64)
+            total += v / (math.sqrt(float((v * v).sum())) + 1e-6)
+        total /= math.sqrt(float((total * total).sum())) + 1e-6
+        assert torch.allclose(out[b], total, atol=1e-9)

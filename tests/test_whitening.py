@@ -1,0 +1,70 @@
+"""PCA-whitening: identity covariance on its training data, round trip, refusal of damaged files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.whitening import PCAWhitening, WhiteningFileError
+
+
+def correlated(n=500, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(d, d))  # noqa: N806
+    return rng.normal(size=(n, d)) @ A + rng.normal(size=d) * 3
+
+
+def test_whitened_training_vectors_have_identity_covariance():
+    X = correlated()  # noqa: N806
+    w = PCAWhitening.fit(X)
+    Y = w.apply(X)  # noqa: N806
+    assert np.allclose(Y.mean(axis=0), 0, atol=1e-4)
+    assert np.allclose(np.cov(Y.T, bias=True), np.eye(6), atol=1e-3)
+
+
+def test_dimension_reduction_keeps_strongest_directions():
+    X = correlated()  # noqa: N806
+    w = PCAWhitening.fit(X, dim=3)
+    assert w.apply(X).shape == (500, 3)
+    assert w.out_dim == 3 and w.in_dim == 6
+    assert np.all(np.diff(w.eigenvalues) <= 0)
+
+
+def test_torch_and_numpy_agree():
+    X = correlated()  # noqa: N806
+    w = PCAWhitening.fit(X, dim=4)
+    t = w.apply(torch.tensor(X[:10], dtype=torch.float32))
+    assert isinstance(t, torch.Tensor)
+    assert np.allclose(t.numpy(), w.apply(X[:10]), atol=1e-4)
+
+
+def test_save_load_round_trip(tmp_path):
+    w = PCAWhitening.fit(correlated(), dim=5, meta={"source": "unit test"})
+    path = tmp_path / "w.npz"
+    w.save(path)
+    w2 = PCAWhitening.load(path)
+    assert np.array_equal(w.mean, w2.mean) and np.array_equal(w.projection, w2.projection)
+    assert w2.meta["source"] == "unit test"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_damaged_or_foreign_files_are_refused(tmp_path):
+    w = PCAWhitening.fit(correlated())
+    good = tmp_path / "w.npz"
+    w.save(good)
+    truncated = tmp_path / "t.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(WhiteningFileError, match="learn it again"):
+        PCAWhitening.load(truncated)
+    foreign = tmp_path / "f.npz"
+    np.savez(foreign, mean=np.zeros(3), projection=np.eye(3), header=np.array('{"format": "other"}'))
+    with pytest.raises(WhiteningFileError, match="not a Retrieval Explorer"):
+        PCAWhitening.load(foreign)
+    with pytest.raises(FileNotFoundError):
+        PCAWhitening.load(tmp_path / "missing.npz")
+
+
+def test_fit_rejects_too_few_vectors():
+    with pytest.raises(ValueError):
+        PCAWhitening.fit(np.zeros((1, 4)))
