@@ -1,0 +1,140 @@
+"""`retrieval-explorer eval`: extract descriptors for a folder of images and report retrieval metrics.
+
+Leave-one-out R@1/5/10 and mAP over the images (all images under --root, or with --split the union of
+its query and retrieval lists), and with --split the query -> retrieval top-1. The metrics go to
+stdout (a table, or one JSON object with --json); the progress bar and skipped files go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.cli.common import TextProgress, add_model_args, resolve_device
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a descriptor on a labelled image folder (R@K, mAP, top-1)",
+        description="Extract descriptors for the images under --root and print retrieval metrics. "
+        "Labels are the images' parent folder names unless --labels is given.",
+    )
+    p.add_argument("--root", required=True, help="image folder (split and labels paths are relative to it)")
+    p.add_argument("--split", default=None,
+                   help="JSON or pickle {'query': [...], 'retrieval': [...]} of paths relative to --root")
+    p.add_argument("--labels", default=None,
+                   help="labels file: 'relative/path label' lines, a JSON mapping, or CUB's image_class_labels.txt")
+    add_model_args(p)
+    p.add_argument("--crop-fraction", type=float, default=1.0,
+                   help="resize the shorter side to size/fraction, then centre-crop (default 1.0: no margin)")
+    p.add_argument("--whitening", default=None, help="a PCA whitening file saved by the program")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run)
+
+
+def _collect(root: Path, split_file: str | None) -> tuple[list[Path], list[str] | None, list[str] | None]:
+    from engine.images import scan_images
+    from engine.splits import load_split
+
+    if split_file is None:
+        paths = scan_images(root)
+        if not paths:
+            raise ValueError(f"no image files under {root}")
+        return paths, None, None
+    split = load_split(split_file)
+    ordered = list(dict.fromkeys(split["query"] + split["retrieval"]))
+    return [root / rel for rel in ordered], split["query"], split["retrieval"]
+
+
+def evaluate_folder(args: argparse.Namespace, progress=None) -> dict[str, Any]:
+    """The work of `eval` on parsed arguments -> the metrics dict (see module docstring)."""
+    from models.backbones import get_backbone
+    from models.descriptors import build_descriptor
+
+    from engine.evaluation import evaluate
+    from engine.extraction import extract_descriptors
+    from engine.splits import labels_for
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    paths, queries, retrieval = _collect(root, args.split)
+    labels = labels_for(paths, root, args.labels)
+    device = resolve_device(args.device)
+    whitening = None
+    if args.whitening:
+        from models.whitening import PCAWhitening
+
+        whitening = PCAWhitening.load(args.whitening)
+    backbone = get_backbone(args.backbone, weights=args.weights, device=device)
+    model = build_descriptor(args.descriptor, backbone, whitening=whitening)
+    res = extract_descriptors(
+        model, paths, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
+        device=device, crop_fraction=args.crop_fraction, progress=progress,
+    )
+    for s in res.skipped:
+        sys.stderr.write(f"skipped {s.path}: {s.reason}\n")
+    if len(res.paths) < 2:
+        raise ValueError(f"only {len(res.paths)} usable image(s): at least 2 are needed to evaluate")
+    label_of = dict(zip([str(p) for p in paths], labels, strict=True))
+    kept_labels = [label_of[p] for p in res.paths]
+    q_idx = r_idx = None
+    if queries is not None and retrieval is not None:
+        row = {p: i for i, p in enumerate(res.paths)}
+        q_idx = [row[str(root / q)] for q in queries if str(root / q) in row]
+        r_idx = [row[str(root / r)] for r in retrieval if str(root / r) in row]
+        if not q_idx or not r_idx:
+            raise ValueError("no usable query or no usable retrieval image in the split")
+    metrics = evaluate(res.vectors, kept_labels, ks=(1, 5, 10), queries=q_idx, retrieval=r_idx)
+    out: dict[str, Any] = {
+        "backbone": str(args.backbone),
+        "descriptor": args.descriptor,
+        "recall@1": metrics["recall@1"],
+        "recall@5": metrics["recall@5"],
+        "recall@10": metrics["recall@10"],
+        "map": metrics["map"],
+    }
+    if "top1" in metrics:
+        out["top1"] = metrics["top1"]
+        out["n_queries"], out["n_retrieval"] = metrics["n_queries"], metrics["n_retrieval"]
+    out.update(
+        n_images=len(res.paths),
+        n_skipped=len(res.skipped),
+        n_classes=len(set(kept_labels)),
+        map_excluded=metrics["map_excluded"],
+        dim=int(res.vectors.shape[1]),
+        images_per_s=round(res.images_per_s, 2),
+        image_size=args.image_size or int(getattr(backbone, "default_image_size", 224)),
+        crop_fraction=args.crop_fraction,
+        device=device,
+    )
+    return out
+
+
+def _table(m: dict[str, Any]) -> str:
+    lines = [f"{m['backbone']} / {m['descriptor']}: {m['n_images']} images, {m['n_classes']} classes, "
+             f"{m['n_skipped']} skipped, dim {m['dim']}, {m['images_per_s']:.1f} images/s", ""]
+    rows = [("R@1", m["recall@1"]), ("R@5", m["recall@5"]), ("R@10", m["recall@10"]), ("mAP", m["map"])]
+    if "top1" in m:
+        rows.append((f"top-1 (q->r, {m['n_queries']} queries)", m["top1"]))
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        lines.append(f"{name:<{width}}  {'n/a' if math.isnan(value) else f'{value:.4f}'}")
+    if m["map_excluded"]:
+        lines.append(f"({m['map_excluded']} queries without another image of their class are left out of mAP)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    m = evaluate_folder(args, progress=TextProgress("extracting"))
+    if args.json:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
+        sys.stdout.write(json.dumps(clean) + "\n")
+    else:
+        sys.stdout.write(_table(m) + "\n")
+    return 0
