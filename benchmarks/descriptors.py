@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
+
     from models.backbones import list_backbones, weights_available
 
     if args.threads:

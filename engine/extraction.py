@@ -271,9 +271,8 @@ def whitening_training_vectors(
     """The vectors a whitening for ``descriptor_kind`` is learned on, (M, C) float32:
     for rmac the L2-normalised regional MAC vectors of every image (M = N x regions),
     for the others the L2-normalised pooled descriptors (M = N). Raises Cancelled when stopped."""
-    from models.descriptors import build_descriptor
-
     from models import pooling
+    from models.descriptors import build_descriptor
 
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)

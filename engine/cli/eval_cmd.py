@@ -53,12 +53,11 @@ def _collect(root: Path, split_file: str | None) -> tuple[list[Path], list[str] 
 
 def evaluate_folder(args: argparse.Namespace, progress=None) -> dict[str, Any]:
     """The work of `eval` on parsed arguments -> the metrics dict (see module docstring)."""
-    from models.backbones import get_backbone
-    from models.descriptors import build_descriptor
-
     from engine.evaluation import evaluate
     from engine.extraction import extract_descriptors
     from engine.splits import labels_for
+    from models.backbones import get_backbone
+    from models.descriptors import build_descriptor
 
     root = Path(args.root)
     if not root.is_dir():
