@@ -428,8 +428,6 @@ class Collection:
         ``descriptor_model`` ((B, 3, S, S) -> (B, D), see engine.extraction), drop removed ones, update
         the index and save a new generation. Cancelled (``should_stop``) -> nothing is changed, in memory
         or on disk, and ``report.cancelled`` is True. Failed files go to :attr:`skipped`."""
-        from engine.extraction import extract_descriptors
-
         start = time.perf_counter()
         current = self._scan_stats()
         changes = self._diff(current)
@@ -437,6 +435,8 @@ class Collection:
         if not changes and self.is_saved:
             report.total, report.seconds = len(self), time.perf_counter() - start
             return report
+        from engine.extraction import extract_descriptors  # torch: only when there is work
+
         todo = changes.added + changes.changed
         result = extract_descriptors(
             descriptor_model, [self.folder / p for p in todo], image_size=self.model_spec.image_size,

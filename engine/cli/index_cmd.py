@@ -90,10 +90,12 @@ def run_index(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     collection = Collection.open(args.folder, model_spec=spec, cache_dir=args.cache_dir, rebuild=args.rebuild,
                                  index=args.index)
-    changes = collection.scan()
-    device = resolve_device(args.device)
     start = time.perf_counter()
-    model = spec.build(device) if (changes or not collection.is_saved) else None
+    changes = collection.scan()
+    device, model = "cpu", None
+    if changes or not collection.is_saved:  # torch and the model only when there is work
+        device = resolve_device(args.device)
+        model = spec.build(device)
     stop = [False]
     with _ctrl_c_stops(stop):
         report = collection.update(model, device=device, batch_size=args.batch_size, num_workers=args.workers,
