@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_open, atomic_write_text
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 
 log = logging.getLogger(__name__)
@@ -59,20 +58,17 @@ def demo_collection() -> Path:
 
 
 def list_backbones() -> list[str]:
-    """Backbone names of models.backbones (just the default while that module is absent)."""
-    try:
-        from models.backbones import list_backbones as lb
-    except ImportError:
-        return [DEFAULT_BACKBONE]
-    return list(lb())
+    """Backbone names of models.backbones."""
+    from models.backbones import list_backbones as names
+
+    return list(names())
 
 
 def list_descriptors() -> list[str]:
-    try:
-        from models.descriptors import list_descriptors as ld
-    except ImportError:
-        return list(DESCRIPTOR_TITLES)
-    return list(ld())
+    """Descriptor kinds of models.descriptors (fc, spoc, rmac, mac, gem)."""
+    from models.descriptors import list_descriptors as kinds
+
+    return list(kinds())
 
 
 def list_trained() -> list[tuple[str, str]]:
@@ -117,98 +113,13 @@ class ModelKey:
 
 
 def _load_backbone(name: str, weights: str, device: str):
-    if name.endswith(".pt") or os.path.isfile(name):
-        try:
-            from models.backbones import get_backbone
-        except ImportError:
-            from models.embedding import load_trained_backbone
+    from models.backbones import get_backbone
 
-            return load_trained_backbone(name, device)
-        return get_backbone(name, weights=weights, device=device)
-    try:
-        from models.backbones import get_backbone
-    except ImportError:  # models.backbones not in this build yet: the training package's stand-in
-        from models.embedding import build_backbone
-
-        if name != DEFAULT_BACKBONE:
-            raise ValueError(f"backbone {name!r} is not available in this build") from None
-        return build_backbone(name, weights, device)
     return get_backbone(name, weights=weights, device=device)
 
 
-class _FallbackDescriptor:
-    """Pooling heads on a backbone (used only while models.descriptors is absent)."""
-
-    def __init__(self, backbone, kind: str) -> None:
-        import torch
-
-        self.backbone = backbone
-        self.kind = kind
-        self._torch = torch
-        self.dim = int(backbone.fc_dim if kind == "fc" else backbone.feature_dim)
-
-    def describe(self, fmap):
-        t = self._torch
-        if self.kind == "fc":
-            v = self.backbone.forward_head(fmap)
-        elif self.kind == "spoc":
-            v = fmap.mean((2, 3))
-        elif self.kind == "mac":
-            v = fmap.amax((2, 3))
-        elif self.kind == "gem":
-            v = fmap.clamp_min(1e-6).pow(3).mean((2, 3)).pow(1 / 3)
-        elif self.kind == "rmac":
-            r = _l2n(region_vectors(fmap))
-            v = r.sum(1)
-        else:
-            raise ValueError(f"unknown descriptor {self.kind!r}")
-        return t.nn.functional.normalize(v.float(), dim=-1)
-
-    def __call__(self, x):
-        return self.describe(self.backbone.forward_features(x))
-
-    def eval(self):
-        return self
-
-    def to(self, device):
-        return self
-
-
 def _l2n(x):
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-
-
-def rmac_regions(h: int, w: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
-    """(y, x, h, w) of the R-MAC regions of an h x w map (models.pooling's when present)."""
-    try:
-        from models.pooling import rmac_regions as rr
-
-        return list(rr(h, w, L=levels))
-    except ImportError:
-        pass
-    regions = []
-    for lvl in range(1, levels + 1):
-        side = max(1, int(round(2 * min(h, w) / (lvl + 1))))
-        ny = 1 if lvl == 1 else lvl
-        nx = ny
-        ys = np.linspace(0, h - side, ny).round().astype(int) if ny > 1 else [max(0, (h - side) // 2)]
-        xs = np.linspace(0, w - side, nx).round().astype(int) if nx > 1 else [max(0, (w - side) // 2)]
-        regions += [(int(y), int(x), min(side, h), min(side, w)) for y in ys for x in xs]
-    return regions
-
-
-def region_vectors(fmap, levels: int = 3):
-    """(B, C, h, w) -> (B, R, C): the MAC of every R-MAC region (not normalised)."""
-    try:
-        from models.pooling import rmac_region_vectors
-
-        return rmac_region_vectors(fmap, L=levels)
-    except ImportError:
-        pass
-    import torch
-
-    h, w = fmap.shape[-2:]
-    return torch.stack([fmap[:, :, y:y + rh, x:x + rw].amax((2, 3)) for y, x, rh, rw in rmac_regions(h, w, levels)], 1)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 class ModelCache:
@@ -238,13 +149,9 @@ class ModelCache:
             model = self._descriptors.get(k)
         if model is not None:
             return model
-        bb = self.backbone(key)
-        try:
-            from models.descriptors import build_descriptor
-        except ImportError:
-            model = _FallbackDescriptor(bb, key.descriptor)
-        else:
-            model = build_descriptor(key.descriptor, bb).to(self.device).eval()
+        from models.descriptors import build_descriptor
+
+        model = build_descriptor(key.descriptor, self.backbone(key)).to(self.device).eval()
         with self._lock:
             return self._descriptors.setdefault(k, model)
 
@@ -274,7 +181,7 @@ def embed_images(model_cache: ModelCache, key: ModelKey, images: Sequence[Any]) 
     batch = torch.stack([tf(load_image(im) if isinstance(im, str | os.PathLike) else im.convert("RGB"))
                          for im in images]).to(model_cache.device)
     with torch.inference_mode():
-        return model(batch).float().cpu().numpy().astype(np.float32)
+        return _l2n(model(batch).float()).cpu().numpy().astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,235 +238,115 @@ class IndexState:
     seconds: float
 
 
+def model_spec(key: ModelKey):
+    """The engine's ModelSpec for ``key``."""
+    from engine.collection import ModelSpec
+
+    return ModelSpec(backbone=key.backbone, weights=key.weights, descriptor=key.descriptor,
+                     image_size=key.image_size)
+
+
 class FolderIndex:
-    """An image folder and its per-model vectors under ``cache_dir``; every method is thread-safe."""
+    r"""An image folder and its per-(model, descriptor) :class:`engine.collection.Collection`\ s.
+
+    Collections are opened lazily (on the worker that first needs them); every method is
+    thread-safe (one lock per model key: a search waits while the same key is being written).
+    """
 
     def __init__(self, folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> None:
-        self.folder = Path(folder).resolve()
+        self.folder = Path(folder).expanduser().resolve()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"not an image folder: {self.folder}")
-        digest = hashlib.sha1(str(self.folder).encode()).hexdigest()[:12]
-        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "collections" / f"{self.folder.name}-{digest}"
-        self._lock = threading.RLock()
-        self._paths: list[str] | None = None
-        self._store: dict[ModelKey, tuple[list[str], np.ndarray]] = {}
-        self._hnsw: dict[ModelKey, Any] = {}
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self._lock = threading.Lock()
+        self._key_locks: dict[ModelKey, threading.RLock] = {}
+        self._collections: dict[ModelKey, Any] = {}
+        self.notes: list[str] = []  # messages for the user (e.g. a damaged cache that was rebuilt)
 
-    # -- files -------------------------------------------------------------------------------
-    def scan(self) -> list[str]:
-        """Image paths (absolute, sorted) under the folder; cached until rescanned."""
-        from engine.images import scan_images
-
-        paths = [str(p) for p in scan_images(self.folder)]
+    def _key_lock(self, key: ModelKey) -> threading.RLock:
         with self._lock:
-            self._paths = paths
-        return paths
+            return self._key_locks.setdefault(key, threading.RLock())
 
-    @property
-    def paths(self) -> list[str]:
-        with self._lock:
-            if self._paths is not None:
-                return list(self._paths)
-        return self.scan()
+    def collection(self, key: ModelKey):
+        """The Collection of ``key`` (opened from the cache on first use; a damaged cache is rebuilt)."""
+        from engine.collection import Collection, CollectionError
+
+        with self._key_lock(key):
+            coll = self._collections.get(key)
+            if coll is None:
+                try:
+                    coll = Collection.open(self.folder, model_spec=model_spec(key), cache_dir=self.cache_dir)
+                except CollectionError as exc:
+                    self.notes.append(f"{exc} — indexing again.")
+                    log.warning("rebuilding: %s", exc)
+                    coll = Collection.open(self.folder, model_spec=model_spec(key), cache_dir=self.cache_dir,
+                                           rebuild=True)
+                self._collections[key] = coll
+            return coll
 
     def label_of(self, path: str | os.PathLike) -> str | None:
-        """The first sub-folder under the collection root (None outside it or at its top level)."""
+        """The image's folder name when it lies in a sub-folder of the collection (as the engine labels)."""
         try:
             parts = Path(path).resolve().relative_to(self.folder).parts
         except ValueError:
             return None
-        return parts[0] if len(parts) > 1 else None
-
-    def _dir(self, key: ModelKey) -> Path:
-        return self.cache_dir / key.slug()
-
-    # -- stored vectors ------------------------------------------------------------------------
-    def _load(self, key: ModelKey) -> tuple[list[str], list[tuple[float, int]], np.ndarray] | None:
-        d = self._dir(key)
-        try:
-            items = json.loads((d / "items.json").read_text(encoding="utf-8"))
-            vecs = np.load(d / "vectors.npy", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            if (d / "items.json").exists():
-                log.warning("ignoring a damaged index in %s: %s", d, exc)
-            return None
-        if len(items) != len(vecs):
-            log.warning("ignoring %s: %d items but %d vectors", d, len(items), len(vecs))
-            return None
-        paths = [str(self.folder / it["path"]) for it in items]
-        return paths, [(it["mtime"], it["size"]) for it in items], vecs.astype(np.float32, copy=False)
-
-    def _save(self, key: ModelKey, paths: list[str], stats: list[tuple[float, int]], vecs: np.ndarray) -> None:
-        d = self._dir(key)
-        items = [{"path": str(Path(p).relative_to(self.folder)), "mtime": s[0], "size": s[1]}
-                 for p, s in zip(paths, stats, strict=True)]
-        with atomic_open(d / "vectors.npy", "wb") as fh:
-            np.save(fh, vecs.astype(np.float32))
-        atomic_write_text(d / "items.json", json.dumps(items))
-        atomic_write_text(d / "meta.json", json.dumps({**asdict(key), "dim": int(vecs.shape[1]) if vecs.ndim == 2 else 0,
-                                                      "count": len(paths), "folder": str(self.folder)}))
+        return parts[-2] if len(parts) > 1 else None
 
     def vectors(self, key: ModelKey) -> tuple[list[str], np.ndarray] | None:
-        """(paths, vectors (N, D)) of ``key`` when indexed (from memory or the cache dir), else None."""
-        with self._lock:
-            if key in self._store:
-                return self._store[key]
-        loaded = self._load(key)
-        if loaded is None:
-            return None
-        paths, _, vecs = loaded
-        with self._lock:
-            self._store[key] = (paths, vecs)
-        return paths, vecs
+        """(absolute paths, vectors (N, D)) of ``key`` when indexed, else None."""
+        with self._key_lock(key):
+            coll = self.collection(key)
+            if len(coll) == 0:
+                return None
+            return coll.paths, coll.vectors
 
     def has_index(self, key: ModelKey) -> bool:
-        """True when vectors for ``key`` exist (possibly missing new files: see :meth:`is_current`)."""
+        """True when vectors for ``key`` exist (opening the cache if needed)."""
         return self.vectors(key) is not None
-
-    def is_current(self, key: ModelKey) -> bool:
-        """True when every image now in the folder is indexed with unchanged mtime and size."""
-        loaded = self._load(key)
-        if loaded is None:
-            return False
-        have = dict(zip(loaded[0], loaded[1], strict=True))
-        now = self.paths
-        if len(now) != len(have):
-            return False
-        return all(have.get(p) == _stat(p) for p in now)
 
     def update(self, model_cache: ModelCache, key: ModelKey, *, batch_size: int = 16,
                progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
                progress_interval: float = 0.25) -> IndexState:
-        """Extract the vectors of new or changed images, drop removed ones, save; cancellable.
+        """Extract the vectors of new or changed images, drop removed ones, save (engine.collection).
 
-        A cancelled update keeps (and saves) what it extracted, so the next one resumes.
+        Progress is throttled to one call per ``progress_interval`` seconds. A cancelled update
+        changes nothing.
         """
-        import torch
-
-        from engine.images import ImageLoadError, load_image
-
         progress, should_stop = resolve(progress, should_stop)
-        t0 = time.monotonic()
-        paths = self.scan()
-        stats = {p: _stat(p) for p in paths}
-        loaded = self._load(key)
-        keep_paths, keep_stats, keep_vecs = [], [], []
-        if loaded is not None:
-            for p, s, v in zip(loaded[0], loaded[1], loaded[2], strict=True):
-                if stats.get(p) == tuple(s):
-                    keep_paths.append(p)
-                    keep_stats.append(tuple(s))
-                    keep_vecs.append(v)
-        removed = (len(loaded[0]) - len(keep_paths)) if loaded else 0
-        have = set(keep_paths)
-        todo = [p for p in paths if p not in have]
-        progress(0, len(todo), f"loading {model_title(key.backbone)}")
-        model = model_cache.get(key)
-        tf = _transform(model_cache, key)
-        new_paths, new_vecs, skipped = [], [], []
-        cancelled = False
-        last = 0.0
-        for start in range(0, len(todo), batch_size):
-            if should_stop():
-                cancelled = True
-                break
-            tensors, ok = [], []
-            for p in todo[start:start + batch_size]:
-                try:
-                    tensors.append(tf(load_image(p)))
-                    ok.append(p)
-                except ImageLoadError as exc:
-                    skipped.append((p, exc.reason))
-            if tensors:
-                with torch.inference_mode():
-                    out = model(torch.stack(tensors).to(model_cache.device)).float().cpu().numpy()
-                new_paths += ok
-                new_vecs += list(out.astype(np.float32))
-            done = min(start + batch_size, len(todo))
-            now = time.monotonic()
-            if now - last >= progress_interval or done == len(todo):
-                last = now
-                progress(done, len(todo), f"indexing {done}/{len(todo)}")
-        all_paths = keep_paths + new_paths
-        all_stats = keep_stats + [stats[p] for p in new_paths]
-        vec_list = keep_vecs + new_vecs
-        dim = int(getattr(model, "dim", 0) or (len(vec_list[0]) if vec_list else 0))
-        vecs = np.stack(vec_list).astype(np.float32) if vec_list else np.zeros((0, dim), np.float32)
-        order = np.argsort(np.array(all_paths, dtype=object), kind="stable") if all_paths else np.array([], int)
-        all_paths = [all_paths[i] for i in order]
-        all_stats = [all_stats[i] for i in order]
-        vecs = vecs[order] if len(order) else vecs
-        if new_paths or removed or loaded is None:
-            self._save(key, all_paths, all_stats, vecs)
-        with self._lock:
-            self._store[key] = (all_paths, vecs)
-            self._hnsw.pop(key, None)
-        return IndexState(key, len(paths), len(all_paths), len(new_paths), removed, skipped, cancelled,
-                          time.monotonic() - t0)
-
-    # -- search --------------------------------------------------------------------------------
-    def _hnsw_index(self, key: ModelKey, vecs: np.ndarray):
-        with self._lock:
-            idx = self._hnsw.get(key)
-        if idx is not None:
-            return idx
-        try:
-            from engine.index import make_index
-        except ImportError:
-            return None
-        idx = make_index("hnsw", metric="cosine", dim=int(vecs.shape[1]))
-        idx.add(vecs, np.arange(len(vecs)))
-        with self._lock:
-            self._hnsw[key] = idx
-        return idx
+        progress(0, 0, f"loading {model_title(key.backbone)}")
+        with self._key_lock(key):
+            coll = self.collection(key)
+            model = model_cache.get(key)
+            report = coll.update(model, device=model_cache.device, batch_size=batch_size,
+                                 progress=make_progress_throttle(progress, progress_interval),
+                                 should_stop=should_stop)
+            skipped = [(str(self.folder / s.path), s.reason) for s in coll.skipped]
+            return IndexState(key, len(coll) + len(skipped), len(coll), report.extracted, report.removed,
+                              skipped, report.cancelled, report.seconds)
 
     def search_vector(self, key: ModelKey, q: np.ndarray, options: SearchOptions,
                       exclude: str | None = None) -> tuple[list[Hit], str]:
         """Rank the indexed images for one query vector (D,); returns (hits, method used)."""
-        stored = self.vectors(key)
-        if stored is None:
-            raise RuntimeError(f"{DESCRIPTOR_TITLES.get(key.descriptor, key.descriptor)} is not indexed yet")
-        paths, vecs = stored
-        if len(paths) == 0:
-            return [], "empty"
-        k = max(1, int(options.k))
+        from engine.search import SearchOptions as EngineOptions
+
         extra = 1 if exclude else 0
-
-        def rank(qv: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, str]:
-            n = min(n, len(paths))
-            if not options.exact:
-                idx = self._hnsw_index(key, vecs)
-                if idx is not None:
-                    ids, scores = idx.query(qv[None, :].astype(np.float32), n)
-                    return np.asarray(ids).reshape(-1), np.asarray(scores).reshape(-1), "HNSW"
-            s = vecs @ qv
-            top = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
-            top = top[np.argsort(-s[top], kind="stable")]
-            return top, s[top], "exact"
-
-        q = q.astype(np.float32)
-        ids, scores, method = rank(q, k + extra)
-        if options.query_expansion > 0:  # average query expansion over the top n
-            top = [i for i in ids if paths[i] != exclude][: options.query_expansion]
-            q2 = q + vecs[top].sum(0)
-            q = q2 / max(float(np.linalg.norm(q2)), 1e-12)
-            ids, scores, method = rank(q, k + extra)
-            method += f" + QE{options.query_expansion}"
+        qe = int(options.query_expansion)
+        opts = EngineOptions(k=max(1, int(options.k)) + extra, threshold=options.threshold, exact=options.exact,
+                             query_expansion="average" if qe > 0 else None, qe_top=max(1, qe))
+        with self._key_lock(key):
+            coll = self.collection(key)
+            if len(coll) == 0:
+                raise RuntimeError(f"{DESCRIPTOR_TITLES.get(key.descriptor, key.descriptor)} is not indexed yet")
+            found = coll.search(np.asarray(q, np.float32), opts)
         hits = []
-        for i, s in zip(ids, scores, strict=True):
-            if i < 0 or paths[i] == exclude:
+        for h in found:
+            if h.path == exclude:
                 continue
-            if options.threshold is not None and s < options.threshold:
-                continue
-            hits.append(Hit(paths[i], float(s), len(hits) + 1, self.label_of(paths[i])))
-            if len(hits) >= k:
-                break
-        return hits, method
-
-
-def _stat(p: str) -> tuple[float, int]:
-    st = os.stat(p)
-    return (st.st_mtime, st.st_size)
+            hits.append(Hit(h.path, float(h.score), len(hits) + 1, h.label))
+        method = "exact" if options.exact else "HNSW"
+        if qe:
+            method += f" + QE{qe}"
+        return hits[: options.k], method
 
 
 def run_query(index: FolderIndex, model_cache: ModelCache, key: ModelKey, query: str,
@@ -576,11 +363,10 @@ def run_query(index: FolderIndex, model_cache: ModelCache, key: ModelKey, query:
 def ensure_and_query(index: FolderIndex, model_cache: ModelCache, key: ModelKey, query: str,
                      options: SearchOptions, progress: ProgressFn | None = None,
                      should_stop: ShouldStopFn | None = None) -> SearchResult | None:
-    """Index ``key`` when needed, then query (the comparison view's second descriptor)."""
-    if not index.has_index(key):
-        state = index.update(model_cache, key, progress=progress, should_stop=should_stop)
-        if state.cancelled:
-            return None
+    """Bring ``key``'s index up to date (only a scan when it is), then query (the comparison's second side)."""
+    state = index.update(model_cache, key, progress=progress, should_stop=should_stop)  # cheap when current
+    if state.cancelled:
+        return None
     return run_query(index, model_cache, key, query, options)
 
 
@@ -686,31 +472,33 @@ def compute_activations(model_cache: ModelCache, key: ModelKey, query: str, laye
         model = model_cache.get(key)
         with torch.inference_mode():
             desc = model.describe(fmap) if hasattr(model, "describe") else model(x)
-        d = desc.float()
+        d = _l2n(desc.float())
         result.score = float(d[0] @ d[1])
         if key.descriptor == "rmac":
-            result.regions = _rmac_shares(model, fmap[0:1], d[1], size, rmac_levels)
+            result.regions = _rmac_shares(model, fmap[0:1], d[1], size, getattr(model, "rmac_levels", rmac_levels))
     return result
 
 
 def _rmac_shares(model, fmap, other_desc, size: int, levels: int) -> list[RegionShare]:
-    import torch
+    """Per region of ``fmap`` (1, C, h, w): its part of the score against ``other_desc`` (D,)."""
+    from models import pooling
 
     h, w = fmap.shape[-2:]
-    with torch.inference_mode():
-        r = _l2n(region_vectors(fmap.float(), levels)[0])  # (R, C)
-        whitening = getattr(model, "whitening", None)
-        if whitening is not None:
-            r = _l2n(torch.as_tensor(whitening.apply(r), dtype=torch.float32))
-        total = r.sum(0)
-        contrib = (r @ other_desc.float()) / total.norm().clamp_min(1e-12)
+    with torch_inference():
+        contrib = model.region_contributions(fmap.float(), other_desc)[0]  # (R,)
     score = float(contrib.sum())
     sy, sx = size / h, size / w
     out = []
-    for (y, x, rh, rw), c in zip(rmac_regions(h, w, levels), contrib.tolist(), strict=True):
+    for (y, x, rh, rw), c in zip(pooling.rmac_regions(h, w, levels), contrib.tolist(), strict=True):
         out.append(RegionShare((int(x * sx), int(y * sy), int(rw * sx), int(rh * sy)), float(c),
                                float(c / score) if abs(score) > 1e-12 else 0.0))
     return out
+
+
+def torch_inference():
+    import torch
+
+    return torch.inference_mode()
 
 
 def make_progress_throttle(progress: ProgressFn, interval: float = 0.1) -> Callable[[int, int, str], None]:

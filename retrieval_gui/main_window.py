@@ -8,10 +8,11 @@ import importlib
 import importlib.util
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Slot
+from PySide6.QtCore import QByteArray, QCoreApplication, QEventLoop, QSettings, Qt, Slot
 from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -586,9 +587,9 @@ class MainWindow(QMainWindow):
             lines.append(f"<span style='font-size:15px'>precision@{len(result.hits)}: <b>{p:.2f}</b></span>")
         lines.append(f"{len(result.hits)} results · {result.method} · {1000 * result.seconds:.0f} ms")
         self.query_info.setText("<br>".join(lines))
-        if self.act_dock.isVisible():
+        if not self.act_dock.isHidden():
             self.refresh_activations()
-        if self.compare_dialog is not None and self.compare_dialog.isVisible():
+        if self.compare_dialog is not None and not self.compare_dialog.isHidden():
             self.run_compare()
 
     def select_hit(self, hit) -> None:
@@ -603,7 +604,7 @@ class MainWindow(QMainWindow):
         if img is not None:
             viewer.set_image(img)
         viewer.show()
-        if self.act_dock.isVisible():
+        if not self.act_dock.isHidden():
             self.refresh_activations()
 
     # ------------------------------------------------------------------ activations
@@ -664,7 +665,7 @@ class MainWindow(QMainWindow):
         other_key = self.key.with_descriptor(dlg.other_descriptor())
         left = self.result
         dlg.set_busy(f"searching with {DESCRIPTOR_TITLES.get(other_key.descriptor)}"
-                     f"{'' if self.index.has_index(other_key) else ' (indexing it first)'}…")
+                     f"{'' if other_key in self._ready_keys else ' (indexing it if needed)'}…")
         task = workers.start_task(ensure_and_query, self.index, self.models, other_key, self.query_path,
                                   replace(self.options), parent=self, name="compare")
         self._compare_task = task
@@ -775,16 +776,28 @@ class MainWindow(QMainWindow):
         for t in (self._index_task, self._query_task, self._act_task, self._compare_task, self._export_task):
             if t is not None and t.is_running():
                 t.cancel()
-        workers.shutdown(15_000)
+        self.wait_idle(15_000)
         self.loader.wait(5_000)
         self.big_loader.wait(5_000)
         super().closeEvent(event)
 
-    def wait_idle(self, msecs: int = 30_000) -> None:
-        """Wait for every task of this window (tests, screenshots)."""
-        for t in (self._index_task, self._query_task, self._act_task, self._compare_task, self._export_task):
-            if t is not None:
-                t.wait(msecs)
+    def wait_idle(self, msecs: int = 30_000) -> bool:
+        """Wait for every task of this window while processing events; True when all finished.
+
+        A worker's ``finished -> thread.quit`` is delivered through the GUI thread's event loop, so
+        a plain ``QThread.wait`` on the GUI thread would wait for the whole timeout.
+        """
+        deadline = time.monotonic() + msecs / 1000
+        tasks = [t for t in (self._index_task, self._query_task, self._act_task, self._compare_task,
+                             self._export_task) if t is not None]
+        while any(t.is_running() for t in tasks) and time.monotonic() < deadline:
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+            for t in tasks:
+                if t.is_running():
+                    t.wait(10)
+                    break
+        QCoreApplication.processEvents()
+        return not any(t.is_running() for t in tasks)
 
 
 def _split_root(split: str, folder: Path) -> Path:
