@@ -1,0 +1,173 @@
+"""Index benchmark: HNSW (nmslib) against exact search, for growing collection sizes.
+
+Per size: HNSW build time and memory (RSS growth while building), then for several ``ef`` values the
+single-query latency (p50 / p99), queries per second (one query at a time, one thread: an interactive
+search), recall@1 and recall@10 against the exact answer; and the exact search's own latency and
+throughput. Prints a markdown table (and JSON with --json).
+
+Data: ``--vectors FILE.npy`` (real descriptors, (N, D)) where given and large enough; otherwise a
+structured synthetic set: a mixture of ``--clusters`` Gaussian clusters on the unit sphere (centres
+uniform on the sphere, spread ``--spread``), L2-normalised, queries drawn from the same mixture (not
+database points). cub100 has only 5,902 images, too few for these sizes.
+
+    python benchmarks/index.py --sizes 10000 100000 --dim 128
+    python benchmarks/index.py --sizes 1000000 --dim 64 --efs 50 100 --queries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.index import DEFAULT_EF, DEFAULT_EF_CONSTRUCTION, DEFAULT_M, make_index  # noqa: E402
+
+
+def rss_mb() -> float:
+    """Resident memory of this process, MB (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def sphere_mixture(n: int, dim: int, clusters: int, spread: float, rng: np.random.Generator,
+                   centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) L2-normalised points around ``clusters`` centres on the sphere; returns (points, centres)."""
+    if centres is None:
+        centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((n, dim), np.float32)
+    for a in range(0, n, 100_000):
+        b = min(n, a + 100_000)
+        x = centres[rng.integers(0, len(centres), b - a)] + rng.normal(scale=spread / np.sqrt(dim),
+                                                                        size=(b - a, dim)).astype(np.float32)
+        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out, centres
+
+
+def timed_single_queries(index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query one vector at a time; -> (ids (Q, k), latencies in ms (Q,))."""
+    ids = np.zeros((len(q), k), np.int64)
+    lat = np.zeros(len(q))
+    for i in range(len(q)):
+        t = time.perf_counter()
+        r, _ = index.query(q[i:i + 1], k)
+        lat[i] = (time.perf_counter() - t) * 1000
+        ids[i, : r.shape[1]] = r[0]
+    return ids, lat
+
+
+def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean share of the true top-k found in the returned top-k."""
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth, strict=True)]))
+
+
+def bench_size(x: np.ndarray, q: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    n, dim = x.shape
+    ids = np.arange(n, dtype=np.int64)
+    rows = []
+    # exact: the yardstick (ground truth by batch, latency one query at a time)
+    ex = make_index("exact", "cosine", dim=dim)
+    ex.add(x, ids)
+    t = time.perf_counter()
+    truth, _ = ex.query(q, args.k)
+    batch_qps = len(q) / (time.perf_counter() - t)
+    nq_exact = min(len(q), args.exact_latency_queries)
+    _, lat = timed_single_queries(ex, q[:nq_exact], args.k)
+    rows.append({"n": n, "dim": dim, "index": "exact", "ef": None, "build_s": 0.0, "mem_mb": x.nbytes / 2**20,
+                 "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                 "qps": 1000 / float(np.mean(lat)), "batch_qps": batch_qps, "r1": 1.0, "r10": 1.0})
+    del ex
+    gc.collect()
+    if n > args.max_hnsw:
+        return rows
+    before = rss_mb()
+    hn = make_index("hnsw", "cosine", dim=dim, M=args.M, ef_construction=args.ef_construction,
+                    threads=args.build_threads)
+    t = time.perf_counter()
+    hn.add(x, ids)
+    hn.rebuild()
+    build_s = time.perf_counter() - t
+    mem = rss_mb() - before
+    hn.threads = 1
+    for ef in args.efs:
+        hn.ef = ef
+        found, lat = timed_single_queries(hn, q, args.k)
+        rows.append({"n": n, "dim": dim, "index": "hnsw", "ef": ef, "build_s": build_s, "mem_mb": mem,
+                     "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                     "qps": 1000 / float(np.mean(lat)), "batch_qps": None,
+                     "r1": float(np.mean(found[:, 0] == truth[:, 0])), "r10": recall(found, truth, args.k)})
+    del hn
+    gc.collect()
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| N | D | index | ef | build s | memory MB | p50 ms | p99 ms | queries/s (1 by 1) | "
+            "queries/s (batch) | recall@1 | recall@10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        batch = "-" if r["batch_qps"] is None else f"{r['batch_qps']:.0f}"
+        lines.append(
+            f"| {r['n']:,} | {r['dim']} | {r['index']} | {r['ef'] or '-'} | {r['build_s']:.1f} | {r['mem_mb']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.0f} | "
+            f"{batch} | {r['r1']:.3f} | {r['r10']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--vectors", help="real descriptors (N, D) .npy, used for sizes up to N")
+    p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--spread", type=float, default=0.6, help="cluster noise norm relative to the centre")
+    p.add_argument("--queries", type=int, default=500)
+    p.add_argument("--exact-latency-queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--efs", type=int, nargs="+", default=[10, 20, 50, DEFAULT_EF, 200])
+    p.add_argument("--M", type=int, default=DEFAULT_M)
+    p.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
+    p.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--max-hnsw", type=int, default=10**9, help="only exact search above this size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    real = np.load(args.vectors).astype(np.float32) if args.vectors else None
+    rows: list[dict] = []
+    for n in args.sizes:
+        if real is not None and len(real) >= n + args.queries:
+            x, q = real[:n], real[n:n + args.queries]
+            source = f"real descriptors from {args.vectors}"
+        else:
+            x, centres = sphere_mixture(n, args.dim, args.clusters, args.spread, rng)
+            q, _ = sphere_mixture(args.queries, args.dim, args.clusters, args.spread, rng, centres)
+            source = f"synthetic: {args.clusters} Gaussian clusters on the sphere, spread {args.spread}"
+        sys.stderr.write(f"N={n:,} D={x.shape[1]} ({source})\n")
+        size_rows = bench_size(x, q, args)
+        for r in size_rows:
+            r["data"] = source
+        rows.extend(size_rows)
+        sys.stderr.write(markdown(size_rows) + "\n")
+        del x, q
+        gc.collect()
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, {platform.python_version()}; "
+          f"HNSW M={args.M}, efConstruction={args.ef_construction}, built with {args.build_threads} threads, "
+          f"queried with 1 thread; k={args.k}, {args.queries} queries\n")
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
