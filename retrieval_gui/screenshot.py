@@ -1,0 +1,104 @@
+"""Open the real explorer window on a folder, run one query and save a screenshot.
+
+    python -m retrieval_gui.screenshot resources/demo --query resources/demo/sunset/01.jpg \\
+        --out docs/images/explorer.png [--weights random --image-size 64] [--activations 2]
+
+Prints one JSON line: the number of results, the results area (x, y, w, h) in the image, timings.
+Settings go to a throw-away folder unless --settings-dir is given, so a run never touches the user's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _wait(app, cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        app.processEvents()
+        time.sleep(0.01)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--query", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", default="pretrained")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--descriptor", default=None)
+    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--size", default="1400x860", help="window size WxH")
+    p.add_argument("--activations", type=int, default=None, metavar="RANK",
+                   help="show the activations dock with the result of this rank selected")
+    p.add_argument("--settings-dir", default=None)
+    p.add_argument("--timeout", type=float, default=300)
+    args = p.parse_args(argv)
+
+    from PySide6.QtCore import QCoreApplication, QSettings
+    from PySide6.QtWidgets import QApplication
+
+    settings_dir = args.settings_dir or tempfile.mkdtemp(prefix="re-shot-settings-")
+    QCoreApplication.setOrganizationName("RetrievalExplorerScreenshot")
+    QCoreApplication.setApplicationName("retrieval-explorer-screenshot")
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, settings_dir)
+    app = QApplication.instance() or QApplication(["retrieval-explorer"])
+
+    from retrieval_gui.main_window import MainWindow
+
+    t0 = time.monotonic()
+    win = MainWindow(weights=args.weights, image_size=args.image_size, restore=False)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    win.resize(w, h)
+    if args.descriptor:
+        win.set_descriptor(args.descriptor)
+    if args.k:
+        win.k_spin.setValue(args.k)
+    win.show()
+    if not win.open_collection(args.folder):
+        print(json.dumps({"error": win.banner.text()}))
+        return 2
+    ok = _wait(app, win.index_ready, args.timeout)
+    t_index = time.monotonic() - t0
+    win.set_query(str(Path(args.query).resolve()))
+    ok = ok and _wait(app, lambda: win.result is not None and not win._query_pending, args.timeout)
+    if ok and args.activations:
+        win.act_dock.show()
+        hit = win.result.hits[min(args.activations, len(win.result.hits)) - 1]
+        win.results_view.setCurrentIndex(win.results_model.index(hit.rank - 1))
+        win.selected_hit = hit
+        win.refresh_activations()
+        ok = _wait(app, lambda: win.activations.payload is not None and win.activations.payload.other == hit.path
+                   and not win._act_pending, args.timeout)
+    win.loader.wait(30_000)
+    win.big_loader.wait(30_000)
+    _wait(app, lambda: False, 0.5)  # let the grid repaint with every thumbnail
+    screen = win.screen()
+    shot = screen.grabWindow(win.winId()) if screen is not None else None
+    if shot is None or shot.isNull() or shot.width() < 10:
+        shot = win.grab()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    saved = shot.save(args.out)
+    view = win.results_view.viewport()
+    top_left = view.mapTo(win, view.rect().topLeft())
+    scale = shot.width() / max(1, win.width())
+    area = [int(top_left.x() * scale), int(top_left.y() * scale), int(view.width() * scale), int(view.height() * scale)]
+    info = {"ok": bool(ok and saved), "results": len(win.result.hits) if win.result else 0,
+            "results_area": area, "image": [shot.width(), shot.height()], "index_s": round(t_index, 2),
+            "total_s": round(time.monotonic() - t0, 2), "banner": win.banner.text() if win.banner.isVisible() else ""}
+    win.close()
+    print(json.dumps(info))
+    return 0 if info["ok"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
