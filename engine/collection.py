@@ -248,6 +248,8 @@ class Collection:
         self.state_dir = state_dir
         self.index_kind = index_kind
         self.index_params = dict(index_params or {})
+        if index_kind == "hnsw":
+            self.index_params.setdefault("threads", max(1, min(8, os.cpu_count() or 1)))
         self._identity = model_spec.identity()
         self._reset()
 
@@ -448,6 +450,8 @@ class Collection:
             report.seconds = time.perf_counter() - start
             return report
         new = result.vectors.astype(np.float32, copy=False)
+        if new.size:  # the contract says L2-normalised; make sure (search and QE rely on it)
+            new = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
         if new.shape[0] and self._vectors is not None and new.shape[1] != self._vectors.shape[1]:
             raise CollectionError(f"the model gives {new.shape[1]}-d vectors but the collection holds "
                                   f"{self._vectors.shape[1]}-d ones; {self._fix()}")
@@ -514,9 +518,29 @@ class Collection:
                 out.append(int(m.group(1)))
         return out
 
-    def _save(self) -> None:
-        """Write a new generation folder completely, then switch CURRENT to it, then delete the others."""
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive lock on the state folder (POSIX flock) so that two processes saving the same
+        collection do not pick the same generation or delete each other's folder mid-write."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no cross-process lock
+            yield
+            return
+        with open(self.state_dir / ".lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _save(self) -> None:
+        with self._locked():
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        """Write a new generation folder completely, then switch CURRENT to it, then delete the others."""
         meta = self.state_dir.parent / "folder.txt"
         if not meta.exists():
             atomic_write_text(meta, str(self.folder) + "\n")
