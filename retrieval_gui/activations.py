@@ -55,7 +55,7 @@ def input_crop(path: str, size: int) -> np.ndarray:
 
 
 def activation_job(models: ModelCache, key: ModelKey, query: str, layer: str | None,
-                   other: str | None, display: int = 224) -> ActivationPayload:
+                   other: str | None, display: int = 176) -> ActivationPayload:
     """Worker function: compute the activations (``layer`` None = the deepest layer)."""
     layers = activation_layers(models, key)
     if not layers:
@@ -94,7 +94,7 @@ def heat_overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.n
     return (rgb.astype(np.float32) * (1 - alpha) + h.astype(np.float32) * alpha).astype(np.uint8)
 
 
-def channel_grid(maps: LayerMaps, cell: int = 52, cols: int = 4) -> np.ndarray:
+def channel_grid(maps: LayerMaps, cell: int = 42, cols: int = 4) -> np.ndarray:
     """The top channels' maps as a small grid image (rows of ``cols``)."""
     n = len(maps.top_channels)
     rows = max(1, (n + cols - 1) // cols)
@@ -106,28 +106,36 @@ def channel_grid(maps: LayerMaps, cell: int = 52, cols: int = 4) -> np.ndarray:
     return out
 
 
-def draw_regions(rgb: np.ndarray, result: ActivationResult, net_size: int) -> QPixmap:
-    """The query crop with every R-MAC region outlined, its width and label showing its share."""
+def draw_regions(rgb: np.ndarray, result: ActivationResult, net_size: int, top: int = 5) -> QPixmap:
+    """The query crop with the R-MAC regions: the ``top`` largest shares outlined in colour (yellow =
+    largest) with their percentage, the others as thin grey outlines."""
     pm = QPixmap.fromImage(_qimage(rgb))
     scale = rgb.shape[0] / net_size
     p = QPainter(pm)
     p.setRenderHint(QPainter.RenderHint.Antialiasing)
-    top = max((abs(r.share) for r in result.regions), default=1.0) or 1.0
     font = QFont()
-    font.setPixelSize(11)
+    font.setPixelSize(10)
     font.setBold(True)
     p.setFont(font)
-    for reg in sorted(result.regions, key=lambda r: r.share):
+    order = sorted(range(len(result.regions)), key=lambda i: result.regions[i].share)
+    best = set(order[-top:])
+    shares = [r.share for r in result.regions]
+    lo, hi = (min(shares), max(shares)) if shares else (0.0, 1.0)
+    for i in order:
+        reg = result.regions[i]
         x, y, w, h = (int(v * scale) for v in reg.box)
-        strength = abs(reg.share) / top
-        colour = QColor.fromHsvF(0.33 * (1 - strength), 0.9, 0.95) if reg.share >= 0 else QColor("#5c6bc0")
-        p.setPen(QPen(colour, 1 + 3 * strength))
-        p.drawRect(QRect(x + 1, y + 1, w - 2, h - 2))
-        label = f"{100 * reg.share:.0f}%"
-        tr = QRect(x + 3, y + 3, 36, 14)
-        p.fillRect(tr, QColor(0, 0, 0, 150))
-        p.setPen(QColor("white"))
-        p.drawText(tr, Qt.AlignmentFlag.AlignCenter, label)
+        if i not in best:
+            p.setPen(QPen(QColor(255, 255, 255, 90), 1))
+            p.drawRect(QRect(x + 1, y + 1, w - 2, h - 2))
+            continue
+        t = (reg.share - lo) / (hi - lo) if hi > lo else 1.0
+        colour = QColor.fromHsvF(0.02 + 0.14 * t, 0.95, 1.0)  # red -> yellow for the largest
+        p.setPen(QPen(colour, 2.5))
+        p.drawRect(QRect(x + 2, y + 2, w - 4, h - 4))
+        tr = QRect(x + 4, y + h - 18, 40, 14)
+        p.fillRect(tr, QColor(0, 0, 0, 170))
+        p.setPen(colour)
+        p.drawText(tr, Qt.AlignmentFlag.AlignCenter, f"{100 * reg.share:.1f}%")
     p.end()
     return pm
 
@@ -152,26 +160,33 @@ class ActivationsPanel(QWidget):
         outer.addWidget(self.status)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         body = QWidget()
         self.grid = QGridLayout(body)
         scroll.setWidget(body)
         outer.addWidget(scroll, 1)
         self.labels: dict[str, QLabel] = {}
-        titles = [("q_heat", "query: activation heatmap"), ("q_grid", "query: most active channels"),
-                  ("o_heat", "selected result: heatmap"), ("o_grid", "selected result: channels"),
-                  ("regions", "R-MAC regions: share of the query→result score")]
-        for i, (name, title) in enumerate(titles):
+        cells = [("q_heat", "query: heatmap", 0, 0), ("o_heat", "selected result: heatmap", 0, 1),
+                 ("q_grid", "query: top channels", 2, 0), ("o_grid", "result: top channels", 2, 1),
+                 ("regions", "R-MAC regions: their share of the query→result score", 4, 0)]
+        for name, title, row, col in cells:
             cap = QLabel(title)
             cap.setStyleSheet("color:#555; font-weight:bold")
             img = QLabel()
-            img.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            self.grid.addWidget(cap, 2 * i, 0)
-            self.grid.addWidget(img, 2 * i + 1, 0)
+            img.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+            span = 2 if name == "regions" else 1
+            self.grid.addWidget(cap, row, col, 1, span)
+            self.grid.addWidget(img, row + 1, col, 1, 1)
             self.labels[name] = img
             self.labels[name + "_cap"] = cap
         self.regions_text = QLabel()
         self.regions_text.setWordWrap(True)
-        self.grid.addWidget(self.regions_text, 2 * len(titles), 0)
+        self.regions_text.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.regions_text.setStyleSheet("font-size: 11px")
+        self.grid.addWidget(self.regions_text, 5, 1)
+        self.grid.setColumnStretch(2, 1)
+        self.grid.setRowStretch(6, 1)
         self.payload: ActivationPayload | None = None
         self._set_visible_parts(False, False)
 
@@ -211,10 +226,12 @@ class ActivationsPanel(QWidget):
         self._set_visible_parts(r.other is not None, has_regions)
         if has_regions:
             self.labels["regions"].setPixmap(draw_regions(p.query_rgb, r, r.query.image_size))
-            lines = [f"score {r.score:.4f} = Σ over {len(r.regions)} regions:"]
+            lines = [f"score {r.score:.4f} = Σ of {len(r.regions)} regions:"]
             for i, reg in sorted(enumerate(r.regions), key=lambda t: -t[1].share):
                 x, y, w_, h_ = reg.box
-                lines.append(f"region {i + 1} ({x},{y} {w_}×{h_}): {reg.contribution:+.4f} ({100 * reg.share:.1f}%)")
+                lines.append(f"region {i + 1} ({w_}px at {x},{y}): {reg.contribution:+.3f} = {100 * reg.share:.1f}%")
+            self.regions_text.setToolTip("<br>".join(lines))
+            lines = lines[:7] + (["…"] if len(lines) > 7 else [])
             self.regions_text.setText("<br>".join(lines))
         elif p.descriptor == "rmac" and r.other is None:
             self.regions_text.setText("Select a result to see each region's share of its score.")

@@ -206,7 +206,7 @@ class MainWindow(QMainWindow):
         self.act_dock = QDockWidget("Layer activations", self)
         self.act_dock.setObjectName("activationsDock")
         self.act_dock.setWidget(self.activations)
-        self.act_dock.setMinimumWidth(260)
+        self.act_dock.setMinimumWidth(420)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.act_dock)
         self.act_dock.hide()
         self.act_dock.visibilityChanged.connect(lambda v: v and self.refresh_activations())
