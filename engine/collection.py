@@ -463,6 +463,8 @@ class Collection:
                           for s in result.skipped]
         try:
             self._apply(changes, new_paths, new, report.skipped, current)
+            if progress is not None:
+                progress(len(todo), len(todo), "updating the search index and saving")
             self._save()
         except BaseException:
             self._recover()
