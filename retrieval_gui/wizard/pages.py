@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QEventLoop, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -645,11 +646,12 @@ class RunPage(QWizardPage):
         self.reset()
         self.config = config
         self.handle = handle
-        handle.event.connect(self.on_event)
-        handle.progress.connect(self.on_progress)
-        handle.result.connect(self.on_result)
-        handle.error.connect(self.on_error)
-        handle.finished.connect(self.on_finished)
+        # signals of an earlier run (still arriving after a restart) are dropped
+        handle.event.connect(lambda e, h=handle: h is self.handle and self.on_event(e))
+        handle.progress.connect(lambda d, t, m, h=handle: h is self.handle and self.on_progress(d, t, m))
+        handle.result.connect(lambda r, h=handle: h is self.handle and self.on_result(r))
+        handle.error.connect(lambda m, d, h=handle: h is self.handle and self.on_error(m, d))
+        handle.finished.connect(lambda h=handle: h is self.handle and self.on_finished())
         self.progress.setRange(0, max(1, config.iterations))
         self.phase.setText("Starting: reading the data and building the model…")
         self._labels_timer.start()
@@ -676,7 +678,7 @@ class RunPage(QWizardPage):
         self.phase.setText("Stopping: saving the checkpoint…")
         self._set_buttons()
         if wait_ms > 0:
-            self.handle.wait(wait_ms)
+            wait_for_task(self.handle, wait_ms)
 
     # -- task signals ----------------------------------------------------------------------------
     def on_event(self, e) -> None:
@@ -788,6 +790,19 @@ class RunPage(QWizardPage):
     def _use(self) -> None:
         if self.result is not None:
             self.useModelRequested.emit(self.result.best_checkpoint_path)
+
+
+def wait_for_task(handle, timeout_ms: int) -> bool:
+    """Block until ``handle``'s thread has finished, still delivering queued signals (the worker's
+    ``finished -> thread.quit`` is queued to this thread, so a plain ``QThread.wait`` here would
+    sit out the whole timeout). True when it finished in time."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while handle.thread.isRunning():
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        if handle.thread.wait(20) or time.monotonic() > deadline:
+            break
+    QCoreApplication.processEvents()
+    return not handle.thread.isRunning()
 
 
 def _num(v: object) -> str:

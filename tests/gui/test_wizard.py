@@ -25,10 +25,25 @@ class FakeExplorer:
         self.used.append(backbone)
 
 
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory):
+    """One data folder and feature cache for the module: later runs read the cached features."""
+    return tmp_path_factory.mktemp("wizard")
+
+
+@pytest.fixture
+def tiny_data(image_folder, shared_dir):
+    """6 classes x 4 generated images of 64 px, made once per module."""
+    root = shared_dir / "images"
+    if not root.exists():
+        image_folder(n_classes=6, per_class=4, size=64, root=root)
+    return root
+
+
 def tiny_config(root, tmp_path, **kw) -> TrainConfig:
-    base = dict(data_root=str(root), weights="random", image_size=32, iterations=30, val_every=10,
+    base = dict(data_root=str(root), weights="random", image_size=32, iterations=30, val_every=15,
                 classes_per_batch=3, samples_per_class=2, warmup_iters=3, val_class_share=0.34,
-                cache_dir=str(tmp_path / "cache"), lr_head=1e-2, margin=0.3, num_threads=1, name="tiny")
+                cache_dir=str(root.parent / "cache"), lr_head=1e-2, margin=0.3, name="tiny")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -182,21 +197,21 @@ def test_live_plot_throttles_redraws(qtbot):
 
 
 # ------------------------------------------------------------------------------------------------
-def test_full_walk_trains_plots_and_uses_the_model(qtbot, image_folder, tmp_path):
+def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     """Data -> ... -> summary -> run to the end; results beside the baseline; "Use this model"."""
-    root = image_folder(n_classes=6, per_class=4, size=64)
+    root = tiny_data
     explorer = FakeExplorer()
     wiz = TrainWizard(main_window=explorer, config=tiny_config(root, tmp_path))
     qtbot.addWidget(wiz)
-    with qtbot.waitSignal(wiz.trainingFinished, timeout=60_000) as finished:
+    with qtbot.waitSignal(wiz.trainingFinished, timeout=240_000) as finished:
         walk_to_run_page(qtbot, wiz)
     result = finished.args[0]
     run = wiz.run_page
     qtbot.waitUntil(lambda: not run.running, timeout=10_000)
     assert run.error is None, run.error
     assert result.stopped_reason == "finished" and not result.cancelled
-    assert run.events["iteration"] == 30 and run.events["validation"] == 4  # iterations 0, 10, 20, 30
-    assert run.plot.drawn_points()["total"] == 30 and run.plot.drawn_points()["val"] == 4
+    assert run.events["iteration"] == 30 and run.events["validation"] == 3  # iterations 0, 15, 30
+    assert run.plot.drawn_points()["total"] == 30 and run.plot.drawn_points()["val"] == 3
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert run.plot._total == pytest.approx(losses)
     assert any(v == v for v in run.plot._memory)  # the memory curve gets points after the warm-up
@@ -220,25 +235,29 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, image_folder, tmp_path
     assert json.loads(QSettings().value(SETTINGS_KEY))["data_root"] == str(root)
 
 
-def test_pause_resume_stop_keeps_a_loadable_checkpoint(qtbot, image_folder, tmp_path):
-    root = image_folder(n_classes=6, per_class=4, size=64)
-    wiz = TrainWizard(config=tiny_config(root, tmp_path, iterations=1_000_000, val_every=50))
+def test_pause_resume_stop_keeps_a_loadable_checkpoint(qtbot, tiny_data, tmp_path):
+    root = tiny_data
+    wiz = TrainWizard(config=tiny_config(root, tmp_path, iterations=1_000_000, val_every=1_000_000))
     qtbot.addWidget(wiz)
     walk_to_run_page(qtbot, wiz)
     run = wiz.run_page
     assert run.running and not run.isComplete()
-    qtbot.waitUntil(lambda: run.plot.iteration_points >= 20, timeout=60_000)
+    qtbot.waitUntil(lambda: run.plot.iteration_points >= 20, timeout=240_000)
     qtbot.waitUntil(lambda: run.plot.drawn_points()["total"] >= 20, timeout=2_000)  # the timer redrew
     qtbot.mouseClick(run.pause_button, Qt.MouseButton.LeftButton)
     assert run.paused and run.resume_button.isEnabled() and not run.pause_button.isEnabled()
-    qtbot.wait(300)  # an in-flight step and its queued events land
-    n = run.plot.iteration_points
-    qtbot.wait(500)
+    n = -1
+    for _ in range(100):  # an in-flight step (and its queued events) may still land
+        if run.plot.iteration_points == n:
+            break
+        n = run.plot.iteration_points
+        qtbot.wait(400)
+    qtbot.wait(800)
     assert run.plot.iteration_points == n  # no step while paused
     qtbot.mouseClick(run.resume_button, Qt.MouseButton.LeftButton)
     assert not run.paused
-    qtbot.waitUntil(lambda: run.plot.iteration_points >= n + 20, timeout=30_000)
-    with qtbot.waitSignal(wiz.trainingFinished, timeout=30_000) as finished:
+    qtbot.waitUntil(lambda: run.plot.iteration_points >= n + 20, timeout=120_000)
+    with qtbot.waitSignal(wiz.trainingFinished, timeout=120_000) as finished:
         qtbot.mouseClick(run.stop_button, Qt.MouseButton.LeftButton)
     result = finished.args[0]
     qtbot.waitUntil(lambda: not run.running, timeout=10_000)
@@ -279,15 +298,30 @@ def test_errors_are_shown_in_the_page(qtbot, image_folder, tmp_path, monkeypatch
     assert run.isComplete() and not run.results.isVisible()
 
 
-def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path):
+def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path, monkeypatch):
     root = image_folder(n_classes=6, per_class=4, size=24)
-    wiz = TrainWizard(config=tiny_config(root, tmp_path, iterations=1_000_000))
+    wiz = TrainWizard(config=tiny_config(root, tmp_path))
     qtbot.addWidget(wiz)
+    import engine.training.trainer as T
+
+    steps = []
+
+    def endless(config, *, progress=None, should_stop=None, on_event=None, resume_from=None):
+        """A stand-in trainer: one 'iteration' event per 10 ms until asked to stop."""
+        while not should_stop():
+            steps.append(len(steps) + 1)
+            on_event(T.TrainEvent("iteration", len(steps), 10**9, loss=1.0, loss_batch=1.0))
+            time.sleep(0.01)
+        return T.TrainResult("", "", config, cancelled=True, stopped_reason="cancelled")
+
+    monkeypatch.setattr(T, "train", endless)
     walk_to_run_page(qtbot, wiz)
-    qtbot.waitUntil(lambda: wiz.run_page.plot.iteration_points >= 3, timeout=60_000)
+    qtbot.waitUntil(lambda: wiz.run_page.plot.iteration_points >= 3, timeout=10_000)
     handle = wiz.handle
+    t0 = time.perf_counter()
     wiz.reject()
     assert not handle.thread.isRunning()  # closing waited for the stop (no leaked thread)
+    assert time.perf_counter() - t0 < 5  # promptly, not after a wait timeout
     assert wiz.run_page.handle is None and not wiz.run_page.running
 
 
