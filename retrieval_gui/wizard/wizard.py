@@ -53,7 +53,7 @@ class TrainWizard(QWizard):
     trainingFinished = Signal(object)
     modelChosen = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, *, main_window: object | None = None,
+    def __init__(self, parent: QWidget | None = None, main_window: object | None = None, *,
                  config: TrainConfig | None = None) -> None:
         super().__init__(parent)
         self.main_window = main_window

@@ -200,9 +200,20 @@ def test_live_plot_throttles_redraws(qtbot):
 def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     """Data -> ... -> summary -> run to the end; results beside the baseline; "Use this model"."""
     root = tiny_data
-    explorer = FakeExplorer()
-    wiz = TrainWizard(main_window=explorer, config=tiny_config(root, tmp_path))
-    qtbot.addWidget(wiz)
+    try:  # the real explorer window when it is part of the build, through its Training menu
+        from retrieval_gui.main_window import MainWindow
+    except ImportError:
+        MainWindow = None  # noqa: N806
+    if MainWindow is not None:
+        explorer = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=False)
+        qtbot.addWidget(explorer)
+        wiz = explorer.open_train_wizard()
+        assert isinstance(wiz, TrainWizard) and wiz.main_window is explorer
+        wiz.set_config(tiny_config(root, tmp_path))
+    else:
+        explorer = FakeExplorer()
+        wiz = TrainWizard(main_window=explorer, config=tiny_config(root, tmp_path))
+        qtbot.addWidget(wiz)
     with qtbot.waitSignal(wiz.trainingFinished, timeout=240_000) as finished:
         walk_to_run_page(qtbot, wiz)
     result = finished.args[0]
@@ -229,7 +240,12 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     # "Use this model" -> main_window.use_model(best checkpoint)
     with qtbot.waitSignal(wiz.modelChosen) as chosen:
         qtbot.mouseClick(run.use_button, Qt.MouseButton.LeftButton)
-    assert explorer.used == [result.best_checkpoint_path] == [chosen.args[0]]
+    assert chosen.args[0] == result.best_checkpoint_path
+    if isinstance(explorer, FakeExplorer):
+        assert explorer.used == [result.best_checkpoint_path]
+    else:  # the explorer switched to the trained model (and lists it in its model selector)
+        assert explorer.key.backbone == result.best_checkpoint_path
+        assert explorer.model_box.currentData() == result.best_checkpoint_path
     assert "Loading the model" in run.use_label.text()
     # the settings were remembered
     assert json.loads(QSettings().value(SETTINGS_KEY))["data_root"] == str(root)
