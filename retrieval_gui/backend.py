@@ -57,6 +57,21 @@ def demo_collection() -> Path:
     return Path(__file__).resolve().parent.parent / "resources" / "demo"
 
 
+def preload() -> None:
+    """Import torch, torchvision and the model/engine modules now (on the calling thread).
+
+    Importing them later inside a worker would hold the GIL for seconds at a time (extension
+    initialisation), freezing the GUI thread; the window calls this before it is shown.
+    """
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import engine.collection  # noqa: F401
+    import engine.extraction  # noqa: F401
+    import models.backbones  # noqa: F401
+    import models.descriptors  # noqa: F401
+
+
 def list_backbones() -> list[str]:
     """Backbone names of models.backbones."""
     from models.backbones import list_backbones as names

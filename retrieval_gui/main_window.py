@@ -49,6 +49,7 @@ from retrieval_gui.backend import (
     list_descriptors,
     list_trained,
     model_title,
+    preload,
     run_query,
 )
 from retrieval_gui.compare import CompareDialog
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
     def __init__(self, *, weights: str = "pretrained", image_size: int | None = None, device: str = "cpu",
                  threads: int | None = None, thumb_size: int = 150, restore: bool = True) -> None:
         super().__init__()
+        preload()  # heavy imports now, not in a worker where they would freeze the GUI thread
         self.setWindowTitle("Retrieval Explorer")
         self.resize(1280, 820)
         self.setAcceptDrops(True)
