@@ -608,6 +608,7 @@ class RunPage(QWizardPage):
         self.progress.setValue(0)
         self.memory_bar.setRange(0, 1)
         self.memory_bar.setValue(0)
+        self.memory_bar.setFormat("%v / %m embeddings")
         for w in (self.iteration_label, self.loss_label, self.speed_label, self.eta_label, self.val_label):
             w.setText("—")
         self.error_label.hide()
@@ -727,6 +728,7 @@ class RunPage(QWizardPage):
         self.speed_label.setText(f"{e.images_per_s:.0f}")
         self.eta_label.setText(fmt_duration(e.eta_s))
         if e.memory_size:
+            self.memory_bar.setFormat("%v / %m embeddings")
             self.memory_bar.setRange(0, e.memory_size)
             self.memory_bar.setValue(min(e.memory_fill, e.memory_size))
         else:

@@ -174,6 +174,12 @@ def test_summary_page_blocks_invalid_settings(qtbot, image_folder, tmp_path):
     assert not wiz.button(QWizard.WizardButton.CommitButton).isEnabled()
 
 
+def test_duration_format():
+    from retrieval_gui.wizard.pages import fmt_duration
+
+    assert [fmt_duration(s) for s in (0, 12.4, 185, 3725, -3)] == ["0s", "12s", "3m 05s", "1h 02m", "0s"]
+
+
 def test_live_plot_throttles_redraws(qtbot):
     plot = LiveTrainingPlot(interval_ms=100)
     qtbot.addWidget(plot)
