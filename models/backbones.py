@@ -79,11 +79,15 @@ class EfficientNetLite0(Backbone):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
-        # The stem and head use static "same" padding computed for 224 px: other sizes run (the
-        # padding stays that of 224), which is what the original TF-Lite graphs do as well.
-        self.net = EfficientNet.from_name("efficientnet-lite0")
+        # image_size=None: TensorFlow "same" padding computed per input (the package's default
+        # pads statically for 224 px, which at other sizes, e.g. 300x200 or 225, gives maps one
+        # cell smaller than the TF graph and shifted borders). Identical results at 224.
+        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
         if state_dict is not None:
-            missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+            try:
+                missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+            except RuntimeError as exc:  # shape mismatches
+                raise ValueError(f"weights do not fit efficientnet_lite0: {str(exc)[:300]}") from exc
             if missing or unexpected:
                 raise ValueError(f"weights do not fit efficientnet_lite0: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")
@@ -143,8 +147,12 @@ class ResNet(_TorchvisionBackbone):
 
     def activation_layers(self) -> dict[str, nn.Module]:
         n = self.net
-        return OrderedDict([("stem", n.conv1), ("layer1", n.layer1), ("layer2", n.layer2),
-                            ("layer3", n.layer3), ("layer4", n.layer4)])
+        layers: dict[str, nn.Module] = OrderedDict(stem=n.maxpool)  # conv-BN-ReLU-max-pool output
+        for i in range(1, 5):
+            layer = getattr(n, f"layer{i}")
+            out = layer[-1].conv3 if hasattr(layer[-1], "conv3") else layer[-1].conv2
+            layers[f"layer{i} ({out.out_channels} ch)"] = layer
+        return layers
 
 
 class VGG16(_TorchvisionBackbone):
@@ -181,8 +189,17 @@ class MobileNetV2(_TorchvisionBackbone):
 
     def activation_layers(self) -> dict[str, nn.Module]:
         f = self.net.features
-        picks = {"stem": 0, "stage 2": 3, "stage 3": 6, "stage 4": 10, "stage 5": 13, "stage 6": 16, "head conv": 18}
-        return OrderedDict((k, f[i]) for k, i in picks.items())
+        layers: dict[str, nn.Module] = OrderedDict(stem=f[0])
+        # the inverted-residual blocks 1..17, grouped into stages by output width
+        widths = [f[i].out_channels for i in range(1, len(f) - 1)]
+        stage = 0
+        for i, ch in enumerate(widths, start=1):
+            if i == 1 or ch != widths[i - 2]:
+                stage += 1
+            if i == len(widths) or widths[i] != ch:  # the last block of a stage
+                layers[f"stage {stage} ({ch} ch)"] = f[i]
+        layers[f"head conv ({self.feature_dim} ch)"] = f[len(f) - 1]
+        return layers
 
 
 _TV: dict[str, tuple[str, str, Callable[[nn.Module], Backbone]]] = {
@@ -240,7 +257,8 @@ def _tv_state_dict(name: str, allow_download: bool | None) -> dict:
     if cache.is_file():
         return _load_state_dict_file(cache)
     if not _downloads_allowed(allow_download):
-        raise _unavailable(name, cache, f"not in the cache and downloads are off ({OFFLINE_ENV}=1)")
+        why = "allow_download=False" if allow_download is False else f"{OFFLINE_ENV}=1"
+        raise _unavailable(name, cache, f"not in the cache and downloads are off ({why})")
     url = _tv_weights_enum(name).url
     log.info("downloading %s weights from torchvision into %s", name, cache)
     try:
@@ -323,10 +341,12 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", devi
         import torchvision.models as tvm
 
         builder, _, wrap = _TV[name]
-        net = getattr(tvm, builder)(weights=None)
-        if weights != "random":
+        state = None
+        if weights != "random":  # before building: a missing file is reported without the wait
             state = (_tv_state_dict(name, allow_download) if weights == "pretrained"
                      else _load_state_dict_file(Path(weights)))
+        net = getattr(tvm, builder)(weights=None)
+        if state is not None:
             try:
                 net.load_state_dict(state)
             except RuntimeError as exc:

@@ -79,8 +79,12 @@ def rmac_regions(H: int, W: int, L: int = 3) -> list[Region]:  # noqa: N803
     """The R-MAC grid for an H x W feature map: square regions (y, x, h, w) over L levels.
 
     Level l (1..L) has regions of side floor(2 min(H, W) / (l + 1)); along the short side l of them,
-    along the long side l + extra, where ``extra`` makes regions overlap by about 40%. Level 1 of a
-    square map is the whole map. Every region lies inside the map.
+    along the long side l + extra, where ``extra`` (the same at every level) makes consecutive
+    regions of level 1 overlap by the share closest to 40% (2 to 7 regions tried; of exactly equal
+    shares the fewer regions win, as cnnimageretrieval-pytorch's float32 arithmetic picks, e.g. for
+    5x9). Level 1 of a square map is the whole map. A level whose side would be 0 cells (maps only
+    1 or 2 cells high) is left out, as in the reference code. Every region lies inside the map.
+    Ordered by level, then top to bottom, then left to right.
     """
     if H < 1 or W < 1 or L < 1:
         raise ValueError(f"rmac_regions needs a positive map size and level count, got {H}x{W}, L={L}")
@@ -89,7 +93,9 @@ def rmac_regions(H: int, W: int, L: int = 3) -> list[Region]:  # noqa: N803
     extra_w, extra_h = (extra, 0) if W > H else (0, extra)
     regions: list[Region] = []
     for level in range(1, L + 1):
-        side = max(1, math.floor(2 * short / (level + 1)))
+        side = math.floor(2 * short / (level + 1))
+        if side < 1:
+            continue
         ys = _starts(H, side, level + extra_h)
         xs = _starts(W, side, level + extra_w)
         regions.extend((y, x, side, side) for y in ys for x in xs)

@@ -75,9 +75,17 @@ class PCAWhitening:
         if isinstance(x, torch.Tensor):
             return self.apply_torch(x)
         x = np.asarray(x, dtype=np.float32)
+        self._check_dim(x.shape)
         return (x - self.mean) @ self.projection.T
 
+    def _check_dim(self, shape: tuple) -> None:
+        if len(shape) == 0 or shape[-1] != self.in_dim:
+            raise ValueError(f"this whitening takes {self.in_dim}-d vectors (..., {self.in_dim}), got shape "
+                             f"{tuple(shape)}: it was learned for another descriptor or backbone")
+
     def apply_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """Whiten a tensor x (..., D) -> (..., D') on x's device, in x's floating dtype."""
+        self._check_dim(tuple(x.shape))
         key = (x.device, x.dtype)
         if key not in self._torch_cache:
             self._torch_cache[key] = (
@@ -127,7 +135,9 @@ class PCAWhitening:
         if header.get("version") != _VERSION:
             raise WhiteningFileError(f"{path} has whitening format version {header.get('version')}, "
                                      f"this program reads version {_VERSION}; learn it again")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(projection))):
+            raise WhiteningFileError(f"{path} holds non-finite numbers (damaged); learn it again")
         try:
             return cls(mean, projection, eig, header.get("meta"))
         except ValueError as exc:
-            raise WhiteningFileError(f"{path}: {exc}") from exc
+            raise WhiteningFileError(f"{path}: {exc}; learn it again") from exc

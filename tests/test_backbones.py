@@ -91,3 +91,65 @@ def test_damaged_or_malicious_weights_file_is_refused(tmp_path):
 def test_missing_weights_file():
     with pytest.raises(FileNotFoundError):
         get_backbone("resnet18", weights="/nonexistent/file.pth")
+
+
+def test_lite0_feature_map_follows_tf_same_padding_at_any_size():
+    """Dynamic "same" padding: the map is ceil(H/32) x ceil(W/32), also for sizes that are not 224."""
+    b = get_backbone("efficientnet_lite0", weights="random")
+    with torch.no_grad():
+        for h, w in [(100, 65), (33, 47), (64, 96)]:  # odd sizes on the way down, where 224's static pads differ
+            f = b.forward_features(torch.randn(1, 3, h, w))
+            assert f.shape == (1, 1280, -(-h // 32), -(-w // 32))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2", "resnet18"])
+def test_activation_layers_fire_shallow_to_deep(name):
+    b = get_backbone(name, weights="random")
+    layers = b.activation_layers()
+    seen: list[tuple[str, int]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: seen.append((n, out.shape[-1])))
+             for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            b.forward_features(torch.randn(1, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [n for n, _ in seen] == list(layers)  # each fires once, in the listed order
+    widths = [w for _, w in seen]
+    assert widths == sorted(widths, reverse=True)  # maps shrink (or stay) with depth
+    assert list(layers)[0] == "stem" and list(layers)[-1].startswith(("head conv", "layer4"))
+
+
+def test_truncated_weights_file_names_the_file(tmp_path):
+    src = get_backbone("mobilenet_v2", weights="random")
+    good = tmp_path / "m.pth"
+    torch.save(src.net.state_dict(), good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cut.pth"):
+        get_backbone("mobilenet_v2", weights=str(cut))
+    with pytest.raises(ValueError, match="do not fit"):  # a readable file for another network
+        get_backbone("efficientnet_lite0", weights=str(good))
+
+
+def test_checkpoint_path_dispatches_to_the_trained_model_loader(tmp_path, monkeypatch):
+    import models.embedding as embedding
+
+    ckpt = tmp_path / "trained.pt"
+    ckpt.write_bytes(b"stand-in")
+    calls = []
+    sentinel = get_backbone("resnet18", weights="random")
+    monkeypatch.setattr(embedding, "load_trained_backbone",
+                        lambda path, device="cpu": calls.append((path, device)) or sentinel)
+    assert get_backbone(str(ckpt), device="cpu") is sentinel
+    assert calls == [(str(ckpt), "cpu")]
+    assert weights_available(str(ckpt))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        get_backbone(str(tmp_path / "missing.pt"))
+
+
+def test_allow_download_false_overrides_the_environment(monkeypatch):
+    monkeypatch.delenv("RETRIEVAL_EXPLORER_OFFLINE")
+    with pytest.raises(WeightsUnavailableError, match="downloads are off"):
+        get_backbone("resnet50", allow_download=False)

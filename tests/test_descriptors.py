@@ -68,3 +68,23 @@ def test_whitening_dimension_mismatch_is_refused(backbone):
     w = PCAWhitening.fit(np.random.default_rng(0).normal(size=(50, 8)))
     with pytest.raises(ValueError, match="expects 8-d"):
         build_descriptor("spoc", backbone, whitening=w)
+
+
+def test_pooled_whitening_is_l2n_whiten_l2n(backbone, images):
+    with torch.no_grad():
+        f = backbone.forward_features(images)
+    rng = np.random.default_rng(1)
+    w = PCAWhitening.fit(rng.normal(size=(600, f.shape[1])), dim=8)
+    for kind, pool in (("spoc", pooling.spoc), ("mac", pooling.mac), ("gem", lambda t: pooling.gem(t, 2.0))):
+        d = build_descriptor(kind, backbone, whitening=w, gem_p=2.0)
+        with torch.no_grad():
+            got = d.describe(f)
+        expected = pooling.l2n(torch.as_tensor(w.apply(pooling.l2n(pool(f)).numpy())))
+        assert d.dim == 8 and got.shape == (3, 8)
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_region_boxes_are_the_grid_of_the_levels(backbone):
+    d = build_descriptor("rmac", backbone, rmac_levels=2)
+    assert d.region_boxes((5, 9)) == pooling.rmac_regions(5, 9, 2)
+    assert len(d.region_boxes((7, 7))) == 1 + 4

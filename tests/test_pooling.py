@@ -77,6 +77,43 @@ def test_rmac_regions_wide_5x10():
     assert P.rmac_regions(5, 10, 3) == expected
 
 
+def test_rmac_regions_wide_5x9():
+    # short 5, long 9: level-1 stride with 2 regions is 4 (overlap 1 - 4/5 = 0.2), with 3 regions 2
+    # (overlap 0.6): both exactly 0.2 from 0.4. The tie goes to the fewer regions (extra = 1), as
+    # cnnimageretrieval-pytorch's float32 argmin picks (the Matlab code's doubles round to 3).
+    # l=1: side 5, half 1, x: 2 regions, stride 4 -> 0, 4 ; y: 0
+    # l=2: side 3, half 0, x: 3 regions, stride 3 -> 0, 3, 6 ; y: 2 regions, stride 2 -> 0, 2
+    # l=3: side 2, half 0, x: 4 regions, stride 7/3 -> 0, 2, 4, 7 ; y: 3 regions, stride 1.5 -> 0, 1, 3
+    expected = [(0, 0, 5, 5), (0, 4, 5, 5)]
+    expected += [(y, x, 3, 3) for y in (0, 2) for x in (0, 3, 6)]
+    expected += [(y, x, 2, 2) for y in (0, 1, 3) for x in (0, 2, 4, 7)]
+    assert P.rmac_regions(5, 9, 3) == expected
+
+
+def test_rmac_regions_tall_9x5():
+    # the 5x9 case on its side: the extra regions go down the long (vertical) side
+    expected = [(0, 0, 5, 5), (4, 0, 5, 5)]
+    expected += [(y, x, 3, 3) for y in (0, 3, 6) for x in (0, 2)]
+    expected += [(y, x, 2, 2) for y in (0, 2, 4, 7) for x in (0, 1, 3)]
+    assert P.rmac_regions(9, 5, 3) == expected
+
+
+def test_rmac_regions_wide_7x10_levels_1_and_2():
+    # short 7, long 10: 2 regions at level 1 (stride 3, overlap 4/7 = 0.57) beat 3 (stride 1.5, 0.79)
+    # l=1: side 7, half 2, x: floor(2 + 0) - 2 = 0, floor(2 + 3) - 2 = 3
+    # l=2: side 4, half 1, x: 3 regions, stride 3 -> 0, 3, 6 ; y: 2 regions, stride 3 -> 0, 3
+    expected = [(0, 0, 7, 7), (0, 3, 7, 7)]
+    expected += [(y, x, 4, 4) for y in (0, 3) for x in (0, 3, 6)]
+    assert P.rmac_regions(7, 10, 2) == expected
+
+
+def test_rmac_regions_skip_levels_without_cells():
+    # a 1x1 map: level 1 is the map, levels 2 and 3 would have side floor(2/3) = floor(2/4) = 0
+    assert P.rmac_regions(1, 1, 3) == [(0, 0, 1, 1)]
+    with pytest.raises(ValueError, match="positive"):
+        P.rmac_regions(0, 4)
+
+
 def test_rmac_regions_tall_is_wide_transposed():
     wide = P.rmac_regions(5, 10, 3)
     tall = P.rmac_regions(10, 5, 3)
@@ -104,3 +141,33 @@ def test_rmac_equals_loop():
             total += v / (math.sqrt(float((v * v).sum())) + 1e-6)
         total /= math.sqrt(float((total * total).sum())) + 1e-6
         assert torch.allclose(out[b], total, atol=1e-9)
+
+
+def test_rmac_with_whitening_equals_loop():
+    """Per region: MAC -> l2n -> whiten -> l2n; then sum -> l2n (a stand-in linear whitening)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 4, 6, 6, generator=g, dtype=torch.float64)
+    A = torch.randn(3, 4, generator=g, dtype=torch.float64)  # noqa: N806
+    m = torch.randn(4, generator=g, dtype=torch.float64)
+
+    class Lin:
+        def apply_torch(self, v):
+            return (v - m) @ A.T
+
+    out = P.rmac(x, L=2, whitening=Lin())
+    total = torch.zeros(3, dtype=torch.float64)
+    for (y, xx, h, w) in P.rmac_regions(6, 6, 2):
+        v = torch.tensor([max(float(x[0, c, i, j]) for i in range(y, y + h) for j in range(xx, xx + w))
+                          for c in range(4)], dtype=torch.float64)
+        v = v / (v.norm() + 1e-6)
+        wv = (v - m) @ A.T
+        total += wv / (wv.norm() + 1e-6)
+    assert out.shape == (1, 3)
+    assert torch.allclose(out[0], total / (total.norm() + 1e-6), atol=1e-9)
+
+
+def test_learnable_gem_p_gets_a_gradient():
+    pool = P.GeM(p=3.0, learn_p=True)
+    x = torch.rand(2, 3, 4, 4) + 0.1
+    pool(x).sum().backward()
+    assert pool.p.grad is not None and torch.isfinite(pool.p.grad)

@@ -68,3 +68,51 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
 def test_fit_rejects_too_few_vectors():
     with pytest.raises(ValueError):
         PCAWhitening.fit(np.zeros((1, 4)))
+
+
+def test_apply_keeps_leading_axes_and_checks_the_dimension():
+    w = PCAWhitening.fit(correlated(), dim=4)
+    x = correlated(n=12, seed=3).reshape(3, 4, 6)  # (B, R, D) as the R-MAC regions
+    y = w.apply(x)
+    assert y.shape == (3, 4, 4)
+    assert np.allclose(y.reshape(12, 4), w.apply(x.reshape(12, 6)), atol=1e-5)
+    with pytest.raises(ValueError, match="6-d"):
+        w.apply(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="6-d"):
+        w.apply(torch.zeros(2, 5))
+
+
+def test_pickled_or_non_finite_files_are_refused(tmp_path):
+    obj = tmp_path / "obj.npz"  # an object array needs pickle: never loaded
+    np.savez(obj, mean=np.zeros(3), projection=np.eye(3), header=np.array([{"format": "x"}], dtype=object))
+    with pytest.raises(WhiteningFileError, match="learn it again"):
+        PCAWhitening.load(obj)
+    w = PCAWhitening.fit(correlated())
+    w.projection[0, 0] = np.nan
+    bad = tmp_path / "nan.npz"
+    w.save(bad)
+    with pytest.raises(WhiteningFileError, match="non-finite"):
+        PCAWhitening.load(bad)
+
+
+def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "w.npz"
+    PCAWhitening.fit(correlated(), dim=2).save(path)
+    before = path.read_bytes()
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        PCAWhitening.fit(correlated(), dim=3).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
+
+
+def test_fit_matches_a_hand_worked_2d_example():
+    # points on a line y = 2x scaled: covariance [[a, 2a], [2a, 4a]], one direction with variance 5a
+    X = np.array([[-1.0, -2.0], [1.0, 2.0], [-1.0, -2.0], [1.0, 2.0]])  # noqa: N806
+    w = PCAWhitening.fit(X, dim=1)
+    assert np.allclose(w.eigenvalues, [5.0])
+    assert np.allclose(np.abs(w.apply(X)).ravel(), 1.0, atol=1e-3)  # +-sqrt(5) / sqrt(5)
