@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     win._index_task.progress.connect(on_progress)
     rng = random.Random(0)
     grid = rng.sample(paths, min(args.grid, len(paths)))
-    win.results_model.set_hits([Hit(p, 1.0 - i / 1000, i + 1, Path(p).parent.name) for i, p in enumerate(grid)],
-                               Path(grid[0]).parent.name)
+    if grid:
+        win.results_model.set_hits([Hit(p, 1.0 - i / 1000, i + 1, Path(p).parent.name) for i, p in enumerate(grid)],
+                                   Path(grid[0]).parent.name)
     scroll_every, next_scroll = 1.0, time.monotonic() + 1.0
     while not win.index_ready() and time.monotonic() - t0 < args.max_seconds:
         app.processEvents()

@@ -31,34 +31,41 @@ def disk_key(path: str, size: int) -> str | None:
 
 
 def make_thumbnail(path: str, size: int, cache_dir: Path | None) -> QImage:
-    """Decode (or read from the disk cache) a thumbnail fitted into size x size; null QImage on failure."""
+    """Decode (or read from the disk cache) a thumbnail fitted into size x size; null QImage on failure.
+
+    All decoding and encoding is done by PIL, which releases the GIL while it works, so the pool's
+    threads never hold up the GUI thread; only the final copy into a QImage is a Qt call.
+    """
+    from PIL import Image, ImageOps
+
     key = disk_key(path, size)
     cached = cache_dir / f"{key[:2]}/{key}.jpg" if (cache_dir and key) else None
+    im = None
     if cached is not None and cached.is_file():
-        img = QImage(str(cached))
-        if not img.isNull():
-            return img
-    try:
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as im:
-            im.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((size, size), Image.Resampling.BILINEAR)
-            data = im.tobytes()
-            img = QImage(data, im.width, im.height, 3 * im.width, QImage.Format.Format_RGB888).copy()
-    except Exception as exc:  # unreadable file: the grid shows a placeholder
-        log.debug("thumbnail of %s failed: %s", path, exc)
-        return QImage()
-    if cached is not None:
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{threading.get_ident()}.tmp")
-            if img.save(str(tmp), "JPG", 85):
+            with Image.open(cached) as c:
+                im = c.convert("RGB")
+        except Exception:  # a damaged cache file: decode the original again
+            im = None
+    if im is None:
+        try:
+            with Image.open(path) as src:
+                src.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
+                im = ImageOps.exif_transpose(src).convert("RGB")
+                im.thumbnail((size, size), Image.Resampling.BILINEAR)
+        except Exception as exc:  # unreadable file: the grid shows a placeholder
+            log.debug("thumbnail of %s failed: %s", path, exc)
+            return QImage()
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.name}.{threading.get_ident()}.tmp")
+                im.save(tmp, "JPEG", quality=85)
                 os.replace(tmp, cached)
-        except OSError as exc:
-            log.debug("thumbnail cache write failed: %s", exc)
-    return img
+            except OSError as exc:
+                log.debug("thumbnail cache write failed: %s", exc)
+    data = im.tobytes()
+    return QImage(data, im.width, im.height, 3 * im.width, QImage.Format.Format_RGB888).copy()
 
 
 class _Job(QRunnable):
@@ -76,6 +83,7 @@ class ThumbnailLoader(QObject):
     """Asynchronous thumbnail source with a memory LRU and a disk cache."""
 
     ready = Signal(str, QImage)
+    _wake = Signal()
 
     def __init__(self, size: int = 160, cache_dir: str | os.PathLike | None = None, capacity: int = 600,
                  threads: int = 1, flush_ms: int = 40, parent: QObject | None = None) -> None:
@@ -94,8 +102,6 @@ class ThumbnailLoader(QObject):
         self._flush.setSingleShot(True)
         self._flush.timeout.connect(self._emit_done)
         self._wake.connect(self._schedule_flush)
-
-    _wake = Signal()
 
     def request(self, path: str) -> QImage | None:
         """The thumbnail if cached in memory (refreshing its LRU slot); otherwise schedule it, None."""

@@ -233,8 +233,8 @@ class ResultDelegate(QStyledItemDelegate):
         box = QRect(r.left() + (r.width() - self.thumb) // 2, r.top() + 4, self.thumb, self.thumb)
         pm = index.data(Qt.ItemDataRole.DecorationRole)
         if isinstance(pm, QPixmap) and not pm.isNull():
-            scaled = pm.scaled(box.size(), Qt.AspectRatioMode.KeepAspectRatio,
-                               Qt.TransformationMode.SmoothTransformation)
+            scaled = pm if (pm.width() <= box.width() and pm.height() <= box.height()) else pm.scaled(
+                box.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
             painter.drawPixmap(box.left() + (box.width() - scaled.width()) // 2,
                                box.top() + (box.height() - scaled.height()) // 2, scaled)
         else:
