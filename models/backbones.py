@@ -282,8 +282,9 @@ def list_backbones() -> list[str]:
     return [DEFAULT_BACKBONE, *_TV]
 
 
-def weights_available(name: str) -> bool:
+def weights_available(name: str | os.PathLike) -> bool:
     """Whether ``get_backbone(name)`` would find pretrained weights without downloading."""
+    name = os.fspath(name)
     if name == DEFAULT_BACKBONE:
         try:
             return _lite0_weights_file().is_file()
@@ -305,8 +306,8 @@ def _is_checkpoint_path(name: str) -> bool:
     return name.lower().endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(name)
 
 
-def get_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", device: str | torch.device = "cpu",
-                 allow_download: bool | None = None) -> Backbone:
+def get_backbone(name: str | os.PathLike = DEFAULT_BACKBONE, weights: str | os.PathLike = "pretrained",
+                 device: str | torch.device = "cpu", allow_download: bool | None = None) -> Backbone:
     """Build a backbone in eval mode on ``device``.
 
     ``weights``: "pretrained" (ImageNet), "random", or the path of a state-dict file.
@@ -315,6 +316,7 @@ def get_backbone(name: str = DEFAULT_BACKBONE, weights: str = "pretrained", devi
     Raises ValueError for an unknown name or unreadable file, WeightsUnavailableError when
     pretrained weights cannot be had.
     """
+    name, weights = os.fspath(name), os.fspath(weights)
     if _is_checkpoint_path(name):
         try:
             from models.embedding import load_trained_backbone

@@ -67,6 +67,7 @@ def test_local_weights_file(tmp_path):
     torch.save(src.net.state_dict(), path)
     b = get_backbone("resnet18", weights=str(path))
     assert torch.equal(b.net.conv1.weight, src.net.conv1.weight)
+    assert torch.equal(get_backbone("resnet18", weights=path).net.fc.weight, src.net.fc.weight)  # a Path too
 
 
 def test_damaged_or_malicious_weights_file_is_refused(tmp_path):
