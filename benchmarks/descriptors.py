@@ -35,9 +35,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 DESCRIPTORS = ("fc", "spoc", "mac", "gem", "rmac")
 
 
-def load_protocol(data: Path) -> dict:
-    """Paths and labels of the train and test classes, and the query/retrieval split (as row indices
-    into the test list)."""
+def load_protocol(data: Path, parts: tuple[str, ...] = ("train", "test")) -> dict:
+    """Paths and labels of the train and/or test classes, and the query/retrieval split (as row
+    indices into the test list)."""
     classes = json.loads((data / "class_split.json").read_text())
     images = data / "images"
 
@@ -51,13 +51,18 @@ def load_protocol(data: Path) -> dict:
             labels += [name] * len(found)
         return paths, labels
 
-    train_paths, _ = files(classes["train_classes"])
+    out: dict = {"train": []}
+    if "train" in parts:
+        out["train"], _ = files(classes["train_classes"])
+    if "test" not in parts:
+        return out
     test_paths, test_labels = files(classes["test_classes"])
     split = load_split(data / "query_retrieval_test.json")
     row = {p: i for i, p in enumerate(test_paths)}
     q = [row[str(data / rel)] for rel in split["query"]]
     r = [row[str(data / rel)] for rel in split["retrieval"]]
-    return {"train": train_paths, "test": test_paths, "labels": test_labels, "query": q, "retrieval": r}
+    out.update(test=test_paths, labels=test_labels, query=q, retrieval=r)
+    return out
 
 
 def bench_backbone(name: str, proto: dict, args: argparse.Namespace, device: str) -> list[dict]:
@@ -73,9 +78,18 @@ def bench_backbone(name: str, proto: dict, args: argparse.Namespace, device: str
             continue
         heads[kind] = build_descriptor(kind, bb)
     t0 = time.perf_counter()
-    whitening = learn_whitening("rmac", bb, proto["train"], progress=TextProgress(f"{name} whitening (train)"),
-                                **common)
+    if args.whitening_file:
+        from models.whitening import PCAWhitening
+
+        whitening = PCAWhitening.load(args.whitening_file)
+    else:
+        whitening = learn_whitening("rmac", bb, proto["train"], progress=TextProgress(f"{name} whitening (train)"),
+                                    **common)
+        if args.save_whitening:
+            whitening.save(args.save_whitening)
     whiten_s = time.perf_counter() - t0
+    if args.whiten_only:
+        return []
     heads["rmac+w"] = build_descriptor("rmac", bb, whitening=whitening)
     results = extract_multi(bb, heads, proto["test"], progress=TextProgress(f"{name} test"), **common)
     rows = []
@@ -113,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbones", default=None, help="comma-separated (default: every one with weights)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--whitening-file", default=None,
+                   help="load the R-MAC whitening (learned on the train classes earlier) instead of learning it")
+    p.add_argument("--save-whitening", default=None, help="save the learned R-MAC whitening to this file")
+    p.add_argument("--whiten-only", action="store_true",
+                   help="only learn (and save) the whitening; needs the train classes only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -126,12 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     names = args.backbones.split(",") if args.backbones else list_backbones()
     available = [n for n in names if weights_available(n)]
     unavailable = [n for n in names if n not in available]
-    proto = load_protocol(args.data.resolve())
-    log.info("%d train images, %d test images, %d queries, %d retrieval", len(proto["train"]), len(proto["test"]),
-             len(proto["query"]), len(proto["retrieval"]))
+    if args.whiten_only and len(available) != 1:
+        p.error("--whiten-only needs exactly one backbone (--backbones NAME)")
+    if args.whiten_only and not args.save_whitening:
+        p.error("--whiten-only needs --save-whitening FILE")
+    if args.whitening_file and len(available) != 1:
+        p.error("--whitening-file needs exactly one backbone (--backbones NAME)")
+    parts = ("train",) if args.whiten_only else ("test",) if args.whitening_file else ("train", "test")
+    proto = load_protocol(args.data.resolve(), parts)
+    if not args.whiten_only:
+        log.info("%d train images, %d test images, %d queries, %d retrieval", len(proto["train"]),
+                 len(proto["test"]), len(proto["query"]), len(proto["retrieval"]))
     rows: list[dict] = []
     for name in available:
         rows += bench_backbone(name, proto, args, device)
+    if args.whiten_only:
+        log.info("whitening saved to %s", args.save_whitening)
+        return 0
     if device == "cuda":
         machine = torch.cuda.get_device_name(0)
     else:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.images import IMAGE_EXTENSIONS, ImageLoadError, build_transform, load_image, scan_images
+from engine.images import IMAGE_EXTENSIONS, ImageLoadError, _to_rgb, build_transform, load_image, scan_images
 
 
 def _jpeg_bytes(size=(40, 30), color=(200, 30, 30), **kw) -> bytes:
@@ -204,9 +204,10 @@ def test_rgba_la_onebit_float_int_ycbcr(tmp_path: Path) -> None:
     Image.fromarray(np.full((4, 4), 200, dtype=np.int32), "I").save(tmp_path / "i.tif")
     assert load_image(tmp_path / "i.tif").getpixel((0, 0)) == (200, 200, 200)
 
-    Image.new("RGB", (8, 8), (10, 120, 240)).convert("YCbCr").save(tmp_path / "ycc.tif")
-    r, g, b = load_image(tmp_path / "ycc.tif").getpixel((4, 4))
-    assert abs(r - 10) <= 3 and abs(g - 120) <= 3 and abs(b - 240) <= 3
+    # YCbCr and HSV have no portable file form across Pillow versions: the conversion itself
+    for mode in ("YCbCr", "HSV"):
+        r, g, b = _to_rgb(Image.new("RGB", (8, 8), (10, 120, 240)).convert(mode)).getpixel((4, 4))
+        assert abs(r - 10) <= 6 and abs(g - 120) <= 6 and abs(b - 240) <= 6, mode  # 8-bit round trips
 
 
 def test_exif_rotation_is_applied(tmp_path: Path) -> None:
