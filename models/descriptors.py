@@ -78,9 +78,14 @@ class DescriptorModel(nn.Module):
     def region_contributions(self, fmap: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """Each R-MAC region's part of the score against ``other`` (D,): (B, R).
 
-        The unnormalised sum over regions, scaled so the parts add up to the cosine score of the
-        final descriptors.
+        ``fmap`` (B, C, h, w) is the query's feature map, ``other`` the other image's final
+        (L2-normalised) descriptor. With the query's regional vectors r_i (L2-normalised, whitened
+        and normalised again when the model whitens): score = sum_i (r_i . other) / |sum_i r_i|,
+        so region i contributes (r_i . other) / |sum_i r_i|; the parts add up to the cosine score.
+        Regions in the order of :meth:`region_boxes`. Only for the rmac kind (ValueError otherwise).
         """
+        if self.kind != "rmac":
+            raise ValueError(f"region contributions exist for the rmac descriptor only, not {self.kind}")
         r = pooling.l2n(pooling.rmac_region_vectors(fmap.float(), self.rmac_levels))
         if self.whitening is not None:
             r = pooling.l2n(self.whitening.apply_torch(r))

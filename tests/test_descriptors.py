@@ -88,3 +88,9 @@ def test_region_boxes_are_the_grid_of_the_levels(backbone):
     d = build_descriptor("rmac", backbone, rmac_levels=2)
     assert d.region_boxes((5, 9)) == pooling.rmac_regions(5, 9, 2)
     assert len(d.region_boxes((7, 7))) == 1 + 4
+
+
+def test_region_contributions_only_for_rmac(backbone):
+    d = build_descriptor("mac", backbone)
+    with pytest.raises(ValueError, match="rmac"):
+        d.region_contributions(torch.rand(1, 512, 3, 3), torch.rand(512))
