@@ -142,9 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     base_cfg = dict(backbone="efficientnet_lite0", weights="pretrained", pooling="mac", image_size=224)
     t0 = time.perf_counter()
     model0 = build_model_from_config(base_cfg, device)
-    test_feats, ok, sk = compute_pooled_features(model0, test.paths, image_size=224, views=1, seed=0,
-                                                 device=device, threads=threads)
-    assert not sk, sk
+    cache = out / "cache" / f"test_mac_{device.type}.pt"   # the frozen backbone's test features, reused
+    if cache.is_file():
+        test_feats = torch.load(cache, weights_only=True)
+    else:
+        test_feats, ok, sk = compute_pooled_features(model0, test.paths, image_size=224, views=1, seed=0,
+                                                     device=device, threads=threads)
+        if sk:
+            raise RuntimeError(f"unreadable test images: {sk[:3]}")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(test_feats, cache)
     test_mac = test_feats[:, 0]
     m = evaluate(l2n(test_mac), test_labels, test.paths, qr, root)
     results["baseline_mac"] = m
