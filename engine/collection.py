@@ -125,7 +125,7 @@ class ModelSpec:
         readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{self.descriptor}-{self.image_size or 'default'}")
         return f"{readable}-{digest}"
 
-    def build(self, device: str = "cpu"):
+    def build(self, device: str = "cpu") -> Any:
         """The descriptor model (models.descriptors.DescriptorModel) on ``device``, in eval mode."""
         from models.backbones import get_backbone
         from models.descriptors import build_descriptor
