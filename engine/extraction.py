@@ -180,7 +180,7 @@ def extract_descriptors(
                                        device=dev, max_pixels=max_pixels):
             for i, reason in bad:
                 skipped.append(SkippedImage(paths[i], reason))
-                log.warning("skipped %s: %s", paths[i], reason)
+                log.info("skipped %s: %s", paths[i], reason)
             if x is not None:
                 chunks.append(_to_numpy(model(x)))
                 kept.extend(paths[i] for i in idx)
@@ -232,7 +232,7 @@ def extract_multi(
                                        device=dev, max_pixels=max_pixels):
             for i, reason in bad:
                 skipped.append(SkippedImage(paths[i], reason))
-                log.warning("skipped %s: %s", paths[i], reason)
+                log.info("skipped %s: %s", paths[i], reason)
             if x is not None:
                 fmap = backbone.forward_features(x)
                 for name, head in heads.items():

@@ -197,3 +197,8 @@ def test_learn_whitening_rmac_on_regions(files: list[Path]) -> None:
     assert Xs.shape == (12, 8)
     with pytest.raises(Cancelled):
         whitening_training_vectors("rmac", bb, files, image_size=32, batch_size=4, should_stop=lambda: True)
+
+
+def test_no_paths_gives_an_empty_result() -> None:
+    res = extract_descriptors(TinyDescriptor(TinyBackbone(), "spoc"), [])
+    assert res.vectors.shape == (0, 8) and res.paths == [] and not res.cancelled
