@@ -29,6 +29,7 @@ def tiny(image_folder, tmp_path):
     return make
 
 
+@pytest.mark.slow  # three short runs: ~10 s on 2 cores
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny, tmp_path):
     full = train(tiny(out_dir=str(tmp_path / "a")))
     calls = {"n": 0}
