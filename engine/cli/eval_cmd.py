@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,10 @@ def _collect(root: Path, split_file: str | None) -> tuple[list[Path], list[str] 
     return [root / rel for rel in ordered], split["query"], split["retrieval"]
 
 
-def evaluate_folder(args: argparse.Namespace, progress=None) -> dict[str, Any]:
-    """The work of `eval` on parsed arguments -> the metrics dict (see module docstring)."""
+def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """The work of `eval` on parsed arguments -> the metrics dict (see module docstring).
+    ``make_progress()`` builds the progress callback just before extraction starts (so its rate
+    and ETA leave out the model loading)."""
     from engine.evaluation import evaluate
     from engine.extraction import extract_descriptors
     from engine.splits import labels_for
@@ -74,7 +77,7 @@ def evaluate_folder(args: argparse.Namespace, progress=None) -> dict[str, Any]:
     model = build_descriptor(args.descriptor, backbone, whitening=whitening)
     res = extract_descriptors(
         model, paths, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
-        device=device, crop_fraction=args.crop_fraction, progress=progress,
+        device=device, crop_fraction=args.crop_fraction, progress=make_progress() if make_progress else None,
     )
     for s in res.skipped:
         sys.stderr.write(f"skipped {s.path}: {s.reason}\n")
@@ -130,7 +133,7 @@ def _table(m: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    m = evaluate_folder(args, progress=TextProgress("extracting"))
+    m = evaluate_folder(args, make_progress=lambda: TextProgress("extracting"))
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
         sys.stdout.write(json.dumps(clean) + "\n")
