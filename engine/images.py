@@ -120,6 +120,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageLoadError(p, "file not found")
     if p.is_dir():
         raise ImageLoadError(p, "is a folder, not an image file")
+    if not p.is_file():  # a FIFO, socket or device: opening it could block or never end
+        raise ImageLoadError(p, "not a regular file (a pipe, socket or device)")
     try:
         size = p.stat().st_size
     except OSError as exc:

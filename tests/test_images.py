@@ -89,6 +89,9 @@ def _make_bad_corpus(d: Path) -> dict[str, tuple[Path, str]]:
     os.symlink(d / "does-not-exist.jpg", d / "broken_link.jpg")
     corpus["broken_link.jpg"] = (d / "broken_link.jpg", "broken symbolic link")
     corpus["missing.jpg"] = (d / "missing.jpg", "not found")
+    if hasattr(os, "mkfifo"):  # reading a named pipe would block forever
+        os.mkfifo(d / "pipe.jpg")
+        corpus["pipe.jpg"] = (d / "pipe.jpg", "not a regular file")
     return corpus
 
 
