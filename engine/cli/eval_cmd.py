@@ -25,7 +25,11 @@ def register(subparsers: Any) -> None:
         description="Extract descriptors for the images under --root and print retrieval metrics. "
         "Labels are the images' parent folder names unless --labels is given.",
     )
-    p.add_argument("--root", required=True, help="image folder (split and labels paths are relative to it)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--root", help="image folder (split and labels paths are relative to it)")
+    src.add_argument("--collection", metavar="DIR",
+                     help="an indexed folder (`retrieval-explorer index DIR` with the same model options): "
+                     "evaluate its stored vectors without extracting anything")
     p.add_argument("--split", default=None,
                    help="JSON or pickle {'query': [...], 'retrieval': [...]} of paths relative to --root")
     p.add_argument("--labels", default=None,
@@ -34,6 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--crop-fraction", type=float, default=1.0,
                    help="resize the shorter side to size/fraction, then centre-crop (default 1.0: no margin)")
     p.add_argument("--whitening", default=None, help="a PCA whitening file saved by the program")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="with --collection: where collections are kept (default: the user cache folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
 
@@ -119,8 +125,9 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
 
 
 def _table(m: dict[str, Any]) -> str:
+    speed = "from the index" if math.isnan(m["images_per_s"]) else f"{m['images_per_s']:.1f} images/s"
     lines = [f"{m['backbone']} / {m['descriptor']}: {m['n_images']} images, {m['n_classes']} classes, "
-             f"{m['n_skipped']} skipped, dim {m['dim']}, {m['images_per_s']:.1f} images/s", ""]
+             f"{m['n_skipped']} skipped, dim {m['dim']}, {speed}", ""]
     rows = [("R@1", m["recall@1"]), ("R@5", m["recall@5"]), ("R@10", m["recall@10"]), ("mAP", m["map"])]
     if "top1" in m:
         rows.append((f"top-1 (q->r, {m['n_queries']} queries)", m["top1"]))
@@ -132,8 +139,55 @@ def _table(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_indexed(args: argparse.Namespace) -> dict[str, Any]:
+    """`eval --collection DIR`: the metrics of an indexed collection's stored vectors (no extraction).
+
+    Labels are the images' sub-folder names (or --labels); with --split, paths are relative to DIR."""
+    from engine.cli.index_cmd import spec_from_args
+    from engine.collection import Collection
+    from engine.evaluation import evaluate
+    from engine.splits import labels_for, load_split
+
+    folder = Path(args.collection)
+    coll = Collection.open(folder, model_spec=spec_from_args(args), cache_dir=args.cache_dir)
+    if len(coll) == 0:
+        raise ValueError(f"{folder} has no indexed image for {args.backbone}/{args.descriptor}: run "
+                         f"`retrieval-explorer index {folder}` with the same model options first")
+    rel = coll.relpaths
+    labels = labels_for([folder / r for r in rel], folder, args.labels) if args.labels else list(coll.labels)
+    rows = list(range(len(rel)))
+    q_idx = r_idx = None
+    if args.split:
+        split = load_split(args.split)
+        row_of = {r: i for i, r in enumerate(rel)}
+        missing = [p for p in split["query"] + split["retrieval"] if p not in row_of]
+        if missing:
+            raise ValueError(f"{len(missing)} split path(s) are not in the collection (e.g. {missing[0]}); "
+                             "index the folder again or check that the split is relative to it")
+        rows = list(dict.fromkeys(row_of[p] for p in split["query"] + split["retrieval"]))
+        pos = {r: i for i, r in enumerate(rows)}
+        q_idx = [pos[row_of[p]] for p in split["query"]]
+        r_idx = [pos[row_of[p]] for p in split["retrieval"]]
+    rows = [i for i in rows if labels[i] is not None]
+    if len(rows) < 2:
+        raise ValueError(f"{folder}: evaluation needs at least 2 labelled images (class sub-folders)")
+    metrics = evaluate(coll.vectors[rows], [labels[i] for i in rows], ks=(1, 5, 10), queries=q_idx,
+                       retrieval=r_idx)
+    out: dict[str, Any] = {"backbone": str(args.backbone), "descriptor": args.descriptor}
+    out.update({k: metrics[k] for k in ("recall@1", "recall@5", "recall@10", "map")})
+    if "top1" in metrics:
+        out.update(top1=metrics["top1"], n_queries=metrics["n_queries"], n_retrieval=metrics["n_retrieval"])
+    out.update(n_images=len(rows), n_skipped=len(coll.skipped), n_classes=len({labels[i] for i in rows}),
+               map_excluded=metrics["map_excluded"], dim=int(coll.vectors.shape[1]), images_per_s=float("nan"),
+               collection=str(folder))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    m = evaluate_folder(args, make_progress=lambda: TextProgress("extracting"))
+    if args.collection:
+        m = evaluate_indexed(args)
+    else:
+        m = evaluate_folder(args, make_progress=lambda: TextProgress("extracting"))
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
         sys.stdout.write(json.dumps(clean) + "\n")
