@@ -149,6 +149,21 @@ class ResultsModel(QAbstractListModel):
         self._pixmaps = {p: pm for p, pm in self._pixmaps.items() if p in self._rows}
         self.endResetModel()
 
+    def hit_at(self, row: int) -> Hit | None:
+        return self.hits[row] if 0 <= row < len(self.hits) else None
+
+    def pixmap_at(self, row: int) -> QPixmap | None:
+        """The row's thumbnail when loaded (requests it otherwise)."""
+        h = self.hit_at(row)
+        if h is None:
+            return None
+        pm = self._pixmaps.get(h.path)
+        if pm is None:
+            img = self.loader.request(h.path)
+            if img is not None and not img.isNull():
+                pm = self._pixmaps[h.path] = QPixmap.fromImage(img)
+        return pm
+
     def mark(self, hit: Hit) -> bool | None:
         if self.query_label is None or hit.label is None:
             return None
@@ -164,12 +179,7 @@ class ResultsModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return f"#{h.rank}  {h.score:.3f}\n{Path(h.path).name}"
         if role == Qt.ItemDataRole.DecorationRole:
-            pm = self._pixmaps.get(h.path)
-            if pm is None:
-                img = self.loader.request(h.path)
-                if img is not None and not img.isNull():
-                    pm = self._pixmaps[h.path] = QPixmap.fromImage(img)
-            return pm
+            return self.pixmap_at(index.row())
         if role == Qt.ItemDataRole.ToolTipRole:
             lab = f"\nlabel: {h.label}" if h.label is not None else ""
             return f"{h.path}\nrank {h.rank}, score {h.score:.4f}{lab}"
@@ -218,7 +228,12 @@ class ResultDelegate(QStyledItemDelegate):
         return QSize(self.thumb + 16, self.thumb + 46)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
-        hit: Hit | None = index.data(HitRole)
+        # Read the Python model directly: QModelIndex.data() returning None from Python over-releases
+        # None in PySide6 6.12 / CPython 3.11 and crashes the process after some thousand calls.
+        model = index.model()
+        if not isinstance(model, ResultsModel):
+            return
+        hit = model.hit_at(index.row())
         if hit is None:
             return
         painter.save()
@@ -228,10 +243,10 @@ class ResultDelegate(QStyledItemDelegate):
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor("#dbe8fb") if selected else QColor("#ffffff"))
         painter.drawRoundedRect(r, 6, 6)
-        mark = index.data(MarkRole)
+        mark = model.mark(hit)
         colour = PLAIN_COLOUR if mark is None else (HIT_COLOUR if mark else MISS_COLOUR)
         box = QRect(r.left() + (r.width() - self.thumb) // 2, r.top() + 4, self.thumb, self.thumb)
-        pm = index.data(Qt.ItemDataRole.DecorationRole)
+        pm = model.pixmap_at(index.row())
         if isinstance(pm, QPixmap) and not pm.isNull():
             scaled = pm if (pm.width() <= box.width() and pm.height() <= box.height()) else pm.scaled(
                 box.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
@@ -289,8 +304,8 @@ class ResultsView(QListView):
         self.setDragEnabled(True)
         self.setDragDropMode(QListView.DragDropMode.DragOnly)
         self.setStyleSheet("QListView { background: #eef1f5; border: none; }")
-        self.doubleClicked.connect(lambda idx: self.hitActivated.emit(idx.data(HitRole)))
-        self.clicked.connect(lambda idx: self.hitSelected.emit(idx.data(HitRole)))
+        self.doubleClicked.connect(lambda idx: self.hitActivated.emit(model.hit_at(idx.row())))
+        self.clicked.connect(lambda idx: self.hitSelected.emit(model.hit_at(idx.row())))
 
 
 class ImageViewer(QDialog):

@@ -322,3 +322,26 @@ def test_create_window_opens_argument_then_last_then_demo(qtbot, folder, monkeyp
     qtbot.addWidget(w3)
     assert opened[-1] == str(folder / "class_00")
     assert ModelKey().backbone == "efficientnet_lite0"
+
+
+def test_painting_the_grid_does_not_over_release_none(qtbot, tmp_path):
+    """PySide6 6.12 over-releases None when Python reads a None through QModelIndex.data(); the grid's
+    delegate must not, or painting crashes the process after a few thousand cards."""
+    import sys
+
+    from retrieval_gui.backend import Hit
+    from retrieval_gui.thumbnails import ThumbnailLoader
+    from retrieval_gui.widgets import ResultsModel, ResultsView
+
+    loader = ThumbnailLoader(32, None)
+    model = ResultsModel(loader)
+    model.set_hits([Hit(str(tmp_path / f"missing{i}.jpg"), 0.5, i + 1, None) for i in range(30)])
+    view = ResultsView(model, 32)
+    qtbot.addWidget(view)
+    view.resize(600, 400)
+    view.show()
+    before = sys.getrefcount(None)
+    for _ in range(100):
+        view.viewport().repaint()
+    assert sys.getrefcount(None) >= before - 50
+    loader.wait()
