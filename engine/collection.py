@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write_text, fsync_dir, fsync_file, sha256_file
 from engine.callbacks import ProgressFn, ShouldStopFn
 from engine.index import IndexCorruptError, VectorIndex, load_index, make_index
 from engine.search import SearchOptions, search_vectors
@@ -70,11 +70,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
+        _HASH_CACHE[key] = sha256_file(p)
     return _HASH_CACHE[key]
 
 
@@ -214,25 +210,11 @@ def _stat(p: Path) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_tree(folder: Path) -> None:
     for p in sorted(folder.rglob("*")):
         if p.is_file():
-            with open(p, "rb+") as fh:
-                os.fsync(fh.fileno())
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fsync_file(p)
+    fsync_dir(folder)
 
 
 class Collection:
@@ -312,7 +294,7 @@ class Collection:
                 raise CollectionError(f"the collection cache {gdir} is incomplete: {name} is missing; {fix}")
             if p.stat().st_size != info["size"]:
                 raise CollectionError(f"the collection file {p} is truncated or damaged; {fix}")
-            if verify and _sha256(p) != info["sha256"]:
+            if verify and sha256_file(p) != info["sha256"]:
                 raise CollectionError(f"the collection file {p} is damaged (checksum mismatch); {fix}")
         try:
             state = json.loads((gdir / "state.json").read_text(encoding="utf-8"))
@@ -576,7 +558,7 @@ class Collection:
         if self._index is not None:
             self._index.save(gdir / "index")
         _fsync_tree(gdir)
-        manifest = {"files": {n: {"size": (gdir / n).stat().st_size, "sha256": _sha256(gdir / n)} for n in files}}
+        manifest = {"files": {n: {"size": (gdir / n).stat().st_size, "sha256": sha256_file(gdir / n)} for n in files}}
         atomic_write_text(gdir / "manifest.json", json.dumps(manifest, indent=1))
         atomic_write_text(self.state_dir / CURRENT, json.dumps({"generation": gen}))  # the switch
         self.generation = gen

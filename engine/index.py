@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.atomic import atomic_write_text, atomic_write_with
+from engine.atomic import atomic_write_text, atomic_write_with, fsync_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -132,17 +131,6 @@ def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64), np.take_along_axis(s, order, axis=1).astype(np.float32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -245,7 +233,7 @@ class VectorIndex(abc.ABC):
             "count": len(self),
             "params": self._params(),
             "extra": self._extra(),
-            "files": {name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+            "files": {name: {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
                       for name in files},
         }
         atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
@@ -286,7 +274,7 @@ class VectorIndex(abc.ABC):
             if p.stat().st_size != info["size"]:
                 raise IndexCorruptError(f"the index file {p} is truncated or damaged (size "
                                         f"{p.stat().st_size}, expected {info['size']}); {fix}")
-            if verify and _sha256(p) != info["sha256"]:
+            if verify and sha256_file(p) != info["sha256"]:
                 raise IndexCorruptError(f"the index file {p} is damaged (checksum mismatch); {fix}")
         index = target(dim=dim, metric=metric, **params)
         try:
@@ -604,7 +592,7 @@ class HnswIndex(VectorIndex):
                 self._graph.saveIndex(str(folder / graph), save_data=True)
             for name in names:
                 if (folder / name).is_file():
-                    _fsync_file(folder / name)
+                    fsync_file(folder / name)
                     files.append(name)
             self._graph_files = [folder / n for n in names if (folder / n).is_file()]
         return files

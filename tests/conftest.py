@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def synthetic_image(label: int, variant: int, size: int = 64, seed: int = 0) -> "Image.Image":  # noqa: F821
+def synthetic_image(label: int, variant: int, size: int = 64, seed: int = 0) -> Image.Image:  # noqa: F821
     """A small RGB image whose look depends mostly on ``label``: a coloured shape on a textured ground.
 
     Images of the same label share colour and shape, so even an untrained network ranks them close.
