@@ -32,6 +32,7 @@ class LiveTrainingPlot(QWidget):
         self.loss_plot = pg.PlotWidget(title="Training loss")
         self.loss_plot.setLabel("bottom", "iteration")
         self.loss_plot.setLabel("left", "loss")
+        self.loss_plot.getAxis("left").enableAutoSIPrefix(False)
         self.loss_plot.showGrid(x=True, y=True, alpha=0.25)
         self.loss_plot.addLegend(offset=(-10, 10))
         self.total_curve = self._curve(self.loss_plot, "total", TOTAL_COLOR, 2)
@@ -41,6 +42,7 @@ class LiveTrainingPlot(QWidget):
         self.val_plot = pg.PlotWidget(title="Validation R@1 (held-out classes)")
         self.val_plot.setLabel("bottom", "iteration")
         self.val_plot.setLabel("left", "R@1")
+        self.val_plot.getAxis("left").enableAutoSIPrefix(False)
         self.val_plot.showGrid(x=True, y=True, alpha=0.25)
         self.val_plot.addLegend(offset=(-10, -10))
         self.val_curve = self.val_plot.plot([], [], name="trained", pen=pg.mkPen(VAL_COLOR, width=2),
