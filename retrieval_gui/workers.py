@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class TaskHandle(QObject):
         worker.event.connect(self.event)
         worker.result.connect(self.result)
         worker.error.connect(self.error)
-        worker.finished.connect(self.thread.quit)
+        # direct: quit() is thread-safe, and a queued call would need the GUI event loop, which
+        # wait() on the GUI thread blocks (the wait would then sit out its whole timeout)
+        worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
         self.thread.started.connect(worker.run)
         self.thread.finished.connect(self._on_thread_finished)
         self._done = False

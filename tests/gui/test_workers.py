@@ -102,3 +102,11 @@ def test_plain_function_without_callbacks(qtbot, with_callbacks):
     with qtbot.waitSignal(handle.finished, timeout=5000):
         pass
     assert results == [6]
+
+
+def test_wait_on_gui_thread_returns_when_done(qtbot):
+    handle = start_task(counting_task, 3)
+    t0 = time.monotonic()
+    assert handle.wait(10_000)
+    assert time.monotonic() - t0 < 5.0, "wait() must not sit out its timeout"
+    qtbot.waitUntil(lambda: not live_tasks(), timeout=2000)
