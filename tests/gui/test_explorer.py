@@ -324,10 +324,12 @@ def test_create_window_opens_argument_then_last_then_demo(qtbot, folder, monkeyp
     assert ModelKey().backbone == "efficientnet_lite0"
 
 
-def test_painting_the_grid_does_not_over_release_none(qtbot, tmp_path):
-    """PySide6 6.12 over-releases None when Python reads a None through QModelIndex.data(); the grid's
-    delegate must not, or painting crashes the process after a few thousand cards."""
-    import sys
+def test_grid_delegate_draws_cards(qtbot, tmp_path):
+    """The card delegate paints frame, placeholder and text for a hit whose thumbnail is missing.
+    (PySide6 6.12 on CPython 3.11 over-releases None on every void call, painting included; the pin
+    in retrieval_gui/__init__.py keeps that harmless, see test_pyside_none.)"""
+    from PySide6.QtGui import QImage, QPainter
+    from PySide6.QtWidgets import QStyleOptionViewItem
 
     from retrieval_gui.backend import Hit
     from retrieval_gui.thumbnails import ThumbnailLoader
@@ -339,9 +341,17 @@ def test_painting_the_grid_does_not_over_release_none(qtbot, tmp_path):
     view = ResultsView(model, 32)
     qtbot.addWidget(view)
     view.resize(600, 400)
-    view.show()
-    before = sys.getrefcount(None)
-    for _ in range(100):
-        view.viewport().repaint()
-    assert sys.getrefcount(None) >= before - 50
+    index = model.index(3, 0)
+    option = QStyleOptionViewItem()
+    option.rect = view.visualRect(index)
+    image = QImage(600, 400, QImage.Format.Format_ARGB32)
+    image.fill(0)
+    painter = QPainter(image)
+    view.itemDelegate().paint(painter, option, index)
+    painter.end()
+    r = option.rect
+    inside = {image.pixel(x, y) for x in range(r.left(), r.right(), 3) for y in range(r.top(), r.bottom(), 3)}
+    outside = {image.pixel(x, y) for x in range(0, 600, 9) for y in range(0, 400, 9) if not r.contains(x, y)}
+    assert outside == {0}, "the delegate painted outside its card"
+    assert len(inside) > 3, "the card is blank"
     loader.wait()

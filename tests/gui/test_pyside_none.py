@@ -1,5 +1,6 @@
-"""PySide6 6.12 on CPython 3.11 releases a reference to None on every Python slot call; importing
-retrieval_gui must keep the process alive through a long session (tens of thousands of signals)."""
+"""PySide6 6.12 on CPython 3.11 releases a reference to None on every Python slot call and on every
+call of a C++ method returning void (QPainter.save, ...); importing retrieval_gui must keep the process
+alive through a long session (tens of thousands of signals and paint calls)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,20 @@ t.timeout.connect(tick)
 t.start()
 app.exec()
 print(n[0])
+from PySide6.QtGui import QImage, QPainter
+img = QImage(8, 8, QImage.Format.Format_ARGB32)
+p = QPainter(img)
+for _ in range(30000):
+    p.save()
+    p.restore()
+p.end()
+print("painted")
 """
 
 
-def test_thirty_thousand_slot_calls_do_not_abort():
+def test_thirty_thousand_slot_and_void_calls_do_not_abort():
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert proc.returncode == 0, proc.stderr[-1500:]
-    assert proc.stdout.strip() == "30000"
+    assert proc.stdout.split() == ["30000", "painted"]
