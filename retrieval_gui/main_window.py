@@ -261,6 +261,8 @@ class MainWindow(QMainWindow):
         if importlib.util.find_spec("retrieval_gui.wizard") is None:
             self.train_action.setEnabled(False)
             self.train_action.setToolTip("The training wizard is not part of this build")
+        self.models_action = training.addAction("Trained &models…", self.open_trained_models)
+        self.models_action.setEnabled(self.train_action.isEnabled())
         training.addAction("&Refresh trained models", self._fill_model_box)
         training.setToolTipsVisible(True)
 
@@ -769,8 +771,21 @@ class MainWindow(QMainWindow):
         except Exception as exc:
             self.show_error(f"The training wizard cannot open: {exc}")
             return None
+        # a finished run is a new entry of the model selector at once
+        wizard.trainingFinished.connect(lambda _result: self._fill_model_box())
         wizard.show()
         return wizard
+
+    def open_trained_models(self):
+        """Training > Trained models…: every trained model with its data and metrics; "Use" switches to it."""
+        try:
+            dialog_mod = importlib.import_module("retrieval_gui.wizard.models_dialog")
+            dialog = dialog_mod.TrainedModelsDialog(self, main_window=self)
+        except Exception as exc:
+            self.show_error(f"The trained-models list cannot open: {exc}")
+            return None
+        dialog.show()
+        return dialog
 
     # ------------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:  # noqa: N802

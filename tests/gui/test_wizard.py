@@ -223,6 +223,8 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     with qtbot.waitSignal(wiz.trainingFinished, timeout=240_000) as finished:
         walk_to_run_page(qtbot, wiz)
     result = finished.args[0]
+    if not isinstance(explorer, FakeExplorer):  # a finished run is in the model selector at once
+        assert explorer.model_box.findData(result.best_checkpoint_path) >= 0
     run = wiz.run_page
     qtbot.waitUntil(lambda: not run.running, timeout=10_000)
     assert run.error is None, run.error
@@ -252,6 +254,10 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     else:  # the explorer switched to the trained model (and lists it in its model selector)
         assert explorer.key.backbone == result.best_checkpoint_path
         assert explorer.model_box.currentData() == result.best_checkpoint_path
+        # Training > Trained models… lists the run; "Use this model" there switches the explorer too
+        dialog = explorer.open_trained_models()
+        qtbot.addWidget(dialog)
+        assert [m.path for m in dialog.models] == [result.best_checkpoint_path]
     assert "Loading the model" in run.use_label.text()
     # the settings were remembered
     assert json.loads(QSettings().value(SETTINGS_KEY))["data_root"] == str(root)
