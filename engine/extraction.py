@@ -143,6 +143,39 @@ def _model_dim(model: nn.Module) -> int | None:
 
 
 # --- the public functions ------------------------------------------------------------------------
+def _extract_loop(paths: list[str], transform, compute: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
+                  batch_size: int, num_workers: int, device: torch.device, max_pixels: int | None,
+                  report: ProgressFn, stop: ShouldStopFn
+                  ) -> tuple[dict[str, list[np.ndarray]], list[str], list[SkippedImage], bool, float]:
+    """The loop both extractors share: batches of ``paths`` through ``compute(x (B, 3, S, S)) -> {name: (B, D)}``.
+
+    Bad files are skipped with their reason; ``report`` after every batch; ``stop`` checked between
+    batches. Returns (per name the (B, D) chunks, kept paths, skipped, cancelled, seconds)."""
+    chunks: dict[str, list[np.ndarray]] = {}
+    kept: list[str] = []
+    skipped: list[SkippedImage] = []
+    cancelled = False
+    done, total = 0, len(paths)
+    start = time.perf_counter()
+    report(0, total, "extracting")
+    with torch.inference_mode():
+        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
+                                       device=device, max_pixels=max_pixels):
+            for i, reason in bad:
+                skipped.append(SkippedImage(paths[i], reason))
+                log.info("skipped %s: %s", paths[i], reason)
+            if x is not None:
+                for name, out in compute(x).items():
+                    chunks.setdefault(name, []).append(_to_numpy(out))
+                kept.extend(paths[i] for i in idx)
+            done += n
+            report(done, total, f"{len(skipped)} skipped" if skipped else "")
+            if done < total and stop():
+                cancelled = True
+                break
+    return chunks, kept, skipped, cancelled, time.perf_counter() - start
+
+
 def extract_descriptors(
     model: nn.Module,
     paths: Sequence[str | os.PathLike],
@@ -168,29 +201,11 @@ def extract_descriptors(
     transform = build_transform(size, mean, std, crop_fraction)
     paths = [str(p) for p in paths]
     model = model.to(dev).eval()
-    chunks: list[np.ndarray] = []
-    kept: list[str] = []
-    skipped: list[SkippedImage] = []
-    cancelled = False
-    done, total = 0, len(paths)
-    start = time.perf_counter()
-    report(0, total, "extracting")
-    with torch.inference_mode():
-        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                       device=dev, max_pixels=max_pixels):
-            for i, reason in bad:
-                skipped.append(SkippedImage(paths[i], reason))
-                log.info("skipped %s: %s", paths[i], reason)
-            if x is not None:
-                chunks.append(_to_numpy(model(x)))
-                kept.extend(paths[i] for i in idx)
-            done += n
-            report(done, total, f"{len(skipped)} skipped" if skipped else "")
-            if done < total and stop():
-                cancelled = True
-                break
-    vectors = np.concatenate(chunks) if chunks else _empty(_model_dim(model))
-    return ExtractionResult(vectors, kept, skipped, cancelled, time.perf_counter() - start)
+    chunks, kept, skipped, cancelled, seconds = _extract_loop(
+        paths, transform, lambda x: {"v": model(x)}, batch_size=batch_size, num_workers=num_workers, device=dev,
+        max_pixels=max_pixels, report=report, stop=stop)
+    vectors = np.concatenate(chunks["v"]) if chunks.get("v") else _empty(_model_dim(model))
+    return ExtractionResult(vectors, kept, skipped, cancelled, seconds)
 
 
 def extract_multi(
@@ -220,33 +235,17 @@ def extract_multi(
     backbone = backbone.to(dev).eval()
     for h in heads.values():
         h.to(dev).eval()
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in heads}
-    kept: list[str] = []
-    skipped: list[SkippedImage] = []
-    cancelled = False
-    done, total = 0, len(paths)
-    start = time.perf_counter()
-    report(0, total, "extracting")
-    with torch.inference_mode():
-        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                       device=dev, max_pixels=max_pixels):
-            for i, reason in bad:
-                skipped.append(SkippedImage(paths[i], reason))
-                log.info("skipped %s: %s", paths[i], reason)
-            if x is not None:
-                fmap = backbone.forward_features(x)
-                for name, head in heads.items():
-                    chunks[name].append(_to_numpy(head.describe(fmap)))
-                kept.extend(paths[i] for i in idx)
-            done += n
-            report(done, total, f"{len(skipped)} skipped" if skipped else "")
-            if done < total and stop():
-                cancelled = True
-                break
-    seconds = time.perf_counter() - start
+
+    def compute(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = backbone.forward_features(x)
+        return {name: head.describe(fmap) for name, head in heads.items()}
+
+    chunks, kept, skipped, cancelled, seconds = _extract_loop(
+        paths, transform, compute, batch_size=batch_size, num_workers=num_workers, device=dev,
+        max_pixels=max_pixels, report=report, stop=stop)
     return {
         name: ExtractionResult(
-            np.concatenate(chunks[name]) if chunks[name] else _empty(_model_dim(heads[name])),
+            np.concatenate(chunks[name]) if chunks.get(name) else _empty(_model_dim(heads[name])),
             list(kept), list(skipped), cancelled, seconds,
         )
         for name in heads

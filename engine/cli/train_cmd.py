@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 _SKIP = {"data_root", "train_classes", "extra"}
 
@@ -53,30 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_classes(path: str) -> list[str]:
-    """Class names from a text file (one per line, '#' comments) or JSON (list / {'train_classes': [...]})."""
-    text = Path(path).read_text(encoding="utf-8")
-    if path.lower().endswith(".json"):
-        d = json.loads(text)
-        if isinstance(d, dict):
-            for key in ("train_classes", "train", "classes"):
-                if key in d:
-                    d = d[key]
-                    break
-            else:
-                raise ValueError(f"{path}: expected a list or a dict with 'train_classes'")
-        if not isinstance(d, list) or not all(isinstance(c, str) for c in d):
-            raise ValueError(f"{path}: expected a list of class names")
-        return d
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
 def config_from_args(args: argparse.Namespace):
     from engine.training.config import TrainConfig
+    from engine.training.data import read_class_list
 
     cfg = TrainConfig(data_root=args.data)
     if args.classes:
-        cfg.train_classes = read_classes(args.classes)
+        cfg.train_classes = read_class_list(args.classes)
     elif args.train_classes:
         cfg.train_classes = list(args.train_classes)
     for f in dataclasses.fields(TrainConfig):

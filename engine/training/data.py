@@ -3,6 +3,7 @@ uint8 tensors, tensor-op augmentation (random resized crop + flip, batched, on a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -166,3 +167,33 @@ def augment(x: torch.Tensor, out_size: int, theta: torch.Tensor) -> torch.Tensor
     theta = theta.to(x.device)
     grid = F.affine_grid(theta, [x.shape[0], 3, out_size, out_size], align_corners=False)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """Training class names from a split file: JSON (a list, or a dict with ``train_classes`` /
+    ``train`` / ``classes``) or text (one class per line, ``#`` comments). Raises ValueError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read the split file {p}: {exc.strerror or exc}") from exc
+    if p.suffix.lower() == ".json":
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{p.name} is not valid JSON: {exc}") from exc
+        if isinstance(d, dict):
+            for key in ("train_classes", "train", "classes"):
+                if key in d:
+                    d = d[key]
+                    break
+            else:
+                raise ValueError(f"{p.name}: expected a list of class names or a dict with 'train_classes'")
+        if not isinstance(d, list) or not all(isinstance(c, str) for c in d):
+            raise ValueError(f"{p.name}: expected a list of class names")
+        classes = list(d)
+    else:
+        classes = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not classes:
+        raise ValueError(f"{p.name} lists no classes")
+    return classes

@@ -104,15 +104,15 @@ class _FullData:
         self.size, self.mean, self.std = image_size, mean, std
         self.cuda = device.type == "cuda"
 
+    def _fmap(self, model: EmbeddingModel, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, S, S) -> the backbone's (B, C, h, w); on CUDA channels_last under bf16 autocast."""
+        if not self.cuda:
+            return model.backbone.forward_features(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model.backbone.forward_features(x.contiguous(memory_format=torch.channels_last))
+
     def _forward(self, model: EmbeddingModel, x: torch.Tensor) -> torch.Tensor:
-        x = D.normalize(x, self.mean, self.std)
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                fmap = model.backbone.forward_features(x)
-        else:
-            fmap = model.backbone.forward_features(x)
-        return model.embed_fmap(fmap)
+        return model.embed_fmap(self._fmap(model, D.normalize(x, self.mean, self.std)))
 
     def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         theta = D.crop_params(idx.numel(), gen)
@@ -126,13 +126,7 @@ class _FullData:
         for s in range(0, idx.numel(), batch):
             x = D.normalize(D.resize_batch(self.images[idx[s:s + batch].to(self.images.device)], self.size),
                             self.mean, self.std)
-            if self.cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    fmap = model.backbone.forward_features(x)
-            else:
-                fmap = model.backbone.forward_features(x)
-            p = model.pool(fmap)
+            p = model.pool(self._fmap(model, x))
             embs.append(model.head(p))
             pooled.append(l2n(p))
         return torch.cat(embs), torch.cat(pooled)

@@ -4,9 +4,9 @@ and warnings. No Qt here, so it is cheap to test; the split is the trainer's own
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from engine.training.data import read_class_list  # noqa: F401 (the Data page reads split files with it)
 
 
 @dataclass
@@ -25,36 +25,6 @@ class DataSummary:
     @property
     def ok(self) -> bool:
         return not self.error
-
-
-def read_class_list(path: str | Path) -> list[str]:
-    """Training class names from a split file: JSON (a list, or a dict with ``train_classes`` /
-    ``train`` / ``classes``) or text (one class per line, ``#`` comments). Raises ValueError."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read the split file {p}: {exc.strerror or exc}") from exc
-    if p.suffix.lower() == ".json":
-        try:
-            d = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"{p.name} is not valid JSON: {exc}") from exc
-        if isinstance(d, dict):
-            for key in ("train_classes", "train", "classes"):
-                if key in d:
-                    d = d[key]
-                    break
-            else:
-                raise ValueError(f"{p.name}: expected a list of class names or a dict with 'train_classes'")
-        if not isinstance(d, list) or not all(isinstance(c, str) for c in d):
-            raise ValueError(f"{p.name}: expected a list of class names")
-        classes = list(d)
-    else:
-        classes = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    if not classes:
-        raise ValueError(f"{p.name} lists no classes")
-    return classes
 
 
 def summarize(root: str, train_classes: list[str] | None = None, val_share: float = 0.2, seed: int = 0,
