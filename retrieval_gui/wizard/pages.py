@@ -139,7 +139,9 @@ class DataPage(_SettingsPage):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
         self._debounce.timeout.connect(self.rescan)
+        self._given_classes: list[str] | None = None
         for w in (self.folder_edit, self.split_edit):
+            w.textEdited.connect(self._forget_given_classes)
             w.textChanged.connect(self._debounce.start)
         for s in (self.val_share, self.seed):
             s.valueChanged.connect(self._debounce.start)
@@ -147,18 +149,25 @@ class DataPage(_SettingsPage):
     def _browse_folder(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Training data folder", self.folder_edit.text())
         if d:
+            self._given_classes = None
             self.folder_edit.setText(d)
+
+    def _forget_given_classes(self, *_args) -> None:
+        self._given_classes = None
 
     def _browse_split(self) -> None:
         f, _ = QFileDialog.getOpenFileName(self, "Split file", self.folder_edit.text(),
                                            "Split files (*.json *.txt);;All files (*)")
         if f:
+            self._given_classes = None
             self.split_edit.setText(f)
 
     def train_classes(self) -> list[str] | None:
         """The classes of the split file (None = every sub-folder); sets split_error on a bad file."""
         self.split_error = ""
         path = self.split_edit.text().strip()
+        if not path and self._given_classes is not None:
+            return list(self._given_classes)
         if not path:
             return None
         try:
@@ -185,7 +194,8 @@ class DataPage(_SettingsPage):
         if s.error:
             parts.append(f"<span style='color:#b00020'><b>{html.escape(s.error)}</b></span>")
         else:
-            restricted = " (classes from the split file)" if classes is not None else ""
+            restricted = ("" if classes is None else " (classes from the split file)" if self.split_edit.text().strip()
+                          else " (classes given with the settings)")
             parts.append(f"{len(s.per_class)} classes, {sum(s.per_class.values())} images{restricted}.")
         parts += [f"<span style='color:#a15c00'>⚠ {html.escape(w)}</span>" for w in s.warnings]
         self.message.setText("<br>".join(parts))
@@ -204,6 +214,9 @@ class DataPage(_SettingsPage):
         self.seed.setValue(cfg.seed)
         split = cfg.extra.get("split_file", "") if isinstance(cfg.extra, dict) else ""
         self.split_edit.setText(str(split))
+        # classes given with the settings but no split file (a script, the CLI's --classes): kept until
+        # the user edits the folder or the split field, never silently widened to every sub-folder
+        self._given_classes = list(cfg.train_classes) if cfg.train_classes and not split else None
 
     def store(self, cfg: TrainConfig) -> None:
         cfg.data_root = self.folder_edit.text().strip()

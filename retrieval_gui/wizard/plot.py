@@ -39,7 +39,7 @@ class LiveTrainingPlot(QWidget):
         self.batch_curve = self._curve(self.loss_plot, "batch part", BATCH_COLOR, 1)
         self.memory_curve = self._curve(self.loss_plot, "memory part", MEMORY_COLOR, 1)
 
-        self.val_plot = pg.PlotWidget(title="Validation R@1 (held-out classes)")
+        self.val_plot = pg.PlotWidget(title="Validation R@1 (validation classes, carved from the training classes)")
         self.val_plot.setLabel("bottom", "iteration")
         self.val_plot.setLabel("left", "R@1")
         self.val_plot.getAxis("left").enableAutoSIPrefix(False)

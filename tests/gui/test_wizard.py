@@ -404,3 +404,16 @@ def test_trained_models_dialog_lists_and_uses(qtbot, tmp_path):
     finally:
         QMessageBox.warning = orig
     assert shown and "collection busy" in shown[0] and newer in [m.path for m in bad.models]
+
+
+def test_classes_given_with_the_settings_are_kept(qtbot, tiny_data, tmp_path):
+    """A config with train_classes and no split file (a script, the CLI) must not be widened to every
+    sub-folder by the Data page; editing the folder field by hand drops the restriction."""
+    root = tiny_data
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())[:4]
+    wiz = TrainWizard(config=tiny_config(root, tmp_path, train_classes=classes))
+    qtbot.addWidget(wiz)
+    assert wiz.config().train_classes == classes
+    assert "classes given with the settings" in wiz.data_page.message.text()
+    wiz.data_page.folder_edit.textEdited.emit(str(root))  # the user typed in the field
+    assert wiz.config().train_classes is None
