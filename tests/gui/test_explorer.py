@@ -341,6 +341,8 @@ def test_grid_delegate_draws_cards(qtbot, tmp_path):
     view = ResultsView(model, 32)
     qtbot.addWidget(view)
     view.resize(600, 400)
+    view.show()
+    qtbot.waitExposed(view)
     index = model.index(3, 0)
     option = QStyleOptionViewItem()
     option.rect = view.visualRect(index)
