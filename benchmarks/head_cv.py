@@ -29,8 +29,8 @@ import train as bench  # noqa: E402  (benchmarks/train.py: evaluate, test-featur
 
 from engine.training import data as D  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.trainer import compute_pooled_features, train  # noqa: E402
-from models.embedding import build_model_from_config, l2n  # noqa: E402
+from engine.training.trainer import train  # noqa: E402
+from models.embedding import l2n  # noqa: E402
 
 log = logging.getLogger("bench.head_cv")
 
@@ -95,19 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     test = D.scan_labelled(img_root, split["test_classes"])
     labels = torch.tensor(test.labels)
     qr = json.loads((root / "query_retrieval_test.json").read_text())
-    cache = out / "cache" / f"test_{args.pooling}_cpu.pt"
-    if cache.is_file():
-        feats = torch.load(cache, weights_only=True)
-    else:
-        model0 = build_model_from_config(dict(backbone="efficientnet_lite0", weights="pretrained",
-                                              pooling=args.pooling, image_size=224), torch.device("cpu"))
-        feats, _ok, sk = compute_pooled_features(model0, test.paths, image_size=224, views=1, seed=0,
-                                                 device=torch.device("cpu"), threads=threads)
-        if sk:
-            raise RuntimeError(f"unreadable test images: {sk[:3]}")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(feats, cache)
-    pooled = feats[:, 0]
+    pooled = bench.pooled_test_features(test.paths, args.pooling, torch.device("cpu"), threads, out / "cache")
     untrained = bench.evaluate(l2n(pooled), labels, test.paths, qr, root)
     results = {"cv": [dict(gain=g_, lr_head=l_, margin=m_, iteration=i_) for g_, l_, m_, i_ in table],
                "chosen": dict(lr_head=lr, margin=margin, iterations=it), "untrained": untrained}

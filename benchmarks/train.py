@@ -61,6 +61,24 @@ def evaluate(vecs: torch.Tensor, labels: torch.Tensor, paths: list[str], qr: dic
     return m
 
 
+def pooled_test_features(paths: list[str], pooling: str, device: torch.device, threads: int,
+                         cache_dir: Path) -> torch.Tensor:
+    """(N, 1280) pooled features of the frozen ImageNet Lite0 for ``paths``, cached in ``cache_dir``
+    (the test images never change between runs; the model is built only when the cache is missing)."""
+    cache = cache_dir / f"test_{pooling}_{device.type}.pt"
+    if cache.is_file():
+        return torch.load(cache, weights_only=True)[:, 0]
+    model = build_model_from_config(dict(backbone="efficientnet_lite0", weights="pretrained", pooling=pooling,
+                                         image_size=224), device)
+    feats, _ok, sk = compute_pooled_features(model, paths, image_size=224, views=1, seed=0, device=device,
+                                             threads=threads)
+    if sk:
+        raise RuntimeError(f"unreadable test images: {sk[:3]}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(feats, cache)
+    return feats[:, 0]
+
+
 @torch.no_grad()
 def embed_full(ckpt: str, paths: list[str], size: int, device: torch.device, threads: int) -> torch.Tensor:
     tb = load_trained_backbone(ckpt, device=str(device))
@@ -142,25 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     test = D.scan_labelled(img_root, split["test_classes"])
     test_labels = torch.tensor(test.labels)
     pool = args.pooling
-    base_cfg = dict(backbone="efficientnet_lite0", weights="pretrained", pooling=pool, image_size=224)
     t0 = time.perf_counter()
-    model0 = build_model_from_config(base_cfg, device)
-    cache = out / "cache" / f"test_{pool}_{device.type}.pt"   # the frozen backbone's test features, reused
-    if cache.is_file():
-        test_feats = torch.load(cache, weights_only=True)
-    else:
-        test_feats, ok, sk = compute_pooled_features(model0, test.paths, image_size=224, views=1, seed=0,
-                                                     device=device, threads=threads)
-        if sk:
-            raise RuntimeError(f"unreadable test images: {sk[:3]}")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(test_feats, cache)
-    test_pooled = test_feats[:, 0]
+    test_pooled = pooled_test_features(test.paths, pool, device, threads, out / "cache")
     m = evaluate(l2n(test_pooled), test_labels, test.paths, qr, root)
     results[f"baseline_{pool}"] = m
     rows.append((f"untrained {pool.upper()} (ImageNet)", "-", m, float("nan"), time.perf_counter() - t0, peak_mem_mb(device)))
     log.info("baseline %s: %s", pool, m)
-    del model0
 
     for mode in [s for s in args.modes.split(",") if s]:
         for variant in [s for s in args.variants.split(",") if s]:

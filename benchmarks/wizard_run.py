@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 def _eval(data: Path, backbone: str, descriptor: str, threads: int) -> dict:
     """The CLI's eval on the test split (classes 50-99), as a dict."""
-    exe = Path(sys.executable).with_name("retrieval-explorer")
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "engine.cli"]),
+    cmd = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())",
            "eval", "--root", str(data), "--split", str(data / "query_retrieval_test.json"),
            "--backbone", backbone, "--descriptor", descriptor, "--device", "cpu", "--json",
            "--workers", str(max(0, threads - 1))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
     if proc.returncode:
         raise RuntimeError(f"eval failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout)

@@ -149,7 +149,7 @@ class DataPage(_SettingsPage):
     def _browse_folder(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Training data folder", self.folder_edit.text())
         if d:
-            self._given_classes = None
+            self._forget_given_classes()
             self.folder_edit.setText(d)
 
     def _forget_given_classes(self, *_args) -> None:
@@ -159,7 +159,7 @@ class DataPage(_SettingsPage):
         f, _ = QFileDialog.getOpenFileName(self, "Split file", self.folder_edit.text(),
                                            "Split files (*.json *.txt);;All files (*)")
         if f:
-            self._given_classes = None
+            self._forget_given_classes()
             self.split_edit.setText(f)
 
     def train_classes(self) -> list[str] | None:
@@ -194,8 +194,10 @@ class DataPage(_SettingsPage):
         if s.error:
             parts.append(f"<span style='color:#b00020'><b>{html.escape(s.error)}</b></span>")
         else:
-            restricted = ("" if classes is None else " (classes from the split file)" if self.split_edit.text().strip()
-                          else " (classes given with the settings)")
+            restricted = ""
+            if classes is not None:
+                from_file = bool(self.split_edit.text().strip())
+                restricted = " (classes from the split file)" if from_file else " (classes given with the settings)"
             parts.append(f"{len(s.per_class)} classes, {sum(s.per_class.values())} images{restricted}.")
         parts += [f"<span style='color:#a15c00'>⚠ {html.escape(w)}</span>" for w in s.warnings]
         self.message.setText("<br>".join(parts))
