@@ -72,7 +72,7 @@ def test_triplet_loss_value_equals_loop():
     d = torch.cdist(x.double(), x.double())
     losses = [max(0.0, d[a, p].item() - d[a, n].item() + margin) for a, p, n in trip]
     losses = [v for v in losses if v > 0]
-    assert out.tuples == len(trip)
+    assert int(out.tuples) == len(trip)
     assert out.loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
 
 
@@ -85,7 +85,7 @@ def test_loss_has_gradients_and_zero_when_nothing_mined():
     # two tight, far-apart clusters: no semi-hard triplet, loss 0 but still differentiable
     y = torch.tensor([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0], [0.001, 1.0]], requires_grad=True)
     out = TripletLoss(0.1, "semihard")(y, torch.tensor([0, 0, 1, 1]))
-    assert out.tuples == 0 and out.loss.item() == 0.0
+    assert int(out.tuples) == 0 and out.loss.item() == 0.0
     out.loss.backward()
 
 
@@ -102,7 +102,7 @@ def test_contrastive_equals_loop():
         elif d[a, b] < 1.0:
             vals.append(1.0 - d[a, b].item())
     vals = [v for v in vals if v > 0]
-    assert out.tuples == len(vals)
+    assert int(out.tuples) == len(vals)
     assert out.loss.item() == pytest.approx(sum(vals) / len(vals), rel=1e-5)
 
 
@@ -122,3 +122,34 @@ def test_bad_shapes_are_refused_with_a_message():
         TripletMiner("hardest")
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("arcface", 0.1, "semihard")
+
+
+def _tuple_mean(x, labels, ref, ref_labels, margin, kind):
+    """The loss the miner's tuples give, through plain indexing (the definition the losses follow)."""
+    m = TripletMiner(kind, margin)
+    a, p, n = m(x, labels, torch.arange(len(x)), ref, ref_labels, torch.arange(len(ref)) + 1000)
+    d = pairwise_distance(x, ref)
+    per = torch.relu(d[a, p] - d[a, n] + margin)
+    per = per[per > 0]
+    return per.mean() if per.numel() else x.sum() * 0.0, len(a)
+
+
+@pytest.mark.parametrize("kind", ["semihard", "all", "hard"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_value_and_gradient_equal_the_tuple_definition(kind, seed):
+    """Against a separate reference set with empty slots (label -1), as the memory passes it."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(10, 6, generator=g), dim=1).requires_grad_(True)
+    ref = torch.nn.functional.normalize(torch.randn(30, 6, generator=g), dim=1)
+    labels = torch.arange(10) % 4
+    ref_labels = torch.arange(30) % 4
+    ref_labels[::7] = -1                          # empty slots: neither positive nor negative
+    ref_ids = torch.arange(30) + 1000
+    got = TripletLoss(0.4, kind)(x, labels, torch.arange(10), ref, ref_labels, ref_ids)
+    (gx,) = torch.autograd.grad(got.loss, x)
+    keep = ref_labels >= 0
+    want, n_tuples = _tuple_mean(x, labels, ref[keep], ref_labels[keep], 0.4, kind)
+    (wx,) = torch.autograd.grad(want, x)
+    assert n_tuples > 0 and int(got.tuples) == n_tuples
+    assert got.loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.allclose(gx, wx, atol=1e-6)

@@ -79,9 +79,28 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny, monkey
     assert torch.isfinite(tb(torch.rand(2, 3, 32, 32))).all()
 
 
+def test_nan_found_in_a_deferred_read_keeps_the_checkpoint_before_it(tiny, monkeypatch):
+    """log_every=3 (as on a GPU): the NaN at iteration 5 is read at 7, after two more steps; the
+    message still names iteration 5 and nothing after the checkpoint of iteration 4 is written."""
+    from engine.training import trainer as T
+
+    original = T.XBMLoss.__call__
+
+    def poisoned(self, emb, labels, ids, iteration):
+        total, b, m = original(self, emb, labels, ids, iteration)
+        return (total * float("nan") if iteration == 4 else total), b, m
+
+    monkeypatch.setattr(T.XBMLoss, "__call__", poisoned)
+    events = []
+    res = train(tiny(iterations=12, val_every=4, log_every=3), on_event=events.append)
+    assert "loss became nan at iteration 5" in res.stopped_reason and not res.cancelled
+    assert [e.iteration for e in events if e.kind == "iteration"] == [1, 2, 3, 4]
+    assert torch.load(res.checkpoint_path, weights_only=True)["train_state"]["iteration"] == 4
+
+
 def test_head_mode_events_validation_and_feature_cache(tiny, tmp_path):
     events = []
-    res = train(tiny(iterations=8), on_event=events.append)
+    res = train(tiny(iterations=8, log_every=3), on_event=events.append)
     kinds = {e.kind for e in events}
     assert {"iteration", "validation", "checkpoint", "message", "done"} <= kinds
     its = [e for e in events if e.kind == "iteration"]

@@ -51,6 +51,7 @@ class TrainConfig:
     head_views: int = 2                     # head mode: cached views per image (1 = plain, 2 = + mirror, >2 = + crops)
     cache_dir: str = ""                     # head-mode feature cache / full-mode nothing ("" = <models dir>/../cache)
     num_threads: int = 0                    # torch CPU threads (0 = leave as is)
+    log_every: int = 0                      # read the loss from the device every N steps (0 = 1 on CPU, 20 on CUDA)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -115,6 +116,8 @@ class TrainConfig:
             p.append("head_views must be >= 1")
         if self.select_metric not in ("map", "recall@1"):
             p.append("select_metric must be 'map' or 'recall@1'")
+        if self.log_every < 0:
+            p.append("log_every must be >= 0 (0 = automatic)")
         if self.patience < 0:
             p.append("patience must be >= 0")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")

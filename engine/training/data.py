@@ -130,10 +130,23 @@ def decode_all(paths: list[str], size: int, *, threads: int = 2,
     return torch.stack([out[i] for i in ok]), ok, skipped
 
 
-def normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 or [0,255] float (B, 3, H, W) -> normalised float32."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``; to CUDA through pinned memory without waiting for the GPU."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (1, 3, 1, 1) float32 tensors on ``device`` (make once, pass to normalize)."""
+    return tuple(to_device(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1), device) for v in (mean, std))
+
+
+def normalize(x: torch.Tensor, mean: tuple | torch.Tensor, std: tuple | torch.Tensor) -> torch.Tensor:
+    """uint8 or [0,255] float (B, 3, H, W) -> normalised float32. ``mean``/``std``: 3 numbers, or the
+    tensors of :func:`channel_stats` (no copy to the device on every call)."""
+    m = mean if torch.is_tensor(mean) else torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    s = std if torch.is_tensor(std) else torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     return (x.float() / 255.0 - m) / s
 
 
@@ -164,7 +177,7 @@ def crop_params(n: int, generator: torch.Generator, scale: tuple[float, float] =
 
 def augment(x: torch.Tensor, out_size: int, theta: torch.Tensor) -> torch.Tensor:
     """Random resized crop + flip as one batched grid_sample: uint8 (B, 3, S, S) -> float (B, 3, o, o) in [0, 255]."""
-    theta = theta.to(x.device)
+    theta = to_device(theta, x.device)
     grid = F.affine_grid(theta, [x.shape[0], 3, out_size, out_size], align_corners=False)
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 

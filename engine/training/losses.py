@@ -1,9 +1,17 @@
-"""Metric losses on L2-normalised embeddings, computed on the tuples a miner chose.
+"""Metric losses on L2-normalised embeddings: the mean loss over the tuples a miner would choose.
 
-Template: a base class whose ``forward`` checks shapes, calls the miner (no gradients), computes
-the per-tuple losses and averages over the tuples with a non-zero loss. Every loss takes an
-optional reference set (``ref``, ``ref_labels``, ``ref_ids``) so the same code serves the batch
-and the cross-batch memory (anchors from the batch, positives/negatives from the memory).
+Template (pytorch-metric-learning's): a base class whose ``forward`` checks shapes and calls
+``compute``. Every loss takes an optional reference set (``ref``, ``ref_labels``, ``ref_ids``) so
+the same code serves the batch and the cross-batch memory (anchors from the batch,
+positives/negatives from the memory; a reference row labelled -1 is an empty slot).
+
+The losses equal the mean over the tuples of :mod:`engine.training.miners` (tests check both
+against brute-force loops) but never list those tuples: with semi-hard mining against a memory
+there are millions, and listing them (``nonzero``) makes the host wait for the GPU. Instead the
+negatives of each anchor are sorted once, and for every (anchor, positive) pair the number and
+the sum of the negatives inside its window (d(a,p), d(a,p) + margin) come from ``searchsorted``
+on that sorted row and its prefix sums. No step reads a value back to the host: the loss and the
+tuple count stay on the device until the trainer reads them.
 """
 
 from __future__ import annotations
@@ -13,19 +21,17 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from engine.training.miners import PairMiner, TripletMiner, _defaults, pair_masks, pairwise_distance
+from engine.training.miners import TRIPLET_MININGS, _defaults, pair_masks, pairwise_distance
 
 
 class LossOutput(NamedTuple):
     loss: torch.Tensor     # scalar, differentiable w.r.t. the anchors (and ref, if it carries gradients)
-    tuples: int            # number of mined tuples (triplets, or pairs for the contrastive loss)
+    tuples: torch.Tensor   # 0-dim long on the loss's device: number of mined triplets (or pairs)
 
 
-def _avg_nonzero(per_tuple: torch.Tensor, anchor_emb: torch.Tensor) -> torch.Tensor:
-    nonzero = per_tuple > 0
-    if not bool(nonzero.any()):
-        return anchor_emb.sum() * 0.0          # zero, but still connected to the graph
-    return per_tuple[nonzero].mean()
+def _mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """total / count, or 0 (still connected to the graph) when count == 0; no host sync."""
+    return (total / count.clamp_min(1)).float()
 
 
 class BaseMetricLoss(nn.Module):
@@ -43,24 +49,51 @@ class BaseMetricLoss(nn.Module):
         raise NotImplementedError
 
 
+def window_triplet_sums(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float,
+                        semihard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of max(0, d(a,p) - d(a,n) + margin) and the number of triplets, over every (a, p, n)
+    with p in ``pos[a]``, n in ``neg[a]`` and d(a,n) in (d(a,p), d(a,p) + margin) (``semihard``) or
+    d(a,n) < d(a,p) + margin (all margin violators). dist (N, M) differentiable; masks (N, M) bool.
+    Cost O(N M log M); returns (float64 0-dim sum, long 0-dim count)."""
+    n_rows = dist.shape[0]
+    d_neg = dist.masked_fill(~neg, float("inf"))
+    sorted_neg, _ = d_neg.sort(dim=1)                                   # negatives first, +inf after
+    finite = torch.isfinite(sorted_neg)
+    zero = torch.zeros(n_rows, 1, dtype=torch.float64, device=dist.device)
+    prefix = torch.cat([zero, torch.where(finite, sorted_neg, 0.0).double().cumsum(1)], 1)  # (N, M+1)
+    d_ap = dist.detach()
+    hi = torch.searchsorted(sorted_neg.detach(), (d_ap + margin).contiguous(), right=False)  # # d_an < d_ap + m
+    if semihard:
+        lo = torch.searchsorted(sorted_neg.detach(), d_ap.contiguous(), right=True)        # # d_an <= d_ap
+    else:
+        lo = torch.zeros_like(hi)
+    count = (hi - lo).clamp_min(0) * pos                                  # (N, M): triplets per (a, p)
+    window = prefix.gather(1, hi) - prefix.gather(1, torch.minimum(lo, hi))  # sum of their d(a, n)
+    per_pair = count.double() * (dist.double() + margin) - window
+    return torch.where(pos, per_pair, 0.0).sum(), count.sum()
+
+
 class TripletLoss(BaseMetricLoss):
     """mean over mined triplets with a positive loss of max(0, d(a,p) - d(a,n) + margin)."""
 
     def __init__(self, margin: float = 0.1, mining: str = "semihard") -> None:
         super().__init__()
+        if mining not in TRIPLET_MININGS:
+            raise ValueError(f"triplet mining must be one of {TRIPLET_MININGS}, not {mining!r}")
         self.margin = float(margin)
-        self.miner = TripletMiner(mining, margin)
+        self.mining = mining
 
     def compute(self, emb, labels, ids, ref, ref_labels, ref_ids) -> LossOutput:
-        # one differentiable (N, M) distance matrix; triplets index into it (no (T, D) gathers,
-        # which for a large memory would be millions of rows)
-        dist = pairwise_distance(emb, ref)
+        dist = pairwise_distance(emb, ref)                       # (N, M), differentiable
         pos, neg = pair_masks(labels, ref_labels, ids, ref_ids)
-        a, p, n = self.miner.mine(dist, pos, neg)
-        if a.numel() == 0:
-            return LossOutput(emb.sum() * 0.0, 0)
-        per = torch.relu(dist[a, p] - dist[a, n] + self.margin)
-        return LossOutput(_avg_nonzero(per, emb), int(a.numel()))
+        if self.mining == "hard":  # per anchor its farthest positive and nearest negative
+            valid = pos.any(1) & neg.any(1)
+            d_p = dist.masked_fill(~pos, float("-inf")).amax(1)
+            d_n = dist.masked_fill(~neg, float("inf")).amin(1)
+            per = torch.where(valid, torch.relu(d_p - d_n + self.margin), 0.0)
+            return LossOutput(_mean(per.sum(), (per > 0).sum()), valid.sum())
+        total, count = window_triplet_sums(dist, pos, neg, self.margin, self.mining == "semihard")
+        return LossOutput(_mean(total, count), count)
 
 
 class ContrastiveLoss(BaseMetricLoss):
@@ -70,17 +103,14 @@ class ContrastiveLoss(BaseMetricLoss):
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5) -> None:
         super().__init__()
         self.pos_margin, self.neg_margin = float(pos_margin), float(neg_margin)
-        self.miner = PairMiner(pos_margin, neg_margin)
 
     def compute(self, emb, labels, ids, ref, ref_labels, ref_ids) -> LossOutput:
         dist = pairwise_distance(emb, ref)
         pos_m, neg_m = pair_masks(labels, ref_labels, ids, ref_ids)
-        a1, p, a2, n = self.miner.mine(dist, pos_m, neg_m)
-        if a1.numel() + a2.numel() == 0:
-            return LossOutput(emb.sum() * 0.0, 0)
-        pos = torch.relu(dist[a1, p] - self.pos_margin)
-        neg = torch.relu(self.neg_margin - dist[a2, n])
-        return LossOutput(_avg_nonzero(torch.cat([pos, neg]), emb), int(a1.numel() + a2.numel()))
+        pos = torch.where(pos_m, torch.relu(dist - self.pos_margin), 0.0)
+        neg = torch.where(neg_m, torch.relu(self.neg_margin - dist), 0.0)
+        count = (pos > 0).sum() + (neg > 0).sum()
+        return LossOutput(_mean(pos.sum() + neg.sum(), count), count)
 
 
 def build_loss(name: str, margin: float, mining: str) -> BaseMetricLoss:

@@ -20,10 +20,13 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor, ids: torch.Tensor,
                ref_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive mask, negative mask), each (N, M) bool: same label and other sample / other label."""
+    """(positive mask, negative mask), each (N, M) bool: same label and other sample / other label.
+
+    A reference row with a negative label (an empty memory slot) is neither positive nor negative."""
     same = labels[:, None] == ref_labels[None, :]
     other_sample = ids[:, None] != ref_ids[None, :]
-    return same & other_sample, ~same
+    valid = (ref_labels >= 0)[None, :]
+    return same & other_sample & valid, ~same & valid
 
 
 def _check(emb: torch.Tensor, labels: torch.Tensor, name: str) -> None:

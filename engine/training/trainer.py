@@ -85,9 +85,8 @@ class _HeadData:
         self.feats = feats.to(device)
 
     def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        views = torch.randint(self.feats.shape[1], (idx.numel(),), generator=gen)
-        f = self.feats[idx.to(self.feats.device), views.to(self.feats.device)]
-        return model.head(f)
+        views = D.to_device(torch.randint(self.feats.shape[1], (idx.numel(),), generator=gen), self.feats.device)
+        return model.head(self.feats[idx, views])
 
     @torch.no_grad()
     def embed_eval(self, model: EmbeddingModel, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +100,8 @@ class _FullData:
 
     def __init__(self, images: torch.Tensor, device: torch.device, image_size: int, mean, std) -> None:
         self.images = images.to(device)
-        self.size, self.mean, self.std = image_size, mean, std
+        self.size = image_size
+        self.mean, self.std = D.channel_stats(mean, std, device)
         self.cuda = device.type == "cuda"
 
     def _fmap(self, model: EmbeddingModel, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ class _FullData:
 
     def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         theta = D.crop_params(idx.numel(), gen)
-        x = D.augment(self.images[idx.to(self.images.device)], self.size, theta)
+        x = D.augment(self.images[idx], self.size, theta)
         return self._forward(model, x)
 
     @torch.no_grad()
@@ -377,55 +377,91 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         save_last(0)
 
     # ---- the loop
+    # Nothing in a step reads the device: the sample ids go up through pinned memory, the losses
+    # and tuple counts stay on the device, and the figures of `log_every` steps are read in one go
+    # (then the NaN check, events and progress). A NaN found there stops training before any
+    # checkpoint is written after it, so the last good checkpoint is kept.
     set_train_mode()
+    log_every = config.log_every or (20 if device.type == "cuda" else 1)
+    train_idx_d, train_labels_d = train_idx.to(device), train_labels.to(device)
+    fdt = torch.float32 if device.type == "mps" else torch.float64   # tuple counts pass 2**24
+    zero = torch.zeros((), device=device, dtype=fdt)
+    pending: list[tuple[int, int, torch.Tensor]] = []   # (iteration, batch size, (6,) figures on the device)
     cancelled, reason = False, ""
     last_saved = start
     t_train, n_seen = 0.0, 0
     it = start
     total = config.iterations
+    t_seg = time.perf_counter()
+
+    def flush() -> str:
+        """Read the pending figures (one host sync); emit their events. Returns a stop reason or ''."""
+        nonlocal t_train, n_seen, t_seg
+        if not pending:
+            return ""
+        rows = torch.stack([f for _, _, f in pending]).cpu().tolist()
+        now = time.perf_counter()
+        t_train += now - t_seg
+        t_seg = now
+        done = list(pending)
+        pending.clear()
+        for (i, bsz, _), (loss_v, lb, lm, tb, tm, fill) in zip(done, rows, strict=True):
+            if not math.isfinite(loss_v):
+                msg = (f"the loss became {loss_v} at iteration {i}: training stopped; the last good "
+                       f"checkpoint (iteration {last_saved}) is kept. Lower the learning rates.")
+                message(msg, i - 1)
+                return msg
+            n_seen += bsz
+            rate = n_seen / t_train if t_train > 0 else 0.0
+            eta = (total - i) * (t_train / max(1, done[-1][0] - start))
+            with_mem = memory is not None and i > config.warmup_iters
+            rec = {"iteration": i, "loss": loss_v, "loss_batch": lb, "loss_memory": lm if with_mem else None,
+                   "triplets_batch": int(tb), "triplets_memory": int(tm), "memory_fill": int(fill)}
+            history.append(rec)
+            emit(TrainEvent("iteration", i, total, loss=loss_v, loss_batch=lb, loss_memory=rec["loss_memory"],
+                            memory_fill=rec["memory_fill"], memory_size=0 if memory is None else memory.size,
+                            triplets_batch=rec["triplets_batch"], triplets_memory=rec["triplets_memory"],
+                            images_per_s=rate, eta_s=eta))
+            progress(i, total, f"loss {loss_v:.4f}")
+        return ""
+
     while it < total:
         if should_stop():
             cancelled, reason = True, "cancelled"
             break
-        t0 = time.perf_counter()
-        ids = sampler.next_batch()
-        emb = source.embed_train(model, train_idx[ids], aug_gen)
-        lab = train_labels[ids].to(emb.device)
-        loss, part_b, part_m = xbm(emb, lab, ids.to(emb.device), it)
+        ids_cpu = sampler.next_batch()
+        ids = D.to_device(ids_cpu, device)
+        emb = source.embed_train(model, train_idx_d[ids], aug_gen)
+        lab = train_labels_d[ids]
+        loss, part_b, part_m = xbm(emb, lab, ids, it)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # the one host sync of a step, after backward is queued and before the weights change
-        loss_v = float(loss.detach())
-        if not math.isfinite(loss_v):
-            reason = (f"the loss became {loss_v} at iteration {it + 1}: training stopped; the last good "
-                      f"checkpoint (iteration {last_saved}) is kept. Lower the learning rates.")
-            message(reason, it)
-            break
         opt.step()
-        t_train += time.perf_counter() - t0
-        n_seen += int(ids.numel())
         it += 1
-        rate = n_seen / t_train if t_train > 0 else 0.0
-        eta = (total - it) * (t_train / max(1, it - start))
-        rec = {"iteration": it, "loss": loss_v, "loss_batch": float(part_b.loss.detach()),
-               "loss_memory": None if part_m is None else float(part_m.loss.detach()),
-               "triplets_batch": part_b.tuples, "triplets_memory": 0 if part_m is None else part_m.tuples,
-               "memory_fill": 0 if memory is None else memory.fill}
-        history.append(rec)
-        emit(TrainEvent("iteration", it, total, loss=loss_v, loss_batch=rec["loss_batch"],
-                        loss_memory=rec["loss_memory"], memory_fill=rec["memory_fill"],
-                        memory_size=0 if memory is None else memory.size, triplets_batch=part_b.tuples,
-                        triplets_memory=rec["triplets_memory"], images_per_s=rate, eta_s=eta))
-        progress(it, total, f"loss {loss_v:.4f}")
-        if it % config.val_every == 0 or it == total:
+        pending.append((it, int(ids_cpu.numel()), torch.stack([
+            loss.detach().to(fdt), part_b.loss.detach().to(fdt),
+            zero if part_m is None else part_m.loss.detach().to(fdt),
+            part_b.tuples.to(fdt), zero if part_m is None else part_m.tuples.to(fdt),
+            zero if memory is None else memory.fill_tensor().to(fdt)])))
+        validating = it % config.val_every == 0 or it == total
+        if len(pending) >= log_every or validating:
+            reason = flush()
+            if reason:
+                break
+        if validating:
             m, _ = validate()
             stop = after_validation(it, m)
             save_last(it)
             last_saved = it
+            t_seg = time.perf_counter()   # validation time is not training time
             if stop:
                 reason = f"early stopping: no better validation {sel} in {config.patience} validations"
                 message(reason, it)
                 break
+    if not reason or cancelled:
+        reason = flush() or reason
+    if reason.startswith("the loss"):
+        cancelled = False
     if cancelled and last_saved != it:
         save_last(it)
         last_saved = it
