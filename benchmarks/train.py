@@ -8,8 +8,9 @@ stopping / model selection); the test classes are only touched for the final num
     python benchmarks/train.py --data ../shared/data/cub100 --modes head             # CPU: minutes
     python benchmarks/train.py --data DIR --modes head,full --bare-step                # one GPU command
 
-On CUDA, --bare-step also measures the bare EfficientNet-Lite0 training step (fwd+bwd+AdamW,
-bf16, channels_last, batch 256; eager and torch.compile) beside the full loop at the same batch.
+--bare-step also measures the bare EfficientNet-Lite0 training step (fwd+bwd+AdamW) beside the full
+loop at the same batch: on CUDA bf16, channels_last, batch 256, eager and torch.compile; on the CPU
+float32, batch 32, eager (the loop's own cost; a GPU is where host syncs matter).
 """
 
 from __future__ import annotations
@@ -97,29 +98,38 @@ def embed_full(ckpt: str, paths: list[str], size: int, device: torch.device, thr
     return torch.cat(out)
 
 
-def bare_step(device: torch.device, batch: int = 256, steps: int = 20, compiled: bool = False) -> float:
-    """images/s of the bare EfficientNet-Lite0 step: fwd + MAC + bwd + AdamW, bf16 autocast, channels_last."""
+def bare_step(device: torch.device, batch: int = 256, steps: int = 20, compiled: bool = False,
+              warm: int = 8) -> float:
+    """images/s of the bare EfficientNet-Lite0 step: fwd + MAC + bwd + AdamW; on CUDA bf16 autocast and
+    channels_last (fused AdamW), on the CPU float32."""
+    cuda = device.type == "cuda"
     model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random"}, device)
     model.train()
     fwd = torch.compile(model.backbone.forward_features) if compiled else model.backbone.forward_features
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             fmap = fwd(x)
         loss = model.embed_fmap(fmap).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(8):
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(warm):
         step()
-    torch.cuda.synchronize(device)
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize(device)
+    sync()
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench_out/train")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override a TrainConfig field for every run, e.g. --set head_views=4")
-    ap.add_argument("--bare-step", action="store_true", help="CUDA: bare step vs loop throughput at batch 256")
+    ap.add_argument("--bare-step", action="store_true", help="bare step vs loop throughput (batch 256 on CUDA, 32 on the CPU)")
     ap.add_argument("--json", help="also write all results to this file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -212,34 +222,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # early copy: the bare-step part below may be cut off
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    if args.bare_step and device.type == "cuda":
-        bs = {}
-        for compiled in (False, True):
+    if args.bare_step:
+        # CUDA: batch 256 (32 x 8), eager and compiled. CPU: batch 32 (8 x 4), eager only (a data point
+        # for the loop's own cost; without a GPU there is no queue for host syncs to drain)
+        cuda = device.type == "cuda"
+        P, K = (32, 8) if cuda else (8, 4)  # noqa: N806
+        steps, warm, loop_its, last = (20, 8, 50, 30) if cuda else (4, 1, 8, 6)
+        modes = (False, True) if cuda else (False,)
+        bs = {"batch": P * K}
+        for compiled in modes:
             try:
-                bs["compile" if compiled else "eager"] = bare_step(device, compiled=compiled)
+                bs["compile" if compiled else "eager"] = bare_step(device, P * K, steps, compiled, warm)
             except Exception as exc:  # report, don't lose the other numbers
                 bs["compile" if compiled else "eager"] = f"failed: {exc}"[:300]
-        for compiled in (False, True):
+        for compiled in modes:
             key = "loop_compile" if compiled else "loop_eager"
             try:
                 rates = []
                 cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode="full",
-                                  memory=True, warmup_iters=0, iterations=50, val_every=10_000,
-                                  classes_per_batch=32, samples_per_class=8, device=str(device),
-                                  out_dir=str(out / key), name=key, extra={"compile": compiled})
+                                  memory=True, warmup_iters=0, iterations=loop_its, val_every=10_000,
+                                  classes_per_batch=P, samples_per_class=K, device=str(device),
+                                  out_dir=str(out / key), name=key, extra={"compile": compiled},
+                                  num_threads=args.threads)
                 train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None)
-                # steady state: images/s over the last 30 iterations (compilation and warm-up excluded)
-                bs[key] = _steady_rate(rates, cfg.classes_per_batch * cfg.samples_per_class)
+                # steady state: images/s over the last iterations (compilation and warm-up excluded)
+                bs[key] = _steady_rate(rates, P * K, last)
             except Exception as exc:
                 bs[key] = f"failed: {exc}"[:300]
         results["bare_step"] = bs
 
     if "bare_step" in results:
         bs = results["bare_step"]
-        print("\n| EfficientNet-Lite0, batch 256, bf16, channels_last | eager img/s | torch.compile img/s |")
+        how = "bf16, channels_last" if device.type == "cuda" else f"float32, {threads} CPU threads"
+        print(f"\n| EfficientNet-Lite0, batch {bs['batch']}, {how} | eager img/s | torch.compile img/s |")
         print("|---|---|---|")
-        print(f"| bare step (fwd + bwd + AdamW) | {_fmt(bs.get('eager'))} | {_fmt(bs.get('compile'))} |")
-        print(f"| full training loop (32x8, memory on) | {_fmt(bs.get('loop_eager'))} | {_fmt(bs.get('loop_compile'))} |")
+        print(f"| bare step (fwd + bwd + AdamW) | {_fmt(bs.get('eager'))} | {_fmt(bs.get('compile', '-'))} |")
+        print(f"| full training loop (P x K, memory on) | {_fmt(bs.get('loop_eager'))} | "
+              f"{_fmt(bs.get('loop_compile', '-'))} |")
         for k in ("eager", "compile"):
             a, b = bs.get(f"loop_{k}"), bs.get(k)
             if isinstance(a, float) and isinstance(b, float):
@@ -250,14 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _steady_rate(cumulative_rates: list[float], batch: int) -> float:
-    """The trainer reports cumulative images/s; recover the rate over the last 30 iterations."""
+def _steady_rate(cumulative_rates: list[float], batch: int, last: int = 30) -> float:
+    """The trainer reports cumulative images/s (one event per iteration, figures read every log_every
+    iterations); recover the rate over the ``last`` iterations."""
     n = len(cumulative_rates)
-    if n < 40:
+    if n <= last:
         return cumulative_rates[-1]
     t_end = n * batch / cumulative_rates[-1]
-    t_mid = (n - 30) * batch / cumulative_rates[n - 31]
-    return 30 * batch / (t_end - t_mid)
+    t_mid = (n - last) * batch / cumulative_rates[n - last - 1]
+    return last * batch / (t_end - t_mid)
 
 
 def _fmt(v) -> str:
