@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a TrainConfig field for every run, e.g. --set head_views=4")
     ap.add_argument("--bare-step", action="store_true", help="bare step vs loop throughput (batch 256 on CUDA, 32 on the CPU)")
     ap.add_argument("--json", help="also write all results to this file")
+    ap.add_argument("--resume", action="store_true", help="continue each run from its last.pt when there is one "
+                    "(e.g. after the machine ran out of memory); rates and wall time then cover the resumed part")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.threads:
@@ -190,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.reset_peak_memory_stats(device)
             rates: list[float] = []
             t = time.perf_counter()
-            res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None)
+            last = out / name / "last.pt"
+            res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None,
+                        resume_from=last if args.resume and last.is_file() else None)
             wall = time.perf_counter() - t
             peak = peak_mem_mb(device)
             sel = cfg.select_metric
