@@ -57,16 +57,21 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny, tmp_path):
     assert any(r["loss_memory"] is not None for r in full.history if "loss" in r)
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny, monkeypatch):
+def _poison_loss_at(monkeypatch, at: int) -> None:
+    """Make the loss NaN at the 0-based iteration ``at``."""
     from engine.training import trainer as T
 
     original = T.XBMLoss.__call__
 
     def poisoned(self, emb, labels, ids, iteration):
         total, b, m = original(self, emb, labels, ids, iteration)
-        return (total * float("nan") if iteration == 3 else total), b, m
+        return (total * float("nan") if iteration == at else total), b, m
 
     monkeypatch.setattr(T.XBMLoss, "__call__", poisoned)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny, monkeypatch):
+    _poison_loss_at(monkeypatch, 3)
     events = []
     res = train(tiny(iterations=8, val_every=2), on_event=events.append)
     assert "loss became nan" in res.stopped_reason and "iteration 4" in res.stopped_reason
@@ -82,15 +87,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny, monkey
 def test_nan_found_in_a_deferred_read_keeps_the_checkpoint_before_it(tiny, monkeypatch):
     """log_every=3 (as on a GPU): the NaN at iteration 5 is read at 7, after two more steps; the
     message still names iteration 5 and nothing after the checkpoint of iteration 4 is written."""
-    from engine.training import trainer as T
-
-    original = T.XBMLoss.__call__
-
-    def poisoned(self, emb, labels, ids, iteration):
-        total, b, m = original(self, emb, labels, ids, iteration)
-        return (total * float("nan") if iteration == 4 else total), b, m
-
-    monkeypatch.setattr(T.XBMLoss, "__call__", poisoned)
+    _poison_loss_at(monkeypatch, 4)
     events = []
     res = train(tiny(iterations=12, val_every=4, log_every=3), on_event=events.append)
     assert "loss became nan at iteration 5" in res.stopped_reason and not res.cancelled
