@@ -31,7 +31,7 @@ from engine.training import data as D  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
 from engine.training.metrics import query_top1, retrieval_metrics  # noqa: E402
 from engine.training.trainer import compute_pooled_features, resolve_device, train  # noqa: E402
-from models.embedding import build_model_from_config, l2n, load_trained_backbone  # noqa: E402
+from models.embedding import build_model_from_config, freeze_batchnorm, l2n, load_trained_backbone  # noqa: E402
 
 log = logging.getLogger("bench.train")
 
@@ -101,10 +101,12 @@ def embed_full(ckpt: str, paths: list[str], size: int, device: torch.device, thr
 def bare_step(device: torch.device, batch: int = 256, steps: int = 20, compiled: bool = False,
               warm: int = 8) -> float:
     """images/s of the bare EfficientNet-Lite0 step: fwd + MAC + bwd + AdamW; on CUDA bf16 autocast and
-    channels_last (fused AdamW), on the CPU float32."""
+    channels_last (fused AdamW), on the CPU float32. BatchNorm statistics frozen, as in the loop's
+    default recipe (batch statistics would cost the bare step extra work the loop does not do)."""
     cuda = device.type == "cuda"
     model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random"}, device)
     model.train()
+    freeze_batchnorm(model.backbone)
     fwd = torch.compile(model.backbone.forward_features) if compiled else model.backbone.forward_features
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=cuda)
     x = torch.randn(batch, 3, 224, 224, device=device)
