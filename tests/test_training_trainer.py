@@ -202,3 +202,14 @@ def test_cli_train_json(tiny, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["iterations_done"] == 3 and out["best_checkpoint"].endswith("best.pt")
     assert load_trained_backbone(out["best_checkpoint"]).config["memory"] is False
+
+
+def test_full_mode_on_the_cpu_refuses_a_batch_that_would_not_fit(tiny, monkeypatch):
+    from engine.training import trainer as T
+
+    monkeypatch.setattr(T, "available_memory_bytes", lambda: 200_000_000)
+    with pytest.raises(ValueError, match=r"needs about .* GB of memory, and 0\.2 GB are available: lower P x K"):
+        train(tiny(mode="full", classes_per_batch=3, samples_per_class=2, image_size=224))
+    # small enough: runs
+    res = train(tiny(mode="full", iterations=1, val_every=1))
+    assert res.stopped_reason == "finished"
