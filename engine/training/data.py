@@ -145,8 +145,7 @@ def channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.
 def normalize(x: torch.Tensor, mean: tuple | torch.Tensor, std: tuple | torch.Tensor) -> torch.Tensor:
     """uint8 or [0,255] float (B, 3, H, W) -> normalised float32. ``mean``/``std``: 3 numbers, or the
     tensors of :func:`channel_stats` (no copy to the device on every call)."""
-    m = mean if torch.is_tensor(mean) else torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    s = std if torch.is_tensor(std) else torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    m, s = (mean, std) if torch.is_tensor(mean) else channel_stats(mean, std, x.device)
     return (x.float() / 255.0 - m) / s
 
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from engine.training.miners import TRIPLET_MININGS, _defaults, pair_masks, pairwise_distance
+from engine.training.miners import _defaults, check_triplet_mining, pair_masks, pairwise_distance
 
 
 class LossOutput(NamedTuple):
@@ -78,10 +78,8 @@ class TripletLoss(BaseMetricLoss):
 
     def __init__(self, margin: float = 0.1, mining: str = "semihard") -> None:
         super().__init__()
-        if mining not in TRIPLET_MININGS:
-            raise ValueError(f"triplet mining must be one of {TRIPLET_MININGS}, not {mining!r}")
         self.margin = float(margin)
-        self.mining = mining
+        self.mining = check_triplet_mining(mining)
 
     def compute(self, emb, labels, ids, ref, ref_labels, ref_ids) -> LossOutput:
         dist = pairwise_distance(emb, ref)                       # (N, M), differentiable

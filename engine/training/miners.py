@@ -29,6 +29,13 @@ def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor, ids: torch.Tensor
     return same & other_sample & valid, ~same & valid
 
 
+def check_triplet_mining(kind: str) -> str:
+    """``kind`` if it is one of TRIPLET_MININGS, else a ValueError naming them."""
+    if kind not in TRIPLET_MININGS:
+        raise ValueError(f"triplet mining must be one of {TRIPLET_MININGS}, not {kind!r}")
+    return kind
+
+
 def _check(emb: torch.Tensor, labels: torch.Tensor, name: str) -> None:
     if emb.ndim != 2:
         raise ValueError(f"{name} must be (N, D), got shape {tuple(emb.shape)}")
@@ -61,9 +68,7 @@ class TripletMiner:
     """
 
     def __init__(self, kind: str = "semihard", margin: float = 0.1) -> None:
-        if kind not in TRIPLET_MININGS:
-            raise ValueError(f"triplet mining must be one of {TRIPLET_MININGS}, not {kind!r}")
-        self.kind = kind
+        self.kind = check_triplet_mining(kind)
         self.margin = float(margin)
 
     @torch.no_grad()

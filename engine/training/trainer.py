@@ -421,7 +421,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     train_idx_d, train_labels_d = train_idx.to(device), train_labels.to(device)
     fdt = torch.float32 if device.type == "mps" else torch.float64   # tuple counts pass 2**24
     zero = torch.zeros((), device=device, dtype=fdt)
-    pending: list[tuple[int, int, torch.Tensor]] = []   # (iteration, batch size, (6,) figures on the device)
+    pending: list[tuple[int, int, bool, torch.Tensor]] = []  # (iteration, batch size, memory part?, (6,) figures)
     cancelled, reason = False, ""
     last_saved = start
     t_train, n_seen = 0.0, 0
@@ -434,13 +434,13 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         nonlocal t_train, n_seen, t_seg
         if not pending:
             return ""
-        rows = torch.stack([f for _, _, f in pending]).cpu().tolist()
+        rows = torch.stack([f for *_, f in pending]).cpu().tolist()
         now = time.perf_counter()
         t_train += now - t_seg
         t_seg = now
         done = list(pending)
         pending.clear()
-        for (i, bsz, _), (loss_v, lb, lm, tb, tm, fill) in zip(done, rows, strict=True):
+        for (i, bsz, with_mem, _), (loss_v, lb, lm, tb, tm, fill) in zip(done, rows, strict=True):
             if not math.isfinite(loss_v):
                 msg = (f"the loss became {loss_v} at iteration {i}: training stopped; the last good "
                        f"checkpoint (iteration {last_saved}) is kept. Lower the learning rates.")
@@ -449,7 +449,6 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
             n_seen += bsz
             rate = n_seen / t_train if t_train > 0 else 0.0
             eta = (total - i) * (t_train / max(1, done[-1][0] - start))
-            with_mem = memory is not None and i > config.warmup_iters
             rec = {"iteration": i, "loss": loss_v, "loss_batch": lb, "loss_memory": lm if with_mem else None,
                    "triplets_batch": int(tb), "triplets_memory": int(tm), "memory_fill": int(fill)}
             history.append(rec)
@@ -473,7 +472,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         loss.backward()
         opt.step()
         it += 1
-        pending.append((it, int(ids_cpu.numel()), torch.stack([
+        pending.append((it, int(ids_cpu.numel()), part_m is not None, torch.stack([
             loss.detach().to(fdt), part_b.loss.detach().to(fdt),
             zero if part_m is None else part_m.loss.detach().to(fdt),
             part_b.tuples.to(fdt), zero if part_m is None else part_m.tuples.to(fdt),

@@ -26,15 +26,15 @@ class CrossBatchMemory:
         if size < 1:
             raise ValueError("memory size must be >= 1")
         self.size, self.dim, self.num_samples = int(size), int(dim), int(num_samples)
-        # one spare row / entry at the end of each table: the target of writes that must go nowhere
-        self._emb = torch.zeros(self.size + 1, self.dim, device=device, dtype=dtype)
+        self.emb = torch.zeros(self.size, self.dim, device=device, dtype=dtype)
+        # one spare entry at the end of the id/label tables and of the id -> slot table: the target
+        # of writes that must go nowhere
         self._labels = torch.full((self.size + 1,), -1, dtype=torch.long, device=device)
         self._ids = torch.full((self.size + 1,), -1, dtype=torch.long, device=device)
         self._slot_of = torch.full((self.num_samples + 1,), -1, dtype=torch.long, device=device)
         self.ptr = 0
 
     # the tables without their spare entry
-    emb = property(lambda self: self._emb[: self.size])
     labels = property(lambda self: self._labels[: self.size])
     ids = property(lambda self: self._ids[: self.size])
     slot_of = property(lambda self: self._slot_of[: self.num_samples])
@@ -59,7 +59,7 @@ class CrossBatchMemory:
         if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_samples):
             raise ValueError(f"sample ids must be in [0, {self.num_samples})")
         dev = self._ids.device
-        emb, labels, ids = emb.detach().to(self._emb), labels.to(dev), ids.to(dev)
+        emb, labels, ids = emb.detach().to(self.emb), labels.to(dev), ids.to(dev)
         if ids.shape[0] > self.size:  # a batch larger than the memory: its last `size` entries
             emb, labels, ids = emb[-self.size:], labels[-self.size:], ids[-self.size:]
         b = ids.shape[0]
@@ -80,13 +80,11 @@ class CrossBatchMemory:
         leaving = self._ids[slots]
         self._slot_of[torch.where(leaving >= 0, leaving, spare_id)] = -1
         # 3. write the batch (repeats inside it as empty slots)
-        self._emb[slots] = emb
+        self.emb[slots] = emb
         self._labels[slots] = torch.where(keep, labels, -1)
         self._ids[slots] = torch.where(keep, ids, -1)
         self._slot_of[torch.where(keep, ids, spare_id)] = slots
         self._slot_of[spare_id] = -1
-        self._ids[spare_slot] = -1
-        self._labels[spare_slot] = -1
         self.ptr = (self.ptr + b) % self.size
 
     def contents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,8 +103,8 @@ class CrossBatchMemory:
     def load_state_dict(self, state: dict) -> None:
         if tuple(state["emb"].shape) != (self.size, self.dim) or int(state["num_samples"]) != self.num_samples:
             raise ValueError("the checkpoint's memory does not match this run's memory size / data")
-        dev = self._emb.device
-        self._emb[: self.size] = state["emb"].to(dev, self._emb.dtype)
+        dev = self.emb.device
+        self.emb = state["emb"].to(dev, self.emb.dtype)
         self._labels[: self.size] = state["labels"].to(dev)
         self._ids[: self.size] = state["ids"].to(dev)
         self._slot_of.fill_(-1)
