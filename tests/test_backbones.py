@@ -154,3 +154,24 @@ def test_allow_download_false_overrides_the_environment(monkeypatch):
     monkeypatch.delenv("RETRIEVAL_EXPLORER_OFFLINE")
     with pytest.raises(WeightsUnavailableError, match="downloads are off"):
         get_backbone("resnet50", allow_download=False)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2", "resnet18"])
+def test_trunk_then_tail_is_forward_features(name):
+    torch.manual_seed(0)
+    b = get_backbone(name, weights="random").eval()
+    x = torch.randn(2, 3, 64, 48)
+    n = len(b.feature_units())
+    with torch.no_grad():
+        want = b.forward_features(x)
+        for k in (1, 3, n - 1):
+            assert torch.equal(b.forward_tail(b.forward_trunk(x, k), k), want), k
+    params = {id(p) for m in b.tail_modules(2) for p in m.parameters()}
+    assert 0 < len(params) < len(list(b.parameters()))
+    with pytest.raises(ValueError, match=f"between 1 and {n - 1}"):
+        b.tail_modules(n)
+
+
+def test_backbone_without_units_refuses_tail_training():
+    with pytest.raises(ValueError, match="cannot be split"):
+        get_backbone("vgg16", weights="random").tail_modules(1)

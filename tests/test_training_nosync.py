@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.training.losses import ContrastiveLoss, TripletLoss
-from engine.training.trainer import _FullData, _HeadData
+from engine.training.trainer import _FullData, _HeadData, _TailData
 from engine.training.xbm import CrossBatchMemory, XBMLoss
 from models.embedding import EmbeddingHead, build_model_from_config
 
@@ -95,3 +95,22 @@ def test_full_mode_augmented_step_has_no_host_sync():
         total, _, _ = xbm(emb, ids % 3, ids, 0)
         total.backward()
     assert rec.ops > 200 and rec.syncs == []
+
+
+def test_tail_mode_step_has_no_host_sync():
+    torch.manual_seed(0)
+    model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random", "pooling": "gem"})
+    model.train()
+    with torch.no_grad():
+        maps = model.backbone.forward_trunk(torch.randn(20, 3, 32, 32), 3).half().view(10, 2, -1, 1, 1)
+    source = _TailData(maps, torch.device("cpu"), 3)
+    memory = CrossBatchMemory(8, model.head.out_dim, 10)
+    xbm = XBMLoss(TripletLoss(0.2), memory, 1.0, warmup_iters=0)
+    g = torch.Generator().manual_seed(1)
+    rec = SyncRecorder()
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    with rec:
+        emb = source.embed_train(model, ids, g)
+        total, _, _ = xbm(emb, ids % 3, ids, 0)
+        total.backward()
+    assert rec.ops > 50 and rec.syncs == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +32,9 @@ def tiny(image_folder, tmp_path):
 
 
 @pytest.mark.slow  # three short runs: ~10 s on 2 cores
-def test_resume_continues_exactly_like_an_uninterrupted_run(tiny, tmp_path):
+@pytest.mark.parametrize("mode", ["head", "tail"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tiny, tmp_path, mode):
+    tiny = functools.partial(tiny, mode=mode, lr_backbone=1e-3)
     full = train(tiny(out_dir=str(tmp_path / "a")))
     calls = {"n": 0}
 
@@ -126,6 +130,33 @@ def test_full_mode_trains_on_cpu_with_frozen_batchnorm(tiny):
     assert bn_stats and all(torch.equal(sd[k], end[k]) for k in bn_stats)     # statistics frozen
     assert any(not torch.equal(sd[k], end[k]) for k in convs)                  # the backbone did train
     assert len([h for h in res.history if "loss" in h]) == 5
+
+
+def test_tail_mode_trains_only_the_tail_and_matches_the_full_forward(tiny, tmp_path):
+    from engine.training.data import decode_all, normalize
+    from engine.training.trainer import _TailData
+
+    res = train(tiny(mode="tail", tail_units=3, iterations=6, val_every=3, lr_backbone=1e-2, head_views=3))
+    torch.manual_seed(res.config.seed)
+    start = build_model_from_config(res.config.to_dict()).state_dict()
+    end = torch.load(res.checkpoint_path, weights_only=True)["model"]
+    changed = {k for k in end if end[k].is_floating_point() and not torch.equal(start[k], end[k])}
+    # units 16-18 of 18: the last two MBConv blocks and the head conv (+ the embedding head)
+    assert any(k.startswith("backbone.net._conv_head") for k in changed)
+    assert any(k.startswith("backbone.net._blocks.15.") for k in changed)
+    assert all(k.startswith(("head.", "backbone.net._conv_head", "backbone.net._bn1", "backbone.net._blocks.14.",
+                             "backbone.net._blocks.15.")) for k in changed), sorted(changed)[:5]
+    assert not any("running_" in k for k in changed)                       # BatchNorm statistics frozen
+    assert list((tmp_path / "cache").glob("maps_*.pt"))
+    # the trained model, run whole on images, gives what the tail gives on cached float16 maps
+    tb = load_trained_backbone(res.checkpoint_path)
+    imgs, _, _ = decode_all(sorted(str(p) for p in Path(res.config.data_root).rglob("*.jpg"))[:6], 32)
+    x = normalize(imgs, tb.mean, tb.std)
+    with torch.no_grad():
+        want = tb(x)
+        maps = tb.model.backbone.forward_trunk(x, 3).half().unsqueeze(1)
+    got, _ = _TailData(maps, torch.device("cpu"), 3).embed_eval(tb.model, torch.arange(6))
+    assert torch.allclose(got, want, atol=2e-3)
 
 
 def test_load_trained_backbone_round_trip_and_refusals(tmp_path):

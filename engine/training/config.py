@@ -9,7 +9,7 @@ from typing import Any
 
 LOSSES = ("triplet", "contrastive")
 MININGS = ("semihard", "hard", "all")
-MODES = ("head", "full")
+MODES = ("head", "tail", "full")
 POOLINGS = ("mac", "gem", "spoc")
 
 
@@ -24,7 +24,8 @@ class TrainConfig:
     weights: str = "pretrained"
     pooling: str = "mac"
     embedding_dim: int = 0                  # 0 = the feature dim, identity-initialised
-    mode: str = "head"                      # "head" (frozen backbone, cached features) | "full" (fine-tuning)
+    mode: str = "head"                      # "head" (frozen backbone, cached features) | "tail" (last units
+    #                                         trained on cached maps of the rest) | "full" (fine-tuning)
     loss: str = "triplet"
     margin: float = 0.1
     mining: str = "semihard"                # | "hard" (batch-hard) | "all"
@@ -48,8 +49,10 @@ class TrainConfig:
     # additions beyond the GUI contract (all optional)
     patience: int = 0                       # stop after this many validations without improvement (0 = never)
     select_metric: str = "map"              # validation metric for the best checkpoint / early stopping: map | recall@1
-    head_views: int = 2                     # head mode: cached views per image (1 = plain, 2 = + mirror, >2 = + crops)
-    cache_dir: str = ""                     # head-mode feature cache / full-mode nothing ("" = <models dir>/../cache)
+    head_views: int = 2                     # head/tail mode: cached views per image (1 = plain, 2 = + mirror, >2 = + crops)
+    tail_units: int = 3                     # tail mode: feature units trained (efficientnet_lite0: 1 = head conv,
+    #                                         2 = + last block, ...; 18 units in all)
+    cache_dir: str = ""                     # head/tail-mode feature cache ("" = <models dir>/../cache)
     num_threads: int = 0                    # torch CPU threads (0 = leave as is)
     log_every: int = 0                      # read the loss from the device every N steps (0 = 1 on CPU, 20 on CUDA)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +117,8 @@ class TrainConfig:
             p.append("val_every must be >= 1")
         if self.head_views < 1:
             p.append("head_views must be >= 1")
+        if self.tail_units < 1:
+            p.append("tail_units must be >= 1")
         if self.select_metric not in ("map", "recall@1"):
             p.append("select_metric must be 'map' or 'recall@1'")
         if self.log_every < 0:
