@@ -369,12 +369,18 @@ class RunSettingsPage(_SettingsPage):
         super().__init__(parent)
         self.setTitle("Run settings")
         self.setSubTitle("Head only: the backbone stays frozen, its features are computed once and only the "
-                         "embedding head learns (fast, also on a CPU). Full: the whole network is fine-tuned.")
+                         "embedding head learns (fast, also on a CPU). Last layers: the maps entering the last "
+                         "units are computed once, those units and the head learn (minutes on a CPU). "
+                         "Full: the whole network is fine-tuned (a GPU's work).")
         self.mode_head = QRadioButton("Head only (frozen backbone, cached features)")
+        self.mode_tail = QRadioButton("Last layers (cached maps of the rest; BatchNorm statistics frozen)")
         self.mode_full = QRadioButton("Full fine-tuning (backbone too; BatchNorm statistics frozen)")
         self.mode_group = QButtonGroup(self)
-        self.mode_group.addButton(self.mode_head)
-        self.mode_group.addButton(self.mode_full)
+        for b in (self.mode_head, self.mode_tail, self.mode_full):
+            self.mode_group.addButton(b)
+        self.tail_units = _spin(1, 64)
+        self.tail_units.setToolTip("How many of the last feature units train: for efficientnet_lite0 1 = the "
+                                   "head conv, 2 = + the last block, 3 = + the block before it, ...")
         self.iterations = _spin(1, 10_000_000, 100)
         self.p = _spin(2, 4096)
         self.k = _spin(2, 1024)
@@ -392,6 +398,8 @@ class RunSettingsPage(_SettingsPage):
         self.name.setPlaceholderText("generated from the date and settings")
         form = QFormLayout(self)
         form.addRow(self.mode_head)
+        form.addRow(self.mode_tail)
+        form.addRow("    Trained units:", self.tail_units)
         form.addRow(self.mode_full)
         form.addRow("Iterations:", self.iterations)
         pk = QHBoxLayout()
@@ -414,13 +422,15 @@ class RunSettingsPage(_SettingsPage):
         self.k.valueChanged.connect(self._sync)
 
     def _sync(self) -> None:
-        full = self.mode_full.isChecked()
-        self.lr_backbone.setEnabled(full)
-        self.freeze_bn.setEnabled(full)
+        trains_backbone = not self.mode_head.isChecked()
+        self.lr_backbone.setEnabled(trains_backbone)
+        self.freeze_bn.setEnabled(trains_backbone)
+        self.tail_units.setEnabled(self.mode_tail.isChecked())
         self.batch_label.setText(f"= {self.p.value() * self.k.value()} per batch")
 
     def load(self, cfg: TrainConfig) -> None:
-        (self.mode_full if cfg.mode == "full" else self.mode_head).setChecked(True)
+        {"full": self.mode_full, "tail": self.mode_tail}.get(cfg.mode, self.mode_head).setChecked(True)
+        self.tail_units.setValue(cfg.tail_units)
         self.iterations.setValue(cfg.iterations)
         self.p.setValue(cfg.classes_per_batch)
         self.k.setValue(cfg.samples_per_class)
@@ -438,7 +448,8 @@ class RunSettingsPage(_SettingsPage):
         self._sync()
 
     def store(self, cfg: TrainConfig) -> None:
-        cfg.mode = "full" if self.mode_full.isChecked() else "head"
+        cfg.mode = "full" if self.mode_full.isChecked() else "tail" if self.mode_tail.isChecked() else "head"
+        cfg.tail_units = self.tail_units.value()
         cfg.iterations = self.iterations.value()
         cfg.classes_per_batch = self.p.value()
         cfg.samples_per_class = self.k.value()
@@ -487,12 +498,13 @@ class SummaryPage(QWizardPage):
                 ("Loss", f"{cfg.loss}, margin {cfg.margin:g}, {cfg.mining} mining"),
                 ("Memory", f"{cfg.memory_share:.0%} of the training set, weight {cfg.memory_weight:g}, "
                            f"after {cfg.warmup_iters} warm-up iterations" if cfg.memory else "off"),
-                ("Mode", "head only (frozen backbone)" if cfg.mode == "head" else "full fine-tuning"),
+                ("Mode", {"head": "head only (frozen backbone)", "full": "full fine-tuning",
+                          "tail": f"last {cfg.tail_units} unit(s) on cached maps"}.get(cfg.mode, cfg.mode)),
                 ("Iterations", f"{cfg.iterations}, validation every {cfg.val_every}"),
                 ("Batch", f"P {cfg.classes_per_batch} × K {cfg.samples_per_class} = "
                           f"{cfg.classes_per_batch * cfg.samples_per_class}"),
                 ("Learning rates", f"head {cfg.lr_head:g}" + (f", backbone {cfg.lr_backbone:g}"
-                                                              if cfg.mode == "full" else "")
+                                                              if cfg.mode != "head" else "")
                  + f", weight decay {cfg.weight_decay:g}"),
                 ("Device", cfg.device),
                 ("Name", cfg.name or "(generated)")]

@@ -144,8 +144,14 @@ def test_config_round_trips_through_the_pages_and_settings(qtbot, image_folder, 
         assert getattr(got, f) == pytest.approx(getattr(cfg, f)), f
     assert got.device == "cpu" or got.device.startswith("cuda")
     assert wiz.run_settings_page.lr_backbone.isEnabled()  # full mode
-    wiz.run_settings_page.mode_head.setChecked(True)
-    assert not wiz.run_settings_page.lr_backbone.isEnabled()
+    page = wiz.run_settings_page
+    assert not page.tail_units.isEnabled()
+    page.mode_tail.setChecked(True)
+    page.tail_units.setValue(4)
+    assert page.lr_backbone.isEnabled() and page.tail_units.isEnabled()
+    assert wiz.config().mode == "tail" and wiz.config().tail_units == 4
+    page.mode_head.setChecked(True)
+    assert not page.lr_backbone.isEnabled() and not page.tail_units.isEnabled()
     wiz.save_settings(wiz.config())
     stored = json.loads(QSettings().value(SETTINGS_KEY))
     assert stored["mode"] == "head" and stored["embedding_dim"] == 128
