@@ -1,11 +1,12 @@
 """Training benchmark on cub100 (class-disjoint protocol): an untrained pooled descriptor (MAC, or --pooling) vs
-triplet vs triplet + cross-batch memory, in head and/or full mode; R@1, top-1 (query -> retrieval),
+triplet vs triplet + cross-batch memory, in head, tail and/or full mode; R@1, top-1 (query -> retrieval),
 mAP on the held-out classes 50-99, training images/s, wall time, peak memory; a markdown table.
 
 Trains on the protocol's train classes (validation classes carved from them, used for early
 stopping / model selection); the test classes are only touched for the final numbers.
 
     python benchmarks/train.py --data ../shared/data/cub100 --modes head             # CPU: minutes
+    python benchmarks/train.py --data ../shared/data/cub100 --modes tail --seeds 0,1,2 # CPU: ~25 minutes
     python benchmarks/train.py --data DIR --modes head,full --bare-step                # one GPU command
 
 --bare-step also measures the bare EfficientNet-Lite0 training step (fwd+bwd+AdamW) beside the full
@@ -138,7 +139,9 @@ def bare_step(device: torch.device, batch: int = 256, steps: int = 20, compiled:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/cub100")
-    ap.add_argument("--modes", default="head", help="comma list of head, full")
+    ap.add_argument("--modes", default="head", help="comma list of head, tail, full")
+    ap.add_argument("--seeds", default="0", help="comma list of training seeds; with several, each run is repeated "
+                    "per seed and mean +- std rows follow (the seed also draws the validation classes)")
     ap.add_argument("--variants", default="triplet,xbm", help="comma list of triplet, xbm")
     ap.add_argument("--pooling", default="mac", help="pooling of the frozen backbone and of the trained models "
                     "(mac, gem, spoc); the untrained row uses the same")
@@ -181,41 +184,49 @@ def main(argv: list[str] | None = None) -> int:
     rows.append((f"untrained {pool.upper()} (ImageNet)", "-", m, float("nan"), time.perf_counter() - t0, peak_mem_mb(device)))
     log.info("baseline %s: %s", pool, m)
 
-    for mode in [s for s in args.modes.split(",") if s]:
-        for variant in [s for s in args.variants.split(",") if s]:
-            name = f"{mode}_{variant}"
-            cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode=mode,
-                              memory=(variant == "xbm"), pooling=pool, iterations=args.iterations, val_every=args.val_every,
-                              device=str(device), out_dir=str(out / name), name=name,
-                              cache_dir=str(out / "cache"), num_threads=args.threads)
-            for k, v in overrides.items():
-                setattr(cfg, k, v)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            rates: list[float] = []
-            t = time.perf_counter()
-            last = out / name / "last.pt"
-            res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None,
-                        resume_from=last if args.resume and last.is_file() else None)
-            wall = time.perf_counter() - t
-            peak = peak_mem_mb(device)
-            sel = cfg.select_metric
-            best_it = max((h for h in res.history if "val" in h), key=lambda h: (h["val"].get(sel, -1), -h["iteration"]))
-            if mode == "head":
-                ck = torch.load(res.best_checkpoint_path, map_location="cpu", weights_only=True)
-                w, b = ck["model"]["head.fc.weight"], ck["model"]["head.fc.bias"]
-                vecs = l2n(test_pooled @ w.t() + b)
-            else:
-                vecs = embed_full(res.best_checkpoint_path, test.paths, cfg.image_size, device, threads)
-            m = evaluate(vecs, test_labels, test.paths, qr, root)
-            m.update(best_iteration=best_it["iteration"], val_best=best_it["val"], val_baseline=res.baseline_val_metrics,
-                     stopped=res.stopped_reason, train_images_per_s=rates[-1] if rates else 0.0, wall_s=wall,
-                     peak_mb=peak, val_curve=[(h["iteration"], h["val"].get("recall@1")) for h in res.history
-                                              if "val" in h])
-            results[name] = m
-            rows.append((f"{mode}: {'triplet + memory' if variant == 'xbm' else 'triplet'}", best_it["iteration"], m,
-                         m["train_images_per_s"], wall, peak))
-            log.info("%s: %s", name, {k: v for k, v in m.items() if k != "val_curve"})
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    summary: list[tuple[str, list[dict]]] = []
+    for mode, variant, seed in [(mo, v, sd) for mo in args.modes.split(",") if mo
+                                for v in args.variants.split(",") if v for sd in seeds]:
+        name = f"{mode}_{variant}" + (f"_s{seed}" if len(seeds) > 1 else "")
+        label = f"{mode}: {'triplet + memory' if variant == 'xbm' else 'triplet'}"
+        if mode == "tail":
+            label = label.replace("tail:", f"tail ({overrides.get('tail_units', TrainConfig.tail_units)} units):")
+        cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode=mode,
+                          memory=(variant == "xbm"), pooling=pool, iterations=args.iterations, val_every=args.val_every,
+                          device=str(device), out_dir=str(out / name), name=name, seed=seed,
+                          cache_dir=str(out / "cache"), num_threads=args.threads)
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rates: list[float] = []
+        t = time.perf_counter()
+        last = out / name / "last.pt"
+        res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None,
+                    resume_from=last if args.resume and last.is_file() else None)
+        wall = time.perf_counter() - t
+        peak = peak_mem_mb(device)
+        sel = cfg.select_metric
+        best_it = max((h for h in res.history if "val" in h), key=lambda h: (h["val"].get(sel, -1), -h["iteration"]))
+        if mode == "head":
+            ck = torch.load(res.best_checkpoint_path, map_location="cpu", weights_only=True)
+            w, b = ck["model"]["head.fc.weight"], ck["model"]["head.fc.bias"]
+            vecs = l2n(test_pooled @ w.t() + b)
+        else:
+            vecs = embed_full(res.best_checkpoint_path, test.paths, cfg.image_size, device, threads)
+        m = evaluate(vecs, test_labels, test.paths, qr, root)
+        m.update(best_iteration=best_it["iteration"], val_best=best_it["val"], val_baseline=res.baseline_val_metrics,
+                 stopped=res.stopped_reason, train_images_per_s=rates[-1] if rates else 0.0, wall_s=wall,
+                 peak_mb=peak, val_curve=[(h["iteration"], h["val"].get("recall@1")) for h in res.history
+                                          if "val" in h])
+        results[name] = m
+        rows.append((label + (f" (seed {seed})" if len(seeds) > 1 else ""), best_it["iteration"], m,
+                     m["train_images_per_s"], wall, peak))
+        if not summary or summary[-1][0] != label:
+            summary.append((label, []))
+        summary[-1][1].append(m)
+        log.info("%s: %s", name, {k: v for k, v in m.items() if k != "val_curve"})
 
     print(f"\n## cub100, train classes 0-49 (val carved), test classes 50-99 — device: {results['gpu'] or 'cpu'}"
           f" ({threads} threads), torch {torch.__version__}\n")
@@ -225,6 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     for label, it, m, rate, wall, peak in rows:
         print(f"| {label} | {it} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['top1']:.4f} | {m['map']:.4f} | "
               f"{'-' if rate != rate else f'{rate:.0f}'} | {wall:.0f} | {peak:.0f} |")
+    if len(seeds) > 1:
+        print(f"\nmean +- std over seeds {seeds}:\n")
+        print("| model | R@1 | R@5 | top-1 (q->r) | mAP |")
+        print("|---|---|---|---|---|")
+        for label, ms in summary:
+            cells = []
+            for key in ("recall@1", "recall@5", "top1", "map"):
+                v = torch.tensor([m[key] for m in ms], dtype=torch.float64)
+                cells.append(f"{v.mean():.4f} +- {v.std(unbiased=True) if v.numel() > 1 else 0.0:.4f}")
+            print(f"| {label} | " + " | ".join(cells) + " |")
+            results[f"mean_{label}"] = dict(zip(("recall@1", "recall@5", "top1", "map"), cells, strict=True))
     if args.json:  # early copy: the bare-step part below may be cut off
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

@@ -1,4 +1,4 @@
-"""train(config): P x K batches, triplet/contrastive loss with optional Cross-Batch Memory, in two modes.
+"""train(config): P x K batches, triplet/contrastive loss with optional Cross-Batch Memory, in three modes.
 
 - ``head``: backbone frozen; the pooled features of every image (and of a few augmented views) are
   computed ONCE and cached on disk (keyed by model + data); only the embedding head trains.
