@@ -244,3 +244,16 @@ def test_full_mode_on_the_cpu_refuses_a_batch_that_would_not_fit(tiny, monkeypat
     # small enough: runs
     res = train(tiny(mode="full", iterations=1, val_every=1))
     assert res.stopped_reason == "finished"
+
+
+def test_tail_mode_refuses_a_map_cache_that_would_not_fit_and_names_bad_units(tiny, monkeypatch):
+    from engine.training import trainer as T
+
+    monkeypatch.setattr(T, "available_memory_bytes", lambda: 2_000_000)
+    # 30 images x 4 views of (320, 7, 7) float16 maps at 224 px: 3.8 MB
+    with pytest.raises(ValueError, match=r"caches \(320, 7, 7\) maps of 30 images x 4 view\(s\): .* train fewer"):
+        train(tiny(mode="tail", tail_units=1, head_views=4, image_size=224))
+    with pytest.raises(ValueError, match="tail must be between 1 and 17"):
+        train(tiny(mode="tail", tail_units=18))
+    with pytest.raises(ValueError, match="vgg16 cannot be split"):
+        train(tiny(mode="tail", backbone="vgg16"))
