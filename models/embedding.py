@@ -124,6 +124,9 @@ class TrainedBackbone(Backbone):
     def activation_layers(self) -> dict[str, nn.Module]:
         return self.model.backbone.activation_layers()
 
+    def feature_units(self) -> list[nn.Module]:
+        return self.model.backbone.feature_units()
+
 
 def build_model_from_config(config: dict, device: str | torch.device = "cpu",
                             weights: str | None = None) -> EmbeddingModel:

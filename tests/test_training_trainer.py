@@ -156,6 +156,7 @@ def test_tail_mode_trains_only_the_tail_and_matches_the_full_forward(tiny, tmp_p
         want = tb(x)
         maps = tb.model.backbone.forward_trunk(x, 3).half().unsqueeze(1)
     got, _ = _TailData(maps, torch.device("cpu"), 3).embed_eval(tb.model, torch.arange(6))
+    assert torch.equal(tb.forward_tail(tb.forward_trunk(x, 2), 2), tb.forward_features(x))  # a trained model splits too
     assert torch.allclose(got, want, atol=2e-3)
 
 
