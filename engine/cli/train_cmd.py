@@ -24,8 +24,10 @@ def _bool(s: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.training.config import TrainConfig
+    from engine.training.config import LOSSES, MININGS, MODES, POOLINGS, TrainConfig
 
+    choices = {"mode": MODES, "loss": LOSSES, "mining": MININGS, "pooling": POOLINGS,
+               "select_metric": ("map", "recall@1")}
     p = sub.add_parser("train", help="train an embedding on a folder of class sub-folders (metric learning)",
                        description="Train an embedding with triplet/contrastive loss and a cross-batch memory. "
                        "Label = sub-folder name. Validation classes are carved from the training classes.")
@@ -48,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             if f.name == "memory":
                 p.add_argument("--no-memory", dest="memory", action="store_false", help="train without the memory")
         else:
-            p.add_argument(opt, type=type(default), default=None, help=f"(default: {default!r})")
+            p.add_argument(opt, type=type(default), default=None, choices=choices.get(f.name),
+                           help=f"(default: {default!r})")
     p.set_defaults(func=run)
 
 
