@@ -189,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode, variant, seed in [(mo, v, sd) for mo in args.modes.split(",") if mo
                                 for v in args.variants.split(",") if v for sd in seeds]:
         name = f"{mode}_{variant}" + (f"_s{seed}" if len(seeds) > 1 else "")
-        label = f"{mode}: {'triplet + memory' if variant == 'xbm' else 'triplet'}"
-        if mode == "tail":
-            label = label.replace("tail:", f"tail ({overrides.get('tail_units', TrainConfig.tail_units)} units):")
+        what = f"tail ({overrides.get('tail_units', TrainConfig.tail_units)} units)" if mode == "tail" else mode
+        label = f"{what}: {'triplet + memory' if variant == 'xbm' else 'triplet'}"
         cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode=mode,
                           memory=(variant == "xbm"), pooling=pool, iterations=args.iterations, val_every=args.val_every,
                           device=str(device), out_dir=str(out / name), name=name, seed=seed,

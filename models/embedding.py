@@ -124,7 +124,7 @@ class TrainedBackbone(Backbone):
     def activation_layers(self) -> dict[str, nn.Module]:
         return self.model.backbone.activation_layers()
 
-    def feature_units(self) -> list[nn.Module]:
+    def feature_units(self) -> list:
         return self.model.backbone.feature_units()
 
 

@@ -79,12 +79,8 @@ def test_head_step_with_memory_has_no_host_sync(loss):
     assert memory.fill > 0 and part_m is not None and torch.isfinite(total)
 
 
-def test_full_mode_augmented_step_has_no_host_sync():
-    torch.manual_seed(0)
-    model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random", "pooling": "gem"})
-    model.train()
-    images = torch.randint(0, 256, (10, 3, 40, 40), dtype=torch.uint8)
-    source = _FullData(images, torch.device("cpu"), 32, model.backbone.mean, model.backbone.std)
+def _record_memory_step(model, source) -> SyncRecorder:
+    """One step of ``source`` (6 samples of 3 classes) with a memory, recorded."""
     memory = CrossBatchMemory(8, model.head.out_dim, 10)
     xbm = XBMLoss(TripletLoss(0.2), memory, 1.0, warmup_iters=0)
     g = torch.Generator().manual_seed(1)
@@ -94,23 +90,27 @@ def test_full_mode_augmented_step_has_no_host_sync():
         emb = source.embed_train(model, ids, g)
         total, _, _ = xbm(emb, ids % 3, ids, 0)
         total.backward()
+    return rec
+
+
+def _lite0():
+    torch.manual_seed(0)
+    model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random", "pooling": "gem"})
+    model.train()
+    return model
+
+
+def test_full_mode_augmented_step_has_no_host_sync():
+    model = _lite0()
+    images = torch.randint(0, 256, (10, 3, 40, 40), dtype=torch.uint8)
+    rec = _record_memory_step(model, _FullData(images, torch.device("cpu"), 32, model.backbone.mean,
+                                               model.backbone.std))
     assert rec.ops > 200 and rec.syncs == []
 
 
 def test_tail_mode_step_has_no_host_sync():
-    torch.manual_seed(0)
-    model = build_model_from_config({"backbone": "efficientnet_lite0", "weights": "random", "pooling": "gem"})
-    model.train()
+    model = _lite0()
     with torch.no_grad():
         maps = model.backbone.forward_trunk(torch.randn(20, 3, 32, 32), 3).half().view(10, 2, -1, 1, 1)
-    source = _TailData(maps, torch.device("cpu"), 3)
-    memory = CrossBatchMemory(8, model.head.out_dim, 10)
-    xbm = XBMLoss(TripletLoss(0.2), memory, 1.0, warmup_iters=0)
-    g = torch.Generator().manual_seed(1)
-    rec = SyncRecorder()
-    ids = torch.tensor([0, 1, 2, 3, 4, 5])
-    with rec:
-        emb = source.embed_train(model, ids, g)
-        total, _, _ = xbm(emb, ids % 3, ids, 0)
-        total.backward()
+    rec = _record_memory_step(model, _TailData(maps, torch.device("cpu"), 3))
     assert rec.ops > 50 and rec.syncs == []
