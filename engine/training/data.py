@@ -1,4 +1,4 @@
-"""Training data: labelled image lists, class-disjoint validation split, images decoded once into
+"""Training data: labelled image lists, class-disjoint or image-disjoint validation split, images decoded once into
 uint8 tensors, tensor-op augmentation (random resized crop + flip, batched, on any device)."""
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ class LabelledImages:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    # the project's one scanner: hidden files skipped, directory symlinks followed (with loop protection)
+    from engine.images import scan_images
+
+    return scan_images(folder)
 
 
 def scan_labelled(root: str | Path, classes: list[str] | None = None) -> LabelledImages:
@@ -81,6 +84,29 @@ def split_classes(classes: list[str], val_share: float, seed: int = 0) -> tuple[
     val = sorted(classes[i] for i in order[:n_val])
     val_set = set(val)
     return [c for c in classes if c not in val_set], val
+
+
+def split_images(labels: list[int], val_share: float, seed: int = 0, min_val: int = 2) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): a seeded, stratified, image-disjoint split of ``labels``.
+
+    Each class gives max(min_val, round(val_share * n)) of its n images to validation, leaving at least 2
+    for training; a class too small for that (fewer than min_val + 2 images) stays whole in training.
+    """
+    if val_share <= 0:
+        return list(range(len(labels))), []
+    by_class: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(int(lab), []).append(i)
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    val: list[int] = []
+    for c in sorted(by_class):
+        idx = by_class[c]
+        n_val = min(max(min_val, int(round(val_share * len(idx)))), len(idx) - 2)
+        order = torch.randperm(len(idx), generator=gen).tolist()
+        if n_val >= min_val:
+            val += [idx[j] for j in order[:n_val]]
+    val_set = set(val)
+    return [i for i in range(len(labels)) if i not in val_set], sorted(val)
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
