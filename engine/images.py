@@ -7,6 +7,7 @@ absurdly large) ends in :class:`ImageLoadError` with a reason meant for a person
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import warnings
@@ -20,8 +21,27 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 #: default ceiling on width x height, checked from the header before any pixel is decoded
-#: (about 16k x 16k; a 12 MP photo is 12e6).
+#: (about 16k x 16k; a 12 MP photo is 12e6). This is the one limit a header meets: PIL's own
+#: decompression-bomb guard (89 MP by default) is raised to it below.
 DEFAULT_MAX_PIXELS = 256_000_000
+
+#: ceiling on width x height of the image AFTER the caller's resize of the shorter side to ``min_side``
+#: (see :func:`load_image`), checked from the header before anything is allocated. Resizing the short
+#: side of a 20000 x 1 image to 224 would make it 4,480,000 x 224 (1e9 pixels, gigabytes); 32 MP
+#: (96 MB as 8-bit RGB) allows an aspect ratio of about 488:1 at ``min_side`` 256 (637:1 at 224, 30:1
+#: at 1024), and an upscale of a 12 MP photo to a shorter side of 4,800.
+MAX_RESIZED_PIXELS = 32_000_000
+
+# PIL turns sizes above Image.MAX_IMAGE_PIXELS into a warning (and twice that into an error) before our
+# check sees the header, which made the real limit 89 MP. It stays as a backstop for sizes that only
+# appear while decoding (an embedded frame, an icon), no lower than our documented limit.
+# Its warning (between the guard and twice it) says nothing our own check does not: silenced.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < DEFAULT_MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+#: PIL formats whose decoder can scale down by 1/2, 1/4, 1/8 while decoding (``Image.draft``)
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 
 # never decode half an image silently
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -40,28 +60,96 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+def _skip(skipped: list[tuple[str, str]] | None, path: str | os.PathLike, reason: str) -> None:
+    if skipped is not None:
+        skipped.append((str(path), reason))
+
+
+def _link_problem(path: str) -> str | None:
+    """Why a symbolic link cannot be followed (None when it can)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken symbolic link (its target does not exist)"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "symbolic link to a place that cannot be read (permission denied)"
+        return f"symbolic link cannot be followed ({exc.strerror or exc})"
+    return None
+
+
+def scan_images(root: str | os.PathLike, recursive: bool = True,
+                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """Image files under ``root`` by extension (case-insensitive), sorted by path; hidden files and
-    folders (names starting with '.') are skipped. Directories whose name looks like an image are not
-    returned. Raises FileNotFoundError / NotADirectoryError for a bad root."""
+    folders (names starting with '.') are left out. Directories whose name looks like an image are not
+    returned. Symbolic links to folders are followed (each real folder is read once: a link back to a
+    folder being read is a loop and is skipped); files are returned under their path inside ``root``.
+
+    ``skipped``: when given, every file or folder left out for a problem gets a ``(path, reason)`` row
+    appended: broken symbolic links, symbolic link loops, folders that cannot be read, folders already
+    read through another path. Raises FileNotFoundError / NotADirectoryError for a bad root."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
     found: list[Path] = []
-    if recursive:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-            for f in filenames:
-                if not _is_hidden(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
-                    p = Path(dirpath) / f
-                    if not p.is_dir():
-                        found.append(p)
-    else:
-        for p in root.iterdir():
-            if not _is_hidden(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir():
+    root_st = root.stat()
+    seen: dict[tuple[int, int], Path] = {(root_st.st_dev, root_st.st_ino): root}
+    # depth-first in name order; each entry carries the (dev, inode) of the folders above it
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(root, frozenset(seen))]
+    while stack:
+        folder, above = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError:
+            _skip(skipped, folder, "folder cannot be read (permission denied)")
+            continue
+        except OSError as exc:
+            _skip(skipped, folder, f"folder cannot be read ({exc.strerror or exc})")
+            continue
+        subfolders: list[tuple[Path, frozenset[tuple[int, int]]]] = []
+        for e in entries:
+            if _is_hidden(e.name):
+                continue
+            p = folder / e.name
+            try:
+                is_link = e.is_symlink()
+            except OSError:
+                is_link = False
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError:  # a link loop (ELOOP) among others
+                is_dir = False
+            if is_link and not is_dir:
+                problem = _link_problem(e.path)
+                if problem is not None:
+                    if recursive or p.suffix.lower() in IMAGE_EXTENSIONS:
+                        _skip(skipped, p, problem)
+                    continue
+            if is_dir:
+                if not recursive:
+                    continue
+                try:
+                    st = os.stat(e.path)
+                except OSError as exc:
+                    _skip(skipped, p, f"folder cannot be read ({exc.strerror or exc})")
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    _skip(skipped, p, "symbolic link loop (it leads back to a folder above it)")
+                elif key in seen:
+                    _skip(skipped, p, f"the same folder as {seen[key]}, already read")
+                else:
+                    seen[key] = p
+                    subfolders.append((p, above | {key}))
+                continue
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(p)
+        stack.extend(reversed(subfolders))
     # sort on the path parts so "a/b.jpg" < "a-b.jpg" orders by folder first, the same on every OS
     found.sort(key=lambda p: p.relative_to(root).parts)
     return found
@@ -109,13 +197,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def resized_size(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to ``min_side``, aspect kept (as torchvision's
+    Resize(min_side) computes it: the long side truncated)."""
+    if width <= height:
+        return min_side, max(1, int(min_side * height / width))
+    return max(1, int(min_side * width / height)), min_side
+
+
+def draft_request(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """The size to give ``Image.draft`` so that the JPEG decoder's scaling (1/2, 1/4, 1/8: it picks the
+    strongest whose result is still >= the request on both sides) keeps the shorter side >= min_side."""
+    return min(width, min_side), min(height, min_side)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None) -> Image.Image:
     """Open ``path`` as an RGB PIL image with its EXIF orientation applied; animations give their first
-    frame. ``max_pixels`` (width x height, None = no limit) is checked from the header BEFORE decoding.
+    frame. ``max_pixels`` (width x height, None = no limit of ours) is checked from the header BEFORE
+    decoding.
+
+    ``min_side``: the caller will resize the shorter side to this many pixels. A JPEG is then decoded at a
+    reduced scale (DCT-domain 1/2, 1/4 or 1/8) whose shorter side is still >= ``min_side``, so the result
+    may be smaller than the file's size (other formats are decoded in full); and an image whose size after
+    that resize would exceed :data:`MAX_RESIZED_PIXELS` (a 20000 x 1 strip) is refused from the header.
     Raises :class:`ImageLoadError` for every kind of bad file."""
     p = Path(path)
+    if min_side is not None and (not isinstance(min_side, int) or min_side <= 0):
+        raise ValueError(f"min_side must be a positive int or None, got {min_side!r}")
     if p.is_symlink() and not p.exists():
-        raise ImageLoadError(p, "broken symbolic link (its target does not exist)")
+        raise ImageLoadError(p, _link_problem(str(p)) or "broken symbolic link (its target does not exist)")
     if not p.exists():
         raise ImageLoadError(p, "file not found")
     if p.is_dir():
@@ -135,16 +246,12 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     except OSError as exc:
         raise ImageLoadError(p, f"cannot open file ({exc.strerror or exc})") from exc
     try:
-        with fh, warnings.catch_warnings():
-            # our own size check below is the guard; PIL's bomb warning becomes an error, not noise
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with fh:
             try:
                 img = Image.open(fh)
             except UnidentifiedImageError as exc:
                 raise ImageLoadError(p, "not a recognised image format (corrupt or not an image)") from exc
-            except Image.DecompressionBombError as exc:
-                raise ImageLoadError(p, f"image dimensions too large ({exc})") from exc
-            except Image.DecompressionBombWarning as exc:
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageLoadError(p, f"image dimensions too large ({exc})") from exc
             w, h = img.size
             if w <= 0 or h <= 0:
@@ -153,9 +260,17 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
                 raise ImageLoadError(
                     p, f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}"
                 )
+            if min_side is not None:
+                rw, rh = resized_size(w, h, min_side)
+                if rw * rh > MAX_RESIZED_PIXELS:
+                    raise ImageLoadError(
+                        p, f"too elongated: {w}x{h} would be {rw:,}x{rh:,} after resizing its shorter side to "
+                           f"{min_side}; the limit is {MAX_RESIZED_PIXELS:,} pixels after resizing")
             try:
                 if getattr(img, "is_animated", False):
                     img.seek(0)
+                if min_side is not None and img.format in _DRAFT_FORMATS:
+                    img.draft("RGB", draft_request(w, h, min_side))  # before load: decode at reduced scale
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 out = _to_rgb(img)
