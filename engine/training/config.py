@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 LOSSES = ("triplet", "contrastive")
 MININGS = ("semihard", "hard", "all")
 MODES = ("head", "tail", "full")
 POOLINGS = ("mac", "gem", "spoc")
+TARGETS = ("same", "new")
+SELECT_METRICS = ("map", "recall@1")
 
 
 @dataclass
@@ -19,7 +23,13 @@ class TrainConfig:
 
     data_root: str                          # folder with class sub-folders (label = sub-folder name)
     train_classes: list[str] | None = None  # optional explicit class list; else all sub-folders
-    val_class_share: float = 0.2            # class-disjoint validation classes carved from the train classes
+    target: str = "same"                    # "same": better retrieval within these categories (validation =
+    #                                         a share of each class's images); "new": on unseen categories
+    #                                         (validation = whole classes carved off)
+    val_image_share: float = 0.2            # target "same": share of each class's images held back to validate
+    val_class_share: float = 0.2            # target "new": share of the classes held back to validate
+    image_split: str = ""                   # optional JSON {"train": [...], "val": [...]} of image paths relative
+    #                                         to data_root (label = parent folder): replaces the carve
     backbone: str = "efficientnet_lite0"
     weights: str = "pretrained"
     pooling: str = "mac"
@@ -48,7 +58,8 @@ class TrainConfig:
     name: str = ""                          # "" = generated from date + settings
     # additions beyond the GUI contract (all optional)
     patience: int = 0                       # stop after this many validations without improvement (0 = never)
-    select_metric: str = "map"              # validation metric for the best checkpoint / early stopping: map | recall@1
+    select_metric: str = "map"              # validation metric that chooses the kept checkpoint (best.pt) and
+    #                                         drives early stopping: map | recall@1
     head_views: int = 2                     # head/tail mode: cached views per image (1 = plain, 2 = + mirror, >2 = + crops)
     tail_units: int = 3                     # tail mode: feature units trained (efficientnet_lite0: 1 = head conv,
     #                                         2 = + last block, ...; 18 units in all)
@@ -88,8 +99,12 @@ class TrainConfig:
             p.append(f"mining must be one of {MININGS}, not {self.mining!r}")
         if self.pooling not in POOLINGS:
             p.append(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
+        if self.target not in TARGETS:
+            p.append(f"target must be one of {TARGETS} (same or new categories), not {self.target!r}")
         if not 0.0 <= self.val_class_share < 1.0:
             p.append("val_class_share must be in [0, 1)")
+        if not 0.0 <= self.val_image_share < 1.0:
+            p.append("val_image_share must be in [0, 1)")
         if self.embedding_dim < 0:
             p.append("embedding_dim must be >= 0 (0 = the backbone's feature size)")
         if self.margin <= 0:
@@ -119,7 +134,7 @@ class TrainConfig:
             p.append("head_views must be >= 1")
         if self.tail_units < 1:
             p.append("tail_units must be >= 1")
-        if self.select_metric not in ("map", "recall@1"):
+        if self.select_metric not in SELECT_METRICS:
             p.append("select_metric must be 'map' or 'recall@1'")
         if self.log_every < 0:
             p.append("log_every must be >= 0 (0 = automatic)")
@@ -131,9 +146,19 @@ class TrainConfig:
         return p
 
     def default_name(self) -> str:
-        """A name from the date and the main settings, e.g. '20260123-1405_efficientnet_lite0_head_triplet_xbm'."""
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = self.backbone.replace("/", "_").replace("\\", "_")
+        """A unique-looking name from the time (milliseconds), the data folder and the main settings,
+        e.g. '20260123-140512-123_birds_efficientnet_lite0_same_head_triplet_xbm' (the trainer adds a
+        counter when the folder exists all the same)."""
+        now = _dt.datetime.now()
+        stamp = now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
+        base = self.backbone.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
         if base.endswith(".pt"):
-            base = base.rsplit("/", 1)[-1][:-3]
-        return f"{stamp}_{base}_{self.mode}_{self.loss}{'_xbm' if self.memory else ''}"
+            base = base[:-3]
+        data = _safe(PurePath(self.data_root.replace("\\", "/").rstrip("/")).name) or "data"
+        return (f"{stamp}_{data}_{_safe(base)}_{self.target}_{self.mode}_{self.loss}"
+                f"{'_xbm' if self.memory else ''}")
+
+
+def _safe(text: str) -> str:
+    """``text`` with anything but letters, digits, '.', '-' and '_' replaced by '_' (at most 40 characters)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:40]

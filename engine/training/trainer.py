@@ -9,7 +9,10 @@
   images are decoded once into a uint8 tensor on the device and augmented there with tensor ops;
   bf16 autocast and channels_last on CUDA.
 
-Validation R@1 on classes carved from the training classes selects the best checkpoint.
+Validation (``target``): "same" holds back a share of each class's images (image-disjoint), "new" whole
+classes (class-disjoint). The validation metric ``select_metric`` (mAP by default) chooses the kept
+checkpoint ``best.pt``; every validation message names it, and the run's untrained descriptors (SPoC,
+MAC, GeM, R-MAC) are measured on the same validation images for comparison.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from engine.training.checkpoint import load_checkpoint, save_checkpoint, write_i
 from engine.training.config import TrainConfig
 from engine.training.losses import build_loss
 from engine.training.metrics import retrieval_metrics
-from engine.training.registry import BEST_FILE, LAST_FILE, cache_dir, models_dir
+from engine.training.registry import BEST_FILE, INFO_FILE, LAST_FILE, cache_dir, models_dir
 from engine.training.sampler import PKSampler
 from engine.training.xbm import CrossBatchMemory, XBMLoss
 from models.embedding import EmbeddingModel, build_model_from_config, freeze_batchnorm, l2n
@@ -40,9 +43,19 @@ from models.embedding import EmbeddingModel, build_model_from_config, freeze_bat
 log = logging.getLogger(__name__)
 
 
+SELECT_LABELS = {"map": "mAP", "recall@1": "R@1"}
+UNTRAINED = ("spoc", "mac", "gem", "rmac")          # the untrained descriptors measured on the validation data
+UNTRAINED_LABELS = {"spoc": "SPoC", "mac": "MAC", "gem": "GeM", "rmac": "R-MAC"}
+
+
 @dataclass
 class TrainEvent:
-    kind: str            # "iteration" | "validation" | "checkpoint" | "message" | "done"
+    """``kind``: "phase" (a preparation step: ``iteration``/``total`` count its images, with its own
+    rate and ETA; ``message`` names it), "iteration", "validation" (``metrics``, ``val_score`` = the
+    selection metric ``select_metric``), "untrained" (``metrics``: {descriptor: validation metrics},
+    ``message`` the best of them), "checkpoint", "message" or "done" (``best_iteration``: best.pt's)."""
+
+    kind: str
     iteration: int
     total: int
     loss: float | None = None
@@ -56,6 +69,10 @@ class TrainEvent:
     eta_s: float = 0.0
     val_recall1: float | None = None
     message: str = ""
+    val_score: float | None = None       # validation: the selection metric's value
+    select_metric: str = ""
+    best_iteration: int = -1             # validation: the kept checkpoint's iteration after this one
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -64,10 +81,23 @@ class TrainResult:
     best_checkpoint_path: str
     config: TrainConfig
     history: list[dict] = field(default_factory=list)
-    val_metrics: dict = field(default_factory=dict)
-    baseline_val_metrics: dict = field(default_factory=dict)   # untrained descriptor on the val classes
+    val_metrics: dict = field(default_factory=dict)            # the last validation (what last.pt scores)
+    baseline_val_metrics: dict = field(default_factory=dict)   # untrained descriptor (config.pooling) on val
     cancelled: bool = False
     stopped_reason: str = ""
+    select_metric: str = "map"                                 # what chose best.pt
+    best_iteration: int = 0                                    # best.pt's iteration
+    best_val_metrics: dict = field(default_factory=dict)       # what best.pt scores on the validation data
+    last_iteration: int = 0                                    # last.pt's iteration
+    untrained_val_metrics: dict = field(default_factory=dict)  # {spoc|mac|gem|rmac: validation metrics}
+    validation: str = ""                                       # how the validation data was chosen, in words
+
+    @property
+    def best_untrained(self) -> str:
+        """The untrained descriptor with the best validation score on the selection metric ('' if none)."""
+        m = {k: v.get(self.select_metric) for k, v in self.untrained_val_metrics.items()}
+        m = {k: v for k, v in m.items() if v is not None}
+        return max(m, key=lambda k: m[k]) if m else ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,11 +111,22 @@ def resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------------
 # the two data paths
 # --------------------------------------------------------------------------------------------------
-class _HeadData:
-    """Cached pooled features (N, V, C) of every image; a batch picks one random view per sample."""
+@torch.no_grad()
+def untrained_descriptors(fmap: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 4, C): the L2-normalised SPoC, MAC, GeM (p=3) and R-MAC of a feature map."""
+    from models import pooling as P  # noqa: N812
 
-    def __init__(self, feats: torch.Tensor, device: torch.device) -> None:
+    f = fmap.float()
+    return torch.stack([l2n(P.spoc(f)), l2n(P.mac(f)), l2n(P.gem(f)), l2n(P.rmac(f))], 1)
+
+
+class _HeadData:
+    """Cached pooled features (N, V, C) of every image; a batch picks one random view per sample.
+    ``untrained``: (N, 4, C) untrained descriptors of view 0 (see :func:`untrained_descriptors`)."""
+
+    def __init__(self, feats: torch.Tensor, device: torch.device, untrained: torch.Tensor | None = None) -> None:
         self.feats = feats.to(device)
+        self.untrained = untrained
 
     def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         views = D.to_device(torch.randint(self.feats.shape[1], (idx.numel(),), generator=gen), self.feats.device)
@@ -96,6 +137,10 @@ class _HeadData:
         """(embeddings, untrained pooled descriptors) of view 0."""
         f = self.feats[idx.to(self.feats.device), 0]
         return model.head(f), l2n(f)
+
+    def untrained_eval(self, model: EmbeddingModel, idx: torch.Tensor) -> torch.Tensor | None:
+        """(n, 4, C) untrained descriptors of view 0 (None when the cache has none)."""
+        return None if self.untrained is None else self.untrained[idx.cpu()].float()
 
 
 def _cuda_bf16(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +178,14 @@ class _TailData:
             pooled.append(l2n(p))
         return torch.cat(embs), torch.cat(pooled)
 
+    @torch.no_grad()
+    def untrained_eval(self, model: EmbeddingModel, idx: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """(n, 4, C) untrained descriptors of view 0 (call before training: the tail must be untrained)."""
+        model.eval()
+        idx = idx.to(self.maps.device)
+        return torch.cat([untrained_descriptors(self._fmap(model, self.maps[idx[s:s + batch], 0])).cpu()
+                          for s in range(0, idx.numel(), batch)])
+
 
 class _FullData:
     """uint8 images (N, 3, S, S) on the device; batches augmented with one grid_sample."""
@@ -165,6 +218,17 @@ class _FullData:
             embs.append(model.head(p))
             pooled.append(l2n(p))
         return torch.cat(embs), torch.cat(pooled)
+
+    @torch.no_grad()
+    def untrained_eval(self, model: EmbeddingModel, idx: torch.Tensor, batch: int = 128) -> torch.Tensor:
+        """(n, 4, C) untrained descriptors (call before training: the backbone must be untrained)."""
+        model.eval()
+        out = []
+        for s in range(0, idx.numel(), batch):
+            x = D.normalize(D.resize_batch(self.images[idx[s:s + batch].to(self.images.device)], self.size),
+                            self.mean, self.std)
+            out.append(untrained_descriptors(self._fmap(model, x)).cpu())
+        return torch.cat(out)
 
 
 # measured on cub100 (EfficientNet-Lite0, fp32, 224 px, batch 128): 13.1 GB peak, of which ~0.9 GB
@@ -216,14 +280,23 @@ def compute_pooled_features(model: EmbeddingModel, paths: list[str], *, image_si
                             device: torch.device, threads: int = 2, batch: int = 32,
                             progress=None, should_stop=None,
                             encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                            untrained: list[torch.Tensor] | None = None,
                             ) -> tuple[torch.Tensor, list[int], list]:
     """Pooled backbone features (N_ok, V, C) float32 on CPU: view 0 the whole image, 1 its mirror,
     >= 2 random resized crops (seeded). Returns (features, indices of readable paths, skipped).
-    ``encode``: normalised (B, 3, S, S) -> what to keep per view instead (e.g. trunk maps)."""
+    ``encode``: normalised (B, 3, S, S) -> what to keep per view instead (e.g. trunk maps).
+    ``untrained`` (pooled features only): a list that receives, per batch, the (B, 4, C)
+    :func:`untrained_descriptors` of view 0, from the same forward pass."""
     backbone = model.backbone
+    if untrained is not None and encode is not None:
+        raise ValueError("untrained descriptors come with pooled features only")
     if encode is None:
         def encode(x: torch.Tensor) -> torch.Tensor:
-            return model.pool(backbone.forward_features(x))
+            fmap = backbone.forward_features(x)
+            if untrained is not None and keep0[0]:
+                untrained.append(untrained_descriptors(fmap).cpu())
+            return model.pool(fmap)
+    keep0 = [False]
     mean, std = backbone.mean, backbone.std
     big = int(round(image_size * 8 / 7)) if views > 2 else image_size
     gen = torch.Generator().manual_seed(int(seed) + 104729)
@@ -241,7 +314,10 @@ def compute_pooled_features(model: EmbeddingModel, paths: list[str], *, image_si
         xs = [base, base.flip(-1)][:views]
         for _ in range(2, views):
             xs.append(D.augment(imgs, image_size, D.crop_params(imgs.shape[0], gen)))
-        per_view = [_cuda_bf16(encode, D.normalize(x, mean, std)).cpu() for x in xs]
+        per_view = []
+        for v, x in enumerate(xs):
+            keep0[0] = v == 0
+            per_view.append(_cuda_bf16(encode, D.normalize(x, mean, std)).cpu())
         feats.append(torch.stack(per_view, 1))
         if progress is not None:
             progress(min(len(paths), s + batch), len(paths), "computing backbone features (once)")
@@ -257,6 +333,185 @@ def _decode_chunk(paths: list[str], size: int, threads: int):
         return None, [], [(p, "unreadable") for p in paths]
     return imgs, ok, skipped
 
+# --------------------------------------------------------------------------------------------------
+# which images train and which validate
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ValidationSplit:
+    """The images of a run and which of them validate (``is_val[i]`` for ``images.paths[i]``)."""
+
+    images: D.LabelledImages
+    is_val: list[bool]
+    description: str                                          # how validation was chosen, in words
+    no_val_classes: list[str] = field(default_factory=list)   # target "same": classes too small to validate
+
+    def _classes(self, val: bool) -> list[str]:
+        have = {lab for lab, v in zip(self.images.labels, self.is_val, strict=True) if v == val}
+        return [c for i, c in enumerate(self.images.classes) if i in have]
+
+    @property
+    def train_classes(self) -> list[str]:
+        return self._classes(False)
+
+    @property
+    def val_classes(self) -> list[str]:
+        return self._classes(True)
+
+    @property
+    def n_val(self) -> int:
+        return sum(self.is_val)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.is_val) - self.n_val
+
+
+def validation_split(config: TrainConfig) -> ValidationSplit:
+    """The images ``config`` trains on and validates on: its ``image_split`` file when given, else its
+    ``target``'s carve ("same": a share of every class's images, "new": whole classes). Raises
+    FileNotFoundError / ValueError with a message meant for the user."""
+    if config.image_split:
+        return _listed_split(config)
+    imgs = D.scan_labelled(config.data_root, config.train_classes)
+    if config.target == "new":
+        train_cls, val_cls = D.split_classes(imgs.classes, config.val_class_share, config.seed)
+        vs = set(val_cls)
+        is_val = [imgs.classes[lab] in vs for lab in imgs.labels]
+        n_val = sum(is_val)
+        return ValidationSplit(imgs, is_val, (
+            f"Target: new categories. Validation: {len(val_cls)} whole classes ({n_val} images) held back "
+            f"(class-disjoint); training: {len(train_cls)} classes ({len(is_val) - n_val} images)."))
+    _, val_idx = D.split_images(imgs.labels, config.val_image_share, config.seed)
+    vs = set(val_idx)
+    is_val = [i in vs for i in range(len(imgs.paths))]
+    with_val = {imgs.labels[i] for i in val_idx}
+    none = [c for i, c in enumerate(imgs.classes) if i not in with_val]
+    text = (f"Target: the same categories. Validation: {len(val_idx)} images held back from {len(with_val)} "
+            f"classes ({config.val_image_share:.0%} of each class's images, at least 2; never trained on); "
+            f"training: {len(imgs.paths) - len(val_idx)} images of {len(imgs.classes)} classes.")
+    if none and val_idx:
+        text += (f" {len(none)} class(es) with fewer than 4 images are not validated: "
+                 + ", ".join(none[:5]) + (" …" if len(none) > 5 else "") + ".")
+    return ValidationSplit(imgs, is_val, text, none)
+
+
+def _listed_split(config: TrainConfig) -> ValidationSplit:
+    """``config.image_split``: JSON {"train": [...], "val": [...]} of paths relative to ``data_root``;
+    label = the parent folder's name; other keys (e.g. "query", "retrieval") are ignored."""
+    path = Path(config.image_split)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read the image split {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path.name} is not valid JSON: {exc}") from exc
+    lists = [d.get(k) if isinstance(d, dict) else None for k in ("train", "val")]
+    if not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in lists):
+        raise ValueError(f"{path.name}: expected a JSON object with lists 'train' and 'val' of image paths")
+    train, val = lists
+    both = set(train) & set(val)
+    if both:
+        raise ValueError(f"{path.name}: {len(both)} image(s) listed for training and validation, e.g. {min(both)}")
+    root = Path(config.data_root)
+    rows = [(rel, False) for rel in train] + [(rel, True) for rel in val]
+    missing = [rel for rel, _ in rows if not (root / rel).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) of {path.name} are not under {root}, e.g. {missing[0]}")
+    label = [Path(rel).parent.name for rel, _ in rows]
+    if config.train_classes is not None:
+        keep = set(config.train_classes)
+        rows, label = [r for r, c in zip(rows, label, strict=True) if c in keep], [c for c in label if c in keep]
+    if not any(not v for _, v in rows):
+        raise ValueError(f"{path.name} lists no training image" + (" of the chosen classes" if
+                                                                    config.train_classes is not None else ""))
+    classes = sorted(set(label))
+    num = {c: i for i, c in enumerate(classes)}
+    imgs = D.LabelledImages([str(root / rel) for rel, _ in rows], [num[c] for c in label], classes)
+    is_val = [v for _, v in rows]
+    n_val = sum(is_val)
+    n_vc = len({lab for lab, v in zip(imgs.labels, is_val, strict=True) if v})
+    return ValidationSplit(imgs, is_val, (
+        f"Validation: the {n_val} images of {n_vc} classes listed as 'val' in {path.name}; training: the "
+        f"{len(is_val) - n_val} listed as 'train' ({len(classes)} classes)."))
+
+
+# --------------------------------------------------------------------------------------------------
+# run folders and progress
+# --------------------------------------------------------------------------------------------------
+def _claim(folder: Path, config: TrainConfig) -> bool:
+    """Make ``folder`` this run's: True when it held no run and its info.json stub was created here
+    (exclusive create: of two runs claiming at once, one wins)."""
+    if any((folder / f).exists() for f in (LAST_FILE, BEST_FILE)):
+        return False
+    stub = {"name": config.name, "status": "started", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "data_root": config.data_root, "config": config.to_dict(), "metrics": {}}
+    try:
+        with open(folder / INFO_FILE, "x", encoding="utf-8") as f:
+            json.dump(stub, f, indent=1, default=str)
+    except FileExistsError:
+        return False
+    return True
+
+
+def claim_run_folder(config: TrainConfig) -> Path:
+    """Create and claim the folder of a new run: ``config.out_dir`` when given (refused when it already
+    holds a run), else ``<models dir>/<name>``, with '-2', '-3', ... added when that exists. Sets
+    ``config.name`` / ``config.out_dir`` to what was claimed."""
+    if config.out_dir:
+        out = Path(config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if not _claim(out, config):
+            raise ValueError(f"{out} already holds a training run: choose another output folder, or continue "
+                             f"that run with --resume {out / LAST_FILE}")
+        return out
+    parent = models_dir()
+    parent.mkdir(parents=True, exist_ok=True)
+    base = config.name
+    for n in range(1, 10_000):
+        name = base if n == 1 else f"{base}-{n}"
+        out = parent / name
+        try:
+            out.mkdir()
+        except FileExistsError:
+            continue
+        config.name, config.out_dir = name, str(out)
+        if _claim(out, config):
+            return out
+    raise RuntimeError(f"no free run folder for {base} under {parent}")
+
+
+def fmt_eta(seconds: float) -> str:
+    """'1h 02m', '3m 05s', '12s'."""
+    s = max(0, int(round(seconds)))
+    if s >= 3600:
+        return f"{s // 3600}h {(s % 3600) // 60:02d}m"
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class _Phase:
+    """A preparation phase's progress on its own clock: "phase" events with its rate and ETA, and the
+    progress callback with them in the message."""
+
+    def __init__(self, name: str, emit: Callable[[TrainEvent], None], progress: Callable[[int, int, str], None]
+                 ) -> None:
+        self.name, self.emit, self.progress = name, emit, progress
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        dt = time.perf_counter() - self.t0
+        rate = done / dt if dt > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        self.emit(TrainEvent("phase", done, total, images_per_s=rate, eta_s=eta, message=self.name))
+        self.progress(done, total, f"{self.name}: {done}/{total} images, {rate:.1f} images/s, "
+                                   f"{fmt_eta(eta)} left")
+
+
+def _fmt_metrics(m: dict, sel: str) -> str:
+    """'mAP 0.6123 (selection metric), R@1 0.9010'; the selection metric first."""
+    keys = [sel] + [k for k in ("map", "recall@1") if k != sel]
+    return ", ".join(f"{SELECT_LABELS[k]} {m[k]:.4f}" + (" (selection metric)" if k == sel else "")
+                     for k in keys if m.get(k) is not None)
+
 
 # --------------------------------------------------------------------------------------------------
 # train()
@@ -266,7 +521,8 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
           resume_from: str | os.PathLike | None = None) -> TrainResult:
     """Train an embedding per ``config``; see the module docstring. Raises ValueError for bad settings
     or data (the message says what to change). ``resume_from``: a ``last.pt`` to continue exactly
-    (its config is used; ``iterations`` and ``device`` come from ``config``)."""
+    (its config is used; ``iterations`` and ``device`` come from ``config``). A new run never writes into
+    a folder that holds another run (see :func:`claim_run_folder`)."""
     progress, should_stop = resolve(progress, should_stop)
     emit = on_event or (lambda e: None)
     ckpt = None
@@ -286,47 +542,45 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     device = resolve_device(config.device)
     if not config.name:
         config.name = config.default_name()
-    out = Path(config.out_dir) if config.out_dir else models_dir() / config.name
-    config.out_dir = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / LAST_FILE, out / BEST_FILE
+    sel, sel_label = config.select_metric, SELECT_LABELS[config.select_metric]
 
     def message(text: str, it: int = 0) -> None:
         log.info(text)
         emit(TrainEvent("message", it, config.iterations, message=text))
 
-    # ---- data and class split
-    allimgs = D.scan_labelled(config.data_root, config.train_classes)
-    train_cls, val_cls = D.split_classes(allimgs.classes, config.val_class_share, config.seed)
-    message(f"{len(allimgs.paths)} images in {len(allimgs.classes)} classes: {len(train_cls)} for training, "
-            f"{len(val_cls)} validation classes")
+    # ---- data and validation split
+    split = validation_split(config)
+    allimgs = split.images
+    message(f"{len(allimgs.paths)} images in {len(allimgs.classes)} classes. {split.description}")
 
     # ---- model (seeded, so random weights are reproducible)
     torch.manual_seed(config.seed)
     model = build_model_from_config(config.to_dict(), device)
     threads = max(1, config.num_threads or torch.get_num_threads())
     if config.mode in ("head", "tail"):
-        feats, ok, skipped = _cached_features(model, allimgs, config, device, threads, progress, should_stop, message)
-        labels_all = [allimgs.labels[i] for i in ok]
+        feats, ok, skipped, untrained = _cached_features(model, allimgs, config, device, threads, progress,
+                                                         should_stop, message, emit)
         source: _HeadData | _TailData | _FullData = (
-            _HeadData(feats, device) if config.mode == "head" else _TailData(feats, device, config.tail_units))
+            _HeadData(feats, device, untrained) if config.mode == "head"
+            else _TailData(feats, device, config.tail_units))
     else:
         size = int(round(config.image_size * 8 / 7))
         if device.type == "cpu" and not config.extra.get("skip_memory_check"):
             check_cpu_memory(config, len(allimgs.paths))
-        message(f"decoding {len(allimgs.paths)} images once ({size}x{size} uint8 on {device})")
-        imgs, ok, skipped = D.decode_all(allimgs.paths, size, threads=threads, progress=progress,
-                                         should_stop=should_stop)
-        labels_all = [allimgs.labels[i] for i in ok]
+        message(f"Phase: decoding {len(allimgs.paths)} images once ({size}x{size} uint8 on {device})")
+        imgs, ok, skipped = D.decode_all(allimgs.paths, size, threads=threads,
+                                         progress=_Phase("decoding images", emit, progress), should_stop=should_stop)
         source = _FullData(imgs, device, config.image_size, model.backbone.mean, model.backbone.std)
     if skipped:
         message(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}")
+    labels_all = [allimgs.labels[i] for i in ok]
     names = allimgs.classes
     labels_t = torch.tensor(labels_all, dtype=torch.long)
-    val_set = set(val_cls)
-    is_val = torch.tensor([names[lab] in val_set for lab in labels_all], dtype=torch.bool)
+    is_val = torch.tensor([split.is_val[i] for i in ok], dtype=torch.bool)
     train_idx = (~is_val).nonzero().squeeze(1)
     val_idx = is_val.nonzero().squeeze(1)
+    train_cls = [names[c] for c in sorted(set(labels_t[train_idx].tolist()))]
+    val_cls = [names[c] for c in sorted(set(labels_t[val_idx].tolist()))]
     # the sampler sees only training samples; ids are positions in train_idx (0..n_train-1)
     train_labels = labels_t[train_idx]
     sampler = PKSampler(train_labels.tolist(), config.classes_per_batch, config.samples_per_class, config.seed)
@@ -334,6 +588,17 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         message(f"{len(sampler.excluded_classes)} class(es) with fewer than 2 images left out: "
                 + ", ".join(names[c] for c in sampler.excluded_classes[:10]))
     n_train = int(train_idx.numel())
+
+    # ---- the run's own folder (claimed only now: a run refused above leaves nothing behind)
+    if ckpt is None:
+        wanted = config.out_dir or str(models_dir() / config.name)
+        out = claim_run_folder(config)
+        if str(out) != wanted:
+            message(f"{wanted} holds another run: this run writes to {out}")
+    else:
+        out = Path(config.out_dir)
+    last_path, best_path = out / LAST_FILE, out / BEST_FILE
+    message(f"run folder: {out}")
 
     # ---- loss, memory, optimizer
     loss_fn = build_loss(config.loss, config.margin, config.mining)
@@ -368,21 +633,28 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
             if config.freeze_bn:
                 freeze_batchnorm(model.backbone)
 
+    val_time = [0.0, 0]   # seconds spent validating, validations timed
+
     def validate() -> tuple[dict, dict]:
         if val_idx.numel() < 2:
             return {}, {}
+        t = time.perf_counter()
         emb, pooled = source.embed_eval(model, val_idx)
         set_train_mode()  # eval() for validation must not leave BatchNorm un-frozen afterwards
         vl = labels_t[val_idx]
-        return retrieval_metrics(emb, vl), retrieval_metrics(pooled, vl)
+        out = retrieval_metrics(emb, vl), retrieval_metrics(pooled, vl)
+        val_time[0] += time.perf_counter() - t
+        val_time[1] += 1
+        return out
 
     # ---- state (fresh or resumed)
     history: list[dict] = []
     start = 0
-    sel = config.select_metric
     best = {sel: -1.0, "iteration": 0}
+    best_metrics: dict = {}
     bad_vals = 0
     baseline: dict = {}
+    untrained_val: dict = {}
     val_metrics: dict = {}
     if ckpt is not None:
         st = ckpt["train_state"]
@@ -398,14 +670,18 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         history = list(ckpt.get("history", []))
         start = int(st["iteration"])
         best, bad_vals = dict(st["best"]), int(st["bad_vals"])
-        baseline = dict(ckpt.get("metrics", {}).get("baseline_val", {}))
-        val_metrics = dict(ckpt.get("metrics", {}).get("val", {}))
+        saved = ckpt.get("metrics", {})
+        baseline = dict(saved.get("baseline_val", {}))
+        val_metrics = dict(saved.get("val", {}))
+        untrained_val = dict(saved.get("untrained_val", {}))
+        best_metrics = next((dict(h["val"]) for h in history if "val" in h and h["iteration"] == best["iteration"]),
+                            {})
         message(f"resumed from {resume_from} at iteration {start}", start)
 
-    def payload(it: int, with_state: bool) -> dict:
+    def payload(it: int, with_state: bool, val: dict) -> dict:
         p = {"config": config.to_dict(), "model": model.state_dict(),
-             "metrics": {"val": val_metrics, "baseline_val": baseline, "iteration": it,
-                         "best_val": {k: v for k, v in best.items()}},
+             "metrics": {"val": val, "baseline_val": baseline, "untrained_val": untrained_val,
+                         "select_metric": sel, "iteration": it, "best_val": {k: v for k, v in best.items()}},
              "classes": {"train": train_cls, "val": val_cls}}
         if with_state:
             p.update({"optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
@@ -417,37 +693,62 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         return p
 
     def save_last(it: int) -> None:
-        save_checkpoint(last_path, payload(it, True))
+        save_checkpoint(last_path, payload(it, True, val_metrics))
         emit(TrainEvent("checkpoint", it, config.iterations, message=str(last_path)))
 
     def save_best(it: int) -> None:
-        save_checkpoint(best_path, payload(it, False))
+        save_checkpoint(best_path, payload(it, False, best_metrics))
         write_info(out, config.name, config.data_root, config.to_dict(),
-                   {"val": val_metrics, "baseline_val": baseline, "iteration": it})
+                   {"val": best_metrics, "baseline_val": baseline, "untrained_val": untrained_val,
+                    "select_metric": sel, "iteration": it})
 
     def after_validation(it: int, m: dict) -> bool:
-        """Record a validation; True when early stopping says stop."""
-        nonlocal val_metrics, best, bad_vals
+        """Record a validation, say what it means for the kept checkpoint; True when early stopping says stop."""
+        nonlocal val_metrics, best, bad_vals, best_metrics
         val_metrics = m
-        r1, score = m.get("recall@1"), m.get(sel)
-        emit(TrainEvent("validation", it, config.iterations, val_recall1=r1,
-                        message=f"validation R@1 {r1:.4f}, mAP {m['map']:.4f}" if r1 is not None
-                        else "no validation classes"))
-        history.append({"iteration": it, "val": dict(m)})
-        if score is None or score > best.get(sel, -1.0):
+        score = m.get(sel)
+        improved = score is None or score > best.get(sel, -1.0)
+        if improved:
             best = {sel: -1.0 if score is None else score, "iteration": it}
+            best_metrics = dict(m)
             bad_vals = 0
-            save_best(it)
         else:
             bad_vals += 1
+        if score is None:
+            text = "no validation images: best.pt follows the latest checkpoint"
+        else:
+            text = f"validation {_fmt_metrics(m, sel)}" + (
+                " -> best so far: saved as best.pt" if improved else
+                f"; best.pt stays at iteration {best['iteration']} ({sel_label} {best[sel]:.4f})")
+        log.info("[it %d] %s", it, text)
+        emit(TrainEvent("validation", it, config.iterations, val_recall1=m.get("recall@1"), message=text,
+                        val_score=score, select_metric=sel, best_iteration=best["iteration"], metrics=dict(m)))
+        history.append({"iteration": it, "val": dict(m)})
+        if improved:
+            save_best(it)
         return config.patience > 0 and bad_vals >= config.patience
 
     if ckpt is None:
         set_train_mode()
+        if val_idx.numel() >= 2:
+            u = source.untrained_eval(model, val_idx)
+            set_train_mode()
+            if u is not None:
+                vl = labels_t[val_idx]
+                untrained_val = {k: retrieval_metrics(u[:, j], vl) for j, k in enumerate(UNTRAINED)}
         m, baseline = validate()
-        if baseline:
-            message(f"untrained descriptor ({config.pooling}) on the validation classes: "
-                    f"R@1 {baseline['recall@1']:.4f}")
+        if untrained_val:
+            ranked = sorted(untrained_val, key=lambda k: -untrained_val[k][sel])
+            message("untrained descriptors on the validation data: " + "; ".join(
+                f"{UNTRAINED_LABELS[k]} {_fmt_metrics(untrained_val[k], sel).replace(' (selection metric)', '')}"
+                for k in ranked) + f" (best: {UNTRAINED_LABELS[ranked[0]]}; training starts from "
+                f"{UNTRAINED_LABELS[config.pooling]})")
+            emit(TrainEvent("untrained", 0, config.iterations, select_metric=sel, metrics=dict(untrained_val),
+                            val_score=untrained_val[ranked[0]][sel], message=ranked[0]))
+        elif baseline:
+            message(f"untrained descriptor ({config.pooling}) on the validation data: R@1 {baseline['recall@1']:.4f}")
+        message(f"the checkpoint kept as best.pt is the one with the best validation {sel_label} "
+                f"(select_metric={sel}); iteration 0 is the untrained model")
         after_validation(0, m)
         save_last(0)
 
@@ -467,7 +768,16 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     t_train, n_seen = 0.0, 0
     it = start
     total = config.iterations
+    if start < total:
+        message(f"Phase: training, iterations {start + 1}-{total} (validation every {config.val_every})", start)
     t_seg = time.perf_counter()
+
+    def eta_of(i: int, per_it: float) -> float:
+        """Seconds left after iteration i: the loop's own time per iteration, plus the validations left
+        at their measured cost."""
+        vals_left = total // config.val_every - i // config.val_every + (1 if total % config.val_every else 0)
+        per_val = val_time[0] / val_time[1] if val_time[1] else 0.0
+        return (total - i) * per_it + vals_left * per_val
 
     def flush() -> str:
         """Read the pending figures (one host sync); emit their events. Returns a stop reason or ''."""
@@ -480,6 +790,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         t_seg = now
         done = list(pending)
         pending.clear()
+        per_it = t_train / max(1, done[-1][0] - start)
         for (i, bsz, with_mem, _), (loss_v, lb, lm, tb, tm, fill) in zip(done, rows, strict=True):
             if not math.isfinite(loss_v):
                 msg = (f"the loss became {loss_v} at iteration {i}: training stopped; the last good "
@@ -488,14 +799,13 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
                 return msg
             n_seen += bsz
             rate = n_seen / t_train if t_train > 0 else 0.0
-            eta = (total - i) * (t_train / max(1, done[-1][0] - start))
             rec = {"iteration": i, "loss": loss_v, "loss_batch": lb, "loss_memory": lm if with_mem else None,
                    "triplets_batch": int(tb), "triplets_memory": int(tm), "memory_fill": int(fill)}
             history.append(rec)
             emit(TrainEvent("iteration", i, total, loss=loss_v, loss_batch=lb, loss_memory=rec["loss_memory"],
                             memory_fill=rec["memory_fill"], memory_size=0 if memory is None else memory.size,
                             triplets_batch=rec["triplets_batch"], triplets_memory=rec["triplets_memory"],
-                            images_per_s=rate, eta_s=eta))
+                            images_per_s=rate, eta_s=eta_of(i, per_it)))
             progress(i, total, f"loss {loss_v:.4f}")
         return ""
 
@@ -529,7 +839,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
             last_saved = it
             t_seg = time.perf_counter()   # validation time is not training time
             if stop:
-                reason = f"early stopping: no better validation {sel} in {config.patience} validations"
+                reason = f"early stopping: no better validation {sel_label} in {config.patience} validations"
                 message(reason, it)
                 break
     if not reason or cancelled:
@@ -543,25 +853,35 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         reason = "finished"
     if not best_path.exists():  # no validation ever ran (cannot happen: iteration 0 saves one)
         save_best(last_saved)
-    best_r1 = next((h["val"].get("recall@1") for h in history
-                    if "val" in h and h["iteration"] == best["iteration"]), None)
-    emit(TrainEvent("done", it, total, val_recall1=best_r1, message=reason))
+    last_val = next((h["val"] for h in reversed(history) if "val" in h), {})
+    last_val_it = next((h["iteration"] for h in reversed(history) if "val" in h), 0)
+    if best_metrics.get(sel) is not None:
+        message(f"kept best.pt: iteration {best['iteration']}, validation {_fmt_metrics(best_metrics, sel)}; "
+                f"last.pt: iteration {last_saved}" + (f", validation {_fmt_metrics(last_val, sel)}"
+                                                      if last_val and last_val_it == last_saved else ""), it)
+    emit(TrainEvent("done", it, total, val_recall1=best_metrics.get("recall@1"), message=reason,
+                    val_score=best_metrics.get(sel), select_metric=sel, best_iteration=best["iteration"],
+                    metrics=dict(best_metrics)))
     return TrainResult(checkpoint_path=str(last_path), best_checkpoint_path=str(best_path), config=config,
                        history=history, val_metrics=val_metrics, baseline_val_metrics=baseline,
-                       cancelled=cancelled, stopped_reason=reason)
+                       cancelled=cancelled, stopped_reason=reason, select_metric=sel,
+                       best_iteration=int(best["iteration"]), best_val_metrics=best_metrics,
+                       last_iteration=last_saved, untrained_val_metrics=untrained_val,
+                       validation=split.description)
 
 
 def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, device, threads, progress,
-                     should_stop, message):
-    """Head mode: pooled features (N, V, C); tail mode: float16 trunk maps (N, V, C', h', w'); from the
-    disk cache when model + data + views (+ tail) are unchanged."""
+                     should_stop, message, emit):
+    """Head mode: pooled features (N, V, C) and the (N, 4, C) untrained descriptors of view 0; tail
+    mode: float16 trunk maps (N, V, C', h', w') and None. From the disk cache when model + data + views
+    (+ tail) are unchanged; computing them is its own announced phase with its own rate and ETA."""
     key_src = {"backbone": config.backbone, "weights": config.weights, "image_size": config.image_size,
                "pooling": config.pooling, "views": config.head_views, "files": _file_key(allimgs.paths),
                "seed": config.seed if config.weights == "random" or config.head_views > 2 else None,
-               "version": 1}
+               "version": 2}
     encode = None
     if config.mode == "tail":
-        key_src.update(pooling=None, tail=config.tail_units)
+        key_src.update(pooling=None, tail=config.tail_units, version=1)
         encode = _tail_encoder(model, config, len(allimgs.paths), device)
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(config.cache_dir) if config.cache_dir else cache_dir()
@@ -570,22 +890,26 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
         try:
             c = torch.load(path, map_location="cpu", weights_only=True)
             message(f"backbone features read from the cache {path}")
-            return c["feats"], list(c["ok"]), [tuple(s) for s in c["skipped"]]
+            return c["feats"], list(c["ok"]), [tuple(s) for s in c["skipped"]], c.get("untrained")
         except Exception as exc:  # damaged cache: recompute
             message(f"feature cache {path} unreadable ({exc}); recomputing")
-    message(f"computing backbone features of {len(allimgs.paths)} images x {config.head_views} view(s) once")
+    what = f"trunk maps (for the last {config.tail_units} units)" if encode else "backbone features"
+    message(f"Phase: computing the {what} of {len(allimgs.paths)} images x {config.head_views} view(s), once "
+            f"(kept in {folder} for later runs on the same images and model); training starts after it")
+    untrained: list[torch.Tensor] | None = None if encode else []
     feats, ok, skipped = compute_pooled_features(model, allimgs.paths, image_size=config.image_size,
                                                  views=config.head_views, seed=config.seed, device=device,
-                                                 threads=threads, progress=progress, should_stop=should_stop,
-                                                 encode=encode)
+                                                 threads=threads, progress=_Phase(f"computing {what}", emit, progress),
+                                                 should_stop=should_stop, encode=encode, untrained=untrained)
+    base = torch.cat(untrained).half() if untrained else None
     try:
         from engine.atomic import atomic_write_with
 
-        data = {"feats": feats, "ok": ok, "skipped": [list(s) for s in skipped]}
+        data = {"feats": feats, "ok": ok, "skipped": [list(s) for s in skipped], "untrained": base}
         atomic_write_with(path, lambda tmp: torch.save(data, tmp))
     except OSError as exc:
         message(f"could not write the feature cache {path}: {exc}")
-    return feats, ok, skipped
+    return feats, ok, skipped, base
 
 
 def _tail_encoder(model: EmbeddingModel, config: TrainConfig, n_images: int, device: torch.device):
