@@ -18,7 +18,7 @@ import logging
 import os
 import pickle
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,15 @@ def safe_unpickle(data: bytes) -> Any:
         raise SplitFileError(f"not a valid pickle ({type(exc).__name__}: {exc})") from exc
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to ``limit`` characters; a structure too deep to print says so."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _validate_split(obj: Any, source: str) -> dict[str, list[str]]:
     if not isinstance(obj, dict):
         raise SplitFileError(f"{source}: a split must be a mapping with keys 'query' and 'retrieval', "
@@ -76,7 +85,8 @@ def _validate_split(obj: Any, source: str) -> dict[str, list[str]]:
             raise SplitFileError(f"{source}: {key!r} must be a list of paths, got {type(value).__name__}")
         bad = [i for i, v in enumerate(value) if not isinstance(v, str) or not v.strip()]
         if bad:
-            raise SplitFileError(f"{source}: {key!r} entry {bad[0]} is not a non-empty string: {value[bad[0]]!r}")
+            raise SplitFileError(f"{source}: {key!r} entry {bad[0]} is not a non-empty string: "
+                                 f"{_short_repr(value[bad[0]])}")
         if not value:
             raise SplitFileError(f"{source}: {key!r} is empty")
         if len(set(value)) != len(value):
@@ -89,9 +99,10 @@ def _validate_split(obj: Any, source: str) -> dict[str, list[str]]:
     return out
 
 
-def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
+def load_split(path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, list[str]]:
     """Read a split file -> {"query": [paths], "retrieval": [paths]} (paths as written, relative to the
-    image root). JSON (by content) or a restricted pickle; raises SplitFileError / FileNotFoundError."""
+    image root). JSON (by content) or a restricted pickle; raises SplitFileError / FileNotFoundError.
+    With ``root``, every entry must stay inside it (see :func:`check_inside_root`)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"split file not found: {p}")
@@ -99,19 +110,60 @@ def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
     if not data:
         raise SplitFileError(f"{p}: empty file")
     stripped = data.lstrip()
-    if stripped[:1] in (b"{", b"["):
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SplitFileError(f"{p}: invalid JSON ({exc})") from exc
-    elif data[:1] == b"\x80" or p.suffix.lower() in (".pkl", ".pickle", ".p"):
-        try:
-            obj = safe_unpickle(data)
-        except SplitFileError as exc:
-            raise SplitFileError(f"{p}: {exc}") from exc
-    else:
-        raise SplitFileError(f"{p}: neither JSON nor a pickle")
-    return _validate_split(obj, str(p))
+    try:
+        if stripped[:1] in (b"{", b"["):
+            try:
+                obj = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise SplitFileError(f"{p}: invalid JSON ({exc})") from exc
+        elif data[:1] == b"\x80" or p.suffix.lower() in (".pkl", ".pickle", ".p"):
+            try:
+                obj = safe_unpickle(data)
+            except SplitFileError as exc:
+                raise SplitFileError(f"{p}: {exc}") from exc
+        else:
+            raise SplitFileError(f"{p}: neither JSON nor a pickle")
+        split = _validate_split(obj, str(p))
+    except RecursionError as exc:
+        raise SplitFileError(f"{p}: nested too deeply to read (a split is a mapping of two flat lists of "
+                             "paths)") from exc
+    if root is not None:
+        for key in SPLIT_KEYS:
+            check_inside_root(split[key], root, str(p))
+    return split
+
+
+def check_inside_root(entries: Sequence[str], root: str | os.PathLike, source: str = "the split") -> None:
+    """Refuse (SplitFileError naming the entry) any entry that is an absolute path or whose ``..`` parts
+    lead out of ``root``. The check is on the written path: a symbolic link inside the root (a class
+    folder linked from elsewhere) is allowed."""
+    for entry in entries:
+        posix = str(entry).replace("\\", "/")
+        if posix.startswith("/") or PureWindowsPath(str(entry)).drive or PureWindowsPath(str(entry)).root:
+            raise SplitFileError(f"{source}: the entry {entry!r} is an absolute path; split entries must be "
+                                 f"relative to the image root {root}")
+        depth = 0
+        for part in PurePosixPath(posix).parts:
+            if part == "..":
+                depth -= 1
+                if depth < 0:
+                    raise SplitFileError(f"{source}: the entry {entry!r} points outside the image root {root} "
+                                         "(through '..'); split entries must be inside the root")
+            elif part not in (".", ""):
+                depth += 1
+
+
+def resolve_split(split: dict[str, Sequence[str]], root: str | os.PathLike,
+                  source: str = "the split") -> dict[str, list[Path]]:
+    """{"query": [root / entry], "retrieval": [...]} after :func:`check_inside_root` on every entry;
+    keys other than the split's two are left out."""
+    root_path = Path(root)
+    out: dict[str, list[Path]] = {}
+    for key in SPLIT_KEYS:
+        if key in split:
+            check_inside_root(split[key], root, source)
+            out[key] = [root_path / entry for entry in split[key]]
+    return out
 
 
 # --- labels ---------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import pytest
 
-from engine.splits import SplitFileError, labels_for, load_split, read_labels_file
+from engine.splits import SplitFileError, labels_for, load_split, read_labels_file, resolve_split
 
 SPLIT = {"query": ["a/1.jpg", "b/1.jpg"], "retrieval": ["a/2.jpg", "b/2.jpg", "b/3.jpg"]}
 
@@ -83,6 +84,55 @@ def test_unreadable_split_files(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(SplitFileError, match="neither JSON nor a pickle"):
         load_split(tmp_path / "x.txt")
+
+
+def test_deeply_nested_split_names_the_file(tmp_path: Path) -> None:
+    # 100,000 levels: json raises RecursionError, which used to escape without the file's name
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SplitFileError) as info:
+        load_split(p)
+    assert str(p) in str(info.value) and "nested too deeply" in str(info.value)
+    # a deep value inside a valid mapping: the message stays short and names the file
+    q = tmp_path / "deep-entry.json"
+    q.write_text('{"query": [' + "[" * 100_000 + "]" * 100_000 + '], "retrieval": ["b.jpg"]}')
+    with pytest.raises(SplitFileError) as info:
+        load_split(q)
+    assert str(q) in str(info.value) and len(str(info.value)) < 400
+    r = tmp_path / "deep-entry.pkl"
+    # written by hand (pickle.dumps itself recurses): {"query": [[[...100,000 deep...]]], "retrieval": ["b.jpg"]}
+    def text(s: str) -> bytes:
+        return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+    n = 100_000
+    r.write_bytes(b"\x80\x02}(" + text("query") + b"]" + b"]" * n + b"a" * n
+                  + text("retrieval") + b"]" + text("b.jpg") + b"au.")
+    with pytest.raises(SplitFileError) as info:
+        load_split(r)
+    assert str(r) in str(info.value) and len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "a/../../x.jpg", "..", "C:\\x.jpg",
+                                   "\\\\server\\share\\x.jpg"])
+def test_entries_outside_the_root_refused(tmp_path: Path, entry: str) -> None:
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"query": ["a/1.jpg"], "retrieval": ["a/2.jpg", entry]}))
+    assert load_split(p)["retrieval"][1] == entry  # without a root: read as written
+    with pytest.raises(SplitFileError) as info:
+        load_split(p, root=tmp_path / "images")
+    assert repr(entry) in str(info.value) and str(p) in str(info.value)
+    with pytest.raises(SplitFileError, match="root"):
+        resolve_split(load_split(p), tmp_path / "images")
+
+
+def test_entries_inside_the_root_resolved(tmp_path: Path) -> None:
+    split = {"query": ["a/1.jpg", "./b/2.jpg"], "retrieval": ["a/../a/3.jpg", "c/4.jpg"]}
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(split))
+    assert load_split(p, root=tmp_path) == split
+    got = resolve_split(split, tmp_path)
+    assert got == {"query": [tmp_path / "a/1.jpg", tmp_path / "b/2.jpg"],
+                   "retrieval": [tmp_path / "a/../a/3.jpg", tmp_path / "c/4.jpg"]}
 
 
 def test_labels_from_folders(tmp_path: Path) -> None:
