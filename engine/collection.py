@@ -4,26 +4,32 @@ incrementally.
 A collection is one image folder (searched recursively) seen through one model: backbone, weights,
 descriptor, whitening, image size and crop (a :class:`ModelSpec`). Its state — the L2-normalised
 vectors, the relative paths with file size and mtime, the files that failed to load (with reasons),
-and the vector index — lives in a cache folder::
+and the vector index — lives in a cache folder, as append-only commits::
 
     <cache_root>/collections/<sha1 of the folder's absolute path>/<model key>/
-        CURRENT              {"generation": "gen-000007"}   (switched atomically, last)
-        gen-000007/
-            state.json       format version, model identity, paths, skipped files, ...
-            arrays.npz       vectors (N, D) float32, ids, sizes, mtimes
-            index/           the VectorIndex (its own manifest)
-            manifest.json    sizes and SHA-256 of the files above (written last)
+        manifest.json                  the commit: format, model identity, segments, removed ids, graph,
+                                       skipped files (replaced atomically: the switch)
+        seg-000003-<token>.npy         vectors (n, D) float16 of the rows one commit added
+        seg-000003-<token>.meta.npz    their ids, relative paths, sizes, mtimes
+        graph-000005-<token>.bin       the HNSW graph (nmslib, written only when it is rebuilt)
+        graph-000005-<token>.ids.npy   the ids of its points, in graph order
 
-- :meth:`Collection.open` only loads the saved state (instant; no image is read).
+- Files are immutable once named by a manifest; each entry carries its size and CRC-32, checked before
+  numpy or nmslib reads the file. A commit writes only what changed: the new rows, and the graph when the
+  thresholds of engine.index ask for a rebuild (points added since are searched exactly).
+- :meth:`Collection.open` loads the last commit (no image is read; the graph is loaded at the first
+  search). A reader racing a writer reads the newer manifest when a file it wanted was collected.
 - :meth:`Collection.scan` compares the folder with the state by file size and mtime.
-- :meth:`Collection.update` extracts only added and changed files, drops removed ones, updates the
-  index in place (HNSW: see engine.index) and saves a NEW generation; ``CURRENT`` is switched only when
-  it is completely written, then older generations are deleted. A crash, a kill or a cancel at any
-  moment leaves the previous state loadable.
-- A damaged cache (missing or truncated files, bad manifest) or a mismatched one (other format version,
-  other model identity) raises :class:`CollectionError`, whose message says what to do; it is never
-  silently used. ``Collection.open(..., rebuild=True)`` ignores the old state (it is replaced at the
-  next successful update).
+- :meth:`Collection.update` (and :func:`update_collections`, several descriptors from one backbone pass)
+  extracts only added and changed files and commits every few thousand images or tens of seconds: a
+  cancel, a crash or a kill keeps every commit made, and the next update continues from there.
+  Searches from other threads answer from the rows indexed so far.
+- A commit refuses when another process committed since this one read the state (no lost update).
+  Files no longer named by the last two commits are deleted after a commit.
+- A damaged cache (missing, truncated or altered files, bad manifest) or a mismatched one (other format
+  version, other model identity) raises :class:`CollectionError`, whose message says what to do; it is
+  never silently used (a damaged graph alone is rebuilt from the vectors). ``Collection.open(...,
+  rebuild=True)`` ignores the old state (it is replaced at the next commit).
 """
 
 from __future__ import annotations
@@ -34,25 +40,35 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_write_text, fsync_dir, fsync_file, sha256_file
+from engine.atomic import atomic_write_text, fsync_file, sha256_file
 from engine.callbacks import ProgressFn, ShouldStopFn
-from engine.index import IndexCorruptError, VectorIndex, load_index, make_index
+from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
 from engine.search import SearchOptions, search_vectors
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 APP_NAME = "retrieval-explorer"
-CURRENT = "CURRENT"
-_GEN_RE = re.compile(r"^gen-(\d{6,})$")
+MANIFEST = "manifest.json"
+LEGACY_CURRENT = "CURRENT"  # the pointer of format 1 (one folder per generation, rewritten whole)
+#: vectors are stored as float16 (half the disk and memory; R@1 cost measured in docs/BENCHMARKS.md)
+STORE_DTYPE = np.float16
+#: a commit every this many extracted images, or every COMMIT_EVERY_SECONDS, whichever comes first
+COMMIT_EVERY_IMAGES = 2000
+COMMIT_EVERY_SECONDS = 30.0
+#: removed rows are dropped from the segments (one rewrite) once they exceed this share of the rows
+COMPACT_SHARE = 0.2
 
 
 class CollectionError(RuntimeError):
@@ -174,8 +190,9 @@ class SkippedFile:
 
 @dataclass
 class UpdateReport:
-    """What an update did. ``extracted``: images run through the model; ``skipped``: files of this
-    update that failed (see Collection.skipped for all); ``total``: vectors in the collection after."""
+    """What an update did. ``extracted``: images read for the model; ``skipped``: files of this update
+    that failed (see Collection.skipped for all); ``total``: vectors in the collection after; ``saved``:
+    at least one commit was written; ``cancelled``: stopped early (what was committed is kept)."""
 
     added: int = 0
     changed: int = 0
@@ -186,6 +203,8 @@ class UpdateReport:
     seconds: float = 0.0
     cancelled: bool = False
     saved: bool = False
+    #: files and folders the scan could not use (dangling or looping links, unreadable folders), with reasons
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -210,17 +229,86 @@ def _stat(p: Path) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            fsync_file(p)
-    fsync_dir(folder)
+def _from_store(v: np.ndarray) -> np.ndarray:
+    """Stored float16 rows (n, D) -> float32, re-normalised (rounding moves the norm by ~1e-3)."""
+    x = np.asarray(v, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _check_entry(folder: Path, entry: dict[str, Any], what: str) -> Path:
+    """A file a manifest names: present, of its size and CRC-32 (read before any parser sees it)."""
+    p = folder / str(entry["file"])
+    if "/" in str(entry["file"]) or not p.is_file():
+        raise CollectionError(f"{what} {p} is missing")
+    if p.stat().st_size != int(entry["bytes"]):
+        raise CollectionError(f"{what} {p} is truncated or damaged")
+    if crc32_file(p) != int(entry["crc32"]):
+        raise CollectionError(f"{what} {p} is damaged (checksum mismatch)")
+    return p
+
+
+def _write_entry(path: Path, write: Any) -> dict[str, Any]:
+    """Write a new immutable file with ``write(path)``, fsync it and describe it for the manifest."""
+    write(path)
+    fsync_file(path)
+    return {"file": path.name, "bytes": path.stat().st_size, "crc32": crc32_file(path)}
+
+
+class _Rows:
+    """A growable block of rows: ids (n,) int64, sizes, mtimes, relative paths, vectors (n, D) float32.
+    Appending is amortised O(rows added) (capacity doubles); ``vectors`` is a view of the live part."""
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.n = 0
+        self.dim = dim
+        self._cap = 0
+        self._v = np.zeros((0, dim or 0), np.float32)
+        self.ids = np.zeros(0, np.int64)
+        self.sizes = np.zeros(0, np.int64)
+        self.mtimes = np.zeros(0, np.int64)
+        self.paths: list[str] = []
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self._v[: self.n]
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray, paths: list[str], sizes: np.ndarray,
+               mtimes: np.ndarray) -> None:
+        m = len(paths)
+        if m == 0:
+            return
+        if self.dim is None or self._v.shape[1] != self.dim:
+            self.dim = int(vectors.shape[1])
+            self._v = np.zeros((0, self.dim), np.float32)
+        if self.n + m > self._cap:
+            cap = max(self.n + m, 2 * self._cap, 256)
+            grown = np.empty((cap, self.dim), np.float32)
+            grown[: self.n] = self._v[: self.n]
+            self._v, self._cap = grown, cap
+        self._v[self.n: self.n + m] = vectors
+        self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
+        self.sizes = np.concatenate([self.sizes, sizes.astype(np.int64)])
+        self.mtimes = np.concatenate([self.mtimes, mtimes.astype(np.int64)])
+        self.paths.extend(paths)
+        self.n += m
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the rows where ``mask`` (n,) is True, in order."""
+        if mask.all():
+            return
+        v = self._v[: self.n][mask]
+        self._v, self._cap = v, v.shape[0]
+        self.ids, self.sizes, self.mtimes = self.ids[mask], self.sizes[mask], self.mtimes[mask]
+        self.paths = [p for p, k in zip(self.paths, mask, strict=True) if k]
+        self.n = int(mask.sum())
 
 
 class Collection:
     """An image folder with its descriptors and index; see the module docstring.
 
-    Attributes: ``folder`` (absolute), ``model_spec``, ``state_dir`` (the cache folder of this pair).
+    Attributes: ``folder`` (absolute), ``model_spec``, ``state_dir`` (the cache folder of this pair),
+    ``generation`` (the commit loaded or last written, e.g. ``"commit-000007"``; None before any).
+    Thread-safe: searches may run while another thread updates (they see the last committed rows).
     """
 
     def __init__(self, folder: Path, model_spec: ModelSpec, state_dir: Path, *, index_kind: str = "hnsw",
@@ -233,18 +321,25 @@ class Collection:
         if index_kind == "hnsw":
             self.index_params.setdefault("threads", max(1, min(8, os.cpu_count() or 1)))
         self._identity = model_spec.identity()
+        self._lock = threading.RLock()
+        self._base_commit = 0  # the commit on disk that this object's state continues
         self._reset()
 
     def _reset(self) -> None:
-        self._paths: list[str] = []
-        self._ids = np.zeros(0, np.int64)
-        self._sizes = np.zeros(0, np.int64)
-        self._mtimes = np.zeros(0, np.int64)
-        self._vectors: np.ndarray | None = None
+        self._rows = _Rows()
         self._skipped: dict[str, SkippedFile] = {}
         self._next_id = 0
         self._index: VectorIndex | None = None
         self._exact: VectorIndex | None = None
+        self._graph_info: dict[str, Any] | None = None   # the graph file the manifest names
+        self._graph_pending: dict[str, Any] | None = None  # manifest entry of a graph not yet loaded
+        self._graph_saved_rebuilds = -1
+        self._segments: list[dict[str, Any]] = []         # committed segments (manifest entries)
+        self._removed: set[int] = set()                   # ids dropped but still in a segment
+        self._removed_vectors: dict[int, np.ndarray] = {}  # their vectors (the graph may still hold them)
+        self._unsaved = 0                                 # rows at the end of _rows not yet in a segment
+        self._commit = 0
+        self.total_files: int | None = None               # image files of the last scan (None: unknown)
         self.generation: str | None = None
 
     # --- opening --------------------------------------------------------------------------------
@@ -252,118 +347,151 @@ class Collection:
     def open(cls, folder: str | os.PathLike, *, model_spec: ModelSpec, cache_dir: str | os.PathLike | None = None,
              rebuild: bool = False, index: str = "hnsw", index_params: dict[str, Any] | None = None,
              verify: bool = True) -> Collection:
-        """Open ``folder`` seen through ``model_spec``: load its saved state if there is one (no image is
+        """Open ``folder`` seen through ``model_spec``: load its last commit if there is one (no image is
         read), else an empty collection that :meth:`update` fills. ``rebuild=True`` ignores the saved
-        state (replaced at the next successful update). ``index``/``index_params`` are used when an index
-        is first made (engine.index.make_index). ``verify`` checks the files' checksums.
+        state (replaced at the next commit). ``index``/``index_params`` are used when an index is first
+        made (engine.index.make_index). ``verify``: check every file's CRC-32 (the vectors too; the
+        graph is always checked before nmslib reads it). A reader racing a writer retries.
         Raises CollectionError for a damaged or mismatched cache, FileNotFoundError for a missing folder."""
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {folder}")
         state_dir = collection_dir(root, model_spec, cache_dir)
         c = cls(root, model_spec, state_dir, index_kind=index, index_params=index_params)
-        if not rebuild and (state_dir / CURRENT).exists():
-            c._load(verify=verify)
+        if (state_dir / MANIFEST).exists():
+            if rebuild:
+                c._base_commit = c._disk_commit()
+            else:
+                c._load_retrying(verify=verify)
+        elif (state_dir / LEGACY_CURRENT).exists() and not rebuild:
+            raise CollectionError(f"the collection cache {state_dir} was written by an older version of the "
+                                  f"program (format 1); {c._fix()}")
         return c
 
     def _fix(self) -> str:
         return (f"delete {self.state_dir} or run `retrieval-explorer index {self.folder} --rebuild` "
                 "to index the folder again")
 
-    def _load(self, verify: bool = True) -> None:
+    def _disk_commit(self) -> int:
+        try:
+            return int(json.loads((self.state_dir / MANIFEST).read_text(encoding="utf-8"))["commit"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return 0
+
+    def _load_retrying(self, verify: bool, attempts: int = 5) -> None:
+        """Load the current commit; a file that vanished because a writer committed meanwhile (and
+        collected the files of an older commit) is a reason to read the newer manifest, not an error."""
+        for attempt in range(attempts):
+            before = self._disk_commit()
+            try:
+                self._load(verify=verify)
+                return
+            except CollectionError:
+                if attempt + 1 == attempts or self._disk_commit() == before:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _read_manifest(self) -> dict[str, Any]:
         fix = self._fix()
         try:
-            pointer = json.loads((self.state_dir / CURRENT).read_text(encoding="utf-8"))
-            gen = pointer["generation"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CollectionError(f"the collection cache {self.state_dir} is damaged (unreadable {CURRENT}: "
+            m = json.loads((self.state_dir / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CollectionError(f"the collection cache {self.state_dir} is damaged (unreadable {MANIFEST}: "
                                   f"{exc}); {fix}") from exc
-        if not isinstance(gen, str) or not _GEN_RE.match(gen):
-            raise CollectionError(f"the collection cache {self.state_dir} is damaged (bad generation "
-                                  f"{gen!r}); {fix}")
-        gdir = self.state_dir / gen
-        try:
-            manifest = json.loads((gdir / "manifest.json").read_text(encoding="utf-8"))
-            files = manifest["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CollectionError(f"the collection cache {gdir} is damaged or incomplete (manifest: {exc}); "
-                                  f"{fix}") from exc
-        for name, info in files.items():
-            p = gdir / name
-            if not p.is_file():
-                raise CollectionError(f"the collection cache {gdir} is incomplete: {name} is missing; {fix}")
-            if p.stat().st_size != info["size"]:
-                raise CollectionError(f"the collection file {p} is truncated or damaged; {fix}")
-            if verify and sha256_file(p) != info["sha256"]:
-                raise CollectionError(f"the collection file {p} is damaged (checksum mismatch); {fix}")
-        try:
-            state = json.loads((gdir / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CollectionError(f"the collection state {gdir / 'state.json'} is damaged ({exc}); {fix}") from exc
-        version = state.get("format_version")
+        if not isinstance(m, dict):
+            raise CollectionError(f"the collection cache {self.state_dir} is damaged (bad {MANIFEST}); {fix}")
+        version = m.get("format_version")
         if version != FORMAT_VERSION:
             raise CollectionError(f"the collection cache {self.state_dir} has format version {version}, this "
                                   f"program uses {FORMAT_VERSION}; {fix}")
-        if state.get("identity") != self._identity:
+        if m.get("identity") != self._identity:
             raise CollectionError(f"the collection cache {self.state_dir} was made with another model or "
-                                  f"descriptor ({state.get('identity')}, expected {self._identity}); {fix}")
+                                  f"descriptor ({m.get('identity')}, expected {self._identity}); {fix}")
+        return m
+
+    def _load(self, verify: bool = True) -> None:
+        fix = self._fix()
+        m = self._read_manifest()
         try:
-            with np.load(gdir / "arrays.npz", allow_pickle=False) as z:
-                vectors, ids = z["vectors"], z["ids"].astype(np.int64)
-                sizes, mtimes = z["sizes"].astype(np.int64), z["mtimes"].astype(np.int64)
-            paths = list(state["paths"])
-            skipped = {s["path"]: SkippedFile(**s) for s in state["skipped"]}
-            next_id = int(state["next_id"])
-            index_kind, index_params = state["index_kind"], dict(state["index_params"])
+            commit = int(m["commit"])
+            segments = list(m["segments"])
+            removed = {int(i) for i in m["removed"]}
+            skipped = {str(s["path"]): SkippedFile(str(s["path"]), str(s["reason"]), int(s["size"]),
+                                                   int(s["mtime_ns"])) for s in m["skipped"]}
+            next_id = int(m["next_id"])
+            dim = None if m["dim"] is None else int(m["dim"])
+            index_kind, index_params = str(m["index_kind"]), dict(m["index_params"])
+            graph = m.get("graph")
+            total_files = m.get("total_files")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CollectionError(f"the collection manifest in {self.state_dir} is damaged ({exc}); {fix}") from exc
+        rows = _Rows(dim)
+        try:
+            for seg in segments:
+                meta_path = _check_entry(self.state_dir, seg["meta"], "the collection file")
+                vec_path = self.state_dir / str(seg["vectors"]["file"])
+                if verify:
+                    _check_entry(self.state_dir, seg["vectors"], "the collection file")
+                elif not vec_path.is_file() or vec_path.stat().st_size != int(seg["vectors"]["bytes"]):
+                    raise CollectionError(f"the collection file {vec_path} is missing or truncated")
+                with np.load(meta_path, allow_pickle=False) as z:
+                    ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
+                    paths = [str(p) for p in z["paths"].tolist()]
+                vecs = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+                n = len(paths)
+                if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or vecs.shape != (n, dim):
+                    raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
+                rows.append(ids, _from_store(vecs), paths, sizes, mtimes)
+        except CollectionError as exc:
+            raise CollectionError(f"{exc}; {fix}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CollectionError(f"the collection data in {gdir} is damaged ({exc}); {fix}") from exc
-        n = len(paths)
-        if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or vectors.ndim != 2 or vectors.shape[0] != n:
-            raise CollectionError(f"the collection data in {gdir} is inconsistent; {fix}")
-        index = None
-        if (gdir / "index").exists():
-            try:
-                index = load_index(gdir / "index", verify=verify)
-            except IndexCorruptError as exc:
-                raise CollectionError(f"the index of the collection is damaged ({exc}); {fix}") from exc
-            if len(index) != n or index.dim != vectors.shape[1]:
-                raise CollectionError(f"the index in {gdir} does not match its vectors; {fix}")
-        elif n:
-            raise CollectionError(f"the collection cache {gdir} has vectors but no index; {fix}")
-        self._paths, self._ids, self._sizes, self._mtimes = paths, ids, sizes, mtimes
-        self._vectors = vectors.astype(np.float32, copy=False) if n or vectors.shape[1] else None
-        self._skipped, self._next_id = skipped, next_id
-        self.index_kind, self.index_params = index_kind, index_params
-        self._index, self._exact = index, None
-        self.generation = gen
+            raise CollectionError(f"the collection data in {self.state_dir} is damaged ({exc}); {fix}") from exc
+        if np.unique(rows.ids).size != rows.n or not removed <= set(rows.ids.tolist()):
+            raise CollectionError(f"the collection data in {self.state_dir} is inconsistent; {fix}")
+        live = ~np.isin(rows.ids, np.fromiter(removed, np.int64, len(removed)))
+        # the removed rows are kept aside until the graph that may still hold them is rebuilt
+        removed_vectors = {int(rows.ids[j]): rows.vectors[j].copy() for j in np.flatnonzero(~live)}
+        rows.keep(live)
+        with self._lock:
+            self._rows, self._segments, self._removed = rows, segments, removed
+            self._removed_vectors = removed_vectors
+            self._skipped, self._next_id = skipped, next_id
+            self.index_kind, self.index_params = index_kind, index_params
+            self._index, self._exact = None, None
+            self._graph_info = graph if isinstance(graph, dict) else None
+            self._graph_pending = self._graph_info
+            self._unsaved = 0
+            self._commit = self._base_commit = commit
+            self.total_files = int(total_files) if isinstance(total_files, int) else None
+            self.generation = f"commit-{commit:06d}"
 
     # --- properties -----------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._paths)
+        return self._rows.n
 
     @property
     def paths(self) -> list[str]:
         """Absolute paths, row i for ``vectors[i]``."""
-        return [str(self.folder / p) for p in self._paths]
+        return [str(self.folder / p) for p in self._rows.paths]
 
     @property
     def relpaths(self) -> list[str]:
         """Paths relative to the folder (POSIX separators)."""
-        return list(self._paths)
+        return list(self._rows.paths)
 
     @property
     def labels(self) -> list[str | None]:
         """The sub-folder name of each image (None for files directly in the folder)."""
-        return [_label_of(p) for p in self._paths]
+        return [_label_of(p) for p in self._rows.paths]
 
     @property
     def vectors(self) -> np.ndarray:
         """(N, D) float32 L2-normalised descriptors ((0, 0) before the first update)."""
-        return self._vectors if self._vectors is not None else np.zeros((0, 0), np.float32)
+        return self._rows.vectors if self._rows.dim is not None else np.zeros((0, 0), np.float32)
 
     @property
     def dim(self) -> int | None:
-        return None if self._vectors is None else int(self._vectors.shape[1])
+        return self._rows.dim
 
     @property
     def skipped(self) -> list[SkippedFile]:
@@ -372,26 +500,31 @@ class Collection:
 
     @property
     def index(self) -> VectorIndex | None:
-        return self._index
+        with self._lock:
+            return self._live_index()
 
     @property
     def is_saved(self) -> bool:
-        """True once a state has been saved (or loaded)."""
+        """True once a commit has been written (or loaded)."""
         return self.generation is not None
 
-    # --- scanning and updating --------------------------------------------------------------------
-    def _scan_stats(self) -> dict[str, tuple[int, int]]:
+    # --- scanning ----------------------------------------------------------------------------------
+    def _scan_stats(self, skipped: list[tuple[str, str]] | None = None) -> dict[str, tuple[int, int]]:
         from engine.images import scan_images
 
         out = {}
-        for p in scan_images(self.folder):
-            with contextlib.suppress(OSError):  # vanished between listing and stat
+        for p in scan_images(self.folder, skipped=skipped):
+            try:
                 out[p.relative_to(self.folder).as_posix()] = _stat(p)
+            except OSError as exc:  # vanished between listing and stat, or unreadable
+                if skipped is not None:
+                    skipped.append((str(p), f"cannot read file information ({exc.strerror or exc})"))
         return out
 
     def _diff(self, current: dict[str, tuple[int, int]]) -> ChangeSet:
+        r = self._rows
         known: dict[str, tuple[int, int]] = {
-            p: (int(s), int(m)) for p, s, m in zip(self._paths, self._sizes, self._mtimes, strict=True)}
+            p: (int(s), int(m)) for p, s, m in zip(r.paths, r.sizes, r.mtimes, strict=True)}
         known.update({p: (s.size, s.mtime_ns) for p, s in self._skipped.items()})
         cs = ChangeSet()
         for p, st in current.items():
@@ -406,108 +539,76 @@ class Collection:
         """Compare the folder with the saved state by size and mtime (stats only, no image is read)."""
         return self._diff(self._scan_stats())
 
+    # --- updating -----------------------------------------------------------------------------------
     def update(self, descriptor_model: Any, *, device: str = "cpu", batch_size: int = 32, num_workers: int = 0,
-               progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> UpdateReport:
+               progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
+               features: Any = None, decode_threads: int | None = None,
+               commit_every: int = COMMIT_EVERY_IMAGES, commit_seconds: float = COMMIT_EVERY_SECONDS
+               ) -> UpdateReport:
         """Bring the collection up to date with its folder: extract only added and changed files with
-        ``descriptor_model`` ((B, 3, S, S) -> (B, D), see engine.extraction), drop removed ones, update
-        the index and save a new generation. Cancelled (``should_stop``) -> nothing is changed, in memory
-        or on disk, and ``report.cancelled`` is True. Failed files go to :attr:`skipped`."""
-        start = time.perf_counter()
-        current = self._scan_stats()
-        changes = self._diff(current)
-        report = UpdateReport(len(changes.added), len(changes.changed), len(changes.removed))
-        if not changes and self.is_saved:
-            report.total, report.seconds = len(self), time.perf_counter() - start
-            return report
-        from engine.extraction import extract_descriptors  # torch: only when there is work
+        ``descriptor_model`` (a models.descriptors.DescriptorModel: ``describe(fmap)`` on the feature map
+        of ``features(x)``, by default its backbone's ``forward_features``; see engine.runtime), drop
+        removed ones, and commit every ``commit_every`` images or ``commit_seconds`` seconds.
 
-        if descriptor_model is None:
-            raise ValueError("the folder has changed: update() needs a descriptor model (ModelSpec.build())")
-        todo = changes.added + changes.changed
-        result = extract_descriptors(
-            descriptor_model, [self.folder / p for p in todo], image_size=self.model_spec.image_size,
-            crop_fraction=self.model_spec.crop_fraction, batch_size=batch_size, num_workers=num_workers,
-            device=device, progress=progress, should_stop=should_stop)
-        report.extracted = len(result.paths) + len(result.skipped)
-        if result.cancelled:
-            report.cancelled, report.total = True, len(self)
-            report.seconds = time.perf_counter() - start
-            return report
-        new = result.vectors.astype(np.float32, copy=False)
-        if new.size:  # the contract says L2-normalised; make sure (search and QE rely on it)
-            new = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
-        if new.shape[0] and self._vectors is not None and new.shape[1] != self._vectors.shape[1]:
-            raise CollectionError(f"the model gives {new.shape[1]}-d vectors but the collection holds "
-                                  f"{self._vectors.shape[1]}-d ones; {self._fix()}")
-        rel = {str(self.folder / p): p for p in todo}
-        new_paths = [rel[str(Path(p))] for p in result.paths]
-        report.skipped = [SkippedFile(rel[str(Path(s.path))], s.reason, *current[rel[str(Path(s.path))]])
-                          for s in result.skipped]
-        try:
-            self._apply(changes, new_paths, new, report.skipped, current)
-            if progress is not None:
-                progress(len(todo), len(todo), "updating the search index and saving")
-            self._save()
-        except BaseException:
-            self._recover()
-            raise
-        report.total, report.saved = len(self), True
-        report.seconds = time.perf_counter() - start
-        return report
+        Work is kept as it is done: a cancel (``should_stop``), an error or a kill keeps every commit
+        made; the next update continues from there. ``report.cancelled`` says it stopped early.
+        Failed files go to :attr:`skipped`. See :func:`update_collections` for several descriptors
+        from one backbone pass."""
+        return update_collections([(self, descriptor_model)], device=device, batch_size=batch_size,
+                                  num_workers=num_workers, progress=progress, should_stop=should_stop,
+                                  features=features, decode_threads=decode_threads, commit_every=commit_every,
+                                  commit_seconds=commit_seconds)[0]
 
-    def _apply(self, changes: ChangeSet, new_paths: list[str], new: np.ndarray, skipped: list[SkippedFile],
-               current: dict[str, tuple[int, int]]) -> None:
-        """Replace the rows of removed/changed files by the new rows, in memory, index included."""
+    def _begin(self, current: dict[str, tuple[int, int]], changes: ChangeSet) -> None:
+        """Drop removed and changed files from memory (committed with the first commit)."""
         gone = set(changes.removed) | set(changes.changed)
-        keep = np.array([p not in gone for p in self._paths], bool)
-        drop_ids = self._ids[~keep]
-        new_ids = np.arange(self._next_id, self._next_id + len(new_paths), dtype=np.int64)
-        if self._vectors is None and new.shape[0]:
-            self._vectors = np.zeros((0, new.shape[1]), np.float32)
-        if self._index is None and self._vectors is not None:
-            self._index = make_index(self.index_kind, "cosine", dim=self._vectors.shape[1], **self.index_params)
-        if self._index is not None:
-            if drop_ids.size:
-                self._index.remove(drop_ids)
-            if new_ids.size:
-                self._index.add(new, new_ids)
-        self._paths = [p for p, k in zip(self._paths, keep, strict=True) if k] + new_paths
-        self._ids = np.concatenate([self._ids[keep], new_ids])
-        self._sizes = np.concatenate([self._sizes[keep], np.array([current[p][0] for p in new_paths], np.int64)])
-        self._mtimes = np.concatenate([self._mtimes[keep], np.array([current[p][1] for p in new_paths], np.int64)])
-        if self._vectors is not None:
-            self._vectors = np.concatenate([self._vectors[keep], new.reshape(-1, self._vectors.shape[1])])
-        self._next_id += len(new_paths)
-        for p in gone:
-            self._skipped.pop(p, None)
-        for s in skipped:
-            self._skipped[s.path] = s
-        self._exact = None
+        with self._lock:
+            if gone:
+                mask = np.array([p not in gone for p in self._rows.paths], bool)
+                dropped = self._rows.ids[~mask]
+                for j in np.flatnonzero(~mask):
+                    self._removed_vectors[int(self._rows.ids[j])] = self._rows.vectors[j].copy()
+                index = self._live_index()
+                if index is not None and dropped.size:
+                    index.remove(dropped)
+                self._removed.update(int(i) for i in dropped)
+                self._rows.keep(mask)
+                self._unsaved = min(self._unsaved, self._rows.n)
+                for p in gone:
+                    self._skipped.pop(p, None)
+                self._exact = None
+            self.total_files = len(current)
 
-    def _recover(self) -> None:
-        """After a failed update: back to the saved state (or empty when there is none)."""
-        identity = self._identity
-        self._reset()
-        self._identity = identity
-        if (self.state_dir / CURRENT).exists():
-            with contextlib.suppress(CollectionError):
-                self._load(verify=False)
+    def _append(self, relpaths: list[str], vectors: np.ndarray, skipped: list[SkippedFile],
+                current: dict[str, tuple[int, int]]) -> None:
+        """Add extracted rows (vectors (n, D), L2-normalised here, stored as float16) in memory."""
+        new = np.asarray(vectors, np.float32)
+        if new.shape[0]:
+            new = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+            new = _from_store(new.astype(STORE_DTYPE))  # what a reload gives, exactly
+            if self._rows.dim is not None and new.shape[1] != self._rows.dim:
+                raise CollectionError(f"the model gives {new.shape[1]}-d vectors but the collection holds "
+                                      f"{self._rows.dim}-d ones; {self._fix()}")
+        with self._lock:
+            ids = np.arange(self._next_id, self._next_id + len(relpaths), dtype=np.int64)
+            if len(relpaths):
+                if self._rows.dim is None:
+                    self._rows.dim = int(new.shape[1])
+                index = self._live_index(create=True)  # before the rows grow: it indexes the rows it finds
+                self._rows.append(ids, new, relpaths, np.array([current[p][0] for p in relpaths], np.int64),
+                                  np.array([current[p][1] for p in relpaths], np.int64))
+                index.add(new, ids)
+                self._next_id += len(relpaths)
+                self._unsaved += len(relpaths)
+                self._exact = None
+            for s in skipped:
+                self._skipped[s.path] = s
 
-    # --- saving -----------------------------------------------------------------------------------
-    def _generations(self) -> list[int]:
-        if not self.state_dir.is_dir():
-            return []
-        out = []
-        for p in self.state_dir.iterdir():
-            m = _GEN_RE.match(p.name)
-            if m:
-                out.append(int(m.group(1)))
-        return out
-
+    # --- committing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self):
-        """An exclusive lock on the state folder (POSIX flock) so that two processes saving the same
-        collection do not pick the same generation or delete each other's folder mid-write."""
+        """An exclusive lock on the state folder (POSIX flock) so that two processes committing the same
+        collection do not interleave."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             import fcntl
@@ -521,85 +622,209 @@ class Collection:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def _save(self) -> None:
-        with self._locked():
-            self._save_locked()
+    def commit(self, *, final: bool = True) -> None:
+        """Write what changed since the last commit: the new rows as one segment (float16 vectors and
+        their paths), a rebuilt graph when ``final`` and the thresholds ask for one, then the manifest
+        (atomically, the switch), then delete files no longer named by this or the previous commit.
 
-    def _save_locked(self) -> None:
-        """Write a new generation folder completely, then switch CURRENT to it, then delete the others."""
-        meta = self.state_dir.parent / "folder.txt"
+        Under the folder's lock, a commit refuses (CollectionError) when another process committed
+        since this object's state was read: that run's work would otherwise be lost. On an error (disk
+        full...) the files of this commit are removed and the last commit stays as it was."""
+        with self._locked(), self._lock:
+            on_disk = self._disk_commit()
+            if on_disk != self._base_commit:
+                raise CollectionError(
+                    f"another run changed the collection of {self.folder} while this one worked (commit "
+                    f"{on_disk}, this run continued commit {self._base_commit}); nothing of this run after "
+                    "its last commit was saved: run `retrieval-explorer index` again, it continues from there")
+            written: list[Path] = []
+            try:
+                self._commit_locked(final, written)
+            except BaseException as exc:
+                for p in written:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                if isinstance(exc, OSError):
+                    raise CollectionError(
+                        f"cannot save the collection of {self.folder} ({exc.strerror or exc}); the last "
+                        f"commit ({self.generation or 'none'}) is kept and the next run continues from it"
+                    ) from exc
+                raise
+
+    def _commit_locked(self, final: bool, written: list[Path]) -> None:
+        folder = self.state_dir
+        meta = folder.parent / "folder.txt"
         if not meta.exists():
             atomic_write_text(meta, str(self.folder) + "\n")
-        gen = f"gen-{max(self._generations(), default=0) + 1:06d}"
-        gdir = self.state_dir / gen
-        if gdir.exists():
-            shutil.rmtree(gdir)
-        gdir.mkdir()
-        vectors = self._vectors if self._vectors is not None else np.zeros((0, 0), np.float32)
-        with open(gdir / "arrays.npz", "wb") as fh:
-            np.savez(fh, vectors=vectors, ids=self._ids, sizes=self._sizes, mtimes=self._mtimes)
-        state = {
+        number = self._commit + 1
+        token = secrets.token_hex(4)
+        segments = list(self._segments)
+        removed = set(self._removed)
+        rows = self._rows
+        index = self._live_index()
+        rebuilt = False
+        if final and isinstance(index, HnswIndex):
+            rebuilt = index.maybe_rebuild()
+        # removed rows may leave the segments once no graph row refers to them, at a rebuild or in bulk
+        droppable = not isinstance(index, HnswIndex) or index.tombstones == 0
+        if removed and droppable and (rebuilt or len(removed) > COMPACT_SHARE * max(rows.n, 1)):  # one segment of the live rows; the removed rows are gone for good
+            segments, removed, first = [], set(), 0
+        else:
+            first = rows.n - self._unsaved
+        if rows.n - first > 0:
+            stem = f"seg-{number:06d}-{token}"
+            sl = slice(first, rows.n)
+
+            def save_meta(path: Path, sl: slice = sl) -> None:
+                with open(path, "wb") as fh:
+                    np.savez(fh, ids=rows.ids[sl], sizes=rows.sizes[sl], mtimes=rows.mtimes[sl],
+                             paths=np.array(rows.paths[sl], dtype=str))
+
+            def save_vectors(path: Path, sl: slice = sl) -> None:
+                with open(path, "wb") as fh:
+                    np.save(fh, rows.vectors[sl].astype(STORE_DTYPE), allow_pickle=False)
+
+            written += [folder / f"{stem}.meta.npz", folder / f"{stem}.npy"]
+            segments.append({"rows": rows.n - first,
+                             "meta": _write_entry(folder / f"{stem}.meta.npz", save_meta),
+                             "vectors": _write_entry(folder / f"{stem}.npy", save_vectors)})
+        graph = self._graph_info
+        if isinstance(index, HnswIndex) and index.rebuilds != self._graph_saved_rebuilds \
+                and self._graph_pending is None:
+            written += [folder / f"graph-{number:06d}-{token}.bin", folder / f"graph-{number:06d}-{token}.ids.npy"]
+            graph = index.save_graph(folder, f"graph-{number:06d}-{token}")
+        elif index is None or not isinstance(index, HnswIndex):
+            graph = None
+        manifest = {
             "format": "retrieval-explorer-collection",
             "format_version": FORMAT_VERSION,
+            "commit": number,
             "identity": self._identity,
             "model_spec": asdict(self.model_spec),
             "folder": str(self.folder),
-            "count": len(self),
-            "dim": self.dim,
+            "count": rows.n,
+            "dim": rows.dim,
+            "dtype": np.dtype(STORE_DTYPE).name,
             "next_id": self._next_id,
             "index_kind": self.index_kind,
             "index_params": self.index_params,
-            "paths": self._paths,
+            "segments": segments,
+            "removed": sorted(removed),
+            "graph": graph,
             "skipped": [asdict(s) for s in self._skipped.values()],
+            "total_files": self.total_files,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (gdir / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        files = ["arrays.npz", "state.json"]
-        if self._index is not None:
-            self._index.save(gdir / "index")
-        _fsync_tree(gdir)
-        manifest = {"files": {n: {"size": (gdir / n).stat().st_size, "sha256": sha256_file(gdir / n)} for n in files}}
-        atomic_write_text(gdir / "manifest.json", json.dumps(manifest, indent=1))
-        atomic_write_text(self.state_dir / CURRENT, json.dumps({"generation": gen}))  # the switch
-        self.generation = gen
-        for p in self.state_dir.iterdir():  # older generations and leftovers of crashed saves
-            if p.name != gen and p.is_dir() and p.name.startswith("gen-"):
-                shutil.rmtree(p, ignore_errors=True)
+        previous = self._named_files()
+        atomic_write_text(folder / MANIFEST, json.dumps(manifest))  # the switch
+        written.clear()
+        self._segments, self._graph_info, self._commit = segments, graph, number
+        self._base_commit = number
+        if isinstance(index, HnswIndex):
+            self._graph_saved_rebuilds = index.rebuilds
+        if not removed:
+            self._removed_vectors = {}
+        self._removed, self._unsaved = removed, 0
+        self.generation = f"commit-{number:06d}"
+        self._collect(previous | self._named_files())
 
-    # --- searching --------------------------------------------------------------------------------
+    def _named_files(self) -> set[str]:
+        names = set()
+        for seg in self._segments:
+            names.update((seg["meta"]["file"], seg["vectors"]["file"]))
+        if self._graph_info:
+            names.update((self._graph_info["graph"]["file"], self._graph_info["ids"]["file"]))
+        return names
+
+    def _collect(self, keep: set[str]) -> None:
+        """Delete what no recent commit names: older segments and graphs, leftovers of a crash, the
+        folders of the old format. The previous commit's files stay, for readers still on it."""
+        keep = keep | {MANIFEST, ".lock"}
+        for p in self.state_dir.iterdir():
+            if p.name in keep:
+                continue
+            if p.is_dir() and p.name.startswith("gen-"):
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file() and (p.name.startswith(("seg-", "graph-", ".manifest.json.")) or p.name == LEGACY_CURRENT):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    # --- the index ----------------------------------------------------------------------------------
+    def _live_index(self, create: bool = False) -> VectorIndex | None:
+        """The vector index over the live rows (a saved graph is loaded on first use; a damaged one is
+        rebuilt from the stored vectors). Call with ``self._lock`` held."""
+        if self._index is None and self._graph_pending is not None and self._rows.n:
+            info, self._graph_pending = self._graph_pending, None
+            try:
+                self._index = HnswIndex.restore(
+                    self.state_dir, info, dim=self._rows.dim, metric="cosine", vectors_of=self._stored_vectors,
+                    live_ids=self._rows.ids, live_vectors=self._rows.vectors)
+                self._index.rebuild_on_query = False
+                self._graph_saved_rebuilds = self._index.rebuilds
+            except (IndexCorruptError, OSError, KeyError, ValueError) as exc:
+                log.warning("%s: the search graph is rebuilt from the stored vectors", exc)
+                self._index = None
+        if self._index is None and (self._rows.n or create) and self._rows.dim is not None:
+            self._index = make_index(self.index_kind, "cosine", dim=self._rows.dim, **self.index_params)
+            if isinstance(self._index, HnswIndex):
+                self._index.rebuild_on_query = False
+            if self._rows.n:
+                self._index.add(self._rows.vectors, self._rows.ids)
+                if isinstance(self._index, HnswIndex):
+                    self._index.rebuild()
+        self._graph_pending = None
+        return self._index
+
+    def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors of stored ids, live or removed-but-kept: (n, D)."""
+        out = np.empty((len(ids), self._rows.dim), np.float32)
+        rows = np.searchsorted(self._rows.ids, ids)
+        rows = np.minimum(rows, max(self._rows.n - 1, 0))
+        live = (self._rows.n > 0) & (self._rows.ids[rows] == ids) if self._rows.n else np.zeros(len(ids), bool)
+        out[live] = self._rows.vectors[rows[live]]
+        for j in np.flatnonzero(~live):
+            v = self._removed_vectors.get(int(ids[j]))
+            if v is None:
+                raise IndexCorruptError(f"the graph names id {int(ids[j])}, which no segment holds")
+            out[j] = v
+        return out
+
     def _exact_index(self) -> VectorIndex:
         if self._exact is None:
             ex = make_index("exact", "cosine", dim=self.vectors.shape[1])
-            ex.add(self.vectors, self._ids)
+            ex.add(self.vectors, self._rows.ids)
             self._exact = ex
         return self._exact
 
     def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors (n, D) of index ids (n,)."""
-        rows = np.searchsorted(self._ids, ids)  # ids are increasing along the rows
+        rows = np.searchsorted(self._rows.ids, ids)  # ids are increasing along the rows
         return self.vectors[rows]
 
+    # --- searching --------------------------------------------------------------------------------
     def search_many(self, queries: np.ndarray, options: SearchOptions | None = None) -> list[list[SearchHit]]:
-        """Search (Q, D) query vectors; per query a ranked list of hits."""
+        """Search (Q, D) query vectors; per query a ranked list of hits (from the rows indexed so far)."""
         options = options or SearchOptions()
-        if self._index is None or len(self) == 0:
-            raise CollectionError(f"the collection of {self.folder} has no indexed image yet; run "
-                                  f"`retrieval-explorer index {self.folder}` (or update it) first")
-        q = np.asarray(queries, np.float32)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"query vectors must have shape (Q, {self.dim}), got {tuple(np.shape(queries))}")
-        results = search_vectors(q, options, index=self._index,
-                                 exact_index=self._exact_index() if options.exact else None,
-                                 fetch_vectors=self.vectors_for_ids)
-        out = []
-        for ids, scores in results:
-            rows = np.searchsorted(self._ids, ids)
-            out.append([SearchHit(str(self.folder / self._paths[r]), self._paths[r], float(s), rank + 1,
-                                  _label_of(self._paths[r]))
-                        for rank, (r, s) in enumerate(zip(rows, scores, strict=True))])
-        return out
+        with self._lock:
+            index = self._live_index()
+            if index is None or len(self) == 0:
+                raise CollectionError(f"the collection of {self.folder} has no indexed image yet; run "
+                                      f"`retrieval-explorer index {self.folder}` (or update it) first")
+            q = np.asarray(queries, np.float32)
+            if q.ndim == 1:
+                q = q[None, :]
+            if q.ndim != 2 or q.shape[1] != self.dim:
+                raise ValueError(f"query vectors must have shape (Q, {self.dim}), got {tuple(np.shape(queries))}")
+            results = search_vectors(q, options, index=index,
+                                     exact_index=self._exact_index() if options.exact else None,
+                                     fetch_vectors=self.vectors_for_ids)
+            out = []
+            for ids, scores in results:
+                rows = np.searchsorted(self._rows.ids, ids)
+                paths = self._rows.paths
+                out.append([SearchHit(str(self.folder / paths[r]), paths[r], float(s), rank + 1, _label_of(paths[r]))
+                            for rank, (r, s) in enumerate(zip(rows, scores, strict=True))])
+            return out
 
     def search(self, query: np.ndarray, options: SearchOptions | None = None) -> list[SearchHit]:
         """Search one query vector (D,) -> ranked hits."""
@@ -610,6 +835,118 @@ class Collection:
 
     def __repr__(self) -> str:
         return f"Collection({str(self.folder)!r}, n={len(self)}, key={self.state_dir.name!r})"
+
+
+def _compatible(collections: Sequence[Collection]) -> None:
+    first = collections[0].model_spec
+    for c in collections[1:]:
+        s = c.model_spec
+        if (c.folder, s.backbone, s.weights, s.image_size, s.crop_fraction) != \
+                (collections[0].folder, first.backbone, first.weights, first.image_size, first.crop_fraction):
+            raise ValueError("update_collections needs collections of one folder seen through one backbone "
+                             "(same weights, image size and crop); only the descriptor may differ")
+
+
+def update_collections(
+    pairs: Sequence[tuple[Collection, Any]], *, device: str = "cpu", batch_size: int = 32, num_workers: int = 0,
+    progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None, features: Any = None,
+    decode_threads: int | None = None, commit_every: int = COMMIT_EVERY_IMAGES,
+    commit_seconds: float = COMMIT_EVERY_SECONDS,
+) -> list[UpdateReport]:
+    """Update several collections of one folder and one backbone (one per descriptor) from ONE pass of
+    the backbone per image: ``pairs`` of (collection, DescriptorModel); each model's ``describe`` runs
+    on the shared feature map of ``features(x (B, 3, S, S)) -> (B, C, h, w)`` (default: the first
+    model's backbone in torch; engine.runtime gives faster CPU runners). Each collection extracts only
+    what it lacks; the union is read once. Commits as :meth:`Collection.update` says."""
+    from engine.callbacks import resolve
+
+    if not pairs:
+        return []
+    collections = [c for c, _ in pairs]
+    _compatible(collections)
+    report_progress, stop = resolve(progress, should_stop)
+    start = time.perf_counter()
+    scan_skipped: list[tuple[str, str]] = []
+    current = collections[0]._scan_stats(scan_skipped)
+    reports, todos = [], []
+    for c in collections:
+        changes = c._diff(current)
+        reports.append(UpdateReport(len(changes.added), len(changes.changed), len(changes.removed),
+                                    unreadable=list(scan_skipped)))
+        todos.append(set(changes.added) | set(changes.changed))
+        c._begin(current, changes)
+    union = sorted(set().union(*todos), key=lambda p: p.split("/"))
+    needs_commit = [bool(t) or bool(r.removed) or not c.is_saved for c, t, r in zip(collections, todos, reports,
+                                                                                       strict=True)]
+    if union:
+        import torch
+
+        if any(m is None for _, m in pairs):
+            raise ValueError("the folder has changed: update needs a descriptor model (ModelSpec.build())")
+        from engine.extraction import _input_spec, iter_extract
+
+        first_model = pairs[0][1]
+        models = [m.to(device).eval() for _, m in pairs]
+        # DescriptorModels share one backbone pass; any other model ((B, 3, S, S) -> (B, D)) runs whole
+        shared = all(hasattr(m, "describe") and hasattr(m, "backbone") for m in models)
+        run = features or (first_model.backbone.forward_features if shared else (lambda x: x))
+        heads = {i: (m.describe if shared else m) for i, m in enumerate(models)}
+        wanted = [np.array([p in t for p in union], bool) for t in todos]
+        size, mean, std = _input_spec(first_model, collections[0].model_spec.image_size)
+
+        def compute(x: torch.Tensor) -> dict[int, torch.Tensor]:
+            fmap = run(x)
+            return {i: h(fmap) for i, h in heads.items()}
+
+        last_commit = time.monotonic()
+        since = [0] * len(collections)
+        pos = {p: j for j, p in enumerate(union)}
+        total = len(union)
+        report_progress(0, total, "extracting")
+        for batch in iter_extract([collections[0].folder / p for p in union], compute, image_size=size,
+                                  mean=mean, std=std, crop_fraction=collections[0].model_spec.crop_fraction,
+                                  batch_size=batch_size, num_workers=num_workers, decode_threads=decode_threads,
+                                  device=device):
+            rel = [Path(p).relative_to(collections[0].folder).as_posix() for p in batch.paths]
+            bad = [(Path(s.path).relative_to(collections[0].folder).as_posix(), s.reason) for s in batch.skipped]
+            for i, c in enumerate(collections):
+                keep = [j for j, p in enumerate(rel) if wanted[i][pos[p]]]
+                skipped = [SkippedFile(p, r, *current[p]) for p, r in bad if wanted[i][pos[p]]]
+                vecs = batch.vectors[i][keep] if keep else np.zeros((0, 0), np.float32)
+                c._append([rel[j] for j in keep], vecs, skipped, current)
+                reports[i].extracted += len(keep) + len(skipped)
+                reports[i].skipped.extend(skipped)
+                since[i] += len(keep) + len(skipped)
+            stopping = batch.done < total and stop()
+            due = time.monotonic() - last_commit >= commit_seconds
+            for i, c in enumerate(collections):
+                if since[i] and (since[i] >= commit_every or due or stopping):
+                    c.commit(final=False)
+                    reports[i].saved, since[i] = True, 0
+                    needs_commit[i] = False
+            if due:
+                last_commit = time.monotonic()
+            indexed = len(collections[0])
+            report_progress(batch.done, total, f"{indexed:,} indexed" + (
+                f", {sum(len(r.skipped) for r in reports[:1])} skipped" if reports[0].skipped else ""))
+            if stopping:
+                for r in reports:
+                    r.cancelled = True
+                break
+    for i, c in enumerate(collections):
+        if not reports[i].cancelled and (needs_commit[i] or _has_uncommitted(c)):
+            report_progress(len(union), len(union), "updating the search index and saving")
+            c.commit(final=True)
+            reports[i].saved = True
+        reports[i].total = len(c)
+        reports[i].seconds = time.perf_counter() - start
+    return reports
+
+
+def _has_uncommitted(c: Collection) -> bool:
+    """True when ``c`` holds rows or removals not yet committed, or its graph is due for a rebuild."""
+    index = c._index
+    return bool(c._unsaved) or (isinstance(index, HnswIndex) and index.needs_rebuild())
 
 
 def evaluate_collection(collection: Collection, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, Any]:

@@ -62,20 +62,24 @@ class ExtractionResult:
 
 # --- the data side -------------------------------------------------------------------------------
 class ImageFileDataset(Dataset):
-    """Item i -> (i, tensor (3, S, S)) or (i, reason: str) when the file cannot be used."""
+    """Item i -> (i, tensor (3, S, S)) or (i, reason: str) when the file cannot be used.
+
+    ``min_side``: decode at least this many pixels on the shorter side (JPEG DCT scaling, see
+    engine.images.load_image); None decodes in full."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Any], torch.Tensor],
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.max_pixels = max_pixels
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
         try:
-            img = load_image(self.paths[i], max_pixels=self.max_pixels)
+            img = load_image(self.paths[i], max_pixels=self.max_pixels, min_side=self.min_side)
             return i, self.transform(img)
         except ImageLoadError as exc:
             return i, exc.reason
@@ -105,28 +109,69 @@ def _input_spec(model: nn.Module, image_size: int | None) -> tuple[int, tuple, t
     return int(size), mean, std
 
 
+def default_decode_threads() -> int:
+    """Decoding threads beside inference: one per core, at least one (PIL releases the GIL)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _threaded_items(dataset: ImageFileDataset, threads: int, ahead: int) -> Iterator[tuple[int, torch.Tensor | str]]:
+    """The dataset's items in order, decoded by ``threads`` threads at most ``ahead`` items in advance."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        queue: collections.deque = collections.deque()
+        nxt = 0
+        try:
+            while nxt < len(dataset) or queue:
+                while nxt < len(dataset) and len(queue) < ahead:
+                    queue.append(pool.submit(dataset.__getitem__, nxt))
+                    nxt += 1
+                yield queue.popleft().result()
+        finally:  # a consumer that stops early: do not decode the rest
+            for f in queue:
+                f.cancel()
+
+
 def _batches(
     paths: Sequence[str], transform: Callable, *, batch_size: int, num_workers: int, device: torch.device,
-    max_pixels: int | None,
+    max_pixels: int | None, min_side: int | None = None, decode_threads: int = 0,
 ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], int]]:
-    """Yield (indices, x on device or None, failures, n_items_in_batch)."""
+    """Yield (indices, x on device or None, failures, n_items_in_batch).
+
+    ``num_workers`` > 0 decodes in DataLoader processes; else ``decode_threads`` > 0 decodes in that
+    many threads (up to two batches ahead) while the caller runs the model; 0 decodes in line."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     cuda = device.type == "cuda"
-    loader = DataLoader(
-        ImageFileDataset(paths, transform, max_pixels=max_pixels),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_drop_failures,
-        pin_memory=cuda,
-    )
-    for idx, x, bad in loader:
+    dataset = ImageFileDataset(paths, transform, max_pixels=max_pixels, min_side=min_side)
+    if num_workers > 0 or decode_threads <= 0:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate_drop_failures, pin_memory=cuda)
+        batches: Iterator = iter(loader)
+    else:
+        def grouped() -> Iterator:
+            items: list = []
+            for item in _threaded_items(dataset, decode_threads, 2 * batch_size):
+                items.append(item)
+                if len(items) == batch_size:
+                    yield collate_drop_failures(items)
+                    items = []
+            if items:
+                yield collate_drop_failures(items)
+
+        batches = grouped()
+    for idx, x, bad in batches:
         if x is not None:
             x = x.to(device, non_blocking=cuda)
         yield idx, x, bad, len(idx) + len(bad)
+
+
+def resize_side(image_size: int, crop_fraction: float = 1.0) -> int:
+    """The shorter side an image is resized to before the centre crop (see build_transform)."""
+    return int(round(image_size / crop_fraction))
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -143,36 +188,75 @@ def _model_dim(model: nn.Module) -> int | None:
 
 
 # --- the public functions ------------------------------------------------------------------------
-def _extract_loop(paths: list[str], transform, compute: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
+@dataclass
+class ExtractedBatch:
+    """One batch of a streamed extraction: ``paths`` (n) with ``vectors[name]`` (n, D) float32 per head,
+    the files of the batch that could not be used, and ``done`` of ``total`` files handled so far."""
+
+    paths: list[str]
+    vectors: dict[str, np.ndarray]
+    skipped: list[SkippedImage]
+    done: int
+    total: int
+
+
+def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
+                 image_size: int, mean: Sequence[float], std: Sequence[float], crop_fraction: float = 1.0,
+                 batch_size: int = 32, num_workers: int = 0, decode_threads: int | None = None,
+                 device: str | torch.device = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 draft: bool = True) -> Iterator[ExtractedBatch]:
+    """Stream ``paths`` through ``compute(x (B, 3, S, S)) -> {name: (B, D)}`` batch by batch.
+
+    Files are decoded at the size the network needs (``draft``: JPEG DCT scaling to the resize side),
+    by ``decode_threads`` threads (None: one per core) while the model runs, or by ``num_workers``
+    DataLoader processes. Bad files are reported in the batch's ``skipped``. The caller decides when
+    to stop: it simply stops iterating."""
+    dev = torch.device(device)
+    transform = build_transform(image_size, mean, std, crop_fraction)
+    paths = [str(p) for p in paths]
+    threads = default_decode_threads() if decode_threads is None else decode_threads
+    min_side = resize_side(image_size, crop_fraction) if draft else None
+    done, total = 0, len(paths)
+    with torch.inference_mode():
+        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
+                                       device=dev, max_pixels=max_pixels, min_side=min_side,
+                                       decode_threads=threads):
+            skipped = [SkippedImage(paths[i], reason) for i, reason in bad]
+            for s in skipped:
+                log.info("skipped %s: %s", s.path, s.reason)
+            vectors = {name: _to_numpy(out) for name, out in compute(x).items()} if x is not None else {}
+            done += n
+            yield ExtractedBatch([paths[i] for i in idx], vectors, skipped, done, total)
+
+
+def _extract_loop(paths: list[str], transform_spec: tuple[int, tuple, tuple, float],
+                  compute: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
                   batch_size: int, num_workers: int, device: torch.device, max_pixels: int | None,
                   report: ProgressFn, stop: ShouldStopFn
                   ) -> tuple[dict[str, list[np.ndarray]], list[str], list[SkippedImage], bool, float]:
-    """The loop both extractors share: batches of ``paths`` through ``compute(x (B, 3, S, S)) -> {name: (B, D)}``.
+    """The loop both extractors share: :func:`iter_extract` collected in memory.
 
-    Bad files are skipped with their reason; ``report`` after every batch; ``stop`` checked between
-    batches. Returns (per name the (B, D) chunks, kept paths, skipped, cancelled, seconds)."""
+    ``report`` after every batch; ``stop`` checked between batches. Returns (per name the (B, D)
+    chunks, kept paths, skipped, cancelled, seconds)."""
+    size, mean, std, crop = transform_spec
     chunks: dict[str, list[np.ndarray]] = {}
     kept: list[str] = []
     skipped: list[SkippedImage] = []
     cancelled = False
-    done, total = 0, len(paths)
+    total = len(paths)
     start = time.perf_counter()
     report(0, total, "extracting")
-    with torch.inference_mode():
-        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                       device=device, max_pixels=max_pixels):
-            for i, reason in bad:
-                skipped.append(SkippedImage(paths[i], reason))
-                log.info("skipped %s: %s", paths[i], reason)
-            if x is not None:
-                for name, out in compute(x).items():
-                    chunks.setdefault(name, []).append(_to_numpy(out))
-                kept.extend(paths[i] for i in idx)
-            done += n
-            report(done, total, f"{len(skipped)} skipped" if skipped else "")
-            if done < total and stop():
-                cancelled = True
-                break
+    for batch in iter_extract(paths, compute, image_size=size, mean=mean, std=std, crop_fraction=crop,
+                              batch_size=batch_size, num_workers=num_workers, device=device,
+                              max_pixels=max_pixels):
+        skipped.extend(batch.skipped)
+        for name, out in batch.vectors.items():
+            chunks.setdefault(name, []).append(out)
+        kept.extend(batch.paths)
+        report(batch.done, total, f"{len(skipped)} skipped" if skipped else "")
+        if batch.done < total and stop():
+            cancelled = True
+            break
     return chunks, kept, skipped, cancelled, time.perf_counter() - start
 
 
@@ -198,11 +282,10 @@ def extract_descriptors(
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
     size, mean, std = _input_spec(model, image_size)
-    transform = build_transform(size, mean, std, crop_fraction)
     paths = [str(p) for p in paths]
     model = model.to(dev).eval()
     chunks, kept, skipped, cancelled, seconds = _extract_loop(
-        paths, transform, lambda x: {"v": model(x)}, batch_size=batch_size, num_workers=num_workers, device=dev,
+        paths, (size, mean, std, crop_fraction), lambda x: {"v": model(x)}, batch_size=batch_size, num_workers=num_workers, device=dev,
         max_pixels=max_pixels, report=report, stop=stop)
     vectors = np.concatenate(chunks["v"]) if chunks.get("v") else _empty(_model_dim(model))
     return ExtractionResult(vectors, kept, skipped, cancelled, seconds)
@@ -230,7 +313,6 @@ def extract_multi(
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
     size, mean, std = _input_spec(backbone, image_size)
-    transform = build_transform(size, mean, std, crop_fraction)
     paths = [str(p) for p in paths]
     backbone = backbone.to(dev).eval()
     for h in heads.values():
@@ -241,7 +323,7 @@ def extract_multi(
         return {name: head.describe(fmap) for name, head in heads.items()}
 
     chunks, kept, skipped, cancelled, seconds = _extract_loop(
-        paths, transform, compute, batch_size=batch_size, num_workers=num_workers, device=dev,
+        paths, (size, mean, std, crop_fraction), compute, batch_size=batch_size, num_workers=num_workers, device=dev,
         max_pixels=max_pixels, report=report, stop=stop)
     return {
         name: ExtractionResult(

@@ -43,6 +43,7 @@ import logging
 import os
 import secrets
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -131,6 +132,15 @@ def _topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int64), np.take_along_axis(s, order, axis=1).astype(np.float32)
 
 
+
+
+def crc32_file(path: str | os.PathLike) -> int:
+    """CRC-32 of a file's bytes (zlib; about 2 GB/s here): catches damage before a C library reads it."""
+    crc = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -409,6 +419,9 @@ class HnswIndex(VectorIndex):
         self._dead: set[int] = set()                         # removed ids still in the graph
         self._dead_mask = np.zeros(0, bool)                  # per graph position
         self.rebuilds = 0                                    # how many times the graph was (re)built
+        #: rebuild at query time when the thresholds say so; a collection sets it False and rebuilds
+        #: explicitly (between commits), so that a query never mutates shared state
+        self.rebuild_on_query = True
 
     # --- parameters ---------------------------------------------------------------------------
     @property
@@ -520,6 +533,85 @@ class HnswIndex(VectorIndex):
         if self.needs_rebuild():
             self._rebuild()
 
+    def maybe_rebuild(self) -> bool:
+        """Rebuild now if the thresholds say so; True when it did."""
+        if self.needs_rebuild():
+            self._rebuild()
+            return True
+        return False
+
+    def graph_ids(self) -> np.ndarray:
+        """The ids in the graph, in graph order (removed ones included until the next rebuild)."""
+        return self._bids.copy()
+
+    # --- graph-only persistence (the vectors are kept by the caller) ------------------------------
+    def save_graph(self, folder: str | os.PathLike, stem: str) -> dict[str, Any] | None:
+        """Write the graph alone (no vectors: the caller stores them) as ``<stem>.bin`` with its ids as
+        ``<stem>.ids.npy``; returns what :meth:`restore` needs (names, sizes, CRC-32), None when there
+        is no graph. The files are fsynced; the caller switches to them with its own manifest."""
+        if self._graph is None:
+            return None
+        folder = Path(folder)
+        graph, ids = f"{stem}.bin", f"{stem}.ids.npy"
+        if self._graph_loaded:  # nmslib 2.1 writes a broken file for an index that came from loadIndex
+            self._graph, self._graph_loaded = self._build_graph(self._bx), False
+            self.rebuilds += 1
+        self._graph.saveIndex(str(folder / graph), save_data=False)
+        np.save(folder / ids, self._bids, allow_pickle=False)
+        info: dict[str, Any] = {"params": self._params()}
+        for key, name in (("graph", graph), ("ids", ids)):
+            fsync_file(folder / name)
+            info[key] = {"file": name, "bytes": (folder / name).stat().st_size, "crc32": crc32_file(folder / name)}
+        return info
+
+    @classmethod
+    def restore(cls, folder: str | os.PathLike, info: dict[str, Any], *, dim: int, metric: str,
+                vectors_of: Any, live_ids: np.ndarray, live_vectors: np.ndarray) -> HnswIndex:
+        """An index from a graph written by :meth:`save_graph`: ``vectors_of(ids (n,)) -> (n, D)`` gives the
+        stored vectors of the graph's ids (removed ones included); live ids that are not in the graph
+        become the pending part. Sizes and CRC-32 are checked before nmslib sees the file: a damaged
+        graph raises IndexCorruptError (the caller rebuilds it from the vectors)."""
+        folder = Path(folder)
+        try:
+            for key in ("graph", "ids"):
+                entry = info[key]
+                p = folder / str(entry["file"])
+                if not p.is_file() or p.stat().st_size != int(entry["bytes"]):
+                    raise IndexCorruptError(f"the HNSW graph file {p} is missing or truncated")
+                if crc32_file(p) != int(entry["crc32"]):
+                    raise IndexCorruptError(f"the HNSW graph file {p} is damaged (checksum mismatch)")
+            params = dict(info["params"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"the HNSW graph entry is damaged ({exc})") from exc
+        index = cls(dim=dim, metric=metric, **params)
+        try:
+            gids = np.load(folder / info["ids"]["file"], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexCorruptError(f"cannot read the HNSW graph ids ({exc})") from exc
+        if gids.ndim != 1 or not np.issubdtype(gids.dtype, np.integer) or np.unique(gids).size != gids.size:
+            raise IndexCorruptError("the HNSW graph ids are damaged")
+        gids = gids.astype(np.int64)
+        bx = np.ascontiguousarray(index._prepare(np.asarray(vectors_of(gids), np.float32)))
+        if bx.shape != (gids.shape[0], dim):
+            raise IndexCorruptError("the HNSW graph does not match the stored vectors")
+        live_ids = np.asarray(live_ids, np.int64)
+        in_graph = np.isin(live_ids, gids)
+        index._bx, index._bids = bx, gids
+        index._dead_mask = ~np.isin(gids, live_ids)
+        index._dead = {int(i) for i in gids[index._dead_mask]}
+        index._px = index._prepare(np.asarray(live_vectors, np.float32)[~in_graph]) if (~in_graph).any() \
+            else np.zeros((0, dim), np.float32)
+        index._pids = live_ids[~in_graph]
+        if gids.shape[0]:
+            g = index._new_graph()
+            g.addDataPointBatch(bx, ids=np.arange(gids.shape[0], dtype=np.int32))
+            g.loadIndex(str(folder / info["graph"]["file"]), load_data=False)
+            if len(g) != gids.shape[0]:
+                raise IndexCorruptError(f"the HNSW graph holds {len(g)} points, expected {gids.shape[0]}")
+            g.setQueryTimeParams({"efSearch": index._ef})
+            index._graph, index._graph_loaded = g, True
+        return index
+
     # --- queries --------------------------------------------------------------------------------
     def _graph_candidates(self, q: np.ndarray, k: int) -> list[np.ndarray]:
         """Per query, up to k live graph positions (approximate nearest first)."""
@@ -551,7 +643,8 @@ class HnswIndex(VectorIndex):
         nq = q.shape[0]
         if k == 0 or nq == 0:
             return np.zeros((nq, k), np.int64), np.zeros((nq, k), np.float32)
-        self._maybe_rebuild()
+        if self.rebuild_on_query:
+            self._maybe_rebuild()
         cands = self._graph_candidates(q, k)
         out_ids = np.zeros((nq, k), np.int64)
         out_s = np.zeros((nq, k), np.float32)

@@ -71,7 +71,7 @@ def test_rebuild_and_errors(cli, image_folder, tmp_path):
     code, _, err = cli("index", str(tmp_path / "nowhere"))
     assert code == 2 and "not found" in err
     # a damaged cache is refused with the fix in the message
-    state = next((tmp_path / "cache").rglob("arrays.npz"))
+    state = next((tmp_path / "cache").rglob("seg-*.npy"))
     state.write_bytes(state.read_bytes()[:50])
     code, _, err = cli("index", str(root))
     assert code == 2 and "--rebuild" in err
