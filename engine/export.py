@@ -17,7 +17,6 @@ import csv
 import datetime as _dt
 import html
 import io
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from engine.atomic import atomic_write_bytes, atomic_write_text
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +89,36 @@ def make_gallery(query_path: str | os.PathLike, hits: Iterable[Any], query_label
 
 
 # ---------------------------------------------------------------------------------------------
-def thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
-    """The image fitted into size x size (RGB, aspect kept); a grey placeholder when unreadable."""
+def _report(skipped: list[tuple[str, str]] | None, path: str | os.PathLike, reason: str) -> None:
+    row = (str(path), reason)
+    if skipped is not None and row not in skipped:
+        log.warning("skipped %s: %s", path, reason)
+        skipped.append(row)
+    elif skipped is None:
+        log.warning("skipped %s: %s", path, reason)
+
+
+def thumbnail(path: str | os.PathLike, size: int, skipped: list[tuple[str, str]] | None = None) -> Image.Image:
+    """The image fitted into size x size (RGB, aspect kept), read by the safe loader (JPEGs decoded at a
+    reduced scale); a grey placeholder when it cannot be read, with ``(path, reason)`` appended to
+    ``skipped`` (once per path and reason) and logged."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.draft("RGB", (size * 2, size * 2))
-            im = im.convert("RGB")
-            im.thumbnail((size, size), Image.Resampling.BILINEAR)
-            return im
-    except Exception as exc:  # unreadable image: the gallery still shows its slot
-        log.warning("cannot read %s: %s", path, exc)
-        return Image.new("RGB", (size, size), (128, 128, 128))
+        im = load_image(path, min_side=max(1, int(size)))
+        im.thumbnail((size, size), Image.Resampling.BILINEAR)
+        return im
+    except ImageLoadError as exc:
+        reason = exc.reason
+    except Exception as exc:  # a thumbnail failure: the gallery still shows its slot
+        reason = f"cannot make a thumbnail ({type(exc).__name__}: {exc})"
+    _report(skipped, path, reason)
+    return Image.new("RGB", (size, size), (128, 128, 128))
 
 
-def jpeg_data_uri(path: str | os.PathLike, size: int = 160, quality: int = 82) -> str:
+def jpeg_data_uri(path: str | os.PathLike, size: int = 160, quality: int = 82,
+                  skipped: list[tuple[str, str]] | None = None) -> str:
     """A ``data:image/jpeg;base64,...`` URI of the image's thumbnail (for self-contained HTML)."""
     buf = io.BytesIO()
-    thumbnail(path, size).save(buf, "JPEG", quality=quality)
+    thumbnail(path, size, skipped).save(buf, "JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -130,9 +142,13 @@ figure.hit .mark{color:#2e7d32} figure.miss .mark{color:#c62828}
 
 def render_html(galleries: Sequence[QueryGallery], settings: Mapping[str, Any] | None = None, *,
                 thumb_size: int = 160, title: str = "Retrieval results",
-                progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> str:
-    """The whole HTML page as a string; every image embedded as a base64 JPEG data URI."""
+                progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
+                skipped: list[tuple[str, str]] | None = None) -> str:
+    """The whole HTML page as a string; every image embedded as a base64 JPEG data URI. Images that
+    cannot be read show a grey slot, are listed at the end of the page and appended to ``skipped``."""
     progress, should_stop = resolve(progress, should_stop)
+    skipped = [] if skipped is None else skipped
+    first_skip = len(skipped)
     settings = dict(settings or {})
     settings.setdefault("date", _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     parts = [
@@ -153,7 +169,7 @@ def render_html(galleries: Sequence[QueryGallery], settings: Mapping[str, Any] |
         if prec is not None:
             head += f" — precision@{len(g.hits)} = {prec:.3f}"
         parts.append(f"<section class='query'><h2>{head}</h2><div class='row'>")
-        parts.append(f"<figure class='q' {style}><img src='{jpeg_data_uri(g.query_path, thumb_size)}' "
+        parts.append(f"<figure class='q' {style}><img src='{jpeg_data_uri(g.query_path, thumb_size, skipped=skipped)}' "
                      f"alt='query'><figcaption>query<br>{html.escape(g.query_path)}</figcaption></figure>")
         for h, mark in zip(g.hits, g.marks(), strict=True):
             cls = "" if mark is None else ("hit" if mark else "miss")
@@ -161,12 +177,16 @@ def render_html(galleries: Sequence[QueryGallery], settings: Mapping[str, Any] |
             label = "" if h.label is None else f"<br>{html.escape(h.label)}"
             parts.append(
                 f"<figure class='result {cls}' {style} data-rank='{h.rank}' data-score='{h.score:.6f}'>"
-                f"<img src='{jpeg_data_uri(h.path, thumb_size)}' alt='rank {h.rank}'>"
+                f"<img src='{jpeg_data_uri(h.path, thumb_size, skipped=skipped)}' alt='rank {h.rank}'>"
                 f"<figcaption><span class='mark'>{sym}</span>#{h.rank} "
                 f"<span class='score'>{h.score:.4f}</span>{label}<br>{html.escape(Path(h.path).name)}"
                 f"</figcaption></figure>")
         parts.append("</div></section>")
         progress(qi + 1, total, "html")
+    if len(skipped) > first_skip:
+        parts.append("<section class='skipped'><h2>Images that could not be read</h2><ul>")
+        parts.extend(f"<li>{html.escape(p)}: {html.escape(why)}</li>" for p, why in skipped[first_skip:])
+        parts.append("</ul></section>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
@@ -197,9 +217,10 @@ def export_csv(galleries: Sequence[QueryGallery], path: str | os.PathLike,
 
 
 def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int = 128,
-                         progress: ProgressFn | None = None,
-                         should_stop: ShouldStopFn | None = None) -> Image.Image:
-    """One row per query: the query (blue frame) then its hits (green = same label, red = other)."""
+                         progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
+                         skipped: list[tuple[str, str]] | None = None) -> Image.Image:
+    """One row per query: the query (blue frame) then its hits (green = same label, red = other);
+    unreadable images are grey and appended to ``skipped``."""
     progress, should_stop = resolve(progress, should_stop)
     if not galleries:
         raise ValueError("nothing to export: no queries")
@@ -218,7 +239,7 @@ def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int =
             entries.append((h.path, colour, f"#{h.rank} {h.score:.3f}"))
         for c, (p, colour, text) in enumerate(entries):
             x0, y0 = pad + c * cell_w, pad + r * cell_h
-            thumb = thumbnail(p, thumb_size - 6)
+            thumb = thumbnail(p, thumb_size - 6, skipped)
             draw.rectangle([x0, y0, x0 + thumb_size - 1, y0 + thumb_size - 1], outline=colour, width=3)
             sheet.paste(thumb, (x0 + 3 + (thumb_size - 6 - thumb.width) // 2,
                                 y0 + 3 + (thumb_size - 6 - thumb.height) // 2))
@@ -239,8 +260,10 @@ def export_contact_sheet(galleries: Sequence[QueryGallery], path: str | os.PathL
 def export_gallery(galleries: Sequence[QueryGallery], out_base: str | os.PathLike,
                    settings: Mapping[str, Any] | None = None, formats: Iterable[str] = FORMATS, *,
                    thumb_size: int = 160, progress: ProgressFn | None = None,
-                   should_stop: ShouldStopFn | None = None) -> list[Path]:
-    """Write ``out_base`` + ``.html`` / ``.png`` / ``.csv`` for the chosen formats; returns the files."""
+                   should_stop: ShouldStopFn | None = None,
+                   skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Write ``out_base`` + ``.html`` / ``.png`` / ``.csv`` for the chosen formats; returns the files.
+    Every image that could not be read is appended to ``skipped`` as ``(path, reason)`` (and logged)."""
     formats = list(formats)
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -253,23 +276,20 @@ def export_gallery(galleries: Sequence[QueryGallery], out_base: str | os.PathLik
         target = base.with_name(base.name + "." + fmt)
         if fmt == "html":
             written.append(export_html(galleries, target, settings, thumb_size=thumb_size,
-                                       progress=progress, should_stop=should_stop))
+                                       progress=progress, should_stop=should_stop, skipped=skipped))
         elif fmt == "png":
             written.append(export_contact_sheet(galleries, target, thumb_size=min(thumb_size, 128),
-                                                progress=progress, should_stop=should_stop))
+                                                progress=progress, should_stop=should_stop, skipped=skipped))
         else:
             written.append(export_csv(galleries, target, settings))
     return written
 
 
 def _load_split(split: str | os.PathLike | Mapping[str, Sequence[str]]) -> dict:
+    from engine.splits import load_split
+
     if isinstance(split, Mapping):
         return dict(split)
-    try:
-        from engine.splits import load_split
-    except ImportError:  # engine.splits not in this build: JSON splits only
-        with open(split, encoding="utf-8") as fh:
-            return json.load(fh)
     return load_split(split)
 
 
@@ -278,30 +298,47 @@ def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: s
                  settings: Mapping[str, Any] | None = None, *, formats: Iterable[str] = FORMATS,
                  label_of: Callable[[str], str | None] | None = None, limit: int | None = None,
                  thumb_size: int = 128, progress: ProgressFn | None = None,
-                 should_stop: ShouldStopFn | None = None) -> list[Path]:
-    """A gallery for every query of a split file (paths relative to ``root``).
+                 should_stop: ShouldStopFn | None = None,
+                 skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """A gallery for every query of a split file (paths relative to ``root``; an entry outside the root
+    is refused with engine.splits.SplitFileError).
 
     ``search(abs_path)`` returns the ranked hits of one query; ``label_of(abs_path)`` its label
-    (default: the parent folder's name). Progress counts the searches, then the writing.
+    (default: the parent folder's name). A query image that cannot be read (ImageLoadError) and every
+    unreadable result image are left out or shown grey, and appended to ``skipped`` as
+    ``(path, reason)``. Progress counts the searches, then the writing.
     """
+    from engine.splits import resolve_split
+
     progress, should_stop = resolve(progress, should_stop)
+    skipped = [] if skipped is None else skipped
     data = _load_split(split)
     if "query" not in data:
         raise ValueError("the split has no 'query' list")
-    queries = [str(Path(root) / q) for q in data["query"]][: limit or None]
+    source = "the split" if isinstance(split, Mapping) else str(split)
+    queries = [str(q) for q in resolve_split({"query": data["query"]}, root, source)["query"]][: limit or None]
     if not queries:
         raise ValueError("the split's query list is empty")
     label_of = label_of or (lambda p: Path(p).parent.name)
     galleries = []
+    first_skip = len(skipped)
     for i, q in enumerate(queries):
         if should_stop():
             raise Cancelled("export cancelled")
-        galleries.append(make_gallery(q, search(q), label_of(q)))
+        try:
+            hits = search(q)
+        except ImageLoadError as exc:
+            _report(skipped, q, f"query left out: {exc.reason}")
+        else:
+            galleries.append(make_gallery(q, hits, label_of(q)))
         progress(i + 1, len(queries), f"searched {Path(q).name}")
+    if not galleries:
+        raise ValueError(f"none of the split's {len(queries)} query image(s) could be read; the first: "
+                         f"{skipped[first_skip][0]}: {skipped[first_skip][1]}")
     settings = dict(settings or {})
     precs = [p for p in (g.precision() for g in galleries) if p is not None]
     if precs:
         settings["mean precision@k"] = f"{sum(precs) / len(precs):.4f}"
     settings["queries"] = len(galleries)
     return export_gallery(galleries, out_base, settings, formats, thumb_size=thumb_size,
-                          progress=progress, should_stop=should_stop)
+                          progress=progress, should_stop=should_stop, skipped=skipped)

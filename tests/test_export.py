@@ -127,3 +127,113 @@ def test_split_export_runs_every_query(image_folder, tmp_path):
     assert (2, 2) in progress
     with pytest.raises(Cancelled):
         export_split(split, root, search, tmp_path / "h", should_stop=lambda: True)
+
+
+def _run_with_timeout(fn, seconds: float, unblock=None):
+    """fn() in a daemon thread: (finished, result or exception); ``unblock()`` frees a hung thread."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed back to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    finished = not t.is_alive()
+    if not finished and unblock is not None:
+        unblock()
+        t.join(10)
+    if "error" in box:
+        raise box["error"]
+    return finished, box.get("result")
+
+
+def test_a_fifo_among_the_results_is_skipped_not_waited_on(image_folder, tmp_path):
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this system")
+    root = image_folder(n_classes=2, per_class=2)
+    rel = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    fifo = root / rel[0].split("/")[0] / "pipe.jpg"
+    os.mkfifo(fifo)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"query": rel[:2], "retrieval": rel[2:]}))
+
+    def search(path):
+        return [{"path": str(fifo), "score": 0.9, "rank": 1}, {"path": str(root / rel[3]), "score": 0.5, "rank": 2}]
+
+    def unblock():  # a reader blocked on the pipe returns once a writer opens it
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+
+    skipped: list = []
+    finished, files = _run_with_timeout(
+        lambda: export_split(split, root, search, tmp_path / "g", skipped=skipped), 60, unblock)
+    assert finished, "the export waited on a named pipe"
+    assert {f.suffix for f in files} == {".html", ".png", ".csv"}
+    assert skipped == [(str(fifo), "not a regular file (a pipe, socket or device)")]
+    page = (tmp_path / "g.html").read_text(encoding="utf-8")
+    assert "could not be read" in page and str(fifo) in page
+
+
+def test_unreadable_query_left_out_and_named(image_folder, tmp_path):
+    from engine.images import ImageLoadError
+
+    root = image_folder(n_classes=2, per_class=2)
+    rel = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+
+    def search(path):
+        if path.endswith(rel[0]):
+            raise ImageLoadError(path, "corrupt image data (test)")
+        return [{"path": str(root / rel[3]), "score": 0.5, "rank": 1}]
+
+    skipped: list = []
+    export_split({"query": rel[:2], "retrieval": rel[2:]}, root, search, tmp_path / "g", skipped=skipped,
+                 formats=["csv"])
+    assert skipped == [(str(root / rel[0]), "query left out: corrupt image data (test)")]
+    rows = list(csv.DictReader((tmp_path / "g.csv").open(encoding="utf-8")))
+    assert [r["query"] for r in rows] == [str(root / rel[1])]
+
+
+def test_split_entries_outside_the_root_refused(image_folder, tmp_path):
+    from engine.splits import SplitFileError
+
+    root = image_folder(n_classes=1, per_class=2)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"query": ["../../etc/passwd"], "retrieval": ["a.jpg"]}))
+    searched = []
+    with pytest.raises(SplitFileError, match="outside the image root"):
+        export_split(split, root, lambda p: searched.append(p) or [], tmp_path / "g")
+    assert searched == []
+
+
+def test_thumbnail_decodes_a_large_jpeg_at_reduced_scale(tmp_path, monkeypatch):
+    # draft must come before the decode: the size the JPEG decoder works at is recorded
+    from PIL import JpegImagePlugin
+
+    from engine.export import thumbnail
+
+    p = tmp_path / "big.jpg"
+    img = Image.new("RGB", (3200, 2400), (30, 30, 30))
+    img.paste((255, 255, 255), (0, 0, 400, 2400))  # a white stripe on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated a quarter turn clockwise: the stripe on top
+    img.save(p, "JPEG", exif=exif)
+    decoded = []
+    real_load = JpegImagePlugin.JpegImageFile.load
+
+    def load(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    th = thumbnail(p, 160)
+    assert th.size == (120, 160)  # portrait after the EXIF rotation
+    assert decoded and max(w * h for w, h in decoded) <= (3200 // 8) * (2400 // 8)
+    assert sum(th.getpixel((60, 5))) > 700 and sum(th.getpixel((60, 155))) < 150
