@@ -33,27 +33,31 @@ def disk_key(path: str, size: int) -> str | None:
 def make_thumbnail(path: str, size: int, cache_dir: Path | None) -> QImage:
     """Decode (or read from the disk cache) a thumbnail fitted into size x size; null QImage on failure.
 
+    The original is read by the program's one safe loader (engine.images.load_image: no FIFO, device or
+    oversized image is opened; JPEGs are decoded at a reduced scale whose shorter side is still >= size).
     All decoding and encoding is done by PIL, which releases the GIL while it works, so the pool's
     threads never hold up the GUI thread; only the final copy into a QImage is a Qt call.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
+
+    from engine.images import ImageLoadError, load_image
 
     key = disk_key(path, size)
     cached = cache_dir / f"{key[:2]}/{key}.jpg" if (cache_dir and key) else None
     im = None
     if cached is not None and cached.is_file():
         try:
-            with Image.open(cached) as c:
-                im = c.convert("RGB")
-        except Exception:  # a damaged cache file: decode the original again
+            im = load_image(cached)
+        except ImageLoadError:  # a damaged cache file: decode the original again
             im = None
     if im is None:
         try:
-            with Image.open(path) as src:
-                src.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
-                im = ImageOps.exif_transpose(src).convert("RGB")
-                im.thumbnail((size, size), Image.Resampling.BILINEAR)
-        except Exception as exc:  # unreadable file: the grid shows a placeholder
+            im = load_image(path, min_side=max(1, int(size)))
+            im.thumbnail((size, size), Image.Resampling.BILINEAR)
+        except ImageLoadError as exc:  # unreadable file: the grid shows a placeholder
+            log.debug("thumbnail of %s failed: %s", path, exc.reason)
+            return QImage()
+        except Exception as exc:  # a resize failure must not take the worker down either
             log.debug("thumbnail of %s failed: %s", path, exc)
             return QImage()
         if cached is not None:
