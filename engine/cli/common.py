@@ -1,4 +1,5 @@
-"""Pieces shared by the CLI subcommands: common options and a text progress bar on stderr."""
+"""Pieces shared by the CLI subcommands: common options, the default descriptor of a backbone (a trained
+checkpoint's own embedding), and a text progress bar on stderr."""
 
 from __future__ import annotations
 
@@ -14,11 +15,44 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="backbone name, or a trained model's checkpoint file (default: efficientnet_lite0)")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default), 'random', or a local weights file")
-    p.add_argument("--descriptor", default="spoc", help="fc, spoc (conv-average), rmac, mac or gem (default: spoc)")
+    p.add_argument("--descriptor", default=None,
+                   help="fc, spoc (conv-average), rmac, mac or gem (default: none given = fc, the trained "
+                   "embedding, when --backbone is a trained checkpoint, spoc otherwise; a pooling descriptor "
+                   "on a checkpoint uses its backbone without the trained head)")
     p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+
+
+#: the descriptor of a plain backbone when none is asked for
+DEFAULT_DESCRIPTOR = "spoc"
+#: descriptors that pool the backbone's feature map (on a trained checkpoint: without its trained head)
+POOLING_DESCRIPTORS = ("spoc", "mac", "gem", "rmac")
+
+
+def is_checkpoint(backbone: str) -> bool:
+    """True when ``backbone`` names a trained model's checkpoint file (by its suffix, as get_backbone does)."""
+    from models.backbones import CHECKPOINT_SUFFIXES
+
+    return str(backbone).lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def default_descriptor(backbone: str, descriptor: str | None) -> str:
+    """The descriptor to use: ``descriptor`` when one was asked for; else "fc" for a trained checkpoint
+    (its trained embedding: a trained model is used as trained) and "spoc" for a plain backbone."""
+    if descriptor:
+        return descriptor
+    return "fc" if is_checkpoint(backbone) else DEFAULT_DESCRIPTOR
+
+
+def trained_head_note(backbone: str, descriptor: str | None) -> str:
+    """What to tell the user when a pooling descriptor was asked for explicitly on a trained checkpoint (its
+    trained head is then not used); '' otherwise."""
+    if not descriptor or descriptor not in POOLING_DESCRIPTORS or not is_checkpoint(backbone):
+        return ""
+    return (f"note: --descriptor {descriptor} pools the feature map of {backbone}'s backbone: the trained head is "
+            "not used (leave --descriptor out, or give fc, for the trained embedding)")
 
 
 def resolve_device(name: str) -> str:
