@@ -15,9 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import images as _images
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+#: the extensions indexing reads (engine.images.IMAGE_EXTENSIONS), in a fixed order
+IMAGE_EXTENSIONS = tuple(sorted(_images.IMAGE_EXTENSIONS))
 
 
 @dataclass
@@ -37,19 +40,26 @@ class LabelledImages:
         return LabelledImages([p for p, _ in rows], [lab for _, lab in rows], list(keep_classes))
 
 
-def _images_in(folder: Path) -> list[Path]:
-    # the project's one scanner: hidden files skipped, directory symlinks followed (with loop protection)
-    from engine.images import scan_images
-
-    return scan_images(folder)
+def _images_in(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    return _images.scan_images(folder, skipped=skipped)
 
 
 def scan_labelled(root: str | Path, classes: list[str] | None = None) -> LabelledImages:
-    """Images under ``root/<class>/...`` (label = the sub-folder name), sorted; only ``classes`` if given."""
+    """Images under ``root/<class>/...`` (label = the sub-folder name), sorted; only ``classes`` if given.
+    Class folders may be symbolic links to folders elsewhere; every file or folder left out for a problem
+    (broken link, link loop, unreadable folder) is in the result's ``skipped`` with its reason."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder not found: {root}")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    skipped: list[tuple[str, str]] = []
+    folders = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            folders.append(p.name)
+        elif p.is_symlink():
+            skipped.append((str(p), _images._link_problem(str(p)) or "symbolic link to something not a folder"))
     if classes is not None:
         missing = [c for c in classes if c not in folders]
         if missing:
@@ -59,15 +69,17 @@ def scan_labelled(root: str | Path, classes: list[str] | None = None) -> Labelle
         raise ValueError(f"{root} has no class sub-folders: put each class's images in its own folder")
     paths, labels, kept = [], [], []
     for c in folders:
-        imgs = _images_in(root / c)
+        imgs = _images_in(root / c, skipped)
         if not imgs:
             continue
         kept.append(c)
         paths += [str(p) for p in imgs]
         labels += [len(kept) - 1] * len(imgs)
+    for p, why in skipped:
+        log.warning("left out %s: %s", p, why)
     if not paths:
         raise ValueError(f"no images found under {root}")
-    return LabelledImages(paths, labels, kept)
+    return LabelledImages(paths, labels, kept, skipped)
 
 
 def split_classes(classes: list[str], val_share: float, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -110,18 +122,19 @@ def split_images(labels: list[int], val_share: float, seed: int = 0, min_val: in
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
-    """(3, size, size) uint8: shorter side resized to ``size`` (antialiased), centre square crop."""
-    from PIL import Image, ImageOps
+    """(3, size, size) uint8: shorter side resized to ``size`` (antialiased), centre square crop. Read by
+    engine.images.load_image (JPEGs decoded at a reduced scale that keeps the shorter side >= size);
+    raises its ImageLoadError for a file that cannot be used."""
+    from PIL import Image
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        nw, nh = max(size, round(w * s)), max(size, round(h * s))
-        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        arr = np.asarray(im, dtype=np.uint8).copy()
+    im = _images.load_image(path, min_side=size)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    arr = np.asarray(im, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
@@ -135,8 +148,10 @@ def decode_all(paths: list[str], size: int, *, threads: int = 2,
     def one(i: int) -> None:
         try:
             out[i] = decode_image(paths[i], size)
-        except Exception as exc:  # unreadable / corrupt image: skipped and reported
-            skipped.append((paths[i], str(exc)))
+        except _images.ImageLoadError as exc:  # unreadable / corrupt image: skipped and reported
+            skipped.append((paths[i], exc.reason))
+        except Exception as exc:  # a resize failure must not stop the others either
+            skipped.append((paths[i], f"cannot prepare image ({type(exc).__name__}: {exc})"))
 
     chunk = 64
     with ThreadPoolExecutor(max(1, threads)) as pool:
