@@ -117,27 +117,64 @@ class PCAWhitening:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
-        """Read a file written by :meth:`save`; a damaged or foreign file raises WhiteningFileError."""
+        """Read a file written by :meth:`save`; a damaged or foreign file raises WhiteningFileError (a
+        ValueError) naming the file. The type and shape of everything read are checked before use."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"whitening file not found: {path}")
+
+        def refuse(why: str) -> WhiteningFileError:
+            return WhiteningFileError(f"{path} is not a usable whitening file: {why}; learn it again")
+
         try:
-            with np.load(path, allow_pickle=False) as data:
-                header = json.loads(str(data["header"]))
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise refuse("it holds a single array, not a whitening archive (.npz)")
+            with data:
+                missing = [k for k in ("header", "mean", "projection") if k not in data.files]
+                if missing:
+                    raise refuse(f"it has no {', '.join(repr(k) for k in missing)}")
+                raw_header = data["header"]
                 mean, projection = data["mean"], data["projection"]
                 eig = data["eigenvalues"] if "eigenvalues" in data.files else None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as exc:
+        except WhiteningFileError:
+            raise
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise WhiteningFileError(
                 f"{path} is not a readable whitening file ({type(exc).__name__}: {exc}); learn it again"
             ) from exc
+        if raw_header.ndim != 0 or raw_header.dtype.kind not in "US":
+            raise refuse(f"its header is a {raw_header.dtype} array of shape {raw_header.shape}, not a text")
+        try:
+            text = raw_header.item()
+            header = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise refuse(f"its header is not valid JSON ({type(exc).__name__})") from exc
+        if not isinstance(header, dict):
+            raise refuse(f"its header is a JSON {type(header).__name__}, not an object")
         if header.get("format") != _FORMAT:
             raise WhiteningFileError(f"{path} is not a Retrieval Explorer whitening file")
-        if header.get("version") != _VERSION:
-            raise WhiteningFileError(f"{path} has whitening format version {header.get('version')}, "
+        version = header.get("version")
+        if version != _VERSION or isinstance(version, bool):
+            raise WhiteningFileError(f"{path} has whitening format version {version!r}, "
                                      f"this program reads version {_VERSION}; learn it again")
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(projection))):
-            raise WhiteningFileError(f"{path} holds non-finite numbers (damaged); learn it again")
+        meta = header.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise refuse(f"its 'meta' is a JSON {type(meta).__name__}, not an object")
+        for name, arr, ndim in (("mean", mean, 1), ("projection", projection, 2), ("eigenvalues", eig, 1)):
+            if arr is None:
+                continue
+            if arr.dtype.kind not in "fiu":
+                raise refuse(f"its {name} holds {arr.dtype} values, not real numbers")
+            if arr.ndim != ndim or 0 in arr.shape:
+                raise refuse(f"its {name} has shape {arr.shape}, expected {ndim} non-empty dimension(s)")
+            if not np.all(np.isfinite(arr)):
+                raise WhiteningFileError(f"{path} holds non-finite numbers (damaged); learn it again")
+        if projection.shape[1] != mean.shape[0]:
+            raise refuse(f"its projection {projection.shape} does not fit its mean {mean.shape}")
+        if eig is not None and eig.shape[0] != projection.shape[0]:
+            raise refuse(f"it has {eig.shape[0]} eigenvalues for {projection.shape[0]} directions")
         try:
-            return cls(mean, projection, eig, header.get("meta"))
+            return cls(mean, projection, eig, meta)
         except ValueError as exc:
             raise WhiteningFileError(f"{path}: {exc}; learn it again") from exc

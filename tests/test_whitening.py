@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,55 @@ def test_fit_matches_a_hand_worked_2d_example():
     w = PCAWhitening.fit(X, dim=1)
     assert np.allclose(w.eigenvalues, [5.0])
     assert np.allclose(np.abs(w.apply(X)).ravel(), 1.0, atol=1e-3)  # +-sqrt(5) / sqrt(5)
+
+
+def _npz(path, header, mean=None, projection=None, **extra):
+    arrays = {"mean": np.zeros(3, np.float32) if mean is None else mean,
+              "projection": np.eye(3, dtype=np.float32) if projection is None else projection, **extra}
+    if header is not None:
+        arrays["header"] = np.array(header if isinstance(header, str) else json.dumps(header))
+    np.savez(path, **arrays)
+    return path
+
+
+GOOD_HEADER = {"format": "retrieval-explorer/pca-whitening", "version": 1, "meta": {}}
+
+
+@pytest.mark.parametrize("name, header, arrays, words", [
+    ("list-header", [1, 2, 3], {}, "JSON list"),
+    ("string-header", "just text", {}, "not valid JSON"),
+    ("number-header", 7, {}, "JSON int"),
+    ("version-string", {**GOOD_HEADER, "version": "1"}, {}, "version"),
+    ("version-bool", {**GOOD_HEADER, "version": True}, {}, "version"),
+    ("meta-list", {**GOOD_HEADER, "meta": [1]}, {}, "'meta'"),
+    ("no-header", None, {}, "'header'"),
+    ("header-array", None, {"header": np.array(["{}", "{}"])}, "header"),
+    ("header-number", None, {"header": np.array(3.0)}, "header"),
+    ("mean-strings", GOOD_HEADER, {"mean": np.array(["a", "b", "c"])}, "not real numbers"),
+    ("mean-complex", GOOD_HEADER, {"mean": np.zeros(3, complex)}, "not real numbers"),
+    ("mean-2d", GOOD_HEADER, {"mean": np.zeros((3, 1))}, "shape"),
+    ("projection-1d", GOOD_HEADER, {"projection": np.zeros(3)}, "shape"),
+    ("projection-misfit", GOOD_HEADER, {"projection": np.eye(4)}, "does not fit"),
+    ("eig-misfit", GOOD_HEADER, {"eigenvalues": np.ones(5)}, "eigenvalues"),
+    ("eig-nan", GOOD_HEADER, {"eigenvalues": np.array([1.0, np.nan, 1.0])}, "non-finite"),
+])
+def test_every_field_is_type_checked(tmp_path, name, header, arrays, words):
+    # each of these used to escape as AttributeError / TypeError (e.g. "'list' object has no attribute 'get'")
+    path = tmp_path / f"{name}.npz"
+    extra = dict(arrays)
+    if "header" in extra:
+        np.savez(path, mean=np.zeros(3), projection=np.eye(3), header=extra.pop("header"))
+    else:
+        _npz(path, header, **extra)
+    with pytest.raises(WhiteningFileError) as info:
+        PCAWhitening.load(path)
+    assert str(path) in str(info.value) and words in str(info.value), str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_single_npy_array_is_refused(tmp_path):
+    path = tmp_path / "w.npz"
+    with open(path, "wb") as fh:
+        np.save(fh, np.zeros(3))
+    with pytest.raises(WhiteningFileError, match="single array"):
+        PCAWhitening.load(path)
