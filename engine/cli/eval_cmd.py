@@ -3,6 +3,8 @@
 Leave-one-out R@1/5/10 and mAP over the images (all images under --root, or with --split the union of
 its query and retrieval lists), and with --split the query -> retrieval top-1. The metrics go to
 stdout (a table, or one JSON object with --json); the progress bar and skipped files go to stderr.
+A trained checkpoint given as --backbone is evaluated through its trained embedding (descriptor fc) unless a
+pooling descriptor is asked for, and then a note says that the trained head is not used.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import TextProgress, add_model_args, resolve_device
+from engine.cli.common import (
+    TextProgress,
+    add_model_args,
+    default_descriptor,
+    resolve_device,
+    trained_head_note,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -68,6 +76,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     from models.backbones import get_backbone
     from models.descriptors import build_descriptor
 
+    args.descriptor = default_descriptor(args.backbone, args.descriptor)
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
@@ -136,6 +145,8 @@ def _table(m: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}  {'n/a' if math.isnan(value) else f'{value:.4f}'}")
     if m["map_excluded"]:
         lines.append(f"({m['map_excluded']} queries without another image of their class are left out of mAP)")
+    if m.get("note"):
+        lines.append(f"({m['note'].removeprefix('note: ')})")
     return "\n".join(lines)
 
 
@@ -148,6 +159,7 @@ def evaluate_indexed(args: argparse.Namespace) -> dict[str, Any]:
     from engine.evaluation import evaluate
     from engine.splits import labels_for, load_split
 
+    args.descriptor = default_descriptor(args.backbone, args.descriptor)
     folder = Path(args.collection)
     coll = Collection.open(folder, model_spec=spec_from_args(args), cache_dir=args.cache_dir)
     if len(coll) == 0:
@@ -184,10 +196,15 @@ def evaluate_indexed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    note = trained_head_note(args.backbone, args.descriptor)
+    if note:
+        sys.stderr.write(note + "\n")
     if args.collection:
         m = evaluate_indexed(args)
     else:
         m = evaluate_folder(args, make_progress=lambda: TextProgress("extracting"))
+    if note:
+        m["note"] = note
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
         sys.stdout.write(json.dumps(clean) + "\n")
