@@ -1,0 +1,368 @@
+"""Inference runtimes for the backbone's feature map on the CPU: ONNX Runtime, OpenVINO, or PyTorch.
+
+:func:`feature_runner` exports ``backbone.forward_features`` once per model identity and input size to
+ONNX (dynamic batch axis, fixed S x S input), caches the file under ``<cache>/runtimes/`` and runs it
+with the requested runtime. The runner returns the feature map (B, C, h, w) float32, not a pooled
+vector: every pooling head stays in PyTorch and sees the same numbers whichever runtime made the map.
+
+Safety and fallbacks:
+
+- The ONNX file is written atomically with a sidecar ``<file>.json`` recording its size and SHA-256.
+  A cached file is read into memory and checked against the sidecar; only the checked bytes are given
+  to the runtime (never the path, which could change between the check and the load). A file that does
+  not match is exported again, never loaded.
+- After building a runtime session its output is compared with PyTorch's on a fixed probe batch
+  (relative tolerance :data:`CHECK_REL_TOL`); a mismatch falls back to PyTorch.
+- An unavailable runtime (not installed, export failure, unsupported op, a backbone on a GPU) falls
+  back to PyTorch with a logged reason, kept in ``FeatureRunner.fallback_reason``; only an unknown
+  runtime name raises (ValueError).
+
+"auto" takes the runtimes of :data:`AUTO_ORDER` (fastest first, as measured by
+``benchmarks/runtimes.py`` on the development machine) and PyTorch for a backbone on a GPU.
+Full precision (f32) everywhere: reduced precision is not offered until its R@1 cost is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.atomic import atomic_write_text, atomic_write_with
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+# "auto" tries these in order (benchmarks/runtimes.py, 2-core development machine, 2 threads).
+AUTO_ORDER = ("openvino", "onnxruntime")
+# Runtime vs PyTorch on the probe batch: max |diff| <= CHECK_REL_TOL * max(1, max |torch map|).
+CHECK_REL_TOL = 1e-3
+EXPORT_FORMAT = 1
+_PROBE_BATCH = 2
+_SAFE_IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# the exporter's optimiser logs every rewrite at INFO: quiet while exporting
+_NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_export_lock = threading.Lock()
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """A runtime cannot serve this backbone here; the message says why."""
+
+
+class FeatureRunner:
+    """``runner(x)`` : (B, 3, S, S) float32 -> (B, C, h, w) float32 feature map, as ``forward_features``.
+
+    ``name`` is the runtime actually used ("torch", "onnxruntime", "openvino"); ``fallback_reason`` says
+    why a requested runtime was not used (None when it was, or when "auto" chose torch for a GPU).
+    ``onnx_path`` is the cached export behind an exported runtime (None for torch) and ``exported``
+    whether this runner exported it (False: the cached file was reused).
+    """
+
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], image_size: int,
+                 threads: int, *, fallback_reason: str | None = None, onnx_path: Path | None = None,
+                 exported: bool = False, out_shape: tuple[int, int, int] | None = None) -> None:
+        self.name = name
+        self.fallback_reason = fallback_reason
+        self.image_size = image_size
+        self.threads = threads
+        self.onnx_path = onnx_path
+        self.exported = exported
+        self._fn = fn
+        self._out_shape = out_shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, C, h, w) float32 (on the CPU for the exported runtimes)."""
+        s = self.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, s, s):
+            raise ValueError(f"the {self.name} feature runner takes (B, 3, {s}, {s}) images, "
+                             f"got {tuple(x.shape)}")
+        if x.shape[0] == 0 and self._out_shape is not None:
+            return torch.empty((0, *self._out_shape), dtype=torch.float32)
+        return self._fn(x)
+
+    def __repr__(self) -> str:
+        why = f", fallback_reason={self.fallback_reason!r}" if self.fallback_reason else ""
+        return f"FeatureRunner(name={self.name!r}, image_size={self.image_size}, threads={self.threads}{why})"
+
+
+def available_runtimes() -> list[str]:
+    """The runtime names whose Python package imports here ("torch" always), without "auto"."""
+    names = ["torch"]
+    for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
+        try:
+            __import__(module)
+        except Exception:  # a broken install is as unavailable as a missing one
+            continue
+        names.append(name)
+    return names
+
+
+def export_path(cache_dir: str | os.PathLike, identity: str, image_size: int) -> Path:
+    """``<cache_dir>/runtimes/<identity>-<S>.onnx`` (an identity that is not a plain file name is hashed)."""
+    if not identity:
+        raise ValueError("the model identity is empty")
+    stem = identity
+    if not _SAFE_IDENTITY.fullmatch(identity):
+        stem = "id" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+    return Path(cache_dir) / "runtimes" / f"{stem}-{int(image_size)}.onnx"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _read_verified(path: Path, identity: str, image_size: int) -> tuple[bytes | None, str]:
+    """The cached export's bytes if they match the sidecar, else (None, why not)."""
+    side = _sidecar(path)
+    if not path.is_file() or not side.is_file():
+        return None, "no cached export"
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable cached export: {exc}"
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        return None, "sidecar of another format"
+    if meta.get("identity") != identity or meta.get("image_size") != image_size:
+        return None, "sidecar of another model or size"
+    if meta.get("size") != len(data) or meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None, f"{path.name} does not match its recorded size and SHA-256 (damaged)"
+    return data, "verified"
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class _FeatureModule(nn.Module):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+
+def export_onnx(backbone: nn.Module, image_size: int, identity: str,
+                cache_dir: str | os.PathLike) -> tuple[Path, bytes, bool]:
+    """The verified ONNX export of ``backbone.forward_features`` for (B, 3, S, S) input, S = ``image_size``.
+
+    Returns (path, file bytes, exported): the cached file when it matches its sidecar, else a new export
+    (written atomically, then its sidecar). Raises RuntimeUnavailableError when the export fails.
+    """
+    path = export_path(cache_dir, identity, image_size)
+    with _export_lock:
+        data, why = _read_verified(path, identity, image_size)
+        if data is not None:
+            log.debug("reusing the verified export %s", path)
+            return path, data, False
+        if why != "no cached export":
+            log.warning("re-exporting %s: %s", path, why)
+        was_training = backbone.training
+        backbone.eval()
+        written: list[bytes] = []
+
+        def writer(tmp: str) -> None:
+            example = torch.zeros(_PROBE_BATCH, 3, image_size, image_size)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(_NOISY_LOGGERS):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_FeatureModule(backbone), (example,), tmp, input_names=["images"],
+                                  output_names=["fmap"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                  dynamo=True, external_data=False, verbose=False)
+            with open(tmp, "rb") as fh:
+                written.append(fh.read())
+
+        t0 = time.perf_counter()
+        try:
+            atomic_write_with(path, writer)
+        except Exception as exc:  # any exporter failure means: no export, use torch
+            raise RuntimeUnavailableError(f"ONNX export failed: {_brief(exc)}") from exc
+        finally:
+            backbone.train(was_training)
+        data = written[0]
+        meta = {"format": EXPORT_FORMAT, "identity": identity, "image_size": image_size, "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "torch": torch.__version__,
+                "exporter": "torch.onnx.export(dynamo=True)"}
+        atomic_write_text(_sidecar(path), json.dumps(meta, indent=1))
+        log.info("exported %s (%.1f MB) in %.1f s", path, len(data) / 1e6, time.perf_counter() - t0)
+        return path, data, True
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one short line: type, message without terminal colours or line breaks."""
+    text = " ".join(_ANSI.sub("", str(exc)).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def _onnxruntime_fn(data: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        import onnxruntime as ort
+    except Exception as exc:
+        raise RuntimeUnavailableError(f"onnxruntime is not installed ({exc})") from exc
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: its warnings go to stderr, not to our log
+    # Idle workers sleep instead of spinning: spinning burns the cores that decoding threads and other
+    # processes need (measured in benchmarks/runtimes.py: not slower alone, faster under load).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RuntimeUnavailableError(f"onnxruntime cannot load the export: {_brief(exc)}") from exc
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: _to_numpy(x)})[0])
+
+    return run
+
+
+def _openvino_fn(data: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        import openvino as ov
+    except Exception as exc:
+        raise RuntimeUnavailableError(f"openvino is not installed ({exc})") from exc
+    # LATENCY: one stream, all threads on the one batch in flight (we run batches one after another).
+    # f32 explicitly: on CPUs with AVX512-BF16 / AMX the CPU plugin's default precision is bf16.
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": "f32"}
+    try:
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(io.BytesIO(data)), "CPU", config)
+        request = compiled.create_infer_request()
+    except Exception as exc:
+        raise RuntimeUnavailableError(f"openvino cannot compile the export: {_brief(exc)}") from exc
+    lock = threading.Lock()  # an infer request serves one call at a time
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = _to_numpy(x)
+        with lock:
+            out = request.infer({0: arr}, share_inputs=True, share_outputs=False)[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+    return run
+
+
+_BUILDERS = {"onnxruntime": _onnxruntime_fn, "openvino": _openvino_fn}
+
+
+def _torch_fn(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return backbone.forward_features(x.to(device, torch.float32)).float()
+
+    return run
+
+
+def _probe(image_size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(_PROBE_BATCH, 3, image_size, image_size, generator=g)
+
+
+def _check(fn: Callable[[torch.Tensor], torch.Tensor], ref: torch.Tensor, probe: torch.Tensor,
+           name: str) -> None:
+    try:
+        out = fn(probe)
+    except Exception as exc:
+        raise RuntimeUnavailableError(f"{name} failed on a probe batch: {_brief(exc)}") from exc
+    if out.shape != ref.shape:
+        raise RuntimeUnavailableError(f"{name} gives maps of shape {tuple(out.shape)}, "
+                                      f"PyTorch {tuple(ref.shape)}")
+    diff = float((out - ref).abs().max())
+    bound = CHECK_REL_TOL * max(1.0, float(ref.abs().max()))
+    if not diff <= bound:  # also catches NaN
+        raise RuntimeUnavailableError(f"{name} differs from PyTorch by {diff:.3g} (allowed {bound:.3g})")
+
+
+def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_dir: str | os.PathLike,
+                   runtime: str = "auto", *, threads: int | None = None, check: bool = True) -> FeatureRunner:
+    """A :class:`FeatureRunner` for ``backbone.forward_features`` on (B, 3, S, S) input, S = ``image_size``.
+
+    ``identity``: a stable string naming the weights (e.g. a hash of the collection's model identity,
+    trained checkpoints included); the export is cached as ``<cache_dir>/runtimes/<identity>-<S>.onnx``.
+    ``runtime``: one of :data:`RUNTIMES` (ValueError otherwise). ``threads``: intra-op threads of the
+    exported runtimes (default ``torch.get_num_threads()``; the torch runner keeps torch's setting).
+    ``check``: compare the runtime with PyTorch on a probe batch before use. Never raises for an
+    unavailable runtime: the runner is then torch, with ``fallback_reason`` set and logged.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    image_size = int(image_size)
+    threads = int(threads) if threads else torch.get_num_threads()
+    export_path(cache_dir, identity, image_size)  # ValueError for an empty identity, before any work
+
+    def torch_runner(reason: str | None) -> FeatureRunner:
+        if reason:
+            log.warning("feature extraction runs in PyTorch: %s", reason)
+        return FeatureRunner("torch", _torch_fn(backbone), image_size, threads, fallback_reason=reason)
+
+    if runtime == "torch":
+        return torch_runner(None)
+    param = next(backbone.parameters(), None)
+    if param is not None and param.device.type != "cpu":
+        if runtime == "auto":
+            log.info("runtime auto: PyTorch for a backbone on %s", param.device)
+            return torch_runner(None)
+        return torch_runner(f"{runtime} runs on the CPU, the backbone is on {param.device}")
+
+    candidates = AUTO_ORDER if runtime == "auto" else (runtime,)
+    reasons: list[str] = []
+    importable = set(available_runtimes())
+    if not any(c in importable for c in candidates):
+        return torch_runner("; ".join(f"{c} is not installed" for c in candidates))
+    try:
+        path, data, exported = export_onnx(backbone, image_size, identity, cache_dir)
+    except (RuntimeUnavailableError, OSError) as exc:
+        return torch_runner(str(exc))
+    probe = _probe(image_size)
+    ref = _torch_fn(backbone)(probe) if check else None
+    for name in candidates:
+        if name not in importable:
+            reasons.append(f"{name} is not installed")
+            continue
+        try:
+            fn = _BUILDERS[name](data, threads)
+            if ref is not None:
+                _check(fn, ref, probe, name)
+            out_shape = tuple(ref.shape[1:]) if ref is not None else tuple(fn(probe[:1]).shape[1:])
+        except RuntimeUnavailableError as exc:
+            reasons.append(str(exc))
+            log.info("runtime %s unavailable: %s", name, exc)
+            continue
+        log.info("feature extraction runs in %s (%d threads, %s)", name, threads, path.name)
+        return FeatureRunner(name, fn, image_size, threads, onnx_path=path, exported=exported,
+                             fallback_reason="; ".join(reasons) or None, out_shape=out_shape)
+    return torch_runner("; ".join(reasons))
