@@ -312,12 +312,55 @@ def _unavailable(name: str, cache: Path, why: str) -> WeightsUnavailableError:
     )
 
 
+# torch's messages on a refused weights_only load advise loading with weights_only=False, which would
+# run the file's code: these lines and sentences are never passed on (nor torch's opening line).
+_UNSAFE_ADVICE = ("weights only load failed", "weights_only", "re-running", "trusted source", "safe_globals", "add_safe_globals",
+                  "file an issue", "check the documentation", "torch.serialization", "http://", "https://",
+                  "in pytorch 2.6", "allowlist", "if you trust")
+
+
+def strip_unsafe_advice(text: str) -> str:
+    """``text`` without torch's advice to load with weights_only=False (or to allowlist globals)."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        sentences = [t.strip() for t in line.replace("WeightsUnpickler error:", "").split(". ")]
+        sentences = [t for t in sentences if t and not any(a in t.lower() for a in _UNSAFE_ADVICE)]
+        if sentences:
+            kept.append(". ".join(sentences).rstrip("."))
+    return "; ".join(kept)
+
+
+def safe_load_refusal(exc: BaseException) -> str | None:
+    """When ``exc`` is torch.load(weights_only=True) refusing code or objects in a file: a sentence for a
+    person saying so (without torch's advice to load it unsafely); None for any other failure."""
+    text = str(exc)
+    if "weights only load failed" not in text.lower():
+        return None
+    detail = strip_unsafe_advice(text)
+    if "global" not in detail.lower():  # an opcode it does not know: damaged, not dangerous
+        return None
+    return (f"it contains code or objects that a safe load does not allow ({detail}); it was refused "
+            "and nothing in it was run")
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """torch.load(weights_only=True)'s failure in words for a person, never with torch's advice to load
+    with weights_only=False."""
+    refusal = safe_load_refusal(exc)
+    if refusal is not None:
+        return refusal
+    return f"{type(exc).__name__}: {strip_unsafe_advice(str(exc)) or 'unreadable'}"
+
+
 def _load_state_dict_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file...
-        raise ValueError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. "
-                         "It may be damaged or not a PyTorch state dict; download or copy it again.") from exc
+        refusal = safe_load_refusal(exc)
+        if refusal is not None:
+            raise ValueError(f"cannot read weights file {path}: {refusal}") from None
+        raise ValueError(f"cannot read weights file {path}: {describe_load_error(exc)}. "
+                         "It may be damaged or not a PyTorch state dict; download or copy it again.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -338,7 +381,7 @@ def _tv_state_dict(name: str, allow_download: bool | None) -> dict:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
                                                   check_hash=True, weights_only=True)
     except Exception as exc:  # no network, DNS, HTTP error, disk full
-        raise _unavailable(name, cache, f"the download failed: {type(exc).__name__}: {exc}") from exc
+        raise _unavailable(name, cache, f"the download failed: {describe_load_error(exc)}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backbones import Backbone, get_backbone
+from models.backbones import Backbone, describe_load_error, get_backbone, safe_load_refusal
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
@@ -143,8 +143,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"no trained model at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable trained-model checkpoint (damaged or foreign): {exc}") from exc
+    except Exception as exc:  # never pass on torch's advice to load with weights_only=False
+        refusal = safe_load_refusal(exc)
+        if refusal is not None:
+            raise ValueError(f"{path} is refused: {refusal}") from None
+        raise ValueError(f"{path} is not a readable trained-model checkpoint (damaged or foreign): "
+                         f"{describe_load_error(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a Retrieval Explorer trained-model checkpoint")
     if int(ckpt.get("version", -1)) > CHECKPOINT_VERSION:
