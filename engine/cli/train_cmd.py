@@ -1,7 +1,9 @@
 """`retrieval-explorer train --data DIR ...`: train an embedding (metric learning) headless.
 
-Every TrainConfig field is an option (--iterations, --mode, --no-memory, ...). Progress goes to
-stderr; the result (paths, validation metrics) to stdout, as JSON with --json.
+Every TrainConfig field is an option (--iterations, --mode, --target, --no-memory, ...). Progress goes to
+stderr (each preparation phase with its own rate and ETA, then the training loop with the loop's own);
+the result to stdout: the kept model, the metric that chose it, and what it, last.pt and the best
+untrained descriptor score on the validation data; as JSON with --json.
 """
 
 from __future__ import annotations
@@ -10,8 +12,24 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
+from typing import TextIO
 
 _SKIP = {"data_root", "train_classes", "extra"}
+
+HELP = {
+    "target": "what the model should get better at: 'same' = retrieving within these categories (validation: a "
+              "share of each class's images, never trained on; the right choice for your own labelled folders); "
+              "'new' = categories it has never seen (validation: whole classes held back)",
+    "val_image_share": "target same: the share of each class's images held back to validate",
+    "val_class_share": "target new: the share of the classes held back to validate",
+    "image_split": "a JSON file {\"train\": [...], \"val\": [...]} of image paths relative to --data (label = parent "
+                   "folder), used instead of the automatic carve",
+    "select_metric": "the validation metric that chooses the kept checkpoint best.pt (and early stopping)",
+    "out_dir": "the run's folder; refused when it holds another run (default: a new folder in the models folder)",
+    "name": "the run's name (default: time to the millisecond, data folder and settings; a counter is added "
+            "when that folder exists)",
+}
 
 
 def _bool(s: str) -> bool:
@@ -24,20 +42,24 @@ def _bool(s: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.training.config import LOSSES, MININGS, MODES, POOLINGS, TrainConfig
+    from engine.training.config import LOSSES, MININGS, MODES, POOLINGS, SELECT_METRICS, TARGETS, TrainConfig
 
     choices = {"mode": MODES, "loss": LOSSES, "mining": MININGS, "pooling": POOLINGS,
-               "select_metric": ("map", "recall@1")}
+               "select_metric": SELECT_METRICS, "target": TARGETS}
     p = sub.add_parser("train", help="train an embedding on a folder of class sub-folders (metric learning)",
                        description="Train an embedding with triplet/contrastive loss and a cross-batch memory. "
-                       "Label = sub-folder name. Validation classes are carved from the training classes.")
+                       "Label = sub-folder name. --target same (default) holds back a share of every class's images "
+                       "to validate (better retrieval within your categories); --target new holds back whole "
+                       "classes (better retrieval of unseen categories). The checkpoint kept as best.pt is the "
+                       "one with the best validation --select-metric.")
     p.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--classes", metavar="FILE",
                    help="the training classes: a text file (one per line) or JSON (a list, or a dict with "
                         "'train_classes')")
     g.add_argument("--train-classes", nargs="+", metavar="CLASS", help="the training classes, listed")
-    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt (the only way to write "
+                   "into a folder that holds a run)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     defaults = TrainConfig(data_root="")
     for f in dataclasses.fields(TrainConfig):
@@ -45,13 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         opt = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        extra = f"{HELP[f.name]} " if f.name in HELP else ""
         if isinstance(default, bool):
-            p.add_argument(opt, type=_bool, default=None, metavar="BOOL", help=f"(default: {default})")
+            p.add_argument(opt, type=_bool, default=None, metavar="BOOL", help=f"{extra}(default: {default})")
             if f.name == "memory":
                 p.add_argument("--no-memory", dest="memory", action="store_false", help="train without the memory")
         else:
             p.add_argument(opt, type=type(default), default=None, choices=choices.get(f.name),
-                           help=f"(default: {default!r})")
+                           help=f"{extra}(default: {default!r})")
     p.set_defaults(func=run)
 
 
@@ -73,41 +96,112 @@ def config_from_args(args: argparse.Namespace):
     return cfg
 
 
+class Console:
+    """The trainer's events on a terminal: every preparation phase as a bar with its own rate and ETA, the
+    training loop as a bar with the loop's own rate and ETA (from the trainer), other events as lines.
+    Redrawn in place on a terminal; when not a terminal, a line every few seconds."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.min_interval = 0.2 if self.tty else 5.0
+        self._last = 0.0
+        self._bar_open = False
+        self._bar_key = ""
+
+    def line(self, text: str) -> None:
+        if self._bar_open and self.tty:
+            self.stream.write("\n")
+        self._bar_open = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def bar(self, key: str, label: str, done: int, total: int, rate: float, unit: str, eta: float,
+            extra: str = "") -> None:
+        from engine.training.trainer import fmt_eta
+
+        now = time.monotonic()
+        final = total > 0 and done >= total
+        if key == self._bar_key and not final and now - self._last < self.min_interval:
+            return
+        if key != self._bar_key and self._bar_open and self.tty:
+            self.stream.write("\n")
+        self._last, self._bar_key = now, key
+        frac = min(done / total, 1.0) if total else 0.0
+        text = (f"{label} [{'#' * int(frac * 30):<30}] {done}/{total} {rate:.1f} {unit}/s "
+                f"eta {fmt_eta(eta)}{extra}")
+        if self.tty:
+            self.stream.write("\r" + text[:160].ljust(100) + ("\n" if final else ""))
+            self._bar_open = not final
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __call__(self, e) -> None:
+        if e.kind == "phase":
+            self.bar("phase:" + e.message, e.message, e.iteration, e.total, e.images_per_s, "images", e.eta_s)
+        elif e.kind == "iteration":
+            mem = f" mem {e.loss_memory:.4f}" if e.loss_memory is not None else ""
+            self.bar("train", "train", e.iteration, e.total, e.images_per_s, "images", e.eta_s,
+                     f" loss {e.loss:.4f}{mem}" if e.loss is not None else "")
+        elif e.kind in ("validation", "message"):
+            self.line(f"[it {e.iteration}] {e.message}" if e.kind == "validation" else e.message)
+
+
+def summary(res) -> list[str]:
+    """What the run kept and why: the selection metric, and the kept model, last.pt and the best untrained
+    descriptor on the validation data."""
+    from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
+
+    sel = res.select_metric
+    keys = [sel] + [k for k in ("map", "recall@1") if k != sel]
+    lines = [f"best model (kept): {res.best_checkpoint_path}",
+             f"  iteration {res.best_iteration}, chosen on validation {SELECT_LABELS[sel]} (the selection metric)",
+             f"last checkpoint (resumable): {res.checkpoint_path} (iteration {res.last_iteration})"]
+    rows = []
+    bu = res.best_untrained
+    if bu:
+        rows.append((f"best untrained descriptor ({UNTRAINED_LABELS[bu]})", res.untrained_val_metrics[bu]))
+    elif res.baseline_val_metrics:
+        rows.append((f"untrained descriptor ({res.config.pooling})", res.baseline_val_metrics))
+    if res.best_val_metrics:
+        rows.append((f"kept best.pt (iteration {res.best_iteration})", res.best_val_metrics))
+    last_val = next((h for h in reversed(res.history) if "val" in h), None)
+    if last_val is not None and last_val["iteration"] == res.last_iteration:
+        rows.append((f"last.pt (iteration {res.last_iteration})", last_val["val"]))
+    if rows and any(m.get(sel) is not None for _, m in rows):
+        width = max(len(r) for r, _ in rows)
+        lines += ["", f"on the validation data ({res.validation})"]
+        lines.append(f"  {'':<{width}}  " + "  ".join(f"{SELECT_LABELS[k] + ('*' if k == sel else ''):>7}"
+                                                      for k in keys))
+        for label, m in rows:
+            lines.append(f"  {label:<{width}}  " + "  ".join(
+                f"{m[k]:7.4f}" if m.get(k) is not None else f"{'—':>7}" for k in keys))
+        lines.append(f"  * the selection metric: best.pt is the checkpoint with the best validation "
+                     f"{SELECT_LABELS[sel]}")
+    lines.append(f"stopped: {res.stopped_reason}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
-    from engine.cli.common import TextProgress
     from engine.training.trainer import train
 
     cfg = config_from_args(args)
     problems = cfg.validate()
     if problems:
         raise ValueError("; ".join(problems))
-    bar = TextProgress("train")
-    last: dict = {}
-
-    def on_event(e) -> None:
-        if e.kind == "iteration":
-            last.update(loss=e.loss, mem=e.loss_memory)
-        elif e.kind == "validation" and e.val_recall1 is not None:
-            sys.stderr.write(f"\n[it {e.iteration}] validation R@1 {e.val_recall1:.4f}\n")
-        elif e.kind == "message":
-            sys.stderr.write(e.message + "\n")
-
-    def progress(done: int, total: int, message: str) -> None:
-        mem = f" mem {last['mem']:.4f}" if last.get("mem") is not None else ""
-        bar(done, total, message + mem)
-
-    res = train(cfg, progress=progress, on_event=on_event, resume_from=args.resume)
+    console = Console()
+    res = train(cfg, on_event=console, resume_from=args.resume)
     out = {"checkpoint": res.checkpoint_path, "best_checkpoint": res.best_checkpoint_path,
+           "run_folder": res.config.out_dir, "target": res.config.target, "validation": res.validation,
+           "select_metric": res.select_metric, "best_iteration": res.best_iteration,
+           "best_val_metrics": res.best_val_metrics, "last_iteration": res.last_iteration,
            "val_metrics": res.val_metrics, "baseline_val_metrics": res.baseline_val_metrics,
+           "untrained_val_metrics": res.untrained_val_metrics, "best_untrained": res.best_untrained,
            "stopped_reason": res.stopped_reason, "cancelled": res.cancelled,
            "iterations_done": max([h["iteration"] for h in res.history] or [0])}
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"best model: {res.best_checkpoint_path}")
-        print(f"last checkpoint: {res.checkpoint_path}")
-        b, v = res.baseline_val_metrics.get("recall@1"), res.val_metrics.get("recall@1")
-        if b is not None and v is not None:
-            print(f"validation R@1: untrained {b:.4f} -> last {v:.4f}")
-        print(f"stopped: {res.stopped_reason}")
+        print("\n".join(summary(res)))
     return 0 if not res.stopped_reason.startswith("the loss became") else 1
