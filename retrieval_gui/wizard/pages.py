@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import html
-import re
 import time
 from typing import TYPE_CHECKING
 
@@ -37,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.training.config import LOSSES, MININGS, POOLINGS, TrainConfig
+from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
 from retrieval_gui.wizard.dataset import DataSummary, read_class_list, summarize
 from retrieval_gui.wizard.plot import LiveTrainingPlot
 
@@ -91,14 +91,43 @@ class _SettingsPage(QWizardPage):
 
 
 # --------------------------------------------------------------------------------------------------
+TARGET_TEXT = {
+    "same": ("Find more of these categories in new pictures (same categories)",
+             "For example more of your products, species or garment kinds among new photos. A share of every "
+             "category's images is held back, never trained on, to follow progress and to choose the model "
+             "to keep. This is what most people who train on their own labelled folders want."),
+    "new": ("Work on categories it has never seen (new categories)",
+            "Whole categories are held back to follow progress and to choose the model, as in research "
+            "benchmarks. Expect small gains: on the cub100 benchmark, models trained this way end level with "
+            "the untrained descriptors on unseen categories."),
+}
+SHARE_LABEL = {"same": "Validation share of each class's images:", "new": "Validation share of the classes:"}
+
+
 class DataPage(_SettingsPage):
-    """A folder of class sub-folders, optionally restricted by a split file; the class-disjoint split."""
+    """What the model should get better at (the target), a folder of class sub-folders, optionally
+    restricted by a split file, and the train/validation split that target gives."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setTitle("Training data")
         self.setSubTitle("A folder with one sub-folder of images per class (label = sub-folder name). "
-                         "Validation classes are carved from the training classes, never shared with them.")
+                         "Validation images are held back from training and choose the model that is kept.")
+        self.target_box = QGroupBox("What should the model get better at?")
+        self.target_same = QRadioButton(TARGET_TEXT["same"][0])
+        self.target_new = QRadioButton(TARGET_TEXT["new"][0])
+        self.target_group = QButtonGroup(self)
+        tl = QVBoxLayout(self.target_box)
+        for key, button in (("same", self.target_same), ("new", self.target_new)):
+            self.target_group.addButton(button)
+            note = QLabel(TARGET_TEXT[key][1])
+            note.setWordWrap(True)
+            note.setContentsMargins(22, 0, 0, 4)
+            note.setStyleSheet("color: #555")
+            tl.addWidget(button)
+            tl.addWidget(note)
+        self._shares = {"same": 0.2, "new": 0.2}
+        self._target = "same"
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("folder with class sub-folders")
         browse = QPushButton("Browse…")
@@ -108,6 +137,7 @@ class DataPage(_SettingsPage):
         browse_split = QPushButton("Browse…")
         browse_split.clicked.connect(self._browse_split)
         self.val_share = _dspin(0.0, 0.9, 0.05, 2)
+        self.val_share_label = QLabel(SHARE_LABEL["same"])
         self.seed = _spin(0, 2**31 - 1)
         form = QFormLayout()
         row = QHBoxLayout()
@@ -118,7 +148,7 @@ class DataPage(_SettingsPage):
         row2.addWidget(self.split_edit)
         row2.addWidget(browse_split)
         form.addRow("Split file:", row2)
-        form.addRow("Validation share of classes:", self.val_share)
+        form.addRow(self.val_share_label, self.val_share)
         form.addRow("Seed (split and training):", self.seed)
         self.counts = QTableWidget(2, 2)
         self.counts.setHorizontalHeaderLabels(["classes", "images"])
@@ -129,6 +159,7 @@ class DataPage(_SettingsPage):
         self.message.setWordWrap(True)
         self.message.setTextFormat(Qt.TextFormat.RichText)
         lay = QVBoxLayout(self)
+        lay.addWidget(self.target_box)
         lay.addLayout(form)
         lay.addWidget(self.counts)
         lay.addWidget(self.message)
@@ -145,6 +176,22 @@ class DataPage(_SettingsPage):
             w.textChanged.connect(self._debounce.start)
         for s in (self.val_share, self.seed):
             s.valueChanged.connect(self._debounce.start)
+        self.target_same.setChecked(True)
+        self.target_group.buttonToggled.connect(self._target_changed)
+
+    def target(self) -> str:
+        """"same" or "new", as chosen."""
+        return "new" if self.target_new.isChecked() else "same"
+
+    def _target_changed(self, *_args) -> None:
+        new = self.target()
+        if new == self._target:
+            return
+        self._shares[self._target] = self.val_share.value()   # each target keeps its own share
+        self._target = new
+        self.val_share_label.setText(SHARE_LABEL[new])
+        self.val_share.setValue(self._shares[new])
+        self._debounce.start()
 
     def _browse_folder(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Training data folder", self.folder_edit.text())
@@ -184,7 +231,8 @@ class DataPage(_SettingsPage):
         if self.split_error:
             s = DataSummary(root=self.folder_edit.text().strip(), error=self.split_error)
         else:
-            s = summarize(self.folder_edit.text().strip(), classes, self.val_share.value(), self.seed.value(), p)
+            s = summarize(self.folder_edit.text().strip(), classes, self.val_share.value(), self.seed.value(), p,
+                          target=self.target())
         self.summary = s
         rows = ((len(s.train_classes), s.train_images), (len(s.val_classes), s.val_images))
         for r, (nc, ni) in enumerate(rows):
@@ -199,6 +247,8 @@ class DataPage(_SettingsPage):
                 from_file = bool(self.split_edit.text().strip())
                 restricted = " (classes from the split file)" if from_file else " (classes given with the settings)"
             parts.append(f"{len(s.per_class)} classes, {sum(s.per_class.values())} images{restricted}.")
+            if s.description:
+                parts.append(html.escape(s.description))
         parts += [f"<span style='color:#a15c00'>⚠ {html.escape(w)}</span>" for w in s.warnings]
         self.message.setText("<br>".join(parts))
         self.completeChanged.emit()
@@ -212,7 +262,11 @@ class DataPage(_SettingsPage):
 
     def load(self, cfg: TrainConfig) -> None:
         self.folder_edit.setText(cfg.data_root)
-        self.val_share.setValue(cfg.val_class_share)
+        self._shares = {"same": cfg.val_image_share, "new": cfg.val_class_share}
+        self._target = "new" if cfg.target == "new" else "same"
+        (self.target_new if self._target == "new" else self.target_same).setChecked(True)
+        self.val_share_label.setText(SHARE_LABEL[self._target])
+        self.val_share.setValue(self._shares[self._target])
         self.seed.setValue(cfg.seed)
         split = cfg.extra.get("split_file", "") if isinstance(cfg.extra, dict) else ""
         self.split_edit.setText(str(split))
@@ -223,7 +277,9 @@ class DataPage(_SettingsPage):
     def store(self, cfg: TrainConfig) -> None:
         cfg.data_root = self.folder_edit.text().strip()
         cfg.train_classes = self.train_classes()
-        cfg.val_class_share = self.val_share.value()
+        self._shares[self.target()] = self.val_share.value()
+        cfg.target = self.target()
+        cfg.val_image_share, cfg.val_class_share = self._shares["same"], self._shares["new"]
         cfg.seed = self.seed.value()
         split = self.split_edit.text().strip()
         if split:
@@ -390,12 +446,17 @@ class RunSettingsPage(_SettingsPage):
         self.weight_decay = _dspin(0.0, 1.0, 1e-4, 6)
         self.freeze_bn = QCheckBox("Freeze BatchNorm statistics")
         self.val_every = _spin(1, 1_000_000, 50)
+        self.select_metric = QComboBox()
+        self.select_metric.addItem("mAP (the whole ranking)", "map")
+        self.select_metric.addItem("R@1 (the first result)", "recall@1")
+        self.select_metric.setToolTip("The validation figure that chooses the model kept as best.pt (and stops "
+                                      "training early when patience is set).")
         self.device = QComboBox()
         for value, label in available_devices():
             self.device.addItem(label, value)
         self.threads = _spin(0, 256, 1, "default")
         self.name = QLineEdit()
-        self.name.setPlaceholderText("generated from the date and settings")
+        self.name.setPlaceholderText("generated from the time, the data folder and the settings")
         form = QFormLayout(self)
         form.addRow(self.mode_head)
         form.addRow(self.mode_tail)
@@ -414,6 +475,7 @@ class RunSettingsPage(_SettingsPage):
         form.addRow("Weight decay:", self.weight_decay)
         form.addRow(self.freeze_bn)
         form.addRow("Validate every (iterations):", self.val_every)
+        form.addRow("Keep the model with the best validation:", self.select_metric)
         form.addRow("Device:", self.device)
         form.addRow("CPU threads:", self.threads)
         form.addRow("Model name:", self.name)
@@ -439,6 +501,11 @@ class RunSettingsPage(_SettingsPage):
         self.weight_decay.setValue(cfg.weight_decay)
         self.freeze_bn.setChecked(cfg.freeze_bn)
         self.val_every.setValue(cfg.val_every)
+        j = self.select_metric.findData(cfg.select_metric)
+        if j < 0:  # a value no choice offers: kept as it is, so that validation reports it
+            self.select_metric.addItem(cfg.select_metric, cfg.select_metric)
+            j = self.select_metric.count() - 1
+        self.select_metric.setCurrentIndex(j)
         i = self.device.findData(cfg.device)
         if i < 0 and cfg.device == "auto" or cfg.device.startswith("cuda") and i < 0:
             i = 0  # auto / an absent CUDA device: the first offered (CUDA when present, else CPU)
@@ -458,6 +525,7 @@ class RunSettingsPage(_SettingsPage):
         cfg.weight_decay = self.weight_decay.value()
         cfg.freeze_bn = self.freeze_bn.isChecked()
         cfg.val_every = self.val_every.value()
+        cfg.select_metric = str(self.select_metric.currentData())
         cfg.device = str(self.device.currentData())
         cfg.num_threads = self.threads.value()
         cfg.name = self.name.text().strip()
@@ -488,9 +556,14 @@ class SummaryPage(QWizardPage):
         self.problems = list(cfg.validate())
         if not data.ok:
             self.problems.insert(0, data.error)
+        target = {"same": f"the same categories (validation: {cfg.val_image_share:.0%} of each class's images)",
+                  "new": f"new categories (validation: {cfg.val_class_share:.0%} of the classes)"}
         rows = [("Data", cfg.data_root),
-                ("Training classes", f"{len(data.train_classes)} ({data.train_images} images)"),
-                ("Validation classes", f"{len(data.val_classes)} ({data.val_images} images)"),
+                ("Target", target.get(cfg.target, cfg.target)),
+                ("Training", f"{data.train_images} images of {len(data.train_classes)} classes"),
+                ("Validation", f"{data.val_images} images of {len(data.val_classes)} classes"),
+                ("Model kept", f"the checkpoint with the best validation "
+                               f"{SELECT_LABELS.get(cfg.select_metric, cfg.select_metric)} (best.pt)"),
                 ("Backbone", f"{cfg.backbone} ({cfg.weights} weights), {cfg.pooling.upper()} pooling, "
                              f"image {cfg.image_size}px"),
                 ("Embedding", "same size as the features (identity start)" if cfg.embedding_dim == 0
@@ -523,12 +596,11 @@ class SummaryPage(QWizardPage):
 
 
 # --------------------------------------------------------------------------------------------------
-_BASELINE_RE = re.compile(r"untrained descriptor.*R@1 ([0-9.]+)")
-
-
 class RunPage(QWizardPage):
-    """The live view of a run: loss and validation plots, memory fill, speed, ETA, pause/resume/stop,
-    then the final metrics beside the untrained descriptor's and "Use this model"."""
+    """The live view of a run: preparation phases with their own rate and ETA, loss and validation plots
+    (the validation metric that chooses the kept model, the best untrained descriptor's level, the kept
+    point), memory fill, speed, ETA, pause/resume/stop; then the kept model against the best untrained
+    descriptor and last.pt on the validation data, and "Use this model"."""
 
     useModelRequested = Signal(str)
 
@@ -544,6 +616,7 @@ class RunPage(QWizardPage):
         self.speed_label = QLabel("—")
         self.eta_label = QLabel("—")
         self.val_label = QLabel("—")
+        self.val_name = QLabel("<b>Val R@1</b>")
         self.memory_bar = QProgressBar()
         self.memory_bar.setFormat("%v / %m embeddings")
         self.memory_bar.setRange(0, 1)
@@ -569,8 +642,8 @@ class RunPage(QWizardPage):
         stats = QGridLayout()
         for col, (name, w) in enumerate((("Iteration", self.iteration_label), ("Loss", self.loss_label),
                                          ("Images/s", self.speed_label), ("ETA", self.eta_label),
-                                         ("Val R@1", self.val_label))):
-            stats.addWidget(QLabel(f"<b>{name}</b>"), 0, col)
+                                         (self.val_name, self.val_label))):
+            stats.addWidget(name if isinstance(name, QLabel) else QLabel(f"<b>{name}</b>"), 0, col)
             stats.addWidget(w, 1, col)
         buttons = QHBoxLayout()
         buttons.addWidget(QLabel("Memory:"))
@@ -579,9 +652,10 @@ class RunPage(QWizardPage):
         buttons.addWidget(self.resume_button)
         buttons.addWidget(self.stop_button)
 
-        self.results = QGroupBox("Result on the validation classes")
-        self.metrics_table = QTableWidget(0, 3)
-        self.metrics_table.setHorizontalHeaderLabels(["metric", "untrained descriptor", "trained"])
+        self.results = QGroupBox("The kept model on the validation data")
+        self.metrics_table = QTableWidget(0, 4)
+        self.metrics_table.setHorizontalHeaderLabels(["metric", "best untrained descriptor", "kept model (best.pt)",
+                                                      "last.pt"])
         self.metrics_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.metrics_table.setMaximumHeight(130)
         self.metrics_table.verticalHeader().setVisible(False)
@@ -633,6 +707,8 @@ class RunPage(QWizardPage):
         self.events: dict[str, int] = {}
         self.last_checkpoint = ""
         self._latest = None
+        self._val_scores: dict[int, float] = {}
+        self.untrained: tuple[str, float] | None = None   # (descriptor, validation score) of the best untrained
         self.plot.clear()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -684,6 +760,11 @@ class RunPage(QWizardPage):
         handle.error.connect(lambda m, d, h=handle: h is self.handle and self.on_error(m, d))
         handle.finished.connect(lambda h=handle: h is self.handle and self.on_finished())
         self.progress.setRange(0, max(1, config.iterations))
+        label = SELECT_LABELS.get(config.select_metric, config.select_metric)
+        self.plot.set_metric(label)
+        self.val_name.setText(f"<b>Val {html.escape(label)}</b>")
+        self.val_name.setToolTip(f"The validation {label}: the selection metric, which chooses the model kept "
+                                 "as best.pt")
         self.phase.setText("Starting: reading the data and building the model…")
         self._labels_timer.start()
         self._set_buttons()
@@ -718,20 +799,29 @@ class RunPage(QWizardPage):
         if kind == "iteration":
             self.plot.add_iteration(e.iteration, e.loss, e.loss_batch, e.loss_memory)
             self._latest = e
+        elif kind == "phase":  # a preparation step (e.g. computing the features once): its own rate and ETA
+            self.phase.setText(f"{e.message}: {e.iteration} / {e.total} images")
+            self.progress.setRange(0, max(1, e.total))
+            self.progress.setValue(e.iteration)
+            self.speed_label.setText(f"{e.images_per_s:.1f}")
+            self.eta_label.setText(fmt_duration(e.eta_s))
         elif kind == "validation":
-            self.plot.add_validation(e.iteration, e.val_recall1)
-            if e.val_recall1 is not None:
-                self.val_label.setText(f"{e.val_recall1:.4f} (it {e.iteration})")
+            value = getattr(e, "val_score", None)
+            value = e.val_recall1 if value is None and not getattr(e, "select_metric", "") else value
+            self.plot.add_validation(e.iteration, value)
+            if value is not None:
+                self._val_scores[e.iteration] = value
+                self.val_label.setText(f"{value:.4f} (it {e.iteration})")
+            best = getattr(e, "best_iteration", -1)
+            if best in self._val_scores:
+                self.plot.set_best(best, self._val_scores[best])
             self._log(f"[{e.iteration}] {e.message}")
+        elif kind == "untrained":
+            self.untrained = (e.message, e.val_score)
+            self.plot.set_baseline(e.val_score, f"best untrained ({UNTRAINED_LABELS.get(e.message, e.message)})")
         elif kind == "checkpoint":
             self.last_checkpoint = e.message
         elif kind == "message":
-            m = _BASELINE_RE.search(e.message)
-            if m:
-                try:
-                    self.plot.set_baseline(float(m.group(1).rstrip(".")))
-                except ValueError:
-                    pass
             self._log(e.message)
         elif kind == "done":
             self._log(f"done: {e.message}")
@@ -767,23 +857,52 @@ class RunPage(QWizardPage):
     def on_result(self, result) -> None:
         self.result = result
         self._update_labels()
-        self.plot.set_baseline(result.baseline_val_metrics.get("recall@1"))
+        sel = getattr(result, "select_metric", "map")
+        label = SELECT_LABELS.get(sel, sel)
+        best_untrained = getattr(result, "best_untrained", "")
+        untrained = result.untrained_val_metrics.get(best_untrained, {}) if best_untrained else {}
+        if untrained:
+            self.plot.set_baseline(untrained.get(sel), f"best untrained ({UNTRAINED_LABELS[best_untrained]})")
+        elif result.baseline_val_metrics:
+            untrained = result.baseline_val_metrics
+            self.plot.set_baseline(untrained.get(sel), "untrained")
+        best = getattr(result, "best_val_metrics", {}) or self._best_metrics(result)
+        best_it = getattr(result, "best_iteration", None)
+        if best_it is not None and best.get(sel) is not None:
+            self.plot.set_best(best_it, best[sel])
         self.plot.flush()
-        keys = [k for k in ("recall@1", "recall@2", "recall@4", "recall@5", "recall@8", "recall@10", "map")
-                if k in result.val_metrics or k in result.baseline_val_metrics]
-        keys += sorted(k for k in set(result.val_metrics) | set(result.baseline_val_metrics) if k not in keys)
-        best = self._best_metrics(result)
+        last_it = getattr(result, "last_iteration", None)
+        last_val = next((h for h in reversed(result.history) if "val" in h), None)
+        last = last_val["val"] if last_val is not None and last_val["iteration"] == last_it else {}
+        found = set(result.val_metrics) | set(untrained) | set(best)
+        keys = [k for k in (sel, "recall@1", "recall@2", "recall@4", "recall@5", "recall@8", "recall@10", "map")
+                if k in found]
+        keys = list(dict.fromkeys(keys)) + sorted(k for k in found if k not in keys)
+        self.metrics_table.setHorizontalHeaderLabels([
+            "metric",
+            f"best untrained ({UNTRAINED_LABELS[best_untrained]})" if best_untrained else "untrained descriptor",
+            "kept model (best.pt" + (f", it {best_it})" if best_it is not None else ")"),
+            "last.pt" + (f" (it {last_it})" if last_it is not None else "")])
         self.metrics_table.setRowCount(len(keys))
         for r, k in enumerate(keys):
-            b, v = result.baseline_val_metrics.get(k), best.get(k, result.val_metrics.get(k))
-            for c, text in enumerate((k, _num(b), _num(v))):
+            name = SELECT_LABELS.get(k, k) + (" (selection metric)" if k == sel else "")
+            for c, text in enumerate((name, _num(untrained.get(k)), _num(best.get(k)), _num(last.get(k)))):
                 self.metrics_table.setItem(r, c, QTableWidgetItem(text))
         how = {"finished": "Finished", "cancelled": "Stopped"}.get(result.stopped_reason, result.stopped_reason)
-        self.phase.setText(f"{how}. The best checkpoint (chosen on the validation classes) is kept.")
-        self.result_label.setText(f"Best model: {result.best_checkpoint_path}\nLast checkpoint (resumable): "
-                                  f"{result.checkpoint_path}")
-        self.results.setTitle("Result on the validation classes (best checkpoint)" if best else
-                              "Result on the validation classes")
+        kept = f" from iteration {best_it}" if best_it is not None else ""
+        self.phase.setText(f"{how}. Kept as best.pt: the checkpoint{kept} with the best validation {label} "
+                           "(the selection metric).")
+        lines = []
+        if best.get(sel) is not None and untrained.get(sel) is not None:
+            diff = best[sel] - untrained[sel]
+            lines.append(f"The kept model scores {best[sel]:.4f} validation {label}, {abs(diff):.4f} "
+                         f"{'above' if diff >= 0 else 'below'} the best untrained descriptor"
+                         + (f"; last.pt would have scored {last[sel]:.4f}." if last.get(sel) is not None else "."))
+        if getattr(result, "validation", ""):
+            lines.append(result.validation)
+        lines.append(f"Best model: {result.best_checkpoint_path}\nLast checkpoint (resumable): {result.checkpoint_path}")
+        self.result_label.setText("\n".join(lines))
+        self.results.setTitle("The kept model on the validation data, beside the best untrained descriptor and last.pt")
         self.results.show()
         self.use_button.setEnabled(True)
 

@@ -1,4 +1,6 @@
-"""Live training plots: loss curves (total, in-batch part, memory part) and validation R@1.
+"""Live training plots: loss curves (total, in-batch part, memory part) and the validation metric that
+chooses the kept checkpoint (the run's selection metric), with the best untrained descriptor's level and
+the kept point marked.
 
 Points are buffered as they arrive and drawn by a timer at most every ``interval_ms`` (100 ms by
 default), so thousands of iteration events per second never stall the event loop.
@@ -39,20 +41,24 @@ class LiveTrainingPlot(QWidget):
         self.batch_curve = self._curve(self.loss_plot, "batch part", BATCH_COLOR, 1)
         self.memory_curve = self._curve(self.loss_plot, "memory part", MEMORY_COLOR, 1)
 
-        self.val_plot = pg.PlotWidget(title="Validation R@1 (validation classes, carved from the training classes)")
+        self.val_plot = pg.PlotWidget()
         self.val_plot.setLabel("bottom", "iteration")
-        self.val_plot.setLabel("left", "R@1")
         self.val_plot.getAxis("left").enableAutoSIPrefix(False)
         self.val_plot.showGrid(x=True, y=True, alpha=0.25)
         self.val_plot.addLegend(offset=(-10, -10))
         self.val_curve = self.val_plot.plot([], [], name="trained", pen=pg.mkPen(VAL_COLOR, width=2),
                                             symbol="o", symbolSize=6, symbolBrush=VAL_COLOR)
+        self.best_marker = self.val_plot.plot([], [], name="kept (best.pt)", pen=None, symbol="star", symbolSize=16,
+                                              symbolBrush=VAL_COLOR, symbolPen=pg.mkPen("k"))
         self.baseline_line = pg.InfiniteLine(angle=0, movable=False,
                                              pen=pg.mkPen(BASELINE_COLOR, width=1, style=Qt.PenStyle.DashLine),
                                              label="untrained", labelOpts={"position": 0.05, "color": BASELINE_COLOR})
         self.baseline_line.setVisible(False)
         self.val_plot.addItem(self.baseline_line)
         self.val_plot.setXLink(self.loss_plot)
+        self.metric = ""
+        self.best: tuple[float, float] | None = None
+        self.set_metric("R@1")
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -90,24 +96,38 @@ class LiveTrainingPlot(QWidget):
         self._memory.append(_finite(loss_memory))
         self._dirty = True
 
-    def add_validation(self, iteration: int, recall1: float | None) -> None:
-        if recall1 is None:
+    def add_validation(self, iteration: int, value: float | None) -> None:
+        """One validation's score on the plotted metric."""
+        if value is None:
             return
         self._val_it.append(float(iteration))
-        self._val.append(float(recall1))
+        self._val.append(float(value))
         self._dirty = True
 
-    def set_baseline(self, recall1: float | None) -> None:
-        """The untrained descriptor's validation R@1, drawn as a dashed line."""
-        self.baseline = recall1
-        self.baseline_line.setVisible(recall1 is not None)
-        if recall1 is not None:
-            self.baseline_line.setValue(float(recall1))
+    def set_metric(self, label: str) -> None:
+        """Name the validation metric plotted: the one that chooses the kept checkpoint (e.g. 'mAP')."""
+        self.metric = label
+        self.val_plot.setTitle(f"Validation {label}: the selection metric (the best point is kept as best.pt)")
+        self.val_plot.setLabel("left", f"validation {label}")
+
+    def set_best(self, iteration: int | None, value: float | None) -> None:
+        """Mark the kept checkpoint (best.pt) on the validation curve; None clears the mark."""
+        self.best = None if iteration is None or value is None else (float(iteration), float(value))
+        self._dirty = True
+
+    def set_baseline(self, value: float | None, label: str = "untrained") -> None:
+        """The (best) untrained descriptor's validation score on the plotted metric, as a dashed line."""
+        self.baseline = value
+        self.baseline_line.setVisible(value is not None)
+        self.baseline_line.label.setFormat(label)
+        if value is not None:
+            self.baseline_line.setValue(float(value))
 
     def clear(self) -> None:
         for buf in (self._it, self._total, self._batch, self._memory, self._val_it, self._val):
             buf.clear()
         self.set_baseline(None)
+        self.best = None
         self._dirty = True
         self.flush()
 
@@ -146,3 +166,4 @@ class LiveTrainingPlot(QWidget):
         self.batch_curve.setData(self._it, self._batch, connect=connect)
         self.memory_curve.setData(self._it, self._memory, connect=connect)
         self.val_curve.setData(self._val_it, self._val)
+        self.best_marker.setData(*(([self.best[0]], [self.best[1]]) if self.best else ([], [])))

@@ -68,7 +68,7 @@ def test_summarize_counts_the_trainers_split_and_warns(image_folder, tmp_path):
     one = root / "class_06"
     one.mkdir()
     (root / "class_00" / "000.jpg").rename(one / "000.jpg")  # a class with a single image
-    s = summarize(str(root), None, val_share=0.34, seed=0, classes_per_batch=32)
+    s = summarize(str(root), None, val_share=0.34, seed=0, classes_per_batch=32, target="new")
     from engine.training.data import split_classes
 
     train, val = split_classes([f"class_{i:02d}" for i in range(7)], 0.34, 0)
@@ -81,6 +81,14 @@ def test_summarize_counts_the_trainers_split_and_warns(image_folder, tmp_path):
     if "class_06" in train:
         assert "fewer than 2 images" in text and "class_06" in text
     assert "P = 32" in text  # far fewer classes than P
+    # the same categories: a share of every class's images validates, the classes are on both sides
+    same = summarize(str(root), None, val_share=0.34, seed=0)
+    assert same.ok and same.target == "same" and "same categories" in same.description
+    # class_00 (3 images) and class_06 (1) are too small to validate (2 held back, 2 kept at least)
+    assert same.val_classes == [f"class_{i:02d}" for i in range(1, 6)]
+    assert same.train_classes == [f"class_{i:02d}" for i in range(7)]
+    assert same.val_images == 10 and same.train_images == 14
+    assert any("not validated" in w and "class_00, class_06" in w for w in same.warnings)
     assert summarize("", None).error
     assert "not found" in summarize(str(tmp_path / "nope"), None).error
     bad = summarize(str(root), ["class_00", "class_99"])
@@ -106,10 +114,23 @@ def test_data_page_shows_counts_warnings_and_split_file(qtbot, image_folder, tmp
     page = wiz.data_page
     s = page.rescan()
     assert s.ok and page.isComplete()
-    assert len(s.train_classes) + len(s.val_classes) == 6
+    assert page.target_same.isChecked() and page.target() == "same"     # the default target
+    assert s.train_classes == s.val_classes and len(s.val_classes) == 6 and s.val_images == 12
     cells = [[page.counts.item(r, c).text() for c in range(2)] for r in range(2)]
     assert cells == [[str(len(s.train_classes)), str(s.train_images)], [str(len(s.val_classes)), str(s.val_images)]]
-    assert "6 classes, 24 images" in page.message.text()
+    assert "6 classes, 24 images" in page.message.text() and "same categories" in page.message.text()
+    assert "each class's images" in page.val_share_label.text()
+    # new categories: whole classes held back; each target keeps its own share
+    page.val_share.setValue(0.5)
+    page.target_new.setChecked(True)
+    assert "of the classes" in page.val_share_label.text() and page.val_share.value() == pytest.approx(0.34)
+    s = page.rescan()
+    assert len(s.train_classes) + len(s.val_classes) == 6 and not set(s.train_classes) & set(s.val_classes)
+    assert "new categories" in page.message.text()
+    cfg = wiz.config()
+    assert (cfg.target, cfg.val_class_share, cfg.val_image_share) == ("new", pytest.approx(0.34), 0.5)
+    page.target_same.setChecked(True)
+    assert page.val_share.value() == 0.5 and wiz.config().target == "same"
     # a split file restricts the classes
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train_classes": [f"class_{i:02d}" for i in range(5)]}))
@@ -134,13 +155,15 @@ def test_data_page_shows_counts_warnings_and_split_file(qtbot, image_folder, tmp
 def test_config_round_trips_through_the_pages_and_settings(qtbot, image_folder, tmp_path):
     root = image_folder(n_classes=6, per_class=4, size=24)
     cfg = tiny_config(root, tmp_path, mode="full", loss="contrastive", mining="hard", memory=False,
-                      memory_share=0.3, embedding_dim=128, pooling="gem", lr_backbone=3e-5, val_every=7)
+                      memory_share=0.3, embedding_dim=128, pooling="gem", lr_backbone=3e-5, val_every=7,
+                      target="new", val_image_share=0.25, select_metric="recall@1")
     wiz = TrainWizard(config=cfg)
     qtbot.addWidget(wiz)
     got = wiz.config()
     for f in ("data_root", "mode", "loss", "mining", "memory", "memory_share", "embedding_dim", "pooling",
               "lr_backbone", "lr_head", "val_every", "iterations", "classes_per_batch", "samples_per_class",
-              "image_size", "weights", "seed", "val_class_share", "name", "num_threads"):
+              "image_size", "weights", "seed", "val_class_share", "val_image_share", "target", "select_metric",
+              "name", "num_threads"):
         assert getattr(got, f) == pytest.approx(getattr(cfg, f)), f
     assert got.device == "cpu" or got.device.startswith("cuda")
     assert wiz.run_settings_page.lr_backbone.isEnabled()  # full mode
@@ -170,12 +193,12 @@ def test_summary_page_blocks_invalid_settings(qtbot, image_folder, tmp_path):
     wiz = TrainWizard(config=tiny_config(root, tmp_path, pooling="mac"))
     qtbot.addWidget(wiz)
     wiz.show()
-    wiz._config.select_metric = "nonsense"  # a setting no page shows: validate() must still catch it
+    wiz._config.log_every = -1  # a setting no page shows: validate() must still catch it
     for _ in range(4):
         wiz.next()
     assert wiz.currentPage() is wiz.summary_page
     assert not wiz.summary_page.isComplete()
-    assert any("select_metric" in p for p in wiz.summary_page.problems)
+    assert any("log_every" in p for p in wiz.summary_page.problems)
     assert "Cannot start" in wiz.summary_page.text.toHtml()
     assert not wiz.button(QWizard.WizardButton.CommitButton).isEnabled()
 
@@ -242,14 +265,23 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     assert any(v == v for v in run.plot._memory)  # the memory curve gets points after the warm-up
     assert run.memory_bar.maximum() > 1 and run.memory_bar.value() > 0
     assert run.iteration_label.text() == "30 / 30"
-    # metrics beside the untrained descriptor's
+    # the kept model beside the best untrained descriptor and last.pt, on the validation data
     assert run.results.isVisible()
-    rows = {run.metrics_table.item(r, 0).text(): (run.metrics_table.item(r, 1).text(),
-                                                  run.metrics_table.item(r, 2).text())
+    rows = {run.metrics_table.item(r, 0).text(): [run.metrics_table.item(r, c).text() for c in (1, 2, 3)]
             for r in range(run.metrics_table.rowCount())}
-    assert rows["recall@1"][0] == f"{result.baseline_val_metrics['recall@1']:.4f}"
-    assert rows["recall@1"][1] != "—"
-    assert run.plot.baseline == pytest.approx(result.baseline_val_metrics["recall@1"])
+    assert list(rows)[0] == "mAP (selection metric)"
+    untrained = result.untrained_val_metrics[result.best_untrained]
+    assert rows["mAP (selection metric)"] == [f"{untrained['map']:.4f}", f"{result.best_val_metrics['map']:.4f}",
+                                              f"{result.val_metrics['map']:.4f}"]
+    assert rows["R@1"][1] == f"{result.best_val_metrics['recall@1']:.4f}"
+    header = [run.metrics_table.horizontalHeaderItem(c).text() for c in range(4)]
+    assert header[2] == f"kept model (best.pt, it {result.best_iteration})" and header[3] == "last.pt (it 30)"
+    assert "best untrained" in header[1] and "last.pt would have scored" in run.result_label.text()
+    # the plot shows the selection metric, the best untrained level and the kept point
+    assert "mAP" in run.plot.val_plot.plotItem.titleLabel.text and run.plot.metric == "mAP"
+    assert run.plot.baseline == pytest.approx(untrained["map"])
+    assert run.plot.best == (result.best_iteration, pytest.approx(result.best_val_metrics["map"]))
+    assert run.val_name.text() == "<b>Val mAP</b>" and "best validation mAP" in run.phase.text()
     assert wiz.button(QWizard.WizardButton.FinishButton).isEnabled()
     # "Use this model" -> main_window.use_model(best checkpoint)
     with qtbot.waitSignal(wiz.modelChosen) as chosen:
