@@ -35,6 +35,7 @@ and the vector index — lives in a cache folder, as append-only commits::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -137,12 +138,27 @@ class ModelSpec:
         readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{self.descriptor}-{self.image_size or 'default'}")
         return f"{readable}-{digest}"
 
-    def build(self, device: str = "cpu") -> Any:
-        """The descriptor model (models.descriptors.DescriptorModel) on ``device``, in eval mode."""
+    def backbone_identity(self) -> str:
+        """A short stable name of what computes the feature maps (backbone and weights, by content):
+        collections differing only in descriptor or whitening share it (and one exported runtime)."""
+        ident = self.identity()
+        raw = json.dumps({"backbone": ident["backbone"], "weights": ident["weights"]}, sort_keys=True)
+        name = Path(self.backbone).stem if ident["backbone"].startswith("checkpoint:") else self.backbone
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def with_descriptor(self, descriptor: str) -> ModelSpec:
+        """The same model seen through another descriptor (no whitening: it belongs to one descriptor)."""
+        return dataclasses.replace(self, descriptor=descriptor,
+                                   whitening=self.whitening if descriptor == self.descriptor else None)
+
+    def build(self, device: str = "cpu", backbone: Any = None) -> Any:
+        """The descriptor model (models.descriptors.DescriptorModel) on ``device``, in eval mode; on a
+        given ``backbone`` (shared between descriptors) or a new one."""
         from models.backbones import get_backbone
         from models.descriptors import build_descriptor
 
-        backbone = get_backbone(self.backbone, weights=self.weights, device=device)
+        if backbone is None:
+            backbone = get_backbone(self.backbone, weights=self.weights, device=device)
         whitening = None
         if self.whitening:
             from models.whitening import PCAWhitening
@@ -889,7 +905,7 @@ def update_collections(
         models = [m.to(device).eval() for _, m in pairs]
         # DescriptorModels share one backbone pass; any other model ((B, 3, S, S) -> (B, D)) runs whole
         shared = all(hasattr(m, "describe") and hasattr(m, "backbone") for m in models)
-        run = features or (first_model.backbone.forward_features if shared else (lambda x: x))
+        run = (features or first_model.backbone.forward_features) if shared else (lambda x: x)
         heads = {i: (m.describe if shared else m) for i, m in enumerate(models)}
         wanted = [np.array([p in t for p in union], bool) for t in todos]
         size, mean, std = _input_spec(first_model, collections[0].model_spec.image_size)

@@ -378,9 +378,34 @@ class ExactIndex(VectorIndex):
 
 
 # --- HNSW ----------------------------------------------------------------------------------------
+def _import_quietly(name: str):
+    """Import a compiled module with its start-up banner (written by C++ to the process's stderr)
+    captured and logged at debug level: nmslib's wheel tells every run to rebuild it from source."""
+    import importlib
+    import sys
+    import tempfile
+
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            module = importlib.import_module(name)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        banner = capture.read().decode("utf-8", "replace").strip()
+    if banner:
+        log.debug("%s at import: %s", name, banner)
+    return module
+
+
 def _import_nmslib():
     try:
-        import nmslib
+        nmslib = _import_quietly("nmslib")
     except Exception as exc:  # ImportError, or a binary that fails to load
         raise RuntimeError(f"the HNSW index needs nmslib, which cannot be imported ({exc}); "
                            "install it (pip install nmslib) or use the exact index") from exc

@@ -140,8 +140,10 @@ def _l2n(x):
 class ModelCache:
     """Descriptor models built once and shared; thread-safe. Backbones are shared across descriptors."""
 
-    def __init__(self, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, device: str = "cpu", threads: int | None = None, runtime: str | None = None) -> None:
         self.device = device
+        #: what runs the backbone for indexing on the CPU (engine.runtime); $RETRIEVAL_EXPLORER_RUNTIME
+        self.runtime = runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
         self._lock = threading.Lock()
         self._backbones: dict[tuple, Any] = {}
         self._descriptors: dict[tuple, Any] = {}
@@ -169,6 +171,24 @@ class ModelCache:
         model = build_descriptor(key.descriptor, self.backbone(key)).to(self.device).eval()
         with self._lock:
             return self._descriptors.setdefault(k, model)
+
+    def features(self, key: ModelKey, runtime: str | None = None):
+        """The feature-map runner of ``key``'s backbone (engine.runtime: an exported CPU runtime when one
+        is installed and agrees with PyTorch, else PyTorch), built once per backbone and runtime."""
+        from engine.runtime import feature_runner
+
+        bb = self.backbone(key)
+        runtime = runtime or self.runtime
+        k = ("features", key.backbone, key.weights, key.image_size, runtime, self.device)
+        with self._lock:
+            runner = self._descriptors.get(k)
+        if runner is None:
+            ident = model_spec(key).backbone_identity()
+            runner = feature_runner(bb, self.image_size(key), ident, cache_root(),
+                                    runtime if self.device == "cpu" else "torch")
+            with self._lock:
+                runner = self._descriptors.setdefault(k, runner)
+        return runner
 
     def cached(self, key: ModelKey) -> bool:
         with self._lock:
@@ -307,13 +327,25 @@ class FolderIndex:
             return None
         return parts[-2] if len(parts) > 1 else None
 
+    def indexed_count(self, key: ModelKey) -> int | None:
+        """Images of ``key`` indexed so far (committed or being added), None when its collection is not
+        open yet. Cheap and non-blocking: safe to call from the GUI thread."""
+        with self._lock:
+            coll = self._collections.get(key)
+        return None if coll is None else len(coll)
+
+    def total_files(self, key: ModelKey) -> int | None:
+        """Image files the folder held at ``key``'s last scan (None: not known yet)."""
+        with self._lock:
+            coll = self._collections.get(key)
+        return None if coll is None else coll.total_files
+
     def vectors(self, key: ModelKey) -> tuple[list[str], np.ndarray] | None:
         """(absolute paths, vectors (N, D)) of ``key`` when indexed, else None."""
-        with self._key_lock(key):
-            coll = self.collection(key)
-            if len(coll) == 0:
-                return None
-            return coll.paths, coll.vectors
+        coll = self.collection(key)
+        if len(coll) == 0:
+            return None
+        return coll.paths, coll.vectors
 
     def has_index(self, key: ModelKey) -> bool:
         """True when vectors for ``key`` exist (opening the cache if needed)."""
@@ -321,21 +353,37 @@ class FolderIndex:
 
     def update(self, model_cache: ModelCache, key: ModelKey, *, batch_size: int = 16,
                progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
-               progress_interval: float = 0.25) -> IndexState:
-        """Extract the vectors of new or changed images, drop removed ones, save (engine.collection).
+               progress_interval: float = 0.25, descriptors: Sequence[str] | None = None,
+               runtime: str | None = None) -> IndexState:
+        """Extract the vectors of new or changed images, drop removed ones (engine.collection), for
+        ``key`` and every other descriptor of its backbone (``descriptors``; default all) in ONE pass of
+        the network per image, so that switching descriptor afterwards is instant. Work is committed as
+        it goes: a cancel keeps it, and searches meanwhile answer from what is indexed so far.
 
-        Progress is throttled to one call per ``progress_interval`` seconds. A cancelled update
-        changes nothing.
-        """
+        Progress is throttled to one call per ``progress_interval`` seconds; its message says how many
+        images are indexed."""
+        from engine.collection import update_collections
+
         progress, should_stop = resolve(progress, should_stop)
         progress(0, 0, f"loading {model_title(key.backbone)}")
-        with self._key_lock(key):
-            coll = self.collection(key)
-            model = model_cache.get(key)
-            report = coll.update(model, device=model_cache.device, batch_size=batch_size,
-                                 progress=make_progress_throttle(progress, progress_interval),
-                                 should_stop=should_stop)
+        kinds = [key.descriptor] + [d for d in (descriptors or list_descriptors()) if d != key.descriptor]
+        keys = [key.with_descriptor(d) for d in kinds]
+        with self._key_lock(("update", key.backbone, key.weights, key.image_size)):
+            colls = [self.collection(k) for k in keys]
+            work = [bool(c.scan()) or not c.is_saved for c in colls]
+            features = None
+            if any(work):
+                models = [model_cache.get(k) for k in keys]
+                features = model_cache.features(key, runtime)
+            else:
+                models = [None] * len(keys)
+            reports = update_collections(list(zip(colls, models, strict=True)), device=model_cache.device,
+                                         batch_size=batch_size, features=features,
+                                         progress=make_progress_throttle(progress, progress_interval),
+                                         should_stop=should_stop)
+            coll, report = colls[0], reports[0]
             skipped = [(str(self.folder / s.path), s.reason) for s in coll.skipped]
+            skipped += list(report.unreadable)
             return IndexState(key, len(coll) + len(skipped), len(coll), report.extracted, report.removed,
                               skipped, report.cancelled, report.seconds)
 

@@ -89,6 +89,8 @@ class MainWindow(QMainWindow):
         self._ready_keys: set[ModelKey] = set()
         self._index_task: workers.TaskHandle | None = None
         self._index_key: ModelKey | None = None
+        self._index_clock: tuple[float, int] | None = None  # (start time, images done then) for rate/ETA
+        self._queried_at_count = -1  # images indexed when the current results were searched
         self._query_task: workers.TaskHandle | None = None
         self._query_pending = False
         self._act_task: workers.TaskHandle | None = None
@@ -345,10 +347,14 @@ class MainWindow(QMainWindow):
             parts.append("No collection open (File > Open collection…)")
         else:
             parts.append(self.index.folder.name)
+            running = self._index_task is not None and self._index_task.is_running()
+            count, files = self.index.indexed_count(self.key), self.index.total_files(self.key)
             if self.state is not None and self.state.key == self.key:
                 parts.append(f"{self.state.total} images · {self.state.indexed} indexed")
                 if self.state.skipped:
                     parts.append(f"{len(self.state.skipped)} unreadable")
+            elif running and count is not None and files:
+                parts.append(f"{count:,} of {files:,} images indexed so far")
         parts.append(model_title(self.key.backbone))
         parts.append(DESCRIPTOR_TITLES.get(self.key.descriptor, self.key.descriptor))
         if self.key.weights != "pretrained":
@@ -404,9 +410,10 @@ class MainWindow(QMainWindow):
         task = workers.start_task(self.index.update, self.models, key, parent=self, name="index")
         self._index_task = task
         self.progress.setRange(0, 0)
-        self.progress.setFormat(f"indexing ({DESCRIPTOR_TITLES.get(key.descriptor, key.descriptor)})… %v/%m")
+        self.progress.setFormat("indexing…")
         self.progress.show()
         self.cancel_button.show()
+        self._index_clock = None
         task.progress.connect(self._on_index_progress)
         task.result.connect(lambda st, t=task: self._on_indexed(t, st))
         task.error.connect(lambda m, tb, t=task: t is self._index_task and self._on_error("Indexing failed", m))
@@ -421,14 +428,35 @@ class MainWindow(QMainWindow):
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(done)
+            self.progress.setFormat(self._progress_text(done, total))
         self.progress.setToolTip(message)
+        if self.index is not None and self._index_key == self.key and self.query_path:
+            count = self.index.indexed_count(self.key) or 0
+            # new images committed since the results were searched: search again, on what is indexed now
+            if count and count != self._queried_at_count and (self.result is None or count - self._queried_at_count
+                                                                >= max(200, self._queried_at_count // 10)):
+                self.run_query()
+        self._update_status()
+
+    def _progress_text(self, done: int, total: int) -> str:
+        """'1,234 / 5,902 · 45/s · 1:43 left': the rate over the images of this run."""
+        now = time.monotonic()
+        if self._index_clock is None or done < self._index_clock[1]:
+            self._index_clock = (now, done)
+        t0, d0 = self._index_clock
+        text = f"indexing {done:,} / {total:,}"
+        if now - t0 > 1.0 and done > d0:
+            rate = (done - d0) / (now - t0)
+            left = int((total - done) / rate)
+            text += f" · {rate:.0f}/s · {left // 60}:{left % 60:02d} left"
+        return text
 
     def _on_indexed(self, task: workers.TaskHandle, state: IndexState) -> None:
         if task is not self._index_task or self.index is None:
             return
         self.state = state
-        if not state.cancelled:
-            self._ready_keys.add(state.key)
+        if not state.cancelled:  # every descriptor of the backbone came from the same pass
+            self._ready_keys.update(state.key.with_descriptor(d) for d in list_descriptors())
         self._update_status()
         if state.skipped:
             names = ", ".join(Path(p).name for p, _ in state.skipped[:5])
@@ -444,6 +472,14 @@ class MainWindow(QMainWindow):
 
     def index_ready(self, key: ModelKey | None = None) -> bool:
         return (key or self.key) in self._ready_keys
+
+    def searchable_count(self, key: ModelKey | None = None) -> int:
+        """Images that a query of ``key`` would search now: all when its index is up to date, else what
+        the running indexing has committed or added so far (0: nothing yet)."""
+        key = key or self.key
+        if self.index is None:
+            return 0
+        return self.index.indexed_count(key) or 0
 
     # ------------------------------------------------------------------ model / descriptor
     def use_model(self, backbone: str) -> None:
@@ -555,14 +591,18 @@ class MainWindow(QMainWindow):
         if self.index is None:
             self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>Open a collection to search it.")
             return
-        if not self.index_ready():
-            self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>waiting for the index…")
+        if not self.index_ready() and self.searchable_count() == 0:
+            indexing = self._index_task is not None and self._index_task.is_running()
+            self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>" + (
+                "waiting for the first indexed images…" if indexing
+                else "This descriptor is not indexed yet: use Re-index or open the folder again."))
             return
         if self._query_task is not None and self._query_task.is_running():
             self._query_pending = True
             return
         self._generation += 1
         gen = self._generation
+        self._queried_at_count = self.searchable_count()
         task = workers.start_task(run_query, self.index, self.models, self.key, self.query_path,
                                   replace(self.options), parent=self, name="query", with_callbacks=False)
         self._query_task = task
@@ -590,6 +630,12 @@ class MainWindow(QMainWindow):
         if p is not None:
             lines.append(f"<span style='font-size:15px'>precision@{len(result.hits)}: <b>{p:.2f}</b></span>")
         lines.append(f"{len(result.hits)} results · {result.method} · {1000 * result.seconds:.0f} ms")
+        if not self.index_ready():
+            total = self.index.indexed_count(self.key) if self.index else None
+            files = self.index.total_files(self.key) if self.index else None
+            if total is not None and files:
+                lines.append(f"<i>searching {total:,} of {files:,} images (indexing "
+                             f"{'stopped' if self.state and self.state.cancelled else 'in progress'})</i>")
         self.query_info.setText("<br>".join(lines))
         if not self.act_dock.isHidden():
             self.refresh_activations()

@@ -12,19 +12,37 @@ from engine.cli import main
 from engine.collection import ModelSpec
 
 
+class _Identity(nn.Module):
+    """A stand-in backbone: the image is its own feature map; counts the images that pass through."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _Colours.seen += x.shape[0]
+        return x
+
+
 class _Colours(nn.Module):
-    """(B, 3, S, S) -> (B, 6) channel means and stds, L2-normalised; counts images."""
+    """A stand-in DescriptorModel: feature map (B, 3, S, S) -> (B, 6) channel means and stds,
+    L2-normalised; ``seen`` counts the backbone passes (one per image, whatever the descriptors)."""
 
     seen = 0
 
+    def __init__(self, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone or _Identity()
+
+    def describe(self, fmap: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(torch.cat([fmap.mean((2, 3)), fmap.std((2, 3))], 1), dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _Colours.seen += x.shape[0]
-        return nn.functional.normalize(torch.cat([x.mean((2, 3)), x.std((2, 3))], 1), dim=1)
+        return self.describe(self.backbone.forward_features(x))
 
 
 @pytest.fixture
 def cli(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(ModelSpec, "build", lambda self, device="cpu": _Colours())
+    monkeypatch.setattr(ModelSpec, "build", lambda self, device="cpu", backbone=None: _Colours(backbone))
+    import engine.runtime
+
+    monkeypatch.setattr(engine.runtime, "feature_runner", lambda *a, **k: None)  # the backbone runs as is
     _Colours.seen = 0
     cache = tmp_path / "cache"
 
@@ -39,7 +57,9 @@ def cli(monkeypatch, tmp_path, capsys):
 def test_index_then_reindex_then_search(cli, image_folder):
     root = image_folder(n_classes=3, per_class=3)
     code, out, _ = cli("index", str(root))
+    # every descriptor is stored from ONE pass of the backbone per image
     assert code == 0 and "added 9" in out and "total 9 images" in out and _Colours.seen == 9
+    assert "descriptors fc, spoc, rmac, mac, gem" in out
     (root / "class_00" / "000.jpg").unlink()
     code, out, _ = cli("index", str(root), "--json")
     summary = json.loads(out)
@@ -64,8 +84,9 @@ def test_rebuild_and_errors(cli, image_folder, tmp_path):
     assert code == 0 and _Colours.seen == 4
     code, out, _ = cli("index", str(root), "--rebuild")
     assert code == 0 and _Colours.seen == 8 and "added 4" in out
-    code, _, err = cli("search", str(root / "class_00" / "000.jpg"), "--collection", str(root), "--descriptor", "rmac")
-    assert code == 2 and "not indexed with this model" in err
+    code, _, err = cli("search", str(root / "class_00" / "000.jpg"), "--collection", str(root), "--descriptor", "rmac",
+                       "--weights", "random")
+    assert code == 2 and "not indexed with this model" in err and "--descriptor rmac" in err
     code, _, err = cli("search", str(tmp_path / "missing.jpg"), "--collection", str(root))
     assert code == 2 and "not found" in err
     code, _, err = cli("index", str(tmp_path / "nowhere"))
@@ -75,3 +96,53 @@ def test_rebuild_and_errors(cli, image_folder, tmp_path):
     state.write_bytes(state.read_bytes()[:50])
     code, _, err = cli("index", str(root))
     assert code == 2 and "--rebuild" in err
+
+
+def test_index_json_says_what_was_extracted_kept_and_skipped(cli, image_folder):
+    import os
+
+    root = image_folder(n_classes=2, per_class=3)
+    (root / "class_00" / "broken.jpg").write_bytes(b"not a jpeg")
+    os.symlink(root / "nowhere.jpg", root / "class_01" / "dangling.jpg")
+    code, out, _ = cli("index", str(root), "--json", "--descriptor", "gem")
+    s = json.loads(out)
+    assert code == 0 and s["extracted"] == 7 and s["kept"] == 6 and s["total"] == 6
+    assert [x["path"] for x in s["skipped"]] == ["class_00/broken.jpg"] and s["skipped"][0]["reason"]
+    assert [x["path"] for x in s["unreadable"]] == [str(root / "class_01" / "dangling.jpg")]
+    assert "link" in s["unreadable"][0]["reason"]
+    assert list(s["descriptors"]) == ["gem"] and s["descriptors"]["gem"]["total"] == 6
+
+
+def test_search_messages_for_odd_queries_and_file_names(cli, image_folder, tmp_path):
+    import os
+
+    root = image_folder(n_classes=2, per_class=2)
+    odd = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name: not valid UTF-8
+    (root / "class_00" / "000.jpg").rename(root / "class_00" / odd)
+    assert cli("index", str(root), "--descriptor", "spoc")[0] == 0
+    code, out, err = cli("search", str(root / "class_00" / odd), "--collection", str(root), "--descriptor", "spoc")
+    assert code == 0 and "caf\\xe9.jpg" in out  # printed escaped, not a UnicodeEncodeError
+    code, _, err = cli("search", str(root / "class_01"), "--collection", str(root), "--descriptor", "spoc")
+    assert code == 2 and "folder" in err and "not found" not in err
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    code, _, err = cli("search", str(fifo), "--collection", str(root), "--descriptor", "spoc")
+    assert code == 2 and "not a regular file" in err
+
+
+def test_a_closed_pipe_ends_quietly(cli, image_folder, monkeypatch):
+    import sys
+
+    root = image_folder(n_classes=2, per_class=2)
+    assert cli("index", str(root), "--descriptor", "spoc")[0] == 0
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    code, _, err = cli("search", str(root / "class_00" / "000.jpg"), "--collection", str(root), "--descriptor", "spoc")
+    assert code == 0 and "Traceback" not in err

@@ -7,8 +7,10 @@ and sets ``func(args) -> int``. Heavy imports (torch, Qt) happen inside ``func``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 
 # module names under engine.cli, in the order their subcommands are listed in --help
@@ -48,12 +50,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
+        with contextlib.suppress(OSError, AttributeError, ValueError):  # no more writes to the closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError, RuntimeError) as exc:
         # engine errors carry messages meant for the user; no traceback unless asked for
         if args.verbose >= 2:
             raise
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {_printable(exc)}\n")
         return 2
+    except Exception as exc:  # the last guard: a message and the way to the details, never a traceback
+        if args.verbose >= 2:
+            raise
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {_printable(exc)} "
+                         "(run again with -vv for the details)\n")
+        return 3
+
+
+def _printable(exc: BaseException) -> str:
+    """An exception's message with undecodable file-name bytes shown escaped."""
+    return str(exc).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 if __name__ == "__main__":  # pragma: no cover

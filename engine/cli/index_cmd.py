@@ -29,12 +29,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="index a folder of images (incremental: only new/changed images)",
                        description="Extract descriptors for the images of DIR (recursively) and build its "
-                       "search index. Run it again after adding, changing or deleting photos: only those "
-                       "are processed. Ctrl-C stops cleanly and keeps the previous index.")
+                       "search index, for every descriptor at once (one pass of the network per image) "
+                       "unless --descriptor names one. Work is committed every few thousand images: "
+                       "Ctrl-C, a crash or a kill keeps what was done, and the next run continues. Run it "
+                       "again after adding, changing or deleting photos: only those are processed.")
     p.add_argument("folder", metavar="DIR", help="the image folder")
     _add_common(p)
     p.add_argument("--rebuild", action="store_true", help="ignore the saved state and index everything again")
     p.add_argument("--index", choices=("hnsw", "exact"), default="hnsw", help="index kind for a new collection")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="what runs the network on the CPU: auto (the fastest installed, default), torch, "
+                   "onnxruntime or openvino; PyTorch on a GPU")
+    p.add_argument("--decode-threads", type=int, default=None,
+                   help="threads decoding images beside the network (default: one per core)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_index)
 
@@ -55,12 +62,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_search)
 
 
-def spec_from_args(args: argparse.Namespace):
-    """A ModelSpec from the model options."""
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
+
+
+def spec_from_args(args: argparse.Namespace, descriptor: str | None = None):
+    """A ModelSpec from the model options (``descriptor`` overrides --descriptor)."""
+    from engine.cli.common import default_descriptor
     from engine.collection import ModelSpec
 
-    return ModelSpec(backbone=args.backbone, weights=args.weights, descriptor=args.descriptor,
+    return ModelSpec(backbone=args.backbone, weights=args.weights,
+                     descriptor=descriptor or default_descriptor(args.backbone, args.descriptor),
                      image_size=args.image_size, whitening=args.whitening, crop_fraction=args.crop_fraction)
+
+
+def index_descriptors(args: argparse.Namespace) -> list[str]:
+    """The descriptors `index` stores: the one asked for, else every kind (one backbone pass)."""
+    from models.descriptors import list_descriptors
+
+    if args.descriptor:
+        return [args.descriptor]
+    if args.whitening:
+        raise ValueError("--whitening belongs to one descriptor: give --descriptor too")
+    return list(list_descriptors())
 
 
 @contextmanager
@@ -85,44 +108,94 @@ def _ctrl_c_stops(flag: list[bool]):
 
 def run_index(args: argparse.Namespace) -> int:
     from engine.cli.common import TextProgress, resolve_device
-    from engine.collection import Collection
+    from engine.collection import Collection, update_collections
 
-    spec = spec_from_args(args)
-    collection = Collection.open(args.folder, model_spec=spec, cache_dir=args.cache_dir, rebuild=args.rebuild,
-                                 index=args.index)
     start = time.perf_counter()
-    changes = collection.scan()
-    device, model = "cpu", None
-    if changes or not collection.is_saved:  # torch and the model only when there is work
+    specs = [spec_from_args(args, d) for d in index_descriptors(args)]
+    collections = [Collection.open(args.folder, model_spec=sp, cache_dir=args.cache_dir, rebuild=args.rebuild,
+                                   index=args.index) for sp in specs]
+    work = [bool(c.scan()) or not c.is_saved for c in collections]
+    device, runtime, models = "cpu", None, [None] * len(collections)
+    if any(work):  # torch and the model only when there is work
         device = resolve_device(args.device)
-        model = spec.build(device)
+        models, runtime = _build_models(specs, device, args)
     stop = [False]
     with _ctrl_c_stops(stop):
-        report = collection.update(model, device=device, batch_size=args.batch_size, num_workers=args.workers,
-                                   progress=TextProgress("indexing"), should_stop=lambda: stop[0])
+        reports = update_collections(
+            list(zip(collections, models, strict=True)), device=device, batch_size=args.batch_size,
+            num_workers=args.workers, decode_threads=args.decode_threads, features=runtime,
+            progress=TextProgress("indexing"), should_stop=lambda: stop[0])
     seconds = time.perf_counter() - start
+    first, report = collections[0], reports[0]
+    cancelled = any(r.cancelled for r in reports)
     summary = {
-        "folder": str(collection.folder),
-        "cache": str(collection.state_dir),
+        "folder": str(first.folder),
+        "descriptors": {c.model_spec.descriptor: {"cache": str(c.state_dir), "total": r.total,
+                                                  "commit": c.generation} for c, r in zip(collections, reports,
+                                                                                          strict=True)},
+        "runtime": getattr(runtime, "name", "torch") if any(work) else None,
+        "runtime_fallback": getattr(runtime, "fallback_reason", None),
         "added": report.added, "changed": report.changed, "removed": report.removed,
+        "extracted": report.extracted,
+        "kept": report.extracted - len(report.skipped),
         "skipped": [dataclasses.asdict(s) for s in report.skipped],
-        "extracted": report.extracted, "total": report.total, "skipped_total": len(collection.skipped),
-        "seconds": round(seconds, 3), "cancelled": report.cancelled,
+        "unreadable": [{"path": p, "reason": r} for p, r in report.unreadable],
+        "total": report.total, "skipped_total": len(first.skipped),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(report.extracted / seconds, 2) if seconds > 0 else 0.0,
+        "cancelled": cancelled,
     }
     if args.json:
         print(json.dumps(summary, indent=1))
+        return 1 if cancelled else 0
+    new = summary["kept"]
+    if cancelled:
+        state = f"stopped; {report.total:,} images indexed so far are kept (run index again to continue)"
+    elif report.extracted or report.removed:
+        state = f"indexed {new:,} new or changed images" + (f", removed {report.removed:,}" if report.removed else "")
     else:
-        state = "cancelled, previous index kept" if report.cancelled else "up to date"
-        print(f"{collection.folder}: {state}")
-        print(f"  added {report.added}, changed {report.changed}, removed {report.removed}, "
-              f"skipped {len(report.skipped)} (now), {len(collection.skipped)} (all)")
-        for s in report.skipped[:20]:
-            print(f"    skipped {s.path}: {s.reason}")
-        if len(report.skipped) > 20:
-            print(f"    ... and {len(report.skipped) - 20} more")
-        print(f"  total {report.total} images indexed, {report.extracted} read, in {seconds:.1f} s")
-        print(f"  cache {collection.state_dir}")
-    return 1 if report.cancelled else 0
+        state = "up to date"
+    print(f"{_shown(first.folder)}: {state}")
+    print(f"  added {report.added}, changed {report.changed}, removed {report.removed}, "
+          f"skipped {len(report.skipped)} (now), {len(first.skipped)} (all)")
+    for s in report.skipped[:20]:
+        print(f"    skipped {_shown(s.path)}: {s.reason}")
+    if len(report.skipped) > 20:
+        print(f"    ... and {len(report.skipped) - 20} more")
+    for p, r in report.unreadable[:20]:
+        print(f"    left out {_shown(p)}: {r}")
+    if len(report.unreadable) > 20:
+        print(f"    ... and {len(report.unreadable) - 20} more left out")
+    rate = f" ({summary['images_per_s']:.1f} images/s, {summary['runtime']})" if report.extracted else ""
+    print(f"  total {report.total} images indexed, {report.extracted} read, in {seconds:.1f} s{rate}")
+    print(f"  descriptors {', '.join(c.model_spec.descriptor for c in collections)}; cache "
+          f"{_shown(first.state_dir.parent)}")
+    return 1 if cancelled else 0
+
+
+def _shown(path: object) -> str:
+    """A path as text a terminal can print (undecodable bytes of a file name shown escaped)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _build_models(specs: list, device: str, args: argparse.Namespace):
+    """One backbone shared by every descriptor's head, and the runner of its feature maps (None for a
+    model that is not split into backbone and head)."""
+    from pathlib import Path
+
+    from engine.collection import default_cache_dir
+    from engine.runtime import feature_runner
+
+    first = specs[0].build(device)
+    backbone = getattr(first, "backbone", None)
+    models = [first] + [sp.build(device, backbone=backbone) for sp in specs[1:]]
+    if backbone is None or not hasattr(first, "describe"):
+        return models, None
+    size = specs[0].image_size or getattr(backbone, "default_image_size", 224)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    runtime = feature_runner(backbone, size, specs[0].backbone_identity(), cache,
+                             args.runtime if device == "cpu" else "torch")
+    return models, runtime
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -136,20 +209,21 @@ def run_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     query = Path(args.image)
-    if not query.is_file():
+    if not query.exists() and not query.is_symlink():
         raise FileNotFoundError(f"query image not found: {args.image}")
     options = SearchOptions(k=args.k, threshold=args.threshold, exact=args.exact, ef=args.ef,
                             query_expansion=args.qe, qe_top=args.qe_top, alpha=args.alpha)
     spec = spec_from_args(args)
     collection = Collection.open(args.collection, model_spec=spec, cache_dir=args.cache_dir)
     if not collection.is_saved or len(collection) == 0:
+        hint = f" --descriptor {spec.descriptor}" if args.descriptor else ""
         raise CollectionError(f"{collection.folder} is not indexed with this model yet; run "
-                              f"`retrieval-explorer index {collection.folder}` with the same model options")
+                              f"`retrieval-explorer index {collection.folder}{hint}` with the same model options")
     device = resolve_device(args.device)
     res = extract_descriptors(spec.build(device), [query], image_size=spec.image_size,
                               crop_fraction=spec.crop_fraction, batch_size=1, device=device)
     if res.skipped:
-        raise ValueError(f"cannot use the query image: {res.skipped[0].reason}")
+        raise ValueError(f"cannot use the query image {_shown(query)}: {res.skipped[0].reason}")
     start = time.perf_counter()
     hits = collection.search(res.vectors[0], options)
     ms = (time.perf_counter() - start) * 1000
@@ -161,7 +235,7 @@ def run_search(args: argparse.Namespace) -> int:
         }, indent=1))
     else:
         for h in hits:
-            print(f"{h.rank:4d}  {h.score:.4f}  {h.path}")
+            print(f"{h.rank:4d}  {h.score:.4f}  {_shown(h.path)}")
         if not hits:
             print("no result (lower --threshold?)")
     return 0

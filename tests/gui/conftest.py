@@ -23,6 +23,9 @@ def isolated_settings(qapp, tmp_path, monkeypatch):
     monkeypatch.setenv("RETRIEVAL_EXPLORER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RETRIEVAL_EXPLORER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("RETRIEVAL_EXPLORER_OFFLINE", "1")
+    # PyTorch runs the network: an exported runtime would be exported again in every test's fresh cache
+    # (tests/test_runtime.py covers the runtimes; test_explorer has one window on the default runtime)
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_RUNTIME", "torch")
     yield tmp_path / "settings"
 
 
