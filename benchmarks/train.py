@@ -1,27 +1,39 @@
-"""Training benchmark on cub100 (class-disjoint protocol): an untrained pooled descriptor (MAC, or --pooling) vs
-triplet vs triplet + cross-batch memory, in head, tail and/or full mode; R@1, top-1 (query -> retrieval),
-mAP on the held-out classes 50-99, training images/s, wall time, peak memory; a markdown table.
+"""Training benchmark on cub100, two protocols, each with every untrained descriptor beside the trained models:
 
-Trains on the protocol's train classes (validation classes carved from them, used for early
-stopping / model selection); the test classes are only touched for the final numbers.
+- ``same`` (same categories, the question of people who train on their own labelled folders): all 100
+  classes; every class's images are split into train / validation / query / retrieval by
+  ``benchmarks/splits/cub100_same_categories.json`` (50 / 10 / 10 / 30%, paths only). Training sees the
+  train images, validation (model selection) the validation images; R@K and mAP are leave-one-out over
+  query + retrieval, top-1 is query -> retrieval.
+- ``new`` (class-disjoint, as in metric-learning papers): train on classes 0-49 (10 of them carved off to
+  validate), test on classes 50-99 (PROTOCOL.md).
 
-    python benchmarks/train.py --data ../shared/data/cub100 --modes head             # CPU: minutes
-    python benchmarks/train.py --data ../shared/data/cub100 --modes tail --seeds 0,1,2 # CPU: ~25 minutes
-    python benchmarks/train.py --data DIR --modes head,full --bare-step                # one GPU command
+Rows: untrained SPoC, MAC, GeM and R-MAC of the frozen ImageNet EfficientNet-Lite0, then triplet and triplet +
+cross-batch memory for each mode (head, tail, full) and batch shape (P x K), per seed, with what the kept
+best.pt and what last.pt score on the test images; with several seeds, mean +- std rows and the gain over the
+best untrained descriptor. The test images are only touched for these numbers, never for a choice.
 
---bare-step also measures the bare EfficientNet-Lite0 training step (fwd+bwd+AdamW) beside the full
-loop at the same batch: on CUDA bf16, channels_last, batch 256, eager and torch.compile; on the CPU
-float32, batch 32, eager (the loop's own cost; a GPU is where host syncs matter).
+    python benchmarks/train.py --protocols same,new --modes head --seeds 0,1,2 --batches 32x4,8x4   # CPU
+    python benchmarks/train.py --protocols new --modes tail --seeds 0,1,2 --set tail_units=3        # CPU: longer
+    python benchmarks/train.py --data DIR --protocols new --modes head,full --bare-step             # one GPU
+
+--make-split writes the same-categories split file again (deterministic). --bare-step also measures the bare
+EfficientNet-Lite0 training step (fwd+bwd+AdamW) beside the full loop at the same batch: on CUDA bf16,
+channels_last, batch 256, eager and torch.compile; on the CPU float32, batch 32, eager.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 import resource
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.training import data as D  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
 from engine.training.metrics import query_top1, retrieval_metrics  # noqa: E402
-from engine.training.trainer import compute_pooled_features, resolve_device, train  # noqa: E402
+from engine.training.trainer import (  # noqa: E402
+    SELECT_LABELS,
+    UNTRAINED,
+    UNTRAINED_LABELS,
+    compute_pooled_features,
+    feature_cache_path,
+    resolve_device,
+    train,
+    validation_split,
+)
 from models.embedding import build_model_from_config, freeze_batchnorm, l2n, load_trained_backbone  # noqa: E402
 
 log = logging.getLogger("bench.train")
@@ -48,37 +69,37 @@ def _resolve(root: Path, rel: str) -> str:
     raise FileNotFoundError(p)
 
 
+SAME_SPLIT = Path(__file__).resolve().parent / "splits" / "cub100_same_categories.json"
+SHARES = (("train", 0.5), ("val", 0.1), ("query", 0.1), ("retrieval", 0.3))
+
+
+def make_same_split(root: Path) -> dict:
+    """cub100's same-categories split: every class's images (sorted by the SHA-1 of their relative path,
+    so the order is fixed and owes nothing to the file numbering) cut into train / val / query /
+    retrieval at 50 / 10 / 10 / 30%. Paths relative to ``root`` (as in query_retrieval_test.json)."""
+    out: dict = {"protocol": "cub100 same categories: all 100 classes; each class's images split 50% train, "
+                 "10% validation, 10% query, 30% retrieval (order: SHA-1 of the relative path); written by "
+                 "benchmarks/train.py --make-split", "train": [], "val": [], "query": [], "retrieval": []}
+    for cls in sorted(p.name for p in (root / "images").iterdir() if p.is_dir()):
+        rels = sorted((f"images/{cls}/{f.name}" for f in (root / "images" / cls).iterdir()
+                       if f.suffix.lower() in D.IMAGE_EXTENSIONS), key=lambda r: hashlib.sha1(r.encode()).hexdigest())
+        n, start = len(rels), 0
+        for i, (key, share) in enumerate(SHARES):
+            if i == 0:
+                continue
+            k = int(share * n + 0.5)
+            out[key] += rels[n - start - k:n - start]
+            start += k
+        out["train"] += rels[:n - start]
+    for key in ("train", "val", "query", "retrieval"):
+        out[key].sort()
+    return out
+
+
 def peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def evaluate(vecs: torch.Tensor, labels: torch.Tensor, paths: list[str], qr: dict, root: Path) -> dict:
-    m = retrieval_metrics(vecs, labels, ks=(1, 5))
-    pos = {p: i for i, p in enumerate(paths)}
-    q = torch.tensor([pos[_resolve(root, p)] for p in qr["query"]])
-    r = torch.tensor([pos[_resolve(root, p)] for p in qr["retrieval"]])
-    m["top1"] = query_top1(vecs[q], labels[q], vecs[r], labels[r])
-    return m
-
-
-def pooled_test_features(paths: list[str], pooling: str, device: torch.device, threads: int,
-                         cache_dir: Path) -> torch.Tensor:
-    """(N, 1280) pooled features of the frozen ImageNet Lite0 for ``paths``, cached in ``cache_dir``
-    (the test images never change between runs; the model is built only when the cache is missing)."""
-    cache = cache_dir / f"test_{pooling}_{device.type}.pt"
-    if cache.is_file():
-        return torch.load(cache, weights_only=True)[:, 0]
-    model = build_model_from_config(dict(backbone="efficientnet_lite0", weights="pretrained", pooling=pooling,
-                                         image_size=224), device)
-    feats, _ok, sk = compute_pooled_features(model, paths, image_size=224, views=1, seed=0, device=device,
-                                             threads=threads)
-    if sk:
-        raise RuntimeError(f"unreadable test images: {sk[:3]}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(feats, cache)
-    return feats[:, 0]
 
 
 @torch.no_grad()
@@ -136,15 +157,295 @@ def bare_step(device: torch.device, batch: int = 256, steps: int = 20, compiled:
     return batch * steps / (time.perf_counter() - t)
 
 
+@dataclass
+class Protocol:
+    """A test set: images, labels, the query and retrieval rows of top-1, and how training sees the data."""
+
+    name: str                 # "same" | "new"
+    title: str
+    paths: list[str]
+    labels: torch.Tensor
+    query: torch.Tensor
+    retrieval: torch.Tensor
+    train_kw: dict            # TrainConfig fields that set the training data and target
+
+
+def protocol_new(root: Path) -> Protocol:
+    """Class-disjoint: train on classes 0-49 (10 carved for validation), test on 50-99 (leave-one-out R@K
+    over all 2,953 test images; top-1 with query_retrieval_test.json)."""
+    split = json.loads((root / "class_split.json").read_text())
+    qr = json.loads((root / "query_retrieval_test.json").read_text())
+    test = D.scan_labelled(root / "images", split["test_classes"])
+    pos = {p: i for i, p in enumerate(test.paths)}
+    q = torch.tensor([pos[_resolve(root, p)] for p in qr["query"]])
+    r = torch.tensor([pos[_resolve(root, p)] for p in qr["retrieval"]])
+    return Protocol("new", "new categories: train on classes 0-49 (10 of them carved off to validate), test on "
+                    "classes 50-99", test.paths, torch.tensor(test.labels), q, r,
+                    dict(data_root=str(root / "images"), train_classes=list(split["train_classes"]), target="new"))
+
+
+def protocol_same(root: Path, split_file: Path) -> Protocol:
+    """Same categories: all 100 classes; training and validation images, queries and the retrieval set are
+    disjoint shares of every class (``split_file``); R@K leave-one-out over query + retrieval."""
+    split = json.loads(split_file.read_text())
+    rels = split["query"] + split["retrieval"]
+    classes = sorted({Path(r).parent.name for r in rels})
+    num = {c: i for i, c in enumerate(classes)}
+    nq = len(split["query"])
+    return Protocol("same", f"same categories: all {len(classes)} classes, each class's images split into train / validation "
+                    f"/ query / retrieval ({split_file.name}: {len(split['train'])} / {len(split['val'])} / {nq} / "
+                    f"{len(split['retrieval'])})", [_resolve(root, r) for r in rels],
+                    torch.tensor([num[Path(r).parent.name] for r in rels]), torch.arange(nq),
+                    torch.arange(nq, len(rels)),
+                    dict(data_root=str(root), image_split=str(split_file), target="same"))
+
+
+def evaluate_on(pr: Protocol, vecs: torch.Tensor) -> dict:
+    """R@1/R@5/mAP leave-one-out over the test images, and the query -> retrieval top-1."""
+    m = retrieval_metrics(vecs, pr.labels, ks=(1, 5))
+    m["top1"] = query_top1(vecs[pr.query], pr.labels[pr.query], vecs[pr.retrieval], pr.labels[pr.retrieval])
+    return m
+
+
+class FeatureStore:
+    """Per image and view (0 = the whole image, 1 = its mirror; views as the trainer computes them), the raw
+    SPoC, MAC and GeM and the R-MAC of the frozen ImageNet Lite0 at 224 px: (4, C) each, from one forward
+    pass per image and view, kept on disk. Every protocol's test images and head-mode training caches are
+    read from it, so an image is never run through the network twice (both protocols share images)."""
+
+    POOLS = ("spoc", "mac", "gem", "rmac")
+
+    def __init__(self, folder: Path, device: torch.device, threads: int) -> None:
+        self.path = folder / "store_efficientnet_lite0_224.pt"
+        self.device, self.threads = device, threads
+        self.rows: dict[str, int] = {}
+        self.desc = torch.zeros(0, 2, 4, 1280)
+        self.has_mirror = torch.zeros(0, dtype=torch.bool)
+        self.seconds = 0.0                      # spent computing in this process
+        self.computed = 0                       # forward passes (image x view) in this process
+        if self.path.is_file():
+            c = torch.load(self.path, weights_only=True)
+            self.rows = {p: i for i, p in enumerate(c["paths"])}
+            self.desc, self.has_mirror = c["desc"], c["has_mirror"]
+
+    def ensure(self, paths: list[str], mirror: bool) -> None:
+        """Compute what ``paths`` lack (view 0, and view 1 when ``mirror``); save."""
+        paths = list(dict.fromkeys(paths))
+        both = [p for p in paths if p not in self.rows and mirror]
+        only0 = [p for p in paths if p not in self.rows and not mirror]
+        only1 = [p for p in paths if p in self.rows and mirror and not self.has_mirror[self.rows[p]]]
+        if not (both or only0 or only1):
+            return
+        from models import pooling as P  # noqa: N812
+
+        model = build_model_from_config(dict(backbone="efficientnet_lite0", weights="pretrained", image_size=224),
+                                         self.device)
+
+        def describe(x: torch.Tensor) -> torch.Tensor:
+            f = model.backbone.forward_features(x).float()
+            return torch.stack([P.spoc(f), P.mac(f), P.gem(f), P.rmac(f)], 1)
+
+        def run(todo: list[str], views: int, flip: bool) -> torch.Tensor:
+            """(n, views, 4, C); ``flip``: view 1 alone (the mirror: flipping commutes with normalising)."""
+            t = time.perf_counter()
+            log.info("computing %s of %d images (once; kept in %s)", "the mirror view" if flip else f"{views} view(s)",
+                     len(todo), self.path)
+            got, _ok, sk = compute_pooled_features(
+                model, todo, image_size=224, views=views, seed=0, device=self.device, threads=self.threads,
+                encode=(lambda x: describe(x.flip(-1))) if flip else describe,
+                progress=lambda d, n, m: log.info("  %d / %d images", d, n) if d % 512 < 32 or d == n else None)
+            if sk:
+                raise RuntimeError(f"unreadable images: {sk[:3]}")
+            self.seconds += time.perf_counter() - t
+            self.computed += len(todo) * views
+            return got
+
+        new = both + only0
+        for p in new:
+            self.rows[p] = len(self.rows)
+        self.desc = torch.cat([self.desc, torch.zeros(len(new), 2, 4, self.desc.shape[-1])])
+        self.has_mirror = torch.cat([self.has_mirror, torch.zeros(len(new), dtype=torch.bool)])
+        for todo, views, flip in ((both, 2, False), (only0, 1, False), (only1, 1, True)):
+            if not todo:
+                continue
+            idx = torch.tensor([self.rows[p] for p in todo])
+            got = run(todo, views, flip)
+            if flip:
+                self.desc[idx, 1] = got[:, 0]
+            else:
+                self.desc[idx, :views] = got
+            if views == 2 or flip:
+                self.has_mirror[idx] = True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"paths": list(self.rows), "desc": self.desc, "has_mirror": self.has_mirror}, self.path)
+
+    def pooled(self, paths: list[str], pooling: str, views: int = 1) -> torch.Tensor:
+        """(N, views, C) raw pooled features (``pooling``: spoc, mac, gem)."""
+        return self.desc[torch.tensor([self.rows[p] for p in paths]), :views, self.POOLS.index(pooling)].clone()
+
+    def untrained(self, paths: list[str]) -> torch.Tensor:
+        """(N, 4, C): the L2-normalised untrained SPoC, MAC, GeM and R-MAC of view 0."""
+        return l2n(self.desc[torch.tensor([self.rows[p] for p in paths]), 0])
+
+    def seed_training_cache(self, cfg: TrainConfig) -> None:
+        """Write the head-mode feature cache ``train(cfg)`` will read (same features, same format), so that
+        training does not run the network again over images the store already holds."""
+        if cfg.mode != "head" or cfg.head_views > 2 or cfg.weights != "pretrained" or cfg.image_size != 224 \
+                or cfg.backbone != "efficientnet_lite0":
+            return
+        paths = validation_split(cfg).images.paths
+        target = feature_cache_path(cfg, paths)
+        if target.is_file():
+            return
+        self.ensure(paths, mirror=cfg.head_views == 2)
+        data = {"feats": self.pooled(paths, cfg.pooling, cfg.head_views), "ok": list(range(len(paths))),
+                "skipped": [], "untrained": self.untrained(paths).half()}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data, target)
+
+
+@torch.no_grad()
+def embed_tail(pr: Protocol, ckpt: str, units: int, device: torch.device, threads: int, cache: Path) -> torch.Tensor:
+    """A tail-mode model's embeddings of the test images: the trunk maps are computed once per protocol and
+    unit count (float16, cached, like training), then the trained tail, pooling and head run on them."""
+    path = cache / f"testmaps_{pr.name}_{units}_{device.type}.pt"
+    if path.is_file():
+        maps = torch.load(path, weights_only=True)
+    else:
+        base = build_model_from_config(dict(backbone="efficientnet_lite0", weights="pretrained", image_size=224),
+                                       device)
+        maps, _ok, sk = compute_pooled_features(base, pr.paths, image_size=224, views=1, seed=0, device=device,
+                                                threads=threads,
+                                                encode=lambda x: base.backbone.forward_trunk(x, units).half())
+        if sk:
+            raise RuntimeError(f"unreadable test images: {sk[:3]}")
+        maps = maps[:, 0]
+        torch.save(maps, path)
+    tb = load_trained_backbone(ckpt, device=str(device))
+    return torch.cat([tb.model.embed_fmap(tb.model.backbone.forward_tail(maps[s:s + 256].to(device).float(), units))
+                      .cpu() for s in range(0, len(maps), 256)])
+
+
+def embed_trained(pr: Protocol, ckpt: str, cfg: TrainConfig, feats: torch.Tensor, device: torch.device,
+                  threads: int, cache: Path) -> torch.Tensor:
+    """The test embeddings of a checkpoint, computed the cheapest exact way for its mode."""
+    if cfg.mode == "head":
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+        w, b = ck["model"]["head.fc.weight"], ck["model"]["head.fc.bias"]
+        return l2n(feats @ w.t() + b)
+    if cfg.mode == "tail":
+        return embed_tail(pr, ckpt, cfg.tail_units, device, threads, cache)
+    return embed_full(ckpt, pr.paths, cfg.image_size, device, threads)
+
+
+def _mean_std(values: list[float]) -> str:
+    v = torch.tensor(values, dtype=torch.float64)
+    return f"{v.mean():.4f} +- {v.std(unbiased=True) if v.numel() > 1 else 0.0:.4f}"
+
+
+def run_protocol(pr: Protocol, args: argparse.Namespace, device: torch.device, threads: int, out: Path,
+                 overrides: dict, results: dict, store: FeatureStore) -> None:
+    """Untrained rows, then every mode x batch x variant x seed; prints the protocol's tables."""
+    cache = out / "cache"
+    pool = args.pooling
+    t0 = time.perf_counter()
+    store.ensure(pr.paths, mirror=False)
+    feats, untrained = store.pooled(pr.paths, pool)[:, 0], store.untrained(pr.paths)
+    rows: list[tuple] = []
+    best_untrained: dict[str, tuple[str, float]] = {}
+    for j, k in enumerate(UNTRAINED):
+        m = evaluate_on(pr, untrained[:, j])
+        results[f"{pr.name}/untrained_{k}"] = m
+        rows.append((f"untrained {UNTRAINED_LABELS[k]} (ImageNet)", "-", m, None, float("nan"), float("nan")))
+        for key in ("recall@1", "top1", "map"):
+            if key not in best_untrained or m[key] > best_untrained[key][1]:
+                best_untrained[key] = (UNTRAINED_LABELS[k], m[key])
+    log.info("%s: untrained descriptors in %.0f s", pr.name, time.perf_counter() - t0)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    batches = [tuple(int(v) for v in b.split("x")) for b in args.batches.split(",") if b.strip()]
+    summary: dict[str, list[dict]] = {}
+    for mode in [m for m in args.modes.split(",") if m]:
+        for P, K in batches:  # noqa: N806
+            for variant in [v for v in args.variants.split(",") if v]:
+                for seed in seeds:
+                    name = f"{pr.name}_{mode}_{P}x{K}_{variant}_s{seed}"
+                    what = (f"tail ({overrides.get('tail_units', TrainConfig.tail_units)} units)" if mode == "tail"
+                            else mode)
+                    label = f"{what}, {P} x {K}: {'triplet + memory' if variant == 'xbm' else 'triplet'}"
+                    cfg = TrainConfig(**pr.train_kw, mode=mode, memory=(variant == "xbm"), pooling=pool,
+                                      iterations=args.iterations, val_every=args.val_every, classes_per_batch=P,
+                                      samples_per_class=K, device=str(device), out_dir=str(out / name), name=name,
+                                      seed=seed, cache_dir=str(cache), num_threads=args.threads)
+                    for k, v in overrides.items():
+                        setattr(cfg, k, v)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    rates: list[float] = []
+                    last = out / name / "last.pt"
+                    resume = args.resume and last.is_file()
+                    if not resume and (out / name).exists():
+                        shutil.rmtree(out / name)  # this script's own run folder of an earlier invocation
+                    store.seed_training_cache(cfg)
+                    t = time.perf_counter()
+                    res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s)
+                                if e.kind == "iteration" else None, resume_from=last if resume else None)
+                    wall = time.perf_counter() - t
+                    m = evaluate_on(pr, embed_trained(pr, res.best_checkpoint_path, cfg, feats, device, threads, cache))
+                    ml = evaluate_on(pr, embed_trained(pr, res.checkpoint_path, cfg, feats, device, threads, cache))
+                    m.update(best_iteration=res.best_iteration, select_metric=res.select_metric,
+                             val_best=res.best_val_metrics, val_last=res.val_metrics,
+                             val_untrained=res.untrained_val_metrics, last=ml, stopped=res.stopped_reason,
+                             train_images_per_s=rates[-1] if rates else 0.0, wall_s=wall, peak_mb=peak_mem_mb(device))
+                    results[f"{pr.name}/{name}"] = m
+                    rows.append((label + (f" (seed {seed})" if len(seeds) > 1 else ""), res.best_iteration, m, ml,
+                                 m["train_images_per_s"], wall))
+                    summary.setdefault(label, []).append(m)
+                    log.info("%s: R@1 %.4f top-1 %.4f mAP %.4f (last.pt %.4f / %.4f), best it %d, %.0f s", name,
+                             m["recall@1"], m["top1"], m["map"], ml["recall@1"], ml["top1"], res.best_iteration, wall)
+
+    print(f"\n## cub100, {pr.title}; device: {results['gpu'] or 'cpu'} ({threads} threads), torch {torch.__version__}"
+          f"\n\nbest.pt: the checkpoint with the best validation "
+          f"{SELECT_LABELS[overrides.get('select_metric', TrainConfig.select_metric)]}\n")
+    print("| model | best.pt it | R@1 | R@5 | top-1 (q->r) | mAP | last.pt R@1 | last.pt top-1 | train img/s | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, it, m, ml, rate, wall in rows:
+        lr = "-" if ml is None else f"{ml['recall@1']:.4f}"
+        lt = "-" if ml is None else f"{ml['top1']:.4f}"
+        print(f"| {label} | {it} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['top1']:.4f} | {m['map']:.4f} | "
+              f"{lr} | {lt} | {'-' if rate != rate else f'{rate:.0f}'} | {'-' if wall != wall else f'{wall:.0f}'} |")
+    bu = {k: v[1] for k, v in best_untrained.items()}
+    print(f"\nbest untrained descriptor on these test images: R@1 {bu['recall@1']:.4f} ({best_untrained['recall@1'][0]}), "
+          f"top-1 {bu['top1']:.4f} ({best_untrained['top1'][0]}), mAP {bu['map']:.4f} ({best_untrained['map'][0]})")
+    if summary:
+        print(f"\nmean +- std over seeds {seeds}; gain = mean minus the best untrained descriptor's figure:\n")
+        print("| model | R@1 | top-1 (q->r) | mAP | R@1 gain | top-1 gain | last.pt R@1 | last.pt top-1 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for label, ms in summary.items():
+            mean = {k: sum(m[k] for m in ms) / len(ms) for k in ("recall@1", "top1", "map")}
+            gains = {k: mean[k] - bu[k] for k in ("recall@1", "top1")}
+            print(f"| {label} | {_mean_std([m['recall@1'] for m in ms])} | {_mean_std([m['top1'] for m in ms])} | "
+                  f"{_mean_std([m['map'] for m in ms])} | {gains['recall@1']:+.4f} | {gains['top1']:+.4f} | "
+                  f"{_mean_std([m['last']['recall@1'] for m in ms])} | {_mean_std([m['last']['top1'] for m in ms])} |")
+            results[f"{pr.name}/mean/{label}"] = dict(mean=mean, gains=gains, n=len(ms))
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/cub100")
+    ap.add_argument("--protocols", default="same,new", help="comma list: same (same categories, --split), new "
+                    "(class-disjoint: train 0-49, test 50-99)")
+    ap.add_argument("--split", default=str(SAME_SPLIT), help="the same-categories split file (paths relative to "
+                    "--data)")
+    ap.add_argument("--make-split", action="store_true", help="write the same-categories split of --data to --split "
+                    "and stop")
     ap.add_argument("--modes", default="head", help="comma list of head, tail, full")
     ap.add_argument("--seeds", default="0", help="comma list of training seeds; with several, each run is repeated "
-                    "per seed and mean +- std rows follow (the seed also draws the validation classes)")
+                    "per seed and mean +- std rows follow (in 'new', the seed also draws the validation classes)")
     ap.add_argument("--variants", default="triplet,xbm", help="comma list of triplet, xbm")
-    ap.add_argument("--pooling", default="mac", help="pooling of the frozen backbone and of the trained models "
-                    "(mac, gem, spoc); the untrained row uses the same")
+    ap.add_argument("--batches", default="32x4", help="comma list of P x K batch shapes, e.g. 32x4,8x4")
+    ap.add_argument("--pooling", default="mac", help="pooling of the trained models (mac, gem, spoc); every "
+                    "untrained descriptor (SPoC, MAC, GeM, R-MAC) is reported beside them")
     ap.add_argument("--iterations", type=int, default=800)
     ap.add_argument("--val-every", type=int, default=100)
     ap.add_argument("--device", default="auto")
@@ -158,97 +459,54 @@ def main(argv: list[str] | None = None) -> int:
                     "(e.g. after the machine ran out of memory); rates and wall time then cover the resumed part")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    root = Path(args.data)
+    if args.make_split:
+        d = make_same_split(root)
+        Path(args.split).parent.mkdir(parents=True, exist_ok=True)
+        body = ",\n".join(f" {json.dumps(k)}: [\n" + ",\n".join(f"  {json.dumps(p)}" for p in d[k]) + "\n ]"
+                          for k in ("train", "val", "query", "retrieval"))
+        Path(args.split).write_text(f'{{\n "protocol": {json.dumps(d["protocol"])},\n{body}\n}}\n', encoding="utf-8")
+        print(f"wrote {args.split}: " + ", ".join(f"{k} {len(d[k])}" for k in ("train", "val", "query", "retrieval")))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = args.threads or torch.get_num_threads()
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    root = Path(args.data)
-    split = json.loads((root / "class_split.json").read_text())
-    qr = json.loads((root / "query_retrieval_test.json").read_text())
-    img_root = root / "images"
     out = Path(args.out)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    rows, results = [], {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
-                         else None, "threads": threads, "torch": torch.__version__, "overrides": overrides}
-
-    # test set (classes 50-99): only for the final numbers
-    test = D.scan_labelled(img_root, split["test_classes"])
-    test_labels = torch.tensor(test.labels)
-    pool = args.pooling
-    t0 = time.perf_counter()
-    test_pooled = pooled_test_features(test.paths, pool, device, threads, out / "cache")
-    m = evaluate(l2n(test_pooled), test_labels, test.paths, qr, root)
-    results[f"baseline_{pool}"] = m
-    rows.append((f"untrained {pool.upper()} (ImageNet)", "-", m, float("nan"), time.perf_counter() - t0, peak_mem_mb(device)))
-    log.info("baseline %s: %s", pool, m)
-
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    summary: list[tuple[str, list[dict]]] = []
-    for mode, variant, seed in [(mo, v, sd) for mo in args.modes.split(",") if mo
-                                for v in args.variants.split(",") if v for sd in seeds]:
-        name = f"{mode}_{variant}" + (f"_s{seed}" if len(seeds) > 1 else "")
-        what = f"tail ({overrides.get('tail_units', TrainConfig.tail_units)} units)" if mode == "tail" else mode
-        label = f"{what}: {'triplet + memory' if variant == 'xbm' else 'triplet'}"
-        cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode=mode,
-                          memory=(variant == "xbm"), pooling=pool, iterations=args.iterations, val_every=args.val_every,
-                          device=str(device), out_dir=str(out / name), name=name, seed=seed,
-                          cache_dir=str(out / "cache"), num_threads=args.threads)
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        rates: list[float] = []
-        t = time.perf_counter()
-        last = out / name / "last.pt"
-        res = train(cfg, on_event=lambda e, r=rates: r.append(e.images_per_s) if e.kind == "iteration" else None,
-                    resume_from=last if args.resume and last.is_file() else None)
-        wall = time.perf_counter() - t
-        peak = peak_mem_mb(device)
-        sel = cfg.select_metric
-        best_it = max((h for h in res.history if "val" in h), key=lambda h: (h["val"].get(sel, -1), -h["iteration"]))
-        if mode == "head":
-            ck = torch.load(res.best_checkpoint_path, map_location="cpu", weights_only=True)
-            w, b = ck["model"]["head.fc.weight"], ck["model"]["head.fc.bias"]
-            vecs = l2n(test_pooled @ w.t() + b)
-        else:
-            vecs = embed_full(res.best_checkpoint_path, test.paths, cfg.image_size, device, threads)
-        m = evaluate(vecs, test_labels, test.paths, qr, root)
-        m.update(best_iteration=best_it["iteration"], val_best=best_it["val"], val_baseline=res.baseline_val_metrics,
-                 stopped=res.stopped_reason, train_images_per_s=rates[-1] if rates else 0.0, wall_s=wall,
-                 peak_mb=peak, val_curve=[(h["iteration"], h["val"].get("recall@1")) for h in res.history
-                                          if "val" in h])
-        results[name] = m
-        rows.append((label + (f" (seed {seed})" if len(seeds) > 1 else ""), best_it["iteration"], m,
-                     m["train_images_per_s"], wall, peak))
-        if not summary or summary[-1][0] != label:
-            summary.append((label, []))
-        summary[-1][1].append(m)
-        log.info("%s: %s", name, {k: v for k, v in m.items() if k != "val_curve"})
-
-    print(f"\n## cub100, train classes 0-49 (val carved), test classes 50-99 — device: {results['gpu'] or 'cpu'}"
-          f" ({threads} threads), torch {torch.__version__}\n")
-    print("| model | best it (val) | R@1 | R@5 | top-1 (q->r) | mAP | train img/s | wall s | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    sys.stdout.flush()
-    for label, it, m, rate, wall, peak in rows:
-        print(f"| {label} | {it} | {m['recall@1']:.4f} | {m['recall@5']:.4f} | {m['top1']:.4f} | {m['map']:.4f} | "
-              f"{'-' if rate != rate else f'{rate:.0f}'} | {wall:.0f} | {peak:.0f} |")
-    if len(seeds) > 1:
-        print(f"\nmean +- std over seeds {seeds}:\n")
-        print("| model | R@1 | R@5 | top-1 (q->r) | mAP |")
-        print("|---|---|---|---|---|")
-        for label, ms in summary:
-            cells = []
-            for key in ("recall@1", "recall@5", "top1", "map"):
-                v = torch.tensor([m[key] for m in ms], dtype=torch.float64)
-                cells.append(f"{v.mean():.4f} +- {v.std(unbiased=True) if v.numel() > 1 else 0.0:.4f}")
-            print(f"| {label} | " + " | ".join(cells) + " |")
-            results[f"mean_{label}"] = dict(zip(("recall@1", "recall@5", "top1", "map"), cells, strict=True))
-    if args.json:  # early copy: the bare-step part below may be cut off
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    results: dict = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
+                     else None, "threads": threads, "torch": torch.__version__, "overrides": overrides,
+                     "load_before": os.getloadavg()}
+    t_all = time.perf_counter()
+    store = FeatureStore(out / "cache", device, threads)
+    protocols = [protocol_same(root, Path(args.split)) if name == "same" else protocol_new(root)
+                 for name in args.protocols.split(",") if name]
+    # every image through the network once: first both views of every image some head-mode run trains or
+    # validates on, then view 0 of the remaining test images
+    if "head" in args.modes.split(",") and overrides.get("head_views", TrainConfig.head_views) == 2:
+        cfgs = [TrainConfig(**pr.train_kw) for pr in protocols]
+        for cfg in cfgs:
+            for k, v in overrides.items():
+                setattr(cfg, k, v)
+        store.ensure([p for cfg in cfgs for p in validation_split(cfg).images.paths], mirror=True)
+    for pr in protocols:
+        store.ensure(pr.paths, mirror=False)
+    for pr in protocols:
+        run_protocol(pr, args, device, threads, out, overrides, results, store)
+        if args.json:  # a copy after each protocol
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    results.update(wall_s=time.perf_counter() - t_all, load_after=os.getloadavg(), features_s=store.seconds,
+                   forward_passes=store.computed,
+                   cpu_s=resource.getrusage(resource.RUSAGE_SELF).ru_utime
+                   + resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+    print(f"\nwhole run: {results['wall_s'] / 60:.1f} min wall, {results['cpu_s'] / 60:.1f} min CPU (this process), "
+          f"of which {store.seconds / 60:.1f} min wall computing {store.computed} image views once; load average "
+          f"before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
+    img_root = root / "images"
+    split = json.loads((root / "class_split.json").read_text()) if args.bare_step else {}
     if args.bare_step:
         # CUDA: batch 256 (32 x 8), eager and compiled. CPU: batch 32 (8 x 4), eager only (a data point
         # for the loop's own cost; without a GPU there is no queue for host syncs to drain)
@@ -266,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
             key = "loop_compile" if compiled else "loop_eager"
             try:
                 rates = []
+                if (out / key).exists():
+                    shutil.rmtree(out / key)
                 cfg = TrainConfig(data_root=str(img_root), train_classes=list(split["train_classes"]), mode="full",
-                                  memory=True, warmup_iters=0, iterations=loop_its, val_every=10_000,
+                                  target="new", memory=True, warmup_iters=0, iterations=loop_its, val_every=10_000,
                                   classes_per_batch=P, samples_per_class=K, device=str(device),
                                   out_dir=str(out / key), name=key, extra={"compile": compiled},
                                   num_threads=args.threads)

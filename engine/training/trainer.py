@@ -870,22 +870,30 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
                        validation=split.description)
 
 
+def feature_cache_path(config: TrainConfig, paths: list[str]) -> Path:
+    """Where head/tail mode keep the cached features of ``paths`` under ``config``: a file named by model,
+    image size, pooling (head) or trained units (tail), views and the files' paths, sizes and times.
+    Head-mode files hold {"feats": (N, V, C) float32, "ok": readable indices, "skipped": [[path, why]],
+    "untrained": (N, 4, C) float16 :func:`untrained_descriptors` of view 0}."""
+    key_src = {"backbone": config.backbone, "weights": config.weights, "image_size": config.image_size,
+               "pooling": config.pooling, "views": config.head_views, "files": _file_key(paths),
+               "seed": config.seed if config.weights == "random" or config.head_views > 2 else None,
+               "version": 2}
+    if config.mode == "tail":
+        key_src.update(pooling=None, tail=config.tail_units, version=1)
+    key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(config.cache_dir) if config.cache_dir else cache_dir()
+    return folder / f"{'maps' if config.mode == 'tail' else 'features'}_{key}.pt"
+
+
 def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, device, threads, progress,
                      should_stop, message, emit):
     """Head mode: pooled features (N, V, C) and the (N, 4, C) untrained descriptors of view 0; tail
     mode: float16 trunk maps (N, V, C', h', w') and None. From the disk cache when model + data + views
     (+ tail) are unchanged; computing them is its own announced phase with its own rate and ETA."""
-    key_src = {"backbone": config.backbone, "weights": config.weights, "image_size": config.image_size,
-               "pooling": config.pooling, "views": config.head_views, "files": _file_key(allimgs.paths),
-               "seed": config.seed if config.weights == "random" or config.head_views > 2 else None,
-               "version": 2}
-    encode = None
-    if config.mode == "tail":
-        key_src.update(pooling=None, tail=config.tail_units, version=1)
-        encode = _tail_encoder(model, config, len(allimgs.paths), device)
-    key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(config.cache_dir) if config.cache_dir else cache_dir()
-    path = folder / f"{'maps' if encode else 'features'}_{key}.pt"
+    encode = _tail_encoder(model, config, len(allimgs.paths), device) if config.mode == "tail" else None
+    path = feature_cache_path(config, allimgs.paths)
+    folder = path.parent
     if path.is_file():
         try:
             c = torch.load(path, map_location="cpu", weights_only=True)

@@ -31,9 +31,10 @@ class DataSummary:
 
 
 def summarize(root: str, train_classes: list[str] | None = None, val_share: float = 0.2, seed: int = 0,
-              classes_per_batch: int = 0, target: str = "same") -> DataSummary:
+              classes_per_batch: int = 0, target: str = "same", image_split: str = "") -> DataSummary:
     """Scan ``root/<class>/*`` and split it like the trainer will: ``target`` "same" holds back ``val_share``
-    of every class's images, "new" that share of the classes.
+    of every class's images, "new" that share of the classes; ``image_split`` (a file listing the training
+    and validation images) replaces both, as in the trainer.
 
     Warnings: classes with fewer than 2 images (left out of training), classes too small to validate
     (target same), fewer training classes than ``classes_per_batch`` (P), no validation data. Never raises
@@ -47,7 +48,7 @@ def summarize(root: str, train_classes: list[str] | None = None, val_share: floa
         s.error = "Choose a folder with one sub-folder of images per class."
         return s
     cfg = TrainConfig(data_root=str(root), train_classes=train_classes, target=target, seed=seed,
-                      val_image_share=val_share, val_class_share=val_share)
+                      val_image_share=val_share, val_class_share=val_share, image_split=image_split)
     try:
         split = validation_split(cfg)
     except (OSError, ValueError) as exc:

@@ -231,8 +231,9 @@ class DataPage(_SettingsPage):
         if self.split_error:
             s = DataSummary(root=self.folder_edit.text().strip(), error=self.split_error)
         else:
+            listed = self.wiz()._config.image_split if self.wizard() is not None else ""
             s = summarize(self.folder_edit.text().strip(), classes, self.val_share.value(), self.seed.value(), p,
-                          target=self.target())
+                          target=self.target(), image_split=listed)
         self.summary = s
         rows = ((len(s.train_classes), s.train_images), (len(s.val_classes), s.val_images))
         for r, (nc, ni) in enumerate(rows):
