@@ -188,3 +188,14 @@ def test_cli_train_says_what_chose_the_kept_model(tiny, capsys):
     assert "already holds a training run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", cfg.data_root, "--target", "others"])
+
+
+def test_a_run_from_before_targets_resumes_with_its_class_disjoint_validation(tiny):
+    first = train(tiny(target="new", val_class_share=0.34, iterations=2))
+    ck = torch.load(first.checkpoint_path, weights_only=True)
+    for key in ("target", "val_image_share", "image_split"):   # what an older version wrote
+        del ck["config"][key]
+    torch.save(ck, first.checkpoint_path)
+    resumed = train(tiny(iterations=4), resume_from=first.checkpoint_path)
+    assert resumed.config.target == "new" and "new categories" in resumed.validation
+    assert resumed.last_iteration == 4

@@ -530,7 +530,7 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
         ckpt = load_checkpoint(resume_from)
         if "train_state" not in ckpt:
             raise ValueError(f"{resume_from} holds a model but no training state: resume from a last.pt")
-        old = TrainConfig.from_dict(ckpt["config"])
+        old = TrainConfig.from_dict({"target": "new"} | ckpt["config"])  # runs from before targets: class-disjoint
         old.iterations, old.device = config.iterations, config.device
         old.out_dir = str(Path(resume_from).parent)
         config = old
