@@ -25,14 +25,29 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def create_window(args: argparse.Namespace):
-    """The main window, opened on the argument folder, else the last collection, else the demo."""
-    from PySide6.QtCore import QSettings
-
-    from retrieval_gui.backend import demo_collection
+def create_window(args: argparse.Namespace, *, preload_now: bool = True):
+    """The main window, opened on the argument folder, else the last collection, else the demo.
+    With ``preload_now=False`` the window is built without PyTorch: call :func:`finish_start` once it
+    is on screen."""
     from retrieval_gui.main_window import MainWindow
 
-    win = MainWindow(weights=args.weights, image_size=args.image_size, device=args.device)
+    win = MainWindow(weights=args.weights, image_size=args.image_size, device=args.device,
+                     preload_now=preload_now)
+    if preload_now:
+        finish_start(win, args)
+    return win
+
+
+def finish_start(win, args: argparse.Namespace) -> None:
+    """Load PyTorch and the engine (seconds), then open the collection and the query."""
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from retrieval_gui.backend import demo_collection, preload
+
+    win.status_label.setText("Loading PyTorch and the network…")
+    QApplication.processEvents()
+    preload()
     last = QSettings().value("lastCollection")
     if args.collection:
         folder = args.collection
@@ -43,7 +58,6 @@ def create_window(args: argparse.Namespace):
     win.open_collection(folder)
     if args.query:
         win.set_query(str(Path(args.query).resolve()))
-    return win
 
 
 def run_app(argv: list[str] | None = None) -> int:
@@ -57,8 +71,11 @@ def run_app(argv: list[str] | None = None) -> int:
     QCoreApplication.setApplicationName(APPLICATION)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else APPLICATION])
     app.setApplicationDisplayName("Retrieval Explorer")
-    win = create_window(args)
+    from PySide6.QtCore import QTimer
+
+    win = create_window(args, preload_now=False)  # on screen in about a second, before PyTorch is loaded
     win.show()
+    QTimer.singleShot(50, lambda: finish_start(win, args))
     return int(app.exec())
 
 

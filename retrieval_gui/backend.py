@@ -72,18 +72,20 @@ def preload() -> None:
     import models.descriptors  # noqa: F401
 
 
+#: the registries of models/ as the window lists them, known without importing torch (so the window can
+#: appear before torch is loaded); tests/gui/test_startup.py checks them against the registries
+BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "vgg16", "mobilenet_v2")
+DESCRIPTORS = ("fc", "spoc", "rmac", "mac", "gem")
+
+
 def list_backbones() -> list[str]:
     """Backbone names of models.backbones."""
-    from models.backbones import list_backbones as names
-
-    return list(names())
+    return list(BACKBONES)
 
 
 def list_descriptors() -> list[str]:
     """Descriptor kinds of models.descriptors (fc, spoc, rmac, mac, gem)."""
-    from models.descriptors import list_descriptors as kinds
-
-    return list(kinds())
+    return list(DESCRIPTORS)
 
 
 def list_trained() -> list[tuple[str, str]]:
@@ -147,14 +149,16 @@ class ModelCache:
         self._lock = threading.Lock()
         self._backbones: dict[tuple, Any] = {}
         self._descriptors: dict[tuple, Any] = {}
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
+        self._threads = int(threads) if threads else None  # applied when torch is first needed
 
     def backbone(self, key: ModelKey):
         k = (key.backbone, key.weights, self.device)
         with self._lock:
+            if self._threads:
+                import torch
+
+                torch.set_num_threads(self._threads)
+                self._threads = None
             if k not in self._backbones:
                 self._backbones[k] = _load_backbone(key.backbone, key.weights, self.device)
             return self._backbones[k]

@@ -67,9 +67,11 @@ class MainWindow(QMainWindow):
     (tests use weights='random' and small images)."""
 
     def __init__(self, *, weights: str = "pretrained", image_size: int | None = None, device: str = "cpu",
-                 threads: int | None = None, thumb_size: int = 150, restore: bool = True) -> None:
+                 threads: int | None = None, thumb_size: int = 150, restore: bool = True,
+                 preload_now: bool = True) -> None:
         super().__init__()
-        preload()  # heavy imports now, not in a worker where they would freeze the GUI thread
+        if preload_now:  # else the caller runs preload() once the window is on screen (retrieval_gui.app)
+            preload()  # heavy imports now, not in a worker where they would freeze the GUI thread
         self.setWindowTitle("Retrieval Explorer")
         self.resize(1280, 820)
         self.setAcceptDrops(True)
