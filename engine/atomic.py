@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
-A crash or a kill at any moment leaves either the old file or the new one, never a torn one.
+A crash or a kill at any moment leaves either the old file or the new one, never a torn one; the
+temporary file a killed writer leaves is deleted by the next write of the same file.
 """
 
 from __future__ import annotations
@@ -14,12 +15,48 @@ from pathlib import Path
 from typing import IO
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, named ``.<name>.<pid>.<random>.tmp``, after removing the
+    ones of earlier writers of ``path`` that were killed (their process is gone)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its file alone
+    return True
+
+
+def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers of ``path`` left beside it (a kill -9 between the
+    write and the rename); the files of writers still running are kept. Returns what was deleted."""
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            name = p.name
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            pid = name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on clean exit it replaces ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -51,8 +88,7 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
     ``saveIndex``); it is then fsynced and renamed over ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     os.close(fd)
     try:
         writer(tmp)
