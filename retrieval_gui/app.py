@@ -22,6 +22,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                    help="'pretrained' (default), 'random' or a weights file")
     p.add_argument("--image-size", type=int, default=None, help="network input size (default: the model's)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--runtime", default=None, choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="what runs the network for indexing on the CPU (default: auto, the fastest installed)")
     return p.parse_args(argv)
 
 
@@ -32,7 +34,7 @@ def create_window(args: argparse.Namespace, *, preload_now: bool = True):
     from retrieval_gui.main_window import MainWindow
 
     win = MainWindow(weights=args.weights, image_size=args.image_size, device=args.device,
-                     preload_now=preload_now)
+                     runtime=getattr(args, "runtime", None), preload_now=preload_now)
     if preload_now:
         finish_start(win, args)
     return win

@@ -68,14 +68,15 @@ class MainWindow(QMainWindow):
 
     def __init__(self, *, weights: str = "pretrained", image_size: int | None = None, device: str = "cpu",
                  threads: int | None = None, thumb_size: int = 150, restore: bool = True,
-                 preload_now: bool = True) -> None:
+                 preload_now: bool = True, runtime: str | None = None) -> None:
         super().__init__()
         if preload_now:  # else the caller runs preload() once the window is on screen (retrieval_gui.app)
             preload()  # heavy imports now, not in a worker where they would freeze the GUI thread
         self.setWindowTitle("Retrieval Explorer")
         self.resize(1280, 820)
         self.setAcceptDrops(True)
-        self.models = ModelCache(device=device, threads=threads or max(1, (os.cpu_count() or 2) - 1))
+        self.models = ModelCache(device=device, threads=threads or max(1, (os.cpu_count() or 2) - 1),
+                                 runtime=runtime)
         self.settings = QSettings()
         backbone = str(self.settings.value("model", DEFAULT_BACKBONE))
         descriptor = str(self.settings.value("descriptor", DEFAULT_DESCRIPTOR))

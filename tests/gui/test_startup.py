@@ -39,3 +39,15 @@ def test_the_window_is_built_and_shown_without_importing_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "torch imported: False visible: True" in out.stdout
+
+
+def test_gui_subcommand_passes_every_window_option_through():
+    from engine.cli import build_parser
+    from engine.cli.gui_cmd import gui_argv
+    from retrieval_gui.app import _parse
+
+    args = build_parser().parse_args(["gui", "/photos", "--query", "q.jpg", "--device", "cuda", "--runtime", "torch",
+                                      "--image-size", "288", "--weights", "random"])
+    win_args = _parse(gui_argv(args))
+    assert (win_args.collection, win_args.query, win_args.device, win_args.runtime, win_args.image_size,
+            win_args.weights) == ("/photos", "q.jpg", "cuda", "torch", 288, "random")
