@@ -77,6 +77,10 @@ class CollectionError(RuntimeError):
     or a collection that cannot answer yet. The message says what happened and what to do."""
 
 
+class ConcurrentChangeError(CollectionError):
+    """Another process committed to the collection since this object read it: reopen and update again."""
+
+
 # --- model identity ------------------------------------------------------------------------------
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -649,7 +653,7 @@ class Collection:
         with self._locked(), self._lock:
             on_disk = self._disk_commit()
             if on_disk != self._base_commit:
-                raise CollectionError(
+                raise ConcurrentChangeError(
                     f"another run changed the collection of {self.folder} while this one worked (commit "
                     f"{on_disk}, this run continued commit {self._base_commit}); nothing of this run after "
                     "its last commit was saved: run `retrieval-explorer index` again, it continues from there")

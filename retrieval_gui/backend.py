@@ -366,30 +366,43 @@ class FolderIndex:
 
         Progress is throttled to one call per ``progress_interval`` seconds; its message says how many
         images are indexed."""
-        from engine.collection import update_collections
+        from engine.collection import ConcurrentChangeError
 
         progress, should_stop = resolve(progress, should_stop)
         progress(0, 0, f"loading {model_title(key.backbone)}")
         kinds = [key.descriptor] + [d for d in (descriptors or list_descriptors()) if d != key.descriptor]
         keys = [key.with_descriptor(d) for d in kinds]
         with self._key_lock(("update", key.backbone, key.weights, key.image_size)):
-            colls = [self.collection(k) for k in keys]
-            work = [bool(c.scan()) or not c.is_saved for c in colls]
-            features = None
-            if any(work):
-                models = [model_cache.get(k) for k in keys]
-                features = model_cache.features(key, runtime)
-            else:
-                models = [None] * len(keys)
-            reports = update_collections(list(zip(colls, models, strict=True)), device=model_cache.device,
-                                         batch_size=batch_size, features=features,
-                                         progress=make_progress_throttle(progress, progress_interval),
-                                         should_stop=should_stop)
-            coll, report = colls[0], reports[0]
-            skipped = [(str(self.folder / s.path), s.reason) for s in coll.skipped]
-            skipped += list(report.unreadable)
-            return IndexState(key, len(coll) + len(skipped), len(coll), report.extracted, report.removed,
-                              skipped, report.cancelled, report.seconds)
+            try:
+                return self._update(model_cache, key, keys, batch_size, progress, should_stop, progress_interval,
+                                    runtime)
+            except ConcurrentChangeError as exc:  # another program indexed this folder meanwhile: reload
+                log.info("%s: reopening", exc)
+                with self._lock:
+                    for k in keys:
+                        self._collections.pop(k, None)
+                return self._update(model_cache, key, keys, batch_size, progress, should_stop, progress_interval,
+                                    runtime)
+
+    def _update(self, model_cache: ModelCache, key: ModelKey, keys: list[ModelKey], batch_size: int,
+                progress: ProgressFn, should_stop: ShouldStopFn, progress_interval: float,
+                runtime: str | None) -> IndexState:
+        from engine.collection import update_collections
+
+        colls = [self.collection(k) for k in keys]
+        work = [bool(c.scan()) or not c.is_saved for c in colls]
+        models, features = [None] * len(keys), None
+        if any(work):
+            models = [model_cache.get(k) for k in keys]
+            features = model_cache.features(key, runtime)
+        reports = update_collections(list(zip(colls, models, strict=True)), device=model_cache.device,
+                                     batch_size=batch_size, features=features,
+                                     progress=make_progress_throttle(progress, progress_interval),
+                                     should_stop=should_stop)
+        coll, report = colls[0], reports[0]
+        skipped = [(str(self.folder / s.path), s.reason) for s in coll.skipped] + list(report.unreadable)
+        return IndexState(key, len(coll) + len(skipped), len(coll), report.extracted, report.removed,
+                          skipped, report.cancelled, report.seconds)
 
     def search_vector(self, key: ModelKey, q: np.ndarray, options: SearchOptions,
                       exclude: str | None = None) -> tuple[list[Hit], str]:

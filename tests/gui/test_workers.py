@@ -110,3 +110,21 @@ def test_wait_on_gui_thread_returns_when_done(qtbot):
     assert handle.wait(10_000)
     assert time.monotonic() - t0 < 5.0, "wait() must not sit out its timeout"
     qtbot.waitUntil(lambda: not live_tasks(), timeout=2000)
+
+
+def test_folder_index_reloads_when_another_program_indexed_meanwhile(tmp_path, image_folder):
+    """The window's open collection went stale because `retrieval-explorer index` committed meanwhile:
+    the next update reloads it instead of failing (and loses neither run's work)."""
+    from retrieval_gui.backend import FolderIndex, ModelCache, ModelKey
+
+    root = image_folder(n_classes=2, per_class=3)
+    models = ModelCache(runtime="torch")
+    key = ModelKey(weights="random", image_size=32)
+    window_side = FolderIndex(root, cache_dir=tmp_path / "cache")
+    assert window_side.update(models, key, descriptors=["spoc"]).indexed == 6
+    other = FolderIndex(root, cache_dir=tmp_path / "cache")
+    (root / "class_00" / "000.jpg").rename(root / "class_00" / "moved.jpg")
+    assert other.update(models, key, descriptors=["spoc"]).indexed == 6  # commits first
+    (root / "class_01" / "001.jpg").unlink()
+    state = window_side.update(models, key, descriptors=["spoc"])
+    assert state.indexed == 5 and not state.cancelled
