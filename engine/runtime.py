@@ -338,11 +338,12 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
             return torch_runner(None)
         return torch_runner(f"{runtime} runs on the CPU, the backbone is on {param.device}")
 
-    candidates = AUTO_ORDER if runtime == "auto" else (runtime,)
-    reasons: list[str] = []
     importable = set(available_runtimes())
-    if not any(c in importable for c in candidates):
-        return torch_runner("; ".join(f"{c} is not installed" for c in candidates))
+    requested = AUTO_ORDER if runtime == "auto" else (runtime,)
+    candidates = [c for c in requested if c in importable]  # "auto" passes over those not installed
+    if not candidates:
+        return torch_runner("; ".join(f"{c} is not installed" for c in requested))
+    reasons: list[str] = []
     try:
         path, data, exported = export_onnx(backbone, image_size, identity, cache_dir)
     except (RuntimeUnavailableError, OSError) as exc:
@@ -350,9 +351,6 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
     probe = _probe(image_size)
     ref = _torch_fn(backbone)(probe) if check else None
     for name in candidates:
-        if name not in importable:
-            reasons.append(f"{name} is not installed")
-            continue
         try:
             fn = _BUILDERS[name](data, threads)
             if ref is not None:

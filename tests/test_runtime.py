@@ -207,6 +207,24 @@ def test_missing_runtime_falls_back_to_torch(tmp_path, monkeypatch, caplog, name
     assert torch.equal(runner(x), bb.forward_features(x))
 
 
+def test_auto_with_no_runtime_installed_is_torch_with_a_reason(tmp_path, monkeypatch):
+    for name in EXPORTED:
+        monkeypatch.setitem(sys.modules, name, None)
+    runner = feature_runner(TinyBackbone().eval(), 32, "tiny", tmp_path, "auto")
+    assert runner.name == "torch"
+    for name in rt.AUTO_ORDER:
+        assert f"{name} is not installed" in runner.fallback_reason
+
+
+def test_auto_passes_over_a_runtime_that_is_not_installed(tmp_path, monkeypatch):
+    first, second = rt.AUTO_ORDER
+    pytest.importorskip(second)
+    pytest.importorskip("onnxscript")
+    monkeypatch.setitem(sys.modules, first, None)
+    runner = feature_runner(TinyBackbone().eval(), 32, "tiny", tmp_path, "auto")
+    assert runner.name == second and runner.fallback_reason is None
+
+
 def test_export_failure_falls_back_to_torch(tmp_path):
     name = _any_runtime()
     runner = feature_runner(Unexportable().eval(), 32, "odd", tmp_path, name)
