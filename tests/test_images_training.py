@@ -4,6 +4,7 @@ engine.images.scan_images and decodes them with engine.images.load_image."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,15 @@ def test_bad_files_skipped_with_the_loaders_reasons(tmp_path: Path) -> None:
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "pipe.jpg")
         paths.append(str(tmp_path / "pipe.jpg"))
-    imgs, ok, skipped = D.decode_all(paths, 224, threads=2)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("out", D.decode_all(paths, 224, threads=2)), daemon=True)
+    t.start()
+    t.join(60)
+    if t.is_alive():  # free the reader blocked on the pipe before failing
+        os.close(os.open(tmp_path / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        pytest.fail("decoding waited on a named pipe")
+    imgs, ok, skipped = box["out"]
     assert ok == [0] and tuple(imgs.shape) == (1, 3, 224, 224)
     reasons = dict(skipped)
     assert "too elongated" in reasons[str(huge_strip)]
