@@ -90,11 +90,11 @@ def make_12mp(sources: list[Path], out: Path, n: int) -> list[Path]:
 
 
 # --- speed -----------------------------------------------------------------------------------------
-def decode_ms(files: list[Path], draft: bool, size: int) -> float:
+def decode_ms(files: list[Path], draft: bool, size: int, norm: tuple) -> float:
     """Median ms to load one file and make the network input, one thread."""
     from engine.images import build_transform, load_image
 
-    tf = build_transform(size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    tf = build_transform(size, *norm)
     times = []
     for f in files:
         t = time.perf_counter()
@@ -116,14 +116,14 @@ def bare_rate(run, size: int, batch: int = 32, repeats: int = 3) -> float:
     return best
 
 
-def e2e_rate(files: list[Path], compute, *, size: int, draft: bool, threads: int, batch: int = 32
-             ) -> tuple[float, dict[str, np.ndarray]]:
+def e2e_rate(files: list[Path], compute, *, size: int, norm: tuple, draft: bool, threads: int, batch: int = 32,
+             crop: float = 1.0) -> tuple[float, dict[str, np.ndarray]]:
     """Images/s from files to vectors through engine.extraction.iter_extract; and the vectors."""
     from engine.extraction import iter_extract
 
     t = time.perf_counter()
     chunks: dict[str, list[np.ndarray]] = {}
-    for b in iter_extract(files, compute, image_size=size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+    for b in iter_extract(files, compute, image_size=size, mean=norm[0], std=norm[1], crop_fraction=crop,
                           batch_size=batch, decode_threads=threads, draft=draft):
         for k, v in b.vectors.items():
             chunks.setdefault(k, []).append(v)
@@ -153,6 +153,7 @@ def part_speed(args: argparse.Namespace) -> None:
     big = make_12mp([files[i] for i in rng.choice(len(files), args.n12, replace=False)], Path(args.work) / "12mp",
                     args.n12)
     bb = get_backbone("efficientnet_lite0", weights="pretrained")
+    norm = (tuple(bb.mean), tuple(bb.std))  # the backbone's own input normalisation
     heads = {k: build_descriptor(k, bb).eval() for k in list_descriptors()}
     runtimes = ["torch"] + [r for r in ("onnxruntime", "openvino") if r in available_runtimes()]
     runners = {}
@@ -178,8 +179,8 @@ def part_speed(args: argparse.Namespace) -> None:
     paths.append((f"draft+threads/{best}/all heads", best, True, args.decode_threads, list(heads)))
 
     eprint(f"decode timings (load {len(big[:8])} 12 MP and {len(sample[:40])} cub100 files) ...")
-    dec = {("12mp", False): decode_ms(big[:8], False, size), ("12mp", True): decode_ms(big[:8], True, size),
-           ("cub100", False): decode_ms(sample[:40], False, size), ("cub100", True): decode_ms(sample[:40], True, size)}
+    dec = {(name, draft): decode_ms(fl, draft, size, norm)
+           for name, fl in (("12mp", big[:8]), ("cub100", sample[:40])) for draft in (False, True)}
     bare = {r: [] for r in runtimes}
     rates: dict[tuple[str, str], list[float]] = {}
     load = [os.getloadavg()[0]]
@@ -189,7 +190,7 @@ def part_speed(args: argparse.Namespace) -> None:
             bare[r].append(bare_rate(runners[r], size))
         for folder, fl in (("12mp", big), ("cub100", sample)):
             for name, r, draft, threads, names in order:
-                rate, _ = e2e_rate(fl, compute_for(r, names), size=size, draft=draft, threads=threads)
+                rate, _ = e2e_rate(fl, compute_for(r, names), size=size, norm=norm, draft=draft, threads=threads)
                 rates.setdefault((folder, name), []).append(rate)
                 eprint(f"round {rnd + 1}: {folder:7s} {name:38s} {rate:6.1f} images/s")
         load.append(os.getloadavg()[0])
@@ -210,14 +211,14 @@ def part_speed(args: argparse.Namespace) -> None:
 
     if args.r1:
         eprint(f"R@1 on {len(test)} test-class images per runtime ...")
-        print(f"\n### R@1 per runtime (cub100 test classes 50-99, {len(test)} images, leave-one-out, "
-              "draft decoding)\n")
+        print(f"\n### R@1 per runtime (cub100 test classes 50-99, {len(test)} images, leave-one-out; "
+              "PROTOCOL.md's 224 centre crop of the 227 image)\n")
         print("| runtime | SPoC R@1 | GeM R@1 | SPoC R@1, float16 storage | GeM R@1, float16 storage |")
         print("|---|---|---|---|---|")
         ref = None
         for r in runtimes:
-            _, vec = e2e_rate(test, compute_for(r, ["spoc", "gem"]), size=size, draft=True,
-                              threads=args.decode_threads)
+            _, vec = e2e_rate(test, compute_for(r, ["spoc", "gem"]), size=size, norm=norm, draft=True,
+                              threads=args.decode_threads, crop=224 / 227)
             row = [r1 for k in ("spoc", "gem") for r1 in [r_at_1(vec[k], labels)]]
             half = [r_at_1(vec[k].astype(np.float16).astype(np.float32), labels) for k in ("spoc", "gem")]
             ref = ref or row

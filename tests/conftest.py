@@ -67,3 +67,19 @@ def image_folder(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture
+def decoded_jpeg_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The sizes at which PIL's JPEG decoder ran in this test (after any draft scaling), in order."""
+    from PIL import JpegImagePlugin
+
+    sizes: list[tuple[int, int]] = []
+    real_load = JpegImagePlugin.JpegImageFile.load
+
+    def load(self):
+        sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    return sizes

@@ -213,9 +213,8 @@ def test_split_entries_outside_the_root_refused(image_folder, tmp_path):
     assert searched == []
 
 
-def test_thumbnail_decodes_a_large_jpeg_at_reduced_scale(tmp_path, monkeypatch):
+def test_thumbnail_decodes_a_large_jpeg_at_reduced_scale(tmp_path, decoded_jpeg_sizes):
     # draft must come before the decode: the size the JPEG decoder works at is recorded
-    from PIL import JpegImagePlugin
 
     from engine.export import thumbnail
 
@@ -225,14 +224,7 @@ def test_thumbnail_decodes_a_large_jpeg_at_reduced_scale(tmp_path, monkeypatch):
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated a quarter turn clockwise: the stripe on top
     img.save(p, "JPEG", exif=exif)
-    decoded = []
-    real_load = JpegImagePlugin.JpegImageFile.load
-
-    def load(self):
-        decoded.append(self.size)
-        return real_load(self)
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    decoded = decoded_jpeg_sizes
     th = thumbnail(p, 160)
     assert th.size == (120, 160)  # portrait after the EXIF rotation
     assert decoded and max(w * h for w, h in decoded) <= (3200 // 8) * (2400 // 8)

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image
 
 pytest.importorskip("PySide6.QtGui")
 
@@ -32,21 +32,14 @@ def test_named_pipe_gives_a_null_image_without_waiting(tmp_path: Path) -> None:
     assert box["img"].isNull()
 
 
-def test_large_jpeg_decoded_reduced_and_oriented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_jpeg_decoded_reduced_and_oriented(tmp_path: Path, decoded_jpeg_sizes: list) -> None:
     p = tmp_path / "big.jpg"
     img = Image.new("RGB", (3200, 2400), (30, 30, 30))
     img.paste((255, 255, 255), (0, 0, 400, 2400))  # white stripe on the stored left edge
     exif = Image.Exif()
     exif[0x0112] = 8  # displayed rotated a quarter turn counter-clockwise: the stripe at the bottom
     img.save(p, "JPEG", exif=exif)
-    decoded = []
-    real_load = JpegImagePlugin.JpegImageFile.load
-
-    def load(self):
-        decoded.append(self.size)
-        return real_load(self)
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    decoded = decoded_jpeg_sizes
     q = make_thumbnail(str(p), 160, None)
     assert (q.width(), q.height()) == (120, 160)
     assert decoded and max(w * h for w, h in decoded) <= (3200 // 8) * (2400 // 8)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image
 
 from engine.images import IMAGE_EXTENSIONS, load_image, scan_images
 from engine.training import data as D
@@ -92,16 +92,9 @@ def test_bad_files_skipped_with_the_loaders_reasons(tmp_path: Path) -> None:
         assert reasons[str(tmp_path / "pipe.jpg")] == "not a regular file (a pipe, socket or device)"
 
 
-def test_training_decode_uses_draft(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_decode_uses_draft(tmp_path: Path, decoded_jpeg_sizes: list) -> None:
     p = _jpeg(tmp_path / "big.jpg", size=(2400, 1800))
-    decoded = []
-    real_load = JpegImagePlugin.JpegImageFile.load
-
-    def load(self):
-        decoded.append(self.size)
-        return real_load(self)
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    decoded = decoded_jpeg_sizes
     t = D.decode_image(str(p), 224)
     assert tuple(t.shape) == (3, 224, 224)
     assert decoded and max(w * h for w, h in decoded) <= 600 * 450  # 1/4 scale: 1800 / 4 = 450 >= 224
