@@ -427,6 +427,15 @@ def run_protocol(pr: Protocol, args: argparse.Namespace, device: torch.device, t
                   f"{_mean_std([m['map'] for m in ms])} | {gains['recall@1']:+.4f} | {gains['top1']:+.4f} | "
                   f"{_mean_std([m['last']['recall@1'] for m in ms])} | {_mean_std([m['last']['top1'] for m in ms])} |")
             results[f"{pr.name}/mean/{label}"] = dict(mean=mean, gains=gains, n=len(ms))
+        default = (f"head, {TrainConfig.classes_per_batch} x {TrainConfig.samples_per_class}: "
+                   f"{'triplet + memory' if TrainConfig.memory else 'triplet'}")
+        if pr.name == "same" and default in summary and not overrides \
+                and pool == TrainConfig.pooling and args.iterations == TrainConfig.iterations:
+            g = results[f"same/mean/{default}"]["gains"]
+            ok = g["recall@1"] >= 0.05 and g["top1"] >= 0.05
+            print(f"\ngoal (the default same-categories run, {default}, at least +0.05 of top-1 and of R@1 over the "
+                  f"best untrained descriptor, mean over seeds): {'reached' if ok else 'NOT reached'} "
+                  f"(R@1 {g['recall@1']:+.4f}, top-1 {g['top1']:+.4f})")
     sys.stdout.flush()
 
 
@@ -443,11 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="comma list of training seeds; with several, each run is repeated "
                     "per seed and mean +- std rows follow (in 'new', the seed also draws the validation classes)")
     ap.add_argument("--variants", default="triplet,xbm", help="comma list of triplet, xbm")
-    ap.add_argument("--batches", default="32x4", help="comma list of P x K batch shapes, e.g. 32x4,8x4")
-    ap.add_argument("--pooling", default="mac", help="pooling of the trained models (mac, gem, spoc); every "
-                    "untrained descriptor (SPoC, MAC, GeM, R-MAC) is reported beside them")
-    ap.add_argument("--iterations", type=int, default=800)
-    ap.add_argument("--val-every", type=int, default=100)
+    ap.add_argument("--batches", default=f"{TrainConfig.classes_per_batch}x{TrainConfig.samples_per_class}",
+                    help="comma list of P x K batch shapes, e.g. 32x4,8x4 (default: train's)")
+    ap.add_argument("--pooling", default=TrainConfig.pooling, help="pooling of the trained models (mac, gem, spoc; "
+                    "default: train's); every untrained descriptor (SPoC, MAC, GeM, R-MAC) is reported beside them")
+    ap.add_argument("--iterations", type=int, default=TrainConfig.iterations, help="(default: train's)")
+    ap.add_argument("--val-every", type=int, default=TrainConfig.val_every, help="(default: train's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="bench_out/train")
