@@ -20,7 +20,23 @@ def _temporary(path: Path) -> tuple[int, str]:
     ones of earlier writers of ``path`` that were killed (their process is gone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(path)
-    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file 0600; the file it becomes gets the mode of any new file (0644 under umask 022)
+    with contextlib.suppress(OSError, AttributeError, NotImplementedError):
+        os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc tells it (Linux), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _alive(pid: int) -> bool:

@@ -7,7 +7,8 @@ A gallery is a list of :class:`QueryGallery` (one query image and its ranked hit
     gallery = [QueryGallery(query_path="q.jpg", hits=hits, query_label="cat")]
     export_html(gallery, "out.html", settings={"model": "efficientnet_lite0", "descriptor": "spoc"})
 
-For every query of a split file, :func:`export_split` runs a ``search(path) -> hits`` callable.
+For every query of a split file, :func:`export_split` runs a ``search(path, retrieval) -> hits``
+callable over the split's retrieval list.
 """
 
 from __future__ import annotations
@@ -216,35 +217,81 @@ def export_csv(galleries: Sequence[QueryGallery], path: str | os.PathLike,
     return path
 
 
-def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int = 128,
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own scalable font at ``size`` px (its bitmap fallback when FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text`` shortened in the middle with '…' until it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    keep = len(text)
+    while keep > 1:
+        keep -= 1
+        short = text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return "…"
+
+
+def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int = 128, columns: int = 5,
                          progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
                          skipped: list[tuple[str, str]] | None = None) -> Image.Image:
-    """One row per query: the query (blue frame) then its hits (green = same label, red = other);
-    unreadable images are grey and appended to ``skipped``."""
+    """One block per query: a header (the query image in a blue frame, its name, label and precision@k),
+    then its hits in a grid of ``columns`` (green frame = same label as the query, red = another, grey =
+    unlabelled), each captioned "#rank score" and its file name. Unreadable images are grey and appended
+    to ``skipped``."""
     progress, should_stop = resolve(progress, should_stop)
     if not galleries:
         raise ValueError("nothing to export: no queries")
-    cols = 1 + max(len(g.hits) for g in galleries)
-    pad, text_h = 6, 14
-    cell_w, cell_h = thumb_size + pad, thumb_size + pad + text_h
-    sheet = Image.new("RGB", (cols * cell_w + pad, len(galleries) * cell_h + pad), (250, 250, 250))
+    columns = max(1, min(int(columns), max(len(g.hits) for g in galleries) or 1))
+    pad, line = 8, 15
+    font, bold = _font(12), _font(15)
+    cell_w, cell_h = thumb_size + pad, thumb_size + 2 * line + pad
+    head_h = thumb_size + 2 * pad
+    heights = [head_h + -(-len(g.hits) // columns) * cell_h + pad for g in galleries]
+    width = pad + max(columns * cell_w, thumb_size + pad + 360)
+    sheet = Image.new("RGB", (width, sum(heights) + pad), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for r, g in enumerate(galleries):
+
+    def tile(path: str, x0: int, y0: int, colour: tuple[int, int, int]) -> None:
+        thumb = thumbnail(path, thumb_size - 6, skipped)
+        draw.rectangle([x0, y0, x0 + thumb_size - 1, y0 + thumb_size - 1], outline=colour, width=3)
+        sheet.paste(thumb, (x0 + 3 + (thumb_size - 6 - thumb.width) // 2,
+                            y0 + 3 + (thumb_size - 6 - thumb.height) // 2))
+
+    top = pad
+    for qi, (g, block_h) in enumerate(zip(galleries, heights, strict=True)):
         if should_stop():
             raise Cancelled("export cancelled")
-        entries = [(g.query_path, (21, 101, 192), "query")]
-        for h, mark in zip(g.hits, g.marks(), strict=True):
+        if qi:
+            draw.line([pad, top - pad // 2, width - pad, top - pad // 2], fill=(200, 200, 200), width=1)
+        tile(g.query_path, pad, top, (21, 101, 192))
+        tx, text_w = 2 * pad + thumb_size, width - 3 * pad - thumb_size
+        draw.text((tx, top + 4), _fit(draw, f"Query {qi + 1}: {Path(g.query_path).name}", bold, text_w),
+                  fill=(20, 20, 20), font=bold)
+        facts = [f"label {g.query_label}" if g.query_label is not None else "no label"]
+        prec = g.precision()
+        if prec is not None:
+            facts.append(f"precision@{len(g.hits)} = {prec:.3f}")
+        draw.text((tx, top + 26), _fit(draw, " · ".join(facts), font, text_w), fill=(60, 60, 60), font=font)
+        draw.text((tx, top + 44), _fit(draw, str(Path(g.query_path).parent), font, text_w), fill=(110, 110, 110),
+                  font=font)
+        for i, (h, mark) in enumerate(zip(g.hits, g.marks(), strict=True)):
+            r, c = divmod(i, columns)
+            x0, y0 = pad + c * cell_w, top + head_h + r * cell_h
             colour = (160, 160, 160) if mark is None else ((46, 125, 50) if mark else (198, 40, 40))
-            entries.append((h.path, colour, f"#{h.rank} {h.score:.3f}"))
-        for c, (p, colour, text) in enumerate(entries):
-            x0, y0 = pad + c * cell_w, pad + r * cell_h
-            thumb = thumbnail(p, thumb_size - 6, skipped)
-            draw.rectangle([x0, y0, x0 + thumb_size - 1, y0 + thumb_size - 1], outline=colour, width=3)
-            sheet.paste(thumb, (x0 + 3 + (thumb_size - 6 - thumb.width) // 2,
-                                y0 + 3 + (thumb_size - 6 - thumb.height) // 2))
-            draw.text((x0 + 2, y0 + thumb_size + 1), text, fill=(30, 30, 30), font=font)
-        progress(r + 1, len(galleries), "png")
+            tile(h.path, x0, y0, colour)
+            draw.text((x0 + 2, y0 + thumb_size + 2), f"#{h.rank}  {h.score:.3f}", fill=(20, 20, 20), font=font)
+            name = Path(h.path).name if h.label is None else f"{h.label}/{Path(h.path).name}"
+            draw.text((x0 + 2, y0 + thumb_size + 2 + line), _fit(draw, name, font, thumb_size - 2),
+                      fill=(90, 90, 90), font=font)
+        top += block_h
+        progress(qi + 1, len(galleries), "png")
     return sheet
 
 
@@ -303,10 +350,13 @@ def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: s
     """A gallery for every query of a split file (paths relative to ``root``; an entry outside the root
     is refused with engine.splits.SplitFileError).
 
-    ``search(abs_path)`` returns the ranked hits of one query; ``label_of(abs_path)`` its label
-    (default: the parent folder's name). A query image that cannot be read (ImageLoadError) and every
-    unreadable result image are left out or shown grey, and appended to ``skipped`` as
-    ``(path, reason)``. Progress counts the searches, then the writing.
+    ``search(abs_path, retrieval)`` returns the ranked hits of one query among ``retrieval``, the split's
+    retrieval list as a frozenset of absolute paths (None when the split has none: search everything);
+    hits outside that list are dropped here too and the rest ranked again, so the mean precision@k is the
+    split's query-to-retrieval figure. ``label_of(abs_path)`` gives a query's label (default: the parent
+    folder's name). A query image that cannot be read (ImageLoadError) and every unreadable result image
+    are left out or shown grey, and appended to ``skipped`` as ``(path, reason)``. Progress counts the
+    searches, then the writing.
     """
     from engine.splits import resolve_split
 
@@ -316,7 +366,9 @@ def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: s
     if "query" not in data:
         raise ValueError("the split has no 'query' list")
     source = "the split" if isinstance(split, Mapping) else str(split)
-    queries = [str(q) for q in resolve_split({"query": data["query"]}, root, source)["query"]][: limit or None]
+    lists = resolve_split({k: data[k] for k in ("query", "retrieval") if k in data}, root, source)
+    queries = [str(q) for q in lists["query"]][: limit or None]
+    retrieval = frozenset(str(p) for p in lists["retrieval"]) if "retrieval" in lists else None
     if not queries:
         raise ValueError("the split's query list is empty")
     label_of = label_of or (lambda p: Path(p).parent.name)
@@ -326,10 +378,13 @@ def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: s
         if should_stop():
             raise Cancelled("export cancelled")
         try:
-            hits = search(q)
+            hits = [as_hit(h, rank=j + 1) for j, h in enumerate(search(q, retrieval))]
         except ImageLoadError as exc:
             _report(skipped, q, f"query left out: {exc.reason}")
         else:
+            if retrieval is not None:
+                hits = [GalleryHit(h.path, h.score, j + 1, h.label)
+                        for j, h in enumerate(h for h in hits if h.path in retrieval)]
             galleries.append(make_gallery(q, hits, label_of(q)))
         progress(i + 1, len(queries), f"searched {Path(q).name}")
     if not galleries:
@@ -340,5 +395,7 @@ def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: s
     if precs:
         settings["mean precision@k"] = f"{sum(precs) / len(precs):.4f}"
     settings["queries"] = len(galleries)
+    settings["searched"] = ("the whole collection" if retrieval is None
+                            else f"the split's retrieval list ({len(retrieval):,} images)")
     return export_gallery(galleries, out_base, settings, formats, thumb_size=thumb_size,
                           progress=progress, should_stop=should_stop, skipped=skipped)

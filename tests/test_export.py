@@ -22,6 +22,7 @@ from engine.export import (
     export_html,
     export_split,
     make_gallery,
+    render_contact_sheet,
 )
 
 
@@ -82,16 +83,37 @@ def test_csv_rows_match_hits(image_folder, tmp_path):
     assert all(r["model"] == "m0" for r in rows)
 
 
-def test_png_contact_sheet_size(image_folder, tmp_path):
-    g = _gallery(image_folder(n_classes=2, per_class=3))
-    out = export_contact_sheet([g, g, g], tmp_path / "r.png", thumb_size=64)
-    im = Image.open(out)
-    # 1 query + 5 hits per row, 3 rows; cell = thumb + 6 pad (+14 text rows)
-    assert im.size == (6 * 70 + 6, 3 * 84 + 6)
-    # the hit frames are green, the miss frames red
-    px = im.convert("RGB")
-    assert px.getpixel((6 + 70 + 1, 6 + 1)) == (46, 125, 50)
-    assert px.getpixel((6 + 3 * 70 + 1, 6 + 1)) == (198, 40, 40)
+def test_png_contact_sheet_is_a_grid_with_a_header(image_folder, tmp_path):
+    root = image_folder(n_classes=2, per_class=6)
+    paths = sorted(root.rglob("*.jpg"))
+    hits = [{"path": str(p), "score": 0.9 - 0.01 * i, "rank": i + 1, "label": p.parent.name}
+            for i, p in enumerate(paths[1:12])]
+    g = make_gallery(paths[0], hits, paths[0].parent.name)
+    out = export_contact_sheet([g], tmp_path / "r.png", thumb_size=64)
+    im = Image.open(out).convert("RGB")
+    # 11 hits in rows of 5 under a header: a grid, not one long strip
+    assert im.width < 2 * im.height, im.size
+    pad, cell_w, cell_h, head_h = 8, 72, 64 + 2 * 15 + 8, 64 + 16
+    assert im.height == pad + head_h + 3 * cell_h + pad
+    # the query's blue frame in the header, then the first row: hits (green) and misses (red)
+    assert im.getpixel((pad + 1, pad + 1)) == (21, 101, 192)
+    row0 = pad + head_h + 1
+    assert im.getpixel((pad + 1, row0)) == (46, 125, 50)
+    assert im.getpixel((pad + 4 * cell_w + 1, row0)) == (46, 125, 50)  # paths[5]: class_00 too
+    assert im.getpixel((pad + 1, row0 + cell_h)) == (198, 40, 40)  # the 6th hit: class_01
+    # captions: the rank, a space, the score (drawn apart, not "#10.900"), under each tile
+    from PIL import ImageDraw
+
+    from engine.export import _font
+
+    caption_strip = im.crop((pad, row0 + 64, pad + 64, row0 + 64 + 15))
+    assert len(set(caption_strip.getdata())) > 2  # text is drawn there
+    font = _font(12)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    assert draw.textlength("#1  0.900", font=font) > draw.textlength("#10.900", font=font) + 4
+    # several queries: one block each
+    two = render_contact_sheet([g, g], thumb_size=64)
+    assert two.height == 2 * (im.height - pad) + pad
 
 
 def test_unlabelled_and_unreadable(tmp_path):
@@ -114,8 +136,9 @@ def test_split_export_runs_every_query(image_folder, tmp_path):
     split.write_text(json.dumps({"query": rel[:2], "retrieval": rel[2:]}))
     searched, progress = [], []
 
-    def search(path):
+    def search(path, retrieval):
         searched.append(path)
+        assert retrieval == {str(root / r) for r in rel[2:]}
         return [{"path": str(root / r), "score": 0.5, "rank": 1} for r in rel[2:4]]
 
     files = export_split(split, root, search, tmp_path / "g", {"model": "m"},
@@ -163,9 +186,9 @@ def test_a_fifo_among_the_results_is_skipped_not_waited_on(image_folder, tmp_pat
     fifo = root / rel[0].split("/")[0] / "pipe.jpg"
     os.mkfifo(fifo)
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"query": rel[:2], "retrieval": rel[2:]}))
+    split.write_text(json.dumps({"query": rel[:2], "retrieval": rel[2:] + [str(fifo.relative_to(root))]}))
 
-    def search(path):
+    def search(path, retrieval):
         return [{"path": str(fifo), "score": 0.9, "rank": 1}, {"path": str(root / rel[3]), "score": 0.5, "rank": 2}]
 
     def unblock():  # a reader blocked on the pipe returns once a writer opens it
@@ -188,7 +211,7 @@ def test_unreadable_query_left_out_and_named(image_folder, tmp_path):
     root = image_folder(n_classes=2, per_class=2)
     rel = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
 
-    def search(path):
+    def search(path, retrieval):
         if path.endswith(rel[0]):
             raise ImageLoadError(path, "corrupt image data (test)")
         return [{"path": str(root / rel[3]), "score": 0.5, "rank": 1}]
@@ -209,7 +232,7 @@ def test_split_entries_outside_the_root_refused(image_folder, tmp_path):
     split.write_text(json.dumps({"query": ["../../etc/passwd"], "retrieval": ["a.jpg"]}))
     searched = []
     with pytest.raises(SplitFileError, match="outside the image root"):
-        export_split(split, root, lambda p: searched.append(p) or [], tmp_path / "g")
+        export_split(split, root, lambda p, r: searched.append(p) or [], tmp_path / "g")
     assert searched == []
 
 
@@ -229,3 +252,49 @@ def test_thumbnail_decodes_a_large_jpeg_at_reduced_scale(tmp_path, decoded_jpeg_
     assert th.size == (120, 160)  # portrait after the EXIF rotation
     assert decoded and max(w * h for w, h in decoded) <= (3200 // 8) * (2400 // 8)
     assert sum(th.getpixel((60, 5))) > 700 and sum(th.getpixel((60, 155))) < 150
+
+
+def test_split_export_searches_the_retrieval_list_only(image_folder, tmp_path):
+    """The gallery of a split is query -> retrieval list: other queries and images outside the list are
+    never results, even when the search callable returns them, and the ranks close up."""
+    root = image_folder(n_classes=2, per_class=4)
+    rel = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    queries, retrieval = [rel[0], rel[4]], [r for r in rel if r not in (rel[0], rel[4], rel[7])]
+    everything = [str(root / r) for r in rel]
+
+    def search(path, among):  # a careless search: everything, the other query and rel[7] included
+        return [{"path": p, "score": 1.0 - 0.1 * i, "rank": i + 1, "label": Path(p).parent.name}
+                for i, p in enumerate(everything) if p != path]
+
+    export_split({"query": queries, "retrieval": retrieval}, root, search, tmp_path / "g", formats=["csv"])
+    rows = list(csv.DictReader((tmp_path / "g.csv").open(encoding="utf-8")))
+    allowed = {str(root / r) for r in retrieval}
+    assert rows and {r["path"] for r in rows} <= allowed
+    for q in queries:
+        mine = [r for r in rows if r["query"] == str(root / q)]
+        assert [int(r["rank"]) for r in mine] == list(range(1, len(allowed) + 1))
+    # 5 retrieval images: class_00/001-003 and class_01/001-002
+    first = [r for r in rows if r["query"] == str(root / rel[0])]
+    assert [r["hit"] for r in first] == ["1", "1", "1", "0", "0"]
+    assert rows[0]["mean precision@k"] == f"{(3 / 5 + 2 / 5) / 2:.4f}"
+    assert "retrieval list (5 images)" in rows[0]["searched"]
+
+
+def test_exported_files_get_the_usual_permissions(image_folder, tmp_path):
+    import os
+    import stat
+
+    from engine.atomic import atomic_write_bytes
+
+    g = _gallery(image_folder(n_classes=2, per_class=3))
+    old = os.umask(0o022)
+    try:
+        files = export_gallery([g], tmp_path / "out", {})
+        atomic_write_bytes(tmp_path / "plain.bin", b"x")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.bin", b"x")
+    finally:
+        os.umask(old)
+    for f in [*files, tmp_path / "plain.bin"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
