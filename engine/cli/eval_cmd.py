@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--whitening", default=None, help="a PCA whitening file saved by the program")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="with --collection: where collections are kept (default: the user cache folder)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (indented, like index and search) instead of a table")
     p.set_defaults(func=run)
 
 
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         m["note"] = note
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
-        sys.stdout.write(json.dumps(clean) + "\n")
+        sys.stdout.write(json.dumps(clean, indent=1) + "\n")
     else:
         sys.stdout.write(_table(m) + "\n")
     return 0
