@@ -14,7 +14,7 @@ import os
 import sys
 
 # module names under engine.cli, in the order their subcommands are listed in --help
-_COMMAND_MODULES = ("eval_cmd", "index_cmd", "train_cmd", "gui_cmd")
+_COMMAND_MODULES = ("eval_cmd", "index_cmd", "duplicates_cmd", "map_cmd", "train_cmd", "gui_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,113 @@
+"""`retrieval-explorer duplicates DIR`: groups of near-duplicate images of an indexed folder.
+
+Uses the collection that `retrieval-explorer index DIR` made (same model options); reads no pixel, only
+the stored vectors, its index and the image headers. Lists groups best first (engine.duplicates.ORDER_RULE);
+never moves or deletes anything (the window does that, after a confirmation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def add_collection_args(p: argparse.ArgumentParser) -> None:
+    """The options that name an indexed collection: model, descriptor, cache folder."""
+    p.add_argument("folder", metavar="DIR", help="the indexed image folder")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="backbone name or trained checkpoint it was indexed with (default: efficientnet_lite0)")
+    p.add_argument("--weights", default="pretrained", help="'pretrained' (default), 'random' or a weights file")
+    p.add_argument("--descriptor", default=None,
+                   help="fc, spoc, rmac, mac or gem (default: spoc; fc for a trained checkpoint)")
+    p.add_argument("--image-size", type=int, default=None, help="input size it was indexed with")
+    p.add_argument("--whitening", metavar="FILE", default=None, help="the PCA whitening it was indexed with")
+    p.add_argument("--crop-fraction", type=float, default=1.0, help="centre-crop share it was indexed with")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where collections are kept (default: the user cache folder)")
+
+
+def open_indexed(args: argparse.Namespace) -> Any:
+    """The collection of ``args.folder`` for the model options; CollectionError saying to run `index`
+    first when nothing is indexed for them."""
+    from engine.cli.index_cmd import spec_from_args
+    from engine.collection import Collection, CollectionError
+
+    spec = spec_from_args(args)
+    coll = Collection.open(args.folder, model_spec=spec, cache_dir=args.cache_dir, verify=False)
+    if not coll.is_saved or len(coll) == 0:
+        raise CollectionError(f"{coll.folder} is not indexed for {spec.backbone}/{spec.descriptor} yet: run "
+                              f"`retrieval-explorer index {coll.folder}` first (with the same model options)")
+    return coll
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("duplicates", help="list groups of near-duplicate images of an indexed folder",
+                       description="Find images of DIR that are copies of one another (re-encoded, resized, "
+                       "cropped, rotated, mirrored, recoloured, captioned) from the vectors of "
+                       "`retrieval-explorer index DIR`. Each group lists its best copy first (largest "
+                       "resolution, then largest file, then oldest). Nothing is moved or deleted.")
+    add_collection_args(p)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity from which two images count as copies (default: the "
+                   "descriptor's measured default, see docs/BENCHMARKS.md)")
+    p.add_argument("--rule", choices=("complete", "components"), default="complete",
+                   help="complete (default): every two images of a group score above the threshold; "
+                   "components: chains of pairs are joined")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.cli.common import TextProgress
+    from engine.duplicates import ORDER_RULE, default_threshold, find_duplicates, group_records
+
+    coll = open_indexed(args)
+    threshold = default_threshold(coll.model_spec.descriptor) if args.threshold is None else float(args.threshold)
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+    start = time.perf_counter()
+    dup = find_duplicates(coll, threshold=threshold, floor=threshold,
+                          progress=TextProgress("searching") if not args.json else None)
+    groups = dup.groups(threshold, args.rule)
+    seconds = time.perf_counter() - start
+    extra = sum(len(g) - 1 for g in groups)
+    if args.json:
+        records = group_records(groups)
+        out = {"folder": str(coll.folder), "descriptor": coll.model_spec.descriptor, "threshold": threshold,
+               "rule": args.rule, "order": ORDER_RULE, "images": len(coll), "pairs": len(dup.pairs),
+               "exact": dup.pairs.exact, "seconds": round(seconds, 3), "notes": dup.notes,
+               "groups": [{"group": g, "max_score": round(grp.max_score, 4), "min_score": round(grp.min_score, 4),
+                           "images": [{k: v for k, v in r.items() if k != "group"} for r in records
+                                      if r["group"] == g]}
+                          for g, grp in enumerate(groups, 1)]}
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        return 0
+    write = sys.stdout.write
+    for g, grp in enumerate(groups, 1):
+        write(f"group {g}: {len(grp)} images, similarity {grp.min_score:.3f}-{grp.max_score:.3f}\n")
+        for it in grp.items:
+            f = it.facts
+            mark = "keep" if it.best else "    "
+            score = "" if it.best or it.score is None else f"  {it.score:.3f}"
+            write(f"  {mark}  {f.width}x{f.height}  {_size(f.bytes):>8}  {_shown(it.path)}{score}\n")
+    write(f"{len(groups)} groups, {extra} images that are copies of a kept one, among {len(coll):,} images "
+          f"({coll.model_spec.descriptor}, threshold {threshold:.2f}, {args.rule}, "
+          f"{'exact' if dup.pairs.exact else 'HNSW'} search, {seconds:.1f} s)\n")
+    for note in dup.notes:
+        write(f"note: {note}\n")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _shown(path: object) -> str:
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -1,0 +1,467 @@
+"""Near-duplicate images of an indexed collection: pairs above a similarity threshold, grouped and ordered.
+
+The work is split so that a threshold slider costs nothing:
+
+1. :func:`find_duplicates` searches the collection's own index ONCE (exact brute force up to
+   :data:`EXACT_LIMIT` images, its HNSW graph beyond): every image's nearest neighbours scoring at least a
+   ``floor`` (the lowest threshold the caller will ever ask for), widened until the list ends below the
+   floor (a k-NN search with a radius). It keeps the pairs with their scores (:class:`DuplicatePairs`) and
+   the file facts (resolution, bytes, mtime) of every image in a pair.
+2. :meth:`DuplicateSet.groups` regroups those pairs at any threshold >= the floor without searching
+   again: pure array work.
+
+Grouping rules (``rule``):
+
+- ``"complete"`` (the default): two groups merge only when EVERY pair across them scores at least the
+  threshold (greedy complete linkage over the pairs, strongest first). Chaining cannot join two
+  unrelated images through a third one that resembles both (benchmarks/duplicates.py measures how often
+  connected components do that among distinct photos of one bird species).
+- ``"components"``: connected components of the pairs above the threshold (single linkage).
+
+Each group is ordered best first by :data:`ORDER_RULE`: largest resolution (width x height), then
+largest file, then oldest (smallest mtime), then path. Nothing here deletes anything: :func:`move_files`
+and :func:`trash_files` move what they are given, and the window asks for confirmation first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.atomic import atomic_write_text
+from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+
+log = logging.getLogger(__name__)
+
+#: the default threshold per descriptor (cosine similarity, EfficientNet-Lite0 ImageNet weights), chosen
+#: by benchmarks/duplicates.py: the highest recall at precision >= 0.95 on the calibration species
+#: (docs/BENCHMARKS.md, "Near-duplicates"); descriptors not listed use FALLBACK_THRESHOLD
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "spoc": 0.90,
+    "gem": 0.90,
+    "mac": 0.90,
+    "rmac": 0.90,
+    "fc": 0.90,
+}
+FALLBACK_THRESHOLD = 0.90
+#: the pair search reaches this far below the threshold asked for, so that a slider can go down that much
+#: without searching again
+SEARCH_MARGIN = 0.10
+#: exact (brute-force) search up to this many images, the HNSW graph beyond
+EXACT_LIMIT = 20_000
+#: neighbours asked for per image at first; an image whose whole list scores above the floor is asked
+#: again with twice as many, up to MAX_NEIGHBOURS
+FIRST_K = 16
+MAX_NEIGHBOURS = 512
+RULES = ("complete", "components")
+DEFAULT_RULE = "complete"
+ORDER_RULE = "largest resolution, then largest file, then oldest (mtime), then path"
+#: the merge checks of complete linkage are O(|A| x |B|): its groups stop growing at this size, so that a
+#: folder of 10,000 identical frames cannot stall it (they come out as several groups)
+COMPLETE_MAX_GROUP = 2_000
+
+
+def default_threshold(descriptor: str | None) -> float:
+    """The measured default threshold of a descriptor kind (FALLBACK_THRESHOLD for others)."""
+    return DEFAULT_THRESHOLDS.get(str(descriptor), FALLBACK_THRESHOLD)
+
+
+# --- pairs ---------------------------------------------------------------------------------------
+@dataclass
+class DuplicatePairs:
+    """Every pair of rows scoring >= ``floor``: ``i`` (P,) < ``j`` (P,) int64 row numbers of the
+    collection, ``scores`` (P,) float32 cosine similarity, sorted by score descending. ``n``: rows of
+    the collection; ``exact``: brute-force search (else HNSW, approximate); ``truncated``: rows whose
+    neighbour list was still above the floor at MAX_NEIGHBOURS (more pairs may exist); ``queries``: calls
+    made to the collection's search."""
+
+    n: int
+    i: np.ndarray
+    j: np.ndarray
+    scores: np.ndarray
+    floor: float
+    exact: bool = True
+    truncated: int = 0
+    queries: int = 0
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def above(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs scoring >= ``threshold``: (i, j, scores), strongest first."""
+        if threshold < self.floor - 1e-6:
+            raise ValueError(f"the pairs were searched down to {self.floor:.3f}; {threshold:.3f} needs a new "
+                             "search (find_duplicates with a lower floor)")
+        m = int(np.searchsorted(-self.scores, -np.float32(threshold), side="right"))
+        return self.i[:m], self.j[:m], self.scores[:m]
+
+
+def unique_pairs(n: int, i: np.ndarray, j: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """Pairs (i, j, scores) of any order and with repeats -> unique (min, max) pairs, i != j, each with
+    its highest score, sorted by score descending (ties by i, j)."""
+    i = np.asarray(i, np.int64)
+    j = np.asarray(j, np.int64)
+    s = np.asarray(scores, np.float32)
+    keep = i != j
+    a, b, s = np.minimum(i, j)[keep], np.maximum(i, j)[keep], s[keep]
+    if a.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    key = a * max(int(n), 1) + b
+    order = np.lexsort((-s, key))  # by key, best score first within a key
+    key, a, b, s = key[order], a[order], b[order], s[order]
+    first = np.ones(key.shape[0], bool)
+    first[1:] = key[1:] != key[:-1]
+    a, b, s = a[first], b[first], s[first]
+    order = np.lexsort((b, a, -s))
+    return a[order], b[order], s[order]
+
+
+def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = MAX_NEIGHBOURS,
+               exact: bool | None = None, batch: int = 512, progress: ProgressFn | None = None,
+               should_stop: ShouldStopFn | None = None) -> DuplicatePairs:
+    """All pairs of ``collection`` (an engine.collection.Collection) scoring >= ``floor``, from its index.
+
+    Every row queries its ``k`` nearest neighbours (exact when ``exact``, default: up to EXACT_LIMIT
+    rows); rows whose whole list scores >= ``floor`` ask again with twice as many, up to ``max_k``.
+    Raises Cancelled when ``should_stop()`` says so."""
+    from engine.search import SearchOptions
+
+    report, stop = resolve(progress, should_stop)
+    vectors = collection.vectors
+    n = int(len(collection))
+    exact = n <= EXACT_LIMIT if exact is None else bool(exact)
+    empty = DuplicatePairs(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                           float(floor), exact)
+    if n < 2:
+        return empty
+    row_of = {p: r for r, p in enumerate(collection.relpaths)}
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    todo = np.arange(n)
+    want = min(max(2, int(k) + 1), n)  # +1: a row finds itself
+    queries, truncated, done = 0, 0, 0
+    report(0, n, "searching for similar pairs")
+    while todo.size:
+        again: list[int] = []
+        for start in range(0, todo.size, batch):
+            if stop():
+                raise Cancelled("duplicate search stopped")
+            rows = todo[start:start + batch]
+            hits = collection.search_many(vectors[rows], SearchOptions(k=want, exact=exact, threshold=float(floor)))
+            queries += 1
+            for r, row_hits in zip(rows, hits, strict=True):
+                js = np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits))
+                ss = np.fromiter((h.score for h in row_hits), np.float32, len(row_hits))
+                ok = js >= 0
+                found_i.append(np.full(int(ok.sum()), r, np.int64))
+                found_j.append(js[ok])
+                found_s.append(ss[ok])
+                if len(row_hits) >= want and want < n:
+                    again.append(int(r))
+            if want == min(max(2, int(k) + 1), n):
+                done += rows.size
+                report(done, n, "searching for similar pairs")
+        if not again:
+            break
+        if want >= max_k + 1 or want >= n:
+            truncated = len(again)
+            log.info("%d images have more than %d neighbours above %.3f: their lists are cut there",
+                     truncated, max_k, floor)
+            break
+        todo = np.asarray(again, np.int64)
+        want = min(2 * want - 1, max_k + 1, n)
+    i, j, s = unique_pairs(n, np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
+    keep = s >= np.float32(floor)
+    return DuplicatePairs(n, i[keep], j[keep], s[keep], float(floor), exact, truncated, queries)
+
+
+# --- grouping ------------------------------------------------------------------------------------
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        root = a
+        while p[root] != root:
+            root = p[root]
+        while p[a] != root:
+            p[a], a = root, p[a]
+        return int(root)
+
+
+def group_rows(n: int, i: np.ndarray, j: np.ndarray, scores: np.ndarray, threshold: float,
+               rule: str = DEFAULT_RULE) -> list[np.ndarray]:
+    """Groups of >= 2 rows from pairs (i, j, scores) sorted by score descending: those scoring
+    >= ``threshold`` are joined by ``rule`` ('complete' or 'components', see the module docstring).
+    Returns row arrays (sorted), the groups in no particular order."""
+    if rule not in RULES:
+        raise ValueError(f"unknown grouping rule {rule!r}; valid: {', '.join(RULES)}")
+    m = int(np.searchsorted(-np.asarray(scores, np.float32), -np.float32(threshold), side="right"))
+    i, j = np.asarray(i[:m], np.int64), np.asarray(j[:m], np.int64)
+    uf = _UnionFind(n)
+    if rule == "components":
+        for a, b in zip(i.tolist(), j.tolist(), strict=True):
+            ra, rb = uf.find(a), uf.find(b)
+            if ra != rb:
+                uf.parent[max(ra, rb)] = min(ra, rb)
+    else:
+        strong = set(zip(i.tolist(), j.tolist(), strict=True))
+        members: dict[int, list[int]] = {}
+        for a, b in zip(i.tolist(), j.tolist(), strict=True):
+            ra, rb = uf.find(a), uf.find(b)
+            if ra == rb:
+                continue
+            ga, gb = members.get(ra, [ra]), members.get(rb, [rb])
+            if len(ga) + len(gb) > COMPLETE_MAX_GROUP:
+                continue
+            if len(ga) * len(gb) > 1 and not all((min(x, y), max(x, y)) in strong for x in ga for y in gb):
+                continue
+            root, other = min(ra, rb), max(ra, rb)
+            uf.parent[other] = root
+            members[root] = ga + gb
+            members.pop(other, None)
+    touched = np.unique(np.concatenate([i, j])) if i.size else np.zeros(0, np.int64)
+    if touched.size == 0:
+        return []
+    roots = np.fromiter((uf.find(int(r)) for r in touched), np.int64, touched.size)
+    order = np.argsort(roots, kind="stable")
+    roots, touched = roots[order], touched[order]
+    cuts = np.flatnonzero(np.diff(roots)) + 1
+    return [g for g in np.split(touched, cuts) if g.size >= 2]
+
+
+# --- file facts and ordering ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileFacts:
+    """What orders a group: ``width`` x ``height`` from the image header (0 when unreadable), ``bytes``,
+    ``mtime`` (seconds since the epoch)."""
+
+    width: int = 0
+    height: int = 0
+    bytes: int = 0
+    mtime: float = 0.0
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def file_facts(path: str | os.PathLike) -> FileFacts:
+    """Size, mtime and resolution of an image file (only the header is read; no pixel is decoded).
+    A missing or unreadable file gives zeros where unknown."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return FileFacts()
+    if not stat.S_ISREG(st.st_mode):  # a pipe or device put in an image's place: never opened
+        return FileFacts(0, 0, int(st.st_size), float(st.st_mtime))
+    width = height = 0
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = (int(v) for v in im.size)
+    except Exception as exc:  # not an image any more: ordered last by resolution
+        log.debug("no header for %s: %s", path, exc)
+    return FileFacts(width, height, int(st.st_size), float(st.st_mtime))
+
+
+def order_key(facts: FileFacts, relpath: str) -> tuple:
+    """The sort key of ORDER_RULE (best first): largest resolution, largest file, oldest, then path."""
+    return (-facts.pixels, -facts.bytes, facts.mtime, relpath)
+
+
+@dataclass
+class DuplicateItem:
+    """One image of a group: ``score`` is its similarity to the group's best image (1.0 for the best
+    itself; None when that pair was not found above the floor)."""
+
+    row: int
+    path: str
+    relpath: str
+    facts: FileFacts
+    best: bool
+    score: float | None
+
+
+@dataclass
+class DuplicateGroup:
+    """Images taken for copies of one picture, best first (ORDER_RULE); ``max_score``/``min_score``: the
+    strongest and weakest pair inside the group that scored above the threshold."""
+
+    items: list[DuplicateItem]
+    max_score: float
+    min_score: float
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def best(self) -> DuplicateItem:
+        return self.items[0]
+
+    @property
+    def others(self) -> list[DuplicateItem]:
+        """All but the best (what 'select all but the best' selects)."""
+        return self.items[1:]
+
+
+@dataclass
+class DuplicateSet:
+    """The pairs of a collection and the facts of their files; :meth:`groups` regroups at any threshold
+    >= ``pairs.floor`` without searching. ``paths``/``relpaths``: per collection row."""
+
+    folder: str
+    paths: list[str]
+    relpaths: list[str]
+    pairs: DuplicatePairs
+    facts: dict[int, FileFacts] = field(default_factory=dict)
+    descriptor: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def facts_of(self, row: int) -> FileFacts:
+        f = self.facts.get(row)
+        if f is None:
+            f = self.facts[row] = file_facts(self.paths[row])
+        return f
+
+    def groups(self, threshold: float, rule: str = DEFAULT_RULE) -> list[DuplicateGroup]:
+        """The groups at ``threshold`` (>= ``pairs.floor``), largest first, then strongest."""
+        i, j, s = self.pairs.above(threshold)
+        rows = group_rows(self.pairs.n, i, j, s, threshold, rule)
+        score_of = {(int(a), int(b)): float(c) for a, b, c in zip(i, j, s, strict=True)} if rows else {}
+        out = []
+        for g in rows:
+            members = sorted((int(r) for r in g), key=lambda r: order_key(self.facts_of(r), self.relpaths[r]))
+            best = members[0]
+            inside = [score_of[key] for x, a in enumerate(members) for b in members[x + 1:]
+                      if (key := (min(a, b), max(a, b))) in score_of]
+            items = []
+            for r in members:
+                sc = 1.0 if r == best else score_of.get((min(r, best), max(r, best)))
+                items.append(DuplicateItem(r, self.paths[r], self.relpaths[r], self.facts_of(r), r == best, sc))
+            out.append(DuplicateGroup(items, max(inside), min(inside)))
+        out.sort(key=lambda grp: (-len(grp), -grp.max_score, grp.best.relpath))
+        return out
+
+
+def find_duplicates(collection: Any, *, threshold: float | None = None, floor: float | None = None,
+                    k: int = FIRST_K, exact: bool | None = None, progress: ProgressFn | None = None,
+                    should_stop: ShouldStopFn | None = None) -> DuplicateSet:
+    """Search ``collection`` (engine.collection.Collection) once for every pair scoring >= ``floor``
+    (default: ``threshold`` - SEARCH_MARGIN, ``threshold`` defaulting to the descriptor's measured
+    default) and read the headers of the files in a pair. Regroup with :meth:`DuplicateSet.groups`.
+    Raises Cancelled when stopped, engine.collection.CollectionError when nothing is indexed."""
+    report, stop = resolve(progress, should_stop)
+    descriptor = getattr(getattr(collection, "model_spec", None), "descriptor", None)
+    if threshold is None:
+        threshold = default_threshold(descriptor)
+    if floor is None:
+        floor = float(threshold) - SEARCH_MARGIN
+    if floor > threshold:
+        raise ValueError(f"floor {floor} is above the threshold {threshold}")
+    pairs = find_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop)
+    paths, relpaths = collection.paths, collection.relpaths
+    dup = DuplicateSet(str(collection.folder), paths, relpaths, pairs, descriptor=descriptor)
+    if pairs.truncated:
+        dup.notes.append(f"{pairs.truncated} images have more than {MAX_NEIGHBOURS} neighbours above "
+                         f"{pairs.floor:.2f}: only their {MAX_NEIGHBOURS} nearest were kept")
+    rows = np.unique(np.concatenate([pairs.i, pairs.j])) if len(pairs) else np.zeros(0, np.int64)
+    for x, r in enumerate(rows.tolist()):
+        if x % 64 == 0:
+            if stop():
+                raise Cancelled("duplicate search stopped")
+            report(x, int(rows.size), "reading image sizes")
+        dup.facts[r] = file_facts(paths[r])
+    report(int(rows.size), int(rows.size), f"{len(pairs):,} similar pairs")
+    return dup
+
+
+# --- output and actions --------------------------------------------------------------------------
+CSV_FIELDS = ("group", "rank", "keep", "path", "width", "height", "bytes", "mtime", "score")
+
+
+def group_records(groups: Sequence[DuplicateGroup]) -> list[dict[str, Any]]:
+    """One flat record per image (CSV_FIELDS): group number from 1, rank from 1, keep = the best."""
+    out = []
+    for g, grp in enumerate(groups, 1):
+        for rank, it in enumerate(grp.items, 1):
+            out.append({"group": g, "rank": rank, "keep": it.best, "path": it.path, "width": it.facts.width,
+                        "height": it.facts.height, "bytes": it.facts.bytes, "mtime": it.facts.mtime,
+                        "score": None if it.score is None else round(it.score, 4)})
+    return out
+
+
+def groups_csv(groups: Sequence[DuplicateGroup]) -> str:
+    """The groups as CSV text (header CSV_FIELDS)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for rec in group_records(groups):
+        w.writerow(rec)
+    return buf.getvalue()
+
+
+def write_csv(groups: Sequence[DuplicateGroup], path: str | os.PathLike) -> None:
+    """Write :func:`groups_csv` to ``path`` atomically."""
+    atomic_write_text(path, groups_csv(groups))
+
+
+def _free_name(dest: Path) -> Path:
+    if not dest.exists() and not dest.is_symlink():
+        return dest
+    for n in range(1, 100_000):
+        cand = dest.with_name(f"{dest.stem} ({n}){dest.suffix}")
+        if not cand.exists() and not cand.is_symlink():
+            return cand
+    raise OSError(f"no free name for {dest}")
+
+
+def move_files(paths: Sequence[str | os.PathLike], folder: str | os.PathLike,
+               root: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """Move ``paths`` into ``folder`` (created if needed), keeping their path relative to ``root`` when
+    they lie under it (so that two 'IMG_0001.jpg' of different folders do not collide) and never
+    overwriting: a taken name gets ' (n)'. Returns (source, destination) of each file moved; stops at the
+    first failure (OSError), after which the files moved so far stay moved."""
+    dest_root = Path(folder).expanduser()
+    moved = []
+    for p in paths:
+        src = Path(p)
+        rel: Path = Path(src.name)
+        if root is not None:
+            try:
+                rel = src.resolve().relative_to(Path(root).resolve())
+            except ValueError:
+                pass
+        dest = _free_name(dest_root / rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dest))
+        moved.append((str(src), str(dest)))
+    return moved
+
+
+def trash_files(paths: Sequence[str | os.PathLike], trash: Callable[[str], None] | None = None) -> list[str]:
+    """Send ``paths`` to the system trash (``send2trash.send2trash``; ``trash`` replaces it, e.g. in
+    tests). Returns the paths sent; stops at the first failure (OSError or send2trash's TrashPermissionError)."""
+    if trash is None:
+        from send2trash import send2trash
+
+        trash = send2trash
+    sent = []
+    for p in paths:
+        trash(str(p))
+        sent.append(str(p))
+    return sent
