@@ -353,7 +353,7 @@ class Collection:
         self._exact: VectorIndex | None = None
         self._graph_info: dict[str, Any] | None = None   # the graph file the manifest names
         self._graph_pending: dict[str, Any] | None = None  # manifest entry of a graph not yet loaded
-        self._graph_saved_rebuilds = -1
+        self._graph_saved: tuple[int, int] | None = None  # (id, rebuilds) of the index whose graph is on disk
         self._segments: list[dict[str, Any]] = []         # committed segments (manifest entries)
         self._removed: set[int] = set()                   # ids dropped but still in a segment
         self._removed_vectors: dict[int, np.ndarray] = {}  # their vectors (the graph may still hold them)
@@ -647,9 +647,12 @@ class Collection:
         their paths), a rebuilt graph when ``final`` and the thresholds ask for one, then the manifest
         (atomically, the switch), then delete files no longer named by this or the previous commit.
 
-        Under the folder's lock, a commit refuses (CollectionError) when another process committed
-        since this object's state was read: that run's work would otherwise be lost. On an error (disk
-        full...) the files of this commit are removed and the last commit stays as it was."""
+        The graph is built outside the collection's lock (searches meanwhile use the old graph and the
+        exact part) and swapped in at the commit. Under the folder's lock, a commit refuses
+        (ConcurrentChangeError) when another process committed since this object's state was read:
+        that run's work would otherwise be lost. On an error (disk full...) the files of this commit
+        are removed and the last commit stays as it was."""
+        fresh = self._fresh_graph() if final else None
         with self._locked(), self._lock:
             on_disk = self._disk_commit()
             if on_disk != self._base_commit:
@@ -659,7 +662,9 @@ class Collection:
                     "its last commit was saved: run `retrieval-explorer index` again, it continues from there")
             written: list[Path] = []
             try:
-                self._commit_locked(final, written)
+                if fresh is not None:
+                    self._index = fresh
+                self._commit_locked(fresh is not None, written)
             except BaseException as exc:
                 for p in written:
                     with contextlib.suppress(OSError):
@@ -671,7 +676,21 @@ class Collection:
                     ) from exc
                 raise
 
-    def _commit_locked(self, final: bool, written: list[Path]) -> None:
+    def _fresh_graph(self) -> HnswIndex | None:
+        """A new HNSW index over the live rows when the current one's thresholds ask for a rebuild (or
+        None). Called by the updating thread, the only one that changes rows, without the lock."""
+        with self._lock:
+            index = self._live_index()
+            if not isinstance(index, HnswIndex) or not index.needs_rebuild():
+                return None
+            ids, vectors = self._rows.ids.copy(), self._rows.vectors.copy()
+        fresh = make_index("hnsw", "cosine", dim=vectors.shape[1], **self.index_params)
+        fresh.rebuild_on_query = False
+        fresh.add(vectors, ids)
+        fresh.rebuild()
+        return fresh
+
+    def _commit_locked(self, rebuilt: bool, written: list[Path]) -> None:
         folder = self.state_dir
         meta = folder.parent / "folder.txt"
         if not meta.exists():
@@ -682,9 +701,6 @@ class Collection:
         removed = set(self._removed)
         rows = self._rows
         index = self._live_index()
-        rebuilt = False
-        if final and isinstance(index, HnswIndex):
-            rebuilt = index.maybe_rebuild()
         # removed rows may leave the segments once no graph row refers to them, at a rebuild or in bulk
         droppable = not isinstance(index, HnswIndex) or index.tombstones == 0
         if removed and droppable and (rebuilt or len(removed) > COMPACT_SHARE * max(rows.n, 1)):  # one segment of the live rows; the removed rows are gone for good
@@ -709,7 +725,7 @@ class Collection:
                              "meta": _write_entry(folder / f"{stem}.meta.npz", save_meta),
                              "vectors": _write_entry(folder / f"{stem}.npy", save_vectors)})
         graph = self._graph_info
-        if isinstance(index, HnswIndex) and index.rebuilds != self._graph_saved_rebuilds \
+        if isinstance(index, HnswIndex) and (id(index), index.rebuilds) != self._graph_saved \
                 and self._graph_pending is None:
             written += [folder / f"graph-{number:06d}-{token}.bin", folder / f"graph-{number:06d}-{token}.ids.npy"]
             graph = index.save_graph(folder, f"graph-{number:06d}-{token}")
@@ -741,7 +757,7 @@ class Collection:
         self._segments, self._graph_info, self._commit = segments, graph, number
         self._base_commit = number
         if isinstance(index, HnswIndex):
-            self._graph_saved_rebuilds = index.rebuilds
+            self._graph_saved = (id(index), index.rebuilds)
         if not removed:
             self._removed_vectors = {}
         self._removed, self._unsaved = removed, 0
@@ -780,18 +796,18 @@ class Collection:
                     self.state_dir, info, dim=self._rows.dim, metric="cosine", vectors_of=self._stored_vectors,
                     live_ids=self._rows.ids, live_vectors=self._rows.vectors)
                 self._index.rebuild_on_query = False
-                self._graph_saved_rebuilds = self._index.rebuilds
+                self._graph_saved = (id(self._index), self._index.rebuilds)
             except (IndexCorruptError, OSError, KeyError, ValueError) as exc:
-                log.warning("%s: the search graph is rebuilt from the stored vectors", exc)
+                log.warning("%s: searching exactly until the graph is rebuilt from the stored vectors "
+                            "(at the next update)", exc)
                 self._index = None
         if self._index is None and (self._rows.n or create) and self._rows.dim is not None:
+            # no graph (yet): every row is in the exact part; the next update's final commit builds it
             self._index = make_index(self.index_kind, "cosine", dim=self._rows.dim, **self.index_params)
             if isinstance(self._index, HnswIndex):
                 self._index.rebuild_on_query = False
             if self._rows.n:
                 self._index.add(self._rows.vectors, self._rows.ids)
-                if isinstance(self._index, HnswIndex):
-                    self._index.rebuild()
         self._graph_pending = None
         return self._index
 
@@ -954,19 +970,24 @@ def update_collections(
                     r.cancelled = True
                 break
     for i, c in enumerate(collections):
-        if not reports[i].cancelled and (needs_commit[i] or _has_uncommitted(c)):
+        # the graph of the first descriptor (the one asked for) is built now; the others' are built when
+        # they are asked for first (until then their rows are searched exactly: tens of ms at 100k)
+        if not reports[i].cancelled and (needs_commit[i] or _has_uncommitted(c, graph=i == 0)):
             report_progress(len(union), len(union), "updating the search index and saving")
-            c.commit(final=True)
+            c.commit(final=i == 0)
             reports[i].saved = True
         reports[i].total = len(c)
         reports[i].seconds = time.perf_counter() - start
     return reports
 
 
-def _has_uncommitted(c: Collection) -> bool:
-    """True when ``c`` holds rows or removals not yet committed, or its graph is due for a rebuild."""
-    index = c._index
-    return bool(c._unsaved) or (isinstance(index, HnswIndex) and index.needs_rebuild())
+def _has_uncommitted(c: Collection, graph: bool = True) -> bool:
+    """True when ``c`` holds rows or removals not yet committed, or (``graph``) its graph is due for a
+    rebuild."""
+    if c._unsaved:
+        return True
+    index = c.index if graph else None  # loads a saved graph, or makes the index a first build needs
+    return isinstance(index, HnswIndex) and index.needs_rebuild()
 
 
 def evaluate_collection(collection: Collection, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, Any]:

@@ -488,3 +488,22 @@ def test_real_model_on_demo_images(tmp_path):
     same = np.mean([h[1].label == lab for h, lab in zip(hits, c.labels, strict=True)])
     assert same >= 2 / 3, same
     assert evaluate_collection(c)["recall@1"] == pytest.approx(same)
+
+
+def test_only_the_first_descriptor_builds_its_graph_the_others_search_exactly(image_folder, tmp_path):
+    """update_collections builds the graph of the descriptor asked for; the others keep their rows in the
+    exact part (correct answers, no minutes of graph building per descriptor) until asked for first."""
+    from engine.collection import update_collections
+
+    root = image_folder(n_classes=3, per_class=4)
+    cache = tmp_path / "cache"
+    specs = [SPEC, ModelSpec(backbone="stand-in", weights="random", descriptor="gem", image_size=32)]
+    colls = [Collection.open(root, model_spec=s, cache_dir=cache) for s in specs]
+    update_collections([(c, CountingModel()) for c in colls])
+    assert colls[0].index.pending == 0 and colls[1].index.pending == 12
+    q = colls[1].vectors[5]
+    assert colls[1].search(q, SearchOptions(k=1))[0].relpath == colls[1].relpaths[5]
+    gem_first = [Collection.open(root, model_spec=s, cache_dir=cache) for s in specs[::-1]]
+    update_collections([(c, None) for c in gem_first])  # nothing new: the graph of gem is built now
+    assert gem_first[0].index.pending == 0
+    assert Collection.open(root, model_spec=specs[1], cache_dir=cache).index.pending == 0  # and saved
