@@ -20,8 +20,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,8 @@ class SearchResult:
     seconds: float
     method: str
     options: SearchOptions = field(default_factory=SearchOptions)
+    #: images of the query's label among those searched (the query itself left out); None: unknown
+    relevant: int | None = None
 
     def precision(self) -> float | None:
         """precision@k over the labelled hits; None when the query or hits have no label."""
@@ -261,6 +263,14 @@ class SearchResult:
             return None
         known = [h.label == self.query_label for h in self.hits if h.label is not None]
         return sum(known) / len(known) if known else None
+
+    def best_precision(self) -> float | None:
+        """The highest precision@k any ranking could reach here: with fewer images of the query's label
+        than labelled hits (a class of 7 images has 6 others to find), a perfect ranking scores below 1."""
+        if self.query_label is None or self.relevant is None:
+            return None
+        n = sum(h.label is not None for h in self.hits)
+        return min(self.relevant, n) / n if n else None
 
 
 @dataclass
@@ -300,6 +310,7 @@ class FolderIndex:
         self._lock = threading.Lock()
         self._key_locks: dict[ModelKey, threading.RLock] = {}
         self._collections: dict[ModelKey, Any] = {}
+        self._label_counts: dict[ModelKey, tuple[tuple, dict[str | None, int]]] = {}
         self.notes: list[str] = []  # messages for the user (e.g. a damaged cache that was rebuilt)
 
     def _key_lock(self, key: ModelKey) -> threading.RLock:
@@ -323,13 +334,49 @@ class FolderIndex:
                 self._collections[key] = coll
             return coll
 
+    def collection_path(self, path: str | os.PathLike) -> str | None:
+        """The path under which the collection holds ``path`` (``folder / its path inside the folder``), or
+        None when it lies outside the folder.
+
+        The file is taken as given, never resolved: a symbolic link inside the folder is the collection's
+        image wherever it points (the engine scans and labels links by their own path). Only the folders
+        above it are resolved, so a folder opened through a link (``~/data -> /mnt/data``) still matches.
+        """
+        p = Path(os.path.abspath(os.fspath(path)))
+        for above in p.parents:
+            if above == self.folder:
+                return str(p)
+        for above in p.parents:  # the folder reached through a link of another name
+            try:
+                if above.resolve() == self.folder:
+                    return str(self.folder / p.relative_to(above))
+            except OSError:
+                return None
+        return None
+
     def label_of(self, path: str | os.PathLike) -> str | None:
-        """The image's folder name when it lies in a sub-folder of the collection (as the engine labels)."""
-        try:
-            parts = Path(path).resolve().relative_to(self.folder).parts
-        except ValueError:
+        """The image's folder name when it lies in a sub-folder of the collection (as the engine labels),
+        by the path as given inside the folder (see :meth:`collection_path`)."""
+        inside = self.collection_path(path)
+        if inside is None:
             return None
+        parts = Path(inside).relative_to(self.folder).parts
         return parts[-2] if len(parts) > 1 else None
+
+    def label_counts(self, key: ModelKey) -> dict[str | None, int]:
+        """How many indexed images of ``key`` each label has (cached per commit and size)."""
+        from collections import Counter
+
+        coll = self.collection(key)
+        stamp = (coll.generation, len(coll))
+        with self._lock:
+            cached = self._label_counts.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        counts = dict(Counter(coll.labels))
+        with self._lock:
+            self._label_counts[key] = (stamp, counts)
+        return counts
 
     def indexed_count(self, key: ModelKey) -> int | None:
         """Images of ``key`` indexed so far (committed or being added), None when its collection is not
@@ -430,14 +477,42 @@ class FolderIndex:
 
 
 def run_query(index: FolderIndex, model_cache: ModelCache, key: ModelKey, query: str,
-              options: SearchOptions) -> SearchResult:
-    """Describe the query image and search (runs on a worker thread)."""
+              options: SearchOptions, among: Iterable[str] | None = None) -> SearchResult:
+    """Describe the query image and search (runs on a worker thread).
+
+    A query inside the folder (by its path as given: a symbolic link there counts, see
+    :meth:`FolderIndex.collection_path`) gets its label and does not find itself. ``among``: search only
+    these images (absolute paths as the collection holds them, e.g. a split's retrieval list): every
+    indexed image is ranked exactly and the first ``k`` of ``among`` are kept."""
     t0 = time.monotonic()
     vec = embed_images(model_cache, key, [query])[0]
-    inside = index.label_of(query) is not None or Path(query).resolve().parent == index.folder
-    exclude = str(Path(query).resolve()) if (options.exclude_query and inside) else None
-    hits, method = index.search_vector(key, vec, options, exclude=exclude)
-    return SearchResult(key, query, index.label_of(query), hits, vec, time.monotonic() - t0, method, options)
+    inside = index.collection_path(query)
+    exclude = inside if options.exclude_query else None
+    label = index.label_of(query)
+    if among is None:
+        hits, method = index.search_vector(key, vec, options, exclude=exclude)
+    else:
+        allowed = set(map(str, among))
+        everything = replace(options, k=max(1, len(index.collection(key))), exact=True)
+        found, method = index.search_vector(key, vec, everything, exclude=exclude)
+        hits = [Hit(h.path, h.score, i + 1, h.label)
+                for i, h in enumerate(h for h in found if h.path in allowed)][: options.k]
+        method += f", among {len(allowed):,}"
+    relevant = None
+    if label is not None:
+        if among is None:
+            relevant = index.label_counts(key).get(label, 0)
+        else:
+            prefix = str(index.folder) + os.sep
+            relevant = sum(1 for p in allowed if p.startswith(prefix) and _label_of_relpath(p[len(prefix):]) == label)
+        relevant -= 1 if (inside is not None and (among is None or inside in allowed)) else 0
+        relevant = max(0, relevant)
+    return SearchResult(key, query, label, hits, vec, time.monotonic() - t0, method, options, relevant)
+
+
+def _label_of_relpath(rel: str) -> str | None:
+    parts = rel.replace(os.sep, "/").split("/")
+    return parts[-2] if len(parts) > 1 else None
 
 
 def ensure_and_query(index: FolderIndex, model_cache: ModelCache, key: ModelKey, query: str,
