@@ -10,6 +10,7 @@ from PySide6.QtCore import (
     QMimeData,
     QModelIndex,
     QPersistentModelIndex,
+    QPoint,
     QRect,
     QSize,
     Qt,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QDialog,
     QLabel,
     QListView,
+    QSizePolicy,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
@@ -36,6 +38,9 @@ from retrieval_gui.thumbnails import ThumbnailLoader
 HIT_COLOUR = QColor(46, 160, 67)
 MISS_COLOUR = QColor(218, 54, 51)
 PLAIN_COLOUR = QColor(120, 120, 120)
+NOTE_ONLY_COLOUR = QColor(230, 140, 0)
+NOTE_MOVE_COLOUR = QColor(21, 101, 192)
+ONLY_HERE = "only here"
 HitRole = Qt.ItemDataRole.UserRole + 1
 MarkRole = Qt.ItemDataRole.UserRole + 2
 
@@ -50,6 +55,16 @@ def image_path_from_mime(mime: QMimeData) -> str | None:
         return None
     for url in mime.urls():
         if url.isLocalFile() and is_image_file(url.toLocalFile()):
+            return url.toLocalFile()
+    return None
+
+
+def folder_from_mime(mime: QMimeData) -> str | None:
+    """The first local folder among the mime data's URLs (a folder dropped from a file manager)."""
+    if mime is None or not mime.hasUrls():
+        return None
+    for url in mime.urls():
+        if url.isLocalFile() and os.path.isdir(url.toLocalFile()):
             return url.toLocalFile()
     return None
 
@@ -134,20 +149,59 @@ class ResultsModel(QAbstractListModel):
         self.loader = loader
         self.hits: list[Hit] = []
         self.query_label: str | None = None
+        #: the rows are the collection's images (no rank or score), not the results of a query
+        self.browsing = False
+        #: the rows are results that no longer answer the current query or settings (drawn faded)
+        self.stale = False
+        #: a short tag per path drawn on its card (the comparison's "only here", "↑3")
+        self.notes: dict[str, str] = {}
         self._rows: dict[str, list[int]] = {}
         self._pixmaps: dict[str, QPixmap] = {}
         loader.ready.connect(self._on_thumbnail)
 
-    def set_hits(self, hits: list[Hit], query_label: str | None = None) -> None:
+    def set_hits(self, hits: list[Hit], query_label: str | None = None, notes: dict[str, str] | None = None) -> None:
+        """Show the ranked results of a query (fresh: not stale)."""
         self.beginResetModel()
         self.loader.clear_queue()
-        self.hits = list(hits)
+        self.browsing = False
+        self.stale = False
+        self.notes = dict(notes or {})
+        self._set_rows(list(hits), query_label)
+        self.endResetModel()
+
+    def set_collection(self, paths: list[str], labels: list[str | None]) -> None:
+        """Show the collection's images to browse; when the rows so far are the start of ``paths`` (a
+        collection being indexed grows at its end) the new ones are appended, keeping the scroll position."""
+        old = [h.path for h in self.hits]
+        if self.browsing and len(paths) >= len(old) and paths[:len(old)] == old:
+            if len(paths) > len(old):
+                self.beginInsertRows(QModelIndex(), len(old), len(paths) - 1)
+                for i in range(len(old), len(paths)):
+                    self.hits.append(Hit(paths[i], float("nan"), i + 1, labels[i]))
+                    self._rows.setdefault(paths[i], []).append(i)
+                self.endInsertRows()
+            return
+        self.beginResetModel()
+        self.loader.clear_queue()
+        self.browsing, self.stale, self.notes = True, False, {}
+        self._set_rows([Hit(p, float("nan"), i + 1, lab) for i, (p, lab) in enumerate(zip(paths, labels, strict=True))],
+                       None)
+        self.endResetModel()
+
+    def set_stale(self, stale: bool) -> None:
+        """Mark the results as out of date (or current again) and repaint them."""
+        if stale != self.stale and not self.browsing:
+            self.stale = stale
+            if self.hits:
+                self.dataChanged.emit(self.index(0), self.index(len(self.hits) - 1))
+
+    def _set_rows(self, hits: list[Hit], query_label: str | None) -> None:
+        self.hits = hits
         self.query_label = query_label
         self._rows = {}
         for i, h in enumerate(self.hits):
             self._rows.setdefault(h.path, []).append(i)
         self._pixmaps = {p: pm for p, pm in self._pixmaps.items() if p in self._rows}
-        self.endResetModel()
 
     def hit_at(self, row: int) -> Hit | None:
         return self.hits[row] if 0 <= row < len(self.hits) else None
@@ -165,7 +219,7 @@ class ResultsModel(QAbstractListModel):
         return pm
 
     def mark(self, hit: Hit) -> bool | None:
-        if self.query_label is None or hit.label is None:
+        if self.query_label is None or hit.label is None or self.browsing:
             return None
         return hit.label == self.query_label
 
@@ -177,11 +231,13 @@ class ResultsModel(QAbstractListModel):
             return None
         h = self.hits[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"#{h.rank}  {h.score:.3f}\n{Path(h.path).name}"
+            return Path(h.path).name if self.browsing else f"#{h.rank}  {h.score:.3f}\n{Path(h.path).name}"
         if role == Qt.ItemDataRole.DecorationRole:
             return self.pixmap_at(index.row())
         if role == Qt.ItemDataRole.ToolTipRole:
             lab = f"\nlabel: {h.label}" if h.label is not None else ""
+            if self.browsing:
+                return f"{h.path}{lab}\nclick or Enter: search with this image · Space: preview"
             return f"{h.path}\nrank {h.rank}, score {h.score:.4f}{lab}"
         if role == HitRole:
             return h
@@ -238,6 +294,8 @@ class ResultDelegate(QStyledItemDelegate):
             return
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        if model.stale:
+            painter.setOpacity(0.35)
         r = option.rect.adjusted(3, 3, -3, -3)
         selected = bool(option.state & QStyle.StateFlag.State_Selected)
         painter.setPen(Qt.PenStyle.NoPen)
@@ -268,27 +326,51 @@ class ResultDelegate(QStyledItemDelegate):
             f.setBold(True)
             painter.setFont(f)
             painter.drawText(badge, Qt.AlignmentFlag.AlignCenter, "✓" if mark else "✗")
-        painter.setPen(QColor("#222"))
-        f = QFont(option.font)
-        f.setBold(True)
-        painter.setFont(f)
+        note = model.notes.get(hit.path)
+        if note:  # the comparison's tag, top left: amber for "only here", blue for a rank move
+            f = QFont(option.font)
+            f.setBold(True)
+            painter.setFont(f)
+            tw = painter.fontMetrics().horizontalAdvance(note) + 10
+            tag = QRect(box.left() + 4, box.top() + 4, min(tw, box.width() - 8), 18)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(NOTE_ONLY_COLOUR if note == ONLY_HERE else NOTE_MOVE_COLOUR)
+            painter.drawRoundedRect(tag, 4, 4)
+            painter.setPen(QColor("white"))
+            painter.drawText(tag, Qt.AlignmentFlag.AlignCenter, note)
         line1 = QRect(r.left() + 4, box.bottom() + 4, r.width() - 8, 18)
-        painter.drawText(line1, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"#{hit.rank}")
-        painter.drawText(line1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{hit.score:.3f}")
+        name = Path(hit.path).name if hit.label is None else f"{hit.label}/{Path(hit.path).name}"
+        if model.browsing:  # no rank or score: the label, then the name
+            painter.setFont(option.font)
+            painter.setPen(QColor("#333"))
+            painter.drawText(line1, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
+                             painter.fontMetrics().elidedText(hit.label or "", Qt.TextElideMode.ElideRight,
+                                                              line1.width()))
+            name = Path(hit.path).name
+        else:
+            painter.setPen(QColor("#222"))
+            f = QFont(option.font)
+            f.setBold(True)
+            painter.setFont(f)
+            painter.drawText(line1, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"#{hit.rank}")
+            painter.drawText(line1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{hit.score:.3f}")
         painter.setFont(option.font)
         painter.setPen(QColor("#555"))
         line2 = QRect(r.left() + 4, line1.bottom() + 1, r.width() - 8, 16)
-        name = Path(hit.path).name if hit.label is None else f"{hit.label}/{Path(hit.path).name}"
         painter.drawText(line2, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
                          painter.fontMetrics().elidedText(name, Qt.TextElideMode.ElideMiddle, line2.width()))
         painter.restore()
 
 
 class ResultsView(QListView):
-    """The results grid: IconMode, drag a card out (file URL), click = select, double-click = query."""
+    """The results grid: IconMode, drag a card out (file URL), click = select, double-click or Enter =
+    query with it, Space = toggle the preview, right-click = the card's menu (``hitMenu``)."""
 
-    hitActivated = Signal(object)  # double-click: query with this hit
+    hitActivated = Signal(object)  # double-click or Enter: query with this hit
     hitSelected = Signal(object)  # single click: show larger / activations
+    previewToggled = Signal(object)  # Space: show or hide the preview of this hit
+    hitMenu = Signal(object, QPoint)  # right-click on a card: (hit, global position)
+    currentHitChanged = Signal(object)  # the current card changed (click or arrow keys)
 
     def __init__(self, model: ResultsModel, thumb: int = 150, parent=None) -> None:
         super().__init__(parent)
@@ -306,28 +388,101 @@ class ResultsView(QListView):
         self.setStyleSheet("QListView { background: #eef1f5; border: none; }")
         self.doubleClicked.connect(lambda idx: self.hitActivated.emit(model.hit_at(idx.row())))
         self.clicked.connect(lambda idx: self.hitSelected.emit(model.hit_at(idx.row())))
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.customContextMenuRequested.connect(self._on_menu)
+        self.selectionModel().currentChanged.connect(
+            lambda cur, _prev: self.currentHitChanged.emit(model.hit_at(cur.row()) if cur.isValid() else None))
+
+    def current_hit(self) -> Hit | None:
+        model = self.model()
+        idx = self.currentIndex()
+        return model.hit_at(idx.row()) if isinstance(model, ResultsModel) and idx.isValid() else None
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        key = event.key()
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.current_hit() is not None:
+            self.hitActivated.emit(self.current_hit())
+            event.accept()
+            return
+        if key == Qt.Key.Key_Space and not event.modifiers() and self.current_hit() is not None:
+            self.previewToggled.emit(self.current_hit())
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+    def _on_menu(self, pos: QPoint) -> None:
+        idx = self.indexAt(pos)
+        model = self.model()
+        if not idx.isValid() or not isinstance(model, ResultsModel):
+            return
+        self.setCurrentIndex(idx)
+        self.hitMenu.emit(model.hit_at(idx.row()), self.viewport().mapToGlobal(pos))
 
 
 class ImageViewer(QDialog):
-    """A larger view of one image (non-modal)."""
+    """The preview: a larger view of one image with its file path (non-modal, reused: :meth:`show_hit`
+    puts another image in the same window). Space or Escape hides it."""
 
-    def __init__(self, path: str, info: str = "", parent=None) -> None:
+    def __init__(self, path: str = "", info: str = "", parent=None) -> None:
         super().__init__(parent)
-        self.setWindowTitle(Path(path).name)
+        self.setAttribute(Qt.WidgetAttribute.WA_ShowWithoutActivating)  # the grid keeps the keyboard
         self.path = path
+        self._image: QImage | None = None
         lay = QVBoxLayout(self)
         self.image = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
-        self.image.setMinimumSize(320, 320)
+        self.image.setMinimumSize(240, 240)
+        # the pixmap follows the window's size, never the other way round
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         lay.addWidget(self.image, 1)
-        self.info = QLabel(info or path)
+        self.info = QLabel()
+        self.info.setWordWrap(True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.info)
-        self.resize(640, 640)
-        self.image.setText("loading…")
+        self.path_label = QLabel()
+        self.path_label.setWordWrap(True)
+        self.path_label.setStyleSheet("color:#555; font-family: monospace")
+        self.path_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.path_label)
+        self.resize(560, 600)
+        self.show_hit(path, info)
+
+    def show_hit(self, path: str, info: str = "", image: QImage | None = None) -> None:
+        """Show ``path`` (its image when given, else 'loading…' until :meth:`set_image`)."""
+        self.path = path
+        self.setWindowTitle(f"{Path(path).name} — preview" if path else "Preview")
+        self.info.setText(info)
+        self.info.setVisible(bool(info))
+        self.path_label.setText(path)
+        self._image = None
+        if image is not None:
+            self.set_image(image)
+        else:
+            self.image.setPixmap(QPixmap())
+            self.image.setText("loading…" if path else "")
 
     def set_image(self, img: QImage) -> None:
         if img.isNull():
+            self._image = None
+            self.image.setPixmap(QPixmap())
             self.image.setText("cannot read this image")
             return
-        self.image.setPixmap(QPixmap.fromImage(img).scaled(600, 560, Qt.AspectRatioMode.KeepAspectRatio,
-                                                           Qt.TransformationMode.SmoothTransformation))
+        self._image = img
+        self._fit()
+
+    def _fit(self) -> None:
+        if self._image is not None:
+            size = self.image.size()
+            self.image.setPixmap(QPixmap.fromImage(self._image).scaled(
+                max(16, size.width()), max(16, size.height()), Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        self._fit()
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if event.key() == Qt.Key.Key_Space:
+            self.hide()
+            event.accept()
+            return
+        super().keyPressEvent(event)
