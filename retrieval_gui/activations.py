@@ -23,9 +23,14 @@ from retrieval_gui.backend import (
     LayerMaps,
     ModelCache,
     ModelKey,
+    RegionShare,
     activation_layers,
     compute_activations,
 )
+
+#: the regions shown: the largest shares, at least MIN_REGIONS, at most MAX_REGIONS (near ties included)
+MIN_REGIONS, MAX_REGIONS = 3, 5
+REGION_COLOURS = ["#ffd400", "#ff6d00", "#00e5ff", "#ff40c4", "#76ff03"]
 
 
 @dataclass
@@ -39,6 +44,13 @@ class ActivationPayload:
     query: str
     other: str | None
     descriptor: str
+    #: the result's R-MAC regions and their shares of the same score (against the query's descriptor)
+    other_regions: list[RegionShare] | None = None
+
+    @property
+    def regions_layer(self) -> str | None:
+        """The layer R-MAC pools (the deepest): its regions are shown only with that layer."""
+        return self.layers[-1] if self.layers else None
 
 
 def input_crop(path: str, size: int) -> np.ndarray:
@@ -62,8 +74,15 @@ def activation_job(models: ModelCache, key: ModelKey, query: str, layer: str | N
         raise RuntimeError(f"{key.backbone} exposes no activation layers")
     layer = layer if layer in layers else layers[-1]
     result = compute_activations(models, key, query, layer, other=other)
+    other_regions = None
+    if other and key.descriptor == "rmac":
+        if layer == layers[-1]:  # the same score seen from the result: its regions against the query
+            other_regions = compute_activations(models, key, other, layer, other=query).regions
+        else:  # the regions belong to the deepest layer: not drawn over another one
+            result.regions = []
     return ActivationPayload(layers, result, input_crop(query, display),
-                             input_crop(other, display) if other else None, query, other, key.descriptor)
+                             input_crop(other, display) if other else None, query, other, key.descriptor,
+                             other_regions)
 
 
 def _qimage(rgb: np.ndarray) -> QImage:
@@ -106,38 +125,77 @@ def channel_grid(maps: LayerMaps, cell: int = 42, cols: int = 4) -> np.ndarray:
     return out
 
 
-def draw_regions(rgb: np.ndarray, result: ActivationResult, net_size: int, top: int = 5) -> QPixmap:
-    """The query crop with the R-MAC regions: the ``top`` largest shares outlined in colour (yellow =
-    largest) with their percentage, the others as thin grey outlines."""
+def top_regions(regions: list[RegionShare]) -> list[int]:
+    """Indices of the regions worth showing, largest share first: MIN_REGIONS, and up to MAX_REGIONS when
+    the next ones nearly tie with the last shown (within 10%)."""
+    order = sorted(range(len(regions)), key=lambda i: -regions[i].share)
+    keep = order[:MIN_REGIONS]
+    for i in order[MIN_REGIONS:MAX_REGIONS]:
+        if keep and regions[i].share >= 0.9 * regions[keep[-1]].share:
+            keep.append(i)
+    return keep
+
+
+def describe_box(box: tuple[int, int, int, int], net_size: int) -> str:
+    """Where a region lies, in words: 'the whole image', 'a large region at the top left'."""
+    x, y, w, h = box
+    if w * h >= 0.8 * net_size * net_size:
+        return "the whole image"
+    size = "a large" if max(w, h) >= 0.6 * net_size else ("a medium" if max(w, h) >= 0.4 * net_size else "a small")
+    cx, cy = (x + w / 2) / net_size, (y + h / 2) / net_size
+    vert = "top" if cy < 0.4 else ("bottom" if cy > 0.6 else "")
+    horiz = "left" if cx < 0.4 else ("right" if cx > 0.6 else "")
+    where = f"{vert} {horiz}".strip() or "centre"
+    return f"{size} region at the {where}"
+
+
+def draw_regions(rgb: np.ndarray, regions: list[RegionShare], net_size: int) -> QPixmap:
+    """The image with the few regions that give most of the score (:func:`top_regions`), each outlined in
+    its own colour with its number (1 = the largest share) and percentage."""
     pm = QPixmap.fromImage(_qimage(rgb))
     scale = rgb.shape[0] / net_size
     p = QPainter(pm)
     p.setRenderHint(QPainter.RenderHint.Antialiasing)
     font = QFont()
-    font.setPixelSize(10)
+    font.setPixelSize(11)
     font.setBold(True)
     p.setFont(font)
-    order = sorted(range(len(result.regions)), key=lambda i: result.regions[i].share)
-    best = set(order[-top:])
-    shares = [r.share for r in result.regions]
-    lo, hi = (min(shares), max(shares)) if shares else (0.0, 1.0)
-    for i in order:
-        reg = result.regions[i]
+    badges: list[QRect] = []
+    keep = top_regions(regions)
+    for n, i in reversed(list(enumerate(keep))):  # the largest drawn last, on top
+        reg = regions[i]
+        colour = QColor(REGION_COLOURS[n % len(REGION_COLOURS)])
         x, y, w, h = (int(v * scale) for v in reg.box)
-        if i not in best:
-            p.setPen(QPen(QColor(255, 255, 255, 90), 1))
-            p.drawRect(QRect(x + 1, y + 1, w - 2, h - 2))
-            continue
-        t = (reg.share - lo) / (hi - lo) if hi > lo else 1.0
-        colour = QColor.fromHsvF(0.02 + 0.14 * t, 0.95, 1.0)  # red -> yellow for the largest
-        p.setPen(QPen(colour, 2.5))
-        p.drawRect(QRect(x + 2, y + 2, w - 4, h - 4))
-        tr = QRect(x + 4, y + h - 18, 40, 14)
-        p.fillRect(tr, QColor(0, 0, 0, 170))
+        inset = 1 + 2 * n  # nested outlines stay apart where regions share an edge
+        p.setPen(QPen(QColor(0, 0, 0, 150), 4))
+        p.drawRect(QRect(x + inset, y + inset, w - 2 * inset, h - 2 * inset))
+        p.setPen(QPen(colour, 2))
+        p.drawRect(QRect(x + inset, y + inset, w - 2 * inset, h - 2 * inset))
+        text = f"{n + 1}: {100 * reg.share:.0f}%"
+        tw = p.fontMetrics().horizontalAdvance(text) + 8
+        badge = QRect(x + inset + 2, y + inset + 2, tw, 16)
+        while any(badge.intersects(b) for b in badges) and badge.bottom() + 18 < y + h:
+            badge.translate(0, 18)
+        badges.append(badge)
+        p.fillRect(badge, QColor(0, 0, 0, 190))
         p.setPen(colour)
-        p.drawText(tr, Qt.AlignmentFlag.AlignCenter, f"{100 * reg.share:.1f}%")
+        p.drawText(badge, Qt.AlignmentFlag.AlignCenter, text)
     p.end()
     return pm
+
+
+def regions_text(regions: list[RegionShare], score: float, net_size: int, whose: str) -> str:
+    """The regions in plain words: 'this region gives 23% of the score' for the few that matter."""
+    keep = top_regions(regions)
+    shares = [100 * r.share for r in regions]
+    lines = [f"<b>{whose}</b>: its {len(regions)} regions give {min(shares):.0f}–{max(shares):.0f}% of the "
+             f"score {score:.3f} each; the largest:"]
+    for n, i in enumerate(keep):
+        colour = REGION_COLOURS[n % len(REGION_COLOURS)]
+        lines.append(f"<span style='background:#222; color:{colour}'>&nbsp;{n + 1}&nbsp;</span> "
+                     f"{describe_box(regions[i].box, net_size)}: this region gives "
+                     f"<b>{100 * regions[i].share:.0f}%</b> of the score")
+    return "<br>".join(lines)
 
 
 class ActivationsPanel(QWidget):
@@ -169,34 +227,47 @@ class ActivationsPanel(QWidget):
         self.labels: dict[str, QLabel] = {}
         cells = [("q_heat", "query: heatmap", 0, 0), ("o_heat", "selected result: heatmap", 0, 1),
                  ("q_grid", "query: top channels", 2, 0), ("o_grid", "result: top channels", 2, 1),
-                 ("regions", "R-MAC regions: their share of the query→result score", 4, 0)]
+                 ("regions", "query: the regions that give most of the score", 5, 0),
+                 ("o_regions", "result: the regions that give most of the score", 5, 1)]
         for name, title, row, col in cells:
             cap = QLabel(title)
             cap.setStyleSheet("color:#555; font-weight:bold")
+            cap.setWordWrap(True)
             img = QLabel()
             img.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-            span = 2 if name == "regions" else 1
-            self.grid.addWidget(cap, row, col, 1, span)
+            self.grid.addWidget(cap, row, col, 1, 1)
             self.grid.addWidget(img, row + 1, col, 1, 1)
             self.labels[name] = img
             self.labels[name + "_cap"] = cap
+        self.regions_head = QLabel()  # what R-MAC regions are, or why they are not shown
+        self.regions_head.setWordWrap(True)
+        self.regions_head.setStyleSheet("color:#333")
+        self.grid.addWidget(self.regions_head, 4, 0, 1, 2)
         self.regions_text = QLabel()
         self.regions_text.setWordWrap(True)
         self.regions_text.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-        self.regions_text.setStyleSheet("font-size: 11px")
-        self.grid.addWidget(self.regions_text, 5, 1)
+        self.grid.addWidget(self.regions_text, 7, 0, 1, 1)
+        self.other_regions_text = QLabel()
+        self.other_regions_text.setWordWrap(True)
+        self.other_regions_text.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.grid.addWidget(self.other_regions_text, 7, 1, 1, 1)
+        for lab in (self.regions_text, self.other_regions_text):
+            lab.setStyleSheet("font-size: 11px")
+            lab.setMaximumWidth(200)
         self.grid.setColumnStretch(2, 1)
-        self.grid.setRowStretch(6, 1)
+        self.grid.setRowStretch(8, 1)
         self.payload: ActivationPayload | None = None
-        self._set_visible_parts(False, False)
+        self._set_visible_parts(False, False, False)
 
-    def _set_visible_parts(self, other: bool, regions: bool) -> None:
+    def _set_visible_parts(self, other: bool, regions: bool, other_regions: bool) -> None:
         for n in ("o_heat", "o_grid"):
             self.labels[n].setVisible(other)
             self.labels[n + "_cap"].setVisible(other)
-        self.labels["regions"].setVisible(regions)
-        self.labels["regions_cap"].setVisible(regions)
+        for n, on in (("regions", regions), ("o_regions", other_regions)):
+            self.labels[n].setVisible(on)
+            self.labels[n + "_cap"].setVisible(on)
         self.regions_text.setVisible(regions)
+        self.other_regions_text.setVisible(other_regions)
 
     def current_layer(self) -> str | None:
         return self.layer_box.currentText() or None
@@ -222,17 +293,31 @@ class ActivationsPanel(QWidget):
         if r.other is not None and p.other_rgb is not None:
             self.labels["o_heat"].setPixmap(QPixmap.fromImage(_qimage(heat_overlay(p.other_rgb, r.other.heatmap))))
             self.labels["o_grid"].setPixmap(QPixmap.fromImage(_qimage(channel_grid(r.other))))
+        size = r.query.image_size
         has_regions = bool(r.regions)
-        self._set_visible_parts(r.other is not None, has_regions)
+        other_regions = bool(has_regions and p.other_regions and p.other_rgb is not None)
+        self._set_visible_parts(r.other is not None, has_regions, other_regions)
+        self.regions_head.setVisible(p.descriptor == "rmac")
         if has_regions:
-            self.labels["regions"].setPixmap(draw_regions(p.query_rgb, r, r.query.image_size))
-            lines = [f"score {r.score:.4f} = Σ of {len(r.regions)} regions:"]
-            for i, reg in sorted(enumerate(r.regions), key=lambda t: -t[1].share):
-                x, y, w_, h_ = reg.box
-                lines.append(f"region {i + 1} ({w_}px at {x},{y}): {reg.contribution:+.3f} = {100 * reg.share:.1f}%")
-            self.regions_text.setToolTip("<br>".join(lines))
-            lines = lines[:7] + (["…"] if len(lines) > 7 else [])
-            self.regions_text.setText("<br>".join(lines))
+            self.regions_head.setText(
+                f"R-MAC compares {len(r.regions)} regions of each image ({p.regions_layer}); each gives a part "
+                f"of the score {r.score:.3f}. The few that give most:")
+            self.labels["regions"].setPixmap(draw_regions(p.query_rgb, r.regions, size))
+            self.regions_text.setText(regions_text(r.regions, r.score, size, "query"))
+            self.regions_text.setToolTip(_all_regions(r.regions, size))
+            if other_regions:
+                self.labels["o_regions"].setPixmap(draw_regions(p.other_rgb, p.other_regions, size))
+                self.other_regions_text.setText(regions_text(p.other_regions, r.score, size, "result"))
+                self.other_regions_text.setToolTip(_all_regions(p.other_regions, size))
         elif p.descriptor == "rmac" and r.other is None:
-            self.regions_text.setText("Select a result to see each region's share of its score.")
-            self.regions_text.setVisible(True)
+            self.regions_head.setText("Select a result to see which regions give its score.")
+        elif p.descriptor == "rmac" and r.layer != p.regions_layer:
+            self.regions_head.setText(f"R-MAC's regions are pooled from the deepest layer, {p.regions_layer}: "
+                                      "choose it to see which regions give the score.")
+        else:
+            self.regions_head.setText("")
+
+
+def _all_regions(regions: list[RegionShare], size: int) -> str:
+    return "<br>".join(f"{describe_box(reg.box, size)}: {100 * reg.share:.1f}% ({reg.contribution:+.3f})"
+                       for reg in sorted(regions, key=lambda reg: -reg.share))
