@@ -28,7 +28,7 @@ from retrieval_gui.backend import (
     compute_activations,
 )
 
-#: the regions shown: the largest shares, at least MIN_REGIONS, at most MAX_REGIONS (near ties included)
+#: the regions shown: the MIN_REGIONS largest shares, and up to MAX_REGIONS when those stand out
 MIN_REGIONS, MAX_REGIONS = 3, 5
 REGION_COLOURS = ["#ffd400", "#ff6d00", "#00e5ff", "#ff40c4", "#76ff03"]
 
@@ -126,27 +126,25 @@ def channel_grid(maps: LayerMaps, cell: int = 42, cols: int = 4) -> np.ndarray:
 
 
 def top_regions(regions: list[RegionShare]) -> list[int]:
-    """Indices of the regions worth showing, largest share first: MIN_REGIONS, and up to MAX_REGIONS when
-    the next ones nearly tie with the last shown (within 10%)."""
+    """Indices of the regions worth showing, largest share first: the MIN_REGIONS largest, and up to
+    MAX_REGIONS when the next ones stand out too (half as much again as an even share)."""
     order = sorted(range(len(regions)), key=lambda i: -regions[i].share)
+    even = 1.0 / max(1, len(regions))
     keep = order[:MIN_REGIONS]
-    for i in order[MIN_REGIONS:MAX_REGIONS]:
-        if keep and regions[i].share >= 0.9 * regions[keep[-1]].share:
-            keep.append(i)
+    keep += [i for i in order[MIN_REGIONS:MAX_REGIONS] if regions[i].share >= 1.5 * even]
     return keep
 
 
 def describe_box(box: tuple[int, int, int, int], net_size: int) -> str:
-    """Where a region lies, in words: 'the whole image', 'a large region at the top left'."""
+    """Where a region lies, in words: 'the whole image', 'top left, large', 'centre, small'."""
     x, y, w, h = box
     if w * h >= 0.8 * net_size * net_size:
         return "the whole image"
-    size = "a large" if max(w, h) >= 0.6 * net_size else ("a medium" if max(w, h) >= 0.4 * net_size else "a small")
+    size = "large" if max(w, h) >= 0.6 * net_size else ("medium" if max(w, h) >= 0.4 * net_size else "small")
     cx, cy = (x + w / 2) / net_size, (y + h / 2) / net_size
     vert = "top" if cy < 0.4 else ("bottom" if cy > 0.6 else "")
     horiz = "left" if cx < 0.4 else ("right" if cx > 0.6 else "")
-    where = f"{vert} {horiz}".strip() or "centre"
-    return f"{size} region at the {where}"
+    return f"{f'{vert} {horiz}'.strip() or 'centre'}, {size}"
 
 
 def draw_regions(rgb: np.ndarray, regions: list[RegionShare], net_size: int) -> QPixmap:
@@ -160,25 +158,26 @@ def draw_regions(rgb: np.ndarray, regions: list[RegionShare], net_size: int) -> 
     font.setPixelSize(11)
     font.setBold(True)
     p.setFont(font)
-    badges: list[QRect] = []
     keep = top_regions(regions)
-    for n, i in reversed(list(enumerate(keep))):  # the largest drawn last, on top
-        reg = regions[i]
-        colour = QColor(REGION_COLOURS[n % len(REGION_COLOURS)])
-        x, y, w, h = (int(v * scale) for v in reg.box)
+    boxes, badges = [], []
+    for n, i in enumerate(keep):  # badges placed largest first: it gets its corner, the others move aside
+        x, y, w, h = (int(v * scale) for v in regions[i].box)
         inset = 1 + 2 * n  # nested outlines stay apart where regions share an edge
-        p.setPen(QPen(QColor(0, 0, 0, 150), 4))
-        p.drawRect(QRect(x + inset, y + inset, w - 2 * inset, h - 2 * inset))
-        p.setPen(QPen(colour, 2))
-        p.drawRect(QRect(x + inset, y + inset, w - 2 * inset, h - 2 * inset))
-        text = f"{n + 1}: {100 * reg.share:.0f}%"
-        tw = p.fontMetrics().horizontalAdvance(text) + 8
-        badge = QRect(x + inset + 2, y + inset + 2, tw, 16)
-        while any(badge.intersects(b) for b in badges) and badge.bottom() + 18 < y + h:
+        boxes.append(QRect(x + inset, y + inset, w - 2 * inset, h - 2 * inset))
+        text = f"{n + 1}: {100 * regions[i].share:.0f}%"
+        badge = QRect(x + inset + 2, y + inset + 2, p.fontMetrics().horizontalAdvance(text) + 8, 16)
+        while any(badge.intersects(b) for b, _ in badges) and badge.bottom() + 18 < pm.height():
             badge.translate(0, 18)
-        badges.append(badge)
-        p.fillRect(badge, QColor(0, 0, 0, 190))
-        p.setPen(colour)
+        badges.append((badge, text))
+    for n in reversed(range(len(keep))):  # the largest outline drawn last, on top
+        colour = QColor(REGION_COLOURS[n % len(REGION_COLOURS)])
+        p.setPen(QPen(QColor(0, 0, 0, 150), 4))
+        p.drawRect(boxes[n])
+        p.setPen(QPen(colour, 2))
+        p.drawRect(boxes[n])
+    for n, (badge, text) in enumerate(badges):
+        p.fillRect(badge, QColor(0, 0, 0, 200))
+        p.setPen(QColor(REGION_COLOURS[n % len(REGION_COLOURS)]))
         p.drawText(badge, Qt.AlignmentFlag.AlignCenter, text)
     p.end()
     return pm
@@ -188,8 +187,9 @@ def regions_text(regions: list[RegionShare], score: float, net_size: int, whose:
     """The regions in plain words: 'this region gives 23% of the score' for the few that matter."""
     keep = top_regions(regions)
     shares = [100 * r.share for r in regions]
-    lines = [f"<b>{whose}</b>: its {len(regions)} regions give {min(shares):.0f}–{max(shares):.0f}% of the "
-             f"score {score:.3f} each; the largest:"]
+    spread = (f"its {len(regions)} regions give {min(shares):.0f}–{max(shares):.0f}% each"
+              + (" (no region stands out)" if max(shares) < 150 / len(regions) else ""))
+    lines = [f"<b>{whose}</b>: {spread}"]
     for n, i in enumerate(keep):
         colour = REGION_COLOURS[n % len(REGION_COLOURS)]
         lines.append(f"<span style='background:#222; color:{colour}'>&nbsp;{n + 1}&nbsp;</span> "
@@ -300,8 +300,8 @@ class ActivationsPanel(QWidget):
         self.regions_head.setVisible(p.descriptor == "rmac")
         if has_regions:
             self.regions_head.setText(
-                f"R-MAC compares {len(r.regions)} regions of each image ({p.regions_layer}); each gives a part "
-                f"of the score {r.score:.3f}. The few that give most:")
+                f"R-MAC compares {len(r.regions)} regions of each image, taken from the layer {p.regions_layer}; "
+                f"each gives a part of the score {r.score:.3f}. The few that give most:")
             self.labels["regions"].setPixmap(draw_regions(p.query_rgb, r.regions, size))
             self.regions_text.setText(regions_text(r.regions, r.score, size, "query"))
             self.regions_text.setToolTip(_all_regions(r.regions, size))
