@@ -1,5 +1,5 @@
 """Side-by-side comparison of two descriptors for the same query: the query image, their overlap@k, and
-on every card what is unique to its side ("only here") or how its rank moved from the left to the right."""
+on the cards what is unique to its side ("only here") and how shared results' ranks moved on the right."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ def _summary(r: SearchResult, unique: int) -> str:
 
 
 def compare_notes(left: list[Hit], right: list[Hit]) -> tuple[dict[str, str], dict[str, str]]:
-    """The tag of every card: 'only here' for a hit the other side does not have; on the right, how its
-    rank moved from the left ('↑3': three places higher, '↓2', '='); on the left, where it went ('→ #5')."""
+    """The tag of every card: 'only here' for a hit the other side does not have; on the right, how the
+    rank of a shared hit moved from the left ('↑3': three places higher, '↓2', '=')."""
     lrank = {h.path: h.rank for h in left}
     rrank = {h.path: h.rank for h in right}
-    lnotes = {p: (ONLY_HERE if p not in rrank else f"→ #{rrank[p]}") for p in lrank}
+    lnotes = {p: ONLY_HERE for p in lrank if p not in rrank}
     rnotes = {}
     for p, r in rrank.items():
         if p not in lrank:
@@ -74,8 +74,8 @@ class CompareDialog(QDialog):
         self.overlap_label.setStyleSheet("font-size: 15px; font-weight: bold")
         side.addWidget(self.overlap_label)
         legend = QLabel("<span style='color:#b36b00'><b>only here</b></span>: not in the other list · "
-                        "<span style='color:#1565c0'><b>↑3 / ↓2 / =</b></span>: its rank on the right against the "
-                        "left · <b>→ #5</b>: where a left-hand result went")
+                        "<span style='color:#1565c0'><b>↑3 / ↓2 / =</b></span>: a shared result's rank on the right "
+                        "against the left")
         legend.setStyleSheet("color:#555")
         side.addWidget(legend)
         side.addStretch(1)
