@@ -59,7 +59,7 @@ def finish_start(win, args: argparse.Namespace) -> None:
         folder = str(demo_collection())
     win.open_collection(folder)
     if args.query:
-        win.set_query(str(Path(args.query).resolve()))
+        win.set_query(os.path.abspath(args.query))  # as given: a link in the folder keeps its label
 
 
 def run_app(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
 """Open the real explorer window on a folder, run one query and save a screenshot.
 
     python -m retrieval_gui.screenshot resources/demo --query resources/demo/sunset/01.jpg \\
-        --out docs/images/explorer.png [--weights random --image-size 64] [--activations 2]
+        --out docs/images/explorer.png [--weights random --image-size 64] [--activations 2] \\
+        [--compare rmac --compare-out docs/images/compare.png]
+
+Without --query the window shows the collection, as before a first query.
 
 Prints one JSON line: the number of results, the results area (x, y, w, h) in the image, timings.
 Settings go to a throw-away folder unless --settings-dir is given, so a run never touches the user's.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -30,7 +34,7 @@ def _wait(app, cond, timeout: float) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder")
-    p.add_argument("--query", required=True)
+    p.add_argument("--query", default=None, help="an image to search with (default: none, the collection view)")
     p.add_argument("--out", required=True)
     p.add_argument("--weights", default="pretrained")
     p.add_argument("--image-size", type=int, default=None)
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1400x860", help="window size WxH")
     p.add_argument("--activations", type=int, default=None, metavar="RANK",
                    help="show the activations dock with the result of this rank selected")
+    p.add_argument("--compare", default=None, metavar="DESCRIPTOR",
+                   help="also open Compare with this descriptor and save it to --compare-out")
+    p.add_argument("--compare-out", default=None)
     p.add_argument("--settings-dir", default=None)
     p.add_argument("--timeout", type=float, default=300)
     args = p.parse_args(argv)
@@ -69,18 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ok = _wait(app, win.index_ready, args.timeout)
     t_index = time.monotonic() - t0
-    win.set_query(str(Path(args.query).resolve()))
-    ok = ok and _wait(app, lambda: win.result is not None and not win._query_pending, args.timeout)
-    if ok:  # once more, warm (the first query also pays the model's one-off start-up)
-        first = win.result
-        win.run_query()
-        ok = _wait(app, lambda: win.result is not first and not win._query_pending, args.timeout)
-    if ok and args.activations:
+    if args.query:
+        win.set_query(os.path.abspath(args.query))
+        ok = ok and _wait(app, lambda: win.result is not None and not win._query_pending, args.timeout)
+        if ok:  # once more, warm (the first query also pays the model's one-off start-up)
+            first = win.result
+            win.run_query()
+            ok = _wait(app, lambda: win.result is not first and not win._query_pending, args.timeout)
+    else:  # the collection view
+        ok = ok and _wait(app, lambda: win.results_model.browsing and win._browse is not None
+                          and win.results_model.rowCount() == len(win._browse[1]) > 0, args.timeout)
+    if ok and args.activations and args.query:
         win.act_dock.show()
         hit = win.result.hits[min(args.activations, len(win.result.hits)) - 1]
         win.results_view.setCurrentIndex(win.results_model.index(hit.rank - 1))
-        win.selected_hit = hit
-        win.refresh_activations()
+        win.select_hit(hit)
         ok = _wait(app, lambda: win.activations.payload is not None and win.activations.payload.other == hit.path
                    and not win._act_pending, args.timeout)
     win.loader.wait(30_000)
@@ -96,9 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     top_left = view.mapTo(win, view.rect().topLeft())
     scale = shot.width() / max(1, win.width())
     area = [int(top_left.x() * scale), int(top_left.y() * scale), int(view.width() * scale), int(view.height() * scale)]
+    compare_saved = None
+    if ok and args.compare and args.query:
+        dlg = win.open_compare(args.compare)
+        ok = _wait(app, lambda: dlg.overlap is not None and dlg.right is not None
+                   and dlg.right.key.descriptor == args.compare, args.timeout)
+        win.loader.wait(30_000)
+        _wait(app, lambda: False, 0.8)
+        grab = screen.grabWindow(dlg.winId()) if screen is not None else None
+        if grab is None or grab.isNull() or grab.width() < 10:
+            grab = dlg.grab()
+        out = args.compare_out or str(Path(args.out).with_name("compare.png"))
+        compare_saved = bool(grab.save(out))
+        ok = ok and compare_saved
     info = {"ok": bool(ok and saved), "results": len(win.result.hits) if win.result else 0,
             "results_area": area, "image": [shot.width(), shot.height()], "index_s": round(t_index, 2),
-            "total_s": round(time.monotonic() - t0, 2), "banner": win.banner.text() if win.banner.isVisible() else ""}
+            "total_s": round(time.monotonic() - t0, 2), "banner": win.banner.text() if win.banner.isVisible() else "",
+            "mode": win.grid_mode(), "browsed": win.results_model.rowCount() if win.results_model.browsing else 0,
+            "compare_saved": compare_saved}
     win.close()
     print(json.dumps(info))
     return 0 if info["ok"] else 1

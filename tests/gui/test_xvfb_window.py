@@ -69,3 +69,31 @@ def test_real_window_screenshot_shows_results(xvfb_display, image_folder, tmp_pa
     green = np.sum(np.abs(flat - [46, 160, 67]).sum(-1) < 20)
     red = np.sum(np.abs(flat - [218, 54, 51]).sum(-1) < 20)
     assert green > 200 and red > 200
+
+
+@pytest.mark.xvfb
+@pytest.mark.slow
+def test_real_window_shows_the_collection_then_compare(xvfb_display, image_folder, tmp_path):
+    """Without a query the real window shows the collection; with one, Compare is saved as its own window."""
+    folder = image_folder(n_classes=3, per_class=4, size=64)
+    env = dict(os.environ, DISPLAY=xvfb_display, QT_QPA_PLATFORM="xcb",
+               RETRIEVAL_EXPLORER_CACHE=str(tmp_path / "cache"), RETRIEVAL_EXPLORER_HOME=str(tmp_path / "home"))
+    common = ["--weights", "random", "--image-size", "64", "--size", "1100x700"]
+    cmd = [sys.executable, "-m", "retrieval_gui.screenshot", str(folder), "--out", str(tmp_path / "browse.png"),
+           *common, "--settings-dir", str(tmp_path / "s1")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["mode"] == "collection" and info["browsed"] == 12
+    x, y, w, h = info["results_area"]
+    area = np.asarray(Image.open(tmp_path / "browse.png").convert("RGB"))[y:y + h, x:x + w]
+    assert len(np.unique(area.reshape(-1, 3) // 8, axis=0)) > 100  # thumbnails are drawn
+    cmd = [sys.executable, "-m", "retrieval_gui.screenshot", str(folder), "--query", str(folder / "class_00" / "001.jpg"),
+           "--out", str(tmp_path / "main.png"), "--compare", "mac", "--compare-out", str(tmp_path / "compare.png"),
+           *common, "--settings-dir", str(tmp_path / "s2")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["compare_saved"] and info["results"] == 11
+    shot = Image.open(tmp_path / "compare.png")
+    assert shot.width >= 600 and shot.height >= 400
