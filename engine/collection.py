@@ -45,6 +45,7 @@ import secrets
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,10 +250,16 @@ def _stat(p: Path) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _from_store(v: np.ndarray) -> np.ndarray:
-    """Stored float16 rows (n, D) -> float32, re-normalised (rounding moves the norm by ~1e-3)."""
-    x = np.asarray(v, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def _from_store(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Stored float16 rows (n, D) -> float32 in ``out`` (or a new array), re-normalised (rounding moves
+    the norm by ~1e-3); done in blocks of rows, in place, so a large segment costs one pass."""
+    if out is None:
+        out = np.empty(v.shape, np.float32)
+    for a in range(0, v.shape[0], 8192):
+        block = out[a:a + 8192]
+        np.copyto(block, v[a:a + 8192], casting="unsafe")
+        block /= np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)[:, None]
+    return out
 
 
 def _check_entry(folder: Path, entry: dict[str, Any], what: str) -> Path:
@@ -265,6 +272,35 @@ def _check_entry(folder: Path, entry: dict[str, Any], what: str) -> Path:
     if crc32_file(p) != int(entry["crc32"]):
         raise CollectionError(f"{what} {p} is damaged (checksum mismatch)")
     return p
+
+
+def _read_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], verify: bool) -> np.ndarray:
+    """A segment's float16 vectors: the file is read once, its size and (``verify``) CRC-32 checked on
+    those bytes, its .npy header parsed and checked, and the rows returned as a view of the bytes."""
+    import io
+
+    p = folder / str(entry["file"])
+    if "/" in str(entry["file"]) or not p.is_file():
+        raise CollectionError(f"the collection file {p} is missing")
+    data = p.read_bytes()
+    if len(data) != int(entry["bytes"]):
+        raise CollectionError(f"the collection file {p} is truncated or damaged")
+    if verify and zlib.crc32(data) != int(entry["crc32"]):
+        raise CollectionError(f"the collection file {p} is damaged (checksum mismatch)")
+    head = io.BytesIO(data[:4096])
+    try:
+        version = np.lib.format.read_magic(head)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        got_shape, fortran, dtype = read_header(head)
+    except ValueError as exc:
+        raise CollectionError(f"the collection file {p} is damaged ({exc})") from exc
+    if tuple(got_shape) != shape or fortran or dtype != np.dtype(STORE_DTYPE):
+        raise CollectionError(f"the collection file {p} holds {dtype} {tuple(got_shape)}, expected {shape}")
+    offset = head.tell()
+    if len(data) - offset != shape[0] * shape[1] * dtype.itemsize:
+        raise CollectionError(f"the collection file {p} is truncated or damaged")
+    return np.frombuffer(data, dtype=dtype, count=shape[0] * shape[1], offset=offset).reshape(shape)
 
 
 def _write_entry(path: Path, write: Any) -> dict[str, Any]:
@@ -292,20 +328,28 @@ class _Rows:
     def vectors(self) -> np.ndarray:
         return self._v[: self.n]
 
+    def reserve(self, rows: int, dim: int) -> None:
+        """Room for ``rows`` rows in all, without copying later appends."""
+        if self.dim is None or self._v.shape[1] != dim:
+            self.dim = int(dim)
+            self._v = np.zeros((0, self.dim), np.float32)
+        if rows > self._cap:
+            grown = np.empty((rows, self.dim), np.float32)
+            grown[: self.n] = self._v[: self.n]
+            self._v, self._cap = grown, rows
+
     def append(self, ids: np.ndarray, vectors: np.ndarray, paths: list[str], sizes: np.ndarray,
-               mtimes: np.ndarray) -> None:
+               mtimes: np.ndarray, stored: bool = False) -> None:
+        """Add rows; ``stored``: ``vectors`` are float16 rows from a segment (converted in place)."""
         m = len(paths)
         if m == 0:
             return
-        if self.dim is None or self._v.shape[1] != self.dim:
-            self.dim = int(vectors.shape[1])
-            self._v = np.zeros((0, self.dim), np.float32)
-        if self.n + m > self._cap:
-            cap = max(self.n + m, 2 * self._cap, 256)
-            grown = np.empty((cap, self.dim), np.float32)
-            grown[: self.n] = self._v[: self.n]
-            self._v, self._cap = grown, cap
-        self._v[self.n: self.n + m] = vectors
+        self.reserve(self.n + m if self.n + m <= self._cap else max(self.n + m, 2 * self._cap, 256),
+                     int(vectors.shape[1]))
+        if stored:
+            _from_store(vectors, self._v[self.n: self.n + m])
+        else:
+            self._v[self.n: self.n + m] = vectors
         self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
         self.sizes = np.concatenate([self.sizes, sizes.astype(np.int64)])
         self.mtimes = np.concatenate([self.mtimes, mtimes.astype(np.int64)])
@@ -447,21 +491,19 @@ class Collection:
             raise CollectionError(f"the collection manifest in {self.state_dir} is damaged ({exc}); {fix}") from exc
         rows = _Rows(dim)
         try:
+            if dim is not None:  # with room to grow: the next images added are not a copy of all
+                total = sum(int(seg["rows"]) for seg in segments)
+                rows.reserve(total + total // 8 + 1024, dim)
             for seg in segments:
                 meta_path = _check_entry(self.state_dir, seg["meta"], "the collection file")
-                vec_path = self.state_dir / str(seg["vectors"]["file"])
-                if verify:
-                    _check_entry(self.state_dir, seg["vectors"], "the collection file")
-                elif not vec_path.is_file() or vec_path.stat().st_size != int(seg["vectors"]["bytes"]):
-                    raise CollectionError(f"the collection file {vec_path} is missing or truncated")
                 with np.load(meta_path, allow_pickle=False) as z:
                     ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
                     paths = [str(p) for p in z["paths"].tolist()]
-                vecs = np.load(vec_path, mmap_mode="r", allow_pickle=False)
                 n = len(paths)
-                if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or vecs.shape != (n, dim):
+                if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None:
                     raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
-                rows.append(ids, _from_store(vecs), paths, sizes, mtimes)
+                vecs = _read_vectors(self.state_dir, seg["vectors"], (n, dim), verify)
+                rows.append(ids, vecs, paths, sizes, mtimes, stored=True)
         except CollectionError as exc:
             raise CollectionError(f"{exc}; {fix}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
