@@ -53,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity from which two images count as copies (default: the "
                    "descriptor's measured default, see docs/BENCHMARKS.md)")
-    p.add_argument("--rule", choices=("complete", "components"), default="complete",
-                   help="complete (default): every two images of a group score above the threshold; "
-                   "components: chains of pairs are joined")
+    p.add_argument("--rule", choices=("components", "complete"), default="components",
+                   help="components (default): images linked through pairs above the threshold form a "
+                   "group; complete: every two images of a group score above it (no chains, smaller groups)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
