@@ -60,6 +60,7 @@ from retrieval_gui.widgets import (
     QuerySlot,
     ResultsModel,
     ResultsView,
+    browse_rows,
     folder_from_mime,
     image_path_from_mime,
 )
@@ -115,7 +116,7 @@ class MainWindow(QMainWindow):
         self._generation = 0
         self._copy_task: workers.TaskHandle | None = None
         self._browse_task: workers.TaskHandle | None = None
-        self._browse: tuple[FolderIndex, list[str], list[str | None]] | None = None  # the grid's collection view
+        self._browse: tuple[FolderIndex, list[str], list[str | None], dict] | None = None  # the collection view
         self._browse_pending = False
         self._failed_query: str | None = None  # a query that failed: not searched again on its own
         self._grid_mode = "welcome"
@@ -866,12 +867,12 @@ class MainWindow(QMainWindow):
         task.error.connect(lambda m, tb: log.warning("cannot list the collection: %s", m))
         task.finished.connect(self._on_browse_finished)
 
-    def _on_browse(self, index: FolderIndex, found: tuple[list[str], list[str | None]]) -> None:
+    def _on_browse(self, index: FolderIndex, found: tuple[list[str], list[str | None], dict]) -> None:
         if index is not self.index:
             return
-        self._browse = (index, found[0], found[1])
+        self._browse = (index, *found)
         if self._grid_mode == "collection":
-            self.results_model.set_collection(found[0], found[1])
+            self.results_model.set_collection(*found)
             self._update_grid_header()
 
     def _on_browse_finished(self) -> None:
@@ -1195,10 +1196,12 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _indexed_paths(index: FolderIndex, key: ModelKey) -> tuple[list[str], list[str | None]]:
-    """The images of ``key`` indexed so far and their labels (worker: opening a collection reads its files)."""
+def _indexed_paths(index: FolderIndex, key: ModelKey) -> tuple[list[str], list[str | None], dict]:
+    """The images of ``key`` indexed so far, their labels and rows (worker: opening a collection reads its
+    files, and a list of 100k paths is not made on the GUI thread)."""
     coll = index.collection(key)
-    return coll.paths, coll.labels
+    paths = coll.paths
+    return paths, coll.labels, browse_rows(paths)
 
 
 def _read_qimage(path: str) -> QImage:

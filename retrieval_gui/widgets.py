@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from PySide6.QtCore import (
@@ -141,13 +142,37 @@ class QuerySlot(QLabel):
             event.ignore()
 
 
+def browse_rows(paths: list[str]) -> dict[str, list[int]]:
+    """path -> its row numbers (for :meth:`ResultsModel.set_collection`; make it in a worker for many)."""
+    rows: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        rows.setdefault(p, []).append(i)
+    return rows
+
+
+class CollectionRows(Sequence):
+    """The collection view's rows as hits without rank or score, made when asked for (100k images cost
+    nothing until painted)."""
+
+    def __init__(self, paths: list[str], labels: list[str | None]) -> None:
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return Hit(self.paths[i], float("nan"), (i % len(self.paths)) + 1, self.labels[i])
+
+
 class ResultsModel(QAbstractListModel):
     """Ranked hits; thumbnails come lazily from a ThumbnailLoader and update their rows when ready."""
 
     def __init__(self, loader: ThumbnailLoader, parent=None) -> None:
         super().__init__(parent)
         self.loader = loader
-        self.hits: list[Hit] = []
+        self.hits: Sequence[Hit] = []  # a list of results, or the collection view's CollectionRows
         self.query_label: str | None = None
         #: the rows are the collection's images (no rank or score), not the results of a query
         self.browsing = False
@@ -169,23 +194,26 @@ class ResultsModel(QAbstractListModel):
         self._set_rows(list(hits), query_label)
         self.endResetModel()
 
-    def set_collection(self, paths: list[str], labels: list[str | None]) -> None:
-        """Show the collection's images to browse; when the rows so far are the start of ``paths`` (a
-        collection being indexed grows at its end) the new ones are appended, keeping the scroll position."""
-        old = [h.path for h in self.hits]
-        if self.browsing and len(paths) >= len(old) and paths[:len(old)] == old:
-            if len(paths) > len(old):
-                self.beginInsertRows(QModelIndex(), len(old), len(paths) - 1)
-                for i in range(len(old), len(paths)):
-                    self.hits.append(Hit(paths[i], float("nan"), i + 1, labels[i]))
-                    self._rows.setdefault(paths[i], []).append(i)
+    def set_collection(self, paths: list[str], labels: list[str | None],
+                       rows: dict[str, list[int]] | None = None) -> None:
+        """Show the collection's images to browse (``rows``: path -> row numbers, made by the caller's worker
+        for a large collection). When the rows so far are the start of ``paths`` (a collection being indexed
+        grows at its end) the new ones are appended, keeping the scroll position. Nothing here is per image:
+        the rows' Hit objects are made as they are painted."""
+        rows = rows if rows is not None else browse_rows(paths)
+        old = self.hits if isinstance(self.hits, CollectionRows) else None
+        n = len(old) if (old is not None and self.browsing) else -1
+        if 0 <= n <= len(paths) and (n == 0 or (old.paths[0] == paths[0] and old.paths[n - 1] == paths[n - 1])):
+            if len(paths) > n:
+                self.beginInsertRows(QModelIndex(), n, len(paths) - 1)
+                self.hits, self._rows = CollectionRows(paths, labels), rows
                 self.endInsertRows()
             return
         self.beginResetModel()
         self.loader.clear_queue()
         self.browsing, self.stale, self.notes = True, False, {}
-        self._set_rows([Hit(p, float("nan"), i + 1, lab) for i, (p, lab) in enumerate(zip(paths, labels, strict=True))],
-                       None)
+        self.hits, self.query_label, self._rows = CollectionRows(paths, labels), None, rows
+        self._pixmaps = {p: pm for p, pm in self._pixmaps.items() if p in self._rows}
         self.endResetModel()
 
     def set_stale(self, stale: bool) -> None:
@@ -379,6 +407,8 @@ class ResultsView(QListView):
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setMovement(QListView.Movement.Static)
         self.setUniformItemSizes(True)
+        self.setLayoutMode(QListView.LayoutMode.Batched)  # a collection of 100k cards is laid out in steps
+        self.setBatchSize(400)
         self.setSpacing(4)
         self.setWordWrap(True)
         self.setItemDelegate(ResultDelegate(thumb, self))

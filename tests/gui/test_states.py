@@ -227,3 +227,27 @@ def test_the_activations_dock_shows_on_the_first_start(qtbot, window):
     win.save_settings()
     win2 = window(restore=True)
     assert win2.act_dock.isHidden()  # the user's choice is kept
+
+
+def test_the_collection_view_of_100k_images_is_not_built_on_the_gui_thread(qtbot, tmp_path):
+    """The rows of a large collection are made as they are painted: showing 100k images and appending
+    another 20k as indexing goes on cost the GUI thread no per-image work."""
+    from retrieval_gui.thumbnails import ThumbnailLoader
+    from retrieval_gui.widgets import CollectionRows, ResultsModel, browse_rows
+
+    loader = ThumbnailLoader(32, None)
+    model = ResultsModel(loader)
+    paths = [str(tmp_path / f"class_{i % 50:02d}" / f"{i:06d}.jpg") for i in range(120_000)]
+    labels = [Path(p).parent.name for p in paths]
+    first_rows, all_rows = browse_rows(paths[:100_000]), browse_rows(paths)  # a worker's job
+    inserted = []
+    model.rowsInserted.connect(lambda _parent, a, b: inserted.append((a, b)))
+    t0 = time.perf_counter()
+    model.set_collection(paths[:100_000], labels[:100_000], first_rows)
+    model.set_collection(paths, labels, all_rows)
+    assert time.perf_counter() - t0 < 0.5
+    assert isinstance(model.hits, CollectionRows) and model.rowCount() == 120_000
+    assert inserted == [(100_000, 119_999)]  # appended, not reset: the scroll position stays
+    hit = model.hit_at(100_123)
+    assert hit.path == paths[100_123] and hit.label == labels[100_123] and model.mark(hit) is None
+    loader.wait()
