@@ -341,6 +341,12 @@ class MainWindow(QMainWindow):
         self.act_dock.toggleViewAction().setText("Layer &activations")
         view.addAction("&Reindex", self.reindex)
 
+        tools = mb.addMenu("T&ools")  # the views are imported when first opened (issue 14)
+        self.duplicates_action = tools.addAction("Find &duplicates…", lambda: importlib.import_module(
+            "retrieval_gui.duplicates_view").open_duplicates(self))
+        self.map_action = tools.addAction("&Map of the collection…", lambda: importlib.import_module(
+            "retrieval_gui.map_view").open_map(self))
+
         training = mb.addMenu("&Training")
         self.train_action = training.addAction("Train &XBM model…", self.open_train_wizard)
         if importlib.util.find_spec("retrieval_gui.wizard") is None:
@@ -470,6 +476,7 @@ class MainWindow(QMainWindow):
         self.index = index
         self.state = None
         self._ready_keys.clear()
+        self._generation += 1  # a search of the previous folder still under way is not shown for this one
         self.result = None
         self._browse = None
         self._failed_query = None
