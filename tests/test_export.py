@@ -107,7 +107,7 @@ def test_png_contact_sheet_is_a_grid_with_a_header(image_folder, tmp_path):
     from engine.export import _font
 
     caption_strip = im.crop((pad, row0 + 64, pad + 64, row0 + 64 + 15))
-    assert len(set(caption_strip.getdata())) > 2  # text is drawn there
+    assert len(caption_strip.getcolors(maxcolors=4096) or []) > 2  # text is drawn there
     font = _font(12)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     assert draw.textlength("#1  0.900", font=font) > draw.textlength("#10.900", font=font) + 4
