@@ -141,14 +141,16 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
     from engine.search import SearchOptions
 
     report, stop = resolve(progress, should_stop)
+    # one snapshot: another thread may be adding rows meanwhile (hits on rows beyond it are left out)
     vectors = collection.vectors
-    n = int(len(collection))
+    n = int(vectors.shape[0]) if vectors.ndim == 2 and vectors.shape[1] else 0
+    relpaths = collection.relpaths[:n]
     exact = n <= EXACT_LIMIT if exact is None else bool(exact)
     empty = DuplicatePairs(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                            float(floor), exact)
     if n < 2:
         return empty
-    row_of = {p: r for r, p in enumerate(collection.relpaths)}
+    row_of = {p: r for r, p in enumerate(relpaths)}
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
@@ -398,7 +400,7 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
     if floor > threshold:
         raise ValueError(f"floor {floor} is above the threshold {threshold}")
     pairs = find_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop)
-    paths, relpaths = collection.paths, collection.relpaths
+    paths, relpaths = collection.paths[:pairs.n], collection.relpaths[:pairs.n]
     dup = DuplicateSet(str(collection.folder), paths, relpaths, pairs, descriptor=descriptor)
     if pairs.truncated:
         dup.notes.append(f"{pairs.truncated} images have more than {MAX_NEIGHBOURS} neighbours above "

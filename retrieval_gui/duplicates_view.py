@@ -1,0 +1,489 @@
+"""The Duplicates view: groups of near-duplicate images of the open collection, a threshold slider that
+regroups live (engine.duplicates: the index is searched once, regrouping is array work), and actions that
+never delete silently: select all but the best of each group, move the selection to the system trash or
+to a folder (each after an explicit confirmation naming what moves), export the groups as CSV."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from retrieval_gui import workers
+from retrieval_gui.thumbnails import ThumbnailLoader
+
+log = logging.getLogger(__name__)
+#: groups shown at once (more with "Show more groups"): a folder with thousands of groups stays quick
+PAGE = 40
+THUMB = 128
+#: the slider's step (cosine similarity)
+STEP = 0.005
+#: regrouping of more pairs than this runs in a worker instead of on the GUI thread
+GUI_REGROUP_PAIRS = 20_000
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def find_job(collection_fn: Callable[[], Any], threshold: float, floor: float, *, progress=None, should_stop=None):
+    """Worker: the collection (``collection_fn()``, opened here, off the GUI thread) searched once."""
+    from engine.duplicates import find_duplicates
+
+    return find_duplicates(collection_fn(), threshold=threshold, floor=floor, progress=progress,
+                           should_stop=should_stop)
+
+
+class _Card(QFrame):
+    """One image of a group: thumbnail, a selection box, resolution, size and path."""
+
+    toggled = Signal(str, bool)
+
+    def __init__(self, item: Any, selected: bool, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.path = item.path
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setStyleSheet("QFrame { border: 2px solid %s; border-radius: 4px; }"
+                           % ("#2e7d32" if item.best else "#c7ccd1"))
+        self.setFixedWidth(THUMB + 24)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        self.image = QLabel()
+        self.image.setFixedSize(THUMB, THUMB)
+        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image.setStyleSheet("border: none; background: #f5f7fa")
+        lay.addWidget(self.image, 0, Qt.AlignmentFlag.AlignHCenter)
+        f = item.facts
+        score = "best" if item.best else ("" if item.score is None else f"{item.score:.3f}")
+        self.check = QCheckBox(score)
+        self.check.setStyleSheet("border: none; font-weight: bold; color: %s" % ("#2e7d32" if item.best else "#333"))
+        self.check.setChecked(selected)
+        self.check.toggled.connect(lambda on: self.toggled.emit(self.path, on))
+        lay.addWidget(self.check)
+        info = QLabel(f"{f.width}×{f.height} · {_size(f.bytes)}")
+        info.setStyleSheet("border: none")
+        lay.addWidget(info)
+        name = QLabel(item.relpath)
+        name.setStyleSheet("border: none; color: #555")
+        name.setWordWrap(True)
+        name.setToolTip(item.path)
+        lay.addWidget(name)
+
+    def set_image(self, img: QImage) -> None:
+        if not img.isNull():
+            self.image.setPixmap(QPixmap.fromImage(img).scaled(
+                THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
+
+
+class DuplicatesView(QDialog):
+    """Near-duplicate groups of one collection. ``collection_fn()`` gives the engine Collection (called on a
+    worker thread); ``descriptor`` picks the measured default threshold. ``confirm(title, text) -> bool``,
+    ``ask_folder() -> str``, ``ask_save() -> str`` and ``trash(path)`` default to Qt dialogs and send2trash;
+    tests pass their own. ``filesMoved(list of (source, destination or ''))`` after a move."""
+
+    filesMoved = Signal(list)
+
+    def __init__(self, collection_fn: Callable[[], Any], *, descriptor: str | None = None,
+                 loader: ThumbnailLoader | None = None, folder: str | os.PathLike | None = None,
+                 confirm: Callable[[str, str], bool] | None = None, ask_folder: Callable[[], str] | None = None,
+                 ask_save: Callable[[], str] | None = None, trash: Callable[[str], None] | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from engine.duplicates import SEARCH_MARGIN, default_threshold
+
+        self.setWindowTitle("Find duplicates")
+        self.resize(1100, 760)
+        self.collection_fn = collection_fn
+        self.folder = Path(folder) if folder else None
+        self.confirm = confirm or self._confirm_dialog
+        self.ask_folder = ask_folder or self._ask_folder_dialog
+        self.ask_save = ask_save or self._ask_save_dialog
+        self.trash = trash
+        if loader is None:
+            from retrieval_gui.backend import cache_root
+
+            loader = ThumbnailLoader(THUMB, cache_root() / "thumbnails", capacity=400, parent=self)
+        self.loader = loader
+        self.loader.ready.connect(self._on_thumbnail)
+        self.default = default_threshold(descriptor)
+        self.floor = max(-1.0, self.default - SEARCH_MARGIN)
+        self.dup: Any = None
+        self.groups: list[Any] = []
+        self.selected: set[str] = set()
+        self.gone: set[str] = set()  # moved away by this view: left out of the groups
+        self.shown = 0
+        self.regroups = 0
+        self._cards: dict[str, _Card] = {}
+        self._task: workers.TaskHandle | None = None
+        self._regroup_task: workers.TaskHandle | None = None
+        self._regroup_gen = 0
+        self._build()
+
+    # --- layout -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Similarity threshold"))
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, round((1.0 - self.floor) / STEP))
+        self.slider.setValue(round((self.default - self.floor) / STEP))
+        self.slider.setToolTip("Two images are copies when their descriptors score at least this (cosine); "
+                               f"the default {self.default:.2f} was measured on edited photos (docs/BENCHMARKS.md)")
+        self.slider.valueChanged.connect(self._on_slider)
+        top.addWidget(self.slider, 1)
+        self.threshold_label = QLabel()
+        self.threshold_label.setMinimumWidth(48)
+        top.addWidget(self.threshold_label)
+        self.strict_box = QCheckBox("Strict groups")
+        self.strict_box.setToolTip("Every two images of a group must score above the threshold (no chains "
+                                   "through a third image; copies edited in different ways may split)")
+        self.strict_box.toggled.connect(lambda _on: self.regroup())
+        top.addWidget(self.strict_box)
+        outer.addLayout(top)
+        self.status = QLabel("Searching the collection for similar pairs…")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.body = QWidget()
+        self.rows = QVBoxLayout(self.body)
+        self.rows.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.scroll.setWidget(self.body)
+        outer.addWidget(self.scroll, 1)
+        self.more_button = QPushButton("Show more groups")
+        self.more_button.clicked.connect(self._show_more)
+        self.more_button.hide()
+        outer.addWidget(self.more_button)
+        actions = QHBoxLayout()
+        self.select_button = QPushButton("Select all but the best")
+        self.select_button.setToolTip("Tick every image except the first (best) of each group")
+        self.select_button.clicked.connect(self.select_all_but_best)
+        self.clear_button = QPushButton("Clear selection")
+        self.clear_button.clicked.connect(self.clear_selection)
+        self.trash_button = QPushButton("Move to trash…")
+        self.trash_button.clicked.connect(lambda: self.move_selection_to_trash())
+        self.move_button = QPushButton("Move to folder…")
+        self.move_button.clicked.connect(lambda: self.move_selection_to_folder())
+        self.csv_button = QPushButton("Export CSV…")
+        self.csv_button.clicked.connect(lambda: self.export_csv())
+        for b in (self.select_button, self.clear_button):
+            actions.addWidget(b)
+        actions.addStretch(1)
+        self.selection_label = QLabel()
+        actions.addWidget(self.selection_label)
+        for b in (self.trash_button, self.move_button, self.csv_button):
+            actions.addWidget(b)
+        outer.addLayout(actions)
+        self._update_threshold_label()
+        self._update_actions()
+
+    # --- searching and grouping -------------------------------------------------------------------
+    def start(self) -> workers.TaskHandle:
+        """Search the collection once (in a worker); the groups appear when it is done."""
+        if self._task is not None and self._task.is_running():
+            return self._task
+        self.status.setText("Searching the collection for similar pairs…")
+        task = workers.start_task(find_job, self.collection_fn, self.threshold(), self.floor, parent=self,
+                                  name="duplicates")
+        task.progress.connect(self._on_progress)
+        task.result.connect(self._on_found)
+        task.error.connect(lambda msg, _tb: self.status.setText(f"Cannot search for duplicates: {msg}"))
+        self._task = task
+        return task
+
+    def threshold(self) -> float:
+        return round(self.floor + self.slider.value() * STEP, 4)
+
+    def set_threshold(self, value: float) -> None:
+        self.slider.setValue(round((value - self.floor) / STEP))
+
+    def rule(self) -> str:
+        return "complete" if self.strict_box.isChecked() else "components"
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.status.setText(f"{message}… {done:,} of {total:,}" if total else f"{message}…")
+
+    def _on_found(self, dup: Any) -> None:
+        self.dup = dup
+        self.regroup()
+
+    def _on_slider(self, _value: int) -> None:
+        self._update_threshold_label()
+        self.regroup()
+
+    def _update_threshold_label(self) -> None:
+        self.threshold_label.setText(f"{self.threshold():.3f}")
+
+    def regroup(self) -> None:
+        """Group the pairs at the slider's threshold: never a new search (the pairs were found down to the
+        slider's lowest value); large pair lists are grouped in a worker."""
+        if self.dup is None:
+            return
+        t, rule = self.threshold(), self.rule()
+        self._regroup_gen += 1
+        gen = self._regroup_gen
+        if len(self.dup.pairs) <= GUI_REGROUP_PAIRS:
+            self._show_groups(gen, self.dup.groups(t, rule))
+            return
+        self.status.setText("Grouping…")
+        task = workers.start_task(self.dup.groups, t, rule, parent=self, name="regroup", with_callbacks=False)
+        task.result.connect(lambda groups, g=gen: self._show_groups(g, groups))
+        self._regroup_task = task
+
+    def _show_groups(self, gen: int, groups: list[Any]) -> None:
+        if gen != self._regroup_gen:
+            return  # a newer threshold is on its way
+        self.regroups += 1
+        kept = []
+        for g in groups:
+            if self.gone:
+                g.items = [it for it in g.items if it.path not in self.gone]
+                if len(g.items) < 2:
+                    continue
+            kept.append(g)
+        self.groups = kept
+        present = {it.path for g in kept for it in g.items}
+        self.selected &= present
+        self._clear_rows()
+        self._show_more()
+        extra = sum(len(g) - 1 for g in kept)
+        n = self.dup.pairs.n
+        how = "exact" if self.dup.pairs.exact else "HNSW"
+        notes = (" " + " ".join(self.dup.notes)) if self.dup.notes else ""
+        self.status.setText(f"{len(kept):,} groups, {extra:,} images that are copies of a kept one, among "
+                            f"{n:,} images ({how} search; the best of each group is first: largest resolution, "
+                            f"then largest file, then oldest).{notes}" if kept else
+                            (f"No duplicates at {self.threshold():.3f} among {n:,} images." if n else
+                             "No image is indexed yet: wait for indexing to finish, then open this again."))
+        self._update_actions()
+
+    def _clear_rows(self) -> None:
+        self.loader.clear_queue()
+        while self.rows.count():
+            w = self.rows.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        self._cards.clear()
+        self.shown = 0
+
+    def _show_more(self) -> None:
+        end = min(len(self.groups), self.shown + PAGE)
+        for n in range(self.shown, end):
+            self.rows.addWidget(self._group_row(n + 1, self.groups[n]))
+        self.shown = end
+        self.more_button.setVisible(self.shown < len(self.groups))
+        self.more_button.setText(f"Show more groups ({len(self.groups) - self.shown:,} more)")
+
+    def _group_row(self, number: int, group: Any) -> QWidget:
+        row = QWidget()
+        lay = QVBoxLayout(row)
+        lay.setContentsMargins(0, 6, 0, 6)
+        title = QLabel(f"<b>Group {number}</b>: {len(group)} images, similarity {group.min_score:.3f}–"
+                       f"{group.max_score:.3f}")
+        lay.addWidget(title)
+        cards = QHBoxLayout()
+        cards.setAlignment(Qt.AlignmentFlag.AlignLeft)
+        for it in group.items:
+            card = _Card(it, it.path in self.selected)
+            card.toggled.connect(self._on_toggled)
+            self._cards[it.path] = card
+            img = self.loader.request(it.path)
+            if img is not None:
+                card.set_image(img)
+            cards.addWidget(card)
+        lay.addLayout(cards)
+        return row
+
+    def _on_thumbnail(self, path: str, img: QImage) -> None:
+        card = self._cards.get(path)
+        if card is not None:
+            card.set_image(img)
+
+    # --- selection --------------------------------------------------------------------------------
+    def _on_toggled(self, path: str, on: bool) -> None:
+        if on:
+            self.selected.add(path)
+        else:
+            self.selected.discard(path)
+        self._update_actions()
+
+    def _sync_checks(self) -> None:
+        for path, card in self._cards.items():
+            card.check.blockSignals(True)
+            card.check.setChecked(path in self.selected)
+            card.check.blockSignals(False)
+        self._update_actions()
+
+    def select_all_but_best(self) -> None:
+        """Select every image of every group except its best (the first)."""
+        self.selected = {it.path for g in self.groups for it in g.others}
+        self._sync_checks()
+
+    def clear_selection(self) -> None:
+        self.selected = set()
+        self._sync_checks()
+
+    def selected_paths(self) -> list[str]:
+        """The selection in group order."""
+        return [it.path for g in self.groups for it in g.items if it.path in self.selected]
+
+    def _update_actions(self) -> None:
+        n = len(self.selected)
+        self.selection_label.setText(f"{n:,} selected" if n else "")
+        for b in (self.trash_button, self.move_button):
+            b.setEnabled(n > 0)
+        self.csv_button.setEnabled(bool(self.groups))
+        self.select_button.setEnabled(bool(self.groups))
+
+    # --- actions: each asks first -----------------------------------------------------------------
+    def _listing(self, paths: list[str], limit: int = 8) -> str:
+        shown = "\n".join(f"  {p}" for p in paths[:limit])
+        more = f"\n  … and {len(paths) - limit:,} more" if len(paths) > limit else ""
+        return shown + more
+
+    def move_selection_to_trash(self) -> list[str]:
+        """After a confirmation, send the selection to the system trash; returns what was sent."""
+        paths = self.selected_paths()
+        if not paths:
+            return []
+        if not self.confirm("Move to trash",
+                            f"Move {len(paths):,} image(s) to the system trash?\n\n{self._listing(paths)}\n\n"
+                            "They can be restored from the trash."):
+            self.status.setText("Nothing was moved.")
+            return []
+        from engine.duplicates import trash_files
+
+        sent: list[str] = []
+        try:
+            sent = trash_files(paths, trash=self._trash_one)
+        except Exception as exc:  # send2trash raises its own errors besides OSError
+            self.status.setText(f"Stopped after {len(sent)} file(s): {exc}")
+            log.warning("trash failed: %s", exc)
+        self._moved([(p, "") for p in sent])
+        return sent
+
+    def _trash_one(self, path: str) -> None:
+        if self.trash is not None:
+            self.trash(path)
+        else:
+            from send2trash import send2trash
+
+            send2trash(path)
+
+    def move_selection_to_folder(self, folder: str | None = None) -> list[tuple[str, str]]:
+        """Ask for a folder (unless given), confirm, move the selection there; returns (source, destination)."""
+        paths = self.selected_paths()
+        if not paths:
+            return []
+        folder = folder or self.ask_folder()
+        if not folder:
+            return []
+        if not self.confirm("Move to folder",
+                            f"Move {len(paths):,} image(s) to {folder}?\n\n{self._listing(paths)}\n\n"
+                            "Their paths under the collection are kept; no file is overwritten."):
+            self.status.setText("Nothing was moved.")
+            return []
+        from engine.duplicates import move_files
+
+        moved: list[tuple[str, str]] = []
+        try:
+            moved = move_files(paths, folder, root=self._root())
+        except OSError as exc:
+            self.status.setText(f"Moving stopped: {exc}")
+        self._moved(moved)
+        return moved
+
+    def _root(self) -> Path | None:
+        if self.folder is not None:
+            return self.folder
+        if self.dup is not None:
+            return Path(self.dup.folder)
+        return None
+
+    def _moved(self, moved: list[tuple[str, str]]) -> None:
+        if not moved:
+            return
+        self.gone.update(src for src, _ in moved)
+        self.selected -= self.gone
+        self.filesMoved.emit(moved)
+        self.regroup()
+        self.status.setText(f"Moved {len(moved):,} image(s). " + self.status.text()
+                            + " Reindex the collection to drop them from searches.")
+
+    def export_csv(self, path: str | None = None) -> str | None:
+        """Write the groups at the current threshold as CSV (engine.duplicates.CSV_FIELDS)."""
+        path = path or self.ask_save()
+        if not path:
+            return None
+        from engine.duplicates import write_csv
+
+        write_csv(self.groups, path)
+        self.status.setText(f"Wrote {len(self.groups):,} groups to {path}")
+        return path
+
+    # --- default dialogs --------------------------------------------------------------------------
+    def _confirm_dialog(self, title: str, text: str) -> bool:
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text,
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, self)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        return box.exec() == QMessageBox.StandardButton.Yes
+
+    def _ask_folder_dialog(self) -> str:
+        return QFileDialog.getExistingDirectory(self, "Move the selected images to…", str(Path.home()))
+
+    def _ask_save_dialog(self) -> str:
+        path, _ = QFileDialog.getSaveFileName(self, "Export the groups as CSV", str(Path.home() / "duplicates.csv"),
+                                              "CSV (*.csv)")
+        return path
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        for task in (self._task, self._regroup_task):
+            if task is not None and task.is_running():
+                task.cancel()
+        super().closeEvent(event)
+
+    def wait_idle(self, msecs: int = 30_000) -> bool:
+        """Wait for the search (tests and shutdown)."""
+        ok = True
+        for task in (self._task, self._regroup_task):
+            if task is not None:
+                ok = task.wait(msecs) and ok
+        return ok
+
+
+def open_duplicates(window: Any) -> DuplicatesView | None:
+    """Open the Duplicates view on ``window``'s collection and current descriptor (the main window's menu)."""
+    index, key = getattr(window, "index", None), getattr(window, "key", None)
+    if index is None or key is None:
+        QMessageBox.information(window, "Find duplicates", "Open an image folder first.")
+        return None
+    view = DuplicatesView(lambda: index.collection(key), descriptor=key.descriptor, folder=index.folder,
+                          parent=window)
+    view.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    view.show()
+    QTimer.singleShot(0, view.start)
+    return view
