@@ -659,7 +659,7 @@ class Collection:
                 index = self._live_index(create=True)  # before the rows grow: it indexes the rows it finds
                 self._rows.append(ids, new, relpaths, np.array([current[p][0] for p in relpaths], np.int64),
                                   np.array([current[p][1] for p in relpaths], np.int64))
-                index.add(new, ids)
+                index.add(new, ids, normalised=True)
                 self._next_id += len(relpaths)
                 self._unsaved += len(relpaths)
                 self._exact = None
@@ -728,7 +728,7 @@ class Collection:
             ids, vectors = self._rows.ids.copy(), self._rows.vectors.copy()
         fresh = make_index("hnsw", "cosine", dim=vectors.shape[1], **self.index_params)
         fresh.rebuild_on_query = False
-        fresh.add(vectors, ids)
+        fresh.add(vectors, ids, normalised=True)
         fresh.rebuild()
         return fresh
 
@@ -836,7 +836,7 @@ class Collection:
             try:
                 self._index = HnswIndex.restore(
                     self.state_dir, info, dim=self._rows.dim, metric="cosine", vectors_of=self._stored_vectors,
-                    live_ids=self._rows.ids, live_vectors=self._rows.vectors)
+                    live_ids=self._rows.ids, live_vectors=self._rows.vectors, normalised=True)
                 self._index.rebuild_on_query = False
                 self._graph_saved = (id(self._index), self._index.rebuilds)
             except (IndexCorruptError, OSError, KeyError, ValueError) as exc:
@@ -849,12 +849,16 @@ class Collection:
             if isinstance(self._index, HnswIndex):
                 self._index.rebuild_on_query = False
             if self._rows.n:
-                self._index.add(self._rows.vectors, self._rows.ids)
+                self._index.add(self._rows.vectors, self._rows.ids, normalised=True)
         self._graph_pending = None
         return self._index
 
     def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Vectors of stored ids, live or removed-but-kept: (n, D)."""
+        """Vectors of stored ids, live or removed-but-kept: (n, D); a view of the rows (no copy) when
+        the ids are the first rows in order, as for a graph built before rows were added."""
+        n = len(ids)
+        if n <= self._rows.n and np.array_equal(self._rows.ids[:n], ids):
+            return self._rows.vectors[:n]
         out = np.empty((len(ids), self._rows.dim), np.float32)
         rows = np.searchsorted(self._rows.ids, ids)
         rows = np.minimum(rows, max(self._rows.n - 1, 0))
@@ -870,7 +874,7 @@ class Collection:
     def _exact_index(self) -> VectorIndex:
         if self._exact is None:
             ex = make_index("exact", "cosine", dim=self.vectors.shape[1])
-            ex.add(self.vectors, self._rows.ids)
+            ex.add(self.vectors, self._rows.ids, normalised=True)
             self._exact = ex
         return self._exact
 

@@ -184,8 +184,9 @@ class VectorIndex(abc.ABC):
         return self._metric
 
     @abc.abstractmethod
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Add vectors (N, D) under new unique ids (N,); an id already present is a ValueError."""
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
+        """Add vectors (N, D) under new unique ids (N,); an id already present is a ValueError.
+        ``normalised``: the rows are already L2-normalised (cosine): stored as given, bit for bit."""
 
     @abc.abstractmethod
     def remove(self, ids: np.ndarray) -> None:
@@ -328,12 +329,12 @@ class ExactIndex(VectorIndex):
         """The stored (prepared: normalised for cosine) vectors, row i for ``ids()[i]``."""
         return self._x
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
         x = _as_matrix(vectors, self._dim)
         ids = _as_ids(ids, x.shape[0])
         if np.isin(ids, self._ids).any():
             raise ValueError(f"ids already in the index: {ids[np.isin(ids, self._ids)][:5].tolist()}")
-        self._x = np.concatenate([self._x, self._prepare(x)])
+        self._x = np.concatenate([self._x, x if normalised and self._metric == "cosine" else self._prepare(x)])
         self._ids = np.concatenate([self._ids, ids])
 
     def remove(self, ids: np.ndarray) -> None:
@@ -490,7 +491,7 @@ class HnswIndex(VectorIndex):
     def _all_ids(self) -> np.ndarray:
         return np.concatenate([self._bids, self._pids])
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
         x = _as_matrix(vectors, self._dim)
         ids = _as_ids(ids, x.shape[0])
         live = self.ids()
@@ -500,7 +501,7 @@ class HnswIndex(VectorIndex):
         # an id removed earlier but still in the graph as a tombstone: compact first so ids stay unique
         if self._dead and np.isin(ids, np.fromiter(self._dead, np.int64)).any():
             self._rebuild()
-        self._px = np.concatenate([self._px, self._prepare(x)])
+        self._px = np.concatenate([self._px, x if normalised and self._metric == "cosine" else self._prepare(x)])
         self._pids = np.concatenate([self._pids, ids])
 
     def remove(self, ids: np.ndarray) -> None:
@@ -591,11 +592,13 @@ class HnswIndex(VectorIndex):
 
     @classmethod
     def restore(cls, folder: str | os.PathLike, info: dict[str, Any], *, dim: int, metric: str,
-                vectors_of: Any, live_ids: np.ndarray, live_vectors: np.ndarray) -> HnswIndex:
+                vectors_of: Any, live_ids: np.ndarray, live_vectors: np.ndarray,
+                normalised: bool = False) -> HnswIndex:
         """An index from a graph written by :meth:`save_graph`: ``vectors_of(ids (n,)) -> (n, D)`` gives the
         stored vectors of the graph's ids (removed ones included); live ids that are not in the graph
         become the pending part. Sizes and CRC-32 are checked before nmslib sees the file: a damaged
-        graph raises IndexCorruptError (the caller rebuilds it from the vectors)."""
+        graph raises IndexCorruptError (the caller rebuilds it from the vectors). ``normalised``: the
+        vectors given are already L2-normalised (used as they are, without a copy)."""
         folder = Path(folder)
         try:
             for key in ("graph", "ids"):
@@ -616,7 +619,8 @@ class HnswIndex(VectorIndex):
         if gids.ndim != 1 or not np.issubdtype(gids.dtype, np.integer) or np.unique(gids).size != gids.size:
             raise IndexCorruptError("the HNSW graph ids are damaged")
         gids = gids.astype(np.int64)
-        bx = np.ascontiguousarray(index._prepare(np.asarray(vectors_of(gids), np.float32)))
+        bx = np.asarray(vectors_of(gids), np.float32)
+        bx = np.ascontiguousarray(bx if normalised and metric == "cosine" else index._prepare(bx))
         if bx.shape != (gids.shape[0], dim):
             raise IndexCorruptError("the HNSW graph does not match the stored vectors")
         live_ids = np.asarray(live_ids, np.int64)
@@ -624,7 +628,8 @@ class HnswIndex(VectorIndex):
         index._bx, index._bids = bx, gids
         index._dead_mask = ~np.isin(gids, live_ids)
         index._dead = {int(i) for i in gids[index._dead_mask]}
-        index._px = index._prepare(np.asarray(live_vectors, np.float32)[~in_graph]) if (~in_graph).any() \
+        rest = np.asarray(live_vectors, np.float32)[~in_graph]
+        index._px = (rest if normalised and metric == "cosine" else index._prepare(rest)) if rest.shape[0] \
             else np.zeros((0, dim), np.float32)
         index._pids = live_ids[~in_graph]
         if gids.shape[0]:
