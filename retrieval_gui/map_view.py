@@ -1,0 +1,487 @@
+"""The map of the collection: every image at its 2-D coordinates (engine.mapping), coloured by label.
+
+One QGraphicsItem draws all the points, with a level of detail so that 100,000 points stay fluid:
+
+- zoomed out, the visible points are rasterised with numpy into one image per paint (a 3-pixel dot each,
+  in its label's colour; selected ones larger, ringed in black): the cost grows with the points on screen,
+  not with items or Qt calls;
+- zoomed in, when at most ``THUMB_LIMIT`` points are visible and a thumbnail would be at least
+  ``THUMB_MIN_PX`` wide, the points become thumbnails (ThumbnailLoader: decoded off the GUI thread, dots
+  until they arrive).
+
+Mouse: drag to pan, wheel to zoom, click an image to search with it (``imageClicked``), Shift+drag to draw
+a lasso that selects the images inside (Ctrl+Shift adds to the selection); the selection can be exported as
+a list of paths. The map is computed (or read from its cache beside the collection) in a worker; the
+computation itself runs in a child process, so the GUI thread never waits for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtWidgets import (
+    QDialog,
+    QFileDialog,
+    QGraphicsItem,
+    QGraphicsPathItem,
+    QGraphicsScene,
+    QGraphicsView,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QStyleOptionGraphicsItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from retrieval_gui import workers
+from retrieval_gui.thumbnails import ThumbnailLoader
+
+log = logging.getLogger(__name__)
+#: scene units of the map's half width (coordinates in [-1, 1] are scaled by this)
+SCALE = 1000.0
+#: thumbnails replace dots when at most this many points are visible...
+THUMB_LIMIT = 300
+#: ...and a thumbnail would be at least this many pixels wide
+THUMB_MIN_PX = 28
+#: a thumbnail's size in scene units (it grows on screen as one zooms in, up to THUMB_MAX_PX)
+THUMB_SCENE = 14.0
+THUMB_MAX_PX = 160
+CLICK_PX = 6
+
+
+def map_job(collection_fn: Callable[[], Any], method: str | None = None, isolate: bool = True, *,
+            progress=None, should_stop=None):
+    """Worker: the collection's map (engine.mapping.collection_map), from its cache or computed."""
+    from engine.mapping import DEFAULT_METHOD, collection_map
+
+    return collection_map(collection_fn(), method or DEFAULT_METHOD, isolate=isolate, progress=progress,
+                          should_stop=should_stop)
+
+
+def points_in_polygon(x: np.ndarray, y: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """(N,) bool: which points (x, y) lie inside ``poly`` (M, 2) (even-odd rule), vectorised per edge."""
+    inside = np.zeros(x.shape[0], bool)
+    if poly.shape[0] < 3 or x.size == 0:
+        return inside
+    lo, hi = poly.min(0), poly.max(0)
+    cand = np.flatnonzero((x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]))
+    if cand.size == 0:
+        return inside
+    px, py = x[cand], y[cand]
+    hit = np.zeros(cand.size, bool)
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    for ax, ay, bx, by in zip(x0, y0, x1, y1, strict=True):
+        crosses = (ay > py) != (by > py)
+        if not crosses.any():
+            continue
+        xcross = ax + (py - ay) * (bx - ax) / ((by - ay) if by != ay else 1e-12)
+        hit ^= crosses & (px < xcross)
+    inside[cand] = hit
+    return inside
+
+
+class PointCloud(QGraphicsItem):
+    """All the map's points as one item (see the module docstring for the level of detail)."""
+
+    def __init__(self, coords: np.ndarray, colours: np.ndarray, paths: list[str],
+                 loader: ThumbnailLoader | None) -> None:
+        super().__init__()
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)
+        xy = np.asarray(coords, np.float64).reshape(-1, 2)
+        self.x = xy[:, 0] * SCALE
+        self.y = -xy[:, 1] * SCALE  # y up on screen
+        rgb = np.asarray(colours, np.uint32).reshape(-1, 3)
+        self.argb = (0xFF000000 | (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).astype(np.uint32)
+        self.paths = list(paths)
+        self.selected = np.zeros(self.x.shape[0], bool)
+        self.loader = loader
+        self.last_mode = "none"
+        self.last_visible = 0
+
+    def boundingRect(self) -> QRectF:  # noqa: N802 (Qt override)
+        m = SCALE + THUMB_SCENE * 2
+        return QRectF(-m, -m, 2 * m, 2 * m)
+
+    def visible(self, rect: QRectF) -> np.ndarray:
+        """Indices of the points inside ``rect`` (item coordinates)."""
+        return np.flatnonzero((self.x >= rect.left()) & (self.x <= rect.right()) & (self.y >= rect.top())
+                              & (self.y <= rect.bottom()))
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        t = painter.worldTransform()
+        zoom = math.hypot(t.m11(), t.m12())
+        exposed = option.exposedRect.adjusted(-THUMB_SCENE, -THUMB_SCENE, THUMB_SCENE, THUMB_SCENE)
+        idx = self.visible(exposed)
+        self.last_visible = int(idx.size)
+        thumb_px = min(THUMB_MAX_PX, THUMB_SCENE * zoom)
+        if self.loader is not None and idx.size <= THUMB_LIMIT and thumb_px >= THUMB_MIN_PX:
+            self.last_mode = "thumbnails"
+            self._paint_thumbnails(painter, idx, thumb_px / zoom)
+        else:
+            self.last_mode = "dots"
+            self._paint_dots(painter, idx)
+
+    def _paint_dots(self, painter: QPainter, idx: np.ndarray) -> None:
+        t = painter.worldTransform()
+        vp = painter.viewport()
+        w, h = max(1, vp.width()), max(1, vp.height())
+        if idx.size == 0:
+            return
+        dx = (self.x[idx] * t.m11() + self.y[idx] * t.m21() + t.m31()).astype(np.int64)
+        dy = (self.x[idx] * t.m12() + self.y[idx] * t.m22() + t.m32()).astype(np.int64)
+        canvas = np.zeros((h, w), np.uint32)
+        sel = self.selected[idx]
+
+        def stamp(px: np.ndarray, py: np.ndarray, colour: np.ndarray, radius: int) -> None:
+            for oy in range(-radius, radius + 1):
+                for ox in range(-radius, radius + 1):
+                    if ox * ox + oy * oy > radius * radius + 1:
+                        continue
+                    qx, qy = px + ox, py + oy
+                    ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
+                    canvas[qy[ok], qx[ok]] = colour[ok] if colour.ndim else colour
+
+        stamp(dx[~sel], dy[~sel], self.argb[idx][~sel], 1)
+        if sel.any():
+            stamp(dx[sel], dy[sel], np.uint32(0xFF000000), 3)
+            stamp(dx[sel], dy[sel], self.argb[idx][sel], 2)
+        img = QImage(canvas.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
+        painter.save()
+        painter.resetTransform()
+        painter.drawImage(0, 0, img)
+        painter.restore()
+
+    def _paint_thumbnails(self, painter: QPainter, idx: np.ndarray, side: float) -> None:
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        t = painter.worldTransform()
+        dot = 4.0 / max(math.hypot(t.m11(), t.m12()), 1e-9)  # a 4-pixel dot until the thumbnail arrives
+        pen_sel = QPen(QColor(0, 0, 0), 0)
+        ready = []
+        painter.setPen(Qt.PenStyle.NoPen)
+        for i in idx.tolist():
+            img = self.loader.request(self.paths[i]) if self.loader is not None else None
+            if img is None or img.isNull():
+                painter.setBrush(QBrush(QColor.fromRgb(int(self.argb[i]))))
+                painter.drawEllipse(QPointF(self.x[i], self.y[i]), dot, dot)
+            else:
+                ready.append((i, img))
+        for i, img in ready:  # thumbnails above the dots
+            s = side / max(img.width(), img.height())
+            w, h = img.width() * s, img.height() * s
+            r = QRectF(self.x[i] - w / 2, self.y[i] - h / 2, w, h)
+            painter.fillRect(r.adjusted(-side * 0.04, -side * 0.04, side * 0.04, side * 0.04),
+                             QColor.fromRgb(int(self.argb[i])))
+            painter.drawImage(r, img)
+            if self.selected[i]:
+                painter.setPen(pen_sel)
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawRect(r.adjusted(-side * 0.08, -side * 0.08, side * 0.08, side * 0.08))
+                painter.setPen(Qt.PenStyle.NoPen)
+        painter.restore()
+
+    def nearest(self, pos: QPointF, radius: float) -> int | None:
+        """The point closest to ``pos`` (item coordinates) within ``radius``, or None."""
+        if self.x.size == 0:
+            return None
+        d = (self.x - pos.x()) ** 2 + (self.y - pos.y()) ** 2
+        i = int(np.argmin(d))
+        return i if d[i] <= radius * radius else None
+
+
+class MapCanvas(QGraphicsView):
+    """Pan (drag), zoom (wheel), click (``clicked(row)``) and lasso (Shift+drag, ``lassoed(mask, add)``)."""
+
+    clicked = Signal(int)
+    lassoed = Signal(object, bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setScene(QGraphicsScene(self))
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setDragMode(QGraphicsView.DragMode.NoDrag)
+        self.setBackgroundBrush(QColor(250, 250, 250))
+        self.cloud: PointCloud | None = None
+        self._press: QPointF | None = None
+        self._last: QPointF | None = None
+        self._moved = False
+        self._lasso: list[QPointF] | None = None
+        self._lasso_item: QGraphicsPathItem | None = None
+        self._fitted = False
+
+    def set_cloud(self, cloud: PointCloud | None) -> None:
+        self.scene().clear()
+        self._lasso_item = None
+        self.cloud = cloud
+        if cloud is not None:
+            self.scene().addItem(cloud)
+            self.scene().setSceneRect(cloud.boundingRect().adjusted(-SCALE, -SCALE, SCALE, SCALE))
+        self._fitted = False
+        self.fit()
+
+    def fit(self) -> None:
+        if self.cloud is None or self.viewport().width() < 10:
+            return
+        self.resetTransform()
+        self.fitInView(self.cloud.boundingRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        self._fitted = True
+
+    def zoom(self, factor: float) -> None:
+        """Zoom by ``factor`` around the view's centre."""
+        self.scale(factor, factor)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        if not self._fitted:
+            self.fit()
+
+    def wheelEvent(self, event) -> None:  # noqa: N802
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            current = self.transform().m11()
+            factor = 1.25 ** steps
+            if 0.02 < current * factor < 400:
+                self.scale(factor, factor)
+        event.accept()
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802
+        if event.button() != Qt.MouseButton.LeftButton:
+            return super().mousePressEvent(event)
+        self._press = self._last = event.position()
+        self._moved = False
+        if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self._lasso = [self.mapToScene(event.position().toPoint())]
+            self._lasso_item = self.scene().addPath(QPainterPath(), QPen(QColor(21, 101, 192), 0, Qt.PenStyle.DashLine),
+                                                    QBrush(QColor(21, 101, 192, 40)))
+        event.accept()
+
+    def mouseMoveEvent(self, event) -> None:  # noqa: N802
+        if self._press is None:
+            return super().mouseMoveEvent(event)
+        pos = event.position()
+        if (pos - self._press).manhattanLength() > 4:
+            self._moved = True
+        if self._lasso is not None:
+            self._lasso.append(self.mapToScene(pos.toPoint()))
+            path = QPainterPath()
+            path.addPolygon(QPolygonF(self._lasso))
+            path.closeSubpath()
+            if self._lasso_item is not None:
+                self._lasso_item.setPath(path)
+        elif self._last is not None:
+            delta = pos - self._last
+            self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - int(delta.x()))
+            self.verticalScrollBar().setValue(self.verticalScrollBar().value() - int(delta.y()))
+        self._last = pos
+        event.accept()
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: N802
+        if self._press is None or event.button() != Qt.MouseButton.LeftButton:
+            return super().mouseReleaseEvent(event)
+        lasso, self._lasso = self._lasso, None
+        if self._lasso_item is not None:
+            self.scene().removeItem(self._lasso_item)
+            self._lasso_item = None
+        if lasso is not None and self.cloud is not None and len(lasso) >= 3:
+            poly = np.array([[p.x(), p.y()] for p in lasso], np.float64)
+            add = bool(event.modifiers() & Qt.KeyboardModifier.ControlModifier)
+            self.lassoed.emit(points_in_polygon(self.cloud.x, self.cloud.y, poly), add)
+        elif not self._moved and self.cloud is not None:
+            radius = CLICK_PX / max(self.transform().m11(), 1e-9)
+            if self.cloud.last_mode == "thumbnails":
+                radius = max(radius, THUMB_SCENE / 2)
+            row = self.cloud.nearest(self.mapToScene(event.position().toPoint()), radius)
+            if row is not None:
+                self.clicked.emit(row)
+        self._press = self._last = None
+        event.accept()
+
+
+class MapView(QDialog):
+    """The map window. ``collection_fn()`` gives the engine Collection (called in a worker);
+    ``on_query(path)`` is called when an image is clicked (the main window's ``set_query``); ``isolate``:
+    compute in a child process (False: in the worker thread, for tests with the 'pca' method);
+    ``ask_save() -> str`` picks the export file (default: a Qt dialog)."""
+
+    imageClicked = Signal(str)
+
+    def __init__(self, collection_fn: Callable[[], Any], *, on_query: Callable[[str], None] | None = None,
+                 method: str | None = None, isolate: bool = True, loader: ThumbnailLoader | None = None,
+                 ask_save: Callable[[], str] | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Map of the collection")
+        self.resize(1000, 800)
+        self.collection_fn = collection_fn
+        self.method = method
+        self.isolate = isolate
+        self.ask_save = ask_save or self._ask_save_dialog
+        if loader is None:
+            from retrieval_gui.backend import cache_root
+
+            loader = ThumbnailLoader(96, cache_root() / "thumbnails", capacity=THUMB_LIMIT * 3, parent=self)
+        self.loader = loader
+        self.map: Any = None
+        self._task: workers.TaskHandle | None = None
+        if on_query is not None:
+            self.imageClicked.connect(on_query)
+        outer = QVBoxLayout(self)
+        self.status = QLabel("Computing the map…")
+        self.status.setWordWrap(True)
+        outer.addWidget(self.status)
+        self.canvas = MapCanvas()
+        self.canvas.clicked.connect(self._on_clicked)
+        self.canvas.lassoed.connect(self._on_lasso)
+        outer.addWidget(self.canvas, 1)
+        row = QHBoxLayout()
+        hint = QLabel("Drag to pan · wheel to zoom · click an image to search with it · Shift+drag to select "
+                      "(Ctrl+Shift adds)")
+        hint.setStyleSheet("color: #555")
+        row.addWidget(hint, 1)
+        self.fit_button = QPushButton("Fit")
+        self.fit_button.clicked.connect(self.canvas.fit)
+        row.addWidget(self.fit_button)
+        self.selection_label = QLabel()
+        self.selection_label.setMinimumWidth(110)
+        self.selection_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        row.addWidget(self.selection_label)
+        self.clear_button = QPushButton("Clear selection")
+        self.clear_button.clicked.connect(self.clear_selection)
+        row.addWidget(self.clear_button)
+        self.export_button = QPushButton("Export selection…")
+        self.export_button.clicked.connect(lambda: self.export_selection())
+        row.addWidget(self.export_button)
+        outer.addLayout(row)
+        self.loader.ready.connect(self._on_thumbnail)
+        self._repaint = QTimer(self)
+        self._repaint.setSingleShot(True)
+        self._repaint.setInterval(50)
+        self._repaint.timeout.connect(self.canvas.viewport().update)
+        self._update_selection()
+
+    def start(self) -> workers.TaskHandle:
+        """Load or compute the map in a worker."""
+        if self._task is not None and self._task.is_running():
+            return self._task
+        self.status.setText("Computing the map…")
+        task = workers.start_task(map_job, self.collection_fn, self.method, self.isolate, parent=self, name="map")
+        task.progress.connect(lambda _d, _t, msg: self.status.setText(f"{msg}…"))
+        task.result.connect(self.set_map)
+        task.error.connect(lambda msg, _tb: self.status.setText(f"Cannot compute the map: {msg}"))
+        self._task = task
+        return task
+
+    def set_map(self, m: Any) -> None:
+        """Show a CollectionMap (engine.mapping)."""
+        from engine.mapping import label_colours
+
+        self.map = m
+        n = len(m)
+        if n == 0:
+            self.canvas.set_cloud(None)
+            self.status.setText("No image is indexed yet: wait for indexing to finish, then open the map again.")
+            self._update_selection()
+            return
+        labelled = any(lab is not None for lab in m.labels)
+        cloud = PointCloud(m.coords, label_colours(m.labels), m.paths, self.loader)
+        self.canvas.set_cloud(cloud)
+        how = "from the cache" if m.cached else f"computed in {m.seconds:.1f} s"
+        kinds = len({lab for lab in m.labels if lab is not None})
+        self.status.setText(f"{n:,} images, {m.method.upper() if m.method != 'tsne' else 't-SNE'} ({how})"
+                            + (f"; colours: {kinds:,} labels (sub-folders)" if labelled else ""))
+        self._update_selection()
+
+    @property
+    def cloud(self) -> PointCloud | None:
+        return self.canvas.cloud
+
+    def _on_thumbnail(self, path: str, _img: QImage) -> None:
+        if self.cloud is not None and self.cloud.last_mode == "thumbnails" and not self._repaint.isActive():
+            self._repaint.start()
+
+    def _on_clicked(self, row: int) -> None:
+        if self.cloud is not None:
+            self.imageClicked.emit(self.cloud.paths[row])
+
+    def _on_lasso(self, mask: np.ndarray, add: bool) -> None:
+        if self.cloud is None:
+            return
+        self.cloud.selected = (self.cloud.selected | mask) if add else mask
+        self.canvas.viewport().update()
+        self._update_selection()
+
+    def clear_selection(self) -> None:
+        if self.cloud is not None:
+            self.cloud.selected[:] = False
+            self.canvas.viewport().update()
+        self._update_selection()
+
+    def selected_paths(self) -> list[str]:
+        if self.cloud is None:
+            return []
+        return [self.cloud.paths[i] for i in np.flatnonzero(self.cloud.selected)]
+
+    def _update_selection(self) -> None:
+        n = int(self.cloud.selected.sum()) if self.cloud is not None else 0
+        self.selection_label.setText(f"{n:,} selected" if n else "")
+        self.export_button.setEnabled(n > 0)
+        self.clear_button.setEnabled(n > 0)
+
+    def export_selection(self, path: str | None = None) -> str | None:
+        """Write the selected images (path, x, y, label) as CSV; returns the file."""
+        rows = np.flatnonzero(self.cloud.selected) if self.cloud is not None else np.zeros(0, int)
+        if rows.size == 0:
+            return None
+        path = path or self.ask_save()
+        if not path:
+            return None
+        from engine.atomic import atomic_write_text
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "x", "y", "label"])
+        for i in rows.tolist():
+            x, y = self.map.coords[i].tolist()
+            w.writerow([self.map.paths[i], f"{x:.6f}", f"{y:.6f}", self.map.labels[i] or ""])
+        atomic_write_text(path, buf.getvalue())
+        self.status.setText(f"Wrote {rows.size:,} images to {path}")
+        return path
+
+    def _ask_save_dialog(self) -> str:
+        path, _ = QFileDialog.getSaveFileName(self, "Export the selected images", str(Path.home() / "selection.csv"),
+                                              "CSV (*.csv)")
+        return path
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if self._task is not None and self._task.is_running():
+            self._task.cancel()
+        super().closeEvent(event)
+
+    def wait_idle(self, msecs: int = 60_000) -> bool:
+        return self._task.wait(msecs) if self._task is not None else True
+
+
+def open_map(window: Any) -> MapView | None:
+    """Open the map on ``window``'s collection and current descriptor; a click queries with the image."""
+    from PySide6.QtWidgets import QMessageBox
+
+    index, key = getattr(window, "index", None), getattr(window, "key", None)
+    if index is None or key is None:
+        QMessageBox.information(window, "Map of the collection", "Open an image folder first.")
+        return None
+    view = MapView(lambda: index.collection(key), on_query=window.set_query, parent=window)
+    view.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    view.show()
+    QTimer.singleShot(0, view.start)
+    return view

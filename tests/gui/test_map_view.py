@@ -1,0 +1,185 @@
+"""The map view: it opens on an empty, a one-image and a 10,000-point collection without stalling the GUI
+thread (the longest gap of a 10 ms timer), zooms from dots to thumbnails, a click queries, a lasso selects
+and the selection is exported."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt, QTimer
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication
+from test_duplicates import blocks  # noqa: E402 - tests/ is on sys.path under pytest
+
+from retrieval_gui.map_view import MapView, points_in_polygon
+from retrieval_gui.thumbnails import ThumbnailLoader
+
+TIMEOUT = 60_000
+
+
+class FakeCollection:
+    """What engine.mapping.collection_map reads of a Collection: N vectors (clustered), their files and labels."""
+
+    def __init__(self, root: Path, n: int, real_images: int = 0, dim: int = 64, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(size=(20, dim)) * 3
+        x = centres[rng.integers(0, 20, n)] + rng.normal(size=(n, dim))
+        self.vectors = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32) if n else \
+            np.zeros((0, 0), np.float32)
+        self.folder = root
+        self.relpaths = [f"group{i % 7}/img{i:06d}.png" for i in range(n)]
+        self.paths = [str(root / r) for r in self.relpaths]
+        self.labels = [r.split("/")[0] for r in self.relpaths]
+        self.is_saved, self.generation, self.state_dir = False, None, root / "state"
+        for i in range(min(real_images, n)):
+            Path(self.paths[i]).parent.mkdir(parents=True, exist_ok=True)
+            blocks(i, size=64).save(self.paths[i])
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+
+class GapMeter:
+    """A 10 ms QTimer on the GUI thread; ``longest`` is the longest time between two of its ticks (ms)."""
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = time.perf_counter()
+        self.longest = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, (now - self.last) * 1000)
+        self.last = now
+
+    def __enter__(self) -> GapMeter:
+        self.last = time.perf_counter()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.stop()
+        self._tick()
+
+
+@pytest.fixture
+def open_map(qtbot, tmp_path):
+    made = []
+
+    def make(coll: FakeCollection, **kw) -> MapView:
+        loader = ThumbnailLoader(64, tmp_path / "thumbs", parent=None)
+        view = MapView(lambda: coll, method="pca", isolate=False, loader=loader, **kw)
+        qtbot.addWidget(view)
+        view.resize(800, 640)
+        view.show()
+        view.start()
+        qtbot.waitUntil(lambda: view.map is not None, timeout=TIMEOUT)
+        made.append((view, loader))
+        return view
+
+    yield make
+    for view, loader in made:
+        view.wait_idle()
+        view.close()
+        loader.wait()
+
+
+def _pump(qtbot, ms: int) -> None:
+    qtbot.wait(ms)
+
+
+def _scene_to_viewport(view: MapView, row: int) -> QPoint:
+    c = view.cloud
+    return view.canvas.mapFromScene(QPointF(c.x[row], c.y[row]))
+
+
+@pytest.mark.parametrize("n", [0, 1, 10_000])
+def test_opens_without_stalling_the_gui_thread(qtbot, open_map, tmp_path, n):
+    coll = FakeCollection(tmp_path / "photos", n, real_images=min(n, 40))
+    with GapMeter() as gaps:
+        view = open_map(coll)
+        view.canvas.viewport().repaint()  # a full paint of every point, as the window shows it
+        _pump(qtbot, 100)
+        if n:
+            view.canvas.zoom(60.0)  # far in: thumbnails
+            view.canvas.centerOn(view.cloud.x[0], view.cloud.y[0])
+            view.canvas.viewport().repaint()
+            _pump(qtbot, 300)
+            view.canvas.viewport().repaint()
+            view.canvas.fit()
+            view.canvas.viewport().repaint()
+            _pump(qtbot, 100)
+    assert gaps.longest < 100, f"the GUI thread stalled for {gaps.longest:.0f} ms"
+    assert len(view.map) == n
+    if n == 0:
+        assert view.cloud is None and "No image is indexed yet" in view.status.text()
+    else:
+        assert f"{n:,} images" in view.status.text() and view.cloud.last_mode == "dots"
+        assert view.cloud.last_visible == n
+
+
+def test_zooming_in_turns_dots_into_thumbnails(qtbot, open_map, tmp_path):
+    coll = FakeCollection(tmp_path / "photos", 400, real_images=400)
+    view = open_map(coll)
+    view.canvas.viewport().repaint()
+    assert view.cloud.last_mode == "dots"
+    view.canvas.zoom(40.0)
+    view.canvas.centerOn(view.cloud.x[0], view.cloud.y[0])
+    view.canvas.viewport().repaint()
+    assert view.cloud.last_mode == "thumbnails" and 0 < view.cloud.last_visible <= 300
+    qtbot.waitUntil(lambda: view.loader.cached(coll.paths[0]) is not None, timeout=TIMEOUT)
+
+
+def _mouse(widget, kind, pos: QPoint, mods=Qt.KeyboardModifier.NoModifier) -> None:
+    button = Qt.MouseButton.LeftButton
+    buttons = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseButtonRelease else button
+    ev = QMouseEvent(kind, QPointF(pos), widget.mapToGlobal(QPointF(pos)), button, buttons, mods)
+    QApplication.sendEvent(widget, ev)
+
+
+def test_click_queries_and_lasso_selects_and_exports(qtbot, open_map, tmp_path):
+    coll = FakeCollection(tmp_path / "photos", 2_000)
+    queried: list[str] = []
+    view = open_map(coll, on_query=queried.append, ask_save=lambda: str(tmp_path / "sel.csv"))
+    vp = view.canvas.viewport()
+    view.canvas.viewport().repaint()
+    p = _scene_to_viewport(view, 123)
+    _mouse(vp, QEvent.Type.MouseButtonPress, p)
+    _mouse(vp, QEvent.Type.MouseButtonRelease, p)
+    assert len(queried) == 1
+    hit = coll.paths.index(queried[0])
+    assert np.hypot(view.cloud.x[hit] - view.cloud.x[123], view.cloud.y[hit] - view.cloud.y[123]) * \
+        view.canvas.transform().m11() <= 7  # the image under the pointer (or one drawn on it)
+    # a lasso around the whole viewport's middle third, with Shift
+    w, h = vp.width(), vp.height()
+    corners = [QPoint(w // 3, h // 3), QPoint(2 * w // 3, h // 3), QPoint(2 * w // 3, 2 * h // 3),
+               QPoint(w // 3, 2 * h // 3)]
+    shift = Qt.KeyboardModifier.ShiftModifier
+    _mouse(vp, QEvent.Type.MouseButtonPress, corners[0], shift)
+    for c in corners[1:] + corners[:1]:
+        _mouse(vp, QEvent.Type.MouseMove, c, shift)
+    _mouse(vp, QEvent.Type.MouseButtonRelease, corners[0], shift)
+    sel = view.cloud.selected
+    tl, br = view.canvas.mapToScene(corners[0]), view.canvas.mapToScene(corners[2])
+    inside = (view.cloud.x >= tl.x()) & (view.cloud.x <= br.x()) & (view.cloud.y >= tl.y()) & (view.cloud.y <= br.y())
+    assert sel.sum() > 0 and (sel == inside).mean() > 0.995
+    assert len(queried) == 1  # a lasso is not a click
+    out = view.export_selection()
+    rows = list(csv.DictReader(Path(out).open()))
+    assert len(rows) == int(sel.sum()) and {r["path"] for r in rows} == set(view.selected_paths())
+    view.clear_selection()
+    assert not view.cloud.selected.any() and not view.export_button.isEnabled()
+
+
+def test_points_in_polygon():
+    x = np.array([0.5, 1.5, 0.5, -1.0])
+    y = np.array([0.5, 0.5, 1.5, 0.0])
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
+    assert points_in_polygon(x, y, square).tolist() == [True, False, False, False]
+    assert not points_in_polygon(x, y, square[:2]).any()
