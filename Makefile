@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(BIN)/retrieval-explorer $(or $(ARGS),gui resources/demo)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -12,12 +12,17 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 
 # module names under engine.cli, in the order their subcommands are listed in --help
-_COMMAND_MODULES = ("eval_cmd", "index_cmd", "duplicates_cmd", "map_cmd", "train_cmd", "gui_cmd")
+_COMMAND_MODULES = ("eval_cmd", "index_cmd", "duplicates_cmd", "map_cmd", "train_cmd")
+
+Register = Callable[[argparse._SubParsersAction], None]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Register] = ()) -> argparse.ArgumentParser:
+    """The parser of every engine command, plus ``extra`` registrars (the window's `gui` command is
+    added by retrieval_gui.launcher, the program's entry point: the engine never imports the GUI)."""
     parser = argparse.ArgumentParser(
         prog="retrieval-explorer",
         description="Content-based image retrieval with deep metric learning. "
@@ -33,18 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for register in extra:
+        register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, gui: Callable[[list[str]], int] | None = None,
+         extra: Sequence[Register] = ()) -> int:
+    """Run a command; with none, ``gui([])`` (the window) when given, else the help."""
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        from engine.cli.gui_cmd import launch_gui
-
-        return launch_gui([])
+        if gui is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return gui([])
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

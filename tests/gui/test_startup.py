@@ -43,10 +43,10 @@ def test_the_window_is_built_and_shown_without_importing_torch(tmp_path):
 
 def test_gui_subcommand_passes_every_window_option_through():
     from engine.cli import build_parser
-    from engine.cli.gui_cmd import gui_argv
     from retrieval_gui.app import _parse
+    from retrieval_gui.launcher import gui_argv, register
 
-    args = build_parser().parse_args(["gui", "/photos", "--query", "q.jpg", "--device", "cuda", "--runtime", "torch",
+    args = build_parser(extra=(register,)).parse_args(["gui", "/photos", "--query", "q.jpg", "--device", "cuda", "--runtime", "torch",
                                       "--image-size", "288", "--weights", "random"])
     win_args = _parse(gui_argv(args))
     assert (win_args.collection, win_args.query, win_args.device, win_args.runtime, win_args.image_size,
