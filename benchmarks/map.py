@@ -134,6 +134,49 @@ def draw(xy: np.ndarray, labels: list[str | None], paths: list[str], out: Path, 
     img.save(out, optimize=True)
 
 
+def view_frame_ms(xy: np.ndarray, repeats: int = 5) -> dict[str, tuple[float, float, int]]:
+    """The map view (offscreen Qt) on ``xy`` (N, 2): median (wall ms, CPU ms) of showing the map and of one
+    full repaint zoomed out, at 4x and at 60x, and the points drawn. CPU time is what the frame costs; wall
+    time adds the waits of a loaded machine."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    from engine.mapping import CollectionMap, label_colours
+    from retrieval_gui.map_view import MapView
+    from retrieval_gui.thumbnails import ThumbnailLoader
+
+    n = xy.shape[0]
+    rel = [f"g{i % 50}/missing{i}.jpg" for i in range(n)]
+    tmp = Path(tempfile.mkdtemp(prefix="map-bench-"))
+    loader = ThumbnailLoader(64, tmp)
+    view = MapView(lambda: None, loader=loader)
+    view.resize(1200, 900)
+    view.show()
+    app.processEvents()
+    labels = [r.split("/")[0] for r in rel]
+    colours = label_colours(labels)  # the worker's part
+    t, c = time.perf_counter(), time.process_time()
+    view.set_map(CollectionMap(xy, rel, [str(tmp / r) for r in rel], labels, "umap", None, 0.0), colours)
+    out = {"show the map (set_map)": ((time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000, n)}
+    for name, zoom in (("zoomed out", 1.0), ("4x", 4.0), ("60x", 60.0)):
+        view.canvas.fit()
+        view.canvas.zoom(zoom)
+        view.canvas.centerOn(view.cloud.x[0], view.cloud.y[0])
+        walls, cpus = [], []
+        for _ in range(repeats):
+            t, c = time.perf_counter(), time.process_time()
+            view.canvas.viewport().repaint()
+            walls.append((time.perf_counter() - t) * 1000)
+            cpus.append((time.process_time() - c) * 1000)
+            app.processEvents()
+        out[f"repaint {name} ({view.cloud.last_mode})"] = (float(np.median(walls)), float(np.median(cpus)),
+                                                           view.cloud.last_visible)
+    view.close()
+    loader.wait()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cub100")
@@ -143,6 +186,7 @@ def main() -> None:
     ap.add_argument("--methods", default="umap,tsne,pca", help="methods measured on cub100")
     ap.add_argument("--big", type=int, default=100_000, help="synthetic vectors (0: skip)")
     ap.add_argument("--big-methods", default="umap,pca", help="methods measured on the synthetic vectors")
+    ap.add_argument("--no-view", dest="view", action="store_false", help="skip the map view's frame times")
     ap.add_argument("--png", type=Path, default=ROOT / "docs/images/map_cub100.png")
     ap.add_argument("--png-method", default=None, help="the method drawn (default: engine.mapping.DEFAULT_METHOD)")
     args = ap.parse_args()
@@ -175,12 +219,22 @@ def main() -> None:
     if args.big:
         eprint(f"synthetic: {args.big:,} vectors...")
         big = synthetic(args.big)
+        big_xy = None
         for method in args.big_methods.split(","):
             eprint(f"synthetic: {method}...")
-            _, sec, kept = measure(big, method, sample=2000)
+            big_xy, sec, kept = measure(big, method, sample=2000)
             print(f"| synthetic {args.big:,} x 1280 | {method} | {sec:.1f} | {kept:.3f} (2,000 sampled) | - |",
                   flush=True)
-    print("\n" + json.dumps({"default_method": DEFAULT_METHOD}))
+        if big_xy is not None and args.view:
+            print(f"\nThe map view on these {args.big:,} points (offscreen, 1200 x 900 window; median of 5 "
+                  "repaints):\n")
+            print("| what | wall ms | CPU ms | points drawn |")
+            print("|---|---|---|---|")
+            for name, (wall, cpu, drawn) in view_frame_ms(big_xy).items():
+                print(f"| {name} | {wall:.1f} | {cpu:.1f} | {drawn:,} |")
+    load = os.getloadavg()
+    print(f"\nLoad average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. "
+          + json.dumps({"default_method": DEFAULT_METHOD}))
 
 
 if __name__ == "__main__":

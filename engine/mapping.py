@@ -267,12 +267,17 @@ def label_colours(labels: list[str | None]) -> np.ndarray:
     labels), grey for None."""
     import colorsys
 
-    names = sorted({lab for lab in labels if lab is not None})
-    table = {}
-    for n, name in enumerate(names):
-        h = (n * 0.618033988749895) % 1.0
-        s, v = (0.75, 0.85) if n % 2 == 0 else (0.55, 0.7)
-        table[name] = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
-    grey = (150, 150, 150)
-    out = np.array([table.get(lab, grey) if lab is not None else grey for lab in labels], np.uint8)
-    return out.reshape(-1, 3)
+    n = len(labels)
+    if n == 0:
+        return np.zeros((0, 3), np.uint8)
+    names, inverse = np.unique(np.array(["" if lab is None else "\x00" + lab for lab in labels]),
+                               return_inverse=True)
+    table = np.zeros((len(names), 3), np.uint8)
+    for k, name in enumerate(names.tolist()):
+        if name == "":
+            table[k] = (150, 150, 150)
+            continue
+        h = (k * 0.618033988749895) % 1.0
+        s, v = (0.75, 0.85) if k % 2 == 0 else (0.55, 0.7)
+        table[k] = [int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v)]
+    return table[inverse.reshape(-1)]

@@ -61,11 +61,13 @@ CLICK_PX = 6
 
 def map_job(collection_fn: Callable[[], Any], method: str | None = None, isolate: bool = True, *,
             progress=None, should_stop=None):
-    """Worker: the collection's map (engine.mapping.collection_map), from its cache or computed."""
-    from engine.mapping import DEFAULT_METHOD, collection_map
+    """Worker: (the collection's map (engine.mapping.collection_map), from its cache or computed; its label
+    colours (N, 3)), so that the GUI thread has nothing per point left to do."""
+    from engine.mapping import DEFAULT_METHOD, collection_map, label_colours
 
-    return collection_map(collection_fn(), method or DEFAULT_METHOD, isolate=isolate, progress=progress,
-                          should_stop=should_stop)
+    m = collection_map(collection_fn(), method or DEFAULT_METHOD, isolate=isolate, progress=progress,
+                       should_stop=should_stop)
+    return m, label_colours(m.labels)
 
 
 def points_in_polygon(x: np.ndarray, y: np.ndarray, poly: np.ndarray) -> np.ndarray:
@@ -138,24 +140,24 @@ class PointCloud(QGraphicsItem):
         w, h = max(1, vp.width()), max(1, vp.height())
         if idx.size == 0:
             return
-        dx = (self.x[idx] * t.m11() + self.y[idx] * t.m21() + t.m31()).astype(np.int64)
-        dy = (self.x[idx] * t.m12() + self.y[idx] * t.m22() + t.m32()).astype(np.int64)
-        canvas = np.zeros((h, w), np.uint32)
-        sel = self.selected[idx]
+        px = (self.x[idx] * t.m11() + self.y[idx] * t.m21() + t.m31()).astype(np.int32)
+        py = (self.x[idx] * t.m12() + self.y[idx] * t.m22() + t.m32()).astype(np.int32)
+        on = (px > -4) & (px < w + 4) & (py > -4) & (py < h + 4)
+        px, py, colour, sel = px[on], py[on], self.argb[idx][on], self.selected[idx][on]
+        canvas = np.zeros(h * w, np.uint32)
 
-        def stamp(px: np.ndarray, py: np.ndarray, colour: np.ndarray, radius: int) -> None:
+        def stamp(qx: np.ndarray, qy: np.ndarray, c: np.ndarray | np.uint32, radius: int) -> None:
             for oy in range(-radius, radius + 1):
                 for ox in range(-radius, radius + 1):
-                    if ox * ox + oy * oy > radius * radius + 1:
-                        continue
-                    qx, qy = px + ox, py + oy
-                    ok = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-                    canvas[qy[ok], qx[ok]] = colour[ok] if colour.ndim else colour
+                    if ox * ox + oy * oy <= radius * radius + 1:
+                        canvas[np.clip(qy + oy, 0, h - 1) * w + np.clip(qx + ox, 0, w - 1)] = c
 
-        stamp(dx[~sel], dy[~sel], self.argb[idx][~sel], 1)
         if sel.any():
-            stamp(dx[sel], dy[sel], np.uint32(0xFF000000), 3)
-            stamp(dx[sel], dy[sel], self.argb[idx][sel], 2)
+            stamp(px[~sel], py[~sel], colour[~sel], 1)
+            stamp(px[sel], py[sel], np.uint32(0xFF000000), 3)
+            stamp(px[sel], py[sel], colour[sel], 2)
+        else:
+            stamp(px, py, colour, 1)
         img = QImage(canvas.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
         painter.save()
         painter.resetTransform()
@@ -377,13 +379,13 @@ class MapView(QDialog):
         self.status.setText("Computing the map…")
         task = workers.start_task(map_job, self.collection_fn, self.method, self.isolate, parent=self, name="map")
         task.progress.connect(lambda _d, _t, msg: self.status.setText(f"{msg}…"))
-        task.result.connect(self.set_map)
+        task.result.connect(lambda out: self.set_map(*out))
         task.error.connect(lambda msg, _tb: self.status.setText(f"Cannot compute the map: {msg}"))
         self._task = task
         return task
 
-    def set_map(self, m: Any) -> None:
-        """Show a CollectionMap (engine.mapping)."""
+    def set_map(self, m: Any, colours: np.ndarray | None = None) -> None:
+        """Show a CollectionMap (engine.mapping) with its label colours (N, 3) (computed here when None)."""
         from engine.mapping import label_colours
 
         self.map = m
@@ -393,13 +395,13 @@ class MapView(QDialog):
             self.status.setText("No image is indexed yet: wait for indexing to finish, then open the map again.")
             self._update_selection()
             return
-        labelled = any(lab is not None for lab in m.labels)
-        cloud = PointCloud(m.coords, label_colours(m.labels), m.paths, self.loader)
+        if colours is None:
+            colours = label_colours(m.labels)
+        cloud = PointCloud(m.coords, colours, m.paths, self.loader)
         self.canvas.set_cloud(cloud)
         how = "from the cache" if m.cached else f"computed in {m.seconds:.1f} s"
-        kinds = len({lab for lab in m.labels if lab is not None})
-        self.status.setText(f"{n:,} images, {m.method.upper() if m.method != 'tsne' else 't-SNE'} ({how})"
-                            + (f"; colours: {kinds:,} labels (sub-folders)" if labelled else ""))
+        self.status.setText(f"{n:,} images, {m.method.upper() if m.method != 'tsne' else 't-SNE'} ({how}); "
+                            "colours: the images' sub-folders")
         self._update_selection()
 
     @property
