@@ -54,13 +54,15 @@ def window_triplet_sums(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     """Sum of max(0, d(a,p) - d(a,n) + margin) and the number of triplets, over every (a, p, n)
     with p in ``pos[a]``, n in ``neg[a]`` and d(a,n) in (d(a,p), d(a,p) + margin) (``semihard``) or
     d(a,n) < d(a,p) + margin (all margin violators). dist (N, M) differentiable; masks (N, M) bool.
-    Cost O(N M log M); returns (float64 0-dim sum, long 0-dim count)."""
+    Cost O(N M log M); returns (float64 (float32 on MPS) 0-dim sum, long 0-dim count)."""
     n_rows = dist.shape[0]
     d_neg = dist.masked_fill(~neg, float("inf"))
     sorted_neg, _ = d_neg.sort(dim=1)                                   # negatives first, +inf after
     finite = torch.isfinite(sorted_neg)
-    zero = torch.zeros(n_rows, 1, dtype=torch.float64, device=dist.device)
-    prefix = torch.cat([zero, torch.where(finite, sorted_neg, 0.0).double().cumsum(1)], 1)  # (N, M+1)
+    # float64 prefix sums (exact enough for long rows); Apple's MPS has no float64: float32 there
+    acc = torch.float32 if dist.device.type == "mps" else torch.float64
+    zero = torch.zeros(n_rows, 1, dtype=acc, device=dist.device)
+    prefix = torch.cat([zero, torch.where(finite, sorted_neg, 0.0).to(acc).cumsum(1)], 1)  # (N, M+1)
     d_ap = dist.detach()
     hi = torch.searchsorted(sorted_neg.detach(), (d_ap + margin).contiguous(), right=False)  # # d_an < d_ap + m
     if semihard:
@@ -69,7 +71,7 @@ def window_triplet_sums(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
         lo = torch.zeros_like(hi)
     count = (hi - lo).clamp_min(0) * pos                                  # (N, M): triplets per (a, p)
     window = prefix.gather(1, hi) - prefix.gather(1, torch.minimum(lo, hi))  # sum of their d(a, n)
-    per_pair = count.double() * (dist.double() + margin) - window
+    per_pair = count.to(acc) * (dist.to(acc) + margin) - window
     return torch.where(pos, per_pair, 0.0).sum(), count.sum()
 
 
