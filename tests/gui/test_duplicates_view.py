@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 from test_duplicates import SPEC, TinyImage, blocks  # noqa: E402 - tests/ is on sys.path under pytest
 
@@ -139,3 +140,46 @@ def test_an_empty_collection_says_so(make_view, tmp_path):
     (tmp_path / "none").mkdir()
     view = make_view(Collection.open(tmp_path / "none", model_spec=SPEC, cache_dir=tmp_path / "cache"))
     assert view.groups == [] and "No image is indexed yet" in view.status.text()
+
+
+def test_the_window_opens_both_views_on_its_collection(qtbot, image_folder, monkeypatch):
+    """Tools > Find duplicates… and Tools > Map of the collection… on the explorer's open folder; a click on
+    the map queries with that image."""
+    from PySide6.QtCore import QPointF
+
+    from retrieval_gui.main_window import MainWindow
+    from retrieval_gui.map_view import MapView
+
+    folder = image_folder(n_classes=3, per_class=4, size=64)
+    (folder / "class_00" / "copy.jpg").write_bytes((folder / "class_00" / "000.jpg").read_bytes())
+    win = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=False)
+    qtbot.addWidget(win)
+    try:
+        assert win.open_collection(folder)
+        qtbot.waitUntil(win.index_ready, timeout=120_000)
+        win.duplicates_action.trigger()
+        (dups,) = win.findChildren(DuplicatesView)
+        qtbot.waitUntil(lambda: dups.dup is not None and dups.regroups >= 1, timeout=TIMEOUT)
+        assert any({"000.jpg", "copy.jpg"} <= {Path(it.path).name for it in g.items} for g in dups.groups)
+        dups.close()
+        win.map_action.trigger()
+        (view,) = win.findChildren(MapView)
+        qtbot.waitUntil(lambda: view.map is not None, timeout=TIMEOUT)
+        assert len(view.map) == 13
+        view.canvas.viewport().repaint()
+        row = 5
+        p = view.canvas.mapFromScene(QPointF(view.cloud.x[row], view.cloud.y[row]))
+        from PySide6.QtCore import QEvent
+        from PySide6.QtGui import QMouseEvent
+        from PySide6.QtWidgets import QApplication
+
+        for kind in (QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease):
+            buttons = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseButtonRelease else Qt.MouseButton.LeftButton
+            QApplication.sendEvent(view.canvas.viewport(), QMouseEvent(
+                kind, QPointF(p), view.canvas.viewport().mapToGlobal(QPointF(p)), Qt.MouseButton.LeftButton, buttons,
+                Qt.KeyboardModifier.NoModifier))
+        assert win.query_path is not None and Path(win.query_path).parent.parent == folder.resolve()
+        view.close()
+    finally:
+        win.close()
+        win.wait_idle()
