@@ -70,7 +70,7 @@ def test_planted_copies_are_grouped_and_the_slider_regroups_without_searching(ma
     searched = len(calls)
     assert searched >= 1
     assert _group_names(view) == [["a/p0.png", "b/p0_copy.jpg", "a/p0_small.jpg"], ["a/p1.png", "b/p1_copy.jpg"]]
-    assert "2 groups" in view.status.text() and view.threshold() == pytest.approx(0.88)
+    assert "2 groups" in view.status.text() and view.threshold() == pytest.approx(0.90)
     assert len(view._cards) == 5 and view.csv_button.isEnabled() and not view.trash_button.isEnabled()
     before = view.regroups
     for v in range(view.slider.minimum(), view.slider.maximum() + 1, 4):  # the whole range, live
