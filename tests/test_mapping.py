@@ -53,14 +53,14 @@ def test_pca_map_keeps_clusters_apart_and_preservation_is_measured():
     assert knn_preservation(vec, line, k=4, sample=None) == 1.0
 
 
-def test_umap_in_a_child_process_and_cancel():
+def test_tsne_in_a_child_process_and_cancel():
     x, y = clusters(n_per=20)
-    xy = mapping.compute_map_isolated(x, "umap")
+    xy = mapping.compute_map_isolated(x)  # the default method, t-SNE
     assert xy.shape == (60, 2) and np.isfinite(xy).all()
     assert purity(xy, y) > 0.95  # the clusters stay apart
     assert knn_preservation(x, xy, k=5, sample=None) > 0.3
     with pytest.raises(Cancelled):
-        mapping.compute_map_isolated(x, "umap", should_stop=lambda: True)
+        mapping.compute_map_isolated(x, should_stop=lambda: True)
 
 
 def _indexed(root: Path, cache: Path) -> Collection:

@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "The map is cached with the collection until the folder changes.")
     add_collection_args(p)
     p.add_argument("--csv", metavar="OUT", required=True, help="the CSV file to write ('-' for stdout)")
-    p.add_argument("--method", choices=("umap", "tsne", "pca"), default=None,
-                   help="umap (default, see docs/BENCHMARKS.md), tsne or pca")
+    p.add_argument("--method", choices=("tsne", "umap", "pca"), default=None,
+                   help="tsne (default, see docs/BENCHMARKS.md), umap (needs umap-learn) or pca")
     p.add_argument("--recompute", action="store_true", help="compute again even when a cached map exists")
     p.set_defaults(func=run)
 
