@@ -13,7 +13,8 @@ The collection it builds (once, into --work):
   59 photos per species.
 
 Scoring. A pair is a true duplicate when both images come from one original. cub100 itself holds copies
-of some photos (CUB_COPIES, seen by eye): pairs between their images are left out of the count. For the edit kind K the
+of some photos (CUB_COPIES, seen by eye): pairs between their images are left out of the count. For the
+edit kind K the
 collection is the originals, the distinct images and the edits of kind K; precision = the share of the
 pairs scoring >= t that are true duplicates, recall = the share of (original, its K edit) pairs scoring
 >= t. ``all``: every edit at once (an edit and another edit of the same original are duplicates too).
@@ -90,7 +91,8 @@ def edit(img, kind: str, rng: np.random.Generator):
         return img, {"format": "JPEG", "quality": q}, f"q{q}"
     if kind == "resize":
         f = float(rng.uniform(0.3, 0.8))
-        return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC), png, f"{f:.2f}"
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        return img.resize(size, Image.Resampling.BICUBIC), png, f"{f:.2f}"
     if kind == "crop":
         fx, fy = float(rng.uniform(0.0, 0.1)), float(rng.uniform(0.0, 0.1))
         cw, ch = round(w * fx), round(h * fy)
@@ -120,7 +122,8 @@ def edit(img, kind: str, rng: np.random.Generator):
     raise ValueError(kind)
 
 
-def build_set(data: Path, work: Path, per_class: int, negatives: int, seed: int = 0) -> tuple[Path, list[dict]]:
+def build_set(data: Path, work: Path, per_class: int, negatives: int,
+              seed: int = 0) -> tuple[Path, list[dict]]:
     """Write the collection into ``work/images/<species>/`` once; returns (folder, one record per image:
     relpath, species, source (original id or -1 for a distinct image), kind ('original', 'distinct' or an
     edit))."""
@@ -146,17 +149,20 @@ def build_set(data: Path, work: Path, per_class: int, negatives: int, seed: int 
             if n >= per_class:
                 dst = out / f"distinct_{src.stem}.jpg"
                 dst.write_bytes(src.read_bytes())
-                records.append({"relpath": f"{name}/{dst.name}", "species": name, "source": -1, "kind": "distinct"})
+                records.append({"relpath": f"{name}/{dst.name}", "species": name, "source": -1,
+                                "kind": "distinct"})
                 continue
             dst = out / f"orig{source:04d}_{src.stem}.jpg"
             dst.write_bytes(src.read_bytes())
-            records.append({"relpath": f"{name}/{dst.name}", "species": name, "source": source, "kind": "original"})
+            records.append({"relpath": f"{name}/{dst.name}", "species": name, "source": source,
+                            "kind": "original"})
             for kind in KINDS:
                 im, save, what = edit(img, kind, rng)
                 ext = "jpg" if save["format"] == "JPEG" else "png"
                 dst = out / f"orig{source:04d}_{kind}.{ext}"
                 im.save(dst, **save)
-                records.append({"relpath": f"{name}/{dst.name}", "species": name, "source": source, "kind": kind,
+                records.append({"relpath": f"{name}/{dst.name}", "species": name, "source": source,
+                                "kind": kind,
                                 "edit": what})
             source += 1
         if s % 10 == 0:
@@ -167,7 +173,8 @@ def build_set(data: Path, work: Path, per_class: int, negatives: int, seed: int 
 
 # --- scores --------------------------------------------------------------------------------------
 def index_and_load(folder: Path, cache: Path, relpaths: list[str]) -> dict[str, np.ndarray]:
-    """Index ``folder`` with every descriptor (the CLI, in process) -> {descriptor: (N, D) in relpaths order}."""
+    """Index ``folder`` with every descriptor (the CLI, in process) -> {descriptor: (N, D) in relpaths
+    order}."""
     from engine.cli import main
     from engine.collection import Collection, ModelSpec
 
@@ -177,7 +184,8 @@ def index_and_load(folder: Path, cache: Path, relpaths: list[str]) -> dict[str, 
     if code != 0:
         raise SystemExit(f"indexing failed ({code}): {out.getvalue()[-2000:]}")
     summary = json.loads(out.getvalue())
-    eprint(f"indexed in {time.perf_counter() - t:.0f} s ({summary['extracted']} read, runtime {summary['runtime']})")
+    eprint(f"indexed in {time.perf_counter() - t:.0f} s ({summary['extracted']} read, "
+           f"runtime {summary['runtime']})")
     vectors = {}
     for d in DESCRIPTORS:
         c = Collection.open(folder, model_spec=ModelSpec(descriptor=d), cache_dir=cache)
@@ -201,7 +209,8 @@ def phash_bits(folder: Path, relpaths: list[str]) -> np.ndarray:
 
 def cub_file(records: list[dict]) -> list[str]:
     """The cub100 photo each image comes from ('Species/NNNN.jpg')."""
-    by_source = {r["source"]: r["relpath"].split("/")[1].split("_", 1)[1] for r in records if r["kind"] == "original"}
+    by_source = {r["source"]: r["relpath"].split("/")[1].split("_", 1)[1] for r in records
+                 if r["kind"] == "original"}
     out = []
     for r in records:
         stem = r["relpath"].split("/")[1].split("_", 1)[1] if r["kind"] in ("original", "distinct") \
@@ -210,8 +219,8 @@ def cub_file(records: list[dict]) -> list[str]:
     return out
 
 
-def pair_table(sim: np.ndarray, floor: float, ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                                       np.ndarray]:
+def pair_table(sim: np.ndarray, floor: float,
+               ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Upper-triangle pairs (a, b, score) of an (N, N) similarity matrix scoring >= floor, less the pairs
     whose ``a * N + b`` key is in ``ignore``."""
     a, b = np.nonzero(np.triu(sim >= floor, 1))
@@ -243,8 +252,8 @@ def metrics(records: list[dict], rows: np.ndarray, a: np.ndarray, b: np.ndarray,
     source = np.array([r["source"] for r in records])
     in_half = np.zeros(len(records), bool)
     in_half[rows] = True
-    member = in_half & (np.isin(kinds, ["original", "distinct"]) | ((kinds == kind) if kind != "all"
-                                                                     else ~np.isin(kinds, ["original", "distinct"])))
+    unedited = np.isin(kinds, ["original", "distinct"])
+    member = in_half & (unedited | ((kinds == kind) if kind != "all" else ~unedited))
     keep = member[a] & member[b]
     a, b, s = a[keep], b[keep], s[keep]
     true = (source[a] == source[b]) & (source[a] >= 0)
@@ -309,8 +318,10 @@ def group_purity(records: list[dict], rows: np.ndarray, a: np.ndarray, b: np.nda
             for v in np.unique(src[src >= 0]):
                 m = int((src == v).sum())
                 tp += m * (m - 1) // 2
-        out[rule] = {"groups": len(groups), "mixed": mixed, "largest": max((len(g) for g in groups), default=0),
-                     "precision": tp / pairs if pairs else 1.0, "recall": tp / n_true if n_true else float("nan")}
+        largest = max((len(g) for g in groups), default=0)
+        out[rule] = {"groups": len(groups), "mixed": mixed, "largest": largest,
+                     "precision": tp / pairs if pairs else 1.0,
+                     "recall": tp / n_true if n_true else float("nan")}
     return out
 
 
@@ -318,7 +329,8 @@ def group_purity(records: list[dict], rows: np.ndarray, a: np.ndarray, b: np.nda
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cub100")
-    ap.add_argument("--work", type=Path, default=None, help="where the edited images and their index are kept "
+    ap.add_argument("--work", type=Path, default=None,
+                    help="where the edited images and their index are kept "
                     "(default: a folder under the system's temporary folder, reused by later runs)")
     ap.add_argument("--per-class", type=int, default=3, help="originals per species (default 3)")
     ap.add_argument("--negatives", type=int, default=-1,
@@ -356,7 +368,8 @@ def main() -> None:
 
     n_orig = sum(r["kind"] == "original" for r in records)
     n_dist = sum(r["kind"] == "distinct" for r in records)
-    print(f"## Near-duplicates: {len(records):,} images ({n_orig} cub100 originals, {n_orig * len(KINDS)} edits, "
+    print(f"## Near-duplicates: {len(records):,} images ({n_orig} cub100 originals, "
+          f"{n_orig * len(KINDS)} edits, "
           f"{n_dist:,} other photos of the same species), EfficientNet-Lite0 ImageNet\n")
     load = os.getloadavg()
     print(f"Machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
@@ -368,7 +381,8 @@ def main() -> None:
         return f"{t:.2f}" if m != "phash" else f"{t:.3f} (<= {round((1 - t) * 64)} bits)"
 
     print("### Chosen threshold per method and its precision / recall on the test species\n")
-    print(f"Rule, on the 50 calibration species: the highest recall on 'all' at a threshold where every kind of "
+    print("Rule, on the 50 calibration species: the highest recall on 'all' at a threshold where every kind "
+          f"of "
           f"edit has precision >= {TARGET_PRECISION} (kinds a method never finds left out of that minimum). "
           "calib P: that minimum; calib R: recall on 'all'. Test cells: precision / recall; **bold**: both "
           f">= {TARGET_PRECISION}.\n")
@@ -385,8 +399,9 @@ def main() -> None:
             cells.append(f"**{cell}**" if min(p[c], r[c]) >= TARGET_PRECISION else cell)
         print(f"| {m} | {shown(m, grid[c])} | {pc[c]:.3f} | {rc[c]:.3f} | " + " | ".join(cells) + " |")
 
-    print(f"\n### Recall at precision >= {TARGET_PRECISION}, the descriptors against pHash at equal precision "
-          "(test species; the best threshold of each cell, an upper bound a single threshold does not reach)\n")
+    print(f"\n### Recall at precision >= {TARGET_PRECISION}, the descriptors against pHash at equal "
+          "precision (test species; the best threshold of each cell, an upper bound a single threshold does "
+          "not reach)\n")
     print("| method | " + " | ".join(kinds) + " |")
     print("|---|" + "---|" * len(kinds))
     for m in methods:
@@ -436,7 +451,8 @@ def main() -> None:
           + ", ".join(f'"{m}": {COSINE_GRID[chosen[m]]:.2f}' for m in DESCRIPTORS))
     print(f"\nengine.duplicates on this collection ({len(c):,} images, spoc): search and headers "
           f"{search_s:.2f} s ({'exact' if dup.pairs.exact else 'HNSW'}, {dup.pairs.queries} index calls, "
-          f"{len(dup.pairs):,} pairs >= {dup.pairs.floor:.2f}); regrouping {regroup_ms:.1f} ms per threshold. "
+          f"{len(dup.pairs):,} pairs >= {dup.pairs.floor:.2f}); regrouping {regroup_ms:.1f} ms per "
+          "threshold. "
           f"pHash of all images: {phash_s:.1f} s. Whole run: {time.perf_counter() - start:.0f} s.")
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
 
 
 def eprint(*a: object) -> None:
@@ -71,7 +72,8 @@ def synthetic(n: int, dim: int = 1280, clusters: int = 500, seed: int = 0) -> np
     for c, m in enumerate(sizes):
         basis = rng.normal(size=(8, dim)).astype(np.float32)
         coef = rng.normal(size=(m, 8)).astype(np.float32) * rng.uniform(0.3, 1.0)
-        out[pos:pos + m] = centres[c] + coef @ basis * 0.35 + rng.normal(size=(m, dim)).astype(np.float32) * 0.5
+        noise = rng.normal(size=(m, dim)).astype(np.float32) * 0.5
+        out[pos:pos + m] = centres[c] + coef @ basis * 0.35 + noise
         pos += m
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
@@ -188,7 +190,8 @@ def view_frame_ms(xy: np.ndarray, repeats: int = 5) -> dict[str, tuple[float, fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cub100")
-    ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "retrieval-explorer-bench-map",
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path(tempfile.gettempdir()) / "retrieval-explorer-bench-map",
                     help="where cub100's collection is indexed (reused by later runs)")
     ap.add_argument("--descriptor", default="spoc")
     ap.add_argument("--methods", default="tsne,umap,pca", help="methods measured on cub100")
@@ -196,7 +199,8 @@ def main() -> None:
     ap.add_argument("--big-methods", default="tsne,umap", help="methods measured on the synthetic vectors")
     ap.add_argument("--no-view", dest="view", action="store_false", help="skip the map view's frame times")
     ap.add_argument("--png", type=Path, default=ROOT / "docs/images/map_cub100.png")
-    ap.add_argument("--png-method", default=None, help="the method drawn (default: engine.mapping.DEFAULT_METHOD)")
+    ap.add_argument("--png-method", default=None,
+                    help="the method drawn (default: engine.mapping.DEFAULT_METHOD)")
     args = ap.parse_args()
     from engine.mapping import DEFAULT_METHOD
 
@@ -206,7 +210,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"## Map of the collection: cub100 ({len(c):,} images, {args.descriptor}, D={x.shape[1]}) and "
           f"{args.big:,} synthetic vectors\n")
-    print(f"Machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the "
+    print(f"Machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+          "at the "
           "start. Seconds: the child process the window waits for (start, imports, numba, layout).\n")
     print(f"Species kept in the descriptor space itself (10-NN of the same species): "
           f"{space_label_share(x, labels):.3f}\n")
@@ -224,8 +229,8 @@ def main() -> None:
     png_method = args.png_method or DEFAULT_METHOD
     if png_method in maps:
         draw(maps[png_method], list(c.labels), c.paths, args.png,
-             f"cub100: {len(c):,} images, EfficientNet-Lite0 {args.descriptor}, {png_method.upper()}, "
-             "coloured by species")
+             f"cub100: {len(c):,} images, EfficientNet-Lite0 {args.descriptor.upper()}, "
+             f"{TITLES.get(png_method, png_method)}, coloured by species")
         eprint(f"drew {args.png}")
     if args.big:
         eprint(f"synthetic: {args.big:,} vectors...")
@@ -237,8 +242,8 @@ def main() -> None:
                 continue
             eprint(f"synthetic: {method}...")
             big_xy, sec, kept = measure(big, method, sample=2000)
-            print(f"| synthetic {args.big:,} x 1280 | {method} | {sec:.1f} | {kept:.3f} (2,000 sampled) | - |",
-                  flush=True)
+            print(f"| synthetic {args.big:,} x 1280 | {method} | {sec:.1f} | {kept:.3f} (2,000 sampled) "
+                  "| - |", flush=True)
         if big_xy is not None and args.view:
             print(f"\nThe map view on these {args.big:,} points (offscreen, 1200 x 900 window; median of 5 "
                   "repaints):\n")

@@ -166,7 +166,8 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
             if stop():
                 raise Cancelled("duplicate search stopped")
             rows = todo[start:start + batch]
-            hits = collection.search_many(vectors[rows], SearchOptions(k=want, exact=exact, threshold=float(floor)))
+            options = SearchOptions(k=want, exact=exact, threshold=float(floor))
+            hits = collection.search_many(vectors[rows], options)
             queries += 1
             for r, row_hits in zip(rows, hits, strict=True):
                 js = np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits))
@@ -387,8 +388,8 @@ class DuplicateSet:
         np.maximum.at(hi, g_in, s_in)
         np.minimum.at(lo, g_in, s_in)
         to_best = inside & (best[i] | best[j])
-        score_to_best = {int(b if best[a] else a): float(c) for a, b, c in zip(i[to_best], j[to_best], s[to_best],
-                                                                               strict=True)}
+        score_to_best = {int(b if best[a] else a): float(c)
+                         for a, b, c in zip(i[to_best], j[to_best], s[to_best], strict=True)}
         out = []
         for k, members in enumerate(ordered):
             items = [DuplicateItem(r, self.paths[r], self.relpaths[r], self.facts_of(r), x == 0,
@@ -495,7 +496,8 @@ def move_files(paths: Sequence[str | os.PathLike], folder: str | os.PathLike,
 
 def trash_files(paths: Sequence[str | os.PathLike], trash: Callable[[str], None] | None = None) -> list[str]:
     """Send ``paths`` to the system trash (``send2trash.send2trash``; ``trash`` replaces it, e.g. in
-    tests). Returns the paths sent; stops at the first failure (OSError or send2trash's TrashPermissionError)."""
+    tests). Returns the paths sent; stops at the first failure (OSError or send2trash's
+    TrashPermissionError)."""
     if trash is None:
         from send2trash import send2trash
 

@@ -2,9 +2,9 @@
 
 :func:`compute_map` reduces (N, D) L2-normalised vectors to (N, 2): a PCA to ``PCA_DIMS`` dimensions
 first (it keeps the neighbourhoods and makes the neighbour search cheap), then t-SNE (openTSNE, the
-default) or UMAP (umap-learn, when installed), as benchmarks/map.py measured them (speed, and the share of each point's 10 nearest
-neighbours in 2-D that are among its 10 nearest in the descriptor space). Collections too small for a
-neighbour graph (fewer than ``MIN_EMBED`` images) are laid out by PCA alone.
+default) or UMAP (umap-learn, when installed), as benchmarks/map.py measured them (speed, and the share
+of each point's 10 nearest neighbours in 2-D that are among its 10 nearest in the descriptor space).
+Collections too small for a neighbour graph (fewer than ``MIN_EMBED`` images) are laid out by PCA alone.
 
 :func:`collection_map` caches the result beside the collection: ``<state_dir>/map-<method>.npz``
 (written atomically, read back with ``allow_pickle=False``) for one commit of the collection; a new
@@ -156,8 +156,8 @@ def compute_map_isolated(vectors: np.ndarray, method: str = DEFAULT_METHOD, *, s
         src, dst = Path(tmp) / "vectors.npy", Path(tmp) / "coords.npy"
         np.save(src, x, allow_pickle=False)
         ctx = multiprocessing.get_context("spawn")
-        proc = ctx.Process(target=_child, args=(str(src), str(dst), method, seed, threads or os.cpu_count() or 1),
-                           daemon=True, name="retrieval-explorer-map")
+        args = (str(src), str(dst), method, seed, threads or os.cpu_count() or 1)
+        proc = ctx.Process(target=_child, args=args, daemon=True, name="retrieval-explorer-map")
         proc.start()
         start = time.monotonic()
         try:
@@ -201,7 +201,8 @@ def load_cached_map(collection: Any, method: str = DEFAULT_METHOD) -> Collection
     if fmt != MAP_FORMAT or generation != str(collection.generation) or relpaths != collection.relpaths \
             or coords.shape != (len(relpaths), 2):
         return None
-    return CollectionMap(coords, relpaths, collection.paths, collection.labels, method, generation, seconds, True)
+    return CollectionMap(coords, relpaths, collection.paths, collection.labels, method, generation, seconds,
+                         cached=True)
 
 
 def save_map(collection: Any, m: CollectionMap) -> Path:
@@ -215,7 +216,8 @@ def save_map(collection: Any, m: CollectionMap) -> Path:
 
 
 def collection_map(collection: Any, method: str = DEFAULT_METHOD, *, recompute: bool = False,
-                   isolate: bool = False, seed: int = 0, save: bool = True, progress: ProgressFn | None = None,
+                   isolate: bool = False, seed: int = 0, save: bool = True,
+                   progress: ProgressFn | None = None,
                    should_stop: ShouldStopFn | None = None) -> CollectionMap:
     """The map of ``collection`` (engine.collection.Collection): from the cache when it belongs to the
     current commit, else computed (in a child process when ``isolate``) and cached (when ``save`` and the
@@ -253,7 +255,10 @@ def knn_preservation(vectors: np.ndarray, coords: np.ndarray, k: int = 10, sampl
     n = x.shape[0]
     if n <= k:
         return float("nan")
-    rows = np.arange(n) if sample is None or sample >= n else np.random.default_rng(seed).choice(n, sample, False)
+    if sample is None or sample >= n:
+        rows = np.arange(n)
+    else:
+        rows = np.random.default_rng(seed).choice(n, sample, replace=False)
     shares = []
     chunk = max(8, min(512, 4_000_000 // n))  # (chunk, N) blocks of a few tens of MB
     for start in range(0, rows.size, chunk):

@@ -50,7 +50,8 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def find_job(collection_fn: Callable[[], Any], threshold: float, floor: float, *, progress=None, should_stop=None):
+def find_job(collection_fn: Callable[[], Any], threshold: float, floor: float, *, progress=None,
+             should_stop=None):
     """Worker: the collection (``collection_fn()``, opened here, off the GUI thread) searched once."""
     from engine.duplicates import find_duplicates
 
@@ -80,7 +81,8 @@ class _Card(QFrame):
         f = item.facts
         score = "best" if item.best else ("" if item.score is None else f"{item.score:.3f}")
         self.check = QCheckBox(score)
-        self.check.setStyleSheet("border: none; font-weight: bold; color: %s" % ("#2e7d32" if item.best else "#333"))
+        colour = "#2e7d32" if item.best else "#333"
+        self.check.setStyleSheet(f"border: none; font-weight: bold; color: {colour}")
         self.check.setChecked(selected)
         self.check.toggled.connect(lambda on: self.toggled.emit(self.path, on))
         lay.addWidget(self.check)
@@ -109,7 +111,8 @@ class DuplicatesView(QDialog):
 
     def __init__(self, collection_fn: Callable[[], Any], *, descriptor: str | None = None,
                  loader: ThumbnailLoader | None = None, folder: str | os.PathLike | None = None,
-                 confirm: Callable[[str, str], bool] | None = None, ask_folder: Callable[[], str] | None = None,
+                 confirm: Callable[[str, str], bool] | None = None,
+                 ask_folder: Callable[[], str] | None = None,
                  ask_save: Callable[[], str] | None = None, trash: Callable[[str], None] | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -152,7 +155,8 @@ class DuplicatesView(QDialog):
         self.slider.setRange(0, round((1.0 - self.floor) / STEP))
         self.slider.setValue(round((self.default - self.floor) / STEP))
         self.slider.setToolTip("Two images are copies when their descriptors score at least this (cosine); "
-                               f"the default {self.default:.2f} was measured on edited photos (docs/BENCHMARKS.md)")
+                               f"the default {self.default:.2f} was measured on edited photos "
+                               "(docs/BENCHMARKS.md)")
         self.slider.valueChanged.connect(self._on_slider)
         top.addWidget(self.slider, 1)
         self.threshold_label = QLabel()
@@ -275,7 +279,8 @@ class DuplicatesView(QDialog):
         how = "exact" if self.dup.pairs.exact else "HNSW"
         notes = (" " + " ".join(self.dup.notes)) if self.dup.notes else ""
         self.status.setText(f"{len(kept):,} groups, {extra:,} images that are copies of a kept one, among "
-                            f"{n:,} images ({how} search; the best of each group is first: largest resolution, "
+                            f"{n:,} images ({how} search; the best of each group is first: largest "
+                            "resolution, "
                             f"then largest file, then oldest).{notes}" if kept else
                             (f"No duplicates at {self.threshold():.3f} among {n:,} images." if n else
                              "No image is indexed yet: wait for indexing to finish, then open this again."))
@@ -395,7 +400,8 @@ class DuplicatesView(QDialog):
             send2trash(path)
 
     def move_selection_to_folder(self, folder: str | None = None) -> list[tuple[str, str]]:
-        """Ask for a folder (unless given), confirm, move the selection there; returns (source, destination)."""
+        """Ask for a folder (unless given), confirm, move the selection there; returns (source,
+        destination) pairs."""
         paths = self.selected_paths()
         if not paths:
             return []
@@ -456,7 +462,8 @@ class DuplicatesView(QDialog):
         return QFileDialog.getExistingDirectory(self, "Move the selected images to…", str(Path.home()))
 
     def _ask_save_dialog(self) -> str:
-        path, _ = QFileDialog.getSaveFileName(self, "Export the groups as CSV", str(Path.home() / "duplicates.csv"),
+        path, _ = QFileDialog.getSaveFileName(self, "Export the groups as CSV",
+                                              str(Path.home() / "duplicates.csv"),
                                               "CSV (*.csv)")
         return path
 

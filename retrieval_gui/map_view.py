@@ -120,7 +120,8 @@ class PointCloud(QGraphicsItem):
         return np.flatnonzero((self.x >= rect.left()) & (self.x <= rect.right()) & (self.y >= rect.top())
                               & (self.y <= rect.bottom()))
 
-    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem,
+              widget: QWidget | None = None) -> None:
         t = painter.worldTransform()
         zoom = math.hypot(t.m11(), t.m12())
         exposed = option.exposedRect.adjusted(-THUMB_SCENE, -THUMB_SCENE, THUMB_SCENE, THUMB_SCENE)
@@ -265,7 +266,8 @@ class MapCanvas(QGraphicsView):
         self._moved = False
         if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             self._lasso = [self.mapToScene(event.position().toPoint())]
-            self._lasso_item = self.scene().addPath(QPainterPath(), QPen(QColor(21, 101, 192), 0, Qt.PenStyle.DashLine),
+            pen = QPen(QColor(21, 101, 192), 0, Qt.PenStyle.DashLine)
+            self._lasso_item = self.scene().addPath(QPainterPath(), pen,
                                                     QBrush(QColor(21, 101, 192, 40)))
         event.accept()
 
@@ -377,7 +379,8 @@ class MapView(QDialog):
         if self._task is not None and self._task.is_running():
             return self._task
         self.status.setText("Computing the map…")
-        task = workers.start_task(map_job, self.collection_fn, self.method, self.isolate, parent=self, name="map")
+        task = workers.start_task(map_job, self.collection_fn, self.method, self.isolate, parent=self,
+                                  name="map")
         task.progress.connect(lambda _d, _t, msg: self.status.setText(f"{msg}…"))
         task.result.connect(lambda out: self.set_map(*out))
         task.error.connect(lambda msg, _tb: self.status.setText(f"Cannot compute the map: {msg}"))
@@ -392,7 +395,8 @@ class MapView(QDialog):
         n = len(m)
         if n == 0:
             self.canvas.set_cloud(None)
-            self.status.setText("No image is indexed yet: wait for indexing to finish, then open the map again.")
+            self.status.setText("No image is indexed yet: wait for indexing to finish, then open the map "
+                                "again.")
             self._update_selection()
             return
         if colours is None:
@@ -461,7 +465,8 @@ class MapView(QDialog):
         return path
 
     def _ask_save_dialog(self) -> str:
-        path, _ = QFileDialog.getSaveFileName(self, "Export the selected images", str(Path.home() / "selection.csv"),
+        path, _ = QFileDialog.getSaveFileName(self, "Export the selected images",
+                                              str(Path.home() / "selection.csv"),
                                               "CSV (*.csv)")
         return path
 

@@ -18,8 +18,10 @@ def add_collection_args(p: argparse.ArgumentParser) -> None:
     """The options that name an indexed collection: model, descriptor, cache folder."""
     p.add_argument("folder", metavar="DIR", help="the indexed image folder")
     p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="backbone name or trained checkpoint it was indexed with (default: efficientnet_lite0)")
-    p.add_argument("--weights", default="pretrained", help="'pretrained' (default), 'random' or a weights file")
+                   help="backbone name or trained checkpoint it was indexed with "
+                   "(default: efficientnet_lite0)")
+    p.add_argument("--weights", default="pretrained",
+                   help="'pretrained' (default), 'random' or a weights file")
     p.add_argument("--descriptor", default=None,
                    help="fc, spoc, rmac, mac or gem (default: spoc; fc for a trained checkpoint)")
     p.add_argument("--image-size", type=int, default=None, help="input size it was indexed with")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.duplicates import ORDER_RULE, default_threshold, find_duplicates, group_records
 
     coll = open_indexed(args)
-    threshold = default_threshold(coll.model_spec.descriptor) if args.threshold is None else float(args.threshold)
+    threshold = (default_threshold(coll.model_spec.descriptor) if args.threshold is None
+                 else float(args.threshold))
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
     start = time.perf_counter()
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         out = {"folder": str(coll.folder), "descriptor": coll.model_spec.descriptor, "threshold": threshold,
                "rule": args.rule, "order": ORDER_RULE, "images": len(coll), "pairs": len(dup.pairs),
                "exact": dup.pairs.exact, "seconds": round(seconds, 3), "notes": dup.notes,
-               "groups": [{"group": g, "max_score": round(grp.max_score, 4), "min_score": round(grp.min_score, 4),
+               "groups": [{"group": g, "max_score": round(grp.max_score, 4),
+                           "min_score": round(grp.min_score, 4),
                            "images": [{k: v for k, v in r.items() if k != "group"} for r in records
                                       if r["group"] == g]}
                           for g, grp in enumerate(groups, 1)]}

@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from engine.cli.duplicates_cmd import add_collection_args
 
     p = sub.add_parser("map", help="2-D map of an indexed folder (similar images close together) as CSV",
-                       description="Lay out the images of DIR (indexed by `retrieval-explorer index DIR`) on a "
-                       "plane so that similar images sit together, and write path, x, y, label per image. "
+                       description="Lay out the images of DIR (indexed by `retrieval-explorer index DIR`) "
+                       "on a plane so that similar images sit together, and write path, x, y, label per "
+                       "image. "
                        "The map is cached with the collection until the folder changes.")
     add_collection_args(p)
     p.add_argument("--csv", metavar="OUT", required=True, help="the CSV file to write ('-' for stdout)")
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         atomic_write_text(args.csv, buf.getvalue())
     how = "from the cache" if m.cached else f"computed in {m.seconds:.1f} s"
-    sys.stderr.write(f"{len(m):,} images mapped by {m.method} ({how}, {time.perf_counter() - start:.1f} s in all)"
+    total = time.perf_counter() - start
+    sys.stderr.write(f"{len(m):,} images mapped by {m.method} ({how}, {total:.1f} s in all)"
                      + ("" if args.csv == "-" else f" -> {args.csv}") + "\n")
     return 0

@@ -61,7 +61,8 @@ def _group_names(view: DuplicatesView) -> list[list[str]]:
     return [[it.relpath for it in g.items] for g in view.groups]
 
 
-def test_planted_copies_are_grouped_and_the_slider_regroups_without_searching(make_view, collection, monkeypatch):
+def test_planted_copies_are_grouped_and_the_slider_regroups_without_searching(make_view, collection,
+                                                                               monkeypatch):
     calls = []
     real = Collection.search_many
     monkeypatch.setattr(Collection, "search_many",
@@ -69,7 +70,8 @@ def test_planted_copies_are_grouped_and_the_slider_regroups_without_searching(ma
     view = make_view(collection)
     searched = len(calls)
     assert searched >= 1
-    assert _group_names(view) == [["a/p0.png", "b/p0_copy.jpg", "a/p0_small.jpg"], ["a/p1.png", "b/p1_copy.jpg"]]
+    assert _group_names(view) == [["a/p0.png", "b/p0_copy.jpg", "a/p0_small.jpg"],
+                                  ["a/p1.png", "b/p1_copy.jpg"]]
     assert "2 groups" in view.status.text() and view.threshold() == pytest.approx(0.90)
     assert len(view._cards) == 5 and view.csv_button.isEnabled() and not view.trash_button.isEnabled()
     before = view.regroups
@@ -99,8 +101,8 @@ def test_nothing_moves_without_an_explicit_confirmation(make_view, collection, t
     # accepted: moved to the folder this test chose, under their path in the collection
     view.confirm = lambda title, text: True
     moved = view.move_selection_to_folder(str(dest))
-    assert sorted(Path(d).relative_to(dest).as_posix() for _, d in moved) == ["a/p0_small.jpg", "b/p0_copy.jpg",
-                                                                              "b/p1_copy.jpg"]
+    assert sorted(Path(d).relative_to(dest).as_posix() for _, d in moved) == [
+        "a/p0_small.jpg", "b/p0_copy.jpg", "b/p1_copy.jpg"]
     assert not any(Path(p).exists() for p in chosen) and view.groups == [] and not view.selected
     assert view.calls["trash"] == []
 
@@ -174,9 +176,11 @@ def test_the_window_opens_both_views_on_its_collection(qtbot, image_folder, monk
         from PySide6.QtWidgets import QApplication
 
         for kind in (QEvent.Type.MouseButtonPress, QEvent.Type.MouseButtonRelease):
-            buttons = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseButtonRelease else Qt.MouseButton.LeftButton
+            release = kind == QEvent.Type.MouseButtonRelease
+            buttons = Qt.MouseButton.NoButton if release else Qt.MouseButton.LeftButton
             QApplication.sendEvent(view.canvas.viewport(), QMouseEvent(
-                kind, QPointF(p), view.canvas.viewport().mapToGlobal(QPointF(p)), Qt.MouseButton.LeftButton, buttons,
+                kind, QPointF(p), view.canvas.viewport().mapToGlobal(QPointF(p)), Qt.MouseButton.LeftButton,
+                buttons,
                 Qt.KeyboardModifier.NoModifier))
         assert win.query_path is not None and Path(win.query_path).parent.parent == folder.resolve()
         view.close()

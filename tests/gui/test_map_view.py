@@ -22,7 +22,8 @@ TIMEOUT = 60_000
 
 
 class FakeCollection:
-    """What engine.mapping.collection_map reads of a Collection: N vectors (clustered), their files and labels."""
+    """What engine.mapping.collection_map reads of a Collection: N vectors (clustered), their files and
+    labels."""
 
     def __init__(self, root: Path, n: int, real_images: int = 0, dim: int = 64, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -175,7 +176,8 @@ def test_click_queries_and_lasso_selects_and_exports(qtbot, open_map, tmp_path):
     _mouse(vp, QEvent.Type.MouseButtonRelease, corners[0], shift)
     sel = view.cloud.selected
     tl, br = view.canvas.mapToScene(corners[0]), view.canvas.mapToScene(corners[2])
-    inside = (view.cloud.x >= tl.x()) & (view.cloud.x <= br.x()) & (view.cloud.y >= tl.y()) & (view.cloud.y <= br.y())
+    x, y = view.cloud.x, view.cloud.y
+    inside = (x >= tl.x()) & (x <= br.x()) & (y >= tl.y()) & (y <= br.y())
     assert sel.sum() > 0 and (sel == inside).mean() > 0.995
     assert len(queried) == 1  # a lasso is not a click
     out = view.export_selection()
