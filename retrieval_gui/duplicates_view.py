@@ -144,6 +144,8 @@ class DuplicatesView(QDialog):
         self._task: workers.TaskHandle | None = None
         self._regroup_task: workers.TaskHandle | None = None
         self._regroup_gen = 0
+        #: deleted when closed, after its tasks have stopped (the window's menu sets it)
+        self.delete_on_close = False
         self._build()
 
     # --- layout -----------------------------------------------------------------------------------
@@ -468,10 +470,15 @@ class DuplicatesView(QDialog):
         return path
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
-        for task in (self._task, self._regroup_task):
-            if task is not None and task.is_running():
-                task.cancel()
+        running = [t for t in (self._task, self._regroup_task) if t is not None and t.is_running()]
+        for task in running:
+            task.cancel()
         super().closeEvent(event)
+        if self.delete_on_close:  # once its threads are done: a task must not outlive its parent
+            if running:
+                running[0].finished.connect(self.deleteLater)
+            else:
+                self.deleteLater()
 
     def wait_idle(self, msecs: int = 30_000) -> bool:
         """Wait for the search (tests and shutdown)."""
@@ -490,7 +497,7 @@ def open_duplicates(window: Any) -> DuplicatesView | None:
         return None
     view = DuplicatesView(lambda: index.collection(key), descriptor=key.descriptor, folder=index.folder,
                           parent=window)
-    view.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    view.delete_on_close = True
     view.show()
     QTimer.singleShot(0, view.start)
     return view

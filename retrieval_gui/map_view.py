@@ -338,6 +338,8 @@ class MapView(QDialog):
         self.loader = loader
         self.map: Any = None
         self._task: workers.TaskHandle | None = None
+        #: deleted when closed, after its task has stopped (the window's menu sets it)
+        self.delete_on_close = False
         if on_query is not None:
             self.imageClicked.connect(on_query)
         outer = QVBoxLayout(self)
@@ -471,9 +473,15 @@ class MapView(QDialog):
         return path
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
-        if self._task is not None and self._task.is_running():
+        running = self._task is not None and self._task.is_running()
+        if running:
             self._task.cancel()
         super().closeEvent(event)
+        if self.delete_on_close:  # once its thread is done: a task must not outlive its parent
+            if running:
+                self._task.finished.connect(self.deleteLater)
+            else:
+                self.deleteLater()
 
     def wait_idle(self, msecs: int = 60_000) -> bool:
         return self._task.wait(msecs) if self._task is not None else True
@@ -488,7 +496,7 @@ def open_map(window: Any) -> MapView | None:
         QMessageBox.information(window, "Map of the collection", "Open an image folder first.")
         return None
     view = MapView(lambda: index.collection(key), on_query=window.set_query, parent=window)
-    view.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    view.delete_on_close = True
     view.show()
     QTimer.singleShot(0, view.start)
     return view

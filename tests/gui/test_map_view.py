@@ -193,3 +193,21 @@ def test_points_in_polygon():
     square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float)
     assert points_in_polygon(x, y, square).tolist() == [True, False, False, False]
     assert not points_in_polygon(x, y, square[:2]).any()
+
+
+def test_closing_while_the_map_is_computed_stops_it(qtbot, tmp_path):
+    """The window's views delete themselves on close, but only once their task has stopped: t-SNE in its
+    child process is ended at once."""
+    import shiboken6
+
+    coll = FakeCollection(tmp_path / "photos", 3_000)
+    view = MapView(lambda: coll, loader=ThumbnailLoader(64, tmp_path / "thumbs"))  # t-SNE, in a child process
+    view.delete_on_close = True
+    view.show()
+    task = view.start()
+    qtbot.waitUntil(lambda: "computing the map" in view.status.text(), timeout=TIMEOUT)
+    start = time.perf_counter()
+    view.close()
+    qtbot.waitUntil(lambda: not task.is_running(), timeout=TIMEOUT)
+    assert time.perf_counter() - start < 10
+    qtbot.waitUntil(lambda: not shiboken6.isValid(view), timeout=TIMEOUT)
