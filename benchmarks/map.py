@@ -146,7 +146,8 @@ def draw(xy: np.ndarray, labels: list[str | None], paths: list[str], out: Path, 
 
 def view_frame_ms(xy: np.ndarray, repeats: int = 5) -> dict[str, tuple[float, float, int]]:
     """The map view (offscreen Qt) on ``xy`` (N, 2): median (wall ms, CPU ms) of showing the map and of one
-    full repaint zoomed out, at 4x and at 60x, and the points drawn. CPU time is what the frame costs; wall
+    full repaint zoomed out, and at 4x, 60x and 300x around a point, and the points drawn (thumbnails of
+    files that do not exist: their placeholders). CPU time is what the frame costs; wall
     time adds the waits of a loaded machine."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
@@ -166,13 +167,15 @@ def view_frame_ms(xy: np.ndarray, repeats: int = 5) -> dict[str, tuple[float, fl
     app.processEvents()
     labels = [r.split("/")[0] for r in rel]
     colours = label_colours(labels)  # the worker's part
+    m = CollectionMap(xy, rel, [str(tmp / r) for r in rel], labels, "tsne", None, 0.0)
     t, c = time.perf_counter(), time.process_time()
-    view.set_map(CollectionMap(xy, rel, [str(tmp / r) for r in rel], labels, "tsne", None, 0.0), colours)
+    view.set_map(m, colours)
     out = {"show the map (set_map)": ((time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000, n)}
-    for name, zoom in (("zoomed out", 1.0), ("4x", 4.0), ("60x", 60.0)):
+    for name, zoom in (("zoomed out", 1.0), ("4x", 4.0), ("60x", 60.0), ("300x", 300.0)):
         view.canvas.fit()
-        view.canvas.zoom(zoom)
-        view.canvas.centerOn(view.cloud.x[0], view.cloud.y[0])
+        if zoom > 1:
+            view.canvas.zoom(zoom)
+            view.canvas.centerOn(view.cloud.x[0], view.cloud.y[0])
         walls, cpus = [], []
         for _ in range(repeats):
             t, c = time.perf_counter(), time.process_time()
@@ -245,8 +248,8 @@ def main() -> None:
             print(f"| synthetic {args.big:,} x 1280 | {method} | {sec:.1f} | {kept:.3f} (2,000 sampled) "
                   "| - |", flush=True)
         if big_xy is not None and args.view:
-            print(f"\nThe map view on these {args.big:,} points (offscreen, 1200 x 900 window; median of 5 "
-                  "repaints):\n")
+            print(f"\nThe map view on these {args.big:,} points ({args.big_methods.split(',')[-1]} layout; "
+                  "offscreen, 1200 x 900 window; median of 5 repaints):\n")
             print("| what | wall ms | CPU ms | points drawn |")
             print("|---|---|---|---|")
             for name, (wall, cpu, drawn) in view_frame_ms(big_xy).items():

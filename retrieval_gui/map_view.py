@@ -5,9 +5,10 @@ One QGraphicsItem draws all the points, with a level of detail so that 100,000 p
 - zoomed out, the visible points are rasterised with numpy into one image per paint (a 3-pixel dot each,
   in its label's colour; selected ones larger, ringed in black): the cost grows with the points on screen,
   not with items or Qt calls;
-- zoomed in, when at most ``THUMB_LIMIT`` points are visible and a thumbnail would be at least
-  ``THUMB_MIN_PX`` wide, the points become thumbnails (ThumbnailLoader: decoded off the GUI thread, dots
-  until they arrive).
+- zoomed in, once a thumbnail would be at least ``THUMB_MIN_PX`` wide, thumbnails are drawn above the
+  dots: one per cell of a grid of thumbnail-sized cells fixed to the map (so that they stay put while
+  panning), at most ``THUMB_LIMIT``, however dense the map (ThumbnailLoader: decoded off the GUI thread;
+  the dot shows until its thumbnail arrives).
 
 Mouse: drag to pan, wheel to zoom, click an image to search with it (``imageClicked``), Shift+drag to draw
 a lasso that selects the images inside (Ctrl+Shift adds to the selection); the selection can be exported as
@@ -49,10 +50,10 @@ from retrieval_gui.thumbnails import ThumbnailLoader
 log = logging.getLogger(__name__)
 #: scene units of the map's half width (coordinates in [-1, 1] are scaled by this)
 SCALE = 1000.0
-#: thumbnails replace dots when at most this many points are visible...
+#: at most this many thumbnails in view...
 THUMB_LIMIT = 300
-#: ...and a thumbnail would be at least this many pixels wide
-THUMB_MIN_PX = 28
+#: ...from the zoom at which a thumbnail would be at least this many pixels wide
+THUMB_MIN_PX = 40
 #: a thumbnail's size in scene units (it grows on screen as one zooms in, up to THUMB_MAX_PX)
 THUMB_SCENE = 14.0
 THUMB_MAX_PX = 160
@@ -110,6 +111,7 @@ class PointCloud(QGraphicsItem):
         self.loader = loader
         self.last_mode = "none"
         self.last_visible = 0
+        self.last_thumbs = 0
 
     def boundingRect(self) -> QRectF:  # noqa: N802 (Qt override)
         m = SCALE + THUMB_SCENE * 2
@@ -128,12 +130,28 @@ class PointCloud(QGraphicsItem):
         idx = self.visible(exposed)
         self.last_visible = int(idx.size)
         thumb_px = min(THUMB_MAX_PX, THUMB_SCENE * zoom)
-        if self.loader is not None and idx.size <= THUMB_LIMIT and thumb_px >= THUMB_MIN_PX:
+        self._paint_dots(painter, idx)
+        self.last_thumbs = 0
+        if self.loader is not None and thumb_px >= THUMB_MIN_PX and idx.size:
             self.last_mode = "thumbnails"
-            self._paint_thumbnails(painter, idx, thumb_px / zoom)
+            picked = self.grid_pick(idx, thumb_px / zoom)
+            self.last_thumbs = int(picked.size)
+            self._paint_thumbnails(painter, picked, thumb_px / zoom)
         else:
             self.last_mode = "dots"
-            self._paint_dots(painter, idx)
+
+    def grid_pick(self, idx: np.ndarray, cell: float) -> np.ndarray:
+        """Of the points ``idx`` (sorted), the first in each ``cell`` x ``cell`` square of a grid fixed to the
+        map, at most THUMB_LIMIT (those nearest the middle of ``idx``'s extent first)."""
+        kx = np.floor(self.x[idx] / cell).astype(np.int64)
+        ky = np.floor(self.y[idx] / cell).astype(np.int64)
+        _, first = np.unique(kx * 1_000_003 + ky, return_index=True)
+        picked = idx[np.sort(first)]
+        if picked.size > THUMB_LIMIT:
+            cx, cy = (self.x[idx].min() + self.x[idx].max()) / 2, (self.y[idx].min() + self.y[idx].max()) / 2
+            d = (self.x[picked] - cx) ** 2 + (self.y[picked] - cy) ** 2
+            picked = np.sort(picked[np.argsort(d, kind="stable")[:THUMB_LIMIT]])
+        return picked
 
     def _paint_dots(self, painter: QPainter, idx: np.ndarray) -> None:
         t = painter.worldTransform()
@@ -168,19 +186,14 @@ class PointCloud(QGraphicsItem):
     def _paint_thumbnails(self, painter: QPainter, idx: np.ndarray, side: float) -> None:
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
-        t = painter.worldTransform()
-        dot = 4.0 / max(math.hypot(t.m11(), t.m12()), 1e-9)  # a 4-pixel dot until the thumbnail arrives
         pen_sel = QPen(QColor(0, 0, 0), 0)
         ready = []
         painter.setPen(Qt.PenStyle.NoPen)
-        for i in idx.tolist():
+        for i in idx.tolist():  # the dots are drawn already: a thumbnail not decoded yet leaves its dot
             img = self.loader.request(self.paths[i]) if self.loader is not None else None
-            if img is None or img.isNull():
-                painter.setBrush(QBrush(QColor.fromRgb(int(self.argb[i]))))
-                painter.drawEllipse(QPointF(self.x[i], self.y[i]), dot, dot)
-            else:
+            if img is not None and not img.isNull():
                 ready.append((i, img))
-        for i, img in ready:  # thumbnails above the dots
+        for i, img in ready:
             s = side / max(img.width(), img.height())
             w, h = img.width() * s, img.height() * s
             r = QRectF(self.x[i] - w / 2, self.y[i] - h / 2, w, h)

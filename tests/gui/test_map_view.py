@@ -134,6 +134,8 @@ def test_opens_without_stalling_the_gui_thread(qtbot, open_map, tmp_path, n):
 
 
 def test_zooming_in_turns_dots_into_thumbnails(qtbot, open_map, tmp_path):
+    """Thumbnails appear above the dots once they would be large enough, one per grid cell fixed to the
+    map (at most 300), however dense the map is."""
     coll = FakeCollection(tmp_path / "photos", 400, real_images=400)
     view = open_map(coll)
     view.canvas.viewport().repaint()
@@ -141,7 +143,7 @@ def test_zooming_in_turns_dots_into_thumbnails(qtbot, open_map, tmp_path):
     view.canvas.zoom(40.0)
     view.canvas.centerOn(view.cloud.x[0], view.cloud.y[0])
     view.canvas.viewport().repaint()
-    assert view.cloud.last_mode == "thumbnails" and 0 < view.cloud.last_visible <= 300
+    assert view.cloud.last_mode == "thumbnails" and 0 < view.cloud.last_thumbs <= 300
     qtbot.waitUntil(lambda: view.loader.cached(coll.paths[0]) is not None, timeout=TIMEOUT)
 
 
@@ -211,3 +213,18 @@ def test_closing_while_the_map_is_computed_stops_it(qtbot, tmp_path):
     qtbot.waitUntil(lambda: not task.is_running(), timeout=TIMEOUT)
     assert time.perf_counter() - start < 10
     qtbot.waitUntil(lambda: not shiboken6.isValid(view), timeout=TIMEOUT)
+
+
+def test_thumbnails_of_a_dense_map_are_one_per_cell_of_a_grid_fixed_to_the_map(qtbot, open_map, tmp_path):
+    coll = FakeCollection(tmp_path / "photos", 10_000)
+    view = open_map(coll)
+    c = view.cloud
+    c.x[:] = c.x[0] + np.linspace(-3, 3, c.x.size)  # 10,000 points on a short segment: dense everywhere
+    c.y[:] = c.y[0]
+    view.canvas.zoom(40.0)
+    view.canvas.centerOn(c.x[0], c.y[0])
+    view.canvas.viewport().repaint()
+    assert c.last_mode == "thumbnails" and c.last_visible > 1_000 and 0 < c.last_thumbs <= 300
+    picked = c.grid_pick(np.arange(c.x.size), 1.0)  # cells of 1 scene unit: the 6 units hold 6 or 7
+    assert np.unique(np.floor(c.x[picked])).size == picked.size  # one per cell
+    assert np.array_equal(picked, c.grid_pick(np.arange(c.x.size), 1.0))
