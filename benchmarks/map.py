@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
+DESCRIPTOR_TITLES = {"spoc": "SPoC", "gem": "GeM", "mac": "MAC", "rmac": "R-MAC", "fc": "FC"}
 
 
 def eprint(*a: object) -> None:
@@ -231,8 +232,9 @@ def main() -> None:
         print(f"| cub100 | {method} | {sec:.1f} | {kept:.3f} | {label_share(xy, labels):.3f} |", flush=True)
     png_method = args.png_method or DEFAULT_METHOD
     if png_method in maps:
+        descriptor = DESCRIPTOR_TITLES.get(args.descriptor, args.descriptor)
         draw(maps[png_method], list(c.labels), c.paths, args.png,
-             f"cub100: {len(c):,} images, EfficientNet-Lite0 {args.descriptor.upper()}, "
+             f"cub100: {len(c):,} images, EfficientNet-Lite0 {descriptor}, "
              f"{TITLES.get(png_method, png_method)}, coloured by species")
         eprint(f"drew {args.png}")
     if args.big:
