@@ -117,8 +117,9 @@ def measure(x: np.ndarray, method: str, sample: int | None) -> tuple[np.ndarray,
 
 
 def draw(xy: np.ndarray, labels: list[str | None], paths: list[str], out: Path, title: str,
-         size: int = 1400, thumbs: int = 160) -> None:
-    """The map as a PNG: every image a dot in its species' colour, a sample shown as thumbnails."""
+         size: int = 1400, thumbs: int = 0) -> None:
+    """The map as a PNG: every image a dot in its species' colour; ``thumbs`` sampled images drawn as
+    thumbnails (0 for the committed figure: no part of cub100, thumbnails included, enters the repo)."""
     from PIL import Image, ImageDraw, ImageFont
 
     from engine.mapping import label_colours
