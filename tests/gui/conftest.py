@@ -48,3 +48,29 @@ def no_leaked_threads(qapp):
     # (seen: a segfault in QApplication::notify from QTimerInfoList::activateTimers, a test or two later).
     gc.collect()
     qapp.processEvents()
+
+
+@pytest.fixture
+def folder(image_folder):
+    """A small labelled folder: 3 class sub-folders of 4 images, 64 px."""
+    return image_folder(n_classes=3, per_class=4, size=64)
+
+
+@pytest.fixture
+def window(qtbot):
+    """Factory of explorer windows on a random-weights model (fast), closed after the test; keyword
+    arguments go to MainWindow (``restore`` False unless given)."""
+    from retrieval_gui.main_window import MainWindow
+
+    wins = []
+
+    def make(**kwargs) -> MainWindow:
+        w = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=kwargs.pop("restore", False),
+                       **kwargs)
+        qtbot.addWidget(w)
+        wins.append(w)
+        return w
+
+    yield make
+    for w in wins:
+        w.close()

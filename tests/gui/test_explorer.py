@@ -19,26 +19,6 @@ from retrieval_gui.widgets import HitRole, MarkRole
 TIMEOUT = 60_000
 
 
-@pytest.fixture
-def folder(image_folder):
-    return image_folder(n_classes=3, per_class=4, size=64)
-
-
-@pytest.fixture
-def window(qtbot):
-    wins = []
-
-    def make() -> MainWindow:
-        w = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=False)
-        qtbot.addWidget(w)
-        wins.append(w)
-        return w
-
-    yield make
-    for w in wins:
-        w.close()
-
-
 def _open(qtbot, win: MainWindow, folder: Path) -> None:
     assert win.open_collection(folder)
     qtbot.waitUntil(win.index_ready, timeout=TIMEOUT)
