@@ -494,23 +494,34 @@ class Collection:
             if dim is not None:  # with room to grow: the next images added are not a copy of all
                 total = sum(int(seg["rows"]) for seg in segments)
                 rows.reserve(total + total // 8 + 1024, dim)
+            meta: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
             for seg in segments:
                 meta_path = _check_entry(self.state_dir, seg["meta"], "the collection file")
                 with np.load(meta_path, allow_pickle=False) as z:
                     ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
-                    paths = [str(p) for p in z["paths"].tolist()]
+                    paths = z["paths"].tolist()
                 n = len(paths)
-                if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None:
+                if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None or \
+                        not all(isinstance(q, str) for q in paths[:1]):
                     raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
                 vecs = _read_vectors(self.state_dir, seg["vectors"], (n, dim), verify)
-                rows.append(ids, vecs, paths, sizes, mtimes, stored=True)
+                rows.reserve(max(rows.n + n, rows._cap), dim)
+                _from_store(vecs, rows._v[rows.n: rows.n + n])  # straight into the buffer
+                rows.paths.extend(paths)
+                rows.n += n
+                meta.append((ids, sizes, mtimes))
+            if meta:  # one concatenation, not one per segment
+                rows.ids, rows.sizes, rows.mtimes = (np.concatenate([m[i] for m in meta]) for i in range(3))
         except CollectionError as exc:
             raise CollectionError(f"{exc}; {fix}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CollectionError(f"the collection data in {self.state_dir} is damaged ({exc}); {fix}") from exc
-        if np.unique(rows.ids).size != rows.n or not removed <= set(rows.ids.tolist()):
+        removed_ids = np.fromiter(removed, np.int64, len(removed))
+        # ids rise along the rows (searches rely on it), which also makes them unique
+        if rows.n != len(rows.paths) or (rows.n > 1 and not bool(np.all(rows.ids[1:] > rows.ids[:-1]))) \
+                or not np.isin(removed_ids, rows.ids).all():
             raise CollectionError(f"the collection data in {self.state_dir} is inconsistent; {fix}")
-        live = ~np.isin(rows.ids, np.fromiter(removed, np.int64, len(removed)))
+        live = ~np.isin(rows.ids, removed_ids)
         # the removed rows are kept aside until the graph that may still hold them is rebuilt
         removed_vectors = {int(rows.ids[j]): rows.vectors[j].copy() for j in np.flatnonzero(~live)}
         rows.keep(live)
