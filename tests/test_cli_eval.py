@@ -61,3 +61,16 @@ def test_eval_errors_are_messages(folder: Path, tmp_path: Path, capsys) -> None:
     bad.write_text(json.dumps({"query": ["a.jpg"]}))
     assert main(["eval", "--root", str(folder), "--split", str(bad), *BACKBONE]) == 2
     assert "missing key" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_split_entry_outside_the_root(tmp_path, capsys):
+    import json as _json
+
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    split = tmp_path / "split.json"
+    split.write_text(_json.dumps({"query": ["../../etc/passwd"], "retrieval": ["a/x.jpg"]}))
+    code = main(["eval", "--root", str(root), "--split", str(split), "--backbone", "efficientnet_lite0",
+                 "--weights", "random", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "../../etc/passwd" in err and "outside" in err

@@ -62,7 +62,7 @@ def _collect(root: Path, split_file: str | None) -> tuple[list[Path], list[str] 
         if not paths:
             raise ValueError(f"no image files under {root}")
         return paths, None, None
-    split = load_split(split_file)
+    split = load_split(split_file, root=root)  # entries leading outside the root are refused, named
     ordered = list(dict.fromkeys(split["query"] + split["retrieval"]))
     return [root / rel for rel in ordered], split["query"], split["retrieval"]
 
@@ -171,7 +171,7 @@ def evaluate_indexed(args: argparse.Namespace) -> dict[str, Any]:
     rows = list(range(len(rel)))
     q_idx = r_idx = None
     if args.split:
-        split = load_split(args.split)
+        split = load_split(args.split, root=folder)
         row_of = {r: i for i, r in enumerate(rel)}
         missing = [p for p in split["query"] + split["retrieval"] if p not in row_of]
         if missing:
