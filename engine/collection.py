@@ -339,17 +339,14 @@ class _Rows:
             self._v, self._cap = grown, rows
 
     def append(self, ids: np.ndarray, vectors: np.ndarray, paths: list[str], sizes: np.ndarray,
-               mtimes: np.ndarray, stored: bool = False) -> None:
-        """Add rows; ``stored``: ``vectors`` are float16 rows from a segment (converted in place)."""
+               mtimes: np.ndarray) -> None:
+        """Add rows (vectors (m, D) float32), growing the buffer by doubling when it is full."""
         m = len(paths)
         if m == 0:
             return
         self.reserve(self.n + m if self.n + m <= self._cap else max(self.n + m, 2 * self._cap, 256),
                      int(vectors.shape[1]))
-        if stored:
-            _from_store(vectors, self._v[self.n: self.n + m])
-        else:
-            self._v[self.n: self.n + m] = vectors
+        self._v[self.n: self.n + m] = vectors
         self.ids = np.concatenate([self.ids, ids.astype(np.int64)])
         self.sizes = np.concatenate([self.sizes, sizes.astype(np.int64)])
         self.mtimes = np.concatenate([self.mtimes, mtimes.astype(np.int64)])
