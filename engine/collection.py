@@ -1016,9 +1016,9 @@ def update_collections(
                     needs_commit[i] = False
             if due:
                 last_commit = time.monotonic()
-            indexed = len(collections[0])
-            report_progress(batch.done, total, f"{indexed:,} indexed" + (
-                f", {sum(len(r.skipped) for r in reports[:1])} skipped" if reports[0].skipped else ""))
+            bad_so_far = len(reports[0].skipped)
+            report_progress(batch.done, total, f"{len(collections[0]):,} indexed"
+                            + (f", {bad_so_far} skipped" if bad_so_far else ""))
             if stopping:
                 for r in reports:
                     r.cancelled = True

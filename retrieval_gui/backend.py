@@ -149,6 +149,7 @@ class ModelCache:
         self._lock = threading.Lock()
         self._backbones: dict[tuple, Any] = {}
         self._descriptors: dict[tuple, Any] = {}
+        self._runners: dict[tuple, Any] = {}  # feature-map runners (engine.runtime), one per backbone
         self._threads = int(threads) if threads else None  # applied when torch is first needed
 
     def backbone(self, key: ModelKey):
@@ -183,15 +184,15 @@ class ModelCache:
 
         bb = self.backbone(key)
         runtime = runtime or self.runtime
-        k = ("features", key.backbone, key.weights, key.image_size, runtime, self.device)
+        k = (key.backbone, key.weights, key.image_size, runtime, self.device)
         with self._lock:
-            runner = self._descriptors.get(k)
+            runner = self._runners.get(k)
         if runner is None:
             ident = model_spec(key).backbone_identity()
             runner = feature_runner(bb, self.image_size(key), ident, cache_root(),
                                     runtime if self.device == "cpu" else "torch")
             with self._lock:
-                runner = self._descriptors.setdefault(k, runner)
+                runner = self._runners.setdefault(k, runner)
         return runner
 
     def cached(self, key: ModelKey) -> bool:
