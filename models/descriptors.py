@@ -72,7 +72,8 @@ class DescriptorModel(nn.Module):
         return self.describe(self.backbone.forward_features(x))
 
     def region_boxes(self, fmap_hw: tuple[int, int]) -> list[pooling.Region]:
-        """The R-MAC regions (y, x, h, w) in feature-map cells for a map of size ``fmap_hw``."""
+        """The R-MAC regions (y, x, h, w) in feature-map cells for a map of size ``fmap_hw``: the whole
+        map first, then the grid."""
         return pooling.rmac_regions(fmap_hw[0], fmap_hw[1], self.rmac_levels)
 
     def region_contributions(self, fmap: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

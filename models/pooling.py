@@ -6,8 +6,9 @@ Pure functions on feature maps ``x`` of shape (B, C, H, W) returning (B, C), and
 - ``spoc``: sum-pooling of convolutions (Babenko & Lempitsky 2015), here the average.
 - ``mac``: maximum activation of convolutions (global max).
 - ``gem``: generalised mean, ((1/HW) sum x^p)^(1/p) (Radenović et al. 2018); p=1 is spoc, p->inf mac.
-- ``rmac``: regional MAC (Tolias, Sicre & Jégou 2016): MAC over square regions of a multi-scale
-  grid, each L2-normalised, optionally PCA-whitened and normalised again, summed, L2-normalised.
+- ``rmac``: regional MAC (Tolias, Sicre & Jégou 2016) as published and as cnnimageretrieval-pytorch
+  computes it: the MAC of the whole map plus the MAC of every square region of a multi-scale grid,
+  each L2-normalised, optionally whitened and normalised again, summed, L2-normalised.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def _starts(extent: int, side: int, count: int) -> list[int]:
     return [math.floor(half + i * stride) - half for i in range(count)]
 
 
-def rmac_regions(H: int, W: int, L: int = 3) -> list[Region]:  # noqa: N803
-    """The R-MAC grid for an H x W feature map: square regions (y, x, h, w) over L levels.
+def rmac_regions(H: int, W: int, L: int = 3, whole_map: bool = True) -> list[Region]:  # noqa: N803
+    """The R-MAC regions (y, x, h, w) of an H x W feature map: the whole map (``whole_map``, first),
+    then the square regions of the grid over L levels.
 
     Level l (1..L) has regions of side floor(2 min(H, W) / (l + 1)); along the short side l of them,
     along the long side l + extra, where ``extra`` (the same at every level) makes consecutive
@@ -84,14 +86,16 @@ def rmac_regions(H: int, W: int, L: int = 3) -> list[Region]:  # noqa: N803
     shares the fewer regions win, as cnnimageretrieval-pytorch's float32 arithmetic picks, e.g. for
     5x9). Level 1 of a square map is the whole map. A level whose side would be 0 cells (maps only
     1 or 2 cells high) is left out, as in the reference code. Every region lies inside the map.
-    Ordered by level, then top to bottom, then left to right.
+    Ordered by level, then top to bottom, then left to right. The whole-map term is the global MAC
+    that Tolias et al. and cnnimageretrieval-pytorch add to the regions (on a square map it repeats
+    level 1, which the reference code counts twice too).
     """
     if H < 1 or W < 1 or L < 1:
         raise ValueError(f"rmac_regions needs a positive map size and level count, got {H}x{W}, L={L}")
     short = min(H, W)
     extra = _extra_regions(max(H, W), short)
     extra_w, extra_h = (extra, 0) if W > H else (0, extra)
-    regions: list[Region] = []
+    regions: list[Region] = [(0, 0, H, W)] if whole_map else []
     for level in range(1, L + 1):
         side = math.floor(2 * short / (level + 1))
         if side < 1:
@@ -102,17 +106,18 @@ def rmac_regions(H: int, W: int, L: int = 3) -> list[Region]:  # noqa: N803
     return regions
 
 
-def rmac_region_vectors(x: torch.Tensor, L: int = 3) -> torch.Tensor:  # noqa: N803
-    """MAC of every R-MAC region, not normalised: (B, C, H, W) -> (B, R, C)."""
+def rmac_region_vectors(x: torch.Tensor, L: int = 3, whole_map: bool = True) -> torch.Tensor:  # noqa: N803
+    """MAC of every R-MAC region (the whole map first), not normalised: (B, C, H, W) -> (B, R, C)."""
     H, W = x.shape[-2:]  # noqa: N806
-    vecs = [x[..., y : y + h, xx : xx + w].amax(dim=(-2, -1)) for (y, xx, h, w) in rmac_regions(H, W, L)]
+    vecs = [x[..., y : y + h, xx : xx + w].amax(dim=(-2, -1))
+            for (y, xx, h, w) in rmac_regions(H, W, L, whole_map)]
     return torch.stack(vecs, dim=1)
 
 
 def rmac(x: torch.Tensor, L: int = 3, whitening: _Whitening | None = None, eps: float = 1e-6) -> torch.Tensor:  # noqa: N803
     """R-MAC: (B, C, H, W) -> (B, D), L2-normalised; D = C, or the whitening's output size.
 
-    regions -> MAC -> l2n -> [PCA-whitening -> l2n] -> sum over regions -> l2n.
+    whole map + grid regions -> MAC -> l2n -> [whitening -> l2n] -> sum over regions -> l2n.
     """
     r = l2n(rmac_region_vectors(x, L), eps)
     if whitening is not None:

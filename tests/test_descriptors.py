@@ -84,10 +84,11 @@ def test_pooled_whitening_is_l2n_whiten_l2n(backbone, images):
         assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_region_boxes_are_the_grid_of_the_levels(backbone):
+def test_region_boxes_are_the_whole_map_and_the_grid_of_the_levels(backbone):
     d = build_descriptor("rmac", backbone, rmac_levels=2)
     assert d.region_boxes((5, 9)) == pooling.rmac_regions(5, 9, 2)
-    assert len(d.region_boxes((7, 7))) == 1 + 4
+    assert d.region_boxes((7, 7)) == [(0, 0, 7, 7)] + pooling.rmac_regions(7, 7, 2, whole_map=False)
+    assert len(d.region_boxes((7, 7))) == 1 + 1 + 4
 
 
 def test_region_contributions_only_for_rmac(backbone):

@@ -62,7 +62,7 @@ def test_rmac_regions_square_7x7():
     expected = [(0, 0, 7, 7)]
     expected += [(y, x, 4, 4) for y in (0, 3) for x in (0, 3)]
     expected += [(y, x, 3, 3) for y in (0, 2, 4) for x in (0, 2, 4)]
-    assert P.rmac_regions(7, 7, 3) == expected
+    assert P.rmac_regions(7, 7, 3, whole_map=False) == expected
 
 
 def test_rmac_regions_wide_5x10():
@@ -74,7 +74,7 @@ def test_rmac_regions_wide_5x10():
     expected = [(0, x, 5, 5) for x in (0, 2, 5)]
     expected += [(y, x, 3, 3) for y in (0, 2) for x in (0, 2, 4, 7)]
     expected += [(y, x, 2, 2) for y in (0, 1, 3) for x in (0, 2, 4, 6, 8)]
-    assert P.rmac_regions(5, 10, 3) == expected
+    assert P.rmac_regions(5, 10, 3, whole_map=False) == expected
 
 
 def test_rmac_regions_wide_5x9():
@@ -87,7 +87,7 @@ def test_rmac_regions_wide_5x9():
     expected = [(0, 0, 5, 5), (0, 4, 5, 5)]
     expected += [(y, x, 3, 3) for y in (0, 2) for x in (0, 3, 6)]
     expected += [(y, x, 2, 2) for y in (0, 1, 3) for x in (0, 2, 4, 7)]
-    assert P.rmac_regions(5, 9, 3) == expected
+    assert P.rmac_regions(5, 9, 3, whole_map=False) == expected
 
 
 def test_rmac_regions_tall_9x5():
@@ -95,7 +95,7 @@ def test_rmac_regions_tall_9x5():
     expected = [(0, 0, 5, 5), (4, 0, 5, 5)]
     expected += [(y, x, 3, 3) for y in (0, 3, 6) for x in (0, 2)]
     expected += [(y, x, 2, 2) for y in (0, 2, 4, 7) for x in (0, 1, 3)]
-    assert P.rmac_regions(9, 5, 3) == expected
+    assert P.rmac_regions(9, 5, 3, whole_map=False) == expected
 
 
 def test_rmac_regions_wide_7x10_levels_1_and_2():
@@ -104,12 +104,12 @@ def test_rmac_regions_wide_7x10_levels_1_and_2():
     # l=2: side 4, half 1, x: 3 regions, stride 3 -> 0, 3, 6 ; y: 2 regions, stride 3 -> 0, 3
     expected = [(0, 0, 7, 7), (0, 3, 7, 7)]
     expected += [(y, x, 4, 4) for y in (0, 3) for x in (0, 3, 6)]
-    assert P.rmac_regions(7, 10, 2) == expected
+    assert P.rmac_regions(7, 10, 2, whole_map=False) == expected
 
 
 def test_rmac_regions_skip_levels_without_cells():
     # a 1x1 map: level 1 is the map, levels 2 and 3 would have side floor(2/3) = floor(2/4) = 0
-    assert P.rmac_regions(1, 1, 3) == [(0, 0, 1, 1)]
+    assert P.rmac_regions(1, 1, 3, whole_map=False) == [(0, 0, 1, 1)]
     with pytest.raises(ValueError, match="positive"):
         P.rmac_regions(0, 4)
 
@@ -122,11 +122,52 @@ def test_rmac_regions_tall_is_wide_transposed():
 
 @pytest.mark.parametrize("H,W", [(1, 1), (3, 17), (17, 3), (7, 7), (12, 9), (30, 40)])
 def test_rmac_regions_inside_map_and_square(H, W):  # noqa: N803
-    regions = P.rmac_regions(H, W, 3)
+    regions = P.rmac_regions(H, W, 3, whole_map=False)
     assert regions
     for y, x, h, w in regions:
         assert h == w and h >= 1
         assert 0 <= y and y + h <= H and 0 <= x and x + w <= W
+    assert P.rmac_regions(H, W, 3) == [(0, 0, H, W)] + regions  # the whole-map term comes first
+
+
+def _published_rmac(x: torch.Tensor, L: int = 3, eps: float = 1e-6) -> torch.Tensor:  # noqa: N803
+    """Tolias et al.'s R-MAC written out as cnnimageretrieval-pytorch's ``rmac`` computes it
+    (cirtorch/layers/functional.py), then L2-normalised as its network does: the global MAC, l2n,
+    plus every region's MAC, l2n. Independent of models.pooling's grid code."""
+    ovr = 0.4
+    steps = torch.tensor([2, 3, 4, 5, 6, 7], dtype=torch.float32)
+    H, W = x.size(2), x.size(3)  # noqa: N806
+    w = min(W, H)
+    b = (max(H, W) - w) / (steps - 1)
+    _, idx = torch.min(torch.abs(((w ** 2 - w * b) / w ** 2) - ovr), 0)
+    Wd = idx.item() + 1 if H < W else 0  # noqa: N806
+    Hd = idx.item() + 1 if H > W else 0  # noqa: N806
+    v = x.amax(dim=(2, 3))
+    v = v / (v.norm(dim=1, keepdim=True) + eps)
+    for level in range(1, L + 1):
+        wl = math.floor(2 * w / (level + 1))
+        wl2 = math.floor(wl / 2 - 1)
+        bw = 0 if level + Wd == 1 else (W - wl) / (level + Wd - 1)
+        cen_w = [math.floor(wl2 + i * bw) - wl2 for i in range(level + Wd)]
+        bh = 0 if level + Hd == 1 else (H - wl) / (level + Hd - 1)
+        cen_h = [math.floor(wl2 + i * bh) - wl2 for i in range(level + Hd)]
+        for i_ in cen_h:
+            for j_ in cen_w:
+                if wl == 0:
+                    continue
+                vt = x[:, :, i_:i_ + wl, j_:j_ + wl].amax(dim=(2, 3))
+                v = v + vt / (vt.norm(dim=1, keepdim=True) + eps)
+    return v / (v.norm(dim=1, keepdim=True) + eps)
+
+
+@pytest.mark.parametrize("H,W", [(7, 7), (5, 10), (5, 9), (10, 5), (8, 11), (11, 11), (2, 2), (3, 17), (9, 12)])
+def test_rmac_matches_the_published_formula(H, W):  # noqa: N803
+    g = torch.Generator().manual_seed(H * 100 + W)
+    x = torch.rand(3, 6, H, W, generator=g, dtype=torch.float64)
+    assert torch.allclose(P.rmac(x, L=3), _published_rmac(x, L=3), atol=1e-9)
+    # the grid alone (the old descriptor) is not it: the whole-map term changes the vector
+    grid = P.l2n(P.l2n(P.rmac_region_vectors(x, 3, whole_map=False)).sum(dim=1))
+    assert not torch.allclose(grid, _published_rmac(x, L=3), atol=1e-4)
 
 
 def test_rmac_equals_loop():
