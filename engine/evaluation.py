@@ -15,15 +15,22 @@ whichever has the lower index; results are deterministic and never depend on the
   has no other image have no defined AP: they are excluded from the mean and counted
   (``evaluate(...)["map_excluded"]``).
 - top-1 (query -> retrieval): share of queries whose single nearest retrieval vector has their label.
+
+Two paths, one definition: the numpy functions (host arrays, any labels) and ``retrieval_metrics_torch`` /
+``query_top1_torch`` (tensors on any device, integer labels), which training validates with on its
+device. Both give the same numbers, ties and queries without a positive included (tests compare them).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +193,91 @@ def evaluate(
                                            block_rows=block_rows)
         out["n_queries"], out["n_retrieval"] = int(qi.size), int(ri.size)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the torch path: the same definitions on tensors, on their own device
+# ---------------------------------------------------------------------------------------------------
+def _torch_blocks(x: torch.Tensor, y: torch.Tensor, block_rows: int | None):
+    """Per block of query rows: (a, b, sims (b-a, N) with -inf on the diagonal, positives (b-a, N))."""
+    import torch
+
+    n = x.shape[0]
+    for a, b in _blocks(n, n, block_rows):
+        rows = torch.arange(b - a, device=x.device)
+        sims = x[a:b] @ x.T
+        sims[rows, rows + a] = float("-inf")
+        pos = y[a:b, None] == y[None, :]
+        pos[rows, rows + a] = False
+        yield a, b, sims, pos
+
+
+def retrieval_metrics_torch(vectors: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5),
+                            *, block_rows: int | None = None) -> dict[str, float | int]:
+    """:func:`recall_at_k` and :func:`mean_average_precision` on tensors: vectors (N, D) L2-normalised
+    on any device, labels (N,) integers. -> {"recall@K": ..., "map": ..., "map_excluded": int, "n": N}.
+    Same ranking (ties by increasing index), same R@K (a query without a positive is a miss), same mAP
+    (such queries excluded; NaN when none qualifies). Everything stays on the device; the figures are
+    read back once at the end."""
+    import torch
+
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array (N, D), got shape {tuple(vectors.shape)}")
+    x = vectors.detach().float()
+    n = x.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels: {tuple(labels.shape)} for {n} vectors")
+    if n < 2:
+        raise ValueError(f"leave-one-out recall needs at least 2 vectors, got {n}")
+    y = labels.to(x.device)
+    acc = torch.float32 if x.device.type == "mps" else torch.float64   # MPS has no float64
+    first = torch.empty(n, dtype=torch.long, device=x.device)
+    ap = torch.empty(n, dtype=acc, device=x.device)
+    ranks = torch.arange(1, n + 1, device=x.device, dtype=acc)[None, :]
+    cols = torch.arange(n, device=x.device)[None, :]
+    for a, b, sims, pos in _torch_blocks(x, y, block_rows):
+        # R@K: the rank of the best-ranked positive (as _first_positive_rank)
+        has = pos.any(1)
+        best = torch.where(pos, sims, float("-inf")).amax(1, keepdim=True)
+        p = (pos & (sims == best)).to(torch.uint8).argmax(1, keepdim=True)   # first column reaching it
+        ahead = (sims > best) | ((sims == best) & (cols < p))
+        first[a:b] = torch.where(has, ahead.sum(1), -1)
+        # AP: the full ranking, decreasing similarity, ties by increasing index (stable sort)
+        order = torch.sort(-sims, dim=1, stable=True).indices
+        hit = (y[order] == y[a:b, None]) & (order != torch.arange(a, b, device=x.device)[:, None])
+        n_pos = hit.sum(1)
+        prec = hit.to(acc).cumsum(1) / ranks
+        ap[a:b] = torch.where(n_pos > 0, (prec * hit).sum(1) / n_pos.clamp_min(1), float("nan"))
+    valid = ~torch.isnan(ap)
+    n_valid = valid.sum()
+    figures = [((first >= 0) & (first < k)).to(acc).mean() for k in ks]
+    figures += [torch.where(valid, ap, 0.0).sum() / n_valid.clamp_min(1), n_valid.to(acc)]
+    vals = torch.stack(figures).cpu().tolist()                         # the one read-back
+    out: dict[str, float | int] = {f"recall@{k}": v for k, v in zip(ks, vals, strict=False)}
+    n_ok = int(vals[-1])
+    out["map"] = vals[-2] if n_ok else float("nan")
+    out["map_excluded"] = n - n_ok
+    out["n"] = n
+    return out
+
+
+def query_top1_torch(q: torch.Tensor, q_labels: torch.Tensor, r: torch.Tensor, r_labels: torch.Tensor,
+                     *, block_rows: int | None = None) -> float:
+    """:func:`query_retrieval_top1` on tensors: q (Q, D), r (R, D), integer labels (Q,), (R,);
+    ties: the lowest retrieval index wins."""
+    import torch
+
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"query vectors have {q.shape[1]} dimensions, retrieval vectors {r.shape[1]}")
+    if q.shape[0] == 0 or r.shape[0] == 0:
+        raise ValueError("query_top1_torch needs at least one query and one retrieval vector")
+    qf, rf = q.detach().float(), r.detach().float().to(q.device)
+    yq, yr = q_labels.to(q.device), r_labels.to(q.device)
+    correct = torch.zeros((), dtype=torch.long, device=q.device)
+    for a, b in _blocks(q.shape[0], r.shape[0], block_rows):
+        nearest = (qf[a:b] @ rf.T).argmax(1)                            # first maximum = lowest index
+        correct += (yr[nearest] == yq[a:b]).sum()
+    return int(correct) / q.shape[0]

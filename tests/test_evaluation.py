@@ -10,7 +10,9 @@ from engine.evaluation import (
     evaluate,
     mean_average_precision,
     query_retrieval_top1,
+    query_top1_torch,
     recall_at_k,
+    retrieval_metrics_torch,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,3 +156,55 @@ def test_bad_input_messages() -> None:
     with pytest.raises(ValueError, match="both"):
         evaluate(X, Y, queries=[0])
     assert np.isnan(mean_average_precision(X[:3], ["a", "b", "c"]))  # no query has a positive
+
+
+# ---------------------------------------------------------------------------------------------------
+# the torch path (what training validates with) gives the numpy path's numbers
+def _codes_of(y: list):
+    import torch
+
+    names = sorted({str(v) for v in y})
+    return torch.tensor([names.index(str(v)) for v in y])
+
+
+def test_torch_path_worked_example() -> None:
+    import torch
+
+    m = retrieval_metrics_torch(torch.from_numpy(X), _codes_of(Y), ks=(1, 2, 3, 5))
+    assert [m[f"recall@{k}"] for k in (1, 2, 3, 5)] == pytest.approx([1 / 6, 4 / 6, 5 / 6, 5 / 6])
+    assert m["map"] == pytest.approx((0.7 + 0.5 + 0.5 + 0.5 + 5 / 12) / 5)
+    assert m["map_excluded"] == 1 and m["n"] == 6   # q4 (alone in C): a miss for R@K, out of mAP
+    # ties broken by index, as in test_ties_broken_by_index
+    perm = [0, 1, 2, 5, 4, 3]
+    mp = retrieval_metrics_torch(torch.from_numpy(X[perm]), _codes_of([Y[i] for i in perm]), ks=(2,))
+    assert mp["recall@2"] == pytest.approx(recall_at_k(X[perm], [Y[i] for i in perm], ks=(2,))[2])
+    assert mp["recall@2"] < 4 / 6
+    assert mp["map"] == pytest.approx(mean_average_precision(X[perm], [Y[i] for i in perm]))
+    # top-1, ties to the lowest retrieval index
+    t = torch.from_numpy(X)
+    assert query_top1_torch(t[[0, 1]], torch.tensor([0, 1]), t[[2, 3, 5]], torch.tensor([0, 1, 0])) == 0.5
+    assert query_top1_torch(t[[3]], torch.tensor([1]), t[[5, 3]], torch.tensor([0, 1])) == 0.0
+    assert query_top1_torch(t[[3]], torch.tensor([1]), t[[3, 5]], torch.tensor([1, 0])) == 1.0
+    # no query with a positive: every R@K 0, mAP NaN, as mean_average_precision
+    none = retrieval_metrics_torch(t[:3], torch.tensor([0, 1, 2]), ks=(1,))
+    assert none["recall@1"] == 0.0 and np.isnan(none["map"]) and none["map_excluded"] == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torch_path_equals_numpy_path(seed: int) -> None:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    n = 57
+    x = rng.integers(-2, 3, size=(n, 4)).astype(np.float32)   # integer vectors: many exact ties
+    y = [int(v) for v in rng.integers(0, 6, size=n)]
+    y[-1] = 99
+    ks = (1, 3, 5, 10)
+    want = evaluate(x, y, ks=ks)
+    for block in (None, 1, 7):
+        got = retrieval_metrics_torch(torch.from_numpy(x), torch.tensor(y), ks=ks, block_rows=block)
+        assert got == pytest.approx({k: v for k, v in want.items()})
+    q, r = list(range(0, n, 3)), [i for i in range(n) if i % 3]
+    t, yt = torch.from_numpy(x), torch.tensor(y)
+    assert query_top1_torch(t[q], yt[q], t[r], yt[r], block_rows=4) == pytest.approx(
+        query_retrieval_top1(x[q], [y[i] for i in q], x[r], [y[i] for i in r]))

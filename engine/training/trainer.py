@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from engine.callbacks import Cancelled, resolve
+from engine.evaluation import retrieval_metrics_torch as retrieval_metrics
 from engine.training import data as D
 from engine.training.checkpoint import load_checkpoint, save_checkpoint, write_info
 from engine.training.config import TrainConfig
 from engine.training.losses import build_loss
-from engine.training.metrics import retrieval_metrics
 from engine.training.registry import BEST_FILE, INFO_FILE, LAST_FILE, cache_dir, models_dir
 from engine.training.sampler import PKSampler
 from engine.training.xbm import CrossBatchMemory, XBMLoss
