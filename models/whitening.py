@@ -1,7 +1,15 @@
-"""PCA-whitening learned from a set of descriptors, stored with its parameters.
+"""Whitening learned from a set of descriptors, stored with its parameters: ``apply(x) = (x - mean) @ P.T``.
 
-``apply(x) = (x - mean) @ P.T`` with ``P = diag((eigval + eps)^-1/2) V.T`` over the top ``dim``
-principal directions, so whitened training vectors have (nearly) identity covariance.
+Two ways to learn ``P`` (D', D), both with a shrinkage ``a`` of the covariance towards a multiple of the
+identity, ``(1 - a) S + a (tr S / D) I``, and a rank cap ``dim`` (the strongest D' directions):
+
+- :meth:`PCAWhitening.fit` (PCA-whitening, unlabelled): ``P = diag(eigval^-1/2) V.T`` of the covariance
+  of the vectors, so whitened training vectors have (nearly) identity covariance.
+- :meth:`PCAWhitening.fit_lw` (learned whitening, Lw, Radenović, Tolias & Chum 2018, as
+  cnnimageretrieval-pytorch's ``whitenlearn``): whiten by the within-class covariance of labelled
+  vectors ``S_w`` (``S_w^-1/2``), then rotate onto the principal directions of the whitened data (PCA,
+  no scaling) and keep the first ``dim``. Directions in which images of one class vary are damped,
+  directions that separate classes kept.
 """
 
 from __future__ import annotations
@@ -44,31 +52,66 @@ class PCAWhitening:
     def out_dim(self) -> int:
         return int(self.projection.shape[0])
 
+    @property
+    def method(self) -> str:
+        """"pca" or "lw" (files written before Lw existed are PCA-whitenings)."""
+        return str(self.meta.get("method", "pca"))
+
     @classmethod
     def fit(cls, X: np.ndarray | torch.Tensor, dim: int | None = None, eps: float = 1e-6,  # noqa: N803
-            meta: dict | None = None) -> PCAWhitening:
-        """Learn from vectors X (N, D); keep the ``dim`` strongest directions (all when None)."""
-        X = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)  # noqa: N806
-        X = X.astype(np.float64)  # noqa: N806
-        if X.ndim != 2 or X.shape[0] < 2:
-            raise ValueError(f"PCA-whitening needs at least 2 vectors (N, D), got shape {X.shape}")
-        n, d = X.shape
-        dim = d if dim is None else int(dim)
-        if not 1 <= dim <= d:
-            raise ValueError(f"whitening dim must be in 1..{d}, got {dim}")
+            meta: dict | None = None, shrinkage: float = 0.0) -> PCAWhitening:
+        """PCA-whitening of vectors X (N, D); keep the ``dim`` strongest directions (all when None);
+        the covariance shrunk by ``shrinkage`` in [0, 1] towards a multiple of the identity first."""
+        X, n, d, dim = _check_fit(X, dim, shrinkage)  # noqa: N806
         mean = X.mean(axis=0)
         Xc = X - mean  # noqa: N806
-        cov = Xc.T @ Xc / n
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1][:dim]
-        eigval = np.clip(eigval[order], 0.0, None)
-        eigvec = eigvec[:, order]
-        # a direction with (almost) no variance would be blown up: floor it relative to the largest
-        floor = max(eps, float(eigval[0]) * 1e-6) if eigval.size else eps
-        projection = (eigvec / np.sqrt(eigval + floor)).T
-        info = {"n_vectors": int(n), "in_dim": int(d), "out_dim": int(dim)}
+        cov = _shrink(Xc.T @ Xc / n, shrinkage)
+        eigval, eigvec = _top_eigen(cov, dim)
+        projection = (eigvec / np.sqrt(eigval + _floor(eigval, eps))).T
+        info = {"method": "pca", "n_vectors": int(n), "in_dim": int(d), "out_dim": int(dim),
+                "shrinkage": float(shrinkage)}
         info.update(meta or {})
         return cls(mean, projection, eigval, info)
+
+    @classmethod
+    def fit_lw(cls, X: np.ndarray | torch.Tensor, labels: np.ndarray | list, dim: int | None = None,  # noqa: N803
+               shrinkage: float = 0.0, eps: float = 1e-6, meta: dict | None = None) -> PCAWhitening:
+        """Learned whitening (Lw) of vectors X (N, D) with class ``labels`` (N,): the within-class
+        covariance (shrunk by ``shrinkage`` towards a multiple of the identity) whitened away, then
+        the PCA rotation of the whitened vectors, the first ``dim`` directions kept (all when None).
+        Needs at least two classes and one class with two vectors."""
+        X, n, d, dim = _check_fit(X, dim, shrinkage)  # noqa: N806
+        labels = np.asarray([str(v) for v in labels])
+        if labels.shape != (n,):
+            raise ValueError(f"learned whitening needs one label per vector: {labels.shape[0]} labels, {n} vectors")
+        classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        if len(classes) < 2 or counts.max() < 2:
+            raise ValueError("learned whitening needs at least two classes and a class with two or more images, "
+                             f"got {len(classes)} class(es) of at most {counts.max()} image(s)")
+        centroids = np.zeros((len(classes), d))
+        np.add.at(centroids, codes, X)
+        centroids /= counts[:, None]
+        within = X - centroids[codes]
+        s_w = _shrink(within.T @ within / n, shrinkage)
+        w_val, w_vec = _top_eigen(s_w, d)
+        # S_w^-1/2 up to a rotation (D, D); only a numerically null direction is floored (shrinkage is
+        # the regulariser of this step)
+        inv_sqrt = (w_vec / np.sqrt(w_val + _floor(w_val, 1e-12, 1e-12))).T
+        mean = X.mean(axis=0)
+        Z = (X - mean) @ inv_sqrt.T  # noqa: N806
+        eigval, eigvec = _top_eigen(Z.T @ Z / n, dim)
+        projection = eigvec.T @ inv_sqrt
+        info = {"method": "lw", "n_vectors": int(n), "n_classes": int(len(classes)), "in_dim": int(d),
+                "out_dim": int(dim), "shrinkage": float(shrinkage)}
+        info.update(meta or {})
+        return cls(mean, projection, eigval, info)
+
+    def truncated(self, dim: int) -> PCAWhitening:
+        """The same whitening keeping only its first ``dim`` output directions (the strongest)."""
+        if not 1 <= dim <= self.out_dim:
+            raise ValueError(f"whitening dim must be in 1..{self.out_dim}, got {dim}")
+        eig = None if self.eigenvalues is None else self.eigenvalues[:dim]
+        return type(self)(self.mean, self.projection[:dim], eig, {**self.meta, "out_dim": int(dim)})
 
     def apply(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Whiten x (..., D) -> (..., D'); numpy in, numpy out; torch in, torch out."""
@@ -178,3 +221,39 @@ class PCAWhitening:
             return cls(mean, projection, eig, meta)
         except ValueError as exc:
             raise WhiteningFileError(f"{path}: {exc}; learn it again") from exc
+
+
+def _check_fit(X, dim: int | None, shrinkage: float) -> tuple[np.ndarray, int, int, int]:  # noqa: N803
+    X = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)  # noqa: N806
+    X = X.astype(np.float64)  # noqa: N806
+    if X.ndim != 2 or X.shape[0] < 2:
+        raise ValueError(f"whitening needs at least 2 vectors (N, D), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("whitening: the vectors contain NaN or infinite values")
+    n, d = X.shape
+    dim = d if dim is None else int(dim)
+    if not 1 <= dim <= d:
+        raise ValueError(f"whitening dim must be in 1..{d}, got {dim}")
+    if not 0.0 <= float(shrinkage) <= 1.0:
+        raise ValueError(f"whitening shrinkage must be in [0, 1], got {shrinkage}")
+    return X, n, d, dim
+
+
+def _shrink(cov: np.ndarray, a: float) -> np.ndarray:
+    """(1 - a) cov + a (tr cov / D) I."""
+    if a <= 0:
+        return cov
+    d = cov.shape[0]
+    return (1.0 - a) * cov + a * (np.trace(cov) / d) * np.eye(d)
+
+
+def _top_eigen(cov: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``dim`` largest eigenvalues (clipped at 0) of a symmetric matrix and their eigenvectors (D, dim)."""
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][:dim]
+    return np.clip(eigval[order], 0.0, None), eigvec[:, order]
+
+
+def _floor(eigval: np.ndarray, eps: float, relative: float = 1e-6) -> float:
+    """A direction with (almost) no variance would be blown up: floor it relative to the largest."""
+    return max(eps, float(eigval[0]) * relative) if eigval.size else eps

@@ -170,3 +170,93 @@ def test_a_single_npy_array_is_refused(tmp_path):
         np.save(fh, np.zeros(3))
     with pytest.raises(WhiteningFileError, match="single array"):
         PCAWhitening.load(path)
+
+
+# --- learned whitening (Lw) and shrinkage ---------------------------------------------------------
+def classes(n_classes=12, per_class=30, d=8, seed=0):
+    """Labelled vectors whose within-class spread is large along a few nuisance directions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, d)) * 1.0
+    nuisance = rng.normal(size=(d, d)) * np.array([4.0, 3.0] + [0.3] * (d - 2))[:, None]
+    X = np.concatenate([c + rng.normal(size=(per_class, d)) @ nuisance for c in centres])  # noqa: N806
+    labels = np.repeat([f"c{i}" for i in range(n_classes)], per_class)
+    return X, labels
+
+
+def _within(X, labels):  # noqa: N803
+    S = np.zeros((X.shape[1], X.shape[1]))  # noqa: N806
+    for c in np.unique(labels):
+        Xc = X[labels == c] - X[labels == c].mean(axis=0)  # noqa: N806
+        S += Xc.T @ Xc
+    return S / len(X)
+
+
+def test_lw_whitens_the_within_class_covariance():
+    X, labels = classes()  # noqa: N806
+    w = PCAWhitening.fit_lw(X, labels)
+    P = w.projection.astype(np.float64)  # noqa: N806
+    assert np.allclose(P @ _within(X, labels) @ P.T, np.eye(8), atol=1e-3)
+    Y = w.apply(X)  # noqa: N806
+    cov = np.cov(Y.T, bias=True)  # the PCA step: the whitened data's covariance is diagonal, decreasing
+    assert np.allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-3)
+    assert np.all(np.diff(np.diag(cov)) <= 1e-6)
+    assert w.method == "lw" and w.meta["n_classes"] == 12
+
+
+def test_lw_matches_the_published_recipe_up_to_signs():
+    """cnnimageretrieval-pytorch's whitenlearn written out (Cholesky of the within-class covariance,
+    inverted, then the eigenvectors of the whitened scatter): the same directions, up to their sign."""
+    X, labels = classes(seed=3)  # noqa: N806
+    S = _within(X, labels)  # noqa: N806
+    P0 = np.linalg.inv(np.linalg.cholesky(S))  # noqa: N806
+    m = X.mean(axis=0)
+    df = P0 @ (X - m).T
+    eigval, eigvec = np.linalg.eig(df @ df.T)
+    order = np.real(eigval).argsort()[::-1]
+    ref = (np.real(eigvec[:, order]).T @ P0)[:5]
+    got = PCAWhitening.fit_lw(X, labels, dim=5).projection.astype(np.float64)
+    signs = np.sign(np.sum(ref * got, axis=1))[:, None]
+    assert np.allclose(got, signs * ref, atol=1e-4)
+
+
+def test_shrinkage_one_reduces_lw_and_pca_to_a_rotation():
+    X, labels = classes(seed=5)  # noqa: N806
+    for w in (PCAWhitening.fit_lw(X, labels, shrinkage=1.0), PCAWhitening.fit(X, shrinkage=1.0)):
+        P = w.projection.astype(np.float64)  # noqa: N806
+        gram = P @ P.T  # a multiple of the identity: every direction scaled alike
+        assert np.allclose(gram, gram[0, 0] * np.eye(8), atol=1e-6 * gram[0, 0])
+    with pytest.raises(ValueError, match="shrinkage"):
+        PCAWhitening.fit(X, shrinkage=1.5)
+
+
+def test_lw_improves_nearest_neighbour_on_nuisance_data():
+    X, labels = classes(n_classes=20, per_class=20, seed=7)  # noqa: N806
+    tr = np.isin(labels, [f"c{i}" for i in range(10)])
+
+    def r1(V):  # noqa: N803
+        V = V / np.linalg.norm(V, axis=1, keepdims=True)  # noqa: N806
+        s = V @ V.T
+        np.fill_diagonal(s, -np.inf)
+        return float(np.mean(labels[~tr][s.argmax(axis=1)] == labels[~tr]))
+
+    w = PCAWhitening.fit_lw(X[tr], labels[tr], shrinkage=0.1)  # learned on other classes
+    assert r1(w.apply(X[~tr])) > r1(X[~tr]) + 0.1
+
+
+def test_lw_needs_classes_and_labels():
+    X, labels = classes()  # noqa: N806
+    with pytest.raises(ValueError, match="one label per vector"):
+        PCAWhitening.fit_lw(X, labels[:-1])
+    with pytest.raises(ValueError, match="two classes"):
+        PCAWhitening.fit_lw(X, ["a"] * len(X))
+
+
+def test_lw_round_trip_and_truncation(tmp_path):
+    X, labels = classes()  # noqa: N806
+    w = PCAWhitening.fit_lw(X, labels, shrinkage=0.3)
+    w.save(tmp_path / "lw.npz")
+    w2 = PCAWhitening.load(tmp_path / "lw.npz")
+    assert w2.method == "lw" and w2.meta["shrinkage"] == 0.3
+    t = w2.truncated(3)
+    assert t.out_dim == 3 and np.allclose(t.apply(X[:4]), w2.apply(X[:4])[:, :3], atol=1e-5)
+    assert PCAWhitening.fit(X).method == "pca"
