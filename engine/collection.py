@@ -941,13 +941,17 @@ def update_collections(
     pairs: Sequence[tuple[Collection, Any]], *, device: str = "cpu", batch_size: int = 32, num_workers: int = 0,
     progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None, features: Any = None,
     decode_threads: int | None = None, commit_every: int = COMMIT_EVERY_IMAGES,
-    commit_seconds: float = COMMIT_EVERY_SECONDS,
+    commit_seconds: float = COMMIT_EVERY_SECONDS, extract: Any = None,
 ) -> list[UpdateReport]:
     """Update several collections of one folder and one backbone (one per descriptor) from ONE pass of
     the backbone per image: ``pairs`` of (collection, DescriptorModel); each model's ``describe`` runs
     on the shared feature map of ``features(x (B, 3, S, S)) -> (B, C, h, w)`` (default: the first
     model's backbone in torch; engine.runtime gives faster CPU runners). Each collection extracts only
-    what it lacks; the union is read once. Commits as :meth:`Collection.update` says."""
+    what it lacks; the union is read once. Commits as :meth:`Collection.update` says.
+
+    ``extract``: another source of the batches (engine.cluster: the workers of a Ray cluster), called
+    with the absolute paths to read, yielding engine.extraction.ExtractedBatch whose ``vectors`` are
+    keyed by the pair's position in ``pairs`` (the models, still given, are then not run here)."""
     from engine.callbacks import resolve
 
     if not pairs:
@@ -993,10 +997,12 @@ def update_collections(
         pos = {p: j for j, p in enumerate(union)}
         total = len(union)
         report_progress(0, total, "extracting")
-        for batch in iter_extract([collections[0].folder / p for p in union], compute, image_size=size,
-                                  mean=mean, std=std, crop_fraction=collections[0].model_spec.crop_fraction,
-                                  batch_size=batch_size, num_workers=num_workers, decode_threads=decode_threads,
-                                  device=device):
+        files = [collections[0].folder / p for p in union]
+        batches = extract(files) if extract is not None else iter_extract(
+            files, compute, image_size=size, mean=mean, std=std,
+            crop_fraction=collections[0].model_spec.crop_fraction, batch_size=batch_size,
+            num_workers=num_workers, decode_threads=decode_threads, device=device)
+        for batch in batches:
             rel = [Path(p).relative_to(collections[0].folder).as_posix() for p in batch.paths]
             bad = [(Path(s.path).relative_to(collections[0].folder).as_posix(), s.reason) for s in batch.skipped]
             for i, c in enumerate(collections):
