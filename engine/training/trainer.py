@@ -514,7 +514,7 @@ def _fmt_metrics(m: dict, sel: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# train()
+# train(): a run as steps
 # --------------------------------------------------------------------------------------------------
 def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | None = None,
           should_stop: Callable[[], bool] | None = None, on_event: Callable[[TrainEvent], None] | None = None,
@@ -524,350 +524,422 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     (its config is used; ``iterations`` and ``device`` come from ``config``). A new run never writes into
     a folder that holds another run (see :func:`claim_run_folder`)."""
     progress, should_stop = resolve(progress, should_stop)
-    emit = on_event or (lambda e: None)
-    ckpt = None
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        if "train_state" not in ckpt:
-            raise ValueError(f"{resume_from} holds a model but no training state: resume from a last.pt")
-        old = TrainConfig.from_dict({"target": "new"} | ckpt["config"])  # runs from before targets: class-disjoint
-        old.iterations, old.device = config.iterations, config.device
-        old.out_dir = str(Path(resume_from).parent)
-        config = old
-    problems = config.validate()
-    if problems:
-        raise ValueError("invalid training settings: " + "; ".join(problems))
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
-    if not config.name:
-        config.name = config.default_name()
-    sel, sel_label = config.select_metric, SELECT_LABELS[config.select_metric]
+    run = _Run(config, progress, should_stop, on_event or (lambda e: None), resume_from)
+    run.prepare_data()
+    run.open_folder()
+    run.build_optimisation()
+    if run.ckpt is None:
+        run.validate_untrained()
+    else:
+        run.restore()
+    run.loop()
+    return run.finish()
 
-    def message(text: str, it: int = 0) -> None:
+
+@dataclass
+class _Pending:
+    """A step's figures, still on the device until :meth:`_Run.flush` reads them."""
+
+    iteration: int
+    batch_size: int
+    with_memory: bool
+    figures: torch.Tensor   # (6,): loss, batch loss, memory loss, batch tuples, memory tuples, memory fill
+
+
+class _Run:
+    """One training run, in the order :func:`train` calls its steps: settings (``__init__``), data and
+    model (:meth:`prepare_data`), run folder (:meth:`open_folder`), loss, memory and optimizer
+    (:meth:`build_optimisation`), iteration 0 (:meth:`validate_untrained`) or a resumed state
+    (:meth:`restore`), the loop (:meth:`loop`: :meth:`step`, :meth:`flush`, :meth:`validation_point`),
+    and the result (:meth:`finish`)."""
+
+    def __init__(self, config: TrainConfig, progress: Callable[[int, int, str], None],
+                 should_stop: Callable[[], bool], emit: Callable[[TrainEvent], None],
+                 resume_from: str | os.PathLike | None) -> None:
+        self.progress, self.should_stop, self.emit = progress, should_stop, emit
+        self.resume_from = resume_from
+        self.ckpt: dict | None = None
+        if resume_from is not None:
+            self.ckpt = load_checkpoint(resume_from)
+            if "train_state" not in self.ckpt:
+                raise ValueError(f"{resume_from} holds a model but no training state: resume from a last.pt")
+            # runs from before targets were class-disjoint
+            old = TrainConfig.from_dict({"target": "new"} | self.ckpt["config"])
+            old.iterations, old.device = config.iterations, config.device
+            old.out_dir = str(Path(resume_from).parent)
+            config = old
+        problems = config.validate()
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        if not config.name:
+            config.name = config.default_name()
+        self.config = config
+        self.sel, self.sel_label = config.select_metric, SELECT_LABELS[config.select_metric]
+        # the run's state: what a checkpoint keeps and a resume restores
+        self.history: list[dict] = []
+        self.start = 0
+        self.best: dict = {self.sel: -1.0, "iteration": 0}
+        self.best_metrics: dict = {}
+        self.bad_vals = 0
+        self.baseline: dict = {}
+        self.untrained_val: dict = {}
+        self.val_metrics: dict = {}
+        self.val_time = [0.0, 0]   # seconds spent validating, validations timed
+
+    def message(self, text: str, it: int = 0) -> None:
         log.info(text)
-        emit(TrainEvent("message", it, config.iterations, message=text))
+        self.emit(TrainEvent("message", it, self.config.iterations, message=text))
 
-    # ---- data and validation split
-    split = validation_split(config)
-    allimgs = split.images
-    message(f"{len(allimgs.paths)} images in {len(allimgs.classes)} classes. {split.description}")
-
-    # ---- model (seeded, so random weights are reproducible)
-    torch.manual_seed(config.seed)
-    model = build_model_from_config(config.to_dict(), device)
-    threads = max(1, config.num_threads or torch.get_num_threads())
-    if config.mode in ("head", "tail"):
-        feats, ok, skipped, untrained = _cached_features(model, allimgs, config, device, threads, progress,
-                                                         should_stop, message, emit)
-        source: _HeadData | _TailData | _FullData = (
-            _HeadData(feats, device, untrained) if config.mode == "head"
-            else _TailData(feats, device, config.tail_units))
-    else:
-        size = int(round(config.image_size * 8 / 7))
-        if device.type == "cpu" and not config.extra.get("skip_memory_check"):
-            check_cpu_memory(config, len(allimgs.paths))
-        message(f"Phase: decoding {len(allimgs.paths)} images once ({size}x{size} uint8 on {device})")
-        imgs, ok, skipped = D.decode_all(allimgs.paths, size, threads=threads,
-                                         progress=_Phase("decoding images", emit, progress), should_stop=should_stop)
-        source = _FullData(imgs, device, config.image_size, model.backbone.mean, model.backbone.std)
-    if skipped:
-        message(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}")
-    labels_all = [allimgs.labels[i] for i in ok]
-    names = allimgs.classes
-    labels_t = torch.tensor(labels_all, dtype=torch.long)
-    is_val = torch.tensor([split.is_val[i] for i in ok], dtype=torch.bool)
-    train_idx = (~is_val).nonzero().squeeze(1)
-    val_idx = is_val.nonzero().squeeze(1)
-    train_cls = [names[c] for c in sorted(set(labels_t[train_idx].tolist()))]
-    val_cls = [names[c] for c in sorted(set(labels_t[val_idx].tolist()))]
-    # the sampler sees only training samples; ids are positions in train_idx (0..n_train-1)
-    train_labels = labels_t[train_idx]
-    sampler = PKSampler(train_labels.tolist(), config.classes_per_batch, config.samples_per_class, config.seed)
-    if sampler.excluded_classes:
-        message(f"{len(sampler.excluded_classes)} class(es) with fewer than 2 images left out: "
-                + ", ".join(names[c] for c in sampler.excluded_classes[:10]))
-    n_train = int(train_idx.numel())
-
-    # ---- the run's own folder (claimed only now: a run refused above leaves nothing behind)
-    if ckpt is None:
-        wanted = config.out_dir or str(models_dir() / config.name)
-        out = claim_run_folder(config)
-        if str(out) != wanted:
-            message(f"{wanted} holds another run: this run writes to {out}")
-    else:
-        out = Path(config.out_dir)
-    last_path, best_path = out / LAST_FILE, out / BEST_FILE
-    message(f"run folder: {out}")
-
-    # ---- loss, memory, optimizer
-    loss_fn = build_loss(config.loss, config.margin, config.mining)
-    memory = None
-    if config.memory:
-        mem_size = max(sampler.batch_size, int(round(config.memory_share * sampler.num_samples)))
-        memory = CrossBatchMemory(mem_size, model.head.out_dim, n_train, device)
-    xbm = XBMLoss(loss_fn, memory, config.memory_weight, config.warmup_iters)
-    if config.mode == "head":
-        model.backbone.requires_grad_(False)
-        groups = [{"params": model.head.parameters(), "lr": config.lr_head}]
-    elif config.mode == "tail":
-        model.backbone.requires_grad_(False)
-        tail = [p for m in model.backbone.tail_modules(config.tail_units) for p in m.parameters()]
-        for p in tail:
-            p.requires_grad_(True)
-        groups = [{"params": model.head.parameters(), "lr": config.lr_head},
-                  {"params": tail, "lr": config.lr_backbone}]
-    else:
-        groups = [{"params": model.head.parameters(), "lr": config.lr_head},
-                  {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.lr_backbone}]
-    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=device.type == "cuda")
-    if config.mode == "full" and config.extra.get("compile"):
-        model.backbone.forward_features = torch.compile(model.backbone.forward_features)
-    aug_gen = torch.Generator().manual_seed(config.seed + 1)
-
-    def set_train_mode() -> None:
-        if config.mode == "head":
-            model.eval()
+    # ---- 1. data, validation split, model, sampler
+    def prepare_data(self) -> None:
+        config, device = self.config, self.device
+        self.split = split = validation_split(config)
+        allimgs = split.images
+        self.message(f"{len(allimgs.paths)} images in {len(allimgs.classes)} classes. {split.description}")
+        torch.manual_seed(config.seed)   # seeded, so random weights are reproducible
+        self.model = model = build_model_from_config(config.to_dict(), device)
+        threads = max(1, config.num_threads or torch.get_num_threads())
+        if config.mode in ("head", "tail"):
+            feats, ok, skipped, untrained = _cached_features(model, allimgs, config, device, threads, self.progress,
+                                                             self.should_stop, self.message, self.emit)
+            self.source: _HeadData | _TailData | _FullData = (
+                _HeadData(feats, device, untrained) if config.mode == "head"
+                else _TailData(feats, device, config.tail_units))
         else:
-            model.train()
-            if config.freeze_bn:
-                freeze_batchnorm(model.backbone)
+            size = int(round(config.image_size * 8 / 7))
+            if device.type == "cpu" and not config.extra.get("skip_memory_check"):
+                check_cpu_memory(config, len(allimgs.paths))
+            self.message(f"Phase: decoding {len(allimgs.paths)} images once ({size}x{size} uint8 on {device})")
+            imgs, ok, skipped = D.decode_all(allimgs.paths, size, threads=threads, should_stop=self.should_stop,
+                                             progress=_Phase("decoding images", self.emit, self.progress))
+            self.source = _FullData(imgs, device, config.image_size, model.backbone.mean, model.backbone.std)
+        if skipped:
+            self.message(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}")
+        names = allimgs.classes
+        self.labels_t = labels_t = torch.tensor([allimgs.labels[i] for i in ok], dtype=torch.long)
+        is_val = torch.tensor([split.is_val[i] for i in ok], dtype=torch.bool)
+        self.train_idx = train_idx = (~is_val).nonzero().squeeze(1)
+        self.val_idx = val_idx = is_val.nonzero().squeeze(1)
+        self.train_cls = [names[c] for c in sorted(set(labels_t[train_idx].tolist()))]
+        self.val_cls = [names[c] for c in sorted(set(labels_t[val_idx].tolist()))]
+        # the sampler sees only training samples; ids are positions in train_idx (0..n_train-1)
+        self.train_labels = labels_t[train_idx]
+        self.sampler = PKSampler(self.train_labels.tolist(), config.classes_per_batch, config.samples_per_class,
+                                 config.seed)
+        if self.sampler.excluded_classes:
+            self.message(f"{len(self.sampler.excluded_classes)} class(es) with fewer than 2 images left out: "
+                         + ", ".join(names[c] for c in self.sampler.excluded_classes[:10]))
+        self.n_train = int(train_idx.numel())
 
-    val_time = [0.0, 0]   # seconds spent validating, validations timed
+    # ---- 2. the run's own folder (claimed only now: a run refused above leaves nothing behind)
+    def open_folder(self) -> None:
+        config = self.config
+        if self.ckpt is None:
+            wanted = config.out_dir or str(models_dir() / config.name)
+            out = claim_run_folder(config)
+            if str(out) != wanted:
+                self.message(f"{wanted} holds another run: this run writes to {out}")
+        else:
+            out = Path(config.out_dir)
+        self.out = out
+        self.last_path, self.best_path = out / LAST_FILE, out / BEST_FILE
+        self.message(f"run folder: {out}")
 
-    def validate() -> tuple[dict, dict]:
-        if val_idx.numel() < 2:
+    # ---- 3. loss, memory, optimizer
+    def build_optimisation(self) -> None:
+        config, model, device = self.config, self.model, self.device
+        loss_fn = build_loss(config.loss, config.margin, config.mining)
+        self.memory = None
+        if config.memory:
+            mem_size = max(self.sampler.batch_size, int(round(config.memory_share * self.sampler.num_samples)))
+            self.memory = CrossBatchMemory(mem_size, model.head.out_dim, self.n_train, device)
+        self.xbm = XBMLoss(loss_fn, self.memory, config.memory_weight, config.warmup_iters)
+        if config.mode == "head":
+            model.backbone.requires_grad_(False)
+            groups = [{"params": model.head.parameters(), "lr": config.lr_head}]
+        elif config.mode == "tail":
+            model.backbone.requires_grad_(False)
+            tail = [p for m in model.backbone.tail_modules(config.tail_units) for p in m.parameters()]
+            for p in tail:
+                p.requires_grad_(True)
+            groups = [{"params": model.head.parameters(), "lr": config.lr_head},
+                      {"params": tail, "lr": config.lr_backbone}]
+        else:
+            groups = [{"params": model.head.parameters(), "lr": config.lr_head},
+                      {"params": [p for p in model.backbone.parameters() if p.requires_grad],
+                       "lr": config.lr_backbone}]
+        self.opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=device.type == "cuda")
+        if config.mode == "full" and config.extra.get("compile"):
+            model.backbone.forward_features = torch.compile(model.backbone.forward_features)
+        self.aug_gen = torch.Generator().manual_seed(config.seed + 1)
+
+    def set_train_mode(self) -> None:
+        if self.config.mode == "head":
+            self.model.eval()
+        else:
+            self.model.train()
+            if self.config.freeze_bn:
+                freeze_batchnorm(self.model.backbone)
+
+    # ---- validation and checkpoints
+    def validate(self) -> tuple[dict, dict]:
+        """(metrics of the embedding, of the pooled descriptor it starts from) on the validation images."""
+        if self.val_idx.numel() < 2:
             return {}, {}
         t = time.perf_counter()
-        emb, pooled = source.embed_eval(model, val_idx)
-        set_train_mode()  # eval() for validation must not leave BatchNorm un-frozen afterwards
-        vl = labels_t[val_idx]
+        emb, pooled = self.source.embed_eval(self.model, self.val_idx)
+        self.set_train_mode()  # eval() for validation must not leave BatchNorm un-frozen afterwards
+        vl = self.labels_t[self.val_idx]
         out = retrieval_metrics(emb, vl), retrieval_metrics(pooled, vl)
-        val_time[0] += time.perf_counter() - t
-        val_time[1] += 1
+        self.val_time[0] += time.perf_counter() - t
+        self.val_time[1] += 1
         return out
 
-    # ---- state (fresh or resumed)
-    history: list[dict] = []
-    start = 0
-    best = {sel: -1.0, "iteration": 0}
-    best_metrics: dict = {}
-    bad_vals = 0
-    baseline: dict = {}
-    untrained_val: dict = {}
-    val_metrics: dict = {}
-    if ckpt is not None:
-        st = ckpt["train_state"]
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sampler.load_state_dict(ckpt["sampler"])
-        aug_gen.set_state(st["aug_rng"])
-        torch.set_rng_state(st["torch_rng"])
-        if device.type == "cuda" and st.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(st["cuda_rng"], device)
-        if memory is not None and ckpt.get("memory") is not None:
-            memory.load_state_dict(ckpt["memory"])
-        history = list(ckpt.get("history", []))
-        start = int(st["iteration"])
-        best, bad_vals = dict(st["best"]), int(st["bad_vals"])
-        saved = ckpt.get("metrics", {})
-        baseline = dict(saved.get("baseline_val", {}))
-        val_metrics = dict(saved.get("val", {}))
-        untrained_val = dict(saved.get("untrained_val", {}))
-        best_metrics = next((dict(h["val"]) for h in history if "val" in h and h["iteration"] == best["iteration"]),
-                            {})
-        message(f"resumed from {resume_from} at iteration {start}", start)
-
-    def payload(it: int, with_state: bool, val: dict) -> dict:
-        p = {"config": config.to_dict(), "model": model.state_dict(),
-             "metrics": {"val": val, "baseline_val": baseline, "untrained_val": untrained_val,
-                         "select_metric": sel, "iteration": it, "best_val": {k: v for k, v in best.items()}},
-             "classes": {"train": train_cls, "val": val_cls}}
+    def payload(self, it: int, with_state: bool, val: dict) -> dict:
+        p = {"config": self.config.to_dict(), "model": self.model.state_dict(),
+             "metrics": {"val": val, "baseline_val": self.baseline, "untrained_val": self.untrained_val,
+                         "select_metric": self.sel, "iteration": it, "best_val": dict(self.best)},
+             "classes": {"train": self.train_cls, "val": self.val_cls}}
         if with_state:
-            p.update({"optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
-                      "memory": memory.state_dict() if memory is not None else None, "history": history,
-                      "train_state": {"iteration": it, "aug_rng": aug_gen.get_state(),
+            device = self.device
+            p.update({"optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
+                      "memory": self.memory.state_dict() if self.memory is not None else None,
+                      "history": self.history,
+                      "train_state": {"iteration": it, "aug_rng": self.aug_gen.get_state(),
                                       "torch_rng": torch.get_rng_state(),
                                       "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                                      "best": best, "bad_vals": bad_vals}})
+                                      "best": self.best, "bad_vals": self.bad_vals}})
         return p
 
-    def save_last(it: int) -> None:
-        save_checkpoint(last_path, payload(it, True, val_metrics))
-        emit(TrainEvent("checkpoint", it, config.iterations, message=str(last_path)))
+    def save_last(self, it: int) -> None:
+        save_checkpoint(self.last_path, self.payload(it, True, self.val_metrics))
+        self.last_saved = it
+        self.emit(TrainEvent("checkpoint", it, self.config.iterations, message=str(self.last_path)))
 
-    def save_best(it: int) -> None:
-        save_checkpoint(best_path, payload(it, False, best_metrics))
-        write_info(out, config.name, config.data_root, config.to_dict(),
-                   {"val": best_metrics, "baseline_val": baseline, "untrained_val": untrained_val,
-                    "select_metric": sel, "iteration": it})
+    def save_best(self, it: int) -> None:
+        save_checkpoint(self.best_path, self.payload(it, False, self.best_metrics))
+        write_info(self.out, self.config.name, self.config.data_root, self.config.to_dict(),
+                   {"val": self.best_metrics, "baseline_val": self.baseline, "untrained_val": self.untrained_val,
+                    "select_metric": self.sel, "iteration": it})
 
-    def after_validation(it: int, m: dict) -> bool:
+    def after_validation(self, it: int, m: dict) -> bool:
         """Record a validation, say what it means for the kept checkpoint; True when early stopping says stop."""
-        nonlocal val_metrics, best, bad_vals, best_metrics
-        val_metrics = m
+        sel = self.sel
+        self.val_metrics = m
         score = m.get(sel)
-        improved = score is None or score > best.get(sel, -1.0)
+        improved = score is None or score > self.best.get(sel, -1.0)
         if improved:
-            best = {sel: -1.0 if score is None else score, "iteration": it}
-            best_metrics = dict(m)
-            bad_vals = 0
+            self.best = {sel: -1.0 if score is None else score, "iteration": it}
+            self.best_metrics = dict(m)
+            self.bad_vals = 0
         else:
-            bad_vals += 1
+            self.bad_vals += 1
         if score is None:
             text = "no validation images: best.pt follows the latest checkpoint"
         else:
             text = f"validation {_fmt_metrics(m, sel)}" + (
                 " -> best so far: saved as best.pt" if improved else
-                f"; best.pt stays at iteration {best['iteration']} ({sel_label} {best[sel]:.4f})")
+                f"; best.pt stays at iteration {self.best['iteration']} ({self.sel_label} {self.best[sel]:.4f})")
         log.info("[it %d] %s", it, text)
-        emit(TrainEvent("validation", it, config.iterations, val_recall1=m.get("recall@1"), message=text,
-                        val_score=score, select_metric=sel, best_iteration=best["iteration"], metrics=dict(m)))
-        history.append({"iteration": it, "val": dict(m)})
+        self.emit(TrainEvent("validation", it, self.config.iterations, val_recall1=m.get("recall@1"), message=text,
+                             val_score=score, select_metric=sel, best_iteration=self.best["iteration"],
+                             metrics=dict(m)))
+        self.history.append({"iteration": it, "val": dict(m)})
         if improved:
-            save_best(it)
-        return config.patience > 0 and bad_vals >= config.patience
+            self.save_best(it)
+        return self.config.patience > 0 and self.bad_vals >= self.config.patience
 
-    if ckpt is None:
-        set_train_mode()
-        if val_idx.numel() >= 2:
-            u = source.untrained_eval(model, val_idx)
-            set_train_mode()
+    # ---- 4a. a fresh run: the untrained descriptors and the untrained model are iteration 0
+    def validate_untrained(self) -> None:
+        config, sel = self.config, self.sel
+        self.set_train_mode()
+        if self.val_idx.numel() >= 2:
+            u = self.source.untrained_eval(self.model, self.val_idx)
+            self.set_train_mode()
             if u is not None:
-                vl = labels_t[val_idx]
-                untrained_val = {k: retrieval_metrics(u[:, j], vl) for j, k in enumerate(UNTRAINED)}
-        m, baseline = validate()
+                vl = self.labels_t[self.val_idx]
+                self.untrained_val = {k: retrieval_metrics(u[:, j], vl) for j, k in enumerate(UNTRAINED)}
+        m, self.baseline = self.validate()
+        untrained_val = self.untrained_val
         if untrained_val:
             ranked = sorted(untrained_val, key=lambda k: -untrained_val[k][sel])
-            message("untrained descriptors on the validation data: " + "; ".join(
+            self.message("untrained descriptors on the validation data: " + "; ".join(
                 f"{UNTRAINED_LABELS[k]} {_fmt_metrics(untrained_val[k], sel).replace(' (selection metric)', '')}"
                 for k in ranked) + f" (best: {UNTRAINED_LABELS[ranked[0]]}; training starts from "
                 f"{UNTRAINED_LABELS[config.pooling]})")
-            emit(TrainEvent("untrained", 0, config.iterations, select_metric=sel, metrics=dict(untrained_val),
-                            val_score=untrained_val[ranked[0]][sel], message=ranked[0]))
-        elif baseline:
-            message(f"untrained descriptor ({config.pooling}) on the validation data: R@1 {baseline['recall@1']:.4f}")
-        message(f"the checkpoint kept as best.pt is the one with the best validation {sel_label} "
-                f"(select_metric={sel}); iteration 0 is the untrained model")
-        after_validation(0, m)
-        save_last(0)
+            self.emit(TrainEvent("untrained", 0, config.iterations, select_metric=sel, metrics=dict(untrained_val),
+                                 val_score=untrained_val[ranked[0]][sel], message=ranked[0]))
+        elif self.baseline:
+            self.message(f"untrained descriptor ({config.pooling}) on the validation data: "
+                         f"R@1 {self.baseline['recall@1']:.4f}")
+        self.message(f"the checkpoint kept as best.pt is the one with the best validation {self.sel_label} "
+                     f"(select_metric={sel}); iteration 0 is the untrained model")
+        self.after_validation(0, m)
+        self.save_last(0)
 
-    # ---- the loop
+    # ---- 4b. a resumed run: everything last.pt saved
+    def restore(self) -> None:
+        ckpt, device = self.ckpt, self.device
+        st = ckpt["train_state"]
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.aug_gen.set_state(st["aug_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        if device.type == "cuda" and st.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(st["cuda_rng"], device)
+        if self.memory is not None and ckpt.get("memory") is not None:
+            self.memory.load_state_dict(ckpt["memory"])
+        self.history = list(ckpt.get("history", []))
+        self.start = int(st["iteration"])
+        self.best, self.bad_vals = dict(st["best"]), int(st["bad_vals"])
+        saved = ckpt.get("metrics", {})
+        self.baseline = dict(saved.get("baseline_val", {}))
+        self.val_metrics = dict(saved.get("val", {}))
+        self.untrained_val = dict(saved.get("untrained_val", {}))
+        self.best_metrics = next((dict(h["val"]) for h in self.history
+                                  if "val" in h and h["iteration"] == self.best["iteration"]), {})
+        self.message(f"resumed from {self.resume_from} at iteration {self.start}", self.start)
+
+    # ---- 5. the loop
     # Nothing in a step reads the device: the sample ids go up through pinned memory, the losses
     # and tuple counts stay on the device, and the figures of `log_every` steps are read in one go
     # (then the NaN check, events and progress). A NaN found there stops training before any
     # checkpoint is written after it, so the last good checkpoint is kept.
-    set_train_mode()
-    log_every = config.log_every or (20 if device.type == "cuda" else 1)
-    train_idx_d, train_labels_d = train_idx.to(device), train_labels.to(device)
-    fdt = torch.float32 if device.type == "mps" else torch.float64   # tuple counts pass 2**24
-    zero = torch.zeros((), device=device, dtype=fdt)
-    pending: list[tuple[int, int, bool, torch.Tensor]] = []  # (iteration, batch size, memory part?, (6,) figures)
-    cancelled, reason = False, ""
-    last_saved = start
-    t_train, n_seen = 0.0, 0
-    it = start
-    total = config.iterations
-    if start < total:
-        message(f"Phase: training, iterations {start + 1}-{total} (validation every {config.val_every})", start)
-    t_seg = time.perf_counter()
-
-    def eta_of(i: int, per_it: float) -> float:
-        """Seconds left after iteration i: the loop's own time per iteration, plus the validations left
-        at their measured cost."""
-        vals_left = total // config.val_every - i // config.val_every + (1 if total % config.val_every else 0)
-        per_val = val_time[0] / val_time[1] if val_time[1] else 0.0
-        return (total - i) * per_it + vals_left * per_val
-
-    def flush() -> str:
-        """Read the pending figures (one host sync); emit their events. Returns a stop reason or ''."""
-        nonlocal t_train, n_seen, t_seg
-        if not pending:
-            return ""
-        rows = torch.stack([f for *_, f in pending]).cpu().tolist()
-        now = time.perf_counter()
-        t_train += now - t_seg
-        t_seg = now
-        done = list(pending)
-        pending.clear()
-        per_it = t_train / max(1, done[-1][0] - start)
-        for (i, bsz, with_mem, _), (loss_v, lb, lm, tb, tm, fill) in zip(done, rows, strict=True):
-            if not math.isfinite(loss_v):
-                msg = (f"the loss became {loss_v} at iteration {i}: training stopped; the last good "
-                       f"checkpoint (iteration {last_saved}) is kept. Lower the learning rates.")
-                message(msg, i - 1)
-                return msg
-            n_seen += bsz
-            rate = n_seen / t_train if t_train > 0 else 0.0
-            rec = {"iteration": i, "loss": loss_v, "loss_batch": lb, "loss_memory": lm if with_mem else None,
-                   "triplets_batch": int(tb), "triplets_memory": int(tm), "memory_fill": int(fill)}
-            history.append(rec)
-            emit(TrainEvent("iteration", i, total, loss=loss_v, loss_batch=lb, loss_memory=rec["loss_memory"],
-                            memory_fill=rec["memory_fill"], memory_size=0 if memory is None else memory.size,
-                            triplets_batch=rec["triplets_batch"], triplets_memory=rec["triplets_memory"],
-                            images_per_s=rate, eta_s=eta_of(i, per_it)))
-            progress(i, total, f"loss {loss_v:.4f}")
-        return ""
-
-    while it < total:
-        if should_stop():
-            cancelled, reason = True, "cancelled"
-            break
-        ids_cpu = sampler.next_batch()
-        ids = D.to_device(ids_cpu, device)
-        emb = source.embed_train(model, train_idx_d[ids], aug_gen)
-        lab = train_labels_d[ids]
-        loss, part_b, part_m = xbm(emb, lab, ids, it)
-        opt.zero_grad(set_to_none=True)
+    def step(self, it: int) -> _Pending:
+        """One optimisation step (iteration ``it`` -> ``it + 1``); its figures stay on the device."""
+        memory, fdt, zero = self.memory, self.fdt, self.zero
+        ids_cpu = self.sampler.next_batch()
+        ids = D.to_device(ids_cpu, self.device)
+        emb = self.source.embed_train(self.model, self.train_idx_d[ids], self.aug_gen)
+        lab = self.train_labels_d[ids]
+        loss, part_b, part_m = self.xbm(emb, lab, ids, it)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        it += 1
-        pending.append((it, int(ids_cpu.numel()), part_m is not None, torch.stack([
+        self.opt.step()
+        return _Pending(it + 1, int(ids_cpu.numel()), part_m is not None, torch.stack([
             loss.detach().to(fdt), part_b.loss.detach().to(fdt),
             zero if part_m is None else part_m.loss.detach().to(fdt),
             part_b.tuples.to(fdt), zero if part_m is None else part_m.tuples.to(fdt),
-            zero if memory is None else memory.fill_tensor().to(fdt)])))
-        validating = it % config.val_every == 0 or it == total
-        if len(pending) >= log_every or validating:
-            reason = flush()
-            if reason:
+            zero if memory is None else memory.fill_tensor().to(fdt)]))
+
+    def eta_of(self, i: int, per_it: float) -> float:
+        """Seconds left after iteration i: the loop's own time per iteration, plus the validations left
+        at their measured cost."""
+        total, val_every = self.config.iterations, self.config.val_every
+        vals_left = total // val_every - i // val_every + (1 if total % val_every else 0)
+        per_val = self.val_time[0] / self.val_time[1] if self.val_time[1] else 0.0
+        return (total - i) * per_it + vals_left * per_val
+
+    def flush(self) -> str:
+        """Read the pending figures (one host sync); emit their events. Returns a stop reason or ''."""
+        if not self.pending:
+            return ""
+        total = self.config.iterations
+        rows = torch.stack([p.figures for p in self.pending]).cpu().tolist()
+        now = time.perf_counter()
+        self.t_train += now - self.t_seg
+        self.t_seg = now
+        done = list(self.pending)
+        self.pending.clear()
+        per_it = self.t_train / max(1, done[-1].iteration - self.start)
+        for p, (loss_v, lb, lm, tb, tm, fill) in zip(done, rows, strict=True):
+            i = p.iteration
+            if not math.isfinite(loss_v):
+                msg = (f"the loss became {loss_v} at iteration {i}: training stopped; the last good "
+                       f"checkpoint (iteration {self.last_saved}) is kept. Lower the learning rates.")
+                self.message(msg, i - 1)
+                return msg
+            self.n_seen += p.batch_size
+            rate = self.n_seen / self.t_train if self.t_train > 0 else 0.0
+            rec = {"iteration": i, "loss": loss_v, "loss_batch": lb, "loss_memory": lm if p.with_memory else None,
+                   "triplets_batch": int(tb), "triplets_memory": int(tm), "memory_fill": int(fill)}
+            self.history.append(rec)
+            self.emit(TrainEvent("iteration", i, total, loss=loss_v, loss_batch=lb, loss_memory=rec["loss_memory"],
+                                 memory_fill=rec["memory_fill"],
+                                 memory_size=0 if self.memory is None else self.memory.size,
+                                 triplets_batch=rec["triplets_batch"], triplets_memory=rec["triplets_memory"],
+                                 images_per_s=rate, eta_s=self.eta_of(i, per_it)))
+            self.progress(i, total, f"loss {loss_v:.4f}")
+        return ""
+
+    def validation_point(self, it: int) -> str:
+        """Validate, keep best.pt and last.pt; returns the early-stopping reason or ''."""
+        m, _ = self.validate()
+        stop = self.after_validation(it, m)
+        self.save_last(it)
+        self.t_seg = time.perf_counter()   # validation time is not training time
+        if not stop:
+            return ""
+        reason = f"early stopping: no better validation {self.sel_label} in {self.config.patience} validations"
+        self.message(reason, it)
+        return reason
+
+    def loop(self) -> None:
+        """Steps until the last iteration, a stop, a NaN loss or early stopping; sets ``it``,
+        ``cancelled``, ``reason`` and writes last.pt for a cancelled run."""
+        config, device = self.config, self.device
+        self.set_train_mode()
+        log_every = config.log_every or (20 if device.type == "cuda" else 1)
+        self.train_idx_d, self.train_labels_d = self.train_idx.to(device), self.train_labels.to(device)
+        self.fdt = torch.float32 if device.type == "mps" else torch.float64   # tuple counts pass 2**24
+        self.zero = torch.zeros((), device=device, dtype=self.fdt)
+        self.pending: list[_Pending] = []
+        cancelled, reason = False, ""
+        self.last_saved = self.start
+        self.t_train, self.n_seen = 0.0, 0
+        it, total = self.start, config.iterations
+        if self.start < total:
+            self.message(f"Phase: training, iterations {self.start + 1}-{total} "
+                         f"(validation every {config.val_every})", self.start)
+        self.t_seg = time.perf_counter()
+        while it < total:
+            if self.should_stop():
+                cancelled, reason = True, "cancelled"
                 break
-        if validating:
-            m, _ = validate()
-            stop = after_validation(it, m)
-            save_last(it)
-            last_saved = it
-            t_seg = time.perf_counter()   # validation time is not training time
-            if stop:
-                reason = f"early stopping: no better validation {sel_label} in {config.patience} validations"
-                message(reason, it)
-                break
-    if not reason or cancelled:
-        reason = flush() or reason
-    if reason.startswith("the loss"):
-        cancelled = False
-    if cancelled and last_saved != it:
-        save_last(it)
-        last_saved = it
-    if not reason:
-        reason = "finished"
-    if not best_path.exists():  # no validation ever ran (cannot happen: iteration 0 saves one)
-        save_best(last_saved)
-    last_val = next((h["val"] for h in reversed(history) if "val" in h), {})
-    last_val_it = next((h["iteration"] for h in reversed(history) if "val" in h), 0)
-    if best_metrics.get(sel) is not None:
-        message(f"kept best.pt: iteration {best['iteration']}, validation {_fmt_metrics(best_metrics, sel)}; "
-                f"last.pt: iteration {last_saved}" + (f", validation {_fmt_metrics(last_val, sel)}"
-                                                      if last_val and last_val_it == last_saved else ""), it)
-    emit(TrainEvent("done", it, total, val_recall1=best_metrics.get("recall@1"), message=reason,
-                    val_score=best_metrics.get(sel), select_metric=sel, best_iteration=best["iteration"],
-                    metrics=dict(best_metrics)))
-    return TrainResult(checkpoint_path=str(last_path), best_checkpoint_path=str(best_path), config=config,
-                       history=history, val_metrics=val_metrics, baseline_val_metrics=baseline,
-                       cancelled=cancelled, stopped_reason=reason, select_metric=sel,
-                       best_iteration=int(best["iteration"]), best_val_metrics=best_metrics,
-                       last_iteration=last_saved, untrained_val_metrics=untrained_val,
-                       validation=split.description)
+            self.pending.append(self.step(it))
+            it += 1
+            validating = it % config.val_every == 0 or it == total
+            if len(self.pending) >= log_every or validating:
+                reason = self.flush()
+                if reason:
+                    break
+            if validating:
+                reason = self.validation_point(it)
+                if reason:
+                    break
+        if not reason or cancelled:
+            reason = self.flush() or reason
+        if reason.startswith("the loss"):
+            cancelled = False
+        if cancelled and self.last_saved != it:
+            self.save_last(it)
+        self.it, self.cancelled, self.reason = it, cancelled, reason or "finished"
+
+    # ---- 6. the result
+    def finish(self) -> TrainResult:
+        sel, best, best_metrics, it = self.sel, self.best, self.best_metrics, self.it
+        if not self.best_path.exists():  # no validation ever ran (cannot happen: iteration 0 saves one)
+            self.save_best(self.last_saved)
+        last_val = next((h["val"] for h in reversed(self.history) if "val" in h), {})
+        last_val_it = next((h["iteration"] for h in reversed(self.history) if "val" in h), 0)
+        if best_metrics.get(sel) is not None:
+            self.message(f"kept best.pt: iteration {best['iteration']}, validation {_fmt_metrics(best_metrics, sel)}; "
+                         f"last.pt: iteration {self.last_saved}" + (
+                             f", validation {_fmt_metrics(last_val, sel)}"
+                             if last_val and last_val_it == self.last_saved else ""), it)
+        self.emit(TrainEvent("done", it, self.config.iterations, val_recall1=best_metrics.get("recall@1"),
+                             message=self.reason, val_score=best_metrics.get(sel), select_metric=sel,
+                             best_iteration=best["iteration"], metrics=dict(best_metrics)))
+        return TrainResult(checkpoint_path=str(self.last_path), best_checkpoint_path=str(self.best_path),
+                           config=self.config, history=self.history, val_metrics=self.val_metrics,
+                           baseline_val_metrics=self.baseline, cancelled=self.cancelled,
+                           stopped_reason=self.reason, select_metric=sel, best_iteration=int(best["iteration"]),
+                           best_val_metrics=best_metrics, last_iteration=self.last_saved,
+                           untrained_val_metrics=self.untrained_val, validation=self.split.description)
 
 
 def feature_cache_path(config: TrainConfig, paths: list[str]) -> Path:
