@@ -77,7 +77,7 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+    def __getitem__(self, i: int) -> tuple[int, Any]:
         try:
             img = load_image(self.paths[i], max_pixels=self.max_pixels, min_side=self.min_side)
             return i, self.transform(img)
@@ -87,13 +87,32 @@ class ImageFileDataset(Dataset):
             return i, f"cannot prepare image ({type(exc).__name__}: {exc})"
 
 
-def collate_drop_failures(items: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor | None,
-                                                                             list[tuple[int, str]]]:
-    """Batch the good items, set the failures aside: -> (indices, (B, 3, S, S) or None, [(index, reason)])."""
-    good = [(i, t) for i, t in items if isinstance(t, torch.Tensor)]
-    bad = [(i, t) for i, t in items if not isinstance(t, torch.Tensor)]
+class MultiScaleTransform:
+    """PIL image -> a tuple of tensors (3, S, S), one per size, each made from the image itself."""
+
+    def __init__(self, sizes: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                 crop_fraction: float = 1.0) -> None:
+        self.sizes = tuple(int(s) for s in sizes)
+        self.transforms = [build_transform(s, mean, std, crop_fraction) for s in self.sizes]
+
+    def __call__(self, img: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t(img) for t in self.transforms)
+
+
+def _is_item(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) or (isinstance(t, tuple) and all(isinstance(v, torch.Tensor) for v in t))
+
+
+def collate_drop_failures(items: list[tuple[int, Any]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Batch the good items, set the failures aside: -> (indices, (B, 3, S, S) or None, [(index, reason)]);
+    items that are tuples of tensors (multi-scale) batch to a tuple of (B, 3, S_s, S_s)."""
+    good = [(i, t) for i, t in items if _is_item(t)]
+    bad = [(i, t) for i, t in items if not _is_item(t)]
     if not good:
         return [], None, bad
+    first = good[0][1]
+    if isinstance(first, tuple):
+        return [i for i, _ in good], tuple(torch.stack([t[k] for _, t in good]) for k in range(len(first))), bad
     return [i for i, _ in good], torch.stack([t for _, t in good]), bad
 
 
@@ -101,12 +120,26 @@ def _backbone_of(model: nn.Module) -> nn.Module:
     return getattr(model, "backbone", model)
 
 
-def _input_spec(model: nn.Module, image_size: int | None) -> tuple[int, tuple, tuple]:
+def _input_spec(model: nn.Module, image_size: int | Sequence[int] | None) -> tuple[Any, tuple, tuple]:
+    """(size, mean, std) of the model's input; size is a tuple of sizes for a multi-scale model (its
+    ``scales``, or ``image_size`` given as a sequence of more than one), else an int."""
     bb = _backbone_of(model)
-    size = image_size or getattr(bb, "default_image_size", None) or 224
+    scales = getattr(model, "scales", None)
+    if isinstance(image_size, (list, tuple)):
+        scales, image_size = (tuple(image_size), None) if len(image_size) > 1 else (None, image_size[0])
+    size: Any = image_size or getattr(bb, "default_image_size", None) or 224
+    if scales and len(scales) > 1:
+        size = tuple(int(s) for s in scales)
+    elif scales:
+        size = scales[0]
     mean = tuple(getattr(bb, "mean", IMAGENET_MEAN))
     std = tuple(getattr(bb, "std", IMAGENET_STD))
-    return int(size), mean, std
+    return (size if isinstance(size, tuple) else int(size)), mean, std
+
+
+def input_sizes(size: int | Sequence[int]) -> tuple[int, ...]:
+    """An image size or a sequence of them -> a tuple of sizes."""
+    return tuple(int(s) for s in size) if isinstance(size, (list, tuple)) else (int(size),)
 
 
 def default_decode_threads() -> int:
@@ -164,7 +197,9 @@ def _batches(
 
         batches = grouped()
     for idx, x, bad in batches:
-        if x is not None:
+        if isinstance(x, tuple):
+            x = tuple(t.to(device, non_blocking=cuda) for t in x)
+        elif x is not None:
             x = x.to(device, non_blocking=cuda)
         yield idx, x, bad, len(idx) + len(bad)
 
@@ -200,8 +235,9 @@ class ExtractedBatch:
     total: int
 
 
-def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
-                 image_size: int, mean: Sequence[float], std: Sequence[float], crop_fraction: float = 1.0,
+def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[Any], dict[str, torch.Tensor]], *,
+                 image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
+                 crop_fraction: float = 1.0,
                  batch_size: int = 32, num_workers: int = 0, decode_threads: int | None = None,
                  device: str | torch.device = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  draft: bool = True) -> Iterator[ExtractedBatch]:
@@ -210,12 +246,17 @@ def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[torch.Te
     Files are decoded at the size the network needs (``draft``: JPEG DCT scaling to the resize side),
     by ``decode_threads`` threads (None: one per core) while the model runs, or by ``num_workers``
     DataLoader processes. Bad files are reported in the batch's ``skipped``. The caller decides when
-    to stop: it simply stops iterating."""
+    to stop: it simply stops iterating.
+
+    ``image_size`` a sequence of sizes (multi-scale): every image is resized from the decoded file to
+    each size and ``compute`` receives a tuple of (B, 3, S_s, S_s), one per size, in that order."""
     dev = torch.device(device)
-    transform = build_transform(image_size, mean, std, crop_fraction)
+    sizes = input_sizes(image_size)
+    transform: Callable = (build_transform(sizes[0], mean, std, crop_fraction) if len(sizes) == 1
+                           else MultiScaleTransform(sizes, mean, std, crop_fraction))
     paths = [str(p) for p in paths]
     threads = default_decode_threads() if decode_threads is None else decode_threads
-    min_side = resize_side(image_size, crop_fraction) if draft else None
+    min_side = resize_side(max(sizes), crop_fraction) if draft else None
     done, total = 0, len(paths)
     with torch.inference_mode():
         for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
@@ -229,8 +270,8 @@ def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[torch.Te
             yield ExtractedBatch([paths[i] for i in idx], vectors, skipped, done, total)
 
 
-def _extract_loop(paths: list[str], transform_spec: tuple[int, tuple, tuple, float],
-                  compute: Callable[[torch.Tensor], dict[str, torch.Tensor]], *,
+def _extract_loop(paths: list[str], transform_spec: tuple[Any, tuple, tuple, float],
+                  compute: Callable[[Any], dict[str, torch.Tensor]], *,
                   batch_size: int, num_workers: int, device: torch.device, max_pixels: int | None,
                   report: ProgressFn, stop: ShouldStopFn
                   ) -> tuple[dict[str, list[np.ndarray]], list[str], list[SkippedImage], bool, float]:
@@ -291,12 +332,45 @@ def extract_descriptors(
     return ExtractionResult(vectors, kept, skipped, cancelled, seconds)
 
 
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def feature_fn(backbone: nn.Module, features: FeatureFn | Mapping[int, FeatureFn] | None
+               ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """``run(size, x (B, 3, S, S)) -> (B, C, h, w)``: ``features`` per size (a mapping size -> runner, as
+    engine.runtime makes one per input size), one callable for every size, or the backbone in torch."""
+    if features is None:
+        return lambda _size, x: backbone.forward_features(x)
+    if isinstance(features, Mapping):
+        table = features
+
+        def run(size: int, x: torch.Tensor) -> torch.Tensor:
+            if size not in table:
+                raise ValueError(f"no feature runner for input size {size} (have {sorted(table)})")
+            return table[size](x)
+        return run
+    fn = features
+    return lambda _size, x: fn(x)
+
+
+def feature_maps(run: Callable[[int, torch.Tensor], torch.Tensor], sizes: Sequence[int], x: Any) -> list[torch.Tensor]:
+    """The batch ``x`` ((B, 3, S, S), or a tuple of them, one per size) -> its feature map at every size."""
+    xs = x if isinstance(x, tuple) else (x,)
+    if len(xs) != len(sizes):
+        raise ValueError(f"{len(xs)} input tensors for {len(sizes)} sizes")
+    return [run(s, t) for s, t in zip(sizes, xs, strict=True)]
+
+
+def _describe(head: nn.Module, fmaps: list[torch.Tensor]) -> torch.Tensor:
+    return head.describe(fmaps[0]) if len(fmaps) == 1 else head.describe_scales(fmaps)
+
+
 def extract_multi(
     backbone: nn.Module,
     heads: Mapping[str, nn.Module],
     paths: Sequence[str | os.PathLike],
     *,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -304,23 +378,27 @@ def extract_multi(
     progress: ProgressFn | None = None,
     should_stop: ShouldStopFn | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    features: FeatureFn | Mapping[int, FeatureFn] | None = None,
 ) -> dict[str, ExtractionResult]:
-    """Several descriptors from one pass: per batch, ``fmap = backbone.forward_features(x)``
-    (B, C, h, w) once, then ``head.describe(fmap) -> (B, D)`` for every head. Returns one
+    """Several descriptors from one pass: per batch the feature map (B, C, h, w) once per input size
+    (``image_size`` a sequence: multi-scale; ``features`` what computes the maps, see :func:`feature_fn`),
+    then every head's ``describe(fmap)`` (one size) or ``describe_scales(fmaps)`` -> (B, D). Returns one
     ExtractionResult per head name (same paths, skipped and timing for all)."""
     if not heads:
         raise ValueError("extract_multi needs at least one descriptor head")
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
     size, mean, std = _input_spec(backbone, image_size)
+    sizes = input_sizes(size)
     paths = [str(p) for p in paths]
     backbone = backbone.to(dev).eval()
     for h in heads.values():
         h.to(dev).eval()
+    run = feature_fn(backbone, features)
 
-    def compute(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        fmap = backbone.forward_features(x)
-        return {name: head.describe(fmap) for name, head in heads.items()}
+    def compute(x: Any) -> dict[str, torch.Tensor]:
+        fmaps = feature_maps(run, sizes, x)
+        return {name: _describe(head, fmaps) for name, head in heads.items()}
 
     chunks, kept, skipped, cancelled, seconds = _extract_loop(
         paths, (size, mean, std, crop_fraction), compute, batch_size=batch_size, num_workers=num_workers, device=dev,
@@ -339,7 +417,7 @@ def whitening_training_vectors(
     backbone: nn.Module,
     paths: Sequence[str | os.PathLike],
     *,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -348,44 +426,58 @@ def whitening_training_vectors(
     gem_p: float = 3.0,
     progress: ProgressFn | None = None,
     should_stop: ShouldStopFn | None = None,
-) -> np.ndarray:
+    features: FeatureFn | Mapping[int, FeatureFn] | None = None,
+    return_owners: bool = False,
+) -> Any:
     """The vectors a whitening for ``descriptor_kind`` is learned on, (M, C) float32:
-    for rmac the L2-normalised regional MAC vectors of every image (M = N x regions),
-    for the others the L2-normalised pooled descriptors (M = N). Raises Cancelled when stopped."""
+    for rmac the L2-normalised regional MAC vectors (whole map and grid) of every image at every size
+    (M = N x regions), for the others the descriptors before whitening (M = N; multi-scale when
+    ``image_size`` is a sequence of sizes: each size's vector normalised, summed, normalised).
+    ``return_owners``: returns (X, owners) with the index into ``paths`` of every row's image (M,)
+    (files that could not be read are left out). Raises Cancelled when stopped."""
     from models import pooling
     from models.descriptors import build_descriptor
 
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
     size, mean, std = _input_spec(backbone, image_size)
-    transform = build_transform(size, mean, std, crop_fraction)
+    sizes = input_sizes(size)
     paths = [str(p) for p in paths]
     backbone = backbone.to(dev).eval()
+    run = feature_fn(backbone, features)
     head = None
     if descriptor_kind != "rmac":
         head = build_descriptor(descriptor_kind, backbone, rmac_levels=rmac_levels, gem_p=gem_p).to(dev).eval()
     chunks: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
     done, total = 0, len(paths)
     report(0, total, "learning whitening: extracting")
+    transform: Callable = (build_transform(sizes[0], mean, std, crop_fraction) if len(sizes) == 1
+                           else MultiScaleTransform(sizes, mean, std, crop_fraction))
     with torch.inference_mode():
-        for _idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                        device=dev, max_pixels=DEFAULT_MAX_PIXELS):
+        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
+                                       device=dev, max_pixels=DEFAULT_MAX_PIXELS,
+                                       min_side=resize_side(max(sizes), crop_fraction)):
             for i, reason in bad:
                 log.warning("whitening: skipped %s: %s", paths[i], reason)
             if x is not None:
-                fmap = backbone.forward_features(x)
+                fmaps = feature_maps(run, sizes, x)
                 if head is None:
-                    regions = pooling.l2n(pooling.rmac_region_vectors(fmap, L=rmac_levels))  # (B, R, C)
-                    chunks.append(_to_numpy(regions.reshape(-1, regions.shape[-1])))
+                    for fmap in fmaps:
+                        regions = pooling.l2n(pooling.rmac_region_vectors(fmap.float(), L=rmac_levels))  # (B, R, C)
+                        chunks.append(_to_numpy(regions.reshape(-1, regions.shape[-1])))
+                        owners.append(np.repeat(np.asarray(idx, np.int64), regions.shape[1]))
                 else:
-                    chunks.append(_to_numpy(head.describe(fmap)))
+                    chunks.append(_to_numpy(_describe(head, fmaps)))
+                    owners.append(np.asarray(idx, np.int64))
             done += n
             report(done, total, "learning whitening: extracting")
             if done < total and stop():
                 raise Cancelled("whitening cancelled")
     if not chunks:
         raise ValueError("no usable image to learn the whitening from")
-    return np.concatenate(chunks)
+    X = np.concatenate(chunks)  # noqa: N806
+    return (X, np.concatenate(owners)) if return_owners else X
 
 
 def learn_whitening(
@@ -394,7 +486,7 @@ def learn_whitening(
     paths: Sequence[str | os.PathLike],
     *,
     dim: int | None = None,
-    image_size: int | None = None,
+    image_size: int | Sequence[int] | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -403,17 +495,34 @@ def learn_whitening(
     gem_p: float = 3.0,
     progress: ProgressFn | None = None,
     should_stop: ShouldStopFn | None = None,
+    method: str = "pca",
+    labels: Sequence[str] | None = None,
+    shrinkage: float = 0.0,
+    features: FeatureFn | Mapping[int, FeatureFn] | None = None,
 ):
     """Learn a ``models.whitening.PCAWhitening`` (to ``dim`` dimensions, None = all) for descriptor
     ``descriptor_kind`` from the images ``paths``: for rmac on the L2-normalised regional vectors
-    (as R-MAC applies it per region), for the other kinds on the pooled vectors."""
+    (as R-MAC applies it per region), for the other kinds on the pooled (multi-scale when
+    ``image_size`` is a sequence) vectors. ``method``: "pca" (PCA-whitening) or "lw" (learned
+    whitening from ``labels``, one per path: the class of each image); ``shrinkage`` of the
+    covariance towards a multiple of the identity, in [0, 1]."""
     from models.whitening import PCAWhitening
 
-    X = whitening_training_vectors(  # noqa: N806
+    if method not in ("pca", "lw"):
+        raise ValueError(f"unknown whitening method {method!r}: choose one of pca, lw")
+    if method == "lw" and (labels is None or len(labels) != len(paths)):
+        raise ValueError("learned whitening (lw) needs one class label per image")
+    X, owners = whitening_training_vectors(  # noqa: N806
         descriptor_kind, backbone, paths, image_size=image_size, batch_size=batch_size,
         num_workers=num_workers, device=device, crop_fraction=crop_fraction, rmac_levels=rmac_levels,
-        gem_p=gem_p, progress=progress, should_stop=should_stop,
+        gem_p=gem_p, progress=progress, should_stop=should_stop, features=features, return_owners=True,
     )
     if dim is not None and dim > min(X.shape):
         raise ValueError(f"whitening dim {dim} is larger than the data allows ({X.shape[0]} vectors of {X.shape[1]})")
-    return PCAWhitening.fit(X, dim=dim)
+    size, _, _ = _input_spec(backbone, image_size)
+    meta = {"descriptor": descriptor_kind, "sizes": list(input_sizes(size))}
+    if method == "lw":
+        assert labels is not None
+        row_labels = [str(labels[i]) for i in owners]
+        return PCAWhitening.fit_lw(X, row_labels, dim=dim, shrinkage=shrinkage, meta=meta)
+    return PCAWhitening.fit(X, dim=dim, shrinkage=shrinkage, meta=meta)

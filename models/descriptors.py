@@ -5,11 +5,18 @@
 - ``rmac``: R-MAC, optionally with PCA-whitening of the regional vectors (Tolias et al.).
 - ``mac``, ``gem``: global max and generalised mean.
 For every kind but rmac a whitening, when given, is applied to the pooled vector.
+
+Multi-scale (``scales``, e.g. (224, 288, 352)): the image is resized to every size, each size's
+descriptor is pooled and L2-normalised, the vectors are summed and L2-normalised, then whitened (for
+rmac every region is whitened inside each scale, as R-MAC does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from models import pooling
@@ -25,11 +32,41 @@ def list_descriptors() -> list[str]:
     return list(_KINDS)
 
 
+def check_scales(scales: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``scales`` as a tuple of distinct input sizes >= 16 in increasing order (None stays None);
+    ValueError otherwise."""
+    if scales is None:
+        return None
+    try:
+        out = tuple(sorted({int(s) for s in scales}))
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be input sizes in pixels, e.g. 224,288,352; got {scales!r}") from None
+    if not out or any(s < 16 for s in out) or any(isinstance(s, bool) for s in scales):
+        raise ValueError(f"scales must be input sizes of at least 16 pixels, e.g. 224,288,352; got {scales!r}")
+    return out
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """'224,288,352' -> (224, 288, 352) (ValueError with an example otherwise)."""
+    try:
+        values = [int(t) for t in str(text).replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"scales must be comma-separated input sizes, e.g. 224,288,352; got {text!r}") from None
+    return check_scales(values)  # type: ignore[return-value]
+
+
+def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, size, size), bilinear with antialiasing (as PIL's resize)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 class DescriptorModel(nn.Module):
     """backbone + head; ``forward(x: (B, 3, H, W)) -> (B, dim)`` L2-normalised float32."""
 
     def __init__(self, backbone: Backbone, kind: str, whitening: PCAWhitening | None = None,
-                 rmac_levels: int = 3, gem_p: float = 3.0) -> None:
+                 rmac_levels: int = 3, gem_p: float = 3.0, scales: Sequence[int] | None = None) -> None:
         super().__init__()
         if kind not in _KINDS:
             raise ValueError(f"unknown descriptor {kind!r}: choose one of {', '.join(_KINDS)}")
@@ -44,14 +81,19 @@ class DescriptorModel(nn.Module):
         self.whitening = whitening
         self.rmac_levels = rmac_levels
         self.gem_p = gem_p
+        self.scales = check_scales(scales)
         self.dim = int(whitening.out_dim if whitening is not None else in_dim)
 
     @property
     def label(self) -> str:
-        return LABELS[self.kind] + (" + PCA-w" if self.whitening is not None else "")
+        w = self.whitening
+        scales = f" @ {'+'.join(str(s) for s in self.scales)}" if self.scales and len(self.scales) > 1 else ""
+        tag = "" if w is None else " + Lw" if getattr(w, "method", "pca") == "lw" else " + PCA-w"
+        return LABELS[self.kind] + scales + tag
 
-    def describe(self, fmap: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) feature map -> (B, dim) descriptor."""
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C) pooled and L2-normalised, not whitened (rmac: whitened per region
+        when the model whitens, as R-MAC is)."""
         fmap = fmap.float()
         if self.kind == "rmac":
             return pooling.rmac(fmap, self.rmac_levels, self.whitening)
@@ -63,13 +105,39 @@ class DescriptorModel(nn.Module):
             v = pooling.mac(fmap)
         else:
             v = pooling.gem(fmap, self.gem_p)
-        v = v.float()
-        if self.whitening is not None:
-            v = self.whitening.apply_torch(pooling.l2n(v))
+        return pooling.l2n(v.float())
+
+    def finish(self, v: torch.Tensor) -> torch.Tensor:
+        """(B, C) L2-normalised pooled vector -> (B, dim): whitened (all kinds but rmac) and normalised."""
+        if self.whitening is not None and self.kind != "rmac":
+            v = self.whitening.apply_torch(v)
         return pooling.l2n(v)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.describe(self.backbone.forward_features(x))
+    def describe(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) feature map -> (B, dim) descriptor (one scale)."""
+        return self.finish(self.pool(fmap))
+
+    def describe_scales(self, fmaps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The feature maps of one batch at every scale [(B, C, h_s, w_s)] -> (B, dim): each scale
+        pooled and L2-normalised, summed, normalised, then whitened and normalised."""
+        if not fmaps:
+            raise ValueError("describe_scales needs the feature map of at least one scale")
+        total = self.pool(fmaps[0])
+        for f in fmaps[1:]:
+            total = total + self.pool(f)
+        return self.finish(pooling.l2n(total))
+
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, dim); multi-scale: a list of (B, 3, S_s, S_s), one per scale, or one
+        tensor resized to every scale here."""
+        if not self.scales or len(self.scales) == 1:
+            if isinstance(x, (list, tuple)):
+                (x,) = x
+            return self.describe(self.backbone.forward_features(x))
+        xs = list(x) if isinstance(x, (list, tuple)) else [resize_to(x, s) for s in self.scales]
+        if len(xs) != len(self.scales):
+            raise ValueError(f"{len(xs)} input sizes for a model of {len(self.scales)} scales {self.scales}")
+        return self.describe_scales([self.backbone.forward_features(t) for t in xs])
 
     def region_boxes(self, fmap_hw: tuple[int, int]) -> list[pooling.Region]:
         """The R-MAC regions (y, x, h, w) in feature-map cells for a map of size ``fmap_hw``: the whole
@@ -96,8 +164,10 @@ class DescriptorModel(nn.Module):
 
 
 def build_descriptor(name: str, backbone: Backbone, *, whitening: PCAWhitening | None = None,
-                     rmac_levels: int = 3, gem_p: float = 3.0) -> DescriptorModel:
-    """A :class:`DescriptorModel` of kind ``name`` on ``backbone`` (ValueError names the valid kinds)."""
-    model = DescriptorModel(backbone, name, whitening, rmac_levels, gem_p)
+                     rmac_levels: int = 3, gem_p: float = 3.0,
+                     scales: Sequence[int] | None = None) -> DescriptorModel:
+    """A :class:`DescriptorModel` of kind ``name`` on ``backbone`` (ValueError names the valid kinds);
+    ``scales``: input sizes of a multi-scale descriptor (None: one, the extraction's image size)."""
+    model = DescriptorModel(backbone, name, whitening, rmac_levels, gem_p, scales)
     param = next(backbone.parameters(), None)
     return model.to(param.device) if param is not None else model

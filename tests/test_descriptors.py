@@ -95,3 +95,46 @@ def test_region_contributions_only_for_rmac(backbone):
     d = build_descriptor("mac", backbone)
     with pytest.raises(ValueError, match="rmac"):
         d.region_contributions(torch.rand(1, 512, 3, 3), torch.rand(512))
+
+
+# --- multi-scale ----------------------------------------------------------------------------------
+def test_multi_scale_is_the_normalised_sum_of_normalised_scales(backbone):
+    from models.descriptors import resize_to
+
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    scales = (64, 80, 96)
+    for kind in ("spoc", "mac", "gem", "rmac"):
+        d = build_descriptor(kind, backbone, scales=scales)
+        single = build_descriptor(kind, backbone)
+        with torch.no_grad():
+            got = d(x)
+            parts = [single(resize_to(x, s)) for s in scales]  # each L2-normalised
+            expected = pooling.l2n(sum(parts))
+            by_list = d([resize_to(x, s) for s in scales])
+        assert got.shape == (2, backbone.feature_dim)
+        assert torch.allclose(got, expected, atol=1e-5), kind
+        assert torch.allclose(by_list, expected, atol=1e-5), kind
+        assert not torch.allclose(got, parts[0], atol=1e-3), kind  # the other scales count
+
+
+def test_multi_scale_whitening_applies_after_the_sum(backbone):
+    rng = np.random.default_rng(4)
+    w = PCAWhitening.fit_lw(rng.normal(size=(300, backbone.feature_dim)), np.repeat(np.arange(30), 10), dim=16)
+    x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(5))
+    d = build_descriptor("gem", backbone, whitening=w, scales=(64, 80))
+    plain = build_descriptor("gem", backbone, scales=(64, 80))
+    with torch.no_grad():
+        got = d(x)
+        expected = pooling.l2n(torch.as_tensor(w.apply(plain(x).numpy())))
+    assert got.shape == (2, 16) and torch.allclose(got, expected, atol=1e-5)
+    assert d.label == "GeM @ 64+80 + Lw"
+
+
+def test_scales_are_checked_and_parsed():
+    from models.descriptors import check_scales, parse_scales
+
+    assert parse_scales("352, 224,288") == (224, 288, 352)
+    assert check_scales(None) is None
+    for bad in ("224,x", "8,224", ""):
+        with pytest.raises(ValueError, match="224,288,352"):
+            parse_scales(bad)

@@ -200,3 +200,70 @@ def test_learn_whitening_rmac_on_regions(files: list[Path]) -> None:
 def test_no_paths_gives_an_empty_result() -> None:
     res = extract_descriptors(TinyDescriptor(TinyBackbone(), "spoc"), [])
     assert res.vectors.shape == (0, 8) and res.paths == [] and not res.cancelled
+
+
+# --- multi-scale and learned whitening through the real models/ package -------------------------------
+def test_multi_scale_extraction_resizes_each_image_to_every_size(files: list[Path]) -> None:
+    from engine.images import build_transform, load_image
+    from models import pooling
+    from models.descriptors import DescriptorModel
+
+    bb = TinyBackbone()
+    model = DescriptorModel(bb, "gem", scales=(24, 32, 40))
+    calls: list[tuple[int, ...]] = []
+    orig = bb.forward_features
+
+    def counting(x):
+        calls.append(tuple(x.shape[-2:]))
+        return orig(x)
+
+    bb.forward_features = counting  # type: ignore[method-assign]
+    res = extract_descriptors(model, files[:5], batch_size=5)
+    assert sorted(calls) == [(24, 24), (32, 32), (40, 40)]  # one pass per size and batch
+    single = DescriptorModel(TinyBackbone(), "gem")
+    with torch.no_grad():  # by hand: each size from the decoded file, normalised, summed, normalised
+        expected = []
+        for f in files[:5]:
+            img = load_image(f)
+            parts = [single(build_transform(s, bb.mean, bb.std)(img)[None]) for s in (24, 32, 40)]
+            expected.append(pooling.l2n(sum(parts))[0].numpy())
+    assert np.allclose(res.vectors, np.stack(expected), atol=1e-5)
+    heads = {"gem": DescriptorModel(bb, "gem"), "mac": DescriptorModel(bb, "mac")}
+    multi = extract_multi(bb, heads, files[:5], image_size=(24, 32, 40), batch_size=5)
+    assert np.allclose(multi["gem"].vectors, res.vectors, atol=1e-6)
+
+
+def test_feature_runners_per_size_are_used(files: list[Path]) -> None:
+    from models.descriptors import DescriptorModel
+
+    bb = TinyBackbone()
+    used: list[int] = []
+
+    def runner(size):
+        def run(x):
+            used.append(size)
+            assert x.shape[-1] == size
+            return bb.forward_features(x)
+        return run
+
+    heads = {"spoc": DescriptorModel(bb, "spoc")}
+    extract_multi(bb, heads, files[:3], image_size=(24, 32), features={24: runner(24), 32: runner(32)})
+    assert sorted(set(used)) == [24, 32]
+    with pytest.raises(ValueError, match="no feature runner for input size 32"):
+        extract_multi(bb, heads, files[:3], image_size=(24, 32), features={24: runner(24)})
+
+
+def test_learn_lw_whitening_from_labelled_images(files: list[Path]) -> None:
+    from engine.extraction import learn_whitening
+
+    bb = TinyBackbone()
+    labels = [p.parent.name for p in files]
+    w = learn_whitening("gem", bb, files, image_size=(24, 32), method="lw", labels=labels, shrinkage=0.2, dim=6)
+    assert w.method == "lw" and w.out_dim == 6 and w.meta["sizes"] == [24, 32] and w.meta["shrinkage"] == 0.2
+    assert w.meta["n_classes"] == 3
+    r = learn_whitening("rmac", bb, files, image_size=32, method="lw", labels=labels)
+    assert r.meta["n_classes"] == 3 and r.in_dim == 8
+    with pytest.raises(ValueError, match="one class label per image"):
+        learn_whitening("gem", bb, files, method="lw")
+    with pytest.raises(ValueError, match="pca, lw"):
+        learn_whitening("gem", bb, files, method="zca")
