@@ -108,7 +108,8 @@ class ModelSpec:
     """What turns an image into a vector. ``backbone``: a name from models.backbones or a trained
     checkpoint file; ``weights``: 'pretrained', 'random' or a weights file; ``descriptor``: fc, spoc,
     rmac, mac, gem; ``image_size``: None = the backbone's default; ``whitening``: a saved
-    PCAWhitening file or None; ``crop_fraction``: centre-crop share (1.0 = whole image)."""
+    PCAWhitening file or None; ``crop_fraction``: centre-crop share (1.0 = whole image); ``scales``:
+    input sizes of a multi-scale descriptor (e.g. (224, 288, 352); None = one size, ``image_size``)."""
 
     backbone: str = "efficientnet_lite0"
     weights: str = "pretrained"
@@ -116,8 +117,18 @@ class ModelSpec:
     image_size: int | None = None
     whitening: str | None = None
     crop_fraction: float = 1.0
+    scales: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.scales is not None:
+            from models.descriptors import check_scales
+
+            scales = check_scales(self.scales)
+            if self.image_size is not None:
+                raise ValueError("give either image_size or scales, not both")
+            object.__setattr__(self, "scales", scales if scales and len(scales) > 1 else None)
+            if scales and len(scales) == 1:
+                object.__setattr__(self, "image_size", scales[0])
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
             raise ValueError(f"image_size must be an integer >= 16 or None, got {self.image_size!r}")
         if not 0.0 < self.crop_fraction <= 1.0:
@@ -132,15 +143,19 @@ class ModelSpec:
         if weights not in ("pretrained", "random"):
             weights = _file_identity(weights, "weights")
         whitening = _file_identity(self.whitening, "whitening") if self.whitening else None
-        return {"backbone": backbone, "weights": weights, "descriptor": self.descriptor,
-                "image_size": self.image_size, "whitening": whitening, "crop_fraction": float(self.crop_fraction)}
+        ident = {"backbone": backbone, "weights": weights, "descriptor": self.descriptor,
+                 "image_size": self.image_size, "whitening": whitening, "crop_fraction": float(self.crop_fraction)}
+        if self.scales:  # only when set: single-size collections keep their key
+            ident["scales"] = list(self.scales)
+        return ident
 
     def key(self) -> str:
         """A stable folder name: readable prefix + hash of :meth:`identity`."""
         ident = self.identity()
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         name = Path(self.backbone).stem if ident["backbone"].startswith("checkpoint:") else self.backbone
-        readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{self.descriptor}-{self.image_size or 'default'}")
+        size = "+".join(str(s) for s in self.scales) if self.scales else self.image_size or "default"
+        readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{name}-{self.descriptor}-{size}")
         return f"{readable}-{digest}"
 
     def backbone_identity(self) -> str:
@@ -169,7 +184,8 @@ class ModelSpec:
             from models.whitening import PCAWhitening
 
             whitening = PCAWhitening.load(self.whitening)
-        return build_descriptor(self.descriptor, backbone, whitening=whitening).to(device).eval()
+        return build_descriptor(self.descriptor, backbone, whitening=whitening,
+                                scales=self.scales).to(device).eval()
 
 
 def default_cache_dir() -> Path:
@@ -931,8 +947,9 @@ def _compatible(collections: Sequence[Collection]) -> None:
     first = collections[0].model_spec
     for c in collections[1:]:
         s = c.model_spec
-        if (c.folder, s.backbone, s.weights, s.image_size, s.crop_fraction) != \
-                (collections[0].folder, first.backbone, first.weights, first.image_size, first.crop_fraction):
+        if (c.folder, s.backbone, s.weights, s.image_size, s.crop_fraction, s.scales) != \
+                (collections[0].folder, first.backbone, first.weights, first.image_size, first.crop_fraction,
+                 first.scales):
             raise ValueError("update_collections needs collections of one folder seen through one backbone "
                              "(same weights, image size and crop); only the descriptor may differ")
 
@@ -977,20 +994,23 @@ def update_collections(
 
         if any(m is None for _, m in pairs):
             raise ValueError("the folder has changed: update needs a descriptor model (ModelSpec.build())")
-        from engine.extraction import _input_spec, iter_extract
+        from engine.extraction import _input_spec, feature_fn, feature_maps, input_sizes, iter_extract
 
         first_model = pairs[0][1]
         models = [m.to(device).eval() for _, m in pairs]
         # DescriptorModels share one backbone pass; any other model ((B, 3, S, S) -> (B, D)) runs whole
         shared = all(hasattr(m, "describe") and hasattr(m, "backbone") for m in models)
-        run = (features or first_model.backbone.forward_features) if shared else (lambda x: x)
-        heads = {i: (m.describe if shared else m) for i, m in enumerate(models)}
+        run = feature_fn(first_model.backbone, features) if shared else None
         wanted = [np.array([p in t for p in union], bool) for t in todos]
         size, mean, std = _input_spec(first_model, collections[0].model_spec.image_size)
+        sizes = input_sizes(size)  # several: a multi-scale model (ModelSpec.scales), a map per size
 
-        def compute(x: torch.Tensor) -> dict[int, torch.Tensor]:
-            fmap = run(x)
-            return {i: h(fmap) for i, h in heads.items()}
+        def compute(x: Any) -> dict[int, torch.Tensor]:
+            if run is None:
+                return {i: m(x) for i, m in enumerate(models)}
+            fmaps = feature_maps(run, sizes, x)
+            return {i: m.describe(fmaps[0]) if len(fmaps) == 1 else m.describe_scales(fmaps)
+                    for i, m in enumerate(models)}
 
         last_commit = time.monotonic()
         since = [0] * len(collections)
