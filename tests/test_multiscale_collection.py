@@ -9,6 +9,7 @@ import torch
 from engine.collection import Collection, ModelSpec, update_collections
 from engine.extraction import extract_descriptors, learn_whitening
 from engine.images import scan_images
+from engine.search import SearchOptions
 
 
 def test_scales_are_part_of_the_identity_and_single_size_keys_do_not_move():
@@ -42,8 +43,8 @@ def test_a_multi_scale_whitened_collection_searches_like_its_model(image_folder,
     assert report.total == 12 and col.dim == 8
     again = Collection.open(root, model_spec=spec, cache_dir=tmp_path / "cache", index="exact")
     assert len(again) == 12
-    q = extract_descriptors(spec.build(), [files[0]], batch_size=1)
-    hits = again.search(q.vectors[0])
+    q = extract_descriptors(model, [files[0]], batch_size=1)  # (random weights: the same model object)
+    hits = again.search(q.vectors[0], SearchOptions(k=12, exact=True))
     own = [h for h in hits if h.path == str(files[0])]
     assert own and own[0].score == pytest.approx(1.0, abs=2e-3)  # the query image finds itself
     stored = again.vectors[again.relpaths.index(files[0].relative_to(root).as_posix())]
