@@ -80,7 +80,16 @@ class PCAWhitening:
         covariance (shrunk by ``shrinkage`` towards a multiple of the identity) whitened away, then
         the PCA rotation of the whitened vectors, the first ``dim`` directions kept (all when None).
         Needs at least two classes and one class with two vectors."""
-        X, n, d, dim = _check_fit(X, dim, shrinkage)  # noqa: N806
+        return cls.fit_lw_many(X, labels, (shrinkage,), dim=dim, eps=eps, meta=meta)[0]
+
+    @classmethod
+    def fit_lw_many(cls, X: np.ndarray | torch.Tensor, labels: np.ndarray | list,  # noqa: N803
+                    shrinkages: tuple[float, ...] | list[float], dim: int | None = None, eps: float = 1e-6,
+                    meta: dict | None = None) -> list[PCAWhitening]:
+        """:meth:`fit_lw` for several shrinkages, the covariances computed once: one whitening each."""
+        X, n, d, dim = _check_fit(X, dim, 0.0)  # noqa: N806
+        for a in shrinkages:
+            _check_fit(X[:2], None, a)
         labels = np.asarray([str(v) for v in labels])
         if labels.shape != (n,):
             raise ValueError(f"learned whitening needs one label per vector: {labels.shape[0]} labels, {n} vectors")
@@ -91,20 +100,26 @@ class PCAWhitening:
         centroids = np.zeros((len(classes), d))
         np.add.at(centroids, codes, X)
         centroids /= counts[:, None]
-        within = X - centroids[codes]
-        s_w = _shrink(within.T @ within / n, shrinkage)
-        w_val, w_vec = _top_eigen(s_w, d)
-        # S_w^-1/2 up to a rotation (D, D); only a numerically null direction is floored (shrinkage is
-        # the regulariser of this step)
-        inv_sqrt = (w_vec / np.sqrt(w_val + _floor(w_val, 1e-12, 1e-12))).T
         mean = X.mean(axis=0)
-        Z = (X - mean) @ inv_sqrt.T  # noqa: N806
-        eigval, eigvec = _top_eigen(Z.T @ Z / n, dim)
-        projection = eigvec.T @ inv_sqrt
-        info = {"method": "lw", "n_vectors": int(n), "n_classes": int(len(classes)), "in_dim": int(d),
-                "out_dim": int(dim), "shrinkage": float(shrinkage)}
-        info.update(meta or {})
-        return cls(mean, projection, eigval, info)
+        Xc = X - mean  # noqa: N806
+        total = Xc.T @ Xc / n
+        # within-class scatter = total scatter - between-class scatter (no second (N, D) copy)
+        between = (centroids - mean).T @ ((centroids - mean) * counts[:, None]) / n
+        within = total - between
+        out = []
+        for a in shrinkages:
+            s_w = _shrink(within, a)
+            w_val, w_vec = _top_eigen(s_w, d)
+            # S_w^-1/2 up to a rotation (D, D); only a numerically null direction is floored (shrinkage
+            # is the regulariser of this step)
+            inv_sqrt = (w_vec / np.sqrt(w_val + _floor(w_val, 1e-12, 1e-12))).T
+            eigval, eigvec = _top_eigen(inv_sqrt @ total @ inv_sqrt.T, dim)
+            projection = eigvec.T @ inv_sqrt
+            info = {"method": "lw", "n_vectors": int(n), "n_classes": int(len(classes)), "in_dim": int(d),
+                    "out_dim": int(dim), "shrinkage": float(a)}
+            info.update(meta or {})
+            out.append(cls(mean, projection, eigval, info))
+        return out
 
     def truncated(self, dim: int) -> PCAWhitening:
         """The same whitening keeping only its first ``dim`` output directions (the strongest)."""

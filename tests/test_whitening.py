@@ -260,3 +260,12 @@ def test_lw_round_trip_and_truncation(tmp_path):
     t = w2.truncated(3)
     assert t.out_dim == 3 and np.allclose(t.apply(X[:4]), w2.apply(X[:4])[:, :3], atol=1e-5)
     assert PCAWhitening.fit(X).method == "pca"
+
+
+def test_fit_lw_many_equals_separate_fits():
+    X, labels = classes(seed=9)  # noqa: N806
+    many = PCAWhitening.fit_lw_many(X, labels, (0.0, 0.2, 0.6), dim=5)
+    for a, w in zip((0.0, 0.2, 0.6), many, strict=True):
+        one = PCAWhitening.fit_lw(X, labels, dim=5, shrinkage=a)
+        signs = np.sign(np.sum(one.projection * w.projection, axis=1))[:, None]
+        assert np.allclose(w.projection, signs * one.projection, atol=1e-4) and w.meta["shrinkage"] == a
