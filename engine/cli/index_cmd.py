@@ -42,6 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "onnxruntime or openvino; PyTorch on a GPU")
     p.add_argument("--decode-threads", type=int, default=None,
                    help="threads decoding images beside the network (default: one per core)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="decode and run the network on a Ray cluster, this process writing the collection "
+                   "(needs pip install 'retrieval-explorer[cluster]'); ADDRESS: its head (HOST:PORT, "
+                   "ray://HOST:10001 or auto), none: the cluster RAY_ADDRESS names or a new one on this "
+                   "machine. A worker task is --batch-size files, all a killed worker can lose")
+    p.add_argument("--ray-workers", type=int, default=None,
+                   help="Ray workers (default: the cluster's CPUs / --ray-cpus, or GPUs / --ray-gpus)")
+    p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per Ray worker (default 1)")
+    p.add_argument("--ray-gpus", type=float, default=0.0,
+                   help="GPUs per Ray worker (default 0: the workers run ONNX Runtime on CPUs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_index)
 
@@ -111,20 +121,29 @@ def run_index(args: argparse.Namespace) -> int:
     from engine.collection import Collection, update_collections
 
     start = time.perf_counter()
+    if args.ray is not None:
+        from engine.cluster import require_ray
+
+        require_ray()  # without Ray: the install command (exit 2), before any work
     specs = [spec_from_args(args, d) for d in index_descriptors(args)]
     collections = [Collection.open(args.folder, model_spec=sp, cache_dir=args.cache_dir, rebuild=args.rebuild,
                                    index=args.index) for sp in specs]
     work = [bool(c.scan()) or not c.is_saved for c in collections]
     device, runtime, models = "cpu", None, [None] * len(collections)
     if any(work):  # torch and the model only when there is work
-        device = resolve_device(args.device)
+        # on a cluster this process only exports the network for the workers (on the CPU, unless GPUs run it)
+        device = resolve_device(args.device) if args.ray is None or args.ray_gpus > 0 else "cpu"
         models, runtime = _build_models(specs, device, args)
     stop = [False]
     with _ctrl_c_stops(stop):
-        reports = update_collections(
-            list(zip(collections, models, strict=True)), device=device, batch_size=args.batch_size,
-            num_workers=args.workers, decode_threads=args.decode_threads, features=runtime,
-            progress=TextProgress("indexing"), should_stop=lambda: stop[0])
+        pairs = list(zip(collections, models, strict=True))
+        if args.ray is not None and any(work):
+            reports = _index_on_ray(args, pairs, runtime, TextProgress("indexing on Ray"), lambda: stop[0])
+        else:
+            reports = update_collections(
+                pairs, device=device, batch_size=args.batch_size,
+                num_workers=args.workers, decode_threads=args.decode_threads, features=runtime,
+                progress=TextProgress("indexing"), should_stop=lambda: stop[0])
     seconds = time.perf_counter() - start
     first, report = collections[0], reports[0]
     cancelled = any(r.cancelled for r in reports)
@@ -171,6 +190,16 @@ def run_index(args: argparse.Namespace) -> int:
     print(f"  descriptors {', '.join(c.model_spec.descriptor for c in collections)}; cache "
           f"{_shown(first.state_dir.parent)}")
     return 1 if cancelled else 0
+
+
+def _index_on_ray(args: argparse.Namespace, pairs: list, runtime, progress, should_stop) -> list:
+    """update_collections with decoding and the network on the Ray cluster of ``--ray`` (engine.cluster)."""
+    from engine.cluster import connected, index_on_ray
+
+    with connected(args.ray or None):
+        return index_on_ray(pairs, features=runtime, batch_size=args.batch_size, workers=args.ray_workers,
+                            cpus_per_worker=args.ray_cpus, gpus_per_worker=args.ray_gpus, progress=progress,
+                            should_stop=should_stop)
 
 
 def _shown(path: object) -> str:
