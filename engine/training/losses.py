@@ -27,6 +27,12 @@ from engine.training.miners import _defaults, check_triplet_mining, pair_masks, 
 class LossOutput(NamedTuple):
     loss: torch.Tensor     # scalar, differentiable w.r.t. the anchors (and ref, if it carries gradients)
     tuples: torch.Tensor   # 0-dim long on the loss's device: number of mined triplets (or pairs)
+    total: torch.Tensor | None = None   # the sum the loss averages (loss = total / max(count, 1)); both
+    count: torch.Tensor | None = None   # add up over anchors, so data-parallel ranks can share one mean
+
+
+def _output(total: torch.Tensor, count: torch.Tensor, tuples: torch.Tensor) -> LossOutput:
+    return LossOutput(_mean(total, count), tuples, total, count)
 
 
 def _mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -91,9 +97,9 @@ class TripletLoss(BaseMetricLoss):
             d_p = dist.masked_fill(~pos, float("-inf")).amax(1)
             d_n = dist.masked_fill(~neg, float("inf")).amin(1)
             per = torch.where(valid, torch.relu(d_p - d_n + self.margin), 0.0)
-            return LossOutput(_mean(per.sum(), (per > 0).sum()), valid.sum())
+            return _output(per.sum(), (per > 0).sum(), valid.sum())
         total, count = window_triplet_sums(dist, pos, neg, self.margin, self.mining == "semihard")
-        return LossOutput(_mean(total, count), count)
+        return _output(total, count, count)
 
 
 class ContrastiveLoss(BaseMetricLoss):
@@ -110,7 +116,7 @@ class ContrastiveLoss(BaseMetricLoss):
         pos = torch.where(pos_m, torch.relu(dist - self.pos_margin), 0.0)
         neg = torch.where(neg_m, torch.relu(self.neg_margin - dist), 0.0)
         count = (pos > 0).sum() + (neg > 0).sum()
-        return LossOutput(_mean(pos.sum() + neg.sum(), count), count)
+        return _output(pos.sum() + neg.sum(), count, count)
 
 
 def build_loss(name: str, margin: float, mining: str) -> BaseMetricLoss:

@@ -128,8 +128,13 @@ class _HeadData:
         self.feats = feats.to(device)
         self.untrained = untrained
 
-    def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator,
+                    local: slice | None = None) -> torch.Tensor:
+        """(B,) sample indices -> (B, D) embeddings; ``local``: embed only these rows of the batch (a
+        data-parallel rank's share; the random draws are those of the whole batch)."""
         views = D.to_device(torch.randint(self.feats.shape[1], (idx.numel(),), generator=gen), self.feats.device)
+        if local is not None:
+            idx, views = idx[local], views[local]
         return model.head(self.feats[idx, views])
 
     @torch.no_grad()
@@ -162,8 +167,12 @@ class _TailData:
     def _fmap(self, model: EmbeddingModel, z: torch.Tensor) -> torch.Tensor:
         return _cuda_bf16(lambda t: model.backbone.forward_tail(t, self.tail), z.float())
 
-    def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator,
+                    local: slice | None = None) -> torch.Tensor:
+        """As :meth:`_HeadData.embed_train`."""
         views = D.to_device(torch.randint(self.maps.shape[1], (idx.numel(),), generator=gen), self.maps.device)
+        if local is not None:
+            idx, views = idx[local], views[local]
         return model.embed_fmap(self._fmap(model, self.maps[idx, views]))
 
     @torch.no_grad()
@@ -202,8 +211,12 @@ class _FullData:
     def _forward(self, model: EmbeddingModel, x: torch.Tensor) -> torch.Tensor:
         return model.embed_fmap(self._fmap(model, D.normalize(x, self.mean, self.std)))
 
-    def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def embed_train(self, model: EmbeddingModel, idx: torch.Tensor, gen: torch.Generator,
+                    local: slice | None = None) -> torch.Tensor:
+        """As :meth:`_HeadData.embed_train`."""
         theta = D.crop_params(idx.numel(), gen)
+        if local is not None:
+            idx, theta = idx[local], theta[local]
         x = D.augment(self.images[idx], self.size, theta)
         return self._forward(model, x)
 
@@ -524,7 +537,16 @@ def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | No
     (its config is used; ``iterations`` and ``device`` come from ``config``). A new run never writes into
     a folder that holds another run (see :func:`claim_run_folder`)."""
     progress, should_stop = resolve(progress, should_stop)
-    run = _Run(config, progress, should_stop, on_event or (lambda e: None), resume_from)
+    from engine.training import distributed
+
+    emit = on_event or (lambda e: None)
+    with distributed.context(config.device) as ctx:   # under torchrun: this process's rank; else None
+        if ctx is None:
+            return _run(_Run(config, progress, should_stop, emit, resume_from))
+        return _run(distributed.DistributedRun(ctx, config, progress, should_stop, emit, resume_from))
+
+
+def _run(run: _Run) -> TrainResult:
     run.prepare_data()
     run.open_folder()
     run.build_optimisation()
@@ -826,6 +848,10 @@ class _Run:
             part_b.tuples.to(fdt), zero if part_m is None else part_m.tuples.to(fdt),
             zero if memory is None else memory.fill_tensor().to(fdt)]))
 
+    def stop_requested(self) -> bool:
+        """The loop's cancellation check (data-parallel ranks agree on it)."""
+        return self.should_stop()
+
     def eta_of(self, i: int, per_it: float) -> float:
         """Seconds left after iteration i: the loop's own time per iteration, plus the validations left
         at their measured cost."""
@@ -897,7 +923,7 @@ class _Run:
                          f"(validation every {config.val_every})", self.start)
         self.t_seg = time.perf_counter()
         while it < total:
-            if self.should_stop():
+            if self.stop_requested():
                 cancelled, reason = True, "cancelled"
                 break
             self.pending.append(self.step(it))
