@@ -10,7 +10,7 @@ from typing import TextIO
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--backbone, --weights, --descriptor, --image-size, --device, --batch-size, --workers."""
+    """--backbone, --weights, --descriptor, --image-size, --scales, --device, --batch-size, --workers."""
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="backbone name, or a trained model's checkpoint file (default: efficientnet_lite0)")
     p.add_argument("--weights", default="pretrained",
@@ -20,6 +20,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "embedding, when --backbone is a trained checkpoint, spoc otherwise; a pooling descriptor "
                    "on a checkpoint uses its backbone without the trained head)")
     p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the backbone's)")
+    p.add_argument("--scales", default=None, metavar="S1,S2,...",
+                   help="multi-scale descriptor: input sizes, e.g. 224,288,352 (each size's descriptor "
+                   "L2-normalised, summed, normalised; costs the sum of the sizes); instead of --image-size")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
@@ -53,6 +56,31 @@ def trained_head_note(backbone: str, descriptor: str | None) -> str:
         return ""
     return (f"note: --descriptor {descriptor} pools the feature map of {backbone}'s backbone: the trained head is "
             "not used (leave --descriptor out, or give fc, for the trained embedding)")
+
+
+def scales_from_args(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """--scales parsed (ValueError with an example when malformed, or when --image-size is given too)."""
+    text = getattr(args, "scales", None)
+    if not text:
+        return None
+    from models.descriptors import parse_scales
+
+    if getattr(args, "image_size", None):
+        raise ValueError("give either --image-size or --scales, not both")
+    return parse_scales(text)
+
+
+def spec_from_model_args(args: argparse.Namespace, default: str | None = None, **extra):
+    """engine.collection.ModelSpec from the model options (--descriptor, else ``default``, else the
+    backbone's default descriptor); ``extra`` fields override."""
+    from engine.collection import ModelSpec
+
+    fields = dict(backbone=args.backbone, weights=args.weights,
+                  descriptor=args.descriptor or default or default_descriptor(args.backbone, None),
+                  image_size=args.image_size, scales=scales_from_args(args),
+                  crop_fraction=getattr(args, "crop_fraction", 1.0))
+    fields.update(extra)
+    return ModelSpec(**fields)
 
 
 def resolve_device(name: str) -> str:

@@ -1,0 +1,63 @@
+"""`retrieval-explorer whiten`: a whitening learned from class sub-folders, its settings chosen on
+validation classes carved from them, saved and usable by the descriptor it was learned for."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main
+from models.whitening import PCAWhitening
+
+
+@pytest.fixture
+def folder(image_folder):
+    return image_folder(n_classes=6, per_class=5, size=48)
+
+
+def test_whiten_chooses_on_validation_classes_and_saves(folder, tmp_path, capsys):
+    out = tmp_path / "lw.npz"
+    torch.manual_seed(0)
+    rc = main(["whiten", str(folder), "-o", str(out), "--backbone", "resnet18", "--weights", "random",
+               "--descriptor", "gem", "--scales", "32,48", "--runtime", "torch", "--val-classes", "2",
+               "--json"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["chosen"] and rep["n_classes"] == 6 and rep["n_images"] == 30 and rep["scales"] == [32, 48]
+    assert rep["grid"] and all(0.0 <= g["r1"] <= 1.0 for g in rep["grid"])
+    assert rep["shrinkage"] in [g["shrinkage"] for g in rep["grid"]]
+    w = PCAWhitening.load(out)
+    assert w.method == "lw" and w.in_dim == 512 and w.meta["sizes"] == [32, 48]
+    assert w.meta["shrinkage"] == rep["shrinkage"] and w.out_dim == rep["dim"]
+
+
+def test_whiten_with_given_settings_and_pca(folder, tmp_path, capsys):
+    out = tmp_path / "pca.npz"
+    rc = main(["whiten", str(folder), "-o", str(out), "--backbone", "resnet18", "--weights", "random",
+               "--descriptor", "mac", "--image-size", "40", "--runtime", "torch", "--method", "pca",
+               "--shrinkage", "0.2", "--dim", "8"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "pca whitening of mac @ 40" in text and "512 -> 8 dims" in text and "--whitening" in text
+    w = PCAWhitening.load(out)
+    assert w.method == "pca" and w.out_dim == 8 and np.isclose(w.meta["shrinkage"], 0.2)
+
+
+def test_whiten_refusals_are_messages(folder, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in list(folder.rglob("*.jpg"))[:4]:
+        (flat / f"{p.parent.name}-{p.name}").write_bytes(p.read_bytes())
+    rc = main(["whiten", str(flat), "-o", str(tmp_path / "x.npz"), "--backbone", "resnet18", "--weights", "random",
+               "--runtime", "torch"])
+    assert rc == 2 and "class sub-folders" in capsys.readouterr().err
+    rc = main(["whiten", str(folder), "-o", str(tmp_path / "x.npz"), "--backbone", "resnet18", "--weights",
+               "random", "--runtime", "torch"])  # 6 classes cannot spare 10 for validation
+    assert rc == 2 and "give --shrinkage and --dim" in capsys.readouterr().err
+    rc = main(["whiten", str(folder), "-o", str(tmp_path / "x.npz"), "--scales", "224,abc"])
+    assert rc == 2 and "224,288,352" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["whiten", str(folder), "-o", str(tmp_path / "x.npz"), "--shrinkage", "2"])
