@@ -328,18 +328,29 @@ def ray_extract(package: WorkerModel, *, batch_size: int = DEFAULT_BATCH, worker
                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
                 max_restarts=-1, max_task_retries=BATCH_RETRIES)
         log.info("extracting %d files in %d batches on up to %d Ray workers", total, n_batches, size)
-        done = 0
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            index = np.asarray(out["index"], np.int64)
-            ok = np.asarray(out["ok"], bool)
-            kept = index[ok]
-            skipped = [SkippedImage(paths[int(j)], bytes(r).decode("utf-8", "replace"))
-                       for j, r in zip(index[~ok], np.asarray(out["reason"], dtype=object)[~ok], strict=True)]
-            vectors = {i: np.asarray(out[f"v{i}"])[ok].astype(np.float32) for i in range(len(package.heads))}
-            done += len(index)
-            yield ExtractedBatch([paths[int(j)] for j in kept], vectors, skipped, done, total)
+        stream = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+        try:
+            yield from _batches(stream, paths, len(package.heads))
+        finally:  # a caller that stops iterating (a stop, an error) ends the run on the cluster at once
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     return extract
+
+
+def _batches(stream: Iterator[dict[str, np.ndarray]], paths: list[str], heads: int) -> Iterator[ExtractedBatch]:
+    """The workers' output blocks (one per batch, in file order) as engine.extraction.ExtractedBatch."""
+    done, total = 0, len(paths)
+    for out in stream:
+        index = np.asarray(out["index"], np.int64)
+        ok = np.asarray(out["ok"], bool)
+        kept = index[ok]
+        skipped = [SkippedImage(paths[int(j)], bytes(r).decode("utf-8", "replace"))
+                   for j, r in zip(index[~ok], np.asarray(out["reason"], dtype=object)[~ok], strict=True)]
+        vectors = {i: np.asarray(out[f"v{i}"])[ok].astype(np.float32) for i in range(heads)}
+        done += len(index)
+        yield ExtractedBatch([paths[int(j)] for j in kept], vectors, skipped, done, total)
 
 
 def index_on_ray(pairs: Sequence[tuple[Any, Any]], *, features: Any = None, batch_size: int = DEFAULT_BATCH,
