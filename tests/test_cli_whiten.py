@@ -61,3 +61,16 @@ def test_whiten_refusals_are_messages(folder, tmp_path, capsys):
     assert rc == 2 and "224,288,352" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["whiten", str(folder), "-o", str(tmp_path / "x.npz"), "--shrinkage", "2"])
+
+
+def test_eval_uses_the_scales_and_the_whitening(folder, tmp_path, capsys):
+    out = tmp_path / "lw.npz"
+    base = ["--backbone", "resnet18", "--weights", "random", "--descriptor", "gem", "--scales", "32,48"]
+    assert main(["whiten", str(folder), "-o", str(out), *base, "--runtime", "torch", "--shrinkage", "0.3",
+                 "--dim", "12"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--root", str(folder), *base, "--whitening", str(out), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["dim"] == 12 and m["scales"] == [32, 48] and 0.0 <= m["recall@1"] <= 1.0
+    assert main(["eval", "--root", str(folder), *base, "--image-size", "64"]) == 2
+    assert "either --image-size or --scales" in capsys.readouterr().err

@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     add_model_args(p)
     p.add_argument("--crop-fraction", type=float, default=1.0,
                    help="resize the shorter side to size/fraction, then centre-crop (default 1.0: no margin)")
-    p.add_argument("--whitening", default=None, help="a PCA whitening file saved by the program")
+    p.add_argument("--whitening", default=None,
+                   help="a whitening file saved by the program (`whiten`, learned for this descriptor and sizes)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="with --collection: where collections are kept (default: the user cache folder)")
     p.add_argument("--json", action="store_true",
@@ -77,7 +78,10 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     from models.backbones import get_backbone
     from models.descriptors import build_descriptor
 
+    from engine.cli.common import scales_from_args
+
     args.descriptor = default_descriptor(args.backbone, args.descriptor)
+    scales = scales_from_args(args)
     root = Path(args.root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
@@ -90,7 +94,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
 
         whitening = PCAWhitening.load(args.whitening)
     backbone = get_backbone(args.backbone, weights=args.weights, device=device)
-    model = build_descriptor(args.descriptor, backbone, whitening=whitening)
+    model = build_descriptor(args.descriptor, backbone, whitening=whitening, scales=scales)
     res = extract_descriptors(
         model, paths, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
         device=device, crop_fraction=args.crop_fraction, progress=make_progress() if make_progress else None,
@@ -128,6 +132,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
         dim=int(res.vectors.shape[1]),
         images_per_s=round(res.images_per_s, 2),
         image_size=args.image_size or int(getattr(backbone, "default_image_size", 224)),
+        scales=list(model.scales) if model.scales and len(model.scales) > 1 else None,
         crop_fraction=args.crop_fraction,
         device=device,
     )
