@@ -72,13 +72,12 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     """The work of `eval` on parsed arguments -> the metrics dict (see module docstring).
     ``make_progress()`` builds the progress callback just before extraction starts (so its rate
     and ETA leave out the model loading)."""
+    from engine.cli.common import scales_from_args
     from engine.evaluation import evaluate
     from engine.extraction import extract_descriptors
     from engine.splits import labels_for
     from models.backbones import get_backbone
     from models.descriptors import build_descriptor
-
-    from engine.cli.common import scales_from_args
 
     args.descriptor = default_descriptor(args.backbone, args.descriptor)
     scales = scales_from_args(args)
