@@ -17,6 +17,14 @@ best untrained descriptor. The test images are only touched for these numbers, n
     python benchmarks/train.py --protocols new --modes tail --seeds 0,1,2 --set tail_units=3        # CPU: longer
     python benchmarks/train.py --data DIR --protocols new --modes head,full --bare-step             # one GPU
 
+Multi-scale + learned whitening (issue 12): ``--eval-scales 224,288,352`` (protocol new, tail mode) also
+evaluates every tail checkpoint the way benchmarks/descriptors.py evaluates the untrained descriptors: the
+maps entering the tail are computed once per size for the train and test images (ONNX Runtime, cached),
+the trained tail + pooling + head (and, for the untrained reference, the ImageNet tail + GeM) run on them,
+each size's vector is normalised, the sizes summed, and an Lw is chosen on 10 validation classes carved
+from the train classes, learned on all 50 and applied to the test classes. ``--eval-only`` evaluates the
+checkpoints of earlier runs under --out without training.
+
 --make-split writes the same-categories split file again (deterministic). --bare-step also measures the bare
 EfficientNet-Lite0 training step (fwd+bwd+AdamW) beside the full loop at the same batch: on CUDA bf16,
 channels_last, batch 256, eager and torch.compile; on the CPU float32, batch 32, eager.
@@ -338,6 +346,152 @@ def embed_trained(pr: Protocol, ckpt: str, cfg: TrainConfig, feats: torch.Tensor
     return embed_full(ckpt, pr.paths, cfg.image_size, device, threads)
 
 
+# --- multi-scale + Lw evaluation of tail checkpoints (issue 12) ---------------------------------------
+class _Trunk(torch.nn.Module):
+    """The maps entering the last ``units`` feature units, as a backbone whose forward_features they are
+    (so engine.runtime exports and runs it)."""
+
+    def __init__(self, backbone: torch.nn.Module, units: int) -> None:
+        super().__init__()
+        self.backbone, self.units = backbone, units
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_trunk(x, self.units)
+
+
+def trunk_maps(paths: list[str], units: int, scales: tuple[int, ...], cache: Path, crop: float = 224 / 227,
+               ) -> dict[int, torch.Tensor]:
+    """Per size, the float16 maps (N, C, h, w) entering the last ``units`` units of the ImageNet Lite0 for
+    ``paths`` (kept in ``cache``; ONNX Runtime when installed)."""
+    import numpy as np
+
+    from engine.collection import ModelSpec
+    from engine.extraction import iter_extract
+    from engine.runtime import feature_runner
+    from models.backbones import get_backbone
+
+    key = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
+    files = {s: cache / f"trunk{units}_{s}_{crop:.4f}_{key}.npy" for s in scales}
+    todo = [s for s in scales if not files[s].is_file()]
+    if todo:
+        bb = get_backbone("efficientnet_lite0", weights="pretrained")
+        trunk = _Trunk(bb, units).eval()
+        ident = ModelSpec().backbone_identity() + f"-trunk{units}"
+        runners = {s: feature_runner(trunk, s, ident, cache / "runtimes") for s in todo}
+        chunks: dict[int, list] = {s: [] for s in todo}
+
+        def compute(xs):
+            xs = xs if isinstance(xs, tuple) else (xs,)
+            return {str(s): runners[s](x).half() for s, x in zip(todo, xs, strict=True)}
+
+        t0 = time.perf_counter()
+        n = 0
+        for b in iter_extract(paths, compute, image_size=tuple(todo) if len(todo) > 1 else todo[0], mean=bb.mean,
+                              std=bb.std, crop_fraction=crop, batch_size=32):
+            if b.skipped:
+                raise RuntimeError(f"unreadable images: {b.skipped[:3]}")
+            for s in todo:
+                chunks[s].append(b.vectors[str(s)].astype(np.float16))
+            n = b.done
+            if n % 512 < 32 or n == b.total:
+                log.info("trunk maps at %s: %d / %d images (%.1f images/s)", todo, n, b.total,
+                         n / (time.perf_counter() - t0))
+        cache.mkdir(parents=True, exist_ok=True)
+        for s in todo:
+            np.save(files[s], np.concatenate(chunks[s]))
+    return {s: torch.from_numpy(np.load(files[s])) for s in scales}
+
+
+@torch.no_grad()
+def tail_vectors(backbone: torch.nn.Module, units: int, maps: dict[int, torch.Tensor], describe) -> dict:
+    """Per size, ``describe(fmap)`` (B, D) of the full feature maps the tail of ``backbone`` makes from
+    ``maps``; L2-normalised float32 numpy (N, D)."""
+    out = {}
+    for s, m in maps.items():
+        parts = [describe(backbone.forward_tail(m[a:a + 128].float(), units)).float()
+                 for a in range(0, len(m), 128)]
+        out[s] = l2n(torch.cat(parts)).numpy()
+    return out
+
+
+def ms_lw_table(root: Path, runs: list[tuple[str, str, int]], scales: tuple[int, ...], cache: Path,
+                units: int, results: dict) -> None:
+    """Untrained GeM and every tail checkpoint (label, path, seed) evaluated alike: single size and
+    ``scales`` summed, without and with an Lw chosen on validation classes carved from the train classes."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import descriptors as B  # benchmarks/descriptors.py: the same evaluation as the untrained table
+
+    from models.backbones import get_backbone
+    from models.pooling import gem
+
+    proto = B.load_protocol(root.resolve())
+    t0 = time.perf_counter()
+    train_maps = trunk_maps(proto["train"], units, scales, cache)
+    test_maps = trunk_maps(proto["test"], units, scales, cache)
+    log.info("trunk maps ready in %.0f s", time.perf_counter() - t0)
+    sets = [(scales[0],), tuple(scales)] if len(scales) > 1 else [tuple(scales)]
+    bb = get_backbone("efficientnet_lite0", weights="pretrained")
+
+    def views_of(net, describe, kind):
+        tr = tail_vectors(net, units, train_maps, describe)
+        te = tail_vectors(net, units, test_maps, describe)
+        wrap = lambda v: {"views": {(kind, s): a for s, a in v.items()}, "regions": {},  # noqa: E731
+                          "seconds": dict.fromkeys(scales, 0.0), "paths": []}
+        return wrap(tr), wrap(te)
+
+    table: dict[str, list[dict]] = {}
+    tr, te = views_of(bb, lambda f: gem(f.float()), "gem")
+    table["untrained GeM (ImageNet)"] = B.bench_rows(tr, te, proto, ("gem",), sets, label="untrained GeM")
+    for label, ckpt, _seed in runs:
+        tb = load_trained_backbone(ckpt)
+        tr, te = views_of(tb.model.backbone, tb.model.embed_fmap, "fc")
+        table.setdefault(label, []).append(B.bench_rows(tr, te, proto, ("fc",), sets, label=label))
+    print(f"\n## cub100 new categories, multi-scale + Lw: tail checkpoints and the untrained GeM evaluated alike "
+          f"(sizes {'+'.join(map(str, scales))}, crop 224/227, Lw chosen on 10 validation classes carved from "
+          f"the train classes)\n")
+    print("| model | sizes | whitening | R@1 | mAP | top-1 |")
+    print("|---|---|---|---|---|---|")
+    ref = table.pop("untrained GeM (ImageNet)")
+    for r in ref:
+        print(f"| untrained GeM | {r['sizes']} | {r['whitening']} | {r['r1']:.4f} | {r['map']:.4f} | {r['top1']:.4f} |")
+    best = _pick_by_val(ref)
+    results["ms_lw/untrained"] = ref
+    for label, per_seed in table.items():
+        for i in range(len(per_seed[0])):
+            rows = [seed_rows[i] for seed_rows in per_seed]
+            r0 = rows[0]
+            f = {k: [r[k] for r in rows] for k in ("r1", "map", "top1")}
+            wh = "Lw (per seed)" if r0["whitening"] != "none" else "none"
+            print(f"| {label} ({len(rows)} seeds) | {r0['sizes']} | {wh} | {_mean_std(f['r1'])} | "
+                  f"{_mean_std(f['map'])} | {_mean_std(f['top1'])} |")
+        results[f"ms_lw/{label}"] = per_seed
+        # each seed's evaluation (sizes, whitening or not) chosen on validation, like the untrained one's
+        flat = [_pick_by_val(seed_rows) for seed_rows in per_seed]
+        r1 = np.array([r["r1"] for r in flat])
+        gain = r1.mean() - best["r1"]
+        sd = r1.std(ddof=1) if len(r1) > 1 else float("nan")
+        ok = gain >= 0.01 and gain > 2 * sd and r1.mean() >= 0.92
+        print(f"\n{label}: evaluation chosen on validation per seed "
+              f"({', '.join(r['sizes'] + ' ' + r['whitening'] for r in flat)}): R@1 {_mean_std(list(r1))} vs the untrained "
+              f"({best['descriptor']} {best['sizes']} {best['whitening']}) {best['r1']:.4f}: gain {gain:+.4f} "
+              f"(2 sd = {2 * sd:.4f}); goal (+0.010, > 2 sd, R@1 >= 0.92) {'reached' if ok else 'NOT reached'}")
+    sys.stdout.flush()
+
+
+def _pick_by_val(rows: list[dict]) -> dict:
+    """Of the rows of one model (sizes x none/Lw), the one with the best VALIDATION R@1 (the Lw rows carry
+    the validation R@1 with and without their whitening); never a test figure."""
+    by_sizes = {r["sizes"]: r for r in rows if r["whitening"] == "none"}
+    cands = []
+    for r in rows:
+        if r["whitening"] != "none":
+            cands.append((r["val_r1"], r))
+            cands.append((r["val_none_r1"], by_sizes[r["sizes"]]))
+    return max(cands, key=lambda c: c[0])[1]
+
+
 def _mean_std(values: list[float]) -> str:
     v = torch.tensor(values, dtype=torch.float64)
     return f"{v.mean():.4f} +- {v.std(unbiased=True) if v.numel() > 1 else 0.0:.4f}"
@@ -439,6 +593,32 @@ def run_protocol(pr: Protocol, args: argparse.Namespace, device: torch.device, t
     sys.stdout.flush()
 
 
+def _train_tail_runs(pr: Protocol, args: argparse.Namespace, device: torch.device, out: Path,
+                     overrides: dict) -> None:
+    """Train the tail runs of protocol ``pr`` (every batch x variant x seed) without the single-size
+    evaluation of run_protocol; the checkpoints land in ``out/<run name>``."""
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    batches = [tuple(int(v) for v in b.split("x")) for b in args.batches.split(",") if b.strip()]
+    for P, K in batches:  # noqa: N806
+        for variant in [v for v in args.variants.split(",") if v]:
+            for seed in seeds:
+                name = f"{pr.name}_tail_{P}x{K}_{variant}_s{seed}"
+                cfg = TrainConfig(**pr.train_kw, mode="tail", memory=(variant == "xbm"), pooling=args.pooling,
+                                  iterations=args.iterations, val_every=args.val_every, classes_per_batch=P,
+                                  samples_per_class=K, device=str(device), out_dir=str(out / name), name=name,
+                                  seed=seed, cache_dir=str(out / "cache"), num_threads=args.threads)
+                for k, v in overrides.items():
+                    setattr(cfg, k, v)
+                last = out / name / "last.pt"
+                resume = args.resume and last.is_file()
+                if not resume and (out / name).exists():
+                    shutil.rmtree(out / name)
+                t = time.perf_counter()
+                res = train(cfg, resume_from=last if resume else None)
+                log.info("%s: best it %d (val %s), %.0f s", name, res.best_iteration, res.best_val_metrics,
+                         time.perf_counter() - t)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/cub100")
@@ -465,6 +645,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a TrainConfig field for every run, e.g. --set head_views=4")
     ap.add_argument("--bare-step", action="store_true", help="bare step vs loop throughput (batch 256 on CUDA, 32 on the CPU)")
     ap.add_argument("--json", help="also write all results to this file")
+    ap.add_argument("--eval-scales", default=None, help="protocol new, tail mode: also evaluate every checkpoint "
+                    "and the untrained GeM at these sizes summed, with Lw chosen on validation classes (e.g. "
+                    "224,288,352)")
+    ap.add_argument("--eval-only", action="store_true", help="with --eval-scales: evaluate the tail checkpoints "
+                    "(best.pt) already under --out, without training")
     ap.add_argument("--resume", action="store_true", help="continue each run from its last.pt when there is one "
                     "(e.g. after the machine ran out of memory); rates and wall time then cover the resumed part")
     args = ap.parse_args(argv)
@@ -490,6 +675,31 @@ def main(argv: list[str] | None = None) -> int:
                      else None, "threads": threads, "torch": torch.__version__, "overrides": overrides,
                      "load_before": os.getloadavg()}
     t_all = time.perf_counter()
+    if args.eval_scales:
+        from models.descriptors import parse_scales
+
+        scales = parse_scales(args.eval_scales)
+        units = int(overrides.get("tail_units", TrainConfig.tail_units))
+        if not args.eval_only:
+            for pr in [protocol_new(root)]:
+                _train_tail_runs(pr, args, device, out, overrides)
+        runs = []
+        for d in sorted(out.glob("new_tail_*")):
+            ck = d / "best.pt"
+            if ck.is_file():
+                variant = "triplet + memory" if "_xbm_" in d.name else "triplet"
+                runs.append((f"tail ({units} units), {d.name.split('_')[2]}: {variant}", str(ck),
+                             int(d.name.rsplit("_s", 1)[1])))
+        if not runs:
+            raise SystemExit(f"no tail checkpoint (new_tail_*/best.pt) under {out}")
+        ms_lw_table(root, runs, scales, out / "cache", units, results)
+        results.update(wall_s=time.perf_counter() - t_all, load_after=os.getloadavg())
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        print(f"\nwhole run: {results['wall_s'] / 60:.1f} min wall; load average before "
+              f"{results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
+        return 0
     store = FeatureStore(out / "cache", device, threads)
     protocols = [protocol_same(root, Path(args.split)) if name == "same" else protocol_new(root)
                  for name in args.protocols.split(",") if name]
