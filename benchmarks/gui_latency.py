@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([])
 
     from engine.images import scan_images
-    from retrieval_gui.backend import Hit
+    from engine.session import hit
     from retrieval_gui.main_window import MainWindow
 
     win = MainWindow(weights=args.weights, image_size=args.image_size, threads=args.threads, restore=False)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(0)
     grid = rng.sample(paths, min(args.grid, len(paths)))
     if grid:
-        win.results_model.set_hits([Hit(p, 1.0 - i / 1000, i + 1, Path(p).parent.name) for i, p in enumerate(grid)],
+        win.results_model.set_hits([hit(p, 1.0 - i / 1000, i + 1, Path(p).parent.name) for i, p in enumerate(grid)],
                                    Path(grid[0]).parent.name)
     scroll_every, next_scroll = 1.0, time.monotonic() + 1.0
     while not win.index_ready() and time.monotonic() - t0 < args.max_seconds:

@@ -18,14 +18,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from retrieval_gui.backend import (
+from engine.collection import ModelSpec
+from engine.session import (
     ActivationResult,
     LayerMaps,
     ModelCache,
-    ModelKey,
     RegionShare,
     activation_layers,
     compute_activations,
+    network_crop,
 )
 
 #: the regions shown: the MIN_REGIONS largest shares, and up to MAX_REGIONS when those stand out
@@ -55,18 +56,10 @@ class ActivationPayload:
 
 def input_crop(path: str, size: int) -> np.ndarray:
     """The image as the network sees it (shorter side resized to ``size``, centre crop), uint8 RGB."""
-    from PIL import Image
-
-    from engine.images import load_image
-
-    im = load_image(path)
-    s = size / min(im.size)
-    im = im.resize((max(size, round(im.width * s)), max(size, round(im.height * s))), Image.Resampling.BILINEAR)
-    left, top = (im.width - size) // 2, (im.height - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)).convert("RGB"), dtype=np.uint8)
+    return np.asarray(network_crop(path, size), dtype=np.uint8)
 
 
-def activation_job(models: ModelCache, key: ModelKey, query: str, layer: str | None,
+def activation_job(models: ModelCache, key: ModelSpec, query: str, layer: str | None,
                    other: str | None, display: int = 176) -> ActivationPayload:
     """Worker function: compute the activations (``layer`` None = the deepest layer)."""
     layers = activation_layers(models, key)

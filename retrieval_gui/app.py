@@ -45,7 +45,7 @@ def finish_start(win, args: argparse.Namespace) -> None:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
-    from retrieval_gui.backend import demo_collection, preload
+    from engine.session import demo_collection, preload
 
     win.status_label.setText("Loading PyTorch and the network…")
     QApplication.processEvents()

@@ -9,13 +9,14 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QComboBox, QDialog, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from retrieval_gui.backend import DESCRIPTOR_TITLES, Hit, SearchResult, overlap_at_k
+from engine.collection import SearchHit
+from engine.session import DESCRIPTOR_TITLES, SearchResult, overlap_at_k
 from retrieval_gui.thumbnails import ThumbnailLoader
 from retrieval_gui.widgets import ONLY_HERE, ResultsModel, ResultsView
 
 
 def _title(r: SearchResult) -> str:
-    return DESCRIPTOR_TITLES.get(r.key.descriptor, r.key.descriptor)
+    return DESCRIPTOR_TITLES.get(r.spec.descriptor, r.spec.descriptor)
 
 
 def _summary(r: SearchResult, unique: int) -> str:
@@ -24,7 +25,7 @@ def _summary(r: SearchResult, unique: int) -> str:
     return (f"<b>{_title(r)}</b> ({r.method}{prec}) · <span style='color:#b36b00'>{unique} only here</span>")
 
 
-def compare_notes(left: list[Hit], right: list[Hit]) -> tuple[dict[str, str], dict[str, str]]:
+def compare_notes(left: list[SearchHit], right: list[SearchHit]) -> tuple[dict[str, str], dict[str, str]]:
     """The tag of every card: 'only here' for a hit the other side does not have; on the right, how the
     rank of a shared hit moved from the left ('↑3': three places higher, '↓2', '=')."""
     lrank = {h.path: h.rank for h in left}

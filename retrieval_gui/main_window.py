@@ -32,17 +32,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from retrieval_gui import workers
-from retrieval_gui.activations import ActivationPayload, ActivationsPanel, activation_job
-from retrieval_gui.backend import (
+from engine.collection import ModelSpec
+from engine.search import SearchOptions
+from engine.session import (
     DEFAULT_BACKBONE,
     DEFAULT_DESCRIPTOR,
     DESCRIPTOR_TITLES,
     FolderIndex,
     IndexState,
     ModelCache,
-    ModelKey,
-    SearchOptions,
     SearchResult,
     cache_root,
     ensure_and_query,
@@ -53,6 +51,8 @@ from retrieval_gui.backend import (
     preload,
     run_query,
 )
+from retrieval_gui import workers
+from retrieval_gui.activations import ActivationPayload, ActivationsPanel, activation_job
 from retrieval_gui.compare import CompareDialog
 from retrieval_gui.thumbnails import ThumbnailLoader
 from retrieval_gui.widgets import (
@@ -95,16 +95,16 @@ class MainWindow(QMainWindow):
         descriptor = str(self.settings.value("descriptor", DEFAULT_DESCRIPTOR))
         if descriptor not in list_descriptors():
             descriptor = DEFAULT_DESCRIPTOR
-        self.key = ModelKey(backbone, descriptor, weights, image_size)
-        self.options = SearchOptions(k=int(self.settings.value("k", 20)))
+        self.key = ModelSpec(backbone=backbone, descriptor=descriptor, weights=weights, image_size=image_size)
+        self.options = SearchOptions(k=int(self.settings.value("k", 20)), exact=True)
         self.index: FolderIndex | None = None
         self.state: IndexState | None = None
         self.result: SearchResult | None = None
         self.query_path: str | None = None
         self.selected_hit = None
-        self._ready_keys: set[ModelKey] = set()
+        self._ready_keys: set[ModelSpec] = set()
         self._index_task: workers.TaskHandle | None = None
-        self._index_key: ModelKey | None = None
+        self._index_key: ModelSpec | None = None
         self._index_clock: tuple[float, int] | None = None  # (start time, images done then) for rate/ETA
         self._queried_at_count = -1  # images indexed when the current results were searched
         self._query_task: workers.TaskHandle | None = None
@@ -440,7 +440,7 @@ class MainWindow(QMainWindow):
             parts.append(collection_name(self.index.folder))
             running = self._index_task is not None and self._index_task.is_running()
             count, files = self.index.indexed_count(self.key), self.index.total_files(self.key)
-            if self.state is not None and self.state.key == self.key:
+            if self.state is not None and self.state.spec == self.key:
                 parts.append(f"{self.state.total} images · {self.state.indexed} indexed")
                 if self.state.skipped:
                     parts.append(f"{len(self.state.skipped)} unreadable")
@@ -460,7 +460,7 @@ class MainWindow(QMainWindow):
             self.open_collection(folder)
 
     def open_demo(self) -> None:
-        from retrieval_gui.backend import demo_collection
+        from engine.session import demo_collection
 
         self.open_collection(str(demo_collection()))
 
@@ -492,7 +492,7 @@ class MainWindow(QMainWindow):
         self._ready_keys.discard(self.key)
         self.start_indexing()
 
-    def start_indexing(self, key: ModelKey | None = None) -> None:
+    def start_indexing(self, key: ModelSpec | None = None) -> None:
         """Bring the vectors of ``key`` (default: the current settings) up to date in a worker."""
         if self.index is None:
             return
@@ -556,13 +556,13 @@ class MainWindow(QMainWindow):
             return
         self.state = state
         if not state.cancelled:  # every descriptor of the backbone came from the same pass
-            self._ready_keys.update(state.key.with_descriptor(d) for d in list_descriptors())
+            self._ready_keys.update(state.spec.with_descriptor(d) for d in list_descriptors())
         self._update_status()
         if state.skipped:
             names = ", ".join(Path(p).name for p, _ in state.skipped[:5])
             self.show_error(f"{len(state.skipped)} image(s) could not be read and were skipped: {names}"
                             f" ({state.skipped[0][1]})", info=True)
-        if state.key == self.key and self.query_path and (state.indexed > 0) and self._may_search_again():
+        if state.spec == self.key and self.query_path and (state.indexed > 0) and self._may_search_again():
             self.run_query()
         if self._grid_mode == "collection":
             self._load_browse()
@@ -578,7 +578,7 @@ class MainWindow(QMainWindow):
             if self.searchable_count() > 0:
                 self.run_query()
             else:
-                cancelled = self.state is not None and self.state.key == self.key and self.state.cancelled
+                cancelled = self.state is not None and self.state.spec == self.key and self.state.cancelled
                 why = ("Indexing was stopped before any image was indexed" if cancelled
                        else "Indexing failed (see the message above)")
                 self.query_info.setText(f"<b>{Path(self.query_path).name}</b><br>{why}: use View > Reindex "
@@ -586,10 +586,10 @@ class MainWindow(QMainWindow):
         self._update_status()
         self._update_grid()
 
-    def index_ready(self, key: ModelKey | None = None) -> bool:
+    def index_ready(self, key: ModelSpec | None = None) -> bool:
         return (key or self.key) in self._ready_keys
 
-    def searchable_count(self, key: ModelKey | None = None) -> int:
+    def searchable_count(self, key: ModelSpec | None = None) -> int:
         """Images that a query of ``key`` would search now: all when its index is up to date, else what
         the running indexing has committed or added so far (0: nothing yet)."""
         key = key or self.key
@@ -702,7 +702,8 @@ class MainWindow(QMainWindow):
             k=self.k_spin.value(),
             threshold=None if self.threshold_spin.value() <= -1.0 else self.threshold_spin.value(),
             exact=bool(self.method_box.currentData()),
-            query_expansion=self.qe_spin.value(),
+            query_expansion="average" if self.qe_spin.value() > 0 else None,
+            qe_top=max(1, self.qe_spin.value()),
         )
         self.settings.setValue("k", self.options.k)
         self.run_query()
@@ -760,12 +761,12 @@ class MainWindow(QMainWindow):
     def results_current(self) -> bool:
         """True when the grid's results answer the current query with the current model and descriptor."""
         r = self.result
-        return r is not None and r.query == self.query_path and r.key == self.key
+        return r is not None and r.query == self.query_path and r.spec == self.key
 
     def _on_query_result(self, gen: int, result: SearchResult) -> None:
         if gen != self._generation or self._query_pending:
             return  # a newer query replaces this one
-        if result.query != self.query_path or result.key != self.key:
+        if result.query != self.query_path or result.spec != self.key:
             return
         self.result = result
         self.selected_hit = None
@@ -843,10 +844,10 @@ class MainWindow(QMainWindow):
         else:
             r = self.result
             style = "background:#fff4ce; color:#5c4400; border:1px solid #f0d67a; border-radius:4px; padding:4px;"
-            if r.key != self.key:
-                was = f"{DESCRIPTOR_TITLES.get(r.key.descriptor, r.key.descriptor)}"
-                if r.key.backbone != self.key.backbone:
-                    was = f"{model_title(r.key.backbone)} {was}"
+            if r.spec != self.key:
+                was = f"{DESCRIPTOR_TITLES.get(r.spec.descriptor, r.spec.descriptor)}"
+                if r.spec.backbone != self.key.backbone:
+                    was = f"{model_title(r.spec.backbone)} {was}"
                 now = DESCRIPTOR_TITLES.get(self.key.descriptor, self.key.descriptor)
                 count, files = self.searchable_count(), self.index.total_files(self.key) if self.index else None
                 running = self._index_task is not None and self._index_task.is_running()
@@ -1026,7 +1027,7 @@ class MainWindow(QMainWindow):
                                                and self._on_compare(left, other_key, r)))
         task.error.connect(lambda m, tb: self._on_error("Comparison failed", m))
 
-    def _on_compare(self, left: SearchResult, other_key: ModelKey, right: SearchResult) -> None:
+    def _on_compare(self, left: SearchResult, other_key: ModelSpec, right: SearchResult) -> None:
         if self.compare_dialog is not None:
             self._ready_keys.add(other_key)
             self.compare_dialog.set_results(left, right)
@@ -1042,7 +1043,7 @@ class MainWindow(QMainWindow):
             "index": ("exact" if self.options.exact else "HNSW") if r is None else r.method,
             "k": self.options.k,
             "threshold": "off" if self.options.threshold is None else self.options.threshold,
-            "query expansion": self.options.query_expansion or "off",
+            "query expansion": self.options.qe_top if self.options.query_expansion else "off",
         }
 
     def _ask_export(self) -> None:
@@ -1087,7 +1088,6 @@ class MainWindow(QMainWindow):
             self.show_error("The collection is not indexed yet; try again when indexing has finished.", info=True)
             return None
         index, models, key, options = self.index, self.models, self.key, replace(self.options)
-        root = _split_root(split, index.folder)
         settings = {**self.export_settings(), "split": split}
         among: dict[frozenset, frozenset] = {}
 
@@ -1097,8 +1097,11 @@ class MainWindow(QMainWindow):
             return run_query(index, models, key, path, options,
                              among=None if retrieval is None else among[retrieval]).hits
 
-        return self._start_export(export_split, split, str(root), search, out, settings,
-                                  label_of=index.label_of, limit=limit)
+        def job(progress=None, should_stop=None):  # the worker reads the split file, never the GUI thread
+            return export_split(split, str(_split_root(split, index.folder)), search, out, settings,
+                                label_of=index.label_of, limit=limit, progress=progress, should_stop=should_stop)
+
+        return self._start_export(job)
 
     def _start_export(self, fn, *args, **kwargs) -> workers.TaskHandle:
         task = workers.start_task(fn, *args, parent=self, name="export", **kwargs)
@@ -1154,11 +1157,8 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def wait_idle(self, msecs: int = 30_000) -> bool:
-        """Wait for every task of this window while processing events; True when all finished.
-
-        A worker's ``finished -> thread.quit`` is delivered through the GUI thread's event loop, so
-        a plain ``QThread.wait`` on the GUI thread would wait for the whole timeout.
-        """
+        """Wait for every task of this window while processing events (their queued results and
+        progress are delivered meanwhile); True when all finished."""
         deadline = time.monotonic() + msecs / 1000
         tasks = [t for t in (self._index_task, self._query_task, self._act_task, self._compare_task,
                              self._export_task, self._copy_task, self._browse_task) if t is not None]
@@ -1203,7 +1203,7 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _indexed_paths(index: FolderIndex, key: ModelKey) -> tuple[list[str], list[str | None], dict]:
+def _indexed_paths(index: FolderIndex, key: ModelSpec) -> tuple[list[str], list[str | None], dict]:
     """The images of ``key`` indexed so far, their labels and rows (worker: opening a collection reads its
     files, and a list of 100k paths is not made on the GUI thread)."""
     coll = index.collection(key)

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if ok and args.compare and args.query:
         dlg = win.open_compare(args.compare)
         ok = _wait(app, lambda: dlg.overlap is not None and dlg.right is not None
-                   and dlg.right.key.descriptor == args.compare, args.timeout)
+                   and dlg.right.spec.descriptor == args.compare, args.timeout)
         win.loader.wait(30_000)
         _wait(app, lambda: False, 0.8)
         grab = screen.grabWindow(dlg.winId()) if screen is not None else None

@@ -32,8 +32,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.collection import SearchHit
 from engine.images import IMAGE_EXTENSIONS
-from retrieval_gui.backend import Hit
+from engine.session import hit as make_hit
 from retrieval_gui.thumbnails import ThumbnailLoader
 
 HIT_COLOUR = QColor(46, 160, 67)
@@ -163,7 +164,7 @@ class CollectionRows(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return Hit(self.paths[i], float("nan"), (i % len(self.paths)) + 1, self.labels[i])
+        return make_hit(self.paths[i], float("nan"), (i % len(self.paths)) + 1, self.labels[i])
 
 
 class ResultsModel(QAbstractListModel):
@@ -172,7 +173,7 @@ class ResultsModel(QAbstractListModel):
     def __init__(self, loader: ThumbnailLoader, parent=None) -> None:
         super().__init__(parent)
         self.loader = loader
-        self.hits: Sequence[Hit] = []  # a list of results, or the collection view's CollectionRows
+        self.hits: Sequence[SearchHit] = []  # a list of results, or the collection view's CollectionRows
         self.query_label: str | None = None
         #: the rows are the collection's images (no rank or score), not the results of a query
         self.browsing = False
@@ -184,7 +185,7 @@ class ResultsModel(QAbstractListModel):
         self._pixmaps: dict[str, QPixmap] = {}
         loader.ready.connect(self._on_thumbnail)
 
-    def set_hits(self, hits: list[Hit], query_label: str | None = None, notes: dict[str, str] | None = None) -> None:
+    def set_hits(self, hits: list[SearchHit], query_label: str | None = None, notes: dict[str, str] | None = None) -> None:
         """Show the ranked results of a query (fresh: not stale)."""
         self.beginResetModel()
         self.loader.clear_queue()
@@ -199,7 +200,7 @@ class ResultsModel(QAbstractListModel):
         """Show the collection's images to browse (``rows``: path -> row numbers, made by the caller's worker
         for a large collection). When the rows so far are the start of ``paths`` (a collection being indexed
         grows at its end) the new ones are appended, keeping the scroll position. Nothing here is per image:
-        the rows' Hit objects are made as they are painted."""
+        the rows' SearchHit objects are made as they are painted."""
         rows = rows if rows is not None else browse_rows(paths)
         old = self.hits if isinstance(self.hits, CollectionRows) else None
         n = len(old) if (old is not None and self.browsing) else -1
@@ -223,7 +224,7 @@ class ResultsModel(QAbstractListModel):
             if self.hits:
                 self.dataChanged.emit(self.index(0), self.index(len(self.hits) - 1))
 
-    def _set_rows(self, hits: list[Hit], query_label: str | None) -> None:
+    def _set_rows(self, hits: list[SearchHit], query_label: str | None) -> None:
         self.hits = hits
         self.query_label = query_label
         self._rows = {}
@@ -231,7 +232,7 @@ class ResultsModel(QAbstractListModel):
             self._rows.setdefault(h.path, []).append(i)
         self._pixmaps = {p: pm for p, pm in self._pixmaps.items() if p in self._rows}
 
-    def hit_at(self, row: int) -> Hit | None:
+    def hit_at(self, row: int) -> SearchHit | None:
         return self.hits[row] if 0 <= row < len(self.hits) else None
 
     def pixmap_at(self, row: int) -> QPixmap | None:
@@ -246,7 +247,7 @@ class ResultsModel(QAbstractListModel):
                 pm = self._pixmaps[h.path] = QPixmap.fromImage(img)
         return pm
 
-    def mark(self, hit: Hit) -> bool | None:
+    def mark(self, hit: SearchHit) -> bool | None:
         if self.query_label is None or hit.label is None or self.browsing:
             return None
         return hit.label == self.query_label
@@ -423,7 +424,7 @@ class ResultsView(QListView):
         self.selectionModel().currentChanged.connect(
             lambda cur, _prev: self.currentHitChanged.emit(model.hit_at(cur.row()) if cur.isValid() else None))
 
-    def current_hit(self) -> Hit | None:
+    def current_hit(self) -> SearchHit | None:
         model = self.model()
         idx = self.currentIndex()
         return model.hit_at(idx.row()) if isinstance(model, ResultsModel) and idx.isValid() else None

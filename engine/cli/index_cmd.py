@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--qe", choices=("average", "alpha"), default=None, help="query expansion")
     s.add_argument("--qe-top", type=int, default=5, help="neighbours used by query expansion (default 5)")
     s.add_argument("--alpha", type=float, default=3.0, help="alpha-QE exponent (default 3)")
+    s.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="what runs the network on the CPU for the query (as for index; default auto)")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
     s.set_defaults(func=run_search)
 
@@ -228,12 +230,15 @@ def _build_models(specs: list, device: str, args: argparse.Namespace):
 
 
 def run_search(args: argparse.Namespace) -> int:
+    """Rank the collection for one query image through the session the window uses (engine.session):
+    the query's feature map comes from the collection's cached runtime export (engine.runtime)."""
     from pathlib import Path
 
     from engine.cli.common import resolve_device
-    from engine.collection import Collection, CollectionError
-    from engine.extraction import extract_descriptors
+    from engine.collection import CollectionError
+    from engine.images import ImageLoadError
     from engine.search import SearchOptions
+    from engine.session import FolderIndex, ModelCache, run_query
 
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
@@ -243,23 +248,23 @@ def run_search(args: argparse.Namespace) -> int:
     options = SearchOptions(k=args.k, threshold=args.threshold, exact=args.exact, ef=args.ef,
                             query_expansion=args.qe, qe_top=args.qe_top, alpha=args.alpha)
     spec = spec_from_args(args)
-    collection = Collection.open(args.collection, model_spec=spec, cache_dir=args.cache_dir)
+    index = FolderIndex(args.collection, cache_dir=args.cache_dir, rebuild_damaged=False)
+    collection = index.collection(spec)
     if not collection.is_saved or len(collection) == 0:
         hint = f" --descriptor {spec.descriptor}" if args.descriptor else ""
         raise CollectionError(f"{collection.folder} is not indexed with this model yet; run "
                               f"`retrieval-explorer index {collection.folder}{hint}` with the same model options")
     device = resolve_device(args.device)
-    res = extract_descriptors(spec.build(device), [query], image_size=spec.image_size,
-                              crop_fraction=spec.crop_fraction, batch_size=1, device=device)
-    if res.skipped:
-        raise ValueError(f"cannot use the query image {_shown(query)}: {res.skipped[0].reason}")
-    start = time.perf_counter()
-    hits = collection.search(res.vectors[0], options)
-    ms = (time.perf_counter() - start) * 1000
+    models = ModelCache(device=device, runtime=args.runtime, cache_dir=index.cache_dir)
+    try:
+        result = run_query(index, models, spec, str(query), options, exclude_query=False, runtime=args.runtime)
+    except ImageLoadError as exc:
+        raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
+    hits = result.hits
     if args.json:
         print(json.dumps({
             "query": str(query.resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
-            "options": dataclasses.asdict(options), "search_ms": round(ms, 3),
+            "options": dataclasses.asdict(options), "search_ms": round(result.search_seconds * 1000, 3),
             "hits": [dataclasses.asdict(h) for h in hits],
         }, indent=1))
     else:

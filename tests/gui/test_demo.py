@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
+from engine.session import demo_collection
 from resources import make_demo
-from retrieval_gui.backend import demo_collection
 
 
 def test_demo_collection_is_small_labelled_and_licensed():

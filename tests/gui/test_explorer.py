@@ -12,7 +12,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
 from PySide6.QtWidgets import QApplication
 
-from retrieval_gui.backend import ModelKey, overlap_at_k
+from engine.collection import ModelSpec
+from engine.session import overlap_at_k
 from retrieval_gui.main_window import MainWindow
 from retrieval_gui.widgets import HitRole, MarkRole
 
@@ -28,7 +29,7 @@ def _wait_result(qtbot, win: MainWindow, query: str | None = None, descriptor: s
     def ok():
         r = win.result
         return (r is not None and (query is None or r.query == os.path.abspath(query))
-                and (descriptor is None or r.key.descriptor == descriptor) and not win._query_pending)
+                and (descriptor is None or r.spec.descriptor == descriptor) and not win._query_pending)
 
     qtbot.waitUntil(ok, timeout=TIMEOUT)
 
@@ -180,7 +181,7 @@ def test_compare_two_descriptors_overlap(qtbot, window, folder):
     dlg = win.open_compare("rmac")
     qtbot.waitUntil(lambda: dlg.overlap is not None, timeout=TIMEOUT)
     left, right = dlg.left, dlg.right
-    assert left.key.descriptor == "spoc" and right.key.descriptor == "rmac"
+    assert left.spec.descriptor == "spoc" and right.spec.descriptor == "rmac"
     both = {h.path for h in left.hits} & {h.path for h in right.hits}
     assert dlg.overlap == pytest.approx(len(both) / 5)
     assert dlg.overlap == overlap_at_k(left.hits, right.hits, 5)
@@ -317,8 +318,8 @@ def test_settings_are_remembered(qtbot, window, folder):
 
 
 def test_create_window_opens_argument_then_last_then_demo(qtbot, folder, monkeypatch):
+    from engine.session import demo_collection
     from retrieval_gui import app
-    from retrieval_gui.backend import demo_collection
 
     opened = []
     monkeypatch.setattr(MainWindow, "open_collection", lambda self, f: opened.append(str(f)) or True)
@@ -334,7 +335,7 @@ def test_create_window_opens_argument_then_last_then_demo(qtbot, folder, monkeyp
     w3 = app.create_window(app._parse([str(folder / "class_00")]))
     qtbot.addWidget(w3)
     assert opened[-1] == str(folder / "class_00")
-    assert ModelKey().backbone == "efficientnet_lite0"
+    assert ModelSpec().backbone == "efficientnet_lite0"
 
 
 def test_grid_delegate_draws_cards(qtbot, tmp_path):
@@ -344,13 +345,13 @@ def test_grid_delegate_draws_cards(qtbot, tmp_path):
     from PySide6.QtGui import QImage, QPainter
     from PySide6.QtWidgets import QStyleOptionViewItem
 
-    from retrieval_gui.backend import Hit
+    from engine.session import hit
     from retrieval_gui.thumbnails import ThumbnailLoader
     from retrieval_gui.widgets import ResultsModel, ResultsView
 
     loader = ThumbnailLoader(32, None)
     model = ResultsModel(loader)
-    model.set_hits([Hit(str(tmp_path / f"missing{i}.jpg"), 0.5, i + 1, None) for i in range(30)])
+    model.set_hits([hit(str(tmp_path / f"missing{i}.jpg"), 0.5, i + 1, None) for i in range(30)])
     view = ResultsView(model, 32)
     qtbot.addWidget(view)
     view.resize(600, 400)

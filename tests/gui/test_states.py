@@ -13,7 +13,7 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from retrieval_gui.backend import FolderIndex, IndexState
+from engine.session import FolderIndex, IndexState
 from retrieval_gui.main_window import MainWindow
 from retrieval_gui.widgets import MarkRole
 
@@ -102,7 +102,7 @@ def test_results_of_another_model_are_marked_out_of_date_while_it_indexes(qtbot,
     assert not win.index_ready()
     assert win.grid_mode() == "stale" and win.results_model.stale
     assert "Out of date" in win.grid_header.text() and "efficientnet_lite0" in win.grid_header.text()
-    qtbot.waitUntil(lambda: win.result.key.backbone == "resnet18" and _settled(win), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.result.spec.backbone == "resnet18" and _settled(win), timeout=TIMEOUT)
     assert win.grid_mode() == "results" and not win.results_model.stale
     assert "Out of date" not in win.grid_header.text()
 

@@ -1,0 +1,746 @@
+"""The session the window and the command line share: models, a folder's collections, search, comparison,
+activations.
+
+Nothing here imports Qt: every function that takes time is a plain function (the window runs it with
+``retrieval_gui.workers.start_task`` on a worker thread, the CLI calls it directly). What computes a
+vector is an :class:`engine.collection.ModelSpec`; results are :class:`engine.collection.SearchHit`;
+options are :class:`engine.search.SearchOptions`.
+
+- :class:`ModelCache` builds descriptor models once per (spec, device), shares backbones between
+  descriptors, and keeps one feature-map runner (engine.runtime) per backbone (thread-safe).
+- :class:`FolderIndex` is one image folder with its per-spec collections in a cache dir: ``collection``
+  opens one (instant), ``update`` extracts what is missing (incrementally, cancellable), ``search_vector``
+  ranks it for a vector.
+- :func:`run_query` describes a query image and searches; :func:`ensure_and_query` updates first (the
+  comparison's second side); :func:`overlap_at_k` compares two rankings.
+- :func:`compute_activations` runs forward hooks on a chosen layer and explains an R-MAC score as a sum
+  over regions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.callbacks import ProgressFn, ShouldStopFn, resolve
+from engine.collection import ModelSpec, SearchHit
+from engine.search import SearchOptions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_DESCRIPTOR = "spoc"
+DESCRIPTOR_TITLES = {
+    "fc": "FC",
+    "spoc": "conv-average (SPoC)",
+    "rmac": "R-MAC",
+    "mac": "MAC (global max)",
+    "gem": "GeM",
+}
+
+#: the registries of models/ as the window lists them, known without importing torch (so the window can
+#: appear before torch is loaded); tests/gui/test_startup.py checks them against the registries
+BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "vgg16", "mobilenet_v2")
+DESCRIPTORS = ("fc", "spoc", "rmac", "mac", "gem")
+
+
+def cache_root() -> Path:
+    """$RETRIEVAL_EXPLORER_CACHE, else the platform's user cache folder for retrieval-explorer."""
+    env = os.environ.get("RETRIEVAL_EXPLORER_CACHE")
+    if env:
+        return Path(env)
+    from engine.collection import default_cache_dir
+
+    return default_cache_dir()
+
+
+def demo_collection() -> Path:
+    """The demo collection shipped in resources/demo (CC0)."""
+    return Path(__file__).resolve().parent.parent / "resources" / "demo"
+
+
+def preload() -> None:
+    """Import torch, torchvision and the model/engine modules now (on the calling thread).
+
+    Importing them later inside a worker would hold the GIL for seconds at a time (extension
+    initialisation), freezing the GUI thread; the window calls this before it is shown.
+    """
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import engine.collection  # noqa: F401
+    import engine.extraction  # noqa: F401
+    import models.backbones  # noqa: F401
+    import models.descriptors  # noqa: F401
+
+
+def list_backbones() -> list[str]:
+    """Backbone names of models.backbones."""
+    return list(BACKBONES)
+
+
+def list_descriptors() -> list[str]:
+    """Descriptor kinds of models.descriptors (fc, spoc, rmac, mac, gem)."""
+    return list(DESCRIPTORS)
+
+
+def list_trained() -> list[tuple[str, str]]:
+    """(display name, checkpoint path) of every trained model; [] when none or unreadable."""
+    try:
+        from engine.training.registry import list_trained_models
+
+        return [(f"trained: {m.name}", m.path) for m in list_trained_models()]
+    except Exception as exc:  # a broken models folder must not stop the window from opening
+        log.warning("cannot list trained models: %s", exc)
+        return []
+
+
+def model_title(backbone: str) -> str:
+    """A short display name: a checkpoint path shows as its folder name."""
+    p = Path(backbone)
+    if p.suffix == ".pt":
+        return f"trained: {p.parent.name}"
+    return backbone
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+class ModelCache:
+    """Descriptor models built once and shared; thread-safe. Backbones are shared across descriptors.
+
+    ``runtime``: what runs the backbone on the CPU for :meth:`features` (engine.runtime; default
+    $RETRIEVAL_EXPLORER_RUNTIME, else "auto"); ``cache_dir``: where exported runtimes are kept (default
+    :func:`cache_root`)."""
+
+    def __init__(self, device: str = "cpu", threads: int | None = None, runtime: str | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        self.device = device
+        self.runtime = runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._lock = threading.Lock()
+        self._backbones: dict[tuple, Any] = {}
+        self._descriptors: dict[tuple, Any] = {}
+        self._runners: dict[tuple, Any] = {}  # feature-map runners (engine.runtime), one per backbone
+        self._threads = int(threads) if threads else None  # applied when torch is first needed
+
+    def _apply_threads(self) -> None:
+        with self._lock:
+            threads, self._threads = self._threads, None
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def backbone(self, spec: ModelSpec):
+        """The spec's Backbone (eval mode, on the cache's device), shared by every descriptor of it."""
+        k = (spec.backbone, spec.weights, self.device)
+        with self._lock:
+            bb = self._backbones.get(k)
+        if bb is None:
+            self.get(spec)  # building the descriptor model loads its backbone
+            with self._lock:
+                bb = self._backbones.get(k)
+        if bb is None:  # a model without a separate backbone
+            from models.backbones import get_backbone
+
+            bb = get_backbone(spec.backbone, weights=spec.weights, device=self.device)
+            with self._lock:
+                bb = self._backbones.setdefault(k, bb)
+        return bb
+
+    def get(self, spec: ModelSpec):
+        """The DescriptorModel for ``spec`` (eval mode, on the cache's device)."""
+        k = (spec, self.device)
+        with self._lock:
+            model = self._descriptors.get(k)
+        if model is not None:
+            return model
+        self._apply_threads()
+        bk = (spec.backbone, spec.weights, self.device)
+        with self._lock:
+            bb = self._backbones.get(bk)
+        model = spec.build(self.device, backbone=bb)  # a first model loads the backbone the others share
+        with self._lock:
+            if bb is None and getattr(model, "backbone", None) is not None:
+                self._backbones.setdefault(bk, model.backbone)
+            return self._descriptors.setdefault(k, model)
+
+    def features(self, spec: ModelSpec, runtime: str | None = None):
+        """The feature-map runner of ``spec``'s backbone (engine.runtime: an exported CPU runtime when one
+        is installed and agrees with PyTorch, else PyTorch), built once per backbone and runtime.
+
+        The comparison with PyTorch on a probe batch runs once per export and runtime version: a passed
+        check is remembered beside the export (``<export>.checked.json``, naming its SHA-256), and a
+        later process reusing that same file skips it."""
+        from engine.runtime import feature_runner
+
+        bb = self.backbone(spec)
+        runtime = runtime or self.runtime
+        k = (spec.backbone, spec.weights, spec.image_size, runtime, self.device)
+        with self._lock:
+            runner = self._runners.get(k)
+        if runner is not None:
+            return runner
+        ident = spec.backbone_identity()
+        size = self.image_size(spec)
+        rt = runtime if self.device == "cpu" else "torch"
+        cache = self.cache_dir or cache_root()
+        runner = None
+        checked = _checked_runtime(cache, ident, size)
+        if checked is not None and rt in ("auto", checked):
+            runner = feature_runner(bb, size, ident, cache, checked, check=False)
+            if getattr(runner, "name", None) != checked or runner.exported:  # not the checked file: check again
+                runner = None
+        if runner is None:
+            runner = feature_runner(bb, size, ident, cache, rt)
+            if getattr(runner, "onnx_path", None) is not None and runner.name != "torch":
+                _remember_checked(runner)
+        with self._lock:
+            return self._runners.setdefault(k, runner)
+
+    def cached(self, spec: ModelSpec) -> bool:
+        """Whether ``spec``'s model is built already (no waiting on a load)."""
+        with self._lock:
+            return (spec, self.device) in self._descriptors
+
+    def image_size(self, spec: ModelSpec) -> int:
+        """The network input side S for ``spec`` (its image_size, else the backbone's default)."""
+        return int(spec.image_size or getattr(self.backbone(spec), "default_image_size", 224))
+
+    def transform(self, spec: ModelSpec):
+        """PIL image -> (3, S, S) tensor as indexing prepares it (engine.images.build_transform)."""
+        from engine.extraction import IMAGENET_MEAN, IMAGENET_STD
+        from engine.images import build_transform
+
+        bb = self.backbone(spec)
+        return build_transform(self.image_size(spec), getattr(bb, "mean", IMAGENET_MEAN),
+                               getattr(bb, "std", IMAGENET_STD), spec.crop_fraction)
+
+
+def _runtime_version(name: str) -> str | None:
+    try:
+        return str(__import__(name).__version__)
+    except Exception:
+        return None
+
+
+def _checked_marker(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".checked.json")
+
+
+def _checked_runtime(cache_dir: Path, identity: str, image_size: int) -> str | None:
+    """The runtime whose comparison with PyTorch passed on the export now cached for (identity, size), when
+    the export is still that file (by the SHA-256 its sidecar records) and the runtime that version."""
+    from engine.runtime import export_path
+
+    path = export_path(cache_dir, identity, image_size)
+    try:
+        side = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+        mark = json.loads(_checked_marker(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(side, dict) and isinstance(mark, dict)):
+        return None
+    name = mark.get("runtime")
+    if mark.get("sha256") != side.get("sha256") or not isinstance(name, str):
+        return None
+    if mark.get("version") != _runtime_version(name):
+        return None
+    return name
+
+
+def _remember_checked(runner: Any) -> None:
+    from engine.atomic import atomic_write_text
+
+    path = Path(runner.onnx_path)
+    try:
+        side = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+        atomic_write_text(_checked_marker(path), json.dumps(
+            {"sha256": side["sha256"], "runtime": runner.name, "version": _runtime_version(runner.name)}))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # only a later start is slower
+        log.info("cannot remember the runtime check of %s: %s", path.name, exc)
+
+
+def embed_images(model_cache: ModelCache, spec: ModelSpec, images: Sequence[Any],
+                 runtime: str | None = None) -> np.ndarray:
+    """Descriptors (N, D) float32 (L2-normalised by the model) of PIL images or paths, prepared as indexing prepares
+    them (JPEG decoded at the size the network needs, engine.extraction.resize_side). ``runtime``: run
+    the backbone through :meth:`ModelCache.features` with that runtime (None: the model in PyTorch).
+    Raises engine.images.ImageLoadError for a file that cannot be used."""
+    import torch
+
+    from engine.extraction import resize_side
+    from engine.images import load_image
+
+    tf = model_cache.transform(spec)
+    side = resize_side(model_cache.image_size(spec), spec.crop_fraction)
+    model = model_cache.get(spec)
+    batch = torch.stack([tf(load_image(im, min_side=side) if isinstance(im, str | os.PathLike) else im.convert("RGB"))
+                         for im in images])
+    with torch.inference_mode():
+        runner = None
+        if runtime is not None and hasattr(model, "describe") and len(getattr(model, "scales", None) or ()) <= 1:
+            runner = model_cache.features(spec, runtime)  # None: the model's own backbone
+        if runner is not None:
+            out = model.describe(runner(batch).to(model_cache.device))
+        else:  # a multi-scale model resizes the batch to each of its scales itself
+            out = model(batch.to(model_cache.device))
+        return out.float().cpu().numpy()  # the models' contract: rows L2-normalised already
+
+
+# ---------------------------------------------------------------------------------------------
+# a folder and its vectors
+@dataclass
+class SearchResult:
+    """A query's ranking under ``spec``: hits best first (``rank`` from 1), the query vector (D,)."""
+
+    spec: ModelSpec
+    query: str
+    query_label: str | None
+    hits: list[SearchHit]
+    vector: np.ndarray
+    seconds: float
+    method: str
+    options: SearchOptions = field(default_factory=SearchOptions)
+    #: images of the query's label among those searched (the query itself left out); None: unknown
+    relevant: int | None = None
+    #: the search alone (the index lookup, without describing the query image)
+    search_seconds: float = 0.0
+
+    def precision(self) -> float | None:
+        """precision@k over the labelled hits; None when the query or hits have no label."""
+        if self.query_label is None:
+            return None
+        known = [h.label == self.query_label for h in self.hits if h.label is not None]
+        return sum(known) / len(known) if known else None
+
+    def best_precision(self) -> float | None:
+        """The highest precision@k any ranking could reach here: with fewer images of the query's label
+        than labelled hits (a class of 7 images has 6 others to find), a perfect ranking scores below 1."""
+        if self.query_label is None or self.relevant is None:
+            return None
+        n = sum(h.label is not None for h in self.hits)
+        return min(self.relevant, n) / n if n else None
+
+
+@dataclass
+class IndexState:
+    """What :meth:`FolderIndex.update` did."""
+
+    spec: ModelSpec
+    total: int
+    indexed: int
+    added: int
+    removed: int
+    skipped: list[tuple[str, str]]
+    cancelled: bool
+    seconds: float
+
+
+def describe_options(options: SearchOptions) -> str:
+    """'exact', 'HNSW', 'exact + QE5' (average QE over 5), 'HNSW + alpha-QE5'."""
+    method = "exact" if options.exact else "HNSW"
+    if options.query_expansion == "average":
+        method += f" + QE{options.qe_top}"
+    elif options.query_expansion == "alpha":
+        method += f" + alpha-QE{options.qe_top}"
+    return method
+
+
+class FolderIndex:
+    r"""An image folder and its per-:class:`ModelSpec` :class:`engine.collection.Collection`\ s.
+
+    Collections are opened lazily (on the worker that first needs them); every method is thread-safe
+    (one lock per spec: a search waits while the same spec is being written). ``rebuild_damaged``: a
+    damaged cache is indexed again (a note in ``notes`` says so) instead of raising CollectionError.
+    """
+
+    def __init__(self, folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                 rebuild_damaged: bool = True) -> None:
+        self.folder = Path(folder).expanduser().resolve()
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"not an image folder: {self.folder}")
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
+        self.rebuild_damaged = rebuild_damaged
+        self._lock = threading.Lock()
+        self._key_locks: dict[Any, threading.RLock] = {}
+        self._collections: dict[ModelSpec, Any] = {}
+        self._label_counts: dict[ModelSpec, tuple[tuple, dict[str | None, int]]] = {}
+        self.notes: list[str] = []  # messages for the user (e.g. a damaged cache that was rebuilt)
+
+    def _key_lock(self, key: Any) -> threading.RLock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.RLock())
+
+    def collection(self, spec: ModelSpec):
+        """The Collection of ``spec`` (opened from the cache on first use)."""
+        from engine.collection import Collection, CollectionError
+
+        with self._key_lock(spec):
+            coll = self._collections.get(spec)
+            if coll is None:
+                try:
+                    coll = Collection.open(self.folder, model_spec=spec, cache_dir=self.cache_dir)
+                except CollectionError as exc:
+                    if not self.rebuild_damaged:
+                        raise
+                    self.notes.append(f"{exc} — indexing again.")
+                    log.warning("rebuilding: %s", exc)
+                    coll = Collection.open(self.folder, model_spec=spec, cache_dir=self.cache_dir, rebuild=True)
+                self._collections[spec] = coll
+            return coll
+
+    def collection_path(self, path: str | os.PathLike) -> str | None:
+        """The path under which the collection holds ``path`` (``folder / its path inside the folder``), or
+        None when it lies outside the folder.
+
+        The file is taken as given, never resolved: a symbolic link inside the folder is the collection's
+        image wherever it points (the engine scans and labels links by their own path). Only the folders
+        above it are resolved, so a folder opened through a link (``~/data -> /mnt/data``) still matches.
+        """
+        p = Path(os.path.abspath(os.fspath(path)))
+        for above in p.parents:
+            if above == self.folder:
+                return str(p)
+        for above in p.parents:  # the folder reached through a link of another name
+            try:
+                if above.resolve() == self.folder:
+                    return str(self.folder / p.relative_to(above))
+            except OSError:
+                return None
+        return None
+
+    def label_of(self, path: str | os.PathLike) -> str | None:
+        """The image's folder name when it lies in a sub-folder of the collection (as the engine labels),
+        by the path as given inside the folder (see :meth:`collection_path`)."""
+        inside = self.collection_path(path)
+        if inside is None:
+            return None
+        parts = Path(inside).relative_to(self.folder).parts
+        return parts[-2] if len(parts) > 1 else None
+
+    def label_counts(self, spec: ModelSpec) -> dict[str | None, int]:
+        """How many indexed images of ``spec`` each label has (cached per commit and size)."""
+        from collections import Counter
+
+        coll = self.collection(spec)
+        stamp = (coll.generation, len(coll))
+        with self._lock:
+            cached = self._label_counts.get(spec)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        counts = dict(Counter(coll.labels))
+        with self._lock:
+            self._label_counts[spec] = (stamp, counts)
+        return counts
+
+    def indexed_count(self, spec: ModelSpec) -> int | None:
+        """Images of ``spec`` indexed so far (committed or being added), None when its collection is not
+        open yet. Cheap and non-blocking: safe to call from the GUI thread."""
+        with self._lock:
+            coll = self._collections.get(spec)
+        return None if coll is None else len(coll)
+
+    def total_files(self, spec: ModelSpec) -> int | None:
+        """Image files the folder held at ``spec``'s last scan (None: not known yet)."""
+        with self._lock:
+            coll = self._collections.get(spec)
+        return None if coll is None else coll.total_files
+
+    def vectors(self, spec: ModelSpec) -> tuple[list[str], np.ndarray] | None:
+        """(absolute paths, vectors (N, D)) of ``spec`` when indexed, else None."""
+        coll = self.collection(spec)
+        if len(coll) == 0:
+            return None
+        return coll.paths, coll.vectors
+
+    def has_index(self, spec: ModelSpec) -> bool:
+        """True when vectors for ``spec`` exist (opening the cache if needed)."""
+        return self.vectors(spec) is not None
+
+    def update(self, model_cache: ModelCache, spec: ModelSpec, *, batch_size: int = 16,
+               progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
+               progress_interval: float = 0.25, descriptors: Sequence[str] | None = None,
+               runtime: str | None = None) -> IndexState:
+        """Extract the vectors of new or changed images, drop removed ones (engine.collection), for
+        ``spec`` and every other descriptor of its backbone (``descriptors``; default all) in ONE pass of
+        the network per image, so that switching descriptor afterwards is instant. Work is committed as
+        it goes: a cancel keeps it, and searches meanwhile answer from what is indexed so far.
+
+        Progress is throttled to one call per ``progress_interval`` seconds; its message says how many
+        images are indexed."""
+        from engine.collection import ConcurrentChangeError
+
+        progress, should_stop = resolve(progress, should_stop)
+        progress(0, 0, f"loading {model_title(spec.backbone)}")
+        kinds = [spec.descriptor] + [d for d in (descriptors or list_descriptors()) if d != spec.descriptor]
+        specs = [spec.with_descriptor(d) for d in kinds]
+        with self._key_lock(("update", spec.backbone, spec.weights, spec.image_size, spec.crop_fraction)):
+            try:
+                return self._update(model_cache, specs, batch_size, progress, should_stop, progress_interval,
+                                    runtime)
+            except ConcurrentChangeError as exc:  # another program indexed this folder meanwhile: reload
+                log.info("%s: reopening", exc)
+                with self._lock:
+                    for s in specs:
+                        self._collections.pop(s, None)
+                return self._update(model_cache, specs, batch_size, progress, should_stop, progress_interval,
+                                    runtime)
+
+    def _update(self, model_cache: ModelCache, specs: list[ModelSpec], batch_size: int,
+                progress: ProgressFn, should_stop: ShouldStopFn, progress_interval: float,
+                runtime: str | None) -> IndexState:
+        from engine.collection import update_collections
+
+        colls = [self.collection(s) for s in specs]
+        work = [bool(c.scan()) or not c.is_saved for c in colls]
+        models, features = [None] * len(specs), None
+        if any(work):
+            models = [model_cache.get(s) for s in specs]
+            features = model_cache.features(specs[0], runtime)
+        reports = update_collections(list(zip(colls, models, strict=True)), device=model_cache.device,
+                                     batch_size=batch_size, features=features,
+                                     progress=make_progress_throttle(progress, progress_interval),
+                                     should_stop=should_stop)
+        coll, report = colls[0], reports[0]
+        skipped = [(str(self.folder / s.path), s.reason) for s in coll.skipped] + list(report.unreadable)
+        return IndexState(specs[0], len(coll) + len(skipped), len(coll), report.extracted, report.removed,
+                          skipped, report.cancelled, report.seconds)
+
+    def search_vector(self, spec: ModelSpec, q: np.ndarray, options: SearchOptions,
+                      exclude: str | None = None) -> tuple[list[SearchHit], str]:
+        """Rank the indexed images for one query vector (D,), ``exclude`` (a path as the collection holds
+        it) left out and the ranks counted without it; returns (hits, method used)."""
+        opts = replace(options, k=options.k + 1) if exclude else options
+        with self._key_lock(spec):
+            coll = self.collection(spec)
+            if len(coll) == 0:
+                raise RuntimeError(f"{DESCRIPTOR_TITLES.get(spec.descriptor, spec.descriptor)} is not indexed yet")
+            found = coll.search(np.asarray(q, np.float32), opts)
+        hits = [h for h in found if h.path != exclude][: options.k]
+        return [replace(h, rank=i + 1) for i, h in enumerate(hits)], describe_options(options)
+
+
+def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,
+              options: SearchOptions, among: Iterable[str] | None = None, *, exclude_query: bool = True,
+              runtime: str | None = None) -> SearchResult:
+    """Describe the query image and search (the window runs it on a worker thread).
+
+    A query inside the folder (by its path as given: a symbolic link there counts, see
+    :meth:`FolderIndex.collection_path`) gets its label and, with ``exclude_query``, does not find
+    itself. ``among``: search only these images (absolute paths as the collection holds them, e.g. a
+    split's retrieval list): every indexed image is ranked exactly and the first ``k`` of ``among`` are
+    kept. ``runtime``: see :func:`embed_images`."""
+    t0 = time.monotonic()
+    vec = embed_images(model_cache, spec, [query], runtime=runtime)[0]
+    inside = index.collection_path(query)
+    exclude = inside if exclude_query else None
+    label = index.label_of(query)
+    t1 = time.perf_counter()
+    if among is None:
+        hits, method = index.search_vector(spec, vec, options, exclude=exclude)
+    else:
+        allowed = set(map(str, among))
+        everything = replace(options, k=max(1, len(index.collection(spec))), exact=True)
+        found, method = index.search_vector(spec, vec, everything, exclude=exclude)
+        hits = [replace(h, rank=i + 1) for i, h in enumerate(h for h in found if h.path in allowed)][: options.k]
+        method += f", among {len(allowed):,}"
+    searched = time.perf_counter() - t1
+    relevant = None
+    if label is not None:
+        if among is None:
+            relevant = index.label_counts(spec).get(label, 0)
+        else:
+            prefix = str(index.folder) + os.sep
+            relevant = sum(1 for p in allowed if p.startswith(prefix) and _label_of_relpath(p[len(prefix):]) == label)
+        relevant -= 1 if (exclude is not None and (among is None or inside in allowed)) else 0
+        relevant = max(0, relevant)
+    return SearchResult(spec, query, label, hits, vec, time.monotonic() - t0, method, options, relevant, searched)
+
+
+def _label_of_relpath(rel: str) -> str | None:
+    parts = rel.replace(os.sep, "/").split("/")
+    return parts[-2] if len(parts) > 1 else None
+
+
+def ensure_and_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,
+                     options: SearchOptions, progress: ProgressFn | None = None,
+                     should_stop: ShouldStopFn | None = None) -> SearchResult | None:
+    """Bring ``spec``'s index up to date (only a scan when it is), then query (the comparison's second side)."""
+    state = index.update(model_cache, spec, progress=progress, should_stop=should_stop)  # cheap when current
+    if state.cancelled:
+        return None
+    return run_query(index, model_cache, spec, query, options)
+
+
+def overlap_at_k(a: Sequence[SearchHit], b: Sequence[SearchHit], k: int | None = None) -> float:
+    """|top-k(a) ∩ top-k(b)| / k (k defaults to the longer list)."""
+    k = k or max(len(a), len(b))
+    if k <= 0:
+        return 0.0
+    return len({h.path for h in a[:k]} & {h.path for h in b[:k]}) / k
+
+
+def hit(path: str, score: float, rank: int, label: str | None = None, folder: str | os.PathLike | None = None
+        ) -> SearchHit:
+    """A SearchHit for ``path`` (its relpath against ``folder``, else its file name), e.g. for a preview."""
+    rel = os.path.relpath(path, folder).replace(os.sep, "/") if folder else Path(path).name
+    return SearchHit(str(path), rel, float(score), int(rank), label)
+
+
+# ---------------------------------------------------------------------------------------------
+# activations
+@dataclass
+class LayerMaps:
+    """The activations of one image at one layer."""
+
+    image_size: int
+    top_channels: list[int]  # most active channels, strongest first
+    channel_maps: np.ndarray  # (n, h, w) in [0, 1] for top_channels
+    heatmap: np.ndarray  # (h, w) in [0, 1]: channel-mean activation
+    shape: tuple[int, int, int]  # (C, h, w) of the layer's output
+
+
+@dataclass
+class RegionShare:
+    """One R-MAC region, in input pixels, and its part of the query-result score."""
+
+    box: tuple[int, int, int, int]  # (x, y, w, h) in the network input (image_size square)
+    contribution: float  # region vector . other descriptor / |sum of region vectors|
+    share: float  # contribution / score
+
+
+@dataclass
+class ActivationResult:
+    layer: str
+    query: LayerMaps
+    other: LayerMaps | None = None
+    score: float | None = None
+    regions: list[RegionShare] = field(default_factory=list)
+
+
+def activation_layers(model_cache: ModelCache, spec: ModelSpec) -> list[str]:
+    """The backbone's layer names, shallow to deep."""
+    bb = model_cache.backbone(spec)
+    fn = getattr(bb, "activation_layers", None)
+    return list(fn()) if fn else []
+
+
+def network_crop(path: str, size: int, crop_fraction: float = 1.0):
+    """The image as the network sees it, before normalisation: shorter side to
+    engine.extraction.resize_side(size, crop_fraction), centre crop size x size (the first two steps of
+    engine.images.build_transform) -> PIL RGB image."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F  # noqa: N812
+
+    from engine.extraction import resize_side
+    from engine.images import load_image
+
+    im = load_image(path, min_side=resize_side(size, crop_fraction))
+    im = F.resize(im, resize_side(size, crop_fraction), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return F.center_crop(im, size).convert("RGB")
+
+
+def _layer_maps(fmap, n_channels: int, size: int) -> LayerMaps:
+    a = fmap[0].float()
+    c = a.shape[0]
+    strength = a.mean((1, 2))
+    top = strength.argsort(descending=True)[:n_channels].tolist()
+    maps = a[top].cpu().numpy()
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    maps = (maps - lo) / np.maximum(hi - lo, 1e-6)
+    heat = a.clamp_min(0).mean(0).cpu().numpy()
+    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-6)
+    return LayerMaps(size, top, maps.astype(np.float32), heat.astype(np.float32), (c, a.shape[1], a.shape[2]))
+
+
+def compute_activations(model_cache: ModelCache, spec: ModelSpec, query: str, layer: str,
+                        other: str | None = None, n_channels: int = 8, rmac_levels: int = 3) -> ActivationResult:
+    """Feature maps of ``layer`` for the query (and ``other``); for R-MAC the per-region shares.
+
+    With the query's region vectors r_i (whitened when the model whitens, L2-normalised) and the
+    other image's final descriptor d: score = q . d = sum_i (r_i . d) / |sum_i r_i|, so region i
+    contributes (r_i . d) / |sum_i r_i| and its share is that over the score.
+    """
+    import torch
+
+    from engine.images import load_image
+    from models.pooling import l2n
+
+    bb = model_cache.backbone(spec)
+    layers = bb.activation_layers() if hasattr(bb, "activation_layers") else {}
+    if layer not in layers:
+        raise ValueError(f"unknown layer {layer!r}: choose one of {list(layers)}")
+    tf = model_cache.transform(spec)
+    size = model_cache.image_size(spec)
+    images = [query] + ([other] if other else [])
+    x = torch.stack([tf(load_image(p)) for p in images]).to(model_cache.device)
+    me = threading.get_ident()
+    captured: list[Any] = []
+
+    def hook(_module, _inputs, output):  # other threads may share this model: record only ours
+        if threading.get_ident() == me:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = layers[layer].register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            fmap = bb.forward_features(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"layer {layer!r} did not run in the forward pass")
+    act = captured[-1]
+    result = ActivationResult(layer, _layer_maps(act[0:1], n_channels, size))
+    if other:
+        result.other = _layer_maps(act[1:2], n_channels, size)
+        model = model_cache.get(spec)
+        with torch.inference_mode():
+            desc = model.describe(fmap) if hasattr(model, "describe") else model(x)
+            d = l2n(desc.float())
+        result.score = float(d[0] @ d[1])
+        if spec.descriptor == "rmac":
+            result.regions = _rmac_shares(model, fmap[0:1], d[1], size, getattr(model, "rmac_levels", rmac_levels))
+    return result
+
+
+def _rmac_shares(model, fmap, other_desc, size: int, levels: int) -> list[RegionShare]:
+    """Per region of ``fmap`` (1, C, h, w): its part of the score against ``other_desc`` (D,)."""
+    import torch
+
+    from models import pooling
+
+    h, w = fmap.shape[-2:]
+    with torch.inference_mode():
+        contrib = model.region_contributions(fmap.float(), other_desc)[0]  # (R,)
+    score = float(contrib.sum())
+    sy, sx = size / h, size / w
+    out = []
+    for (y, x, rh, rw), c in zip(pooling.rmac_regions(h, w, levels), contrib.tolist(), strict=True):
+        out.append(RegionShare((int(x * sx), int(y * sy), int(rw * sx), int(rh * sy)), float(c),
+                               float(c / score) if abs(score) > 1e-12 else 0.0))
+    return out
+
+
+def make_progress_throttle(progress: ProgressFn, interval: float = 0.1) -> Callable[[int, int, str], None]:
+    """A progress callback passing at most one call per ``interval`` seconds (and the last)."""
+    last = [0.0]
+
+    def call(done: int, total: int, message: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval or (total and done >= total):
+            last[0] = now
+            progress(done, total, message)
+
+    return call
+
