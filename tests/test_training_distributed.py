@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,24 +42,27 @@ def _launch(kind: str, spec: dict, tmp: Path, world: int = 2, timeout: float = 2
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=timeout)[0])
+        with open(tmp / f"{spec_path.stem}_rank{rank}.log", "w") as log:   # a file: a full pipe would block
+            procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=log,
+                                          stderr=subprocess.STDOUT))
+    t_end = time.monotonic() + timeout
+    try:   # a rank that fails leaves the others waiting in a collective: stop them at once
+        while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs):
+            assert time.monotonic() < t_end, f"{kind}: no result in {timeout} s"
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-4000:]}"
+    for rank, p in enumerate(procs):
+        log = (tmp / f"{spec_path.stem}_rank{rank}.log").read_text(errors="replace")
+        assert p.returncode == 0, f"rank {rank} failed:\n{log[-4000:]}"
 
 
 def _worker(kind: str, spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(1)
-    {"step": _step_worker, "train": _train_worker}[kind](spec)
+    {"step": _step_worker, "train": _train_worker, "nosync": _nosync_worker}[kind](spec)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,3 +244,62 @@ def test_two_processes_train_like_one_on_the_union_and_resume_exactly(image_fold
     res = train(TrainConfig(**base), resume_from=part1[0]["checkpoint"])
     assert not res.cancelled and res.last_iteration == 10
     assert _losses(res.history)[:4] == _losses(part1[0]["history"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# no host sync in the distributed step, collectives aside
+def _nosync_worker(spec: dict) -> None:
+    from test_training_nosync import SyncRecorder
+
+    from engine.training import distributed
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import train
+
+    class Recorder(SyncRecorder):
+        paused = False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if self.paused:
+                return func(*args, **(kwargs or {}))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    rec = Recorder()
+    real_step = distributed.DistributedRun.step
+
+    def step(self, it):
+        # the optimizer's update is left out, as in test_training_nosync.py: fused on CUDA, no sync there
+        real_opt_step = self.opt.step
+
+        def opt_step(*a, **k):
+            rec.paused = True
+            try:
+                return real_opt_step(*a, **k)
+            finally:
+                rec.paused = False
+
+        self.opt.step = opt_step
+        try:
+            with rec:
+                return real_step(self, it)
+        finally:
+            del self.opt.step
+
+    distributed.DistributedRun.step = step
+    torch.distributed.init_process_group("gloo")   # one group for both runs (train() joins it, leaves it open)
+    for mode in ("head", "full"):
+        train(TrainConfig(**spec["config"] | {"mode": mode, "out_dir": str(Path(spec["out"]) / mode)}))
+    torch.distributed.destroy_process_group()
+    Path(spec["out"], f"rank{os.environ['RANK']}.json").write_text(json.dumps({"syncs": rec.syncs,
+                                                                               "ops": rec.ops}))
+
+
+@pytest.mark.slow  # two processes, two short runs each: ~20 s on 2 cores
+def test_distributed_step_has_no_host_sync_but_its_collectives(image_folder, tmp_path):
+    root = image_folder(n_classes=6, per_class=4, size=40)
+    config = dict(data_root=str(root), weights="random", image_size=32, iterations=4, val_every=4,
+                  classes_per_batch=2, samples_per_class=2, warmup_iters=1, cache_dir=str(tmp_path / "cache"),
+                  num_threads=1)
+    _launch("nosync", {"config": config, "out": str(tmp_path)}, tmp_path)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["ops"] > 500 and got["syncs"] == [], got["syncs"][:20]

@@ -227,10 +227,26 @@ class DistributedRun(_Run):
         c, ctx = self.config, self.ctx
         self.xbm = DistributedXBMLoss(self.xbm.loss, self.memory, c.memory_weight, c.warmup_iters, ctx.rank,
                                       ctx.world)
+        for p in self._unused_parameters():   # DDP waits for every trainable parameter's gradient
+            p.requires_grad_(False)
         # BatchNorm statistics train only in full mode without freeze_bn: then rank 0's are shared
         self.ddp = nn.parallel.DistributedDataParallel(
             _Embedder(self.model, self.source), device_ids=[self.device] if self.device.type == "cuda" else None,
-            broadcast_buffers=c.mode == "full" and not c.freeze_bn)
+            forward_sync_buffers=c.mode == "full" and not c.freeze_bn)
+
+    def _unused_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters an embedding does not depend on (the backbone's classifier in full
+        mode): they never get a gradient (AdamW skips them in one process too). Found on one training
+        image in eval mode with a generator of its own, so no state of the run changes."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.eval()
+        try:
+            emb = self.source.embed_train(self.model, self.train_idx[:1].to(self.device),
+                                          torch.Generator().manual_seed(0))
+            grads = torch.autograd.grad(emb.float().sum(), params, allow_unused=True)
+        finally:
+            self.set_train_mode()
+        return [p for p, g in zip(params, grads, strict=True) if g is None]
 
     # rank 0 validates and writes; the others keep the iteration of the last checkpoint
     def save_last(self, it: int) -> None:
