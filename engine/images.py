@@ -305,19 +305,52 @@ def build_transform(
     """PIL RGB image -> float tensor (3, image_size, image_size): resize the shorter side to
     round(image_size / crop_fraction) (bilinear, antialiased), centre-crop image_size x image_size,
     scale to [0, 1], normalise with ``mean``/``std``. ``crop_fraction=224/227`` with 224 gives the
-    224 centre crop of a 227 image."""
-    from torchvision import transforms as T  # noqa: N812
+    224 centre crop of a 227 image.
 
+    The steps of torchvision's Resize + CenterCrop + ToTensor + Normalize on a PIL image, number for number
+    (tests/test_session.py compares them), without importing torchvision: its import costs seconds that a
+    one-image `search` would otherwise pay."""
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    resize = int(round(image_size / crop_fraction))
-    return T.Compose(
-        [
-            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-            T.CenterCrop(image_size),
+    return _InputTransform(int(image_size), int(round(image_size / crop_fraction)), mean, std)
+
+
+class _InputTransform:
+    """See :func:`build_transform`."""
+
+    def __init__(self, image_size: int, resize: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.image_size, self.resize = image_size, resize
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    def __call__(self, img: Image.Image):
+        import numpy as np
+        import torch
+
+        if not isinstance(img, Image.Image) or img.mode != "RGB":
+            return self._torchvision()(img)  # anything else: torchvision's own steps
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.resize, int(self.resize * long / short)  # torchvision's rounding
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        s = self.image_size
+        top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))
+        img = img.crop((left, top, left + s, top + s))
+        a = np.array(img, np.uint8, copy=True)  # (S, S, 3)
+        x = torch.from_numpy(a).permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
+        mean = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def _torchvision(self):
+        from torchvision import transforms as T  # noqa: N812
+
+        return T.Compose([
+            T.Resize(self.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(self.image_size),
             T.ToTensor(),
-            T.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+            T.Normalize(mean=self.mean, std=self.std),
+        ])
