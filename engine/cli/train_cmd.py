@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import TextIO
@@ -51,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Label = sub-folder name. --target same (default) holds back a share of every class's images "
                        "to validate (better retrieval within your categories); --target new holds back whole "
                        "classes (better retrieval of unseen categories). The checkpoint kept as best.pt is the "
-                       "one with the best validation --select-metric.")
+                       "one with the best validation --select-metric. On several GPUs or machines, start it with torchrun "
+                       "(torchrun --nproc-per-node N -m engine train ...): data-parallel, one process per GPU.")
     p.add_argument("--data", required=True, help="folder with one sub-folder of images per class")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--classes", metavar="FILE",
@@ -190,8 +192,12 @@ def run(args: argparse.Namespace) -> int:
     problems = cfg.validate()
     if problems:
         raise ValueError("; ".join(problems))
-    console = Console()
-    res = train(cfg, on_event=console, resume_from=args.resume)
+    # under torchrun (data-parallel training) rank 0 alone reports; the other ranks print nothing
+    main_rank = os.environ.get("RANK", "0") == "0"
+    res = train(cfg, on_event=Console() if main_rank else None, resume_from=args.resume)
+    failed = res.stopped_reason.startswith("the loss became")
+    if not main_rank:
+        return 1 if failed else 0
     out = {"checkpoint": res.checkpoint_path, "best_checkpoint": res.best_checkpoint_path,
            "run_folder": res.config.out_dir, "target": res.config.target, "validation": res.validation,
            "select_metric": res.select_metric, "best_iteration": res.best_iteration,
@@ -204,4 +210,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
     else:
         print("\n".join(summary(res)))
-    return 0 if not res.stopped_reason.startswith("the loss became") else 1
+    return 1 if failed else 0
