@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     wiz.trainingFinished.connect(done.append)
     wiz.show()
     t0 = time.monotonic()
+    wiz.data_page.wait_scan(600_000)  # the Data page counts the folder in a worker
     for _ in range(len(wiz.settings_pages)):
         app.processEvents()
         if not wiz.currentPage().isComplete():

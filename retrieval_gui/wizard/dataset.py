@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.training.data import read_class_list  # noqa: F401 (the Data page reads split files with it)
+from engine.training.data import read_class_list
 
 
 @dataclass
@@ -84,3 +84,48 @@ def summarize(root: str, train_classes: list[str] | None = None, val_share: floa
     elif s.val_images < 4:
         s.warnings.append(f"Only {s.val_images} validation images: the validation figures will be very noisy.")
     return s
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    """What the Data page asks to count: the folder, the split file (or classes given with the settings),
+    the validation share, seed, P and target, and the trainer's image split file."""
+
+    root: str
+    split_file: str = ""
+    given_classes: tuple[str, ...] | None = None
+    val_share: float = 0.2
+    seed: int = 0
+    classes_per_batch: int = 0
+    target: str = "same"
+    image_split: str = ""
+
+
+@dataclass
+class ScanResult:
+    """The answer to a :class:`ScanRequest`: the summary, the training classes it was counted with (None:
+    every sub-folder) and the split file's error ("" when it was read or none was given)."""
+
+    request: ScanRequest
+    summary: DataSummary
+    classes: list[str] | None
+    split_error: str = ""
+
+
+def scan(request: ScanRequest) -> ScanResult:
+    """Read the split file and count the folder as :func:`summarize` does (a worker runs it: it walks the
+    whole data folder). Never raises for bad input."""
+    classes: list[str] | None = None
+    split_error = ""
+    if request.split_file:
+        try:
+            classes = read_class_list(request.split_file)
+        except ValueError as exc:
+            split_error = str(exc)
+    elif request.given_classes is not None:
+        classes = list(request.given_classes)
+    if split_error:
+        return ScanResult(request, DataSummary(root=request.root, error=split_error), None, split_error)
+    summary = summarize(request.root, classes, request.val_share, request.seed, request.classes_per_batch,
+                        target=request.target, image_split=request.image_split)
+    return ScanResult(request, summary, classes, "")

@@ -7,7 +7,7 @@ import html
 import time
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QCoreApplication, QEventLoop, Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QEventLoop, QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -37,7 +37,8 @@ from PySide6.QtWidgets import (
 
 from engine.training.config import LOSSES, MININGS, POOLINGS, TrainConfig
 from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
-from retrieval_gui.wizard.dataset import DataSummary, read_class_list, summarize
+from retrieval_gui.wizard.dataset import DataSummary, ScanRequest, ScanResult, read_class_list, scan
+from retrieval_gui.wizard.estimate import Rates, describe, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.plot import LiveTrainingPlot
 
 if TYPE_CHECKING:
@@ -107,7 +108,13 @@ SHARE_LABEL = {"same": "Validation share of each class's images:", "new": "Valid
 
 class DataPage(_SettingsPage):
     """What the model should get better at (the target), a folder of class sub-folders, optionally
-    restricted by a split file, and the train/validation split that target gives."""
+    restricted by a split file, and the train/validation split that target gives.
+
+    Counting walks the whole data folder: the page does it in a worker (:meth:`request_scan`, 300 ms
+    after the last edit; the latest settings win) and is complete once the count shown is the count of
+    the settings shown."""
+
+    scanned = Signal(object)  # the DataSummary of a count just shown
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -170,8 +177,12 @@ class DataPage(_SettingsPage):
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
-        self._debounce.timeout.connect(self.rescan)
+        self._debounce.timeout.connect(self.request_scan)
         self._given_classes: list[str] | None = None
+        self._shown: ScanRequest | None = None  # what the shown summary counted
+        self._classes: list[str] | None = None  # the training classes it was counted with
+        self._scan_task = None
+        self._scan_pending = False
         for w in (self.folder_edit, self.split_edit):
             w.textEdited.connect(self._forget_given_classes)
             w.textChanged.connect(self._debounce.start)
@@ -211,7 +222,10 @@ class DataPage(_SettingsPage):
             self.split_edit.setText(f)
 
     def train_classes(self) -> list[str] | None:
-        """The classes of the split file (None = every sub-folder); sets split_error on a bad file."""
+        """The classes of the split file (None = every sub-folder); sets split_error on a bad file. The
+        shown count's classes when it is current (no file read)."""
+        if self.is_current():
+            return None if self._classes is None else list(self._classes)
         self.split_error = ""
         path = self.split_edit.text().strip()
         if not path and self._given_classes is not None:
@@ -224,18 +238,77 @@ class DataPage(_SettingsPage):
             self.split_error = str(exc)
             return None
 
-    def rescan(self) -> DataSummary:
-        """Recount the folder under the current split (the Data page's table and warnings)."""
+    def scan_request(self) -> ScanRequest:
+        """The count the settings shown ask for (cheap: reads the widgets only)."""
+        wiz = self.wiz() if self.wizard() is not None else None
+        return ScanRequest(root=self.folder_edit.text().strip(), split_file=self.split_edit.text().strip(),
+                           given_classes=None if self._given_classes is None else tuple(self._given_classes),
+                           val_share=self.val_share.value(), seed=self.seed.value(),
+                           classes_per_batch=wiz.run_settings_page.p.value() if wiz is not None else 0,
+                           target=self.target(), image_split=wiz._config.image_split if wiz is not None else "")
+
+    def is_current(self) -> bool:
+        """Whether the summary shown counts the settings shown."""
+        return self._shown is not None and self._shown == self.scan_request()
+
+    def scanning(self) -> bool:
+        """A count is running in the worker."""
+        return self._scan_task is not None and self._scan_task.is_running()
+
+    def request_scan(self) -> None:
+        """Count the folder under the current settings in a worker; while one count runs, the next waits
+        for it (and counts the settings of that moment)."""
+        from retrieval_gui.workers import start_task
+
         self._debounce.stop()
-        classes = self.train_classes()
-        p = self.wiz().run_settings_page.p.value() if self.wizard() is not None else 0
-        if self.split_error:
-            s = DataSummary(root=self.folder_edit.text().strip(), error=self.split_error)
+        if self.scanning():
+            self._scan_pending = True
+            return
+        # no parent: a page closed meanwhile must not delete the handle of a running thread (the
+        # connections to this page's methods end with the page)
+        task = start_task(scan, self.scan_request(), name="data scan", with_callbacks=False)
+        self._scan_task = task
+        task.result.connect(self._on_scanned)
+        task.error.connect(self._on_scan_error)
+        task.finished.connect(self._on_scan_finished)
+        self.completeChanged.emit()
+
+    def _on_scan_error(self, message: str, _details: str) -> None:
+        r = self.scan_request()
+        self._show(ScanResult(r, DataSummary(root=r.root, error=message), None))
+
+    def _on_scanned(self, result: ScanResult) -> None:
+        if result.request == self.scan_request():  # else the settings changed meanwhile: a newer count follows
+            self._show(result)
+
+    def _on_scan_finished(self) -> None:
+        if self._scan_pending or (not self.is_current() and not self._debounce.isActive()):
+            self._scan_pending = False
+            self.request_scan()
         else:
-            listed = self.wiz()._config.image_split if self.wizard() is not None else ""
-            s = summarize(self.folder_edit.text().strip(), classes, self.val_share.value(), self.seed.value(), p,
-                          target=self.target(), image_split=listed)
-        self.summary = s
+            self.completeChanged.emit()
+
+    def wait_scan(self, timeout_ms: int = 10_000) -> bool:
+        """Process events until the settings shown are counted (tests, scripts); True when they are."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.is_current() or self.scanning() or self._debounce.isActive():
+            if not self.scanning() and not self.is_current() and not self._debounce.isActive():
+                self.request_scan()
+            if time.monotonic() > deadline:
+                return False
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        return True
+
+    def rescan(self) -> DataSummary:
+        """Count now, on the calling thread (scripts and tests; the page itself counts in a worker)."""
+        self._debounce.stop()
+        return self._show(scan(self.scan_request()))
+
+    def _show(self, result: ScanResult) -> DataSummary:
+        """Show a count: the table, the message and the warnings."""
+        s = result.summary
+        self.summary, self._shown, self._classes = s, result.request, result.classes
+        self.split_error = result.split_error
         rows = ((len(s.train_classes), s.train_images), (len(s.val_classes), s.val_images))
         for r, (nc, ni) in enumerate(rows):
             self.counts.setItem(r, 0, QTableWidgetItem(str(nc)))
@@ -245,8 +318,8 @@ class DataPage(_SettingsPage):
             parts.append(f"<span style='color:#b00020'><b>{html.escape(s.error)}</b></span>")
         else:
             restricted = ""
-            if classes is not None:
-                from_file = bool(self.split_edit.text().strip())
+            if result.classes is not None:
+                from_file = bool(result.request.split_file)
                 restricted = " (classes from the split file)" if from_file else " (classes given with the settings)"
             parts.append(f"{len(s.per_class)} classes, {sum(s.per_class.values())} images{restricted}.")
             if s.description:
@@ -254,13 +327,17 @@ class DataPage(_SettingsPage):
         parts += [f"<span style='color:#a15c00'>⚠ {html.escape(w)}</span>" for w in s.warnings]
         self.message.setText("<br>".join(parts))
         self.completeChanged.emit()
+        self.scanned.emit(s)
         return s
 
     def isComplete(self) -> bool:  # noqa: N802
-        return self.summary.ok and not self._debounce.isActive()
+        return self.summary.ok and not self._debounce.isActive() and self.is_current()
 
     def validatePage(self) -> bool:  # noqa: N802
-        return self.rescan().ok
+        if self.is_current():
+            return self.summary.ok
+        self.request_scan()
+        return False
 
     def load(self, cfg: TrainConfig) -> None:
         self.folder_edit.setText(cfg.data_root)
@@ -547,17 +624,37 @@ class SummaryPage(QWizardPage):
         self.setCommitPage(True)
         self.setButtonText(QWizard.WizardButton.CommitButton, "Start training")
         self.text = QTextBrowser()
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setTextFormat(Qt.TextFormat.RichText)
         lay = QVBoxLayout(self)
         lay.addWidget(self.text)
+        lay.addWidget(self.estimate_label)
         self.problems: list[str] = []
+        self.estimate = None  # the last estimate_run() shown
+        self._rates: dict[str, Rates] = {}  # measured this session, per rate_key
+        self._rate_task = None
+        self._connected = False
 
     def initializePage(self) -> None:  # noqa: N802
         wiz: TrainWizard = self.wizard()  # type: ignore[assignment]
+        if not self._connected:  # a count arriving while this page shows refreshes it
+            wiz.data_page.scanned.connect(lambda _s: wiz.currentPage() is self and self.initializePage())
+            self._connected = True
         cfg = wiz.config()
-        data = wiz.data_page.rescan()
+        if not wiz.data_page.is_current():
+            if not wiz.data_page.scanning():
+                wiz.data_page.request_scan()
+            self.problems = ["counting the data folder…"]
+            self.text.setHtml("<p>Counting the data folder…</p>")
+            self.estimate_label.setText("")
+            self.completeChanged.emit()
+            return
+        data = wiz.data_page.summary
         self.problems = list(cfg.validate())
         if not data.ok:
             self.problems.insert(0, data.error)
+        self._show_estimate(cfg, data)
         target = {"same": f"the same categories (validation: {cfg.val_image_share:.0%} of each class's images)",
                   "new": f"new categories (validation: {cfg.val_class_share:.0%} of the classes)"}
         rows = [("Data", cfg.data_root),
@@ -595,6 +692,73 @@ class SummaryPage(QWizardPage):
 
     def isComplete(self) -> bool:  # noqa: N802
         return not self.problems
+
+    def rates(self, cfg: TrainConfig) -> Rates | None:
+        """The speeds of ``cfg``'s backbone: remembered from its last run, else measured (None: not yet)."""
+        key = rate_key(cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode)
+        return remembered_rates(key) or self._rates.get(key)
+
+    def _show_estimate(self, cfg: TrainConfig, data: DataSummary) -> None:
+        """The run-time estimate under the table; starts measuring the speeds in a worker when unknown."""
+        if not data.ok:
+            self.estimate_label.setText("")
+            return
+        rates = self.rates(cfg)
+        if rates is None:
+            self.estimate = None
+            self.estimate_label.setText("<b>Estimated time:</b> measuring the speed of "
+                                        f"{html.escape(cfg.backbone)}…")
+            self._measure(cfg)
+            return
+        self.estimate = estimate_run(mode=cfg.mode, n_train=data.train_images, n_val=data.val_images,
+                                     iterations=cfg.iterations, val_every=cfg.val_every,
+                                     batch=cfg.classes_per_batch * cfg.samples_per_class,
+                                     views=cfg.head_views, rates=rates)
+        self.estimate_label.setText(f"<b>Estimated time:</b> {html.escape(describe(self.estimate, rates))}")
+
+    def _measure(self, cfg: TrainConfig) -> None:
+        from retrieval_gui.workers import start_task
+
+        if self._rate_task is not None and self._rate_task.is_running():
+            return  # its result refreshes the page, which asks again for what is shown then
+        self._rate_key = rate_key(cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode)
+        task = start_task(measure_rates, cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode,
+                          name="run estimate", with_callbacks=False)  # no parent: see DataPage.request_scan
+        self._rate_task = task
+        task.result.connect(self._on_rates)
+        task.error.connect(self._on_rates_error)
+
+    def _on_rates_error(self, message: str, _details: str) -> None:
+        self.estimate_label.setText(f"<b>Estimated time:</b> unknown (measuring failed: {html.escape(message)})")
+
+    def _on_rates(self, rates: Rates) -> None:
+        self._rates[self._rate_key] = rates
+        wiz = self.wizard()
+        if wiz is not None and wiz.currentPage() is self:
+            self.initializePage()
+
+
+RATES_KEY = "wizard/rates/"
+
+
+def remembered_rates(key: str) -> Rates | None:
+    """The speeds the last run of ``key`` (estimate.rate_key) measured, None when none was remembered."""
+    import json
+
+    raw = QSettings().value(RATES_KEY + key, "")
+    try:
+        d = json.loads(str(raw)) if raw else None
+        return Rates(float(d["features"]), float(d["train"]), "of the last run with these settings") if d else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_rates(key: str, features: float, train: float) -> None:
+    """Keep what a finished run measured (images/s of its feature phase and of its iterations)."""
+    import json
+
+    if features > 0 and train > 0:
+        QSettings().setValue(RATES_KEY + key, json.dumps({"features": features, "train": train}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -705,6 +869,7 @@ class RunPage(QWizardPage):
         """Back to 'not started' (also when the wizard is restarted)."""
         self.handle = None
         self.result = None
+        self._seen_rates: dict[str, float] = {}  # images/s of the feature phase and of the iterations
         self.error: tuple[str, str] | None = None
         self.events: dict[str, int] = {}
         self.last_checkpoint = ""
@@ -799,9 +964,13 @@ class RunPage(QWizardPage):
         kind = getattr(e, "kind", "")
         self.events[kind] = self.events.get(kind, 0) + 1
         if kind == "iteration":
+            if e.images_per_s:
+                self._seen_rates["train"] = float(e.images_per_s)
             self.plot.add_iteration(e.iteration, e.loss, e.loss_batch, e.loss_memory)
             self._latest = e
         elif kind == "phase":  # a preparation step (e.g. computing the features once): its own rate and ETA
+            if e.images_per_s:
+                self._seen_rates["features"] = float(e.images_per_s)
             self.phase.setText(f"{e.message}: {e.iteration} / {e.total} images")
             self.progress.setRange(0, max(1, e.total))
             self.progress.setValue(e.iteration)
@@ -858,6 +1027,11 @@ class RunPage(QWizardPage):
 
     def on_result(self, result) -> None:
         self.result = result
+        cfg = self.config
+        seen = self._seen_rates
+        if cfg is not None and "train" in seen and "features" in seen:  # the next estimate of these settings
+            remember_rates(rate_key(cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode),
+                           seen["features"], seen["train"])
         self._update_labels()
         sel = getattr(result, "select_metric", "map")
         label = SELECT_LABELS.get(sel, sel)
@@ -946,9 +1120,8 @@ class RunPage(QWizardPage):
 
 
 def wait_for_task(handle, timeout_ms: int) -> bool:
-    """Block until ``handle``'s thread has finished, still delivering queued signals (the worker's
-    ``finished -> thread.quit`` is queued to this thread, so a plain ``QThread.wait`` here would
-    sit out the whole timeout). True when it finished in time."""
+    """Block until ``handle``'s thread has finished, still delivering the worker's queued signals
+    (progress, events, the result) meanwhile. True when it finished in time."""
     deadline = time.monotonic() + timeout_ms / 1000
     while handle.thread.isRunning():
         QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)

@@ -92,7 +92,7 @@ class TrainWizard(QWizard):
         self._config = cfg
         for page in self.settings_pages:
             page.load(cfg)
-        self.data_page.rescan()
+        self.data_page.request_scan()  # counted in a worker: it walks the whole data folder
 
     def save_settings(self, cfg: TrainConfig) -> None:
         d = cfg.to_dict()

@@ -53,9 +53,10 @@ def walk_to_run_page(qtbot, wiz: TrainWizard) -> None:
     wiz.show()
     qtbot.waitExposed(wiz)
     for _ in range(4):
-        assert wiz.currentPage().isComplete(), type(wiz.currentPage()).__name__
+        qtbot.waitUntil(wiz.currentPage().isComplete, timeout=10_000)  # the data page counts in a worker
         wiz.next()
     assert wiz.currentPage() is wiz.summary_page
+    qtbot.waitUntil(lambda: wiz.summary_page.problems != ["counting the data folder…"], timeout=10_000)
     assert wiz.summary_page.isComplete(), wiz.summary_page.problems
     assert wiz.button(QWizard.WizardButton.CommitButton).text() == "Start training"
     wiz.next()
@@ -194,6 +195,7 @@ def test_summary_page_blocks_invalid_settings(qtbot, image_folder, tmp_path):
     qtbot.addWidget(wiz)
     wiz.show()
     wiz._config.log_every = -1  # a setting no page shows: validate() must still catch it
+    assert wiz.data_page.wait_scan()
     for _ in range(4):
         wiz.next()
     assert wiz.currentPage() is wiz.summary_page
@@ -452,6 +454,7 @@ def test_classes_given_with_the_settings_are_kept(qtbot, tiny_data, tmp_path):
     wiz = TrainWizard(config=tiny_config(root, tmp_path, train_classes=classes))
     qtbot.addWidget(wiz)
     assert wiz.config().train_classes == classes
+    assert wiz.data_page.wait_scan()  # counted in a worker
     assert "classes given with the settings" in wiz.data_page.message.text()
     wiz.data_page.folder_edit.textEdited.emit(str(root))  # the user typed in the field
     assert wiz.config().train_classes is None
