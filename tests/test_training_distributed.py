@@ -4,8 +4,8 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT in the environment), each running a functio
 - one distributed step = one step of one process on the union of the two batches (loss, memory, gradients);
 - a 2-process run follows the 1-process run whose batch is their union; its memory holds both ranks'
   embeddings and never two entries of one sample;
-- a run stopped and resumed continues exactly on 2 processes (1 process: test_training_trainer.py),
-  and a 2-process checkpoint resumes on 1 process.
+- a run killed and resumed continues exactly on 2 processes and on 1; a cancel request stops every
+  process at the same step, and a 2-process checkpoint resumes on 1 process.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(kind: str, spec: dict, tmp: Path, world: int = 2, timeout: float = 240) -> None:
-    """Run ``_worker(kind, spec)`` in ``world`` processes joined through the environment, as torchrun does."""
+def _launch(kind: str, spec: dict, tmp: Path, world: int = 2, timeout: float = 240,
+            kill_when: list[Path] | None = None) -> None:
+    """Run ``_worker(kind, spec)`` in ``world`` processes joined through the environment, as torchrun does;
+    with ``kill_when``, SIGKILL them all once every one of those files exists."""
     spec_path = tmp / f"spec_{kind}_{len(list(tmp.glob('spec_*')))}.json"
     spec_path.write_text(json.dumps(spec))
     port = _free_port()
@@ -49,6 +51,12 @@ def _launch(kind: str, spec: dict, tmp: Path, world: int = 2, timeout: float = 2
     try:   # a rank that fails leaves the others waiting in a collective: stop them at once
         while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs):
             assert time.monotonic() < t_end, f"{kind}: no result in {timeout} s"
+            if kill_when and all(f.exists() for f in kill_when):
+                for p in procs:
+                    p.kill()
+                for p in procs:
+                    p.wait()
+                return
             time.sleep(0.2)
     finally:
         for p in procs:
@@ -154,12 +162,16 @@ def _train_worker(spec: dict) -> None:
 
     calls = {"n": 0}
 
+    rank = int(os.environ["RANK"])
+
     def should_stop() -> bool:
         calls["n"] += 1
+        if spec.get("hang_after") is not None and calls["n"] > spec["hang_after"]:
+            Path(spec["out"], f"rank{rank}.hung").touch()   # waits here to be killed
+            time.sleep(3600)
         return spec["stop_after"] is not None and calls["n"] > spec["stop_after"]
 
     res = train(TrainConfig(**spec["config"]), should_stop=should_stop, resume_from=spec["resume"])
-    rank = int(os.environ["RANK"])
     Path(spec["out"], f"rank{rank}.json").write_text(json.dumps({
         "history": res.history, "checkpoint": res.checkpoint_path, "cancelled": res.cancelled,
         "reason": res.stopped_reason, "last_iteration": res.last_iteration}))
@@ -170,6 +182,16 @@ def _run2(tmp: Path, config: dict, *, stop_after: int | None = None, resume: str
     out.mkdir()
     _launch("train", {"config": config, "stop_after": stop_after, "resume": resume, "out": str(out)}, tmp)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _killed(tmp: Path, config: dict, world: int, hang_after: int) -> str:
+    """Start a run on ``world`` processes, SIGKILL them after ``hang_after`` steps; its last.pt."""
+    out = tmp / f"out{len(list(tmp.glob('out*')))}"
+    out.mkdir()
+    _launch("train", {"config": config, "stop_after": None, "hang_after": hang_after, "resume": None,
+                      "out": str(out)}, tmp, world=world, kill_when=[out / f"rank{r}.hung" for r in range(world)])
+    assert not list(out.glob("rank*.json"))   # killed, not finished
+    return str(Path(config["out_dir"]) / "last.pt")
 
 
 def _losses(history: list[dict]) -> list[tuple]:
@@ -226,12 +248,17 @@ def test_two_processes_train_like_one_on_the_union_and_resume_exactly(image_fold
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-3, atol=1e-4)
 
-    # stopped after 5 steps, resumed on 2 processes: exactly the uninterrupted 2-process run
-    part = _run2(tmp_path, base | {"out_dir": str(tmp_path / "part")}, stop_after=5)
-    assert part[0]["cancelled"] and part[1]["cancelled"] and part[0]["last_iteration"] == 5
-    resumed = _run2(tmp_path, base, resume=part[0]["checkpoint"])
+    # killed (SIGKILL) after 6 steps, resumed from the last.pt of iteration 4 on 2 processes: exactly the
+    # uninterrupted 2-process run; on 1 process, exactly the uninterrupted 1-process run
+    last = _killed(tmp_path, base | {"out_dir": str(tmp_path / "kill2")}, world=2, hang_after=6)
+    assert torch.load(last, weights_only=True)["train_state"]["iteration"] == 4
+    resumed = _run2(tmp_path, base, resume=last)
     assert _losses(resumed[0]["history"]) == _losses(two[0]["history"])   # bit-identical
-    c = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    last1 = _killed(tmp_path, base | {"classes_per_batch": 4, "out_dir": str(tmp_path / "kill1")}, world=1,
+                    hang_after=6)
+    assert torch.load(last1, weights_only=True)["train_state"]["iteration"] == 4
+    assert _losses(train(TrainConfig(**base), resume_from=last1).history) == _losses(one.history)
+    c = torch.load(last, weights_only=True)
     assert c["train_state"]["iteration"] == 10
     assert all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
     assert torch.equal(a["memory"]["emb"], c["memory"]["emb"])
