@@ -303,12 +303,52 @@ class VectorIndex(abc.ABC):
         return f"{type(self).__name__}(dim={self._dim}, metric={self._metric!r}, n={len(self)})"
 
 
+class _GrowingRows:
+    """An (n, D) array attribute that :meth:`append` grows in amortised O(rows added), where
+    ``np.concatenate`` copied every row at every addition: a collection fed batch by batch (by Ray
+    workers: benchmarks/scale.py) spent most of its time there, more the larger it grew. Reading gives
+    a view of the live rows; assigning replaces them (the next append copies them once into a new
+    buffer, never writing into an array it was given)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._buf, self._n = f"{name}_buffer", f"{name}_rows"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj, self._buf)[: getattr(obj, self._n)]
+
+    def __set__(self, obj: Any, value: np.ndarray) -> None:
+        value = np.asarray(value)
+        setattr(obj, self._buf, value)
+        setattr(obj, self._n, int(value.shape[0]))
+
+    def append(self, obj: Any, rows: np.ndarray) -> None:
+        """Add ``rows`` (m, D) after the live rows."""
+        buf, n, m = getattr(obj, self._buf), getattr(obj, self._n), int(rows.shape[0])
+        if n + m > buf.shape[0]:
+            grown = np.empty((max(n + m, n + n // 2, 256),) + buf.shape[1:], buf.dtype)
+            grown[:n] = buf[:n]
+            setattr(obj, self._buf, grown)
+            buf = grown
+        buf[n:n + m] = rows
+        setattr(obj, self._n, n + m)
+
+
+def _above(ids: np.ndarray, *stored: np.ndarray) -> bool:
+    """True when every id of ``ids`` is above every stored one (a collection's rising ids): no clash
+    possible, checked in O(n) without sorting."""
+    highs = [int(a.max()) for a in stored if a.size]
+    return bool(ids.size) and (not highs or int(ids.min()) > max(highs))
+
+
 # --- exact ---------------------------------------------------------------------------------------
 class ExactIndex(VectorIndex):
     """Brute force: scores against every stored vector by a blocked float32 matrix product, top-k by
     ``argpartition``. The yardstick for HNSW; fast enough up to ~10^5 vectors."""
 
     kind = "exact"
+    _x = _GrowingRows()
 
     def __init__(self, dim: int, metric: str = "cosine", block_size: int = 65536) -> None:
         super().__init__(dim, metric)
@@ -332,9 +372,9 @@ class ExactIndex(VectorIndex):
     def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
         x = _as_matrix(vectors, self._dim)
         ids = _as_ids(ids, x.shape[0])
-        if np.isin(ids, self._ids).any():
+        if not _above(ids, self._ids) and np.isin(ids, self._ids).any():
             raise ValueError(f"ids already in the index: {ids[np.isin(ids, self._ids)][:5].tolist()}")
-        self._x = np.concatenate([self._x, x if normalised and self._metric == "cosine" else self._prepare(x)])
+        type(self)._x.append(self, x if normalised and self._metric == "cosine" else self._prepare(x))
         self._ids = np.concatenate([self._ids, ids])
 
     def remove(self, ids: np.ndarray) -> None:
@@ -422,6 +462,7 @@ class HnswIndex(VectorIndex):
     """
 
     kind = "hnsw"
+    _px = _GrowingRows()  # pending rows (not yet in the graph)
 
     def __init__(self, dim: int, metric: str = "cosine", M: int = DEFAULT_M,  # noqa: N803
                  ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF, threads: int = 1,
@@ -494,14 +535,15 @@ class HnswIndex(VectorIndex):
     def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
         x = _as_matrix(vectors, self._dim)
         ids = _as_ids(ids, x.shape[0])
-        live = self.ids()
-        clash = np.isin(ids, live)
-        if clash.any():
-            raise ValueError(f"ids already in the index: {ids[clash][:5].tolist()}")
-        # an id removed earlier but still in the graph as a tombstone: compact first so ids stay unique
-        if self._dead and np.isin(ids, np.fromiter(self._dead, np.int64)).any():
-            self._rebuild()
-        self._px = np.concatenate([self._px, x if normalised and self._metric == "cosine" else self._prepare(x)])
+        if not _above(ids, self._bids, self._pids):  # above every id, tombstones included: no clash
+            live = self.ids()
+            clash = np.isin(ids, live)
+            if clash.any():
+                raise ValueError(f"ids already in the index: {ids[clash][:5].tolist()}")
+            # an id removed earlier but still in the graph as a tombstone: compact first so ids stay unique
+            if self._dead and np.isin(ids, np.fromiter(self._dead, np.int64)).any():
+                self._rebuild()
+        type(self)._px.append(self, x if normalised and self._metric == "cosine" else self._prepare(x))
         self._pids = np.concatenate([self._pids, ids])
 
     def remove(self, ids: np.ndarray) -> None:

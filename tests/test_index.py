@@ -225,3 +225,23 @@ def test_resaving_a_loaded_hnsw_index(tmp_path):
     c.save(tmp_path / "d")
     assert c.rebuilds == rebuilds + 1
     np.testing.assert_array_equal(load_index(tmp_path / "d").query(x[:3], 5)[0], want)
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_many_small_additions_keep_every_row_and_still_refuse_a_known_id(kind):
+    # rows added batch by batch (as a collection fed by workers adds them) grow a buffer instead of
+    # copying every row each time; what is stored and found is the same as before
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = make_index(kind, "cosine", dim=8)
+    for a in range(0, 1000, 7):
+        index.add(x[a:a + 7], np.arange(a, min(a + 7, 1000)))
+    assert len(index) == 1000 and sorted(index.ids().tolist()) == list(range(1000))
+    found, _ = index.query(x[::100], 1)
+    assert found[:, 0].tolist() == list(range(0, 1000, 100))
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(x[:1], np.array([500]))
+    index.remove(np.array([500]))
+    index.add(x[500:501], np.array([500]))  # an id below the highest, free again
+    assert len(index) == 1000
