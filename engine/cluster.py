@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +53,33 @@ DEFAULT_BATCH = 64
 
 class ClusterUnavailableError(RuntimeError):
     """Ray is not installed, or the cluster cannot be reached; the message says what to do."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAY_WRAPPER = re.compile(r"^(?:ray\.|Ray\w*Error|UserCodeException|RayData)")
+_RAISED = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt): \S")
+
+
+class ClusterRunError(RuntimeError):
+    """A batch failed on the cluster (an error in a worker, or a worker lost more often than retried)."""
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The error behind a chain of Ray wrappers, as 'Type: message'. Ray puts the worker's traceback in
+    the outer message (the worker's exception itself does not travel): its last "Type: message" line
+    that is not one of Ray's wrappers is the error."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not c for c in chain):
+        chain.append(cur)
+        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    raised = [ln.strip() for c in chain for ln in _ANSI.sub("", str(c)).splitlines() if _RAISED.match(ln.strip())]
+    own = [ln for ln in raised if not _RAY_WRAPPER.match(ln)]
+    if own or raised:
+        return (own or raised)[-1]
+    last = chain[-1]
+    lines = [ln.strip() for ln in str(last).splitlines() if ln.strip()]
+    return f"{type(last).__name__}: {lines[0] if lines else ''}".strip()
 
 
 def require_ray() -> Any:
@@ -225,6 +253,12 @@ class BatchExtractor:
             index.extend(range(int(start), int(start) + len(names)))
         if self.on_batch is not None:
             self.on_batch(paths)
+        if paths and not any(os.path.exists(q) for q in paths):  # a node without the images, not bad files
+            import socket
+
+            raise FileNotFoundError(f"the worker on {socket.gethostname()} sees none of the {len(paths)} files "
+                                    f"of its batch (the first: {paths[0]}): every node of the cluster must "
+                                    "see the images at the path the indexing machine sees them")
         p = self.package
         rows = {path: j for j, path in enumerate(paths)}
         vectors = [np.zeros((len(paths), d), np.float16) for d in self.dims]
@@ -331,6 +365,9 @@ def ray_extract(package: WorkerModel, *, batch_size: int = DEFAULT_BATCH, worker
         stream = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
         try:
             yield from _batches(stream, paths, len(package.heads))
+        except ray.exceptions.RayError as exc:  # the workers' error in one line, without Ray's tracebacks
+            raise ClusterRunError(f"the run on the Ray cluster failed: {_root_cause(exc)} (what was "
+                                  "committed is kept; run index again to continue)") from None
         finally:  # a caller that stops iterating (a stop, an error) ends the run on the cluster at once
             close = getattr(stream, "close", None)
             if close is not None:

@@ -183,3 +183,44 @@ def test_without_ray_the_option_says_how_to_install_it(monkeypatch, folder, tmp_
     err = capsys.readouterr().err
     assert code == 2
     assert "retrieval-explorer[cluster]" in err and "Traceback" not in err
+
+
+def test_a_worker_error_ends_the_run_with_its_message_and_keeps_the_commits(cluster, folder, model, tmp_path):
+    from engine.cluster import ClusterRunError, index_on_ray
+
+    specs, models, features = model
+    cols = _open(folder, specs, tmp_path)
+    manifest = str(cols[0].state_dir / "manifest.json")
+
+    def fail_on_the_last(paths: list[str]) -> None:
+        if paths[0].endswith("class_03/009.jpg"):  # the last batch (41 files in batches of 8)
+            import time
+
+            for _ in range(600):  # once the driver has committed a batch: the error comes after it
+                if os.path.exists(manifest):
+                    break
+                time.sleep(0.1)
+            raise ValueError("no such codec on this node")
+
+    with pytest.raises(ClusterRunError, match="ValueError: no such codec on this node") as info:
+        index_on_ray(list(zip(cols, models, strict=True)), features=features, batch_size=BATCH,
+                     cpus_per_worker=1, commit_every=BATCH, on_batch=fail_on_the_last)
+    assert "Traceback" not in str(info.value)
+    kept = _open(folder, specs, tmp_path)
+    assert kept[0].is_saved and 0 < len(kept[0]) < N_IMAGES  # the batches before it were committed
+
+
+def test_a_worker_that_sees_none_of_its_files_says_so(model, folder, tmp_path):
+    from engine.cluster import BatchExtractor, _join, worker_model
+
+    specs, models, features = model
+    package = worker_model(list(zip(_open(folder, specs, tmp_path), models, strict=True)), features)
+    worker = BatchExtractor(package)
+    gone = [str(tmp_path / "elsewhere" / f"{i}.jpg") for i in range(3)]
+    with pytest.raises(FileNotFoundError, match="every node of the cluster must see the images"):
+        worker({"start": np.array([0]), "files": np.array([_join(gone)], dtype=object)})
+    # a batch where some files exist: the missing one is skipped with its reason, as locally
+    some = [str(next(folder.rglob("000.jpg"))), gone[0]]
+    out = worker({"start": np.array([5]), "files": np.array([_join(some)], dtype=object)})
+    assert out["index"].tolist() == [5, 6] and out["ok"].tolist() == [True, False]
+    assert out["v0"].dtype == np.float16 and out["v0"].shape == (2, models[0].dim)
