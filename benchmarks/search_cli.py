@@ -1,0 +1,68 @@
+"""Wall time of one `retrieval-explorer search` command, as a user runs it (a fresh process each time).
+
+Compares the code in this checkout with another copy of the project (``--before DIR``, e.g. made with
+``git archive <commit> | tar -x -C DIR``), interleaved repeat by repeat so that both see the same load;
+the collection is indexed first by this checkout (both read the same cache). Prints a markdown table.
+
+    python benchmarks/search_cli.py --folder resources/demo --query resources/demo/checkers/03.jpg \
+        --before /tmp/before --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(code_dir: Path, argv: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "engine", *argv], cwd=code_dir, env={**env, "PYTHONPATH": str(code_dir)},
+                         capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"{code_dir}: search failed: {out.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folder", type=Path, default=REPO / "resources" / "demo")
+    ap.add_argument("--query", type=Path, default=None, help="default: the folder's first image")
+    ap.add_argument("--before", type=Path, required=True, help="another copy of the project to compare with")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=None, help="cache folder (default: a temporary one)")
+    args = ap.parse_args()
+    folder = args.folder.resolve()
+    query = (args.query or sorted(p for p in folder.rglob("*.jpg"))[0]).resolve()
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="search-cli-"))
+    env = dict(os.environ)
+    subprocess.run([sys.executable, "-m", "engine", "index", str(folder), "--cache-dir", str(cache)],
+                   cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, check=True, capture_output=True)
+    argv = ["search", str(query), "--collection", str(folder), "--cache-dir", str(cache), "--k", "5"]
+    _run(REPO, argv, env)  # the first search after indexing checks the runtime once and remembers it
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(args.repeats):
+        times["before"].append(_run(args.before.resolve(), argv, env))
+        times["after"].append(_run(REPO, argv, env))
+    load = os.getloadavg()
+    print(f"`search` of {folder.name} ({query.name}), {args.repeats} interleaved repeats, "
+          f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, {os.cpu_count()} cores\n")
+    print("| code | runs (s) | median (s) |")
+    print("|---|---|---|")
+    for name, ts in times.items():
+        print(f"| {name} | {', '.join(f'{t:.2f}' for t in ts)} | {statistics.median(ts):.2f} |")
+    ratios = [b / a for b, a in zip(times["before"], times["after"], strict=True)]
+    print(f"\nbefore / after per repeat: {', '.join(f'{r:.2f}' for r in ratios)} "
+          f"(median {statistics.median(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
