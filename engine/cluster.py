@@ -179,7 +179,10 @@ def build_worker_models(package: WorkerModel, device: str = "cpu", *, threads: i
     from models.descriptors import build_descriptor
     from models.whitening import PCAWhitening
 
-    work = Path(workdir or tempfile.mkdtemp(prefix="retrieval-explorer-worker-"))
+    if workdir is None:  # the export and checkpoint are read into memory: their files can go at once
+        with tempfile.TemporaryDirectory(prefix="retrieval-explorer-worker-") as tmp:
+            return build_worker_models(package, device, threads=threads, workdir=tmp)
+    work = Path(workdir)
     if package.checkpoint is not None:
         ckpt = work / "model.pt"
         ckpt.write_bytes(package.checkpoint)

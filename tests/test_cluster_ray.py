@@ -224,3 +224,28 @@ def test_a_worker_that_sees_none_of_its_files_says_so(model, folder, tmp_path):
     out = worker({"start": np.array([5]), "files": np.array([_join(some)], dtype=object)})
     assert out["index"].tolist() == [5, 6] and out["ok"].tolist() == [True, False]
     assert out["v0"].dtype == np.float16 and out["v0"].shape == (2, models[0].dim)
+
+
+def test_a_trained_checkpoint_reaches_the_workers_as_its_file_and_gives_the_drivers_vectors(tmp_path, folder):
+    import torch
+
+    from engine.cluster import build_worker_models, worker_model
+    from engine.training.checkpoint import save_checkpoint
+    from engine.training.config import TrainConfig
+    from models.embedding import build_model_from_config
+
+    cfg = TrainConfig(data_root="x", weights="random", embedding_dim=64, pooling="mac").to_dict()
+    torch.manual_seed(0)
+    ckpt = tmp_path / "run" / "best.pt"
+    save_checkpoint(ckpt, {"config": cfg, "model": build_model_from_config(cfg).state_dict(), "metrics": {}})
+    specs = [ModelSpec(str(ckpt), descriptor=d, image_size=48) for d in ("fc", "gem")]
+    first = specs[0].build()
+    models = [first, specs[1].build(backbone=first.backbone)]
+    package = worker_model(list(zip(_open(folder, specs, tmp_path / "c"), models, strict=True)))
+    assert package.state is None and package.checkpoint == ckpt.read_bytes() and package.runtime == "torch"
+    runner, heads = build_worker_models(package)
+    x = torch.randn(3, 3, 48, 48)
+    with torch.inference_mode():
+        for head, model in zip(heads, models, strict=True):
+            assert head.dim == model.dim
+            torch.testing.assert_close(head.describe(runner(x)), model(x), rtol=0, atol=1e-6)
