@@ -44,17 +44,37 @@ def rate_key(backbone: str, weights: str, image_size: int, device: str, mode: st
 
 
 def measure_rates(backbone: str, weights: str, image_size: int, device: str, mode: str, *,
-                  batch: int = 8, repeats: int = 2, head_batch: int = 32) -> Rates:
-    """Time the backbone on ``repeats`` batches of ``batch`` random (3, S, S) images after one warm-up:
-    forward only (features), and for tail/full a forward + backward through the whole network (train;
-    for tail an upper bound: only the last units train). For the head mode, ``train`` times a linear head's
-    step on ``head_batch`` random features of the backbone's width. Loads the backbone (seconds)."""
+                  batch: int = 8, repeats: int = 2, sample_root: str = "", loss: str = "triplet",
+                  margin: float = 0.1, mining: str = "semihard", classes_per_batch: int = 8,
+                  samples_per_class: int = 4, memory_size: int = 0) -> Rates:
+    """Time the backbone on ``repeats`` batches of ``batch`` images after one warm-up.
+
+    ``features``: decoding ``batch`` files of ``sample_root`` (the data folder, as the feature phase reads
+    them; random pixels when none) and the forward pass. ``train``: for tail/full a forward + backward through the
+    whole network (for tail an upper bound: only the last units train); for head, a step of a linear head on
+    random features of the backbone's width with the configured loss and mining on a P x K batch, against
+    ``memory_size`` stored embeddings when the memory is on. Loads the backbone (seconds)."""
     import torch
 
+    from engine.extraction import IMAGENET_MEAN, IMAGENET_STD
+    from engine.images import ImageLoadError, build_transform, load_image
+    from engine.training.losses import build_loss
     from models.backbones import get_backbone
 
     bb = get_backbone(backbone, weights=weights, device=device)
-    x = torch.randn(batch, 3, int(image_size), int(image_size), device=device)
+    size = int(image_size)
+    tf = build_transform(size, getattr(bb, "mean", IMAGENET_MEAN), getattr(bb, "std", IMAGENET_STD))
+    paths = sample_images(sample_root, batch) if sample_root else []
+
+    def inputs() -> torch.Tensor:
+        xs = []
+        for p in paths:
+            try:
+                xs.append(tf(load_image(p, min_side=size)))
+            except ImageLoadError:
+                continue
+        xs += [torch.randn(3, size, size) for _ in range(batch - len(xs))]
+        return torch.stack(xs).to(device)
 
     def timed(fn) -> float:
         fn()  # warm-up
@@ -66,23 +86,37 @@ def measure_rates(backbone: str, weights: str, image_size: int, device: str, mod
         return (time.perf_counter() - t0) / repeats
 
     def forward() -> None:
+        x = inputs()
         with torch.inference_mode():
             bb.forward_features(x)
 
     features = batch / max(timed(forward), 1e-9)
     if mode == "head":
-        dim = int(getattr(bb, "feature_dim", 0) or bb.forward_features(x[:1]).shape[1])
+        x = inputs()
+        with torch.inference_mode():
+            dim = int(bb.forward_features(x[:1]).shape[1])
+        n = classes_per_batch * samples_per_class
         head = torch.nn.Linear(dim, dim).to(device)
         opt = torch.optim.SGD(head.parameters(), lr=1e-3)
-        z = torch.randn(head_batch, dim, device=device)
+        criterion = build_loss(loss, margin, mining)
+        z = torch.randn(n, dim, device=device)
+        labels = torch.arange(classes_per_batch, device=device).repeat_interleave(samples_per_class)
+        ref = torch.nn.functional.normalize(torch.randn(memory_size, dim, device=device), dim=1)
+        ref_labels = torch.randint(0, max(1, classes_per_batch * 4), (memory_size,), device=device)
 
         def head_step() -> None:
             opt.zero_grad()
-            head(z).square().mean().backward()
+            emb = torch.nn.functional.normalize(head(z), dim=1)
+            out = criterion(emb, labels).loss
+            if memory_size:
+                out = out + criterion(emb, labels, ref=ref, ref_labels=ref_labels,
+                                      ref_ids=torch.arange(n, n + memory_size, device=device)).loss
+            out.backward()
             opt.step()
 
-        train = head_batch / max(timed(head_step), 1e-9)
+        train = n / max(timed(head_step), 1e-9)
     else:
+        x = inputs()
         bb.train()
 
         def step() -> None:
@@ -93,7 +127,29 @@ def measure_rates(backbone: str, weights: str, image_size: int, device: str, mod
             train = batch / max(timed(step), 1e-9)
         finally:
             bb.eval()
-    return Rates(features, train, "measured now on random images")
+    return Rates(features, train, "measured now on a few of these images")
+
+
+def sample_images(root: str, n: int) -> list[str]:
+    """Up to ``n`` image files of ``root``'s class folders, one folder after another (a few listings only)."""
+    import os
+
+    from engine.images import IMAGE_EXTENSIONS
+
+    out: list[str] = []
+    try:
+        folders = sorted(e.path for e in os.scandir(root) if e.is_dir())
+    except OSError:
+        return out
+    for folder in folders:
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.is_file())
+        except OSError:
+            continue
+        out += [os.path.join(folder, f) for f in names if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        if len(out) >= n:
+            break
+    return out[:n]
 
 
 def _clock(seconds: float) -> str:

@@ -708,7 +708,7 @@ class SummaryPage(QWizardPage):
             self.estimate = None
             self.estimate_label.setText("<b>Estimated time:</b> measuring the speed of "
                                         f"{html.escape(cfg.backbone)}…")
-            self._measure(cfg)
+            self._measure(cfg, data)
             return
         self.estimate = estimate_run(mode=cfg.mode, n_train=data.train_images, n_val=data.val_images,
                                      iterations=cfg.iterations, val_every=cfg.val_every,
@@ -716,14 +716,25 @@ class SummaryPage(QWizardPage):
                                      views=cfg.head_views, rates=rates)
         self.estimate_label.setText(f"<b>Estimated time:</b> {html.escape(describe(self.estimate, rates))}")
 
-    def _measure(self, cfg: TrainConfig) -> None:
+    def _measure(self, cfg: TrainConfig, data: DataSummary) -> None:
         from retrieval_gui.workers import start_task
 
         if self._rate_task is not None and self._rate_task.is_running():
             return  # its result refreshes the page, which asks again for what is shown then
         self._rate_key = rate_key(cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode)
-        task = start_task(measure_rates, cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode,
-                          name="run estimate", with_callbacks=False)  # no parent: see DataPage.request_scan
+        memory = int(cfg.memory_share * data.train_images) if cfg.memory else 0
+        device = "cpu" if cfg.device == "auto" else cfg.device  # what the trainer picks without a GPU
+        try:
+            import torch
+
+            if cfg.device == "auto" and torch.cuda.is_available():
+                device = "cuda"
+        except ImportError:
+            pass
+        task = start_task(measure_rates, cfg.backbone, cfg.weights, cfg.image_size, device, cfg.mode,
+                          sample_root=cfg.data_root, loss=cfg.loss, margin=cfg.margin, mining=cfg.mining,
+                          classes_per_batch=cfg.classes_per_batch, samples_per_class=cfg.samples_per_class,
+                          memory_size=memory, name="run estimate", with_callbacks=False)  # no parent: see DataPage
         self._rate_task = task
         task.result.connect(self._on_rates)
         task.error.connect(self._on_rates_error)

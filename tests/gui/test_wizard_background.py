@@ -99,8 +99,10 @@ def test_estimate_adds_features_and_training_from_the_rates():
     assert longer.training_s == pytest.approx(2 * head.training_s)
 
 
-def test_measured_rates_are_positive_and_finite():
-    r = measure_rates("efficientnet_lite0", "random", 32, "cpu", "head", batch=2, repeats=1, head_batch=8)
+def test_measured_rates_are_positive_and_finite(image_folder):
+    root = image_folder(n_classes=2, per_class=3, size=24)
+    r = measure_rates("efficientnet_lite0", "random", 32, "cpu", "head", batch=4, repeats=1, sample_root=str(root),
+                      classes_per_batch=2, samples_per_class=2, memory_size=16)
     assert 0 < r.features < float("inf") and 0 < r.train < float("inf")
     r = measure_rates("efficientnet_lite0", "random", 32, "cpu", "full", batch=2, repeats=1)
     assert 0 < r.train < float("inf")
@@ -120,7 +122,7 @@ def test_summary_page_shows_an_estimate_that_follows_the_settings(qtbot, image_f
     qtbot.waitUntil(lambda: page.estimate is not None, timeout=60_000)  # measured in a worker
     first = page.estimate
     assert first.features_s > 0 and first.training_s > 0
-    assert "Estimated time" in page.estimate_label.text() and "measured now" in page.estimate_label.text()
+    assert "Estimated time" in page.estimate_label.text() and "measured now on a few of these images" in page.estimate_label.text()
     wiz.back()
     wiz.run_settings_page.iterations.setValue(cfg.iterations * 4)
     wiz.next()
