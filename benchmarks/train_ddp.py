@@ -104,12 +104,14 @@ def main() -> None:
           f"process per step, {args.classes} cub100 training classes, device {args.device}"
           + (" (one thread per process)" if args.device == "cpu" else "") + f"; load average before "
           f"{load_before}, after {load_after}; median of {args.repeats} interleaved repeats.\n")
-    print("| processes | images/s (all) | images/s per process | scaling efficiency | repeats (images/s) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| processes | images/s (all) | images/s per process | scaling efficiency | repeats (images/s) | "
+          "efficiency per interleaved pair |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for n in (1, args.nproc):
         med = statistics.median(rows[n])
+        pairs = ", ".join(f"{b / (n * a):.2f}" for a, b in zip(rows[1], rows[n], strict=True))
         print(f"| {n} | {med:.2f} | {med / n:.2f} | {med / (n * one):.2f} | "
-              + ", ".join(f"{v:.2f}" for v in rows[n]) + " |")
+              + ", ".join(f"{v:.2f}" for v in rows[n]) + f" | {pairs} |")
 
 
 if __name__ == "__main__":
