@@ -6,6 +6,13 @@
 
 Without --query the window shows the collection, as before a first query.
 
+    python -m retrieval_gui.screenshot resources/demo --wizard --out docs/images/wizard_summary.png \\
+        [--train-out docs/images/wizard_run.png --iterations 200]
+
+With --wizard the folder is training data (one sub-folder per class): the training wizard is walked to its
+summary page (the run-time estimate shown) and saved to --out; with --train-out, Start is pressed and the
+run page is saved once training has finished. Runs and caches go to a throw-away folder.
+
 Prints one JSON line: the number of results, the results area (x, y, w, h) in the image, timings.
 Settings go to a throw-away folder unless --settings-dir is given, so a run never touches the user's.
 """
@@ -48,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-out", default=None)
     p.add_argument("--settings-dir", default=None)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--wizard", action="store_true", help="the training wizard on FOLDER instead of the explorer")
+    p.add_argument("--train-out", default=None, help="--wizard: also train and save the finished run page")
+    p.add_argument("--iterations", type=int, default=200, help="--wizard: training iterations")
     args = p.parse_args(argv)
 
     from PySide6.QtCore import QCoreApplication, QSettings
@@ -59,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     QSettings.setDefaultFormat(QSettings.Format.IniFormat)
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, settings_dir)
     app = QApplication.instance() or QApplication(["retrieval-explorer"])
+
+    if args.wizard:
+        return _wizard(app, args)
 
     from retrieval_gui.main_window import MainWindow
 
@@ -125,6 +138,58 @@ def main(argv: list[str] | None = None) -> int:
             "mode": win.grid_mode(), "browsed": win.results_model.rowCount() if win.results_model.browsing else 0,
             "compare_saved": compare_saved}
     win.close()
+    print(json.dumps(info))
+    return 0 if info["ok"] else 1
+
+
+def _grab(widget):
+    screen = widget.screen()
+    shot = screen.grabWindow(widget.winId()) if screen is not None else None
+    if shot is None or shot.isNull() or shot.width() < 10:
+        shot = widget.grab()
+    return shot
+
+
+def _wizard(app, args) -> int:
+    """Walk the training wizard on args.folder to its summary page (and, with --train-out, through a run)."""
+    work = Path(tempfile.mkdtemp(prefix="re-shot-wizard-"))
+    os.environ.setdefault("RETRIEVAL_EXPLORER_HOME", str(work / "home"))
+    from engine.training.config import TrainConfig
+    from retrieval_gui.wizard import TrainWizard
+
+    t0 = time.monotonic()
+    cfg = TrainConfig(data_root=str(Path(args.folder).resolve()), weights=args.weights, device="cpu",
+                      iterations=args.iterations, val_every=max(1, args.iterations // 4), classes_per_batch=4,
+                      samples_per_class=4, image_size=args.image_size or 224, cache_dir=str(work / "cache"),
+                      name="demo")
+    wiz = TrainWizard(config=cfg)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    wiz.resize(w, h)
+    wiz.show()
+    ok = wiz.data_page.wait_scan(int(args.timeout * 1000))
+    for _ in wiz.settings_pages:
+        ok = ok and _wait(app, wiz.currentPage().isComplete, args.timeout)
+        wiz.next()
+    page = wiz.summary_page
+    ok = ok and wiz.currentPage() is page and _wait(app, lambda: page.estimate is not None, args.timeout)
+    _wait(app, lambda: False, 0.5)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    saved = bool(_grab(wiz).save(args.out))
+    info = {"ok": bool(ok and saved), "estimate_s": round(page.estimate.total_s, 1) if page.estimate else None,
+            "estimate": page.estimate_label.text(), "problems": page.problems}
+    if ok and args.train_out:
+        t1 = time.monotonic()
+        wiz.next()  # Start training
+        run = wiz.run_page
+        ok = _wait(app, lambda: not run.running and (run.result is not None or run.error is not None), args.timeout)
+        _wait(app, lambda: False, 0.8)
+        info.update({"train_ok": bool(ok and run.result is not None), "run_s": round(time.monotonic() - t1, 1),
+                     "run_rates": {k: round(v, 1) for k, v in run._seen_rates.items()},
+                     "train_saved": bool(_grab(wiz).save(args.train_out))})
+        ok = ok and info["train_ok"] and info["train_saved"]
+    info["ok"] = bool(ok and saved)
+    info["total_s"] = round(time.monotonic() - t0, 1)
+    wiz.close()
     print(json.dumps(info))
     return 0 if info["ok"] else 1
 

@@ -97,3 +97,23 @@ def test_real_window_shows_the_collection_then_compare(xvfb_display, image_folde
     assert info["compare_saved"] and info["results"] == 11
     shot = Image.open(tmp_path / "compare.png")
     assert shot.width >= 600 and shot.height >= 400
+
+
+@pytest.mark.xvfb
+@pytest.mark.slow
+def test_real_wizard_reaches_the_summary_with_an_estimate(xvfb_display, image_folder, tmp_path):
+    """The training wizard in a real window: the data counted in its worker, the speeds measured in
+    another, the summary page saved with the run-time estimate (a run is left to the wizard's own tests)."""
+    folder = image_folder(n_classes=4, per_class=4, size=48)
+    out = tmp_path / "summary.png"
+    env = dict(os.environ, DISPLAY=xvfb_display, QT_QPA_PLATFORM="xcb",
+               RETRIEVAL_EXPLORER_CACHE=str(tmp_path / "cache"), RETRIEVAL_EXPLORER_HOME=str(tmp_path / "home"))
+    cmd = [sys.executable, "-m", "retrieval_gui.screenshot", str(folder), "--wizard", "--out", str(out),
+           "--weights", "random", "--image-size", "32", "--size", "1000x760", "--settings-dir", str(tmp_path / "s")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["ok"] and info["problems"] == [] and info["estimate_s"] > 0
+    assert "computing features" in info["estimate"] and "measured now" in info["estimate"]
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[0] > 500 and len(np.unique(img.reshape(-1, 3) // 8, axis=0)) > 20
