@@ -141,8 +141,8 @@ def test_one_distributed_step_equals_one_process_on_the_union(tmp_path):
         r0, r1 = ranks[0][name], ranks[1][name]
         # each rank backpropagates W x its share; the shares add up to the union's loss
         assert (r0["total"] + r1["total"]) / 2 == pytest.approx(float(total.detach()), rel=1e-5, abs=1e-7), name
-        assert float(r0["batch"] + r1["batch"]) == pytest.approx(float(part_b.loss), rel=1e-5, abs=1e-7)
-        assert float(r0["memory"] + r1["memory"]) == pytest.approx(float(part_m.loss), rel=1e-5, abs=1e-7)
+        assert float(r0["batch"] + r1["batch"]) == pytest.approx(float(part_b.loss.detach()), rel=1e-5, abs=1e-7)
+        assert float(r0["memory"] + r1["memory"]) == pytest.approx(float(part_m.loss.detach()), rel=1e-5, abs=1e-7)
         assert int(r0["tuples"] + r1["tuples"]) == int(part_b.tuples + part_m.tuples) > 0
         # the memory took both ranks' embeddings, as the one process's memory did
         for r in (r0, r1):
