@@ -281,9 +281,11 @@ def embed_images(model_cache: ModelCache, spec: ModelSpec, images: Sequence[Any]
     from engine.extraction import resize_side
     from engine.images import load_image
 
+    model = model_cache.get(spec)
+    if spec.scales:  # multi-scale: each size made from the decoded image, as indexing makes it
+        return _embed_scales(model_cache, spec, model, images, runtime)
     tf = model_cache.transform(spec)
     side = resize_side(model_cache.image_size(spec), spec.crop_fraction)
-    model = model_cache.get(spec)
     batch = torch.stack([tf(load_image(im, min_side=side) if isinstance(im, str | os.PathLike) else im.convert("RGB"))
                          for im in images])
     with torch.inference_mode():
@@ -295,6 +297,36 @@ def embed_images(model_cache: ModelCache, spec: ModelSpec, images: Sequence[Any]
         else:  # a multi-scale model resizes the batch to each of its scales itself
             out = model(batch.to(model_cache.device))
         return out.float().cpu().numpy()  # the models' contract: rows L2-normalised already
+
+
+def _embed_scales(model_cache: ModelCache, spec: ModelSpec, model: Any, images: Sequence[Any],
+                  runtime: str | None) -> np.ndarray:
+    """:func:`embed_images` for a multi-scale ``spec``: (N, D) from the feature map of every size."""
+    import torch
+
+    from engine.extraction import IMAGENET_MEAN, IMAGENET_STD, MultiScaleTransform, resize_side
+    from engine.images import load_image
+
+    bb = model.backbone
+    tf = MultiScaleTransform(spec.scales, getattr(bb, "mean", IMAGENET_MEAN), getattr(bb, "std", IMAGENET_STD),
+                             spec.crop_fraction)
+    side = resize_side(max(spec.scales), spec.crop_fraction)
+    items = [tf(load_image(im, min_side=side) if isinstance(im, str | os.PathLike) else im.convert("RGB"))
+             for im in images]
+    runners = scale_features(model_cache, spec, runtime) if runtime is not None else None
+    with torch.inference_mode():
+        fmaps = []
+        for k, size in enumerate(spec.scales):
+            x = torch.stack([it[k] for it in items])
+            run = runners[size] if runners else None
+            fmaps.append(run(x).to(model_cache.device) if run is not None
+                         else bb.forward_features(x.to(model_cache.device)))
+        return model.describe_scales(fmaps).float().cpu().numpy()
+
+
+def scale_features(model_cache: ModelCache, spec: ModelSpec, runtime: str | None) -> dict[int, Any]:
+    """The feature-map runners of a multi-scale ``spec``, one per input size (engine.extraction.feature_fn)."""
+    return {s: model_cache.features(replace(spec, scales=None, image_size=s), runtime) for s in spec.scales}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +538,8 @@ class FolderIndex:
         models, features = [None] * len(specs), None
         if any(work):
             models = [model_cache.get(s) for s in specs]
-            features = model_cache.features(specs[0], runtime)
+            features = (scale_features(model_cache, specs[0], runtime) if specs[0].scales
+                        else model_cache.features(specs[0], runtime))
         reports = update_collections(list(zip(colls, models, strict=True)), device=model_cache.device,
                                      batch_size=batch_size, features=features,
                                      progress=make_progress_throttle(progress, progress_interval),

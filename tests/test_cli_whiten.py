@@ -74,3 +74,28 @@ def test_eval_uses_the_scales_and_the_whitening(folder, tmp_path, capsys):
     assert m["dim"] == 12 and m["scales"] == [32, 48] and 0.0 <= m["recall@1"] <= 1.0
     assert main(["eval", "--root", str(folder), *base, "--image-size", "64"]) == 2
     assert "either --image-size or --scales" in capsys.readouterr().err
+
+
+def test_index_and_search_with_scales_and_whitening(folder, tmp_path, capsys):
+    """A multi-scale, whitened collection: index records the sizes and the whitening, search uses them
+    (the query, described through the session like the window's, finds itself at cosine 1)."""
+    from models.backbones import get_backbone
+
+    out = tmp_path / "lw.npz"
+    weights = tmp_path / "lite0-random.pt"  # one set of random weights for every command
+    torch.save(get_backbone("efficientnet_lite0", weights="random").net.state_dict(), weights)
+    base = ["--backbone", "efficientnet_lite0", "--weights", str(weights), "--descriptor", "gem",
+            "--scales", "32,48", "--runtime", "torch"]
+    assert main(["whiten", str(folder), "-o", str(out), *base, "--shrinkage", "0.3", "--dim", "12"]) == 0
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["index", str(folder), *base, "--whitening", str(out), *cache, "--json"]) == 0
+    capsys.readouterr()
+    query = sorted(folder.rglob("*.jpg"))[3]
+    assert main(["search", str(query), "--collection", str(folder), *base, "--whitening", str(out), *cache,
+                 "--k", "30", "--exact", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    own = [h for h in res["hits"] if h["path"] == str(query)]
+    assert "32+48" in res["model"] and own and own[0]["score"] == pytest.approx(1.0, abs=3e-3)
+    # the same folder at one size is another collection: not indexed yet
+    assert main(["search", str(query), "--collection", str(folder), "--backbone", "efficientnet_lite0",
+                 "--weights", str(weights), "--descriptor", "gem", "--whitening", str(out), *cache]) == 2

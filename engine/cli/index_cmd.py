@@ -20,7 +20,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     from engine.cli.common import add_model_args
 
     add_model_args(p)
-    p.add_argument("--whitening", metavar="FILE", default=None, help="a saved PCA whitening to apply")
+    p.add_argument("--whitening", metavar="FILE", default=None,
+                   help="a saved whitening to apply (`whiten`: learned for this descriptor and these sizes)")
     p.add_argument("--crop-fraction", type=float, default=1.0, help="centre-crop share of the image (default 1.0)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where collections are kept (default: the user cache folder)")
@@ -79,12 +80,13 @@ RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 
 def spec_from_args(args: argparse.Namespace, descriptor: str | None = None):
     """A ModelSpec from the model options (``descriptor`` overrides --descriptor)."""
-    from engine.cli.common import default_descriptor
+    from engine.cli.common import default_descriptor, scales_from_args
     from engine.collection import ModelSpec
 
     return ModelSpec(backbone=args.backbone, weights=args.weights,
                      descriptor=descriptor or default_descriptor(args.backbone, args.descriptor),
-                     image_size=args.image_size, whitening=args.whitening, crop_fraction=args.crop_fraction)
+                     image_size=args.image_size, whitening=args.whitening, crop_fraction=args.crop_fraction,
+                     scales=scales_from_args(args))
 
 
 def index_descriptors(args: argparse.Namespace) -> list[str]:
@@ -222,11 +224,26 @@ def _build_models(specs: list, device: str, args: argparse.Namespace):
     models = [first] + [sp.build(device, backbone=backbone) for sp in specs[1:]]
     if backbone is None or not hasattr(first, "describe"):
         return models, None
-    size = specs[0].image_size or getattr(backbone, "default_image_size", 224)
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    runtime = feature_runner(backbone, size, specs[0].backbone_identity(), cache,
-                             args.runtime if device == "cpu" else "torch")
+    rt = args.runtime if device == "cpu" else "torch"
+    if specs[0].scales:  # multi-scale: a runner per input size (each export is cached per size)
+        runners = {s: feature_runner(backbone, s, specs[0].backbone_identity(), cache, rt) for s in specs[0].scales}
+        return models, _PerSize(runners)
+    size = specs[0].image_size or getattr(backbone, "default_image_size", 224)
+    runtime = feature_runner(backbone, size, specs[0].backbone_identity(), cache, rt)
     return models, runtime
+
+
+class _PerSize(dict):
+    """Feature-map runners keyed by input size (engine.extraction.feature_fn), named like one runner."""
+
+    @property
+    def name(self) -> str:
+        return "+".join(sorted({getattr(r, "name", "torch") for r in self.values()}))
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return "; ".join(r.fallback_reason for r in self.values() if getattr(r, "fallback_reason", None)) or None
 
 
 def run_search(args: argparse.Namespace) -> int:
