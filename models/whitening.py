@@ -107,9 +107,12 @@ class PCAWhitening:
         between = (centroids - mean).T @ ((centroids - mean) * counts[:, None]) / n
         within = total - between
         out = []
+        # (1 - a) S_w + a (tr S_w / D) I has the eigenvectors of S_w and eigenvalues (1 - a) l + a tr / D:
+        # one decomposition serves every shrinkage
+        raw_val, w_vec = _top_eigen(within, d)
+        mean_var = float(np.trace(within)) / d
         for a in shrinkages:
-            s_w = _shrink(within, a)
-            w_val, w_vec = _top_eigen(s_w, d)
+            w_val = (1.0 - a) * raw_val + a * mean_var if a > 0 else raw_val
             # S_w^-1/2 up to a rotation (D, D); only a numerically null direction is floored (shrinkage
             # is the regulariser of this step)
             inv_sqrt = (w_vec / np.sqrt(w_val + _floor(w_val, 1e-12, 1e-12))).T
