@@ -49,8 +49,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 KINDS = ("spoc", "mac", "gem", "rmac")
 SCALES = (224, 288, 352)
 SCALE_SETS = ((224,), (288,), (352,), (224, 288), (224, 288, 352))
-SHRINKAGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-DIMS = (128, 256, 512, None)
+SHRINKAGES = (0.0, 0.1, 0.3, 0.5)
+DIMS = (256, 512, None)
+#: the size sets an Lw is learned for (every set is measured without whitening)
+WHITEN_SETS = ((224,), (224, 288, 352))
 VAL_CLASSES = 10
 
 
@@ -254,7 +256,7 @@ def learn_lw(train: dict, train_labels: np.ndarray, kind: str, sizes: Sequence[i
 
 
 def bench_rows(train: dict, test: dict, proto: dict, kinds: Sequence[str], scale_sets: Sequence[Sequence[int]],
-               whiten: bool = True, label: str = "") -> list[dict]:
+               whiten: bool = True, label: str = "", whiten_sets: Sequence[Sequence[int]] | None = None) -> list[dict]:
     """One row per (kind, sizes, whitening): test figures, and for Lw the choice made on validation."""
     train_labels = np.asarray(proto["train_labels"])
     rows = []
@@ -267,7 +269,7 @@ def bench_rows(train: dict, test: dict, proto: dict, kinds: Sequence[str], scale
             base = {"model": label, "descriptor": kind, "sizes": "+".join(map(str, sizes)), "images_per_s": ips}
             rows.append({**base, "whitening": "none", "dim": plain.shape[1], "r1": m["recall@1"],
                          "map": m["map"], "top1": m["top1"]})
-            if not whiten:
+            if not whiten or (whiten_sets is not None and tuple(sizes) not in {tuple(w) for w in whiten_sets}):
                 continue
             t0 = time.perf_counter()
             choice = choose_lw(train, train_labels, kind, sizes)
@@ -316,6 +318,29 @@ def extract_both(backbone: Any, identity: str, proto: dict, args: argparse.Names
     return out[0], out[1]
 
 
+def speed(bb: Any, identity: str, paths: list[str], args: argparse.Namespace, repeats: int = 2) -> str:
+    """Images/s from files to vectors (decoding included) of one size against all sizes, interleaved."""
+    import os
+
+    out = {}
+    load0 = os.getloadavg()[0]
+    for _ in range(repeats):
+        for sizes in ((args.scales[0],), tuple(args.scales)):
+            t = time.perf_counter()
+            ext = extract_views(bb, identity, paths, scales=sizes, crop_fraction=args.crop_fraction,
+                                batch_size=args.batch_size, cache_dir=args.runtime_cache, runtime=args.runtime,
+                                label="speed")
+            out.setdefault(sizes, []).append((len(paths) / (time.perf_counter() - t),
+                                              {s: len(paths) / v for s, v in ext["seconds"].items()}))
+    lines = ["| sizes | images/s, files to all four descriptors (each repeat) | network + pooling images/s per size |",
+             "|---|---|---|"]
+    for sizes, runs in out.items():
+        per = ", ".join(f"{s}: {runs[-1][1][s]:.0f}" for s in sizes)
+        lines.append(f"| {'+'.join(map(str, sizes))} | {' / '.join(f'{r[0]:.1f}' for r in runs)} | {per} |")
+    return "\n".join(lines) + f"\n\n{len(paths)} test images, load average {load0:.2f} before, " \
+        f"{os.getloadavg()[0]:.2f} after.\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the cub100 folder")
@@ -328,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="keep the extracted vectors as CACHE-train/test.npz")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--speed", type=int, default=0, metavar="N",
+                   help="only measure images/s on N test images: one size against all, interleaved repeats")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -343,9 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     proto = load_protocol(args.data.resolve())
     bb = get_backbone(args.backbone, weights="pretrained")
     identity = ModelSpec(backbone=args.backbone).backbone_identity()
+    if args.speed:
+        sys.stdout.write(speed(bb, identity, proto["test"][:args.speed], args))
+        return 0
     train, test = extract_both(bb, identity, proto, args, KINDS, args.cache, args.backbone)
     sets = [s for s in SCALE_SETS if set(s) <= set(args.scales)]
-    rows = bench_rows(train, test, proto, KINDS, sets, label=args.backbone)
+    rows = bench_rows(train, test, proto, KINDS, sets, label=args.backbone, whiten_sets=WHITEN_SETS)
     machine = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     import os
 
