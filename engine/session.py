@@ -38,7 +38,7 @@ from engine.search import SearchOptions
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-DEFAULT_DESCRIPTOR = "spoc"
+DEFAULT_DESCRIPTOR = "gem"  # the best measured at one size (docs/BENCHMARKS.md, issue 12)
 DESCRIPTOR_TITLES = {
     "fc": "FC",
     "spoc": "conv-average (SPoC)",

@@ -33,7 +33,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 def test_default_descriptor_and_note() -> None:
     assert default_descriptor("runs/x/best.pt", None) == "fc"
-    assert default_descriptor("efficientnet_lite0", None) == "spoc"
+    assert default_descriptor("efficientnet_lite0", None) == "gem"
     assert default_descriptor("runs/x/best.pt", "gem") == "gem"
     assert "trained head is not used" in trained_head_note("runs/x/best.pt", "gem")
     assert trained_head_note("runs/x/best.pt", "fc") == ""

@@ -210,7 +210,7 @@ def test_cli_duplicates(cli, planted):
     root = planted[0]
     code, out, err = cli("duplicates", str(root), "--threshold", "0.95")
     assert code == 2 and "run `retrieval-explorer index" in err
-    assert cli("index", str(root), "--descriptor", "spoc", "--device", "cpu")[0] == 0
+    assert cli("index", str(root), "--descriptor", "gem", "--device", "cpu")[0] == 0  # the default descriptor
     code, out, err = cli("duplicates", str(root), "--threshold", "0.95")
     assert code == 0, err
     assert "group 1: 3 images" in out and "group 2: 2 images" in out and "2 groups, 3 images" in out

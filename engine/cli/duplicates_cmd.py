@@ -23,7 +23,7 @@ def add_collection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default), 'random' or a weights file")
     p.add_argument("--descriptor", default=None,
-                   help="fc, spoc, rmac, mac or gem (default: spoc; fc for a trained checkpoint)")
+                   help="fc, spoc, rmac, mac or gem (default: gem; fc for a trained checkpoint)")
     p.add_argument("--image-size", type=int, default=None, help="input size it was indexed with")
     p.add_argument("--whitening", metavar="FILE", default=None, help="the PCA whitening it was indexed with")
     p.add_argument("--crop-fraction", type=float, default=1.0, help="centre-crop share it was indexed with")

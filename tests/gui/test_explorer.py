@@ -58,7 +58,7 @@ def test_open_indexes_in_background_and_shows_counts(qtbot, window, folder, isol
     assert win.grid_mode() == "welcome" and win.open_button.text() == "Open folder…"
     _open(qtbot, win, folder)
     assert "12 images · 12 indexed" in win.status_label.text()
-    assert "conv-average" in win.status_label.text()
+    assert "GeM" in win.status_label.text()  # the default descriptor
     assert win.recent()[0] == str(folder.resolve())
     # the vectors are cached: a second window finds them without extracting again
     win2 = window()
@@ -159,17 +159,17 @@ def test_descriptor_switch_is_instant_after_one_pass(qtbot, window, folder):
     _open(qtbot, win, folder)
     win.set_query(str(folder / "class_01" / "001.jpg"))
     _wait_result(qtbot, win)
-    spoc_scores = [h.score for h in win.result.hits]
+    default_scores = [h.score for h in win.result.hits]  # the default descriptor, GeM
     win.set_descriptor("mac")
     assert win.index_ready()  # every descriptor came from the first pass: switching is instant
     _wait_result(qtbot, win, descriptor="mac")
     assert win.index.has_index(win.key)
     assert "MAC" in win.status_label.text()
-    assert [h.score for h in win.result.hits] != pytest.approx(spoc_scores)
-    win.set_descriptor("spoc")
+    assert [h.score for h in win.result.hits] != pytest.approx(default_scores)
+    win.set_descriptor("gem")
     assert win.index_ready()  # back to an existing index: the query runs at once
-    _wait_result(qtbot, win, descriptor="spoc")
-    assert [h.score for h in win.result.hits] == pytest.approx(spoc_scores)
+    _wait_result(qtbot, win, descriptor="gem")
+    assert [h.score for h in win.result.hits] == pytest.approx(default_scores)
 
 
 def test_compare_two_descriptors_overlap(qtbot, window, folder):
@@ -181,7 +181,7 @@ def test_compare_two_descriptors_overlap(qtbot, window, folder):
     dlg = win.open_compare("rmac")
     qtbot.waitUntil(lambda: dlg.overlap is not None, timeout=TIMEOUT)
     left, right = dlg.left, dlg.right
-    assert left.spec.descriptor == "spoc" and right.spec.descriptor == "rmac"
+    assert left.spec.descriptor == "gem" and right.spec.descriptor == "rmac"
     both = {h.path for h in left.hits} & {h.path for h in right.hits}
     assert dlg.overlap == pytest.approx(len(both) / 5)
     assert dlg.overlap == overlap_at_k(left.hits, right.hits, 5)
@@ -260,7 +260,7 @@ def test_export_current_and_split(qtbot, window, folder, tmp_path):
     assert html.count("data:image/jpeg;base64,") == 5
     for h in win.result.hits:
         assert f"{h.score:.4f}" in html
-    assert "conv-average" in html and (tmp_path / "res.png").is_file()
+    assert "GeM" in html and (tmp_path / "res.png").is_file()
     rows = list(csv.DictReader((tmp_path / "res.csv").open(encoding="utf-8")))
     assert [r["path"] for r in rows] == [h.path for h in win.result.hits]
     assert "Exported" in win.banner.text()
