@@ -125,6 +125,8 @@ def run_index(args: argparse.Namespace) -> int:
     from engine.collection import Collection, update_collections
 
     start = time.perf_counter()
+    if args.ray is not None and getattr(args, "scales", None):
+        raise ValueError("--ray extracts one input size: index a multi-scale descriptor (--scales) without --ray")
     if args.ray is not None:
         from engine.cluster import require_ray
 
