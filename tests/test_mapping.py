@@ -114,7 +114,7 @@ def test_cli_map_writes_the_csv(tmp_path, monkeypatch, capsys):
     out = tmp_path / "map.csv"
     assert main(["map", str(root), "--csv", str(out), *args]) == 2
     assert "run `retrieval-explorer index" in capsys.readouterr().err
-    assert main(["index", str(root), "--descriptor", "spoc", "--device", "cpu", *args]) == 0
+    assert main(["index", str(root), "--descriptor", "gem", "--device", "cpu", *args]) == 0  # the default
     capsys.readouterr()
     assert main(["map", str(root), "--csv", str(out), "--method", "pca", *args]) == 0
     rows = list(csv.DictReader(out.open()))
