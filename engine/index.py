@@ -43,6 +43,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -193,7 +194,7 @@ class VectorIndex(abc.ABC):
         """Remove the given ids; unknown ids are a KeyError."""
 
     @abc.abstractmethod
-    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, vectors: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) -> (ids (Q, k'), scores (Q, k')), best first; an empty index gives k' = 0."""
 
     @abc.abstractmethod
@@ -385,7 +386,7 @@ class ExactIndex(VectorIndex):
         keep = ~np.isin(self._ids, ids)
         self._x, self._ids = self._x[keep], self._ids[keep]
 
-    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, vectors: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = self._prepare(_as_matrix(vectors, self._dim, "queries"))
         k = min(self._check_k(k), len(self))
         nq = q.shape[0]
@@ -489,6 +490,9 @@ class HnswIndex(VectorIndex):
         #: rebuild at query time when the thresholds say so; a collection sets it False and rebuilds
         #: explicitly (between commits), so that a query never mutates shared state
         self.rebuild_on_query = True
+        #: nmslib's efSearch is state of the whole graph: a query with its own ``ef`` sets it and
+        #: restores it under this lock, so concurrent queries never see another's value
+        self._query_lock = threading.Lock()
 
     # --- parameters ---------------------------------------------------------------------------
     @property
@@ -500,9 +504,10 @@ class HnswIndex(VectorIndex):
     def ef(self, value: int) -> None:
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"ef must be a positive integer, got {value!r}")
-        self._ef = int(value)
-        if self._graph is not None:
-            self._graph.setQueryTimeParams({"efSearch": self._ef})
+        with self._query_lock:
+            self._ef = int(value)
+            if self._graph is not None:
+                self._graph.setQueryTimeParams({"efSearch": self._ef})
 
     def _params(self) -> dict[str, Any]:
         return {"M": self.M, "ef_construction": self.ef_construction, "ef": self._ef, "threads": self.threads,
@@ -685,8 +690,22 @@ class HnswIndex(VectorIndex):
         return index
 
     # --- queries --------------------------------------------------------------------------------
-    def _graph_candidates(self, q: np.ndarray, k: int) -> list[np.ndarray]:
-        """Per query, up to k live graph positions (approximate nearest first)."""
+    def _graph_candidates(self, q: np.ndarray, k: int, ef: int | None = None) -> list[np.ndarray]:
+        """Per query, up to k live graph positions (approximate nearest first); ``ef`` for these
+        queries only (the index's own ``ef`` when None)."""
+        if ef is not None and (not isinstance(ef, (int, np.integer)) or ef < 1):
+            raise ValueError(f"ef must be a positive integer or None, got {ef!r}")
+        if ef is None or self._graph is None or int(ef) == self._ef:
+            with self._query_lock:
+                return self._graph_candidates_at(q, k)
+        with self._query_lock:
+            self._graph.setQueryTimeParams({"efSearch": int(ef)})
+            try:
+                return self._graph_candidates_at(q, k)
+            finally:
+                self._graph.setQueryTimeParams({"efSearch": self._ef})
+
+    def _graph_candidates_at(self, q: np.ndarray, k: int) -> list[np.ndarray]:
         n_graph = self._bids.shape[0]
         n_live = n_graph - len(self._dead)
         want = min(k, n_live)
@@ -709,7 +728,7 @@ class HnswIndex(VectorIndex):
             fetch = min(n_graph, fetch * 2)
         return out  # type: ignore[return-value]
 
-    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, vectors: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = self._prepare(_as_matrix(vectors, self._dim, "queries"))
         k = min(self._check_k(k), len(self))
         nq = q.shape[0]
@@ -717,7 +736,7 @@ class HnswIndex(VectorIndex):
             return np.zeros((nq, k), np.int64), np.zeros((nq, k), np.float32)
         if self.rebuild_on_query:
             self._maybe_rebuild()
-        cands = self._graph_candidates(q, k)
+        cands = self._graph_candidates(q, k, ef)
         out_ids = np.zeros((nq, k), np.int64)
         out_s = np.zeros((nq, k), np.float32)
         for i in range(nq):

@@ -96,23 +96,17 @@ def search_vectors(
         if exact_index is None:
             raise ValueError("exact search was asked for but no exact index is available")
         use = exact_index
-    old_ef = None
-    if options.ef is not None and isinstance(use, HnswIndex):
-        old_ef, use.ef = use.ef, options.ef
-    try:
-        if options.query_expansion is not None:
-            if fetch_vectors is None:
-                raise ValueError("query expansion needs the stored vectors (fetch_vectors)")
-            ids, _ = use.query(q, options.qe_top)
-            n = ids.shape[1]
-            if n:
-                nb = fetch_vectors(ids.reshape(-1)).reshape(q.shape[0], n, -1)
-                q = expand_queries(q, nb, np.ones((q.shape[0], n), bool), options.query_expansion,
-                                   options.alpha)
-        ids, scores = use.query(q, options.k)
-    finally:
-        if old_ef is not None:
-            use.ef = old_ef
+    ef = options.ef if isinstance(use, HnswIndex) else None  # a query argument: the index is not changed
+    if options.query_expansion is not None:
+        if fetch_vectors is None:
+            raise ValueError("query expansion needs the stored vectors (fetch_vectors)")
+        ids, _ = use.query(q, options.qe_top, ef=ef)
+        n = ids.shape[1]
+        if n:
+            nb = fetch_vectors(ids.reshape(-1)).reshape(q.shape[0], n, -1)
+            q = expand_queries(q, nb, np.ones((q.shape[0], n), bool), options.query_expansion,
+                               options.alpha)
+    ids, scores = use.query(q, options.k, ef=ef)
     out = []
     for i in range(ids.shape[0]):
         keep = slice(None) if options.threshold is None else scores[i] >= options.threshold

@@ -108,3 +108,35 @@ def test_options_validation():
         SearchOptions(alpha=-1)
     with pytest.raises(ValueError, match="ef"):
         SearchOptions(ef=0)
+
+
+def test_ef_is_a_query_argument_safe_under_concurrent_queries():
+    """ef=400 on 400 points visits everything (the exact answer); ef=10 with k=10 misses some. Two threads
+    querying with each at the same time each get their own answer, and the index's ef is never touched."""
+    import threading
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 12)).astype(np.float32)
+    hn = make_index("hnsw", "cosine", dim=12, ef=10)
+    ex = make_index("exact", "cosine", dim=12)
+    hn.add(x, np.arange(400))
+    ex.add(x, np.arange(400))
+    q = rng.normal(size=(30, 12)).astype(np.float32)
+    want_wide = ex.query(q, 10)[0]
+    want_narrow = hn.query(q, 10)[0]
+    assert not np.array_equal(want_wide, want_narrow)  # the two settings really differ here
+    assert np.array_equal(hn.query(q, 10, ef=400)[0], want_wide)
+    bad: list[str] = []
+
+    def run(ef: int | None, want: np.ndarray) -> None:
+        for _ in range(40):
+            if not np.array_equal(hn.query(q, 10, ef=ef)[0], want):
+                bad.append(f"ef={ef}")
+
+    threads = [threading.Thread(target=run, args=(400, want_wide)), threading.Thread(target=run, args=(None, want_narrow))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    assert hn.ef == 10
