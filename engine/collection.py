@@ -55,6 +55,7 @@ import numpy as np
 
 from engine.atomic import atomic_write_text, fsync_file, sha256_file
 from engine.callbacks import ProgressFn, ShouldStopFn
+from engine.images import label_of
 from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
 from engine.search import SearchOptions, search_vectors
 
@@ -256,11 +257,6 @@ class SearchHit:
 
 
 # --- the collection ------------------------------------------------------------------------------
-def _label_of(relpath: str) -> str | None:
-    parts = relpath.split("/")
-    return parts[-2] if len(parts) > 1 else None
-
-
 def _stat(p: Path) -> tuple[int, int]:
     st = p.stat()
     return int(st.st_size), int(st.st_mtime_ns)
@@ -568,7 +564,7 @@ class Collection:
     @property
     def labels(self) -> list[str | None]:
         """The sub-folder name of each image (None for files directly in the folder)."""
-        return [_label_of(p) for p in self._rows.paths]
+        return [label_of(p) for p in self._rows.paths]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -928,7 +924,7 @@ class Collection:
             for ids, scores in results:
                 rows = np.searchsorted(self._rows.ids, ids)
                 paths = self._rows.paths
-                out.append([SearchHit(str(self.folder / paths[r]), paths[r], float(s), rank + 1, _label_of(paths[r]))
+                out.append([SearchHit(str(self.folder / paths[r]), paths[r], float(s), rank + 1, label_of(paths[r]))
                             for rank, (r, s) in enumerate(zip(rows, scores, strict=True))])
             return out
 

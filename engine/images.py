@@ -56,6 +56,13 @@ class ImageLoadError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+def label_of(relpath: str | os.PathLike) -> str | None:
+    """The one label rule of collections, searches and splits: the name of the folder that holds the
+    image (``birds/robin/1.jpg`` -> ``robin``), None for an image at the top of the folder."""
+    parts = os.fspath(relpath).replace(os.sep, "/").split("/")
+    return parts[-2] if len(parts) > 1 else None
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 from engine.collection import ModelSpec, SearchHit
+from engine.images import label_of
 from engine.search import SearchOptions
 
 log = logging.getLogger(__name__)
@@ -457,8 +458,7 @@ class FolderIndex:
         inside = self.collection_path(path)
         if inside is None:
             return None
-        parts = Path(inside).relative_to(self.folder).parts
-        return parts[-2] if len(parts) > 1 else None
+        return label_of(Path(inside).relative_to(self.folder))
 
     def label_counts(self, spec: ModelSpec) -> dict[str | None, int]:
         """How many indexed images of ``spec`` each label has (cached per commit and size)."""
@@ -594,15 +594,10 @@ def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, quer
             relevant = index.label_counts(spec).get(label, 0)
         else:
             prefix = str(index.folder) + os.sep
-            relevant = sum(1 for p in allowed if p.startswith(prefix) and _label_of_relpath(p[len(prefix):]) == label)
+            relevant = sum(1 for p in allowed if p.startswith(prefix) and label_of(p[len(prefix):]) == label)
         relevant -= 1 if (exclude is not None and (among is None or inside in allowed)) else 0
         relevant = max(0, relevant)
     return SearchResult(spec, query, label, hits, vec, time.monotonic() - t0, method, options, relevant, searched)
-
-
-def _label_of_relpath(rel: str) -> str | None:
-    parts = rel.replace(os.sep, "/").split("/")
-    return parts[-2] if len(parts) > 1 else None
 
 
 def ensure_and_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,

@@ -250,3 +250,11 @@ def test_build_transform_rejects_bad_args() -> None:
         build_transform(0, (0, 0, 0), (1, 1, 1))
     with pytest.raises(ValueError):
         build_transform(224, (0, 0, 0), (1, 1, 1), crop_fraction=1.5)
+
+
+def test_label_of_is_the_folder_that_holds_the_image():
+    from engine.images import label_of
+
+    assert label_of("birds/robin/1.jpg") == "robin"
+    assert label_of("robin/1.jpg") == "robin"
+    assert label_of("1.jpg") is None
