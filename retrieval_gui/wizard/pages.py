@@ -1064,7 +1064,8 @@ class RunPage(QWizardPage):
         found = set(result.val_metrics) | set(untrained) | set(best)
         keys = [k for k in (sel, "recall@1", "recall@2", "recall@4", "recall@5", "recall@8", "recall@10", "map")
                 if k in found]
-        keys = list(dict.fromkeys(keys)) + sorted(k for k in found if k not in keys)
+        counts = {"map_excluded", "n"}  # how many queries, not scores: not rows of this table
+        keys = list(dict.fromkeys(keys)) + sorted(k for k in found if k not in keys and k not in counts)
         self.metrics_table.setHorizontalHeaderLabels([
             "metric",
             f"best untrained ({UNTRAINED_LABELS[best_untrained]})" if best_untrained else "untrained descriptor",

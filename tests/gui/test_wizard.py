@@ -276,6 +276,7 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     assert rows["mAP (selection metric)"] == [f"{untrained['map']:.4f}", f"{result.best_val_metrics['map']:.4f}",
                                               f"{result.val_metrics['map']:.4f}"]
     assert rows["R@1"][1] == f"{result.best_val_metrics['recall@1']:.4f}"
+    assert "map_excluded" not in rows and "n" not in rows  # query counts are not scores
     header = [run.metrics_table.horizontalHeaderItem(c).text() for c in range(4)]
     assert header[2] == f"kept model (best.pt, it {result.best_iteration})" and header[3] == "last.pt (it 30)"
     assert "best untrained" in header[1] and "last.pt would have scored" in run.result_label.text()
