@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -354,6 +355,10 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.paste_action)
         self.addAction(self.paste_action)
         file_menu.addSeparator()
+        self.whitening_action = file_menu.addAction("Use a &whitening file…", self._ask_whitening)
+        self.no_whitening_action = file_menu.addAction("&No whitening", lambda: self.use_whitening(None))
+        self.no_whitening_action.setEnabled(bool(self.key.whitening))
+        file_menu.addSeparator()
         self.export_action = file_menu.addAction("&Export results…", self._ask_export)
         self.export_split_action = file_menu.addAction("Export &split gallery…", self._ask_export_split)
         file_menu.addSeparator()
@@ -476,6 +481,8 @@ class MainWindow(QMainWindow):
         parts.append(DESCRIPTOR_TITLES.get(self.key.descriptor, self.key.descriptor))
         if self.key.scales:
             parts.append("sizes " + "+".join(map(str, self.key.scales)))
+        if self.key.whitening:
+            parts.append(f"whitened ({Path(self.key.whitening).name})")
         if self.key.weights != "pretrained":
             parts.append(f"weights: {self.key.weights}")
         self.status_label.setText("  ·  ".join(parts))
@@ -644,7 +651,8 @@ class MainWindow(QMainWindow):
         if descriptor not in DESCRIPTOR_TITLES and descriptor not in list_descriptors():
             self.show_error(f"unknown descriptor {descriptor!r}")
             return
-        self.key = self.key.with_descriptor(descriptor)
+        self.key = self.key.with_descriptor(descriptor)  # a whitening belongs to one descriptor: dropped
+        self.no_whitening_action.setEnabled(bool(self.key.whitening))
         self.descriptor_box.setCurrentIndex(max(0, self.descriptor_box.findData(descriptor)))
         self.settings.setValue("descriptor", descriptor)
         self._switched()
@@ -659,9 +667,53 @@ class MainWindow(QMainWindow):
             self.key = replace(self.key, image_size=None, scales=multi_scales(self._single_size or DEFAULT_SIZE))
         else:
             self.key = replace(self.key, scales=None, image_size=self._single_size)
+        if self.key.whitening:  # a whitening is learned at one set of sizes
+            self.key = replace(self.key, whitening=None)
+            self.no_whitening_action.setEnabled(False)
         self.sizes_box.setCurrentIndex(max(0, self.sizes_box.findData(sizes)))
         self.settings.setValue("sizes", sizes)
         self._switched()
+
+    def _ask_whitening(self) -> None:
+        start = str(Path(self.key.whitening).parent) if self.key.whitening else str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Whitening file (retrieval-explorer whiten)", start,
+                                              "Whitening (*.npz);;All files (*)")
+        if path:
+            self.use_whitening(path)
+
+    def use_whitening(self, path: str | os.PathLike | None) -> bool:
+        """Apply a saved whitening (``retrieval-explorer whiten``) to the current descriptor, or none
+        (None); the whitened vectors are indexed in the background like a descriptor change. A file that
+        cannot be read, or was learned for another descriptor or other sizes, is refused with a message."""
+        if path is not None:
+            why = self._whitening_refusal(str(path))
+            if why is not None:
+                QMessageBox.warning(self, "Whitening file refused", why)
+                return False
+        self.key = replace(self.key, whitening=str(path) if path is not None else None)
+        self.no_whitening_action.setEnabled(path is not None)
+        self._switched()
+        return True
+
+    def _whitening_refusal(self, path: str) -> str | None:
+        """Why ``path`` cannot whiten the current spec's vectors (None: it can). Reads the file without
+        running code (models.whitening); its dimension is checked when the model is built."""
+        from models.whitening import PCAWhitening
+
+        try:
+            w = PCAWhitening.load(path)
+        except (ValueError, OSError) as exc:  # WhiteningFileError is a ValueError
+            return str(exc)
+        desc, sizes = w.meta.get("descriptor"), w.meta.get("sizes")
+        if desc is not None and desc != self.key.descriptor:
+            return (f"{Path(path).name} was learned for the {DESCRIPTOR_TITLES.get(desc, desc)} descriptor; "
+                    f"choose it first (the current one is {DESCRIPTOR_TITLES.get(self.key.descriptor)}).")
+        mine = list(self.key.scales) if self.key.scales else [self.key.image_size or DEFAULT_SIZE]
+        known = self.key.scales or self.key.image_size or self.key.backbone in list_backbones()  # else a checkpoint's
+        if (known and isinstance(sizes, list) and all(type(s) is int for s in sizes) and sizes != mine):
+            return (f"{Path(path).name} was learned at sizes {'+'.join(map(str, sizes))}; the window uses "
+                    f"{'+'.join(map(str, mine))} (choose them under Sizes first).")
+        return None
 
     def _switched(self) -> None:
         self._update_status()
@@ -1085,6 +1137,7 @@ class MainWindow(QMainWindow):
             "weights": self.key.weights,
             "descriptor": DESCRIPTOR_TITLES.get(self.key.descriptor, self.key.descriptor),
             "sizes": _sizes_title(self.key),
+            "whitening": Path(self.key.whitening).name if self.key.whitening else "none",
             "index": ("exact" if self.options.exact else "HNSW") if r is None else r.method,
             "k": self.options.k,
             "threshold": "off" if self.options.threshold is None else self.options.threshold,
