@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -854,7 +855,17 @@ class RunPage(QWizardPage):
         rb.addWidget(self.use_button)
         rl.addLayout(rb)
 
-        lay = QVBoxLayout(self)
+        # the page's parts keep their minimum heights (the plots stay readable) and the page scrolls in a
+        # window too short for them, instead of squeezing the plots under each other's labels
+        body = QWidget()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        lay = QVBoxLayout(body)
         lay.addWidget(self.phase)
         lay.addWidget(self.progress)
         lay.addLayout(stats)

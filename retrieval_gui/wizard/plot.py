@@ -60,6 +60,8 @@ class LiveTrainingPlot(QWidget):
         self.best: tuple[float, float] | None = None
         self.set_metric("R@1")
 
+        self.loss_plot.setMinimumHeight(170)  # title, axis labels and a readable curve
+        self.val_plot.setMinimumHeight(150)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.loss_plot, 3)

@@ -459,3 +459,21 @@ def test_classes_given_with_the_settings_are_kept(qtbot, tiny_data, tmp_path):
     assert "classes given with the settings" in wiz.data_page.message.text()
     wiz.data_page.folder_edit.textEdited.emit(str(root))  # the user typed in the field
     assert wiz.config().train_classes is None
+
+
+def test_run_page_keeps_its_plots_readable_in_a_short_window(qtbot, image_folder, tmp_path):
+    """In a window too short for the whole page, the page scrolls: the validation plot keeps its minimum
+    height and sits above the results box instead of under its heading."""
+    from retrieval_gui.wizard.pages import RunPage
+
+    page = RunPage()
+    qtbot.addWidget(page)
+    page.results.setVisible(True)
+    page.resize(1000, 450)
+    page.show()
+    qtbot.waitExposed(page)
+    val = page.plot.val_plot
+    assert val.height() >= 150 and page.plot.loss_plot.height() >= 170
+    body = page.results.parentWidget()
+    val_bottom = val.mapTo(body, val.rect().bottomLeft()).y()
+    assert val_bottom <= page.results.geometry().top()
