@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 TOTAL_COLOR = "#1f77b4"
@@ -27,6 +27,11 @@ def _finite(v: float | None) -> float:
 
 class LiveTrainingPlot(QWidget):
     """Two stacked plots. Feed it with :meth:`add_iteration` / :meth:`add_validation`; it redraws itself."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        # the two plots' own hints (pyqtgraph: 640 x 480 each) would make a scrolling page hand them
+        # most of its height; ask for a little more than the minimum and let stretch share the rest
+        return QSize(640, 360)
 
     def __init__(self, parent: QWidget | None = None, interval_ms: int = 100) -> None:
         super().__init__(parent)
