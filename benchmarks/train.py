@@ -48,9 +48,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.evaluation import query_top1_torch as query_top1  # noqa: E402
+from engine.evaluation import retrieval_metrics_torch as retrieval_metrics  # noqa: E402
 from engine.training import data as D  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.metrics import query_top1, retrieval_metrics  # noqa: E402
 from engine.training.trainer import (  # noqa: E402
     SELECT_LABELS,
     UNTRAINED,
