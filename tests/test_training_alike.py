@@ -1,0 +1,173 @@
+"""evaluate_alike: a finished run's kept model and the untrained descriptors, evaluated the same way (tiny, CPU)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_image  # tests/ is on sys.path under pytest
+
+from engine.callbacks import Cancelled
+from engine.evaluation import evaluate
+from engine.training.alike import TRAINED, Evaluation, evaluate_alike, multi_sizes
+from engine.training.config import TrainConfig
+from engine.training.trainer import train, validation_split
+
+SIZES = (32, 48)
+
+
+def _folder(root: Path, n_classes: int, per_class: int) -> Path:
+    for c in range(n_classes):
+        d = root / f"class_{c:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for v in range(per_class):
+            synthetic_image(c, v, 40).save(d / f"{v:03d}.jpg")
+    return root
+
+
+def _run(tmp: Path, n_classes: int, per_class: int, **kw) -> TrainConfig:
+    """A tiny finished run (resnet18, random weights: 512-d vectors keep the whitenings quick)."""
+    root = _folder(tmp / "images", n_classes, per_class)
+    cfg = TrainConfig(data_root=str(root), backbone="resnet18", weights="random", image_size=32, iterations=6,
+                      val_every=3, classes_per_batch=3, samples_per_class=2, warmup_iters=1, lr_head=1e-2,
+                      margin=0.3, cache_dir=str(tmp / "cache"), out_dir=str(tmp / "run"), name="tiny",
+                      num_threads=1, seed=3, **kw)
+    res = train(cfg)
+    assert Path(res.best_checkpoint_path).is_file()
+    return res.config
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory) -> TrainConfig:
+    """Head mode, new categories: 6 classes, 2 of them held back to validate (too few to choose an Lw on)."""
+    return _run(tmp_path_factory.mktemp("alike_head"), 6, 5, mode="head", target="new", val_class_share=0.34)
+
+
+def _direct(cfg: TrainConfig, paths: list[str], scales: tuple[int, ...]) -> np.ndarray:
+    """GeM of the run's untrained backbone at ``scales`` computed the ordinary way (a DescriptorModel)."""
+    from engine.extraction import extract_descriptors
+    from models.backbones import get_backbone
+    from models.descriptors import build_descriptor
+
+    torch.manual_seed(cfg.seed)  # the trainer's draw of the random weights
+    bb = get_backbone(cfg.backbone, weights=cfg.weights)
+    model = build_descriptor("gem", bb, scales=scales if len(scales) > 1 else None)
+    res = extract_descriptors(model, paths, image_size=scales[0])
+    assert res.paths == paths and not res.skipped
+    return res.vectors
+
+
+def _labels(paths: list[str]) -> list[str]:
+    return [Path(p).parent.name for p in paths]
+
+
+def test_rows_metrics_and_the_untrained_gem_of_a_head_run(head_run, monkeypatch):
+    from models.whitening import PCAWhitening
+
+    fitted: list[tuple[int, set]] = []
+    original = PCAWhitening.fit_lw_many.__func__
+
+    def spy(cls, X, labels, *a, **k):  # noqa: N803
+        fitted.append((len(X), {str(v) for v in labels}))
+        return original(cls, X, labels, *a, **k)
+
+    monkeypatch.setattr(PCAWhitening, "fit_lw_many", classmethod(spy))
+    seen = []
+    rep = evaluate_alike(head_run.out_dir, sizes=SIZES, runtime="torch", progress=lambda d, t, m: seen.append((d, t)))
+    split = validation_split(head_run)
+    val = [p for p, v in zip(split.images.paths, split.is_val, strict=True) if v]
+    train_p = [p for p, v in zip(split.images.paths, split.is_val, strict=True) if not v]
+    assert sorted(rep.val_paths) == sorted(val) and sorted(rep.train_paths) == sorted(train_p)
+    assert rep.n_val == len(val) and rep.n_train == len(train_p)
+    # GeM and the run's best untrained descriptor, the kept model; every evaluation of each
+    assert "gem" in rep.descriptors and rep.descriptors[0] == "gem"
+    evs = [Evaluation((32,), False), Evaluation(SIZES, False), Evaluation((32,), True), Evaluation(SIZES, True)]
+    assert rep.evaluations == evs
+    assert {(r.model, r.evaluation) for r in rep.rows} == {(m, e) for m in (*rep.descriptors, TRAINED) for e in evs}
+    for r in rep.rows:
+        assert 0.0 <= r.metrics["recall@1"] <= 1.0 and 0.0 < r.metrics["map"] <= 1.0
+        assert r.metrics["n"] == len(val)
+    # 4 training classes are too few to carve 10 validation classes off: the stated default
+    assert "fixed default" in rep.whitening
+    lw = [r for r in rep.rows if r.evaluation.whitened]
+    assert all(r.shrinkage == 0.5 and not r.chosen for r in lw)
+    # every whitening was learned on the training images only (never a validation class: target new)
+    val_classes, train_classes = set(_labels(val)), set(_labels(train_p))
+    assert len(fitted) == len(lw)
+    assert all(n == len(train_p) and classes == train_classes for n, classes in fitted)
+    assert not val_classes & train_classes
+    # the untrained GeM rows are GeM computed directly on the validation images
+    for scales in ((32,), SIZES):
+        direct = evaluate(_direct(head_run, val, scales), _labels(val), ks=(1,))
+        got = rep.row("gem", Evaluation(scales, False)).metrics
+        assert got["recall@1"] == pytest.approx(direct["recall@1"]) and got["map"] == pytest.approx(direct["map"])
+    # the kept model at one size, no whitening: its embedding (a checkpoint's fc descriptor) on the same images
+    from engine.collection import ModelSpec
+    from engine.extraction import extract_descriptors
+
+    kept = extract_descriptors(ModelSpec(backbone=rep.checkpoint, descriptor="fc", image_size=32).build(), val)
+    direct = evaluate(kept.vectors, _labels(val), ks=(1,))
+    assert rep.row(TRAINED, evs[0]).metrics["map"] == pytest.approx(direct["map"])
+    # the best untrained (descriptor, evaluation) by the run's selection metric; the table and the sentence
+    untrained = [r for r in rep.rows if r.model != TRAINED]
+    assert rep.row(rep.best_untrained, rep.best_evaluation).metrics[rep.metric] == max(
+        r.metrics[rep.metric] for r in untrained)
+    table = rep.table()
+    assert [t["evaluation"] for t in table] == evs
+    for t in table:
+        assert t["diff"]["recall@1"] == pytest.approx(t["trained"]["recall@1"] - t["untrained"]["recall@1"])
+    text = rep.sentence()
+    assert text.startswith(f"Evaluated the same way ({rep.best_evaluation.words}), the kept model is")
+    assert "R@1 points" in text or "level with" in text
+    # progress with counts: every image, then every whitening
+    assert (rep.n_val + rep.n_train, rep.n_val + rep.n_train) in seen and (len(lw), len(lw)) in seen
+
+
+@pytest.mark.slow  # a tail run of 14 classes and a whitening grid per evaluation: ~15 s on 2 cores
+def test_tail_run_untrained_backbone_and_whitening_chosen_on_carved_training_classes(tmp_path):
+    cfg = _run(tmp_path, 14, 4, mode="tail", tail_units=1, target="same", lr_backbone=1e-2, head_views=1)
+    rep = evaluate_alike(cfg.out_dir, sizes=(32,), descriptors=("gem",), runtime="torch")
+    assert rep.evaluations == [Evaluation((32,), False), Evaluation((32,), True)]
+    assert rep.n_train_classes == 14 and "chosen on 10 of the 14 training classes" in rep.whitening
+    lw = [r for r in rep.rows if r.evaluation.whitened]
+    assert len(lw) == 2 and all(r.chosen and r.val_r1 is not None for r in lw)
+    # the untrained GeM comes from the untrained backbone, not from the trained tail
+    val = rep.val_paths
+    direct = evaluate(_direct(cfg, val, (32,)), _labels(val), ks=(1,))
+    assert rep.row("gem", rep.evaluations[0]).metrics["map"] == pytest.approx(direct["map"])
+
+
+def test_cancel_raises_and_bad_folders_are_refused(head_run, tmp_path):
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return True
+
+    with pytest.raises(Cancelled):
+        evaluate_alike(head_run.out_dir, sizes=SIZES, runtime="torch", batch_size=4, should_stop=stop)
+    assert calls["n"] >= 1
+    with pytest.raises(ValueError, match="no kept model"):
+        evaluate_alike(tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        evaluate_alike(tmp_path / "missing")
+    with pytest.raises(ValueError, match="input sizes"):
+        evaluate_alike(head_run.out_dir, sizes=(8,))
+    # a run whose images are gone
+    moved = tmp_path / "run"
+    shutil.copytree(head_run.out_dir, moved)
+    from engine.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(moved / "best.pt")
+    ck["config"]["data_root"] = str(tmp_path / "gone")
+    save_checkpoint(moved / "best.pt", {k: v for k, v in ck.items() if k not in ("format", "version", "date")})
+    with pytest.raises(ValueError, match="cannot be read again"):
+        evaluate_alike(moved, runtime="torch")
+
+
+def test_multi_sizes():
+    assert multi_sizes(224) == (224, 288, 352)
+    assert multi_sizes(32) == (32, 41, 50)
