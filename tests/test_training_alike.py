@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -171,3 +172,22 @@ def test_cancel_raises_and_bad_folders_are_refused(head_run, tmp_path):
 def test_multi_sizes():
     assert multi_sizes(224) == (224, 288, 352)
     assert multi_sizes(32) == (32, 41, 50)
+
+
+def test_train_cli_prints_the_table_alike(head_run, tmp_path, capsys, monkeypatch):
+    from engine.cli import main
+
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_RUNTIME", "torch")
+    common = ["train", "--data", head_run.data_root, "--backbone", "resnet18", "--weights", "random", "--image-size",
+              "32", "--iterations", "2", "--val-every", "2", "--classes-per-batch", "3", "--samples-per-class", "2",
+              "--target", "new", "--val-class-share", "0.34", "--cache-dir", head_run.cache_dir, "--num-threads", "1"]
+    rc = main([*common, "--out-dir", str(tmp_path / "a"), "--alike-sizes", "32,48"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "evaluated alike on the validation images" in out and "Evaluated the same way (" in out
+    for label in ("32 none", "32+48 none", "32 Lw", "32+48 Lw"):
+        assert f"  {label} " in out
+    rc = main([*common, "--out-dir", str(tmp_path / "b"), "--alike-sizes", "8", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "input sizes" in json.loads(captured.out)["alike"]["error"]
+    assert "the evaluation alike failed" in captured.err

@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its last.pt (the only way to write "
                    "into a folder that holds a run)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--alike-sizes", metavar="SIZES", help="when the run ends, evaluate the kept model and the best "
+                   "untrained descriptor alike at these input sizes (e.g. 224,288,352: the first alone and all "
+                   "summed), without and with a whitening learned on the run's training images, on its validation "
+                   "images; prints the table (a pass over the run's images)")
     defaults = TrainConfig(data_root="")
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
@@ -206,8 +210,51 @@ def run(args: argparse.Namespace) -> int:
            "untrained_val_metrics": res.untrained_val_metrics, "best_untrained": res.best_untrained,
            "stopped_reason": res.stopped_reason, "cancelled": res.cancelled,
            "iterations_done": max([h["iteration"] for h in res.history] or [0])}
+    alike, alike_error = None, ""
+    if getattr(args, "alike_sizes", None) and not res.cancelled:
+        alike, alike_error = evaluate_alike_cli(res, args.alike_sizes)
+        out["alike"] = alike.to_dict() if alike is not None else {"error": alike_error}
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         print("\n".join(summary(res)))
-    return 1 if failed else 0
+        if alike is not None:
+            print("\n" + "\n".join(alike.lines()))
+    if alike_error:
+        print(f"error: the evaluation alike failed: {alike_error}", file=sys.stderr)
+    return 1 if failed or alike_error else 0
+
+
+def evaluate_alike_cli(res, sizes_text: str):
+    """engine.training.alike.evaluate_alike on the run's folder, its progress on stderr:
+    (the report, '') or (None, the error message)."""
+    from pathlib import Path
+
+    from engine.training.alike import evaluate_alike
+    from engine.training.trainer import fmt_eta, resolve_device
+
+    try:
+        sizes = [int(t) for t in sizes_text.replace(" ", "").split(",") if t]
+    except ValueError:
+        return None, f"--alike-sizes takes input sizes, e.g. 224,288,352; got {sizes_text!r}"
+    console = Console()
+    started = {"message": "", "t": time.monotonic()}
+
+    def progress(done: int, total: int, message: str) -> None:
+        phase = message.split(":")[0]
+        if phase != started["message"]:
+            started.update(message=phase, t=time.monotonic())
+        dt = time.monotonic() - started["t"]
+        rate = done / dt if dt > 0 else 0.0
+        console.bar("alike:" + phase, phase, done, total, rate, "steps", (total - done) / rate if rate > 0 else 0.0)
+
+    try:
+        device = str(resolve_device(res.config.device))
+    except RuntimeError:
+        device = "cpu"
+    try:
+        report = evaluate_alike(Path(res.best_checkpoint_path).parent, sizes=sizes, device=device, progress=progress)
+    except (ValueError, OSError, RuntimeError) as exc:
+        return None, str(exc)
+    console.line(f"evaluated alike in {fmt_eta(report.seconds)}")
+    return report, ""

@@ -239,13 +239,14 @@ def _fit_lw(X: np.ndarray, labels: np.ndarray, *, choose: bool, seed: int) -> tu
 
 
 def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT_SIZES, whiten: bool = True,
-                   descriptors: Sequence[str] | None = None, device: str = "cpu", runtime: str | None = None,
-                   cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
+                   whiten_first_size: bool = True, descriptors: Sequence[str] | None = None, device: str = "cpu",
+                   runtime: str | None = None, cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
                    progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> AlikeReport:
     """Evaluate the kept model of the finished run in ``run_dir`` (its best.pt) and the untrained
     ``descriptors`` (default: GeM and the run's best untrained one) alike: at ``sizes[0]`` alone and at
-    all ``sizes`` summed, without and (``whiten``) with an Lw learned on the run's training images; every
-    evaluation scored on the run's validation images. ``runtime``: what runs the backbones on the CPU
+    all ``sizes`` summed, without and (``whiten``) with an Lw learned on the run's training images
+    (``whiten_first_size`` False: at all sizes only, one Lw fewer per descriptor); every evaluation
+    scored on the run's validation images. ``runtime``: what runs the backbones on the CPU
     (engine.runtime; default $RETRIEVAL_EXPLORER_RUNTIME, else "auto"). Raises ValueError for a folder
     without a usable best.pt or data, Cancelled when ``should_stop()`` says so."""
     from engine.collection import ModelSpec, default_cache_dir
@@ -381,7 +382,10 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     if len(sizes) > 1:
         evaluations.append(Evaluation(sizes, False))
     if can_whiten:
-        evaluations += [Evaluation(sizes[:1], True)] + ([Evaluation(sizes, True)] if len(sizes) > 1 else [])
+        if whiten_first_size or len(sizes) == 1:
+            evaluations.append(Evaluation(sizes[:1], True))
+        if len(sizes) > 1:
+            evaluations.append(Evaluation(sizes, True))
     models = [*descriptors, TRAINED]
     fits = [(m, ev) for ev in evaluations if ev.whitened for m in models]
     rows: list[AlikeRow] = []
