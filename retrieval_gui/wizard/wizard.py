@@ -1,4 +1,6 @@
-"""The "Train XBM model" wizard: data -> model -> loss -> run settings -> summary -> live run."""
+"""The training wizard: first a choice, then either training (data -> model -> loss -> run settings ->
+summary -> live run) or a learned whitening (folder -> settings -> run and report; whiten_page.py).
+:meth:`TrainWizard.nextId` routes between the two paths."""
 
 from __future__ import annotations
 
@@ -12,6 +14,16 @@ from PySide6.QtWidgets import QWidget, QWizard
 from engine.training.config import TrainConfig
 from retrieval_gui.wizard.models_dialog import TrainedModelsDialog, load_into
 from retrieval_gui.wizard.pages import DataPage, LossPage, ModelPage, RunPage, RunSettingsPage, SummaryPage
+from retrieval_gui.wizard.whiten_page import (
+    ChoicePage,
+    WhitenDataPage,
+    WhitenOutcome,
+    WhitenRunPage,
+    WhitenSettings,
+    WhitenSettingsPage,
+    hand_to_explorer,
+    model_base,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +55,29 @@ def config_from_settings(settings: QSettings | None = None) -> TrainConfig:
 
 
 class TrainWizard(QWizard):
-    """Trains an embedding from the GUI. ``main_window`` (optional) gets ``use_model(checkpoint)``.
+    """Trains an embedding, or learns a whitening, from the GUI. ``main_window`` (optional) gets
+    ``use_model(checkpoint)``, and ``set_sizes`` / ``use_whitening(path)`` for a learned whitening (whose
+    model it is: a whitening is learned for the window's backbone).
+
+    ``path``: "train" or "whiten" starts on that path; None asks first (the choice page), except when a
+    ``config`` is given, which is a training's: it starts on the Data page, as scripts expect.
 
     Signals: ``trainingStarted(TrainConfig)``, ``trainingFinished(TrainResult)``, ``modelChosen(str)``
-    (a checkpoint path the user asked to use).
+    (a checkpoint path the user asked to use), ``whiteningLearned(WhitenOutcome)`` (a whitening saved).
     """
 
     trainingStarted = Signal(object)
     trainingFinished = Signal(object)
     modelChosen = Signal(str)
+    whiteningLearned = Signal(object)
 
     def __init__(self, parent: QWidget | None = None, main_window: object | None = None, *,
-                 config: TrainConfig | None = None) -> None:
+                 config: TrainConfig | None = None, path: str | None = None) -> None:
         super().__init__(parent)
+        if path not in (None, "train", "whiten"):
+            raise ValueError(f"path must be 'train', 'whiten' or None, got {path!r}")
         self.main_window = main_window
-        self.setWindowTitle("Train XBM model")
+        self.setWindowTitle("Train a model or learn a whitening")
         self.setWizardStyle(QWizard.WizardStyle.ClassicStyle)
         self.setOption(QWizard.WizardOption.NoBackButtonOnLastPage, True)
         self.setOption(QWizard.WizardOption.NoCancelButtonOnLastPage, True)
@@ -72,6 +92,21 @@ class TrainWizard(QWizard):
         self.settings_pages = (self.data_page, self.model_page, self.loss_page, self.run_settings_page)
         for page in (*self.settings_pages, self.summary_page, self.run_page):
             self.addPage(page)
+        # the first choice and the whitening path (ids after the training pages, which keep theirs)
+        self.choice_page = ChoicePage()
+        self.whiten_data_page = WhitenDataPage()
+        self.whiten_settings_page = WhitenSettingsPage()
+        self.whiten_run_page = WhitenRunPage()
+        self.choice_id = self.addPage(self.choice_page)
+        self.whiten_ids = [self.addPage(p) for p in (self.whiten_data_page, self.whiten_settings_page,
+                                                     self.whiten_run_page)]
+        self.data_id = next(i for i in self.pageIds() if self.page(i) is self.data_page)
+        start = path or ("train" if config is not None else None)
+        self.choice_page.set_choice(start or "train")
+        self.setStartId({None: self.choice_id, "train": self.data_id, "whiten": self.whiten_ids[0]}[start])
+        self.load_whiten_settings(WhitenSettings.from_settings())
+        self.whiten_run_page.useRequested.connect(self.use_whitening)
+        self.whiten_run_page.learned.connect(self.whiteningLearned)
         self.set_config(self._config)
         self.run_page.useModelRequested.connect(self.use_model)
         self.run_page.models_button.clicked.connect(self.show_trained_models)
@@ -88,11 +123,55 @@ class TrainWizard(QWizard):
         return cfg
 
     def set_config(self, cfg: TrainConfig) -> None:
-        """Show ``cfg`` in the pages."""
+        """Show ``cfg`` in the pages; a wizard still on its first choice goes on to the training path (a
+        config is a training's)."""
         self._config = cfg
         for page in self.settings_pages:
             page.load(cfg)
         self.data_page.request_scan()  # counted in a worker: it walks the whole data folder
+        if self.currentId() == self.choice_id:
+            self.choice_page.set_choice("train")
+            self.next()
+
+    # -- routing -----------------------------------------------------------------------------------
+    def nextId(self) -> int:  # noqa: N802 - the choice page opens one path; each path ends on its run page
+        current = self.currentId()
+        if current == self.choice_id:
+            return self.whiten_ids[0] if self.choice_page.choice() == "whiten" else self.data_id
+        if current in self.whiten_ids:
+            i = self.whiten_ids.index(current)
+            return self.whiten_ids[i + 1] if i + 1 < len(self.whiten_ids) else -1
+        if self.page(current) is self.run_page:
+            return -1
+        return super().nextId()
+
+    # -- the whitening path ------------------------------------------------------------------------
+    def load_whiten_settings(self, s: WhitenSettings) -> None:
+        """Show ``s`` on the whitening pages, for the main window's model; its sizes default to the
+        window's current choice, its folder to the training data folder when none was remembered."""
+        base = model_base(self.main_window)
+        if base.sizes is not None:
+            s.sizes = base.sizes
+        self.whiten_settings_page.set_base(base)
+        edit = self.whiten_data_page.folder_edit
+        edit.blockSignals(True)  # counted when its page is shown, not on every opening of the wizard
+        edit.setText(s.folder or self._config.data_root)
+        edit.blockSignals(False)
+        self.whiten_settings_page.load(s)
+
+    def whiten_settings(self) -> WhitenSettings:
+        """The whitening settings the pages show now."""
+        s = WhitenSettings(folder=self.whiten_data_page.folder())
+        self.whiten_settings_page.store(s)
+        return s
+
+    def use_whitening(self, outcome: WhitenOutcome) -> str:
+        """Hand a learned whitening to the explorer (its descriptor and sizes set to the whitening's, then
+        main_window.use_whitening) and say on the run page what happened."""
+        message = hand_to_explorer(self.main_window, outcome, self.whiten_run_page.settings.sizes
+                                   if self.whiten_run_page.settings else "single")
+        self.whiten_run_page.use_label.setText(message)
+        return message
 
     def save_settings(self, cfg: TrainConfig) -> None:
         d = cfg.to_dict()
@@ -143,4 +222,6 @@ class TrainWizard(QWizard):
     def done(self, result: int) -> None:  # noqa: D102 - closing stops a run (its checkpoints are kept)
         if self.run_page.running:
             self.run_page.stop(wait_ms=60_000)
+        if self.whiten_run_page.running:  # a whitening stopped is never saved
+            self.whiten_run_page.stop(wait_ms=60_000)
         super().done(result)
