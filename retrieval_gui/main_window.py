@@ -379,9 +379,12 @@ class MainWindow(QMainWindow):
 
         training = mb.addMenu("&Training")
         self.train_action = training.addAction("Train &XBM model…", self.open_train_wizard)
+        self.learn_whitening_action = training.addAction("Learn a &whitening…",
+                                                         lambda: self.open_train_wizard(path="whiten"))
         if importlib.util.find_spec("retrieval_gui.wizard") is None:
             self.train_action.setEnabled(False)
             self.train_action.setToolTip("The training wizard is not part of this build")
+            self.learn_whitening_action.setEnabled(False)
         self.models_action = training.addAction("Trained &models…", self.open_trained_models)
         self.models_action.setEnabled(self.train_action.isEnabled())
         training.addAction("&Refresh trained models", self._fill_model_box)
@@ -1216,11 +1219,12 @@ class MainWindow(QMainWindow):
         return task
 
     # ------------------------------------------------------------------ training
-    def open_train_wizard(self):
-        """Training > Train XBM model…: the wizard (retrieval_gui.wizard), imported on demand."""
+    def open_train_wizard(self, path: str | None = None):
+        """Training > Train XBM model… (the wizard's first choice) or Learn a whitening… (``path`` "whiten"):
+        the wizard (retrieval_gui.wizard), imported on demand."""
         try:
             wizard_mod = importlib.import_module("retrieval_gui.wizard")
-            wizard = wizard_mod.TrainWizard(self, self)
+            wizard = wizard_mod.TrainWizard(self, self, path=path)
         except Exception as exc:
             self.show_error(f"The training wizard cannot open: {exc}")
             return None

@@ -116,7 +116,8 @@ def test_whitening_path_learns_saves_and_the_window_uses_it(qtbot, window, image
     assert win.key.backbone == "resnet18" and win.key.scales == multi_scales(64)
     root = image_folder(n_classes=12, per_class=3, size=64)
     (root / "class_03" / "broken.jpg").write_bytes(b"not an image")
-    wiz = win.open_train_wizard(path="whiten")
+    win.learn_whitening_action.trigger()  # Training > Learn a whitening…
+    wiz = win.findChild(TrainWizard)
     qtbot.addWidget(wiz)
     assert wiz.currentPage() is wiz.whiten_data_page
     wiz.whiten_data_page.folder_edit.setText(str(root))
