@@ -428,13 +428,15 @@ def whitening_training_vectors(
     should_stop: ShouldStopFn | None = None,
     features: FeatureFn | Mapping[int, FeatureFn] | None = None,
     return_owners: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> Any:
     """The vectors a whitening for ``descriptor_kind`` is learned on, (M, C) float32:
     for rmac the L2-normalised regional MAC vectors (whole map and grid) of every image at every size
     (M = N x regions), for the others the descriptors before whitening (M = N; multi-scale when
     ``image_size`` is a sequence of sizes: each size's vector normalised, summed, normalised).
     ``return_owners``: returns (X, owners) with the index into ``paths`` of every row's image (M,)
-    (files that could not be read are left out). Raises Cancelled when stopped."""
+    (files that could not be read are left out; ``skipped``, a list, receives their (path, reason)).
+    Raises Cancelled when stopped."""
     from models import pooling
     from models.descriptors import build_descriptor
 
@@ -460,6 +462,8 @@ def whitening_training_vectors(
                                        min_side=resize_side(max(sizes), crop_fraction)):
             for i, reason in bad:
                 log.warning("whitening: skipped %s: %s", paths[i], reason)
+                if skipped is not None:
+                    skipped.append((paths[i], reason))
             if x is not None:
                 fmaps = feature_maps(run, sizes, x)
                 if head is None:

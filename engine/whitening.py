@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.callbacks import ProgressFn, ShouldStopFn, resolve
+from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class WhiteningReport:
     grid: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     skipped: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of the images left out
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
@@ -63,11 +64,12 @@ def _per_image(w: Any, X: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
 
 def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *, method: str = "lw",  # noqa: N803
                      shrinkages: Sequence[float] = SHRINKAGES, dims: Sequence[int | None] = DIMS,
-                     n_val: int = VAL_CLASSES, seed: int = 0) -> dict:
+                     n_val: int = VAL_CLASSES, seed: int = 0, should_stop: ShouldStopFn | None = None) -> dict:
     """Shrinkage and output dimension chosen on ``n_val`` classes carved (with ``seed``) from ``labels``
     (one per image; ``owners`` (M,) maps each row of X (M, D) to its image): learned on the other
     classes, scored by leave-one-out R@1 (then mAP) among the validation images.
-    Returns {"shrinkage", "dim" (None = all), "r1", "map", "none_r1", "none_map", "grid"}."""
+    Returns {"shrinkage", "dim" (None = all), "r1", "map", "none_r1", "none_map", "grid"}.
+    Raises engine.callbacks.Cancelled when ``should_stop`` says so between two candidates."""
     from engine.evaluation import evaluate
     from models.whitening import PCAWhitening
 
@@ -85,12 +87,19 @@ def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *
     val_rows = val_img[owners]
     Xv, ov = X[val_rows], remap[owners[val_rows]]  # noqa: N806
     lv = labels[val_idx]
+
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("whitening cancelled")
+
+    check()
     if method == "lw":
         fitted = PCAWhitening.fit_lw_many(X[learn_rows], labels[owners[learn_rows]], tuple(shrinkages))
     else:
         fitted = [PCAWhitening.fit(X[learn_rows], shrinkage=a) for a in shrinkages]
     grid = []
     for w in fitted:
+        check()
         for d in dims:
             if d is not None and d >= w.out_dim:
                 continue
@@ -150,19 +159,21 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     sizes = model.scales or (spec.image_size or getattr(backbone, "default_image_size", 224),)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     runners = _runners(backbone, sizes, bare.backbone_identity(), cache, runtime, device)
+    unreadable: list[tuple[str, str]] = []
     X, owners = whitening_training_vectors(  # noqa: N806
         spec.descriptor, backbone, paths, image_size=tuple(sizes) if len(sizes) > 1 else sizes[0],
         batch_size=batch_size, device=device, crop_fraction=spec.crop_fraction, progress=report,
-        should_stop=stop, features=runners, return_owners=True)
+        should_stop=stop, features=runners, return_owners=True, skipped=unreadable)
     kept = np.unique(owners)
-    out = WhiteningReport(method, 0.0, 0, len(kept), n_classes, skipped=len(paths) - len(kept))
+    out = WhiteningReport(method, 0.0, 0, len(kept), n_classes, skipped=len(paths) - len(kept),
+                          unreadable=unreadable)
     auto = shrinkage == "auto" or dim == "auto"
     if auto:
         report(len(paths), len(paths), "choosing the whitening on validation classes")
         choice = choose_whitening(X, owners, labels, method=method,
                                   shrinkages=SHRINKAGES if shrinkage == "auto" else (float(shrinkage),),
                                   dims=DIMS if dim == "auto" else (None if dim in (None, "all") else int(dim),),
-                                  n_val=n_val, seed=seed)
+                                  n_val=n_val, seed=seed, should_stop=stop)
         shrinkage, dim = choice["shrinkage"], choice["dim"]
         out.chosen, out.val_r1, out.val_map, out.val_none_r1 = True, choice["r1"], choice["map"], choice["none_r1"]
         out.grid = choice["grid"]
@@ -175,6 +186,8 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     if out.chosen:
         meta.update(val_r1=out.val_r1, val_none_r1=out.val_none_r1)
     row_labels = [labels[i] for i in owners]
+    if stop():
+        raise Cancelled("whitening cancelled")
     w = (PCAWhitening.fit_lw(X, row_labels, dim=dim_n, shrinkage=shrinkage, meta=meta) if method == "lw"
          else PCAWhitening.fit(X, dim=dim_n, shrinkage=shrinkage, meta=meta))
     out.shrinkage, out.dim = shrinkage, w.out_dim

@@ -99,3 +99,32 @@ def test_index_and_search_with_scales_and_whitening(folder, tmp_path, capsys):
     # the same folder at one size is another collection: not indexed yet
     assert main(["search", str(query), "--collection", str(folder), "--backbone", "efficientnet_lite0",
                  "--weights", str(weights), "--descriptor", "gem", "--whitening", str(out), *cache]) == 2
+
+
+def test_unreadable_images_are_named_in_the_report_and_the_output(folder, tmp_path, capsys):
+    bad = next(p for p in sorted(folder.iterdir()) if p.is_dir()) / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    out = tmp_path / "lw.npz"
+    rc = main(["whiten", str(folder), "-o", str(out), "--backbone", "resnet18", "--weights", "random",
+               "--descriptor", "gem", "--image-size", "40", "--runtime", "torch", "--shrinkage", "0.3",
+               "--dim", "all"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"skipped {bad}" in text and "from 30 images" in text
+
+
+def test_a_stop_while_choosing_raises_cancelled_and_returns_nothing(folder):
+    from engine.callbacks import Cancelled
+    from engine.collection import ModelSpec
+    from engine.whitening import learn_from_folder
+
+    seen: list[str] = []
+
+    def progress(done, total, message=""):
+        seen.append(message)
+
+    spec = ModelSpec(backbone="resnet18", weights="random", descriptor="gem", image_size=40)
+    with pytest.raises(Cancelled):  # the stop arrives once the images are described, while choosing
+        learn_from_folder(folder, spec, runtime="torch", n_val=2, progress=progress,
+                          should_stop=lambda: any("choosing" in m for m in seen))
+    assert any("choosing" in m for m in seen)

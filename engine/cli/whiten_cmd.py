@@ -84,6 +84,13 @@ def run_whiten(args: argparse.Namespace) -> int:
     if rep.chosen:
         print(f"  chosen on {args.val_classes} validation classes: R@1 {rep.val_r1:.3f} "
               f"(without whitening {rep.val_none_r1:.3f}), mAP {rep.val_map:.3f}")
+        if rep.val_none_r1 is not None and rep.val_r1 is not None and rep.val_r1 < rep.val_none_r1:
+            print("  note: on these validation classes the descriptor does better WITHOUT a whitening; "
+                  "use the file only if your own checks say otherwise")
+    for path, reason in rep.unreadable[:10]:
+        print(f"  skipped {path}: {reason}")
+    if len(rep.unreadable) > 10:
+        print(f"  ... and {len(rep.unreadable) - 10} more unreadable images")
     print(f"  use it with: --descriptor {spec.descriptor} "
           + (f"--scales {','.join(map(str, spec.scales))} " if spec.scales else "")
           + f"--whitening {args.output}")

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -236,20 +235,6 @@ class WhitenOutcome:
     images_per_s: float = 0.0  # of the extraction
 
 
-class _Unreadable(logging.Handler):
-    """Collects the images the extraction left out on one thread (engine.extraction logs each one)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.thread = threading.get_ident()
-        self.items: list[tuple[str, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if (record.thread == self.thread and str(record.msg).startswith("whitening: skipped")
-                and isinstance(record.args, tuple) and len(record.args) == 2):
-            self.items.append((str(record.args[0]), str(record.args[1])))
-
-
 def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method: str = "lw",
                    shrinkage: float | str = "auto", dim: int | str | None = "auto", device: str = "cpu",
                    runtime: str = "auto", cache_dir: str | None = None, batch_size: int = 32,
@@ -271,15 +256,9 @@ def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method:
             clock["t1"], clock["n"] = now, float(done)
         report(done, total, message)
 
-    catcher = _Unreadable()
-    extraction_log = logging.getLogger("engine.extraction")
-    extraction_log.addHandler(catcher)
-    try:
-        w, rep = learn_from_folder(folder, spec, method=method, shrinkage=shrinkage, dim=dim, device=device,
-                                   runtime=runtime, cache_dir=cache_dir or None, batch_size=batch_size,
-                                   progress=timed, should_stop=stop)
-    finally:
-        extraction_log.removeHandler(catcher)
+    w, rep = learn_from_folder(folder, spec, method=method, shrinkage=shrinkage, dim=dim, device=device,
+                               runtime=runtime, cache_dir=cache_dir or None, batch_size=batch_size,
+                               progress=timed, should_stop=stop)
     if stop():  # stopped while the whitening was chosen or learned: nothing is written
         raise Cancelled("whitening cancelled")
     report(1, 1, "saving")
@@ -288,7 +267,7 @@ def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method:
     rate = clock.get("n", 0.0) / span if span > 0 else 0.0
     sizes = tuple(int(s) for s in w.meta.get("sizes", ()))
     return WhitenOutcome(str(output), rep, str(spec.backbone), str(spec.descriptor), sizes, w.in_dim, w.out_dim,
-                         catcher.items, rate)
+                         list(rep.unreadable), rate)
 
 
 def hand_to_explorer(main_window: object | None, outcome: WhitenOutcome, sizes_choice: str) -> str:
