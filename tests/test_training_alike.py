@@ -191,3 +191,20 @@ def test_train_cli_prints_the_table_alike(head_run, tmp_path, capsys, monkeypatc
     captured = capsys.readouterr()
     assert rc == 1 and "input sizes" in json.loads(captured.out)["alike"]["error"]
     assert "the evaluation alike failed" in captured.err
+
+
+def test_the_sentence_says_above_below_or_level():
+    from engine.training.alike import AlikeReport, AlikeRow
+
+    ev = Evaluation((224, 288, 352), True)
+
+    def report(trained: dict, untrained: dict) -> AlikeReport:
+        rows = [AlikeRow("gem", ev, untrained), AlikeRow(TRAINED, ev, trained)]
+        return AlikeReport("run", "run/best.pt", "head", ev.sizes, "map", ("gem",), [ev], rows, "gem", ev, "", 10, 4, 3)
+
+    above = report({"recall@1": 0.912, "map": 0.6}, {"recall@1": 0.9, "map": 0.61})
+    assert above.sentence() == ("Evaluated the same way (224+288+352 + learned whitening), the kept model is 1.2 R@1 "
+                                "points above the untrained GeM (mAP: 1.0 points below).")
+    level = report({"recall@1": 0.9, "map": 0.6}, {"recall@1": 0.9, "map": 0.6})
+    assert "is level with the untrained GeM on R@1 (mAP: level)." in level.sentence()
+    assert [r["diff"]["recall@1"] for r in above.table()] == [pytest.approx(0.012)]

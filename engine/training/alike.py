@@ -153,9 +153,13 @@ class AlikeReport:
         if t is None or u is None:
             return "The kept model could not be compared with the untrained descriptors."
         name = LABELS.get(self.best_untrained, self.best_untrained)
-        text = f"Evaluated the same way ({ev.words}), the kept model is {_points(t - u, 'R@1')} the untrained {name}"
+        r1 = round(abs(t - u) * 100, 1)
+        text = f"Evaluated the same way ({ev.words}), the kept model is " + (
+            f"level with the untrained {name} on R@1" if r1 == 0 else
+            f"{r1:.1f} R@1 points {'above' if t > u else 'below'} the untrained {name}")
         if tm is not None and um is not None:
-            text += f" (mAP: {_points(tm - um, '')})"
+            m = round(abs(tm - um) * 100, 1)
+            text += " (mAP: level)" if m == 0 else f" (mAP: {m:.1f} points {'above' if tm > um else 'below'})"
         return text + "."
 
     def lines(self) -> list[str]:
@@ -180,15 +184,6 @@ class AlikeReport:
                 "rows": [{"model": r.model, "evaluation": r.evaluation.label,
                           **{k: r.metrics[k] for k in ("recall@1", "map")},
                           "shrinkage": r.shrinkage, "dim": r.dim, "chosen": r.chosen} for r in self.rows]}
-
-
-def _points(diff: float, metric: str) -> str:
-    """+0.012 -> '1.2 R@1 points above'."""
-    pts = abs(diff) * 100
-    unit = f" {metric} points" if metric else " points"
-    if round(pts, 1) == 0:
-        return f"level with ({pts:.2f}{unit})" if metric else f"level, {pts:.2f}{unit}"
-    return f"{pts:.1f}{unit} {'above' if diff > 0 else 'below'}"
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
