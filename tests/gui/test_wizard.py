@@ -236,6 +236,11 @@ def test_live_plot_throttles_redraws(qtbot):
 # ------------------------------------------------------------------------------------------------
 def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     """Data -> ... -> summary -> run to the end; results beside the baseline; "Use this model"."""
+    from retrieval_gui.wizard.pages import AlikeChoice
+
+    # the evaluation alike after the run (tests/gui/test_wizard_alike.py) would add a pass at three sizes
+    # and three 1280-d whitenings (13-19 s on 2 loaded cores) to a walk about training
+    AlikeChoice(enabled=False).remember()
     root = tiny_data
     try:  # the real explorer window when it is part of the build, through its Training menu
         from retrieval_gui.main_window import MainWindow
