@@ -32,10 +32,11 @@ class Estimate:
     training_s: float
     validation_s: float
     lines: tuple[str, ...]
+    evaluation_s: float = 0.0  # the evaluation alike after the run (engine.training.alike)
 
     @property
     def total_s(self) -> float:
-        return self.features_s + self.training_s + self.validation_s
+        return self.features_s + self.training_s + self.validation_s + self.evaluation_s
 
 
 def rate_key(backbone: str, weights: str, image_size: int, device: str, mode: str) -> str:
@@ -159,11 +160,14 @@ def _clock(seconds: float) -> str:
 
 
 def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_every: int, batch: int,
-                 views: int, rates: Rates) -> Estimate:
+                 views: int, rates: Rates, image_size: int = 224, alike_sizes: tuple[int, ...] = ()) -> Estimate:
     """The run's time from ``rates``: head and tail modes compute the features of every image (training
     and validation) for ``views`` views once, then train on them (validation then reads the cache);
     the full mode computes no features but validates with a forward pass of the validation images every
-    ``val_every`` iterations. Iterations take ``batch`` images each."""
+    ``val_every`` iterations. Iterations take ``batch`` images each. ``alike_sizes``: the evaluation alike
+    after the run describes every image once per size (a forward costs the pixel count: (s / image_size)^2
+    of one at ``image_size``), with one backbone in head mode and two otherwise; its whitenings are not
+    counted."""
     n = n_train + n_val
     lines = []
     features = validation = 0.0
@@ -177,7 +181,14 @@ def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_ev
     if mode == "full" and n_val and val_every > 0:
         validation = (iterations // val_every) * n_val / rates.features
         lines.append(f"validation: {_clock(validation)} ({iterations // val_every} × {n_val:,} images)")
-    return Estimate(features, training, validation, tuple(lines))
+    evaluation = 0.0
+    if alike_sizes:
+        backbones = 1 if mode == "head" else 2
+        work = sum((s / image_size) ** 2 for s in alike_sizes) * backbones
+        evaluation = n * work / rates.features
+        lines.append(f"then the evaluation alike: {_clock(evaluation)} ({n:,} images at "
+                     f"{'+'.join(map(str, alike_sizes))}, {backbones} network(s), plus its whitenings)")
+    return Estimate(features, training, validation, tuple(lines), evaluation)
 
 
 def describe(estimate: Estimate, rates: Rates) -> str:

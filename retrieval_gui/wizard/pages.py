@@ -802,8 +802,15 @@ class SummaryPage(QWizardPage):
         self.estimate = estimate_run(mode=cfg.mode, n_train=data.train_images, n_val=data.val_images,
                                      iterations=cfg.iterations, val_every=cfg.val_every,
                                      batch=cfg.classes_per_batch * cfg.samples_per_class,
-                                     views=cfg.head_views, rates=rates)
+                                     views=cfg.head_views, rates=rates, image_size=cfg.image_size,
+                                     alike_sizes=self._alike_sizes(cfg))
         self.estimate_label.setText(f"<b>Estimated time:</b> {html.escape(describe(self.estimate, rates))}")
+
+    def _alike_sizes(self, cfg: TrainConfig) -> tuple[int, ...]:
+        """The sizes the run page will evaluate alike at after the run (() when switched off)."""
+        page = getattr(self.wizard(), "run_settings_page", None)
+        choice = page.alike_choice() if page is not None else AlikeChoice.remembered()
+        return choice.sizes(cfg.image_size) if choice.enabled else ()
 
     def _measure(self, cfg: TrainConfig, data: DataSummary) -> None:
         from retrieval_gui.workers import start_task

@@ -139,3 +139,23 @@ def test_summary_page_shows_an_estimate_that_follows_the_settings(qtbot, image_f
     n = page.estimate.features_s * 5.0 / used.head_views
     assert n == pytest.approx(wiz.data_page.summary.train_images + wiz.data_page.summary.val_images)
     QSettings().remove(RATES_KEY + key)
+
+
+def test_estimate_counts_the_evaluation_alike_by_pixels_and_networks():
+    rates = Rates(features=10.0, train=100.0, source="test")
+    kw = dict(n_train=800, n_val=200, iterations=500, val_every=100, batch=32, views=2, rates=rates, image_size=224)
+    plain = estimate_run(mode="head", **kw)
+    head = estimate_run(mode="head", alike_sizes=(224, 288, 352), **kw)
+    work = 1 + (288 / 224) ** 2 + (352 / 224) ** 2  # three sizes cost their pixel counts
+    assert plain.evaluation_s == 0
+    assert head.evaluation_s == pytest.approx(1000 * work / 10.0)
+    assert head.total_s == pytest.approx(plain.total_s + head.evaluation_s)
+    assert "evaluation alike" in head.lines[-1] and "224+288+352" in head.lines[-1]
+    tail = estimate_run(mode="tail", alike_sizes=(224, 288, 352), **kw)  # the trained backbone runs too
+    assert tail.evaluation_s == pytest.approx(2 * head.evaluation_s)
+    # the evaluation alike after the run is in the estimate while it is switched on, and only then
+    assert page.estimate.evaluation_s > 0 and "evaluation alike" in page.estimate_label.text()
+    wiz.back()
+    wiz.run_settings_page.alike.setChecked(False)
+    wiz.next()
+    assert page.estimate.evaluation_s == 0 and "evaluation alike" not in page.estimate_label.text()
