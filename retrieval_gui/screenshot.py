@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wizard", action="store_true", help="the training wizard on FOLDER instead of the explorer")
     p.add_argument("--train-out", default=None, help="--wizard: also train and save the finished run page")
     p.add_argument("--iterations", type=int, default=200, help="--wizard: training iterations")
+    p.add_argument("--whiten", action="store_true",
+                   help="the wizard's whitening path on FOLDER (class sub-folders): its report page")
+    p.add_argument("--shrinkage", type=float, default=None,
+                   help="--whiten: a given shrinkage (all dimensions) instead of choosing on validation classes")
+    p.add_argument("--sizes", choices=("single", "multi"), default="multi", help="--whiten: input sizes")
     args = p.parse_args(argv)
 
     from PySide6.QtCore import QCoreApplication, QSettings
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, settings_dir)
     app = QApplication.instance() or QApplication(["retrieval-explorer"])
 
+    if args.whiten:
+        return _whiten(app, args)
     if args.wizard:
         return _wizard(app, args)
 
@@ -189,6 +196,45 @@ def _wizard(app, args) -> int:
         ok = ok and info["train_ok"] and info["train_saved"]
     info["ok"] = bool(ok and saved)
     info["total_s"] = round(time.monotonic() - t0, 1)
+    wiz.close()
+    print(json.dumps(info))
+    return 0 if info["ok"] else 1
+
+
+def _whiten(app, args) -> int:
+    """Walk the wizard's whitening path on args.folder (GeM, Lw) and save its report page."""
+    work = Path(tempfile.mkdtemp(prefix="re-shot-whiten-"))
+    os.environ.setdefault("RETRIEVAL_EXPLORER_HOME", str(work / "home"))
+    from retrieval_gui.wizard import TrainWizard
+
+    t0 = time.monotonic()
+    wiz = TrainWizard(path="whiten")
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    wiz.resize(w, h)
+    wiz.show()
+    _wait(app, lambda: wiz.currentPage() is not None, 5)
+    if wiz.currentPage() is wiz.choice_page:
+        wiz.next()
+    data = wiz.whiten_data_page
+    data.folder_edit.setText(str(Path(args.folder).resolve()))
+    ok = data.wait_count(int(args.timeout * 1000)) and _wait(app, data.isComplete, args.timeout)
+    wiz.next()
+    page = wiz.whiten_settings_page
+    page.sizes.setCurrentIndex(max(0, page.sizes.findData(args.sizes)))
+    if args.shrinkage is not None:
+        page.manual_button.setChecked(True)
+        page.shrinkage.setValue(args.shrinkage)
+        page.dim.setValue(0)
+    page.output_edit.setText(str(work / "whitening.npz"))
+    ok = ok and _wait(app, page.isComplete, 10)
+    wiz.next()
+    run = wiz.whiten_run_page
+    ok = ok and _wait(app, lambda: not run.running and wiz.currentPage() is run, args.timeout)
+    _wait(app, lambda: False, 0.8)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    saved = bool(_grab(wiz).save(args.out))
+    info = {"ok": bool(ok and saved and run.outcome is not None), "total_s": round(time.monotonic() - t0, 1),
+            "report": run.report.toPlainText()[:600]}
     wiz.close()
     print(json.dumps(info))
     return 0 if info["ok"] else 1
