@@ -981,7 +981,7 @@ class RunPage(QWizardPage):
         # the page's parts keep their minimum heights (the plots stay readable) and the page scrolls in a
         # window too short for them, instead of squeezing the plots under each other's labels
         body = QWidget()
-        scroll = QScrollArea()
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(body)
