@@ -208,3 +208,25 @@ def test_the_sentence_says_above_below_or_level():
     level = report({"recall@1": 0.9, "map": 0.6}, {"recall@1": 0.9, "map": 0.6})
     assert "is level with the untrained GeM on R@1 (mAP: level)." in level.sentence()
     assert [r["diff"]["recall@1"] for r in above.table()] == [pytest.approx(0.012)]
+
+
+def test_even_sample_spreads_over_the_classes_and_keeps_the_order():
+    from engine.training.alike import _even_sample
+
+    items = list(range(100, 130))
+    labels = [0] * 20 + [1] * 6 + [2] * 4  # unbalanced classes
+    got = _even_sample(items, labels, 12, seed=0)
+    assert len(got) == 12 and got == sorted(got) and set(got) <= set(items)
+    per = [sum(1 for i in got if labels[items.index(i)] == c) for c in range(3)]
+    assert per == [4, 4, 4]
+    assert _even_sample(items, labels, 12, seed=0) == got  # seeded
+    small = _even_sample(items, labels, 28, seed=1)  # class 2 runs out: the others fill in
+    assert len(small) == 28 and sum(1 for i in small if labels[items.index(i)] == 2) == 4
+
+
+def test_the_whitening_learns_from_a_capped_even_share_of_the_training_images(head_run):
+    rep = evaluate_alike(head_run.out_dir, sizes=(32,), runtime="torch", max_train_images=8)
+    assert rep.n_train == 8 and len(set(_labels(rep.train_paths))) == 4  # 2 from each of the 4 classes
+    assert "learned on 8 of the 20 training images" in rep.whitening
+    plain = evaluate_alike(head_run.out_dir, sizes=(32,), runtime="torch", whiten=False)
+    assert plain.n_train == 0 and not any(r.evaluation.whitened for r in plain.rows)  # nothing else described

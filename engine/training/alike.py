@@ -46,6 +46,9 @@ MULTI_SCALE_RATIOS = (1.0, 288 / 224, 352 / 224)
 #: the Lw settings when too few training classes can be carved for choosing them: shrinkage 0.5 and every
 #: dimension, what the benchmarks chose on validation classes carved from cub100's training classes
 DEFAULT_SHRINKAGE = 0.5
+#: the whitenings learn from at most this many training images (evenly over the classes): enough for a
+#: 1280-d within-class covariance with shrinkage, and it keeps the pass short on a big folder
+MAX_TRAIN_IMAGES = 4000
 TRAINED = "trained"
 LABELS = {"spoc": "SPoC", "mac": "MAC", "gem": "GeM", "rmac": "R-MAC", TRAINED: "kept model"}
 UNTRAINED_KINDS = ("spoc", "mac", "gem", "rmac")
@@ -218,6 +221,23 @@ def _untrained_backbone(config: Any, device: str) -> Any:
         return get_backbone(config.backbone, weights=config.weights, device=device)
 
 
+def _even_sample(items: list[int], labels: list[int], n: int, seed: int) -> list[int]:
+    """``n`` of ``items`` drawn evenly over their ``labels`` (round-robin over the classes, each class in a
+    seeded random order), returned in their original order."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for it, lab in zip(items, labels, strict=True):
+        by_class.setdefault(lab, []).append(it)
+    queues = [list(rng.permutation(v)) for _, v in sorted(by_class.items())]
+    picked: list[int] = []
+    while len(picked) < n:
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(int(q.pop()))
+    keep = set(picked)
+    return [i for i in items if i in keep]
+
+
 def _fit_lw(X: np.ndarray, labels: np.ndarray, *, choose: bool, seed: int) -> tuple[Any, dict]:  # noqa: N803
     """An Lw learned on (X (N, D), labels (N,)); its settings chosen on carved classes when ``choose``."""
     from engine.whitening import choose_whitening
@@ -236,13 +256,17 @@ def _fit_lw(X: np.ndarray, labels: np.ndarray, *, choose: bool, seed: int) -> tu
 def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT_SIZES, whiten: bool = True,
                    whiten_first_size: bool = True, descriptors: Sequence[str] | None = None, device: str = "cpu",
                    runtime: str | None = None, cache_dir: str | os.PathLike | None = None, batch_size: int = 32,
-                   progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> AlikeReport:
+                   max_train_images: int | None = MAX_TRAIN_IMAGES, progress: ProgressFn | None = None,
+                   should_stop: ShouldStopFn | None = None) -> AlikeReport:
     """Evaluate the kept model of the finished run in ``run_dir`` (its best.pt) and the untrained
     ``descriptors`` (default: GeM and the run's best untrained one) alike: at ``sizes[0]`` alone and at
     all ``sizes`` summed, without and (``whiten``) with an Lw learned on the run's training images
     (``whiten_first_size`` False: at all sizes only, one Lw fewer per descriptor); every evaluation
     scored on the run's validation images. ``runtime``: what runs the backbones on the CPU
-    (engine.runtime; default $RETRIEVAL_EXPLORER_RUNTIME, else "auto"). Raises ValueError for a folder
+    (engine.runtime; default $RETRIEVAL_EXPLORER_RUNTIME, else "auto"). ``max_train_images``: the whitenings
+    learn from at most this many training images, drawn evenly over the classes with the run's seed (None =
+    all): the training images only feed the whitening, and a big folder would otherwise make this pass
+    longer than the run. Raises ValueError for a folder
     without a usable best.pt or data, Cancelled when ``should_stop()`` says so."""
     from engine.collection import ModelSpec, default_cache_dir
     from engine.evaluation import evaluate
@@ -281,6 +305,11 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     imgs = split.images
     val_i = [i for i, v in enumerate(split.is_val) if v]
     train_i = [i for i, v in enumerate(split.is_val) if not v]
+    n_train_all = len(train_i)
+    if whiten and max_train_images is not None and len(train_i) > max_train_images:
+        train_i = _even_sample(train_i, [imgs.labels[i] for i in train_i], max_train_images, config.seed)
+    elif not whiten:
+        train_i = []  # nothing to learn: only the validation images are described
     if len(val_i) < 2:
         raise ValueError("the run has fewer than two validation images: there is nothing to evaluate on")
     if whiten and len(train_i) < 2:
@@ -372,6 +401,8 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     else:
         how = (f"shrinkage {DEFAULT_SHRINKAGE:g} and every dimension (a fixed default: {n_train_classes} training "
                f"classes are too few to carve {VAL_CLASSES} off for choosing them)")
+    if can_whiten and len(train_i) < n_train_all:
+        how += f"; learned on {len(train_i)} of the {n_train_all} training images, drawn evenly over the classes"
 
     evaluations = [Evaluation(sizes[:1], False)]
     if len(sizes) > 1:
