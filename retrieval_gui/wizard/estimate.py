@@ -160,14 +160,15 @@ def _clock(seconds: float) -> str:
 
 
 def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_every: int, batch: int,
-                 views: int, rates: Rates, image_size: int = 224, alike_sizes: tuple[int, ...] = ()) -> Estimate:
+                 views: int, rates: Rates, image_size: int = 224, alike_sizes: tuple[int, ...] = (),
+                 alike_images: int | None = None) -> Estimate:
     """The run's time from ``rates``: head and tail modes compute the features of every image (training
     and validation) for ``views`` views once, then train on them (validation then reads the cache);
     the full mode computes no features but validates with a forward pass of the validation images every
     ``val_every`` iterations. Iterations take ``batch`` images each. ``alike_sizes``: the evaluation alike
     after the run describes every image once per size (a forward costs the pixel count: (s / image_size)^2
-    of one at ``image_size``), with one backbone in head mode and two otherwise; its whitenings are not
-    counted."""
+    of one at ``image_size``), with one backbone in head mode and two otherwise; ``alike_images``: how many
+    images it describes (default all); its whitenings are not counted."""
     n = n_train + n_val
     lines = []
     features = validation = 0.0
@@ -185,8 +186,9 @@ def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_ev
     if alike_sizes:
         backbones = 1 if mode == "head" else 2
         work = sum((s / image_size) ** 2 for s in alike_sizes) * backbones
-        evaluation = n * work / rates.features
-        lines.append(f"then the evaluation alike: {_clock(evaluation)} ({n:,} images at "
+        m = n if alike_images is None else alike_images
+        evaluation = m * work / rates.features
+        lines.append(f"then the evaluation alike: {_clock(evaluation)} ({m:,} images at "
                      f"{'+'.join(map(str, alike_sizes))}, {backbones} network(s), plus its whitenings)")
     return Estimate(features, training, validation, tuple(lines), evaluation)
 

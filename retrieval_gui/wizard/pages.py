@@ -803,7 +803,7 @@ class SummaryPage(QWizardPage):
                                      iterations=cfg.iterations, val_every=cfg.val_every,
                                      batch=cfg.classes_per_batch * cfg.samples_per_class,
                                      views=cfg.head_views, rates=rates, image_size=cfg.image_size,
-                                     alike_sizes=self._alike_sizes(cfg))
+                                     alike_sizes=self._alike_sizes(cfg), alike_images=self._alike_images(data))
         self.estimate_label.setText(f"<b>Estimated time:</b> {html.escape(describe(self.estimate, rates))}")
 
     def _alike_sizes(self, cfg: TrainConfig) -> tuple[int, ...]:
@@ -811,6 +811,15 @@ class SummaryPage(QWizardPage):
         page = getattr(self.wizard(), "run_settings_page", None)
         choice = page.alike_choice() if page is not None else AlikeChoice.remembered()
         return choice.sizes(cfg.image_size) if choice.enabled else ()
+
+    def _alike_images(self, data: DataSummary) -> int:
+        """The images the evaluation alike describes: the validation ones, and the training ones its
+        whitenings learn from (capped, engine.training.alike.MAX_TRAIN_IMAGES)."""
+        from engine.training.alike import MAX_TRAIN_IMAGES
+
+        page = getattr(self.wizard(), "run_settings_page", None)
+        choice = page.alike_choice() if page is not None else AlikeChoice.remembered()
+        return data.val_images + (min(data.train_images, MAX_TRAIN_IMAGES) if choice.whiten else 0)
 
     def _measure(self, cfg: TrainConfig, data: DataSummary) -> None:
         from retrieval_gui.workers import start_task

@@ -138,6 +138,12 @@ def test_summary_page_shows_an_estimate_that_follows_the_settings(qtbot, image_f
     assert "of the last run" in page.estimate_label.text()
     n = page.estimate.features_s * 5.0 / used.head_views
     assert n == pytest.approx(wiz.data_page.summary.train_images + wiz.data_page.summary.val_images)
+    # the evaluation alike after the run is in the estimate while it is switched on, and only then
+    assert page.estimate.evaluation_s > 0 and "evaluation alike" in page.estimate_label.text()
+    wiz.back()
+    wiz.run_settings_page.alike.setChecked(False)
+    wiz.next()
+    assert page.estimate.evaluation_s == 0 and "evaluation alike" not in page.estimate_label.text()
     QSettings().remove(RATES_KEY + key)
 
 
@@ -153,9 +159,5 @@ def test_estimate_counts_the_evaluation_alike_by_pixels_and_networks():
     assert "evaluation alike" in head.lines[-1] and "224+288+352" in head.lines[-1]
     tail = estimate_run(mode="tail", alike_sizes=(224, 288, 352), **kw)  # the trained backbone runs too
     assert tail.evaluation_s == pytest.approx(2 * head.evaluation_s)
-    # the evaluation alike after the run is in the estimate while it is switched on, and only then
-    assert page.estimate.evaluation_s > 0 and "evaluation alike" in page.estimate_label.text()
-    wiz.back()
-    wiz.run_settings_page.alike.setChecked(False)
-    wiz.next()
-    assert page.estimate.evaluation_s == 0 and "evaluation alike" not in page.estimate_label.text()
+    fewer = estimate_run(mode="head", alike_sizes=(224, 288, 352), alike_images=250, **kw)  # e.g. no whitening
+    assert fewer.evaluation_s == pytest.approx(head.evaluation_s / 4) and "250 images" in fewer.lines[-1]
