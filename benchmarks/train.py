@@ -21,8 +21,13 @@ Multi-scale + learned whitening (issue 12): ``--eval-scales 224,288,352`` (proto
 evaluates every tail checkpoint the way benchmarks/descriptors.py evaluates the untrained descriptors: the
 maps entering the tail are computed once per size for the train and test images (ONNX Runtime, cached),
 the trained tail + pooling + head (and, for the untrained reference, the ImageNet tail + GeM) run on them,
-each size's vector is normalised, the sizes summed, and an Lw is chosen on 10 validation classes carved
-from the train classes, learned on all 50 and applied to the test classes. ``--eval-only`` evaluates the
+each size's vector is normalised, the sizes summed, and an Lw is chosen on the run's own 10 validation
+classes (carved by the trainer from the train classes with the run's seed, never trained on; the same
+classes for the untrained reference), learned on the other 40 for that choice, then learned on all 50 and
+applied to the test classes. Per seed, the evaluation (sizes, whitening) is chosen by validation R@1, ties
+by validation mAP. ``--wise 0,0.25,0.5,0.75,1`` also evaluates every checkpoint as the WiSE-FT
+interpolation (Wortsman et al. 2022) (1 - a) theta_0 + a theta_1 of the tail as initialised (theta_0) and
+trained (theta_1), a chosen per seed on the same validation classes. ``--eval-only`` evaluates the
 checkpoints of earlier runs under --out without training.
 
 --make-split writes the same-categories split file again (deterministic). --bare-step also measures the bare
@@ -415,10 +420,76 @@ def tail_vectors(backbone: torch.nn.Module, units: int, maps: dict[int, torch.Te
     return out
 
 
+def wise_state(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor], a: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT (Wortsman et al. 2022): the state dict (1 - a) theta0 + a theta1 for every floating-point
+    tensor (weights and BatchNorm statistics); integer buffers (e.g. num_batches_tracked) come from theta1."""
+    if theta0.keys() != theta1.keys():
+        raise ValueError("the two state dicts have different keys: not the same model")
+    return {k: (1.0 - a) * v0 + a * theta1[k] if v0.is_floating_point() else theta1[k].clone()
+            for k, v0 in theta0.items()}
+
+
+def run_val_classes(config: dict, root: Path) -> list[str]:
+    """The validation classes a training run carved for itself (the trainer's own split of its config:
+    protocol new carves whole classes with the run's seed); the model never trained on them."""
+    cfg = TrainConfig.from_dict({**config, "data_root": str(root / "images")})
+    split = validation_split(cfg)
+    imgs = split.images
+    return sorted({imgs.classes[lab] for lab, v in zip(imgs.labels, split.is_val, strict=True) if v})
+
+
+def lw_eval_rows(train_v: dict, test_v: dict, train_labels, val_mask, proto: dict,
+                 sets: list[tuple[int, ...]]) -> list[dict]:
+    """One model's rows, per size set without and with an Lw: test figures (R@1, mAP, top-1) and validation
+    figures (``val_r1``, ``val_map``) on the train rows ``val_mask`` (numpy bool (N_train,)). ``train_v`` /
+    ``test_v``: per size, L2-normalised (N, D) float32. The Lw's shrinkage and dimension are chosen by
+    validation R@1, then mAP, learned on the other train rows; the test rows get it learned again on all
+    train rows with that choice. Nothing of the test rows chooses anything."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import descriptors as B  # benchmarks/descriptors.py: the same grid and figures as the untrained table
+
+    from models.whitening import PCAWhitening
+
+    labels = np.asarray(train_labels)
+    li, vi = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    rows = []
+    for sizes in sets:
+        name = "+".join(map(str, sizes))
+        comb = lambda views, idx=slice(None), sizes=sizes: B.l2n(sum(views[s][idx] for s in sizes))  # noqa: E731
+        plain = comb(test_v)
+        m = B.figures(plain, proto["labels"], proto)
+        vn = B.figures(comb(train_v, vi), labels[vi])
+        rows.append({"sizes": name, "whitening": "none", "r1": m["recall@1"], "map": m["map"], "top1": m["top1"],
+                     "val_r1": vn["recall@1"], "val_map": vn["map"]})
+        grid = []
+        val_x = comb(train_v, vi)
+        for w in PCAWhitening.fit_lw_many(comb(train_v, li), labels[li], B.SHRINKAGES):
+            for d in B.DIMS:
+                wd = w.truncated(d) if d else w
+                g = B.figures(B.l2n(wd.apply(val_x)), labels[vi])
+                grid.append({"shrinkage": w.meta["shrinkage"], "dim": wd.out_dim, "r1": g["recall@1"],
+                             "map": g["map"]})
+        best = max(grid, key=lambda g: (round(g["r1"], 6), g["map"]))
+        full = comb(train_v)
+        w = PCAWhitening.fit_lw(full, labels, dim=best["dim"] if best["dim"] < full.shape[1] else None,
+                                shrinkage=best["shrinkage"])
+        m = B.figures(B.l2n(w.apply(plain)), proto["labels"], proto)
+        rows.append({"sizes": name, "whitening": f"Lw s={best['shrinkage']:g} d={w.out_dim}", "r1": m["recall@1"],
+                     "map": m["map"], "top1": m["top1"], "val_r1": best["r1"], "val_map": best["map"]})
+    return rows
+
+
 def ms_lw_table(root: Path, runs: list[tuple[str, str, int]], scales: tuple[int, ...], cache: Path,
-                units: int, results: dict) -> None:
+                units: int, results: dict, wise: tuple[float, ...] | None = None) -> None:
     """Untrained GeM and every tail checkpoint (label, path, seed) evaluated alike: single size and
-    ``scales`` summed, without and with an Lw chosen on validation classes carved from the train classes."""
+    ``scales`` summed, without and with an Lw. Per run, the validation classes are the run's own (carved by
+    the trainer, never trained on), for both models; the Lw is learned on the other train classes for the
+    choice, then on all 50 for the test classes. With ``wise`` the checkpoint is also evaluated as the
+    WiSE-FT interpolation theta_a = (1 - a) theta_0 + a theta_1 (theta_0: the tail as the trainer
+    initialised it, theta_1: the checkpoint); a = 0 is the untrained GeM. Per seed, (a, sizes, whitening)
+    is chosen by validation R@1, ties by validation mAP."""
     import numpy as np
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -428,69 +499,104 @@ def ms_lw_table(root: Path, runs: list[tuple[str, str, int]], scales: tuple[int,
     from models.pooling import gem
 
     proto = B.load_protocol(root.resolve())
+    train_labels = np.asarray(proto["train_labels"])
     t0 = time.perf_counter()
     train_maps = trunk_maps(proto["train"], units, scales, cache)
     test_maps = trunk_maps(proto["test"], units, scales, cache)
     log.info("trunk maps ready in %.0f s", time.perf_counter() - t0)
     sets = [(scales[0],), tuple(scales)] if len(scales) > 1 else [tuple(scales)]
-    bb = get_backbone("efficientnet_lite0", weights="pretrained")
-
-    def views_of(net, describe, kind):
-        tr = tail_vectors(net, units, train_maps, describe)
-        te = tail_vectors(net, units, test_maps, describe)
-        wrap = lambda v: {"views": {(kind, s): a for s, a in v.items()}, "regions": {},  # noqa: E731
-                          "seconds": dict.fromkeys(scales, 0.0), "paths": []}
-        return wrap(tr), wrap(te)
-
-    table: dict[str, list[dict]] = {}
-    tr, te = views_of(bb, lambda f: gem(f.float()), "gem")
-    table["untrained GeM (ImageNet)"] = B.bench_rows(tr, te, proto, ("gem",), sets, label="untrained GeM")
-    for label, ckpt, _seed in runs:
+    bb = get_backbone("efficientnet_lite0", weights="pretrained").eval()
+    untrained = (tail_vectors(bb, units, train_maps, lambda f: gem(f.float())),
+                 tail_vectors(bb, units, test_maps, lambda f: gem(f.float())))
+    log.info("untrained GeM vectors ready")
+    grid_a = tuple(sorted(set(wise or ()) | {0.0, 1.0}))
+    # per label: per seed: {"seed", "val_classes", "rows": {a: rows}}; a = 0 is the untrained GeM
+    per_label: dict[str, list[dict]] = {}
+    for label, ckpt, seed in runs:
         tb = load_trained_backbone(ckpt)
-        tr, te = views_of(tb.model.backbone, tb.model.embed_fmap, "fc")
-        table.setdefault(label, []).append(B.bench_rows(tr, te, proto, ("fc",), sets, label=label))
+        val_cls = run_val_classes(tb.config, root)
+        val_mask = np.isin(train_labels, val_cls)
+        if tb.config.get("embedding_dim", 0) not in (0, tb.model.backbone.feature_dim):
+            raise SystemExit(f"{ckpt}: a random-projection head has no untrained counterpart for WiSE-FT")
+        theta1 = {k: v.clone() for k, v in tb.model.state_dict().items()}
+        theta0 = build_model_from_config(tb.config, "cpu", weights="pretrained").state_dict()
+        trained = {id(p) for m in tb.model.backbone.tail_modules(units) for p in m.parameters()}
+        trained |= {id(p) for p in tb.model.head.parameters()}
+        trained_names = {n for n, p in tb.model.named_parameters() if id(p) in trained}
+        moved = max(((theta0[k].float() - theta1[k].float()).abs().max().item() for k in theta0
+                     if k not in trained_names and theta0[k].is_floating_point()), default=0.0)
+        log.info("%s: %d validation classes of the run (%d images); frozen weights differ from the ImageNet ones "
+                 "by at most %.2g", Path(ckpt).parent.name, len(val_cls), int(val_mask.sum()), moved)
+        entry = {"seed": seed, "val_classes": val_cls, "rows": {}}
+        for a in grid_a:
+            t = time.perf_counter()
+            if a == 0.0:
+                tr, te = untrained
+            else:
+                tb.model.load_state_dict(wise_state(theta0, theta1, a))
+                tb.model.eval()
+                tr = tail_vectors(tb.model.backbone, units, train_maps, tb.model.embed_fmap)
+                te = tail_vectors(tb.model.backbone, units, test_maps, tb.model.embed_fmap)
+            entry["rows"][a] = lw_eval_rows(tr, te, train_labels, val_mask, proto, sets)
+            log.info("%s a=%g: %.0f s; %s", Path(ckpt).parent.name, a, time.perf_counter() - t,
+                     "; ".join(f"{r['sizes']} {r['whitening']} val {r['val_r1']:.4f}/{r['val_map']:.4f} "
+                               f"test {r['r1']:.4f}" for r in entry["rows"][a]))
+        per_label.setdefault(label, []).append(entry)
     print(f"\n## cub100 new categories, multi-scale + Lw: tail checkpoints and the untrained GeM evaluated alike "
-          f"(sizes {'+'.join(map(str, scales))}, crop 224/227, Lw chosen on 10 validation classes carved from "
-          f"the train classes)\n")
-    print("| model | sizes | whitening | R@1 | mAP | top-1 |")
-    print("|---|---|---|---|---|---|")
-    ref = table.pop("untrained GeM (ImageNet)")
-    for r in ref:
-        print(f"| untrained GeM | {r['sizes']} | {r['whitening']} | {r['r1']:.4f} | {r['map']:.4f} | {r['top1']:.4f} |")
-    best = _pick_by_val(ref)
-    results["ms_lw/untrained"] = ref
-    for label, per_seed in table.items():
-        for i in range(len(per_seed[0])):
-            rows = [seed_rows[i] for seed_rows in per_seed]
-            r0 = rows[0]
-            f = {k: [r[k] for r in rows] for k in ("r1", "map", "top1")}
-            wh = "Lw (per seed)" if r0["whitening"] != "none" else "none"
-            print(f"| {label} ({len(rows)} seeds) | {r0['sizes']} | {wh} | {_mean_std(f['r1'])} | "
-                  f"{_mean_std(f['map'])} | {_mean_std(f['top1'])} |")
-        results[f"ms_lw/{label}"] = per_seed
-        # each seed's evaluation (sizes, whitening or not) chosen on validation, like the untrained one's
-        flat = [_pick_by_val(seed_rows) for seed_rows in per_seed]
-        r1 = np.array([r["r1"] for r in flat])
-        gain = r1.mean() - best["r1"]
-        sd = r1.std(ddof=1) if len(r1) > 1 else float("nan")
-        ok = gain >= 0.01 and gain > 2 * sd and r1.mean() >= 0.92
-        print(f"\n{label}: evaluation chosen on validation per seed "
-              f"({', '.join(r['sizes'] + ' ' + r['whitening'] for r in flat)}): R@1 {_mean_std(list(r1))} vs the untrained "
-              f"({best['descriptor']} {best['sizes']} {best['whitening']}) {best['r1']:.4f}: gain {gain:+.4f} "
-              f"(2 sd = {2 * sd:.4f}); goal (+0.010, > 2 sd, R@1 >= 0.92) {'reached' if ok else 'NOT reached'}")
+          f"(sizes {'+'.join(map(str, scales))}, crop 224/227; per seed, the validation classes are the run's own "
+          f"10 (carved by the trainer from classes 0-49, never trained on), for both models; the Lw is chosen "
+          f"on them, learned on the other 40, and learned again on all 50 for the test classes)\n")
+    for label, seeds in per_label.items():
+        results[f"ms_lw/{label}"] = [{**e, "rows": {str(a): r for a, r in e["rows"].items()}} for e in seeds]
+        n = len(seeds)
+        print(f"### {label}, {n} seed(s) ({', '.join(str(e['seed']) for e in seeds)}): every evaluation, "
+              f"test figures mean +- std over seeds (for the record), validation figures (the run's classes)\n")
+        print("| WiSE a | sizes | whitening | val R@1 | val mAP | R@1 | mAP | top-1 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for a in grid_a:
+            for i, r0 in enumerate(seeds[0]["rows"][a]):
+                rows = [e["rows"][a][i] for e in seeds]
+                f = {k: [r[k] for r in rows] for k in ("r1", "map", "top1", "val_r1", "val_map")}
+                wh = r0["whitening"] if n == 1 else ("Lw (per seed)" if r0["whitening"] != "none" else "none")
+                who = " (untrained GeM)" if a == 0.0 else (" (best.pt)" if a == 1.0 else "")
+                print(f"| {a:g}{who} | {r0['sizes']} | {wh} | {_mean_std(f['val_r1'])} | {_mean_std(f['val_map'])} "
+                      f"| {_mean_std(f['r1'])} | {_mean_std(f['map'])} | {_mean_std(f['top1'])} |")
+        print("\nchosen per seed on validation (R@1, ties by mAP):\n")
+        print("| seed | model | WiSE a | sizes | whitening | val R@1 | val mAP | R@1 | mAP | top-1 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        picks: dict[str, list[dict]] = {"untrained GeM": [], "best.pt (a = 1)": [], "WiSE-FT, a chosen": []}
+        for e in seeds:
+            cands = {"untrained GeM": [(0.0, r) for r in e["rows"][0.0]],
+                     "best.pt (a = 1)": [(1.0, r) for r in e["rows"][1.0]],
+                     "WiSE-FT, a chosen": [(a, r) for a, rs in e["rows"].items() for r in rs]}
+            for who, cand in cands.items():
+                if who == "WiSE-FT, a chosen" and not wise:
+                    continue
+                a, r = _pick_by_val(cand)
+                picks[who].append({**r, "a": a})
+                print(f"| {e['seed']} | {who} | {a:g} | {r['sizes']} | {r['whitening']} | {r['val_r1']:.4f} | "
+                      f"{r['val_map']:.4f} | {r['r1']:.4f} | {r['map']:.4f} | {r['top1']:.4f} |")
+        ref = np.array([r["r1"] for r in picks["untrained GeM"]])
+        results[f"ms_lw/{label}/picked"] = picks
+        for who in ("best.pt (a = 1)", "WiSE-FT, a chosen"):
+            if not picks[who]:
+                continue
+            r1 = np.array([r["r1"] for r in picks[who]])
+            mp = np.array([r["map"] for r in picks[who]])
+            gain = r1.mean() - ref.mean()
+            sd = r1.std(ddof=1) if len(r1) > 1 else float("nan")
+            ok = gain >= 0.01 and gain > 2 * sd and r1.mean() >= 0.92
+            print(f"\n{label}, {who}, evaluation chosen on validation per seed: R@1 {_mean_std(list(r1))} (mAP "
+                  f"{_mean_std(list(mp))}) against the untrained GeM chosen the same way {_mean_std(list(ref))} "
+                  f"(mAP {_mean_std([r['map'] for r in picks['untrained GeM']])}): R@1 gain {gain:+.4f} (2 sd = "
+                  f"{2 * sd:.4f}); goal (+0.010, > 2 sd, R@1 >= 0.92) {'reached' if ok else 'NOT reached'}")
     sys.stdout.flush()
 
 
-def _pick_by_val(rows: list[dict]) -> dict:
-    """Of the rows of one model (sizes x none/Lw), the one with the best VALIDATION R@1 (the Lw rows carry
-    the validation R@1 with and without their whitening); never a test figure."""
-    by_sizes = {r["sizes"]: r for r in rows if r["whitening"] == "none"}
-    cands = []
-    for r in rows:
-        if r["whitening"] != "none":
-            cands.append((r["val_r1"], r))
-            cands.append((r["val_none_r1"], by_sizes[r["sizes"]]))
-    return max(cands, key=lambda c: c[0])[1]
+def _pick_by_val(cands: list[tuple[float, dict]]) -> tuple[float, dict]:
+    """Of the candidate evaluations (WiSE a, row) of one model and seed, the one with the best VALIDATION
+    R@1, ties broken by validation mAP (then the first); never a test figure."""
+    return max(cands, key=lambda c: (round(c[1]["val_r1"], 6), c[1]["val_map"]))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -649,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-scales", default=None, help="protocol new, tail mode: also evaluate every checkpoint "
                     "and the untrained GeM at these sizes summed, with Lw chosen on validation classes (e.g. "
                     "224,288,352)")
+    ap.add_argument("--wise", default=None, help="with --eval-scales: also evaluate each checkpoint as the WiSE-FT "
+                    "interpolation (1 - a) theta_0 + a theta_1 of its initial and trained weights at these a (e.g. "
+                    "0,0.25,0.5,0.75,1), a chosen per seed on the run's validation classes")
     ap.add_argument("--eval-only", action="store_true", help="with --eval-scales: evaluate the tail checkpoints "
                     "(best.pt) already under --out, without training")
     ap.add_argument("--resume", action="store_true", help="continue each run from its last.pt when there is one "
@@ -693,7 +802,10 @@ def main(argv: list[str] | None = None) -> int:
                              int(d.name.rsplit("_s", 1)[1])))
         if not runs:
             raise SystemExit(f"no tail checkpoint (new_tail_*/best.pt) under {out}")
-        ms_lw_table(root, runs, scales, out / "cache", units, results)
+        wise = tuple(float(x) for x in args.wise.split(",") if x.strip()) if args.wise else None
+        if wise and not all(0.0 <= a <= 1.0 for a in wise):
+            raise SystemExit(f"--wise: every a must lie in [0, 1], got {args.wise}")
+        ms_lw_table(root, runs, scales, out / "cache", units, results, wise)
         results.update(wall_s=time.perf_counter() - t_all, load_after=os.getloadavg())
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
