@@ -194,12 +194,12 @@ def _wizard(app, args) -> int:
                      "run_rates": {k: round(v, 1) for k, v in run._seen_rates.items()},
                      "train_saved": bool(_grab(wiz).save(args.train_out))})
         ok = ok and info["train_ok"] and info["train_saved"]
-        if ok and run.alike_box.isVisible():  # the evaluation alike, further down the scrolling page
+        if ok and run.alike_panel.isVisible():  # the evaluation alike, further down the scrolling page
             run.scroll.verticalScrollBar().setValue(run.scroll.verticalScrollBar().maximum())
             _wait(app, lambda: False, 0.5)
             alike_out = str(Path(args.train_out).with_name(Path(args.train_out).stem + "_alike.png"))
             info["alike_saved"] = bool(_grab(wiz).save(alike_out))
-            info["alike"] = run.alike_status.text()[:400]
+            info["alike"] = run.alike_panel.status.text()[:400]
     info["ok"] = bool(ok and saved)
     info["total_s"] = round(time.monotonic() - t0, 1)
     wiz.close()

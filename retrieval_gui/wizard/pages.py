@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QSettings, Qt, QTimer, Signal
@@ -40,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from engine.training.config import LOSSES, MININGS, POOLINGS, TrainConfig
 from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
+from retrieval_gui.wizard.alike_panel import AlikeChoice, AlikePanel
 from retrieval_gui.wizard.dataset import DataSummary, ScanRequest, ScanResult, read_class_list, scan
 from retrieval_gui.wizard.estimate import Rates, describe, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.plot import LiveTrainingPlot
@@ -502,39 +501,6 @@ def available_devices() -> list[tuple[str, str]]:
     return out
 
 
-ALIKE_KEY = "train_wizard/alike"
-
-
-@dataclass
-class AlikeChoice:
-    """What the run page evaluates when a run ends (remembered in QSettings): the kept model and the best
-    untrained descriptor alike, at the run's image size alone or at the multi-scale sizes made from it,
-    with or without a learned whitening."""
-
-    enabled: bool = True
-    multi: bool = True
-    whiten: bool = True
-
-    def sizes(self, image_size: int) -> tuple[int, ...]:
-        from engine.training.alike import multi_sizes
-
-        return multi_sizes(image_size) if self.multi else (int(image_size),)
-
-    @classmethod
-    def remembered(cls) -> AlikeChoice:
-        import json
-
-        raw = QSettings().value(ALIKE_KEY, "")
-        try:
-            d = json.loads(str(raw)) if raw else {}
-            return cls(**{k: bool(d[k]) for k in ("enabled", "multi", "whiten") if k in d})
-        except (ValueError, TypeError, AttributeError):
-            return cls()
-
-    def remember(self) -> None:
-        import json
-
-        QSettings().setValue(ALIKE_KEY, json.dumps(asdict(self)))
 
 
 class RunSettingsPage(_SettingsPage):
@@ -960,32 +926,8 @@ class RunPage(QWizardPage):
         rl.addLayout(rb)
 
         # the kept model and the best untrained descriptor evaluated alike (multi-scale, learned whitening)
-        self.alike_box = QGroupBox("Evaluated alike: the kept model and the best untrained descriptor")
-        self.alike_status = QLabel()
-        self.alike_status.setWordWrap(True)
-        self.alike_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.alike_progress = QProgressBar()
-        self.alike_progress.setFormat("%v / %m")
-        self.alike_cancel = QPushButton("Cancel")
-        self.alike_cancel.setToolTip("Stop the evaluation; the trained model is kept whatever happens here.")
-        self.alike_table = QTableWidget(0, 4)
-        self.alike_table.setHorizontalHeaderLabels(["evaluation (sizes, whitening)", "best untrained: R@1 / mAP",
-                                                    "kept model: R@1 / mAP", "difference"])
-        self.alike_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.alike_table.setMaximumHeight(130)
-        self.alike_table.verticalHeader().setVisible(False)
-        self.alike_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.alike_label = QLabel()
-        self.alike_label.setWordWrap(True)
-        self.alike_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        al = QVBoxLayout(self.alike_box)
-        ap = QHBoxLayout()
-        ap.addWidget(self.alike_progress, 1)
-        ap.addWidget(self.alike_cancel)
-        al.addWidget(self.alike_status)
-        al.addLayout(ap)
-        al.addWidget(self.alike_table)
-        al.addWidget(self.alike_label)
+        self.alike_panel = AlikePanel()
+        self.alike_panel.finished.connect(self.completeChanged)
 
         # the page's parts keep their minimum heights (the plots stay readable) and the page scrolls in a
         # window too short for them, instead of squeezing the plots under each other's labels
@@ -1006,14 +948,13 @@ class RunPage(QWizardPage):
         lay.addWidget(self.error_label)
         lay.addWidget(self.error_details)
         lay.addWidget(self.results)
-        lay.addWidget(self.alike_box)
+        lay.addWidget(self.alike_panel)
         lay.addWidget(self.log)
 
         self.pause_button.clicked.connect(self.pause)
         self.resume_button.clicked.connect(self.resume)
         self.stop_button.clicked.connect(self.stop)
         self.use_button.clicked.connect(self._use)
-        self.alike_cancel.clicked.connect(self.cancel_alike)
         self._latest = None  # the last iteration event, shown by the label timer
         self._labels_timer = QTimer(self)
         self._labels_timer.setInterval(100)
@@ -1025,9 +966,6 @@ class RunPage(QWizardPage):
         """Back to 'not started' (also when the wizard is restarted)."""
         self.handle = None
         self.result = None
-        self.alike_handle = None   # the evaluation alike after the run (a workers.TaskHandle)
-        self.alike_report = None   # its engine.training.alike.AlikeReport
-        self.alike_error = ""
         self._seen_rates: dict[str, float] = {}  # images/s of the feature phase and of the iterations
         self.error: tuple[str, str] | None = None
         self.events: dict[str, int] = {}
@@ -1046,9 +984,7 @@ class RunPage(QWizardPage):
         self.error_label.hide()
         self.error_details.hide()
         self.results.hide()
-        self.alike_box.hide()
-        self.alike_table.setRowCount(0)
-        self.alike_label.clear()
+        self.alike_panel.reset()
         self.use_label.clear()
         self.log.clear()
         self._set_buttons()
@@ -1061,7 +997,7 @@ class RunPage(QWizardPage):
     @property
     def evaluating(self) -> bool:
         """The evaluation alike after the run is running."""
-        return self.alike_handle is not None and self.alike_handle.is_running()
+        return self.alike_panel.running
 
     @property
     def running(self) -> bool:
@@ -1126,7 +1062,7 @@ class RunPage(QWizardPage):
         """Ask the run to stop after the current step (the checkpoints are kept), or the evaluation alike
         after it; ``wait_ms`` > 0 blocks."""
         if self.evaluating:
-            self.cancel_alike(wait_ms)
+            self.alike_panel.cancel(wait_ms)
         if not self.training:
             return
         self.handle.cancel()
@@ -1258,7 +1194,7 @@ class RunPage(QWizardPage):
         self.results.setTitle("The kept model on the validation data, beside the best untrained descriptor and last.pt")
         self.results.show()
         self.use_button.setEnabled(True)
-        self.start_alike(result)
+        self.alike_panel.start(result)
 
     @staticmethod
     def _best_metrics(result) -> dict:
@@ -1292,108 +1228,6 @@ class RunPage(QWizardPage):
     def _log(self, text: str) -> None:
         self.log.appendPlainText(text)
 
-    # -- the kept model and the best untrained descriptor, evaluated alike --------------------------
-    def start_alike(self, result, choice: AlikeChoice | None = None) -> bool:
-        """After a run that ended with a kept model (not stopped by the user), evaluate it and the untrained
-        descriptors alike (engine.training.alike.evaluate_alike) in a worker, as the run settings page
-        asked (``choice``: its remembered choice by default). True when started."""
-        choice = choice or AlikeChoice.remembered()
-        best = Path(getattr(result, "best_checkpoint_path", "") or "")
-        if not choice.enabled or getattr(result, "cancelled", False) or not best.is_file() or self.evaluating:
-            return False
-        from engine.training.alike import evaluate_alike, sizes_label
-        from retrieval_gui.workers import start_task
-
-        cfg = result.config
-        sizes = choice.sizes(cfg.image_size)
-        try:
-            from engine.training.trainer import resolve_device
-
-            device = str(resolve_device(cfg.device))
-        except RuntimeError:  # the run's GPU is gone: the CPU evaluates
-            device = "cpu"
-        self.alike_report, self.alike_error = None, ""
-        self.alike_table.setRowCount(0)
-        self.alike_table.hide()
-        self.alike_label.clear()
-        self.alike_status.setStyleSheet("")
-        how = sizes_label(sizes) + (" with a learned whitening" if choice.whiten else ", no whitening")
-        self.alike_status.setText(f"Evaluating the kept model and the untrained descriptors alike ({how}): the run's "
-                                  "images are described again…")
-        self.alike_progress.setRange(0, 0)
-        self.alike_progress.show()
-        self.alike_cancel.show()
-        self.alike_cancel.setEnabled(True)
-        self.alike_box.show()
-        handle = start_task(evaluate_alike, str(best.parent), parent=self, name="evaluate alike", sizes=sizes,
-                            whiten=choice.whiten, whiten_first_size=False, device=device)
-        self.alike_handle = handle
-        handle.progress.connect(lambda d, t, m, h=handle: h is self.alike_handle and self.on_alike_progress(d, t, m))
-        handle.result.connect(lambda r, h=handle: h is self.alike_handle and self.on_alike_result(r))
-        handle.error.connect(lambda m, d, h=handle: h is self.alike_handle and self.on_alike_error(m, d))
-        handle.finished.connect(lambda h=handle: h is self.alike_handle and self.on_alike_finished())
-        return True
-
-    def cancel_alike(self, wait_ms: int = 0) -> None:
-        """Stop the evaluation alike (nothing of the run is touched); ``wait_ms`` > 0 blocks."""
-        if not self.evaluating:
-            return
-        self.alike_handle.cancel()
-        self.alike_cancel.setEnabled(False)
-        self.alike_status.setText("Cancelling the evaluation…")
-        if wait_ms > 0:
-            wait_for_task(self.alike_handle, wait_ms)
-
-    def on_alike_progress(self, done: int, total: int, message: str) -> None:
-        self.alike_progress.setRange(0, max(1, total))
-        self.alike_progress.setValue(done)
-        if message and not self.alike_handle.worker.cancelled:
-            self.alike_status.setText(message[:1].upper() + message[1:] + "…")
-
-    def on_alike_result(self, report) -> None:
-        from engine.training.alike import LABELS
-
-        self.alike_report = report
-        name = LABELS.get(report.best_untrained, report.best_untrained)
-        self.alike_table.setHorizontalHeaderLabels(["evaluation (sizes, whitening)",
-                                                    f"best untrained ({name}): R@1 / mAP", "kept model: R@1 / mAP",
-                                                    "difference"])
-        rows = report.table()
-        self.alike_table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            u, t, d = row["untrained"], row["trained"], row["diff"]
-            ev = row["evaluation"]
-            cells = (f"{_sizes_text(ev.sizes)}, {'learned whitening' if ev.whitened else 'no whitening'}",
-                     f"{u['recall@1']:.4f} / {u['map']:.4f}", f"{t['recall@1']:.4f} / {t['map']:.4f}",
-                     f"{d['recall@1']:+.4f} / {d['map']:+.4f}")
-            for c, text in enumerate(cells):
-                self.alike_table.setItem(r, c, QTableWidgetItem(text))
-        self.alike_table.show()
-        self.alike_status.setText(report.sentence())
-        whitened = any(ev.whitened for ev in report.evaluations)
-        self.alike_label.setText(
-            f"On the run's {report.n_val} validation images" + (
-                f"; the whitening learned on its {report.n_train} training images ({report.whitening})" if whitened
-                else f" (whitening {report.whitening})") +
-            f". The best untrained descriptor and evaluation are chosen by validation "
-            f"{SELECT_LABELS.get(report.metric, report.metric)}, as the kept model was; {report.seconds:.0f} s.")
-
-    def on_alike_error(self, message: str, _details: str) -> None:
-        """A message, never a traceback: the trained model is kept whatever happens here."""
-        if message.startswith("Cancelled"):
-            self.alike_status.setText("Evaluation alike cancelled; the trained model is kept.")
-            return
-        for prefix in ("ValueError: ", "FileNotFoundError: ", "WeightsUnavailableError: "):
-            message = message.removeprefix(prefix)
-        self.alike_error = message
-        self.alike_status.setStyleSheet("color: #b00020")
-        self.alike_status.setText(f"The evaluation alike failed: {message}")
-
-    def on_alike_finished(self) -> None:
-        self.alike_progress.hide()
-        self.alike_cancel.hide()
-        self.completeChanged.emit()
-
     def _use(self) -> None:
         if self.result is not None:
             self.useModelRequested.emit(self.result.best_checkpoint_path)
@@ -1409,11 +1243,6 @@ def wait_for_task(handle, timeout_ms: int) -> bool:
             break
     QCoreApplication.processEvents()
     return not handle.thread.isRunning()
-
-
-def _sizes_text(sizes: tuple[int, ...]) -> str:
-    """(224,) -> '224 alone'; (224, 288, 352) -> '224+288+352'."""
-    return f"{sizes[0]} alone" if len(sizes) == 1 else "+".join(str(s) for s in sizes)
 
 
 def _num(v: object) -> str:

@@ -236,7 +236,7 @@ def test_live_plot_throttles_redraws(qtbot):
 # ------------------------------------------------------------------------------------------------
 def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     """Data -> ... -> summary -> run to the end; results beside the baseline; "Use this model"."""
-    from retrieval_gui.wizard.pages import AlikeChoice
+    from retrieval_gui.wizard.alike_panel import AlikeChoice
 
     # the evaluation alike after the run (tests/gui/test_wizard_alike.py) would add a pass at three sizes
     # and three 1280-d whitenings (13-19 s on 2 loaded cores) to a walk about training

@@ -9,7 +9,8 @@ from PySide6.QtWidgets import QWizard
 
 from engine.training.config import TrainConfig
 from retrieval_gui.wizard import TrainWizard
-from retrieval_gui.wizard.pages import AlikeChoice, RunPage, RunSettingsPage
+from retrieval_gui.wizard.alike_panel import AlikeChoice
+from retrieval_gui.wizard.pages import RunPage, RunSettingsPage
 from tests.gui.test_wizard import tiny_config, walk_to_run_page
 
 
@@ -27,13 +28,13 @@ def test_after_a_run_the_alike_table_appears_with_numbers(qtbot, image_folder, t
     assert [settings.alike_sizes.itemText(i) for i in range(2)] == ["32", "32+41+50"]
     result = finished.args[0]
     run = wiz.run_page
-    qtbot.waitUntil(lambda: run.alike_report is not None or bool(run.alike_error), timeout=120_000)
-    assert run.alike_error == ""
+    qtbot.waitUntil(lambda: run.alike_panel.report is not None or bool(run.alike_panel.error), timeout=120_000)
+    assert run.alike_panel.error == ""
     qtbot.waitUntil(lambda: not run.running, timeout=10_000)
-    rep = run.alike_report
+    rep = run.alike_panel.report
     assert rep.checkpoint == result.best_checkpoint_path and rep.sizes == (32, 41, 50)
-    assert run.alike_box.isVisible() and run.alike_table.isVisible() and not run.alike_progress.isVisible()
-    table = run.alike_table
+    assert run.alike_panel.isVisible() and run.alike_panel.table.isVisible() and not run.alike_panel.progress.isVisible()
+    table = run.alike_panel.table
     cells = [[table.item(r, c).text() for c in range(4)] for r in range(table.rowCount())]
     assert [row[0] for row in cells] == ["32 alone, no whitening", "32+41+50, no whitening",
                                          "32+41+50, learned whitening"]
@@ -44,10 +45,10 @@ def test_after_a_run_the_alike_table_appears_with_numbers(qtbot, image_folder, t
         assert 0.0 <= t["recall@1"] <= 1.0 and 0.0 < u["map"] <= 1.0
     header = table.horizontalHeaderItem(1).text()
     assert header.startswith("best untrained (") and header.endswith("R@1 / mAP")
-    sentence = run.alike_status.text()
+    sentence = run.alike_panel.status.text()
     assert sentence == rep.sentence() and sentence.startswith("Evaluated the same way (")
     assert "the kept model is" in sentence and "the untrained" in sentence
-    assert "fixed default" in run.alike_label.text()  # 6 classes: too few to choose the whitening on
+    assert "fixed default" in run.alike_panel.label.text()  # 6 classes: too few to choose the whitening on
     assert wiz.button(QWizard.WizardButton.FinishButton).isEnabled()
 
 
@@ -70,9 +71,9 @@ def test_the_option_is_remembered_and_off_means_no_evaluation(qtbot, tmp_path):
     best = tmp_path / "best.pt"
     best.write_bytes(b"not a checkpoint")
     result = SimpleNamespace(best_checkpoint_path=str(best), cancelled=False, config=TrainConfig(data_root="x"))
-    assert not run.start_alike(result)
-    assert not run.start_alike(SimpleNamespace(**{**vars(result), "cancelled": True}), AlikeChoice())
-    assert run.alike_handle is None and run.alike_box.isHidden()
+    assert not run.alike_panel.start(result)
+    assert not run.alike_panel.start(SimpleNamespace(**{**vars(result), "cancelled": True}), AlikeChoice())
+    assert run.alike_panel.handle is None and run.alike_panel.isHidden()
 
 
 def test_errors_show_a_message_and_cancel_stops_it(qtbot, tmp_path, monkeypatch):
@@ -82,11 +83,11 @@ def test_errors_show_a_message_and_cancel_stops_it(qtbot, tmp_path, monkeypatch)
     best.write_bytes(b"not a checkpoint")
     result = SimpleNamespace(best_checkpoint_path=str(best), cancelled=False,
                              config=TrainConfig(data_root=str(tmp_path), image_size=32))
-    assert run.start_alike(result, AlikeChoice())
+    assert run.alike_panel.start(result, AlikeChoice())
     qtbot.waitUntil(lambda: not run.running, timeout=30_000)
-    text = run.alike_status.text()
+    text = run.alike_panel.status.text()
     assert text.startswith("The evaluation alike failed: ") and "not a" in text
-    assert "Traceback" not in text and "ValueError" not in text and run.alike_report is None
+    assert "Traceback" not in text and "ValueError" not in text and run.alike_panel.report is None
     # a long evaluation: Cancel stops it, and so does closing (stop())
     import engine.training.alike as A
     from engine.callbacks import Cancelled
@@ -100,13 +101,13 @@ def test_errors_show_a_message_and_cancel_stops_it(qtbot, tmp_path, monkeypatch)
         raise AssertionError("never cancelled")
 
     monkeypatch.setattr(A, "evaluate_alike", slow)
-    assert run.start_alike(result, AlikeChoice())
-    qtbot.waitUntil(lambda: run.alike_progress.value() > 2, timeout=10_000)
+    assert run.alike_panel.start(result, AlikeChoice())
+    qtbot.waitUntil(lambda: run.alike_panel.progress.value() > 2, timeout=10_000)
     assert run.running and run.evaluating and run.isComplete()  # Finish stays available
-    run.alike_cancel.click()
+    run.alike_panel.cancel_button.click()
     qtbot.waitUntil(lambda: not run.running, timeout=10_000)
-    assert "cancelled" in run.alike_status.text() and run.alike_error == ""
-    assert run.start_alike(result, AlikeChoice())
-    qtbot.waitUntil(lambda: run.alike_progress.value() > 2, timeout=10_000)
+    assert "cancelled" in run.alike_panel.status.text() and run.alike_panel.error == ""
+    assert run.alike_panel.start(result, AlikeChoice())
+    qtbot.waitUntil(lambda: run.alike_panel.progress.value() > 2, timeout=10_000)
     run.stop(wait_ms=10_000)
     assert not run.running
