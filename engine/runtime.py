@@ -35,7 +35,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +309,16 @@ def _check(fn: Callable[[torch.Tensor], torch.Tensor], ref: torch.Tensor, probe:
     bound = CHECK_REL_TOL * max(1.0, float(ref.abs().max()))
     if not diff <= bound:  # also catches NaN
         raise RuntimeUnavailableError(f"{name} differs from PyTorch by {diff:.3g} (allowed {bound:.3g})")
+
+
+def feature_runners(backbone: nn.Module, sizes: Sequence[int], identity: str | None, cache_dir: str | os.PathLike,
+                    runtime: str = "auto", device: str = "cpu") -> dict[int, FeatureRunner] | None:
+    """A :func:`feature_runner` per input size for work on the CPU; None (plain PyTorch) for another
+    ``device``, for ``runtime`` "torch", or without an ``identity`` to cache the export under (e.g. random
+    weights drawn per run)."""
+    if device != "cpu" or runtime == "torch" or identity is None:
+        return None
+    return {int(s): feature_runner(backbone, int(s), identity, cache_dir, runtime) for s in sizes}
 
 
 def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_dir: str | os.PathLike,

@@ -111,15 +111,6 @@ def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *
     return {**best, "none_r1": none["recall@1"], "none_map": none["map"], "grid": grid}
 
 
-def _runners(backbone: Any, sizes: Sequence[int], identity: str, cache_dir: Path, runtime: str, device: str) -> Any:
-    """A feature-map runner per input size (engine.runtime), or None for PyTorch on ``device``."""
-    if device != "cpu" or runtime == "torch":
-        return None
-    from engine.runtime import feature_runner
-
-    return {s: feature_runner(backbone, s, identity, cache_dir, runtime) for s in sizes}
-
-
 def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw",
                       shrinkage: float | str = "auto", dim: int | str | None = "auto", device: str = "cpu",
                       batch_size: int = 32, runtime: str = "auto", cache_dir: str | os.PathLike | None = None,
@@ -134,6 +125,7 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     from engine.collection import default_cache_dir
     from engine.extraction import whitening_training_vectors
     from engine.images import scan_images
+    from engine.runtime import feature_runners
     from models.whitening import PCAWhitening
 
     if method not in ("lw", "pca"):
@@ -158,7 +150,7 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     backbone = model.backbone
     sizes = model.scales or (spec.image_size or getattr(backbone, "default_image_size", 224),)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    runners = _runners(backbone, sizes, bare.backbone_identity(), cache, runtime, device)
+    runners = feature_runners(backbone, sizes, bare.backbone_identity(), cache, runtime, device)
     unreadable: list[tuple[str, str]] = []
     X, owners = whitening_training_vectors(  # noqa: N806
         spec.descriptor, backbone, paths, image_size=tuple(sizes) if len(sizes) > 1 else sizes[0],

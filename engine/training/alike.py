@@ -41,8 +41,6 @@ from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (224, 288, 352)
-#: multi-scale sizes as ratios of the run's image size: 224 -> 224+288+352 (the window's Sizes choice)
-MULTI_SCALE_RATIOS = (1.0, 288 / 224, 352 / 224)
 #: the Lw settings when too few training classes can be carved for choosing them: shrinkage 0.5 and every
 #: dimension, what the benchmarks chose on validation classes carved from cub100's training classes
 DEFAULT_SHRINKAGE = 0.5
@@ -52,11 +50,6 @@ MAX_TRAIN_IMAGES = 4000
 TRAINED = "trained"
 LABELS = {"spoc": "SPoC", "mac": "MAC", "gem": "GeM", "rmac": "R-MAC", TRAINED: "kept model"}
 UNTRAINED_KINDS = ("spoc", "mac", "gem", "rmac")
-
-
-def multi_sizes(size: int) -> tuple[int, ...]:
-    """The multi-scale input sizes made from one size (224 -> (224, 288, 352))."""
-    return tuple(int(round(size * r)) for r in MULTI_SCALE_RATIOS)
 
 
 def sizes_label(sizes: Sequence[int]) -> str:
@@ -202,16 +195,6 @@ def _run_best_untrained(metrics: dict) -> str:
     return max(scores, key=lambda k: scores[k]) if scores else ""
 
 
-def _runner(backbone: Any, sizes: Sequence[int], identity: str | None, runtime: str, device: str,
-            cache_dir: Path) -> dict | None:
-    """A feature-map runner per size (engine.runtime) on the CPU, or None for PyTorch."""
-    if device != "cpu" or runtime == "torch" or identity is None:
-        return None
-    from engine.runtime import feature_runner
-
-    return {s: feature_runner(backbone, s, identity, cache_dir, runtime) for s in sizes}
-
-
 def _untrained_backbone(config: Any, device: str) -> Any:
     """The backbone the run started from (random weights drawn as the trainer drew them)."""
     from models.backbones import get_backbone
@@ -271,6 +254,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     from engine.collection import ModelSpec, default_cache_dir
     from engine.evaluation import evaluate
     from engine.extraction import feature_fn, iter_extract
+    from engine.runtime import feature_runners
     from engine.training.checkpoint import load_checkpoint
     from engine.training.config import TrainConfig
     from engine.training.registry import BEST_FILE
@@ -336,11 +320,11 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     base_id = (None if config.weights == "random"
                else ModelSpec(backbone=config.backbone, weights=config.weights).backbone_identity())
     if shared:
-        run_kept = run_base = feature_fn(base, _runner(base, sizes, base_id, runtime, device, cache))
+        run_kept = run_base = feature_fn(base, feature_runners(base, sizes, base_id, cache, runtime, device))
     else:
-        run_kept = feature_fn(kept.backbone, _runner(kept.backbone, sizes, kept_spec.backbone_identity(), runtime,
-                                                     device, cache))
-        run_base = feature_fn(base, _runner(base, sizes, base_id, runtime, device, cache))
+        run_kept = feature_fn(kept.backbone, feature_runners(kept.backbone, sizes, kept_spec.backbone_identity(),
+                                                             cache, runtime, device))
+        run_base = feature_fn(base, feature_runners(base, sizes, base_id, cache, runtime, device))
 
     def describe(fmaps: list[torch.Tensor], head: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return head.describe(fmaps[0]), head.describe_scales(fmaps) if len(fmaps) > 1 else head.describe(fmaps[0])

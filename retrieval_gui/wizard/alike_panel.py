@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.training.trainer import SELECT_LABELS
+from retrieval_gui.workers import wait_for_task
 
 ALIKE_KEY = "train_wizard/alike"
 
@@ -42,9 +43,9 @@ class AlikeChoice:
     whiten: bool = True
 
     def sizes(self, image_size: int) -> tuple[int, ...]:
-        from engine.training.alike import multi_sizes
+        from engine.collection import multi_scales
 
-        return multi_sizes(image_size) if self.multi else (int(image_size),)
+        return multi_scales(image_size) if self.multi else (int(image_size),)
 
     @classmethod
     def remembered(cls) -> AlikeChoice:
@@ -161,8 +162,6 @@ class AlikePanel(QGroupBox):
         """Stop the evaluation (nothing of the run is touched); ``wait_ms`` > 0 blocks."""
         if not self.running:
             return
-        from retrieval_gui.wizard.pages import wait_for_task
-
         self.handle.cancel()
         self.cancel_button.setEnabled(False)
         self.status.setText("Cancelling the evaluation…")

@@ -42,6 +42,7 @@ from retrieval_gui.wizard.alike_panel import AlikeChoice, AlikePanel
 from retrieval_gui.wizard.dataset import DataSummary, ScanRequest, ScanResult, read_class_list, scan
 from retrieval_gui.wizard.estimate import Rates, describe, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.plot import LiveTrainingPlot
+from retrieval_gui.workers import wait_for_task
 
 if TYPE_CHECKING:
     from retrieval_gui.wizard.wizard import TrainWizard
@@ -654,10 +655,11 @@ class RunSettingsPage(_SettingsPage):
 
     def show_alike_sizes(self, image_size: int) -> None:
         """Name the sizes made from the run's image size (224 -> 224 | 224+288+352)."""
-        from engine.training.alike import multi_sizes, sizes_label
+        from engine.collection import multi_scales
+        from engine.training.alike import sizes_label
 
         self.alike_sizes.setItemText(0, str(int(image_size)))
-        self.alike_sizes.setItemText(1, sizes_label(multi_sizes(image_size)))
+        self.alike_sizes.setItemText(1, sizes_label(multi_scales(image_size)))
 
     def _sync_alike(self) -> None:
         self.alike_sizes.setEnabled(self.alike.isChecked())
@@ -1231,18 +1233,6 @@ class RunPage(QWizardPage):
     def _use(self) -> None:
         if self.result is not None:
             self.useModelRequested.emit(self.result.best_checkpoint_path)
-
-
-def wait_for_task(handle, timeout_ms: int) -> bool:
-    """Block until ``handle``'s thread has finished, still delivering the worker's queued signals
-    (progress, events, the result) meanwhile. True when it finished in time."""
-    deadline = time.monotonic() + timeout_ms / 1000
-    while handle.thread.isRunning():
-        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
-        if handle.thread.wait(20) or time.monotonic() > deadline:
-            break
-    QCoreApplication.processEvents()
-    return not handle.thread.isRunning()
 
 
 def _num(v: object) -> str:

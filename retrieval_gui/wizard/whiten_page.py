@@ -41,6 +41,9 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from engine.collection import multi_scales
+from retrieval_gui.workers import wait_for_task
+
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "whiten_wizard/last_settings"
@@ -48,18 +51,12 @@ DESCRIPTORS = {"gem": "GeM", "spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC"}  # G
 METHODS = {"lw": "Lw: learned whitening (within-class covariance, then PCA; needs classes)",
            "pca": "PCA-whitening (ignores the classes)"}
 DEFAULT_SIZE = 224
-MULTI_SCALE_RATIOS = (1.0, 288 / 224, 352 / 224)  # as the window's Sizes choice: 224 -> 224+288+352
 
 
 def _val_classes() -> int:
     from engine.whitening import VAL_CLASSES
 
     return VAL_CLASSES
-
-
-def multi_scales(size: int) -> tuple[int, ...]:
-    """The multi-scale sizes made from one input size, as the window makes them (224 -> 224, 288, 352)."""
-    return tuple(int(round(size * r)) for r in MULTI_SCALE_RATIOS)
 
 
 def whitening_dir() -> Path:
@@ -774,8 +771,6 @@ class WhitenRunPage(QWizardPage):
         self.stop_button.setEnabled(False)
         self.phase.setText("Stopping…")
         if wait_ms > 0:
-            from retrieval_gui.wizard.pages import wait_for_task
-
             wait_for_task(self.handle, wait_ms)
 
     # -- task signals --------------------------------------------------------------------------------
