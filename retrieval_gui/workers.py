@@ -210,6 +210,108 @@ def wait_for_task(handle, timeout_ms: int) -> bool:
     return not handle.thread.isRunning()
 
 
+class LatestTask(QObject):
+    """One task of a kind at a time, and only the latest request counts: the window's "latest wins".
+
+    :meth:`request` starts ``fn`` at once when nothing of this kind runs; while one runs, the request
+    waits and replaces any older waiting one (``cancel_running=True`` also cancels the running one),
+    and it starts when the running one has finished. Results, errors and progress of a task that is
+    no longer the latest request are dropped, so a caller's handlers only ever see the latest::
+
+        self.query = LatestTask(self, "query")
+        self.query.request(run_query, index, path, on_result=self.show, on_error=self.failed,
+                           with_callbacks=False)
+
+    :meth:`cancel` cancels the running task and drops the waiting one; :meth:`close` also waits for
+    the thread (window close, folder change). ``busy`` tells whether a task runs or waits.
+    """
+
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None, name: str = "task") -> None:
+        super().__init__(parent)
+        self.name = name
+        self.generation = 0  # of the latest request
+        self.handle: TaskHandle | None = None  # the running task, if any
+        self._pending: tuple | None = None
+
+    def request(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        on_result: Callable[[Any], Any] | None = None,
+        on_error: Callable[[str, str], Any] | None = None,
+        on_progress: Callable[[int, int, str], Any] | None = None,
+        on_event: Callable[[Any], Any] | None = None,
+        cancel_running: bool = False,
+        **kwargs: Any,
+    ) -> int:
+        """Ask for ``fn(*args, **kwargs)`` (``kwargs`` as :func:`start_task`'s); returns its generation."""
+        self.generation += 1
+        was_busy = self.busy
+        self._pending = (self.generation, fn, args, on_result, on_error, on_progress, on_event, kwargs)
+        if self.running():
+            if cancel_running:
+                self.handle.cancel()
+        else:
+            self._start_pending()
+        if not was_busy:
+            self.busy_changed.emit(True)
+        return self.generation
+
+    def is_latest(self, generation: int) -> bool:
+        return generation == self.generation
+
+    def running(self) -> bool:
+        return self.handle is not None and self.handle.is_running()
+
+    @property
+    def busy(self) -> bool:
+        """A task runs or waits."""
+        return self.running() or self._pending is not None
+
+    def cancel(self) -> None:
+        """Cancel the running task and drop the waiting request; late results are dropped."""
+        self.generation += 1
+        self._pending = None
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def close(self, timeout_ms: int = 10_000) -> bool:
+        """Cancel, then wait for the running thread; True when it finished in time."""
+        self.cancel()
+        return self.handle.wait(timeout_ms) if self.running() else True
+
+    def _start_pending(self) -> None:
+        gen, fn, args, on_result, on_error, on_progress, on_event, kwargs = self._pending
+        self._pending = None
+        kwargs = dict(kwargs)
+        kwargs.setdefault("name", self.name)
+        if on_event is not None:
+            kwargs.setdefault("event_kwarg", "on_event")
+        # no parent: a handle must outlive its requester while its thread runs (see start_task)
+        handle = start_task(fn, *args, **kwargs)
+        self.handle = handle
+        if on_result is not None:
+            handle.result.connect(lambda r, g=gen: on_result(r) if self.is_latest(g) else None)
+        if on_error is not None:
+            handle.error.connect(lambda m, tb, g=gen: on_error(m, tb) if self.is_latest(g) else None)
+        if on_progress is not None:
+            handle.progress.connect(lambda d, t, m, g=gen: on_progress(d, t, m) if self.is_latest(g) else None)
+        if on_event is not None:
+            handle.event.connect(lambda e, g=gen: on_event(e) if self.is_latest(g) else None)
+        handle.finished.connect(lambda h=handle: self._on_finished(h))
+
+    def _on_finished(self, handle: TaskHandle) -> None:
+        if handle is not self.handle:
+            return
+        self.handle = None
+        if self._pending is not None:
+            self._start_pending()
+        else:
+            self.busy_changed.emit(False)
+
+
 def live_tasks() -> list[TaskHandle]:
     """Handles whose thread has not finished (used on shutdown and by the tests' leak check)."""
     return [h for h in list(_LIVE) if h.is_running()]

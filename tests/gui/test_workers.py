@@ -9,6 +9,7 @@ import pytest
 from PySide6.QtCore import QThread
 
 from engine.callbacks import Cancelled
+from retrieval_gui import workers
 from retrieval_gui.workers import live_tasks, start_task
 
 
@@ -129,3 +130,38 @@ def test_folder_index_reloads_when_another_program_indexed_meanwhile(tmp_path, i
     (root / "class_01" / "001.jpg").unlink()
     state = window_side.update(models, key, descriptors=["spoc"])
     assert state.indexed == 5 and not state.cancelled
+
+
+def _echo(value, delay=0.0):
+    time.sleep(delay)
+    return value
+
+
+def test_latest_task_delivers_only_the_latest_request(qtbot):
+    latest = workers.LatestTask(name="echo")
+    got = []
+    for i in range(5):  # the first starts, 2-4 are replaced while it runs, 5 runs after it
+        latest.request(_echo, i, 0.2 if i == 0 else 0.0, on_result=got.append, with_callbacks=False)
+    assert latest.busy
+    qtbot.waitUntil(lambda: not latest.busy, timeout=5000)
+    assert got == [4]
+
+
+def test_latest_task_cancel_drops_the_waiting_request_and_late_results(qtbot):
+    latest = workers.LatestTask(name="count")
+    got, errors = [], []
+    latest.request(counting_task, 50, delay=0.01, on_result=got.append,
+                   on_error=lambda m, tb: errors.append(m))
+    latest.request(_echo, "waiting", on_result=got.append, with_callbacks=False)
+    latest.cancel()
+    assert latest.close(5000)
+    qtbot.wait(50)
+    assert got == [] and errors == [] and not latest.busy
+
+
+def test_latest_task_cancel_running_starts_the_new_request_soon(qtbot):
+    latest = workers.LatestTask(name="count")
+    got = []
+    latest.request(counting_task, 10_000, delay=0.01, on_result=got.append)
+    latest.request(_echo, "new", on_result=got.append, with_callbacks=False, cancel_running=True)
+    qtbot.waitUntil(lambda: got == ["new"], timeout=5000)
