@@ -1,26 +1,41 @@
-# The two commands of the README: `make run` and `make test`. Each creates the virtual
-# environment (and installs the system libraries Qt needs) when missing.
+# The two commands of the README: `make run` and `make test`. Each creates the virtual environment
+# (and installs the system libraries Qt needs) when missing: `make run` the program, `make test` the
+# program and its dev extra (tests, lint, Ray for the cluster tests).
+#
+# GPU=1 installs torch's CUDA build with the nvidia-*, cuda-* and triton packages (the venv is ~6.7 GB);
+# GPU=0 the same pins without them, torch on its CPU paths (~2 GB). By default GPU=1 when the system
+# shows an NVIDIA GPU (scripts/has-nvidia-gpu.sh), else 0; force it with `make run GPU=1` or `GPU=0`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+ifndef GPU
+GPU := $(shell bash scripts/has-nvidia-gpu.sh)
+endif
+STAMP := $(VENV)/.installed-gpu$(GPU)
+INSTALL_INPUTS := pyproject.toml constraints.txt scripts/install.sh scripts/check_install.py
 
 .PHONY: run test lint bench sysdeps clean-venv
 
-$(STAMP): pyproject.toml constraints.txt
+# Another GPU= than the venv was installed with: the stamps of the other kind go, the install redoes it.
+$(STAMP): $(INSTALL_INPUTS)
+	@case "$(GPU)" in 0|1) ;; *) echo "GPU must be 0 or 1, not '$(GPU)'" >&2; exit 2;; esac
 	bash scripts/install-system-deps.sh
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
-	touch $(STAMP)
+	rm -f $(VENV)/.installed*
+	PY=$(PY) bash scripts/install.sh $(VENV) $(GPU)
+	touch $@
+
+$(STAMP)-dev: $(STAMP)
+	PY=$(PY) bash scripts/install.sh $(VENV) $(GPU) dev
+	touch $@
 
 run: $(STAMP)
 	$(BIN)/retrieval-explorer $(or $(ARGS),gui resources/demo)
 
-test: $(STAMP)
+test: $(STAMP)-dev
 	$(BIN)/lint-imports
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)-dev
 	$(BIN)/ruff check .
 
 sysdeps:
