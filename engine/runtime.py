@@ -46,6 +46,13 @@ from engine.atomic import atomic_write_text, atomic_write_with
 
 log = logging.getLogger(__name__)
 
+# ONNX Runtime's Linux builds load a telemetry client that writes a device id and a database under the
+# user's cache folder (Microsoft/DeveloperTools/.onnxruntime/) as soon as the library loads; this variable,
+# read at load, turns it off (onnxruntime.disable_telemetry_events() comes too late: the files exist by
+# then). Set here, before this module's `import onnxruntime`, the one place the program loads it.
+# tests/test_install.py::test_index_and_search_write_only_the_programs_folders keeps it so.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 # "auto" tries these in order. benchmarks/runtimes.py, 2-core development machine under load, 2 threads,
 # EfficientNet-Lite0 at 224 px: ONNX Runtime 74-81 images/s, OpenVINO f32 66-75, PyTorch eager 9-11;
