@@ -1,6 +1,10 @@
 """After an install (scripts/install.sh): is everything the program imports there, at the locked versions?
 
     VENV/bin/python scripts/check_install.py --gpu 0|1 [--extra dev]
+    VENV/bin/python scripts/check_install.py --lock-lines SECTION...   (what install.sh installs)
+
+The reader of constraints.txt's sections (scripts/lock.py writes them with :data:`SECTION`); standard
+library only, so it runs in a new venv before anything is installed.
 
 Checks, each printing what is wrong and exiting 1:
 
@@ -27,6 +31,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "models", "retrieval_gui")
+# the line that starts a section of the lock: program, dev, gpu
+SECTION = "# --- section: {} ---"
+
+
+def section_of(line: str) -> str | None:
+    """The section a line of the lock starts (``SECTION``'s name), else None."""
+    head, tail = SECTION.split("{}")
+    return line[len(head):-len(tail)] if line.startswith(head) and line.endswith(tail) else None
+
+
 # `pip check`'s line for a requirement that is not installed: "torch 2.14.1 requires triton, which is not
 # installed." (the name may carry extras: "cuda-toolkit[cublas,...]")
 _NOT_INSTALLED = re.compile(r"^(?P<who>\S+) \S+ requires (?P<what>[A-Za-z0-9._-]+)(\[[^\]]*\])?, which is not installed\.$")
@@ -37,13 +51,12 @@ def _canon(name: str) -> str:
 
 
 def lock_pins(lock: Path, sections: set[str]) -> dict[str, str]:
-    """{canonical name: pinned version} of the lock lines in ``sections`` (``# --- section: NAME ---``)."""
+    """{canonical name: pinned version} of the lock lines in ``sections`` (each starts with SECTION)."""
     pins: dict[str, str] = {}
     section = None
     for line in lock.read_text().splitlines():
-        m = re.match(r"^# --- section: (\S+) ---$", line)
-        if m:
-            section = m.group(1)
+        if section_of(line):
+            section = section_of(line)
             continue
         spec = line.split("#", 1)[0].strip()
         if spec and section in sections:
@@ -84,14 +97,20 @@ def import_all(packages: tuple[str, ...] = PACKAGES) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu", type=int, choices=(0, 1), required=True)
+    ap.add_argument("--gpu", type=int, choices=(0, 1))
     ap.add_argument("--extra", choices=("dev",), default=None)
+    ap.add_argument("--lock-lines", nargs="+", metavar="SECTION", help="print NAME==VERSION of these sections")
     args = ap.parse_args(argv)
+    lock = ROOT / "constraints.txt"
+    if args.lock_lines:
+        print("\n".join(f"{n}=={v}" for n, v in lock_pins(lock, set(args.lock_lines)).items()))
+        return 0
+    if args.gpu is None:
+        ap.error("--gpu 0|1 is needed")
     gpu = bool(args.gpu)
     problems: list[str] = []
 
     sections = {"program"} | ({"dev"} if args.extra else set()) | ({"gpu"} if gpu else set())
-    lock = ROOT / "constraints.txt"
     left_out = set() if gpu else set(lock_pins(lock, {"gpu"}))
     installed = {_canon(d.metadata["Name"]): d.version for d in metadata.distributions()}
     for name, version in sorted(lock_pins(lock, sections).items()):

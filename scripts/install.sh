@@ -18,16 +18,12 @@ pip=("$venv/bin/python" -m pip)
 if [ "$gpu" = 1 ]; then
   "${pip[@]}" install -c constraints.txt -e ".${extra:+[$extra]}"
 else
-  sections=" program ${extra} "
   lock=$(mktemp)
   trap 'rm -f "$lock"' EXIT
-  # the pinned lines of the wanted sections ("# --- section: NAME ---" starts each)
-  awk -v want="$sections" '/^# --- section: /{on = index(want, " " $4 " ") > 0; next} on && /==/' \
-    constraints.txt > "$lock"
+  "$venv/bin/python" scripts/check_install.py --lock-lines program $extra > "$lock"
   "${pip[@]}" install --no-deps -r "$lock"
   # a venv installed with GPU=1 before: take the gpu section out again
-  gpu_only=$(awk '/^# --- section: /{on = ($4 == "gpu"); next} on && /==/{split($1, a, "=="); print a[1]}' \
-    constraints.txt)
+  gpu_only=$("$venv/bin/python" scripts/check_install.py --lock-lines gpu | cut -d= -f1)
   installed=$("${pip[@]}" list --format=freeze | cut -d= -f1 | tr 'A-Z_.' 'a-z--')
   remove=$(comm -12 <(echo "$gpu_only" | sort) <(echo "$installed" | sort))
   [ -z "$remove" ] || "${pip[@]}" uninstall -y $remove

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import tomllib
+from check_install import SECTION
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -164,7 +165,7 @@ def main() -> int:
     print("# GPU=1 installs with `pip install -c constraints.txt`, GPU=0 installs the program (and dev) sections")
     print("# with `pip install --no-deps` and leaves the gpu section out. pyproject.toml keeps the ranges.")
     for section in SECTIONS:
-        print(f"\n# --- section: {section} ---")
+        print("\n" + SECTION.format(section))
         names = sections[section]
         for name in sorted(names):
             why = why_prog.get(name) or why_dev.get(name)

@@ -31,6 +31,11 @@ def _script(name: str):
 
 
 check_install = _script("check_install")
+sys.path.insert(0, str(ROOT / "scripts"))  # lock.py imports check_install by name
+try:
+    lock = _script("lock")
+finally:
+    sys.path.remove(str(ROOT / "scripts"))
 
 
 def _has_gpu() -> bool:
@@ -49,9 +54,8 @@ def test_the_lock_pins_every_dependency_once_in_its_section():
     names = []
     sections = []
     for line in LOCK.read_text().splitlines():
-        m = re.match(r"^# --- section: (\S+) ---$", line)
-        if m:
-            sections.append(m.group(1))
+        if check_install.section_of(line):
+            sections.append(check_install.section_of(line))
         elif line.strip() and not line.startswith("#"):
             assert re.match(r"^[a-z0-9-]+==\S+  # \S", line), f"not a pinned line with its reason: {line!r}"
             names.append(line.split("==")[0])
@@ -72,7 +76,7 @@ def test_the_lock_pins_every_dependency_once_in_its_section():
         pinned = program.get(name) or dev.get(name)
         assert pinned and req.specifier.contains(pinned, prereleases=True), f"{name} (dev) vs {spec}"
     # only torch's CUDA packages may be left out of the light install; torch itself may not
-    assert gpu and all(re.match(r"^(nvidia-|cuda-|triton$)", n) for n in gpu), sorted(gpu)
+    assert gpu and all(lock.CUDA.match(n) for n in gpu), sorted(gpu)
     assert {"torch", "torchvision", "onnxruntime"} <= set(program)
 
 
