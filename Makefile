@@ -2,9 +2,11 @@
 # (and installs the system libraries Qt needs) when missing: `make run` the program, `make test` the
 # program and its dev extra (tests, lint, Ray for the cluster tests).
 #
-# GPU=1 installs torch's CUDA build with the nvidia-*, cuda-* and triton packages (the venv is ~6.7 GB);
-# GPU=0 the same pins without them, torch on its CPU paths (~2 GB). By default GPU=1 when the system
-# shows an NVIDIA GPU (scripts/has-nvidia-gpu.sh), else 0; force it with `make run GPU=1` or `GPU=0`.
+# GPU=1 installs torch's CUDA build with every nvidia-*, cuda-* and triton package it asks for (the venv:
+# 6.1 GB for run, 6.7 GB for test); GPU=0 the same pins less what only a GPU uses (triton, cuSOLVER...:
+# 5.0 GB, 5.5 GB), torch on its CPU paths (the nvidia libraries torch's own libraries link stay: see
+# scripts/install.sh). By default GPU=1 when the system shows an NVIDIA GPU (scripts/has-nvidia-gpu.sh),
+# else 0; force it with `make run GPU=1` or `make test GPU=0`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
