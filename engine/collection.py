@@ -58,6 +58,7 @@ from engine.callbacks import ProgressFn, ShouldStopFn
 from engine.images import label_of
 from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
 from engine.search import SearchOptions, search_vectors
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -677,7 +678,7 @@ class Collection:
         """Add extracted rows (vectors (n, D), L2-normalised here, stored as float16) in memory."""
         new = np.asarray(vectors, np.float32)
         if new.shape[0]:
-            new = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+            new = l2n(new)
             new = _from_store(new.astype(STORE_DTYPE))  # what a reload gives, exactly
             if self._rows.dim is not None and new.shape[1] != self._rows.dim:
                 raise CollectionError(f"the model gives {new.shape[1]}-d vectors but the collection holds "

@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engine.atomic import atomic_write_text, atomic_write_with, fsync_file, sha256_file
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,6 @@ def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
     if np.unique(a).size != a.size:
         raise ValueError("ids must be unique")
     return a
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (zero rows stay zero)."""
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(n, 1e-12)).astype(np.float32, copy=False)
 
 
 def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
@@ -226,7 +221,7 @@ class VectorIndex(abc.ABC):
         return int(k)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
-        return _normalise(x) if self._metric == "cosine" else x
+        return l2n(x) if self._metric == "cosine" else x
 
     # --- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

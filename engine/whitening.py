@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,13 @@ class WhiteningReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of the images left out
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
-
-
 def _per_image(w: Any, X: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:  # noqa: N803
     """Whitened rows summed per image: for a pooled descriptor one row each (l2n(W x)); for R-MAC the
     regions of an image (l2n(W r) summed, then normalised)."""
-    z = _l2n(w.apply(X) if w is not None else X)
+    z = l2n(w.apply(X) if w is not None else X)
     out = np.zeros((n, z.shape[1]), np.float64)
     np.add.at(out, owners, z)
-    return _l2n(out).astype(np.float32)
+    return l2n(out)
 
 
 def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *, method: str = "lw",  # noqa: N803

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.backbones import Backbone, describe_load_error, get_backbone, safe_load_refusal
+from models.pooling import l2n  # the one torch L2 normalisation (trainer and benchmarks import it from here)
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
@@ -27,11 +28,6 @@ def _pool_fn(kind: str):
     if kind not in fns:
         raise ValueError(f"unknown pooling {kind!r}: use one of {sorted(fns)}")
     return fns[kind]
-
-
-def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of x (..., D) scaled to unit length (exactly, even for tiny activations)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 # --- backbones ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,6 @@ class AlikeReport:
                 "rows": [{"model": r.model, "evaluation": r.evaluation.label,
                           **{k: r.metrics[k] for k in ("recall@1", "map")},
                           "shrinkage": r.shrinkage, "dim": r.dim, "chosen": r.chosen} for r in self.rows]}
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _run_best_untrained(metrics: dict) -> str:
@@ -411,7 +408,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
                                              f"{sizes_label(ev.sizes)} ({done_fits + 1} / {len(fits)})")
                 w, extra = _fit_lw(X[train_rows], train_labels, choose=choose, seed=config.seed)
                 done_fits += 1
-                v = _l2n(w.apply(X[val_rows]))
+                v = l2n(w.apply(X[val_rows]))
                 if stop():
                     raise Cancelled("the evaluation alike was cancelled")
             else:
