@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from whitening_helpers import learn_whitening  # tests/ is on sys.path under pytest
 
 from engine.collection import Collection, ModelSpec, update_collections
-from engine.extraction import extract_descriptors, learn_whitening
+from engine.extraction import extract_descriptors
 from engine.images import scan_images
 from engine.search import SearchOptions
 
