@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.atomic import atomic_open
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.vectors import l2n
 
@@ -108,6 +109,14 @@ def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *
     return {**best, "none_r1": none["recall@1"], "none_map": none["map"], "grid": grid}
 
 
+def save_whitening(whitening: Any, path: str | os.PathLike) -> None:
+    """Write a models.whitening.PCAWhitening to ``path`` (.npz, read back by ``PCAWhitening.load``)
+    atomically (engine.atomic: a temporary file beside it, fsynced, renamed; a failure leaves the old file)."""
+    arrays = whitening.to_arrays()
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
 def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw",
                       shrinkage: float | str = "auto", dim: int | str | None = "auto", device: str = "cpu",
                       batch_size: int = 32, runtime: str = "auto", cache_dir: str | os.PathLike | None = None,
@@ -116,7 +125,7 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     """Learn a whitening for ``spec`` (engine.collection.ModelSpec: backbone, weights, descriptor, sizes,
     crop; its own whitening is ignored) from the images of ``folder``, one sub-folder per class.
     ``shrinkage`` in [0, 1] or "auto"; ``dim`` an int, None (all) or "auto". Returns (the
-    models.whitening.PCAWhitening, a :class:`WhiteningReport`); save it with ``.save(path)``."""
+    models.whitening.PCAWhitening, a :class:`WhiteningReport`); save it with :func:`save_whitening`."""
     import dataclasses
 
     from engine.collection import default_cache_dir
