@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
-from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, load_image
+from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, load_image, resize_side
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +202,6 @@ def _batches(
         elif x is not None:
             x = x.to(device, non_blocking=cuda)
         yield idx, x, bad, len(idx) + len(bad)
-
-
-def resize_side(image_size: int, crop_fraction: float = 1.0) -> int:
-    """The shorter side an image is resized to before the centre crop (see build_transform)."""
-    return int(round(image_size / crop_fraction))
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

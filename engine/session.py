@@ -664,18 +664,10 @@ def activation_layers(model_cache: ModelCache, spec: ModelSpec) -> list[str]:
 
 
 def network_crop(path: str, size: int, crop_fraction: float = 1.0):
-    """The image as the network sees it, before normalisation: shorter side to
-    engine.extraction.resize_side(size, crop_fraction), centre crop size x size (the first two steps of
-    engine.images.build_transform) -> PIL RGB image."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F  # noqa: N812
+    """The image as the network sees it, before normalisation (engine.images.resize_crop) -> PIL RGB image."""
+    from engine.images import load_image, resize_crop, resize_side
 
-    from engine.extraction import resize_side
-    from engine.images import load_image
-
-    im = load_image(path, min_side=resize_side(size, crop_fraction))
-    im = F.resize(im, resize_side(size, crop_fraction), interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return F.center_crop(im, size).convert("RGB")
+    return resize_crop(load_image(path, min_side=resize_side(size, crop_fraction)), size, crop_fraction)
 
 
 def _layer_maps(fmap, n_channels: int, size: int) -> LayerMaps:
