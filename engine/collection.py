@@ -602,6 +602,23 @@ class Collection:
         """True once a commit has been written (or loaded)."""
         return self.generation is not None
 
+    def stored_vector(self, relpath: str) -> np.ndarray | None:
+        """The stored row (D,) float32 of the image at ``relpath`` when the collection holds it as the file
+        is now (same size and modification time), else None: such a query needs no network pass."""
+        try:
+            now = _stat(self.folder / relpath)
+        except OSError:
+            return None
+        with self._lock:
+            r = self._rows
+            try:
+                i = r.paths.index(relpath)
+            except ValueError:
+                return None
+            if (int(r.sizes[i]), int(r.mtimes[i])) != now:
+                return None
+            return r.vectors[i].copy()
+
     # --- scanning ----------------------------------------------------------------------------------
     def _scan_stats(self, skipped: list[tuple[str, str]] | None = None) -> dict[str, tuple[int, int]]:
         from engine.images import scan_images
