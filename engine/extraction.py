@@ -445,34 +445,33 @@ def whitening_training_vectors(
     head = None
     if descriptor_kind != "rmac":
         head = build_descriptor(descriptor_kind, backbone, rmac_levels=rmac_levels, gem_p=gem_p).to(dev).eval()
+
+    def compute(x: Any) -> dict[str, torch.Tensor]:
+        fmaps = feature_maps(run, sizes, x)
+        if head is not None:
+            return {"x": _describe(head, fmaps)}
+        regions = [pooling.l2n(pooling.rmac_region_vectors(f.float(), L=rmac_levels)) for f in fmaps]  # (B, R, C)
+        return {"x": torch.cat(regions, 1)}
+
     chunks: list[np.ndarray] = []
     owners: list[np.ndarray] = []
-    done, total = 0, len(paths)
+    position = {p: i for i, p in enumerate(paths)}
+    total = len(paths)
     report(0, total, "learning whitening: extracting")
-    transform: Callable = (build_transform(sizes[0], mean, std, crop_fraction) if len(sizes) == 1
-                           else MultiScaleTransform(sizes, mean, std, crop_fraction))
-    with torch.inference_mode():
-        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                       device=dev, max_pixels=DEFAULT_MAX_PIXELS,
-                                       min_side=resize_side(max(sizes), crop_fraction)):
-            for i, reason in bad:
-                log.warning("whitening: skipped %s: %s", paths[i], reason)
-                if skipped is not None:
-                    skipped.append((paths[i], reason))
-            if x is not None:
-                fmaps = feature_maps(run, sizes, x)
-                if head is None:
-                    for fmap in fmaps:
-                        regions = pooling.l2n(pooling.rmac_region_vectors(fmap.float(), L=rmac_levels))  # (B, R, C)
-                        chunks.append(_to_numpy(regions.reshape(-1, regions.shape[-1])))
-                        owners.append(np.repeat(np.asarray(idx, np.int64), regions.shape[1]))
-                else:
-                    chunks.append(_to_numpy(_describe(head, fmaps)))
-                    owners.append(np.asarray(idx, np.int64))
-            done += n
-            report(done, total, "learning whitening: extracting")
-            if done < total and stop():
-                raise Cancelled("whitening cancelled")
+    for batch in iter_extract(paths, compute, image_size=size, mean=mean, std=std, crop_fraction=crop_fraction,
+                              batch_size=batch_size, num_workers=num_workers, device=dev):
+        for sk in batch.skipped:
+            log.warning("whitening: skipped %s: %s", sk.path, sk.reason)
+            if skipped is not None:
+                skipped.append((sk.path, sk.reason))
+        if batch.paths:
+            x = batch.vectors["x"]  # (B, D), or (B, R, C) region vectors of every size
+            per_image = x.shape[1] if x.ndim == 3 else 1
+            chunks.append(x.reshape(-1, x.shape[-1]))
+            owners.append(np.repeat(np.asarray([position[p] for p in batch.paths], np.int64), per_image))
+        report(batch.done, total, "learning whitening: extracting")
+        if batch.done < total and stop():
+            raise Cancelled("whitening cancelled")
     if not chunks:
         raise ValueError("no usable image to learn the whitening from")
     X = np.concatenate(chunks)  # noqa: N806
