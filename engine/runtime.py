@@ -364,7 +364,7 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
     except (RuntimeUnavailableError, OSError) as exc:
         return torch_runner(str(exc))
     probe = _probe(image_size)
-    trusted = None if exported or not check else _checked_runtime(path, data)
+    trusted = None if exported or not check else _checked_runtime(path, data, backbone)
     ref: torch.Tensor | None = None
     for name in candidates:
         try:
@@ -380,7 +380,7 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
             log.info("runtime %s unavailable: %s", name, exc)
             continue
         if checked:
-            _remember_checked(path, data, name)
+            _remember_checked(path, data, name, backbone)
         log.info("feature extraction runs in %s (%d threads, %s)", name, threads, path.name)
         return FeatureRunner(name, fn, image_size, threads, onnx_path=path, exported=exported,
                              fallback_reason="; ".join(reasons) or None, out_shape=out_shape)
@@ -390,7 +390,9 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
 # --- a passed check, remembered per export -------------------------------------------------------------
 # The comparison with PyTorch on a probe batch runs once per export and runtime version: a passed check is
 # written beside the export (``<export>.checked.json``, naming the export's SHA-256, the runtime and its
-# version); a later process given those same bytes (verified against the sidecar) skips it.
+# version, and a fingerprint of the backbone's weights); a later process given those same bytes (verified
+# against the sidecar) for the same weights skips it. The fingerprint keeps random weights, drawn anew per
+# process under one identity, from trusting another process's check.
 def _runtime_version(name: str) -> str | None:
     try:
         return str(__import__(name).__version__)
@@ -402,9 +404,19 @@ def _checked_marker(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + ".checked.json")
 
 
-def _checked_runtime(path: Path, data: bytes) -> str | None:
-    """The runtime whose comparison with PyTorch passed on exactly these export bytes (by SHA-256), when that
-    runtime is still the version that passed it; None otherwise."""
+def _weights_fingerprint(backbone: nn.Module) -> str:
+    """SHA-256 over every parameter's shape and first 256 values: cheap, and different for other weights."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(p.detach().reshape(-1)[:256].to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _checked_runtime(path: Path, data: bytes, backbone: nn.Module) -> str | None:
+    """The runtime whose comparison with PyTorch passed on exactly these export bytes (by SHA-256) and these
+    weights, when that runtime is still the version that passed it; None otherwise."""
     try:
         mark = json.loads(_checked_marker(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -414,12 +426,15 @@ def _checked_runtime(path: Path, data: bytes) -> str | None:
     name = mark.get("runtime")
     if not isinstance(name, str) or mark.get("sha256") != hashlib.sha256(data).hexdigest():
         return None
+    if mark.get("weights") != _weights_fingerprint(backbone):
+        return None
     return name if mark.get("version") == _runtime_version(name) else None
 
 
-def _remember_checked(path: Path, data: bytes, name: str) -> None:
+def _remember_checked(path: Path, data: bytes, name: str, backbone: nn.Module) -> None:
     try:
         atomic_write_text(_checked_marker(path), json.dumps(
-            {"sha256": hashlib.sha256(data).hexdigest(), "runtime": name, "version": _runtime_version(name)}))
+            {"sha256": hashlib.sha256(data).hexdigest(), "runtime": name, "version": _runtime_version(name),
+             "weights": _weights_fingerprint(backbone)}))
     except OSError as exc:  # only a later start is slower
         log.info("cannot remember the runtime check of %s: %s", path.name, exc)

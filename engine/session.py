@@ -19,11 +19,12 @@ options are :class:`engine.search.SearchOptions`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,8 @@ class ModelCache:
         if bb is None:  # a model without a separate backbone
             from models.backbones import get_backbone
 
-            bb = get_backbone(spec.backbone, weights=spec.weights, device=self.device)
+            with _seeded(spec):
+                bb = get_backbone(spec.backbone, weights=spec.weights, device=self.device)
             with self._lock:
                 bb = self._backbones.setdefault(k, bb)
         return bb
@@ -168,7 +170,7 @@ class ModelCache:
         bk = (spec.backbone, spec.weights, self.device)
         with self._lock:
             bb = self._backbones.get(bk)
-        model = spec.build(self.device, backbone=bb)  # a first model loads the backbone the others share
+        model = _build(spec, self.device, bb)  # a first model loads the backbone the others share
         with self._lock:
             if bb is None and getattr(model, "backbone", None) is not None:
                 self._backbones.setdefault(bk, model.backbone)
@@ -210,6 +212,28 @@ class ModelCache:
         bb = self.backbone(spec)
         return build_transform(self.image_size(spec), getattr(bb, "mean", IMAGENET_MEAN),
                                getattr(bb, "std", IMAGENET_STD), spec.crop_fraction)
+
+
+@contextlib.contextmanager
+def _seeded(spec: ModelSpec) -> Iterator[None]:
+    """For random weights, torch's generator seeded (and restored after): the same weights in every process,
+    so that the identity naming them (an exported runtime and its check are kept by identity) names one set."""
+    if spec.weights != "random":
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _build(spec: ModelSpec, device: str, backbone: Any):
+    """``spec.build`` on ``backbone`` (None: a new one, random weights drawn by :func:`_seeded`)."""
+    if backbone is not None:
+        return spec.build(device, backbone=backbone)
+    with _seeded(spec):
+        return spec.build(device)
 
 
 def embed_images(model_cache: ModelCache, spec: ModelSpec, paths: Sequence[str | os.PathLike],
