@@ -7,20 +7,27 @@ the trained embedding, so a checkpoint path works as a backbone name everywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models import pooling
 from models.backbones import Backbone, describe_load_error, get_backbone, safe_load_refusal
-from models.pooling import l2n  # the one torch L2 normalisation (trainer and benchmarks import it from here)
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
 
 
 # --- pooling ---------------------------------------------------------------------------------
+#: embeddings' L2 normalisation: the one torch l2n (models.pooling.l2n, x / (|x| + eps)) with eps 1e-12, so
+#: that rows come out unit length even for tiny activations (an untrained head's), where the 1e-6 of pooled
+#: descriptors would shorten them
+l2n = functools.partial(pooling.l2n, eps=1e-12)
+
+
 def _pool_fn(kind: str):
     from models import pooling as P  # noqa: N812
 
