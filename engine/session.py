@@ -115,17 +115,23 @@ def model_title(backbone: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # models
+def default_runtime() -> str:
+    """What runs the backbone on the CPU when nobody says (engine.runtime.RUNTIMES):
+    $RETRIEVAL_EXPLORER_RUNTIME, else "auto"."""
+    return os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+
+
 class ModelCache:
     """Descriptor models built once and shared; thread-safe. Backbones are shared across descriptors.
 
     ``runtime``: what runs the backbone on the CPU for :meth:`features` (engine.runtime; default
-    $RETRIEVAL_EXPLORER_RUNTIME, else "auto"); ``cache_dir``: where exported runtimes are kept (default
+    :func:`default_runtime`); ``cache_dir``: where exported runtimes are kept (default
     :func:`cache_root`)."""
 
     def __init__(self, device: str = "cpu", threads: int | None = None, runtime: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
         self.device = device
-        self.runtime = runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+        self.runtime = runtime or default_runtime()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._lock = threading.Lock()
         self._backbones: dict[tuple, Any] = {}

@@ -252,6 +252,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     from engine.evaluation import evaluate
     from engine.extraction import feature_fn, iter_extract
     from engine.runtime import feature_runners
+    from engine.session import default_runtime
     from engine.training.checkpoint import load_checkpoint
     from engine.training.config import TrainConfig
     from engine.training.registry import BEST_FILE
@@ -305,7 +306,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
         raise ValueError(f"unknown untrained descriptor(s) {bad}: choose among {', '.join(UNTRAINED_KINDS)}")
 
     # the models: the kept one through ModelSpec (a checkpoint's fc descriptor), the untrained heads
-    runtime = runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+    runtime = runtime or default_runtime()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     kept_spec = ModelSpec(backbone=str(best), descriptor="fc")
     kept = kept_spec.build(device)

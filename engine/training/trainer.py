@@ -1025,16 +1025,17 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
 
 def _feature_runner(model: EmbeddingModel, config: TrainConfig, device: torch.device):
     """Head mode's frozen backbone on the CPU runtime indexing uses (engine.runtime; the export shared with
-    index by the backbone's identity; $RETRIEVAL_EXPLORER_RUNTIME, else auto); None (PyTorch) on a GPU or for
+    index by the backbone's identity; engine.session.default_runtime); None (PyTorch) on a GPU or for
     random weights, which are drawn per run and so have no identity to cache an export under."""
     from engine.collection import ModelSpec, default_cache_dir
     from engine.runtime import feature_runners
+    from engine.session import default_runtime
 
     if config.weights == "random":
         return None
     ident = ModelSpec(backbone=config.backbone, weights=config.weights).backbone_identity()
     runners = feature_runners(model.backbone, (config.image_size,), ident, default_cache_dir(),
-                              os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto"), device.type)
+                              default_runtime(), device.type)
     return runners[config.image_size] if runners else None
 
 
