@@ -1019,7 +1019,14 @@ def update_collections(
 
         if any(m is None for _, m in pairs):
             raise ValueError("the folder has changed: update needs a descriptor model (ModelSpec.build())")
-        from engine.extraction import _input_spec, feature_fn, feature_maps, input_sizes, iter_extract
+        from engine.extraction import (
+            _describe,
+            _input_spec,
+            feature_fn,
+            feature_maps,
+            input_sizes,
+            iter_extract,
+        )
 
         first_model = pairs[0][1]
         models = [m.to(device).eval() for _, m in pairs]
@@ -1034,8 +1041,7 @@ def update_collections(
             if run is None:
                 return {i: m(x) for i, m in enumerate(models)}
             fmaps = feature_maps(run, sizes, x)
-            return {i: m.describe(fmaps[0]) if len(fmaps) == 1 else m.describe_scales(fmaps)
-                    for i, m in enumerate(models)}
+            return {i: _describe(m, fmaps) for i, m in enumerate(models)}
 
         last_commit = time.monotonic()
         since = [0] * len(collections)
