@@ -42,6 +42,7 @@ from engine.cli.common import TextProgress  # noqa: E402
 from engine.evaluation import evaluate  # noqa: E402
 from engine.images import scan_images  # noqa: E402
 from engine.splits import load_split  # noqa: E402
+from engine.vectors import l2n  # noqa: E402 - the engine's one numpy L2 normalisation (benchmarks/train.py uses B.l2n)
 
 log = logging.getLogger("bench.descriptors")
 
@@ -169,10 +170,6 @@ def load_views(path: Path) -> dict:
 
 
 # --- descriptors from the views ---------------------------------------------------------------------
-def l2n(x: np.ndarray) -> np.ndarray:
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
-
-
 def combine(views: dict, kind: str, sizes: Sequence[int], rows: np.ndarray | slice = slice(None)) -> np.ndarray:
     """The multi-scale descriptor before whitening: l2n(sum over sizes of the normalised vectors)."""
     return l2n(sum(views[(kind, s)][rows] for s in sizes))

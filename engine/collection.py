@@ -58,6 +58,7 @@ from engine.callbacks import ProgressFn, ShouldStopFn
 from engine.images import label_of
 from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
 from engine.search import SearchOptions, search_vectors
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -601,6 +602,23 @@ class Collection:
         """True once a commit has been written (or loaded)."""
         return self.generation is not None
 
+    def stored_vector(self, relpath: str) -> np.ndarray | None:
+        """The stored row (D,) float32 of the image at ``relpath`` when the collection holds it as the file
+        is now (same size and modification time), else None: such a query needs no network pass."""
+        try:
+            now = _stat(self.folder / relpath)
+        except OSError:
+            return None
+        with self._lock:
+            r = self._rows
+            try:
+                i = r.paths.index(relpath)
+            except ValueError:
+                return None
+            if (int(r.sizes[i]), int(r.mtimes[i])) != now:
+                return None
+            return r.vectors[i].copy()
+
     # --- scanning ----------------------------------------------------------------------------------
     def _scan_stats(self, skipped: list[tuple[str, str]] | None = None) -> dict[str, tuple[int, int]]:
         from engine.images import scan_images
@@ -677,7 +695,7 @@ class Collection:
         """Add extracted rows (vectors (n, D), L2-normalised here, stored as float16) in memory."""
         new = np.asarray(vectors, np.float32)
         if new.shape[0]:
-            new = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+            new = l2n(new)
             new = _from_store(new.astype(STORE_DTYPE))  # what a reload gives, exactly
             if self._rows.dim is not None and new.shape[1] != self._rows.dim:
                 raise CollectionError(f"the model gives {new.shape[1]}-d vectors but the collection holds "
@@ -1001,7 +1019,14 @@ def update_collections(
 
         if any(m is None for _, m in pairs):
             raise ValueError("the folder has changed: update needs a descriptor model (ModelSpec.build())")
-        from engine.extraction import _input_spec, feature_fn, feature_maps, input_sizes, iter_extract
+        from engine.extraction import (
+            _describe,
+            _input_spec,
+            feature_fn,
+            feature_maps,
+            input_sizes,
+            iter_extract,
+        )
 
         first_model = pairs[0][1]
         models = [m.to(device).eval() for _, m in pairs]
@@ -1016,8 +1041,7 @@ def update_collections(
             if run is None:
                 return {i: m(x) for i, m in enumerate(models)}
             fmaps = feature_maps(run, sizes, x)
-            return {i: m.describe(fmaps[0]) if len(fmaps) == 1 else m.describe_scales(fmaps)
-                    for i, m in enumerate(models)}
+            return {i: _describe(m, fmaps) for i, m in enumerate(models)}
 
         last_commit = time.monotonic()
         since = [0] * len(collections)

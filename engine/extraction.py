@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
-from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, load_image
+from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, load_image, resize_side
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +202,6 @@ def _batches(
         elif x is not None:
             x = x.to(device, non_blocking=cuda)
         yield idx, x, bad, len(idx) + len(bad)
-
-
-def resize_side(image_size: int, crop_fraction: float = 1.0) -> int:
-    """The shorter side an image is resized to before the centre crop (see build_transform)."""
-    return int(round(image_size / crop_fraction))
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -450,83 +445,35 @@ def whitening_training_vectors(
     head = None
     if descriptor_kind != "rmac":
         head = build_descriptor(descriptor_kind, backbone, rmac_levels=rmac_levels, gem_p=gem_p).to(dev).eval()
+
+    def compute(x: Any) -> dict[str, torch.Tensor]:
+        fmaps = feature_maps(run, sizes, x)
+        if head is not None:
+            return {"x": _describe(head, fmaps)}
+        regions = [pooling.l2n(pooling.rmac_region_vectors(f.float(), L=rmac_levels)) for f in fmaps]  # (B, R, C)
+        return {"x": torch.cat(regions, 1)}
+
     chunks: list[np.ndarray] = []
     owners: list[np.ndarray] = []
-    done, total = 0, len(paths)
+    position = {p: i for i, p in enumerate(paths)}
+    total = len(paths)
     report(0, total, "learning whitening: extracting")
-    transform: Callable = (build_transform(sizes[0], mean, std, crop_fraction) if len(sizes) == 1
-                           else MultiScaleTransform(sizes, mean, std, crop_fraction))
-    with torch.inference_mode():
-        for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
-                                       device=dev, max_pixels=DEFAULT_MAX_PIXELS,
-                                       min_side=resize_side(max(sizes), crop_fraction)):
-            for i, reason in bad:
-                log.warning("whitening: skipped %s: %s", paths[i], reason)
-                if skipped is not None:
-                    skipped.append((paths[i], reason))
-            if x is not None:
-                fmaps = feature_maps(run, sizes, x)
-                if head is None:
-                    for fmap in fmaps:
-                        regions = pooling.l2n(pooling.rmac_region_vectors(fmap.float(), L=rmac_levels))  # (B, R, C)
-                        chunks.append(_to_numpy(regions.reshape(-1, regions.shape[-1])))
-                        owners.append(np.repeat(np.asarray(idx, np.int64), regions.shape[1]))
-                else:
-                    chunks.append(_to_numpy(_describe(head, fmaps)))
-                    owners.append(np.asarray(idx, np.int64))
-            done += n
-            report(done, total, "learning whitening: extracting")
-            if done < total and stop():
-                raise Cancelled("whitening cancelled")
+    for batch in iter_extract(paths, compute, image_size=size, mean=mean, std=std, crop_fraction=crop_fraction,
+                              batch_size=batch_size, num_workers=num_workers, device=dev):
+        for sk in batch.skipped:
+            log.warning("whitening: skipped %s: %s", sk.path, sk.reason)
+            if skipped is not None:
+                skipped.append((sk.path, sk.reason))
+        if batch.paths:
+            x = batch.vectors["x"]  # (B, D), or (B, R, C) region vectors of every size
+            per_image = x.shape[1] if x.ndim == 3 else 1
+            chunks.append(x.reshape(-1, x.shape[-1]))
+            owners.append(np.repeat(np.asarray([position[p] for p in batch.paths], np.int64), per_image))
+        report(batch.done, total, "learning whitening: extracting")
+        if batch.done < total and stop():
+            raise Cancelled("whitening cancelled")
     if not chunks:
         raise ValueError("no usable image to learn the whitening from")
     X = np.concatenate(chunks)  # noqa: N806
     return (X, np.concatenate(owners)) if return_owners else X
 
-
-def learn_whitening(
-    descriptor_kind: str,
-    backbone: nn.Module,
-    paths: Sequence[str | os.PathLike],
-    *,
-    dim: int | None = None,
-    image_size: int | Sequence[int] | None = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    crop_fraction: float = 1.0,
-    rmac_levels: int = 3,
-    gem_p: float = 3.0,
-    progress: ProgressFn | None = None,
-    should_stop: ShouldStopFn | None = None,
-    method: str = "pca",
-    labels: Sequence[str] | None = None,
-    shrinkage: float = 0.0,
-    features: FeatureFn | Mapping[int, FeatureFn] | None = None,
-):
-    """Learn a ``models.whitening.PCAWhitening`` (to ``dim`` dimensions, None = all) for descriptor
-    ``descriptor_kind`` from the images ``paths``: for rmac on the L2-normalised regional vectors
-    (as R-MAC applies it per region), for the other kinds on the pooled (multi-scale when
-    ``image_size`` is a sequence) vectors. ``method``: "pca" (PCA-whitening) or "lw" (learned
-    whitening from ``labels``, one per path: the class of each image); ``shrinkage`` of the
-    covariance towards a multiple of the identity, in [0, 1]."""
-    from models.whitening import PCAWhitening
-
-    if method not in ("pca", "lw"):
-        raise ValueError(f"unknown whitening method {method!r}: choose one of pca, lw")
-    if method == "lw" and (labels is None or len(labels) != len(paths)):
-        raise ValueError("learned whitening (lw) needs one class label per image")
-    X, owners = whitening_training_vectors(  # noqa: N806
-        descriptor_kind, backbone, paths, image_size=image_size, batch_size=batch_size,
-        num_workers=num_workers, device=device, crop_fraction=crop_fraction, rmac_levels=rmac_levels,
-        gem_p=gem_p, progress=progress, should_stop=should_stop, features=features, return_owners=True,
-    )
-    if dim is not None and dim > min(X.shape):
-        raise ValueError(f"whitening dim {dim} is larger than the data allows ({X.shape[0]} vectors of {X.shape[1]})")
-    size, _, _ = _input_spec(backbone, image_size)
-    meta = {"descriptor": descriptor_kind, "sizes": list(input_sizes(size))}
-    if method == "lw":
-        assert labels is not None
-        row_labels = [str(labels[i]) for i in owners]
-        return PCAWhitening.fit_lw(X, row_labels, dim=dim, shrinkage=shrinkage, meta=meta)
-    return PCAWhitening.fit(X, dim=dim, shrinkage=shrinkage, meta=meta)

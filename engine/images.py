@@ -303,16 +303,39 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     return out
 
 
+def resize_side(image_size: int, crop_fraction: float = 1.0) -> int:
+    """The shorter side an image is resized to before the centre crop (see :func:`resize_crop`)."""
+    return int(round(image_size / crop_fraction))
+
+
+def resize_crop(img: Image.Image, image_size: int, crop_fraction: float = 1.0) -> Image.Image:
+    """The image as the network sees it, before normalisation: the shorter side resized to
+    :func:`resize_side` (bilinear, antialiased), then the centre ``image_size`` x ``image_size`` crop.
+
+    torchvision's Resize + CenterCrop on a PIL image, number for number (its rounding of the longer side
+    and of the crop offsets); the one resize-and-crop of indexing, search, training and the window's
+    activation view."""
+    resize = resize_side(image_size, crop_fraction)
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)  # torchvision's rounding
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    s = int(image_size)
+    top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))
+    return img.crop((left, top, left + s, top + s))
+
+
 def build_transform(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
     crop_fraction: float = 1.0,
 ):
-    """PIL RGB image -> float tensor (3, image_size, image_size): resize the shorter side to
-    round(image_size / crop_fraction) (bilinear, antialiased), centre-crop image_size x image_size,
-    scale to [0, 1], normalise with ``mean``/``std``. ``crop_fraction=224/227`` with 224 gives the
-    224 centre crop of a 227 image.
+    """PIL RGB image -> float tensor (3, image_size, image_size): :func:`resize_crop` (the shorter side to
+    round(image_size / crop_fraction), centre crop image_size x image_size), scale to [0, 1], normalise
+    with ``mean``/``std``. ``crop_fraction=224/227`` with 224 gives the 224 centre crop of a 227 image.
 
     The steps of torchvision's Resize + CenterCrop + ToTensor + Normalize on a PIL image, number for number
     (tests/test_session.py compares them), without importing torchvision: its import costs seconds that a
@@ -321,14 +344,14 @@ def build_transform(
         raise ValueError(f"image_size must be positive, got {image_size}")
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    return _InputTransform(int(image_size), int(round(image_size / crop_fraction)), mean, std)
+    return _InputTransform(int(image_size), float(crop_fraction), mean, std)
 
 
 class _InputTransform:
     """See :func:`build_transform`."""
 
-    def __init__(self, image_size: int, resize: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.image_size, self.resize = image_size, resize
+    def __init__(self, image_size: int, crop_fraction: float, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.image_size, self.crop_fraction = image_size, crop_fraction
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
 
     def __call__(self, img: Image.Image):
@@ -337,16 +360,7 @@ class _InputTransform:
 
         if not isinstance(img, Image.Image) or img.mode != "RGB":
             return self._torchvision()(img)  # anything else: torchvision's own steps
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.resize, int(self.resize * long / short)  # torchvision's rounding
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        s = self.image_size
-        top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))
-        img = img.crop((left, top, left + s, top + s))
-        a = np.array(img, np.uint8, copy=True)  # (S, S, 3)
+        a = np.array(resize_crop(img, self.image_size, self.crop_fraction), np.uint8, copy=True)  # (S, S, 3)
         x = torch.from_numpy(a).permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
         mean = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
@@ -356,7 +370,8 @@ class _InputTransform:
         from torchvision import transforms as T  # noqa: N812
 
         return T.Compose([
-            T.Resize(self.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.Resize(resize_side(self.image_size, self.crop_fraction), interpolation=T.InterpolationMode.BILINEAR,
+                     antialias=True),
             T.CenterCrop(self.image_size),
             T.ToTensor(),
             T.Normalize(mean=self.mean, std=self.std),

@@ -23,26 +23,21 @@ by its Python API (``addDataPointBatch`` after ``createIndex`` only takes effect
 - a *tombstone* set of removed ids, filtered out at query time (the graph is asked for
   ``k + removed`` neighbours, and again with a larger k if too many of them were removed).
 
-The graph is rebuilt lazily, at the next query or save, when the pending part grows beyond
+The graph is rebuilt lazily, at the next query (or explicitly, between a collection's commits), when the pending part grows beyond
 ``max(rebuild_min, rebuild_share * built)`` points or tombstones exceed ``rebuild_share`` of the graph.
 
 On disk
 -------
-An index is a folder: data files with fresh unique names, then ``manifest.json`` (written atomically,
-last) naming the files with their sizes and SHA-256. Loading checks the manifest, sizes and checksums
-and refuses a damaged index with :class:`IndexCorruptError` (re-index to fix). A crash during a save
-leaves the previous manifest, and so the previous index, in place.
+An index holds no files of its own: a collection (engine.collection) stores the vectors and keeps only
+the graph of an :class:`HnswIndex`, written by :meth:`HnswIndex.save_graph` and checked (sizes, CRC-32)
+by :meth:`HnswIndex.restore` before nmslib reads it; a damaged graph raises :class:`IndexCorruptError`.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import json
 import logging
 import os
-import secrets
-import shutil
 import threading
 import zlib
 from pathlib import Path
@@ -50,14 +45,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.atomic import atomic_write_text, atomic_write_with, fsync_file, sha256_file
+from engine.atomic import fsync_file
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("hnsw", "exact")
 METRICS = ("cosine", "l2")
-INDEX_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 #: defaults chosen with benchmarks/index.py (recall@10 against exact >= 0.99 on clustered data up to 100k)
 DEFAULT_M = 16
@@ -102,12 +96,6 @@ def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
     return a
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (zero rows stay zero)."""
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(n, 1e-12)).astype(np.float32, copy=False)
-
-
 def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     """(Q, D) x (N, D) -> (Q, N) float32 scores, higher is better (inputs already prepared)."""
     s = q @ x.T
@@ -142,19 +130,6 @@ def crc32_file(path: str | os.PathLike) -> int:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    atomic_write_with(path, write)
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 # --- the interface -------------------------------------------------------------------------------
@@ -205,100 +180,13 @@ class VectorIndex(abc.ABC):
     def ids(self) -> np.ndarray:
         """The live ids, (N,) int64 (no particular order)."""
 
-    @abc.abstractmethod
-    def _params(self) -> dict[str, Any]:
-        """Constructor parameters stored in the manifest."""
-
-    @abc.abstractmethod
-    def _write_files(self, folder: Path, token: str) -> list[str]:
-        """Write the data files (fresh names containing ``token``) into ``folder``; return their names."""
-
-    @abc.abstractmethod
-    def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
-        """Restore the state from the files a manifest named."""
-
-    def _extra(self) -> dict[str, Any]:
-        return {}
-
     def _check_k(self, k: int) -> int:
         if not isinstance(k, (int, np.integer)) or k < 0:
             raise ValueError(f"k must be a non-negative integer, got {k!r}")
         return int(k)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
-        return _normalise(x) if self._metric == "cosine" else x
-
-    # --- persistence -------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Save into the folder ``path`` (created if needed), crash-safely: new files first, then the
-        manifest (atomic rename), then the files of the previous save are deleted."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_hex(6)
-        files = self._write_files(folder, token)
-        manifest = {
-            "format": "retrieval-explorer-index",
-            "format_version": INDEX_FORMAT_VERSION,
-            "kind": self.kind,
-            "metric": self._metric,
-            "dim": self._dim,
-            "count": len(self),
-            "params": self._params(),
-            "extra": self._extra(),
-            "files": {name: {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
-                      for name in files},
-        }
-        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
-        keep = set(files) | {MANIFEST}
-        for p in folder.iterdir():  # the previous save's files and any leftovers of a crashed one
-            if p.name not in keep and p.is_file():
-                with contextlib.suppress(OSError):
-                    p.unlink()
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> VectorIndex:
-        """Load an index saved with :meth:`save` (any kind when called on VectorIndex). Checks the
-        manifest and, with ``verify``, every file's size and SHA-256; raises IndexCorruptError."""
-        folder = Path(path)
-        fix = f"delete {folder} and re-index (retrieval-explorer index DIR --rebuild)"
-        mpath = folder / MANIFEST
-        if not mpath.is_file():
-            raise IndexCorruptError(f"no saved index in {folder} (missing {MANIFEST}); {fix}")
-        try:
-            m = json.loads(mpath.read_text(encoding="utf-8"))
-            kind, metric, dim = m["kind"], m["metric"], int(m["dim"])
-            files, params, extra = m["files"], m["params"], m.get("extra", {})
-            version = m["format_version"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexCorruptError(f"the index manifest {mpath} is damaged ({exc}); {fix}") from exc
-        if version != INDEX_FORMAT_VERSION:
-            raise IndexCorruptError(f"the index in {folder} has format version {version}, this program reads "
-                                    f"version {INDEX_FORMAT_VERSION}; {fix}")
-        target = _KINDS.get(kind)
-        if target is None:
-            raise IndexCorruptError(f"the index in {folder} is of unknown kind {kind!r}; {fix}")
-        if cls is not VectorIndex and not issubclass(target, cls):
-            raise IndexCorruptError(f"the index in {folder} is a {kind!r} index, not {cls.kind!r}")
-        for name, info in files.items():
-            p = folder / name
-            if not p.is_file():
-                raise IndexCorruptError(f"the index in {folder} is incomplete: {name} is missing; {fix}")
-            if p.stat().st_size != info["size"]:
-                raise IndexCorruptError(f"the index file {p} is truncated or damaged (size "
-                                        f"{p.stat().st_size}, expected {info['size']}); {fix}")
-            if verify and sha256_file(p) != info["sha256"]:
-                raise IndexCorruptError(f"the index file {p} is damaged (checksum mismatch); {fix}")
-        index = target(dim=dim, metric=metric, **params)
-        try:
-            index._read_files(folder, list(files), extra)
-        except IndexCorruptError:
-            raise
-        except Exception as exc:
-            raise IndexCorruptError(f"cannot read the index in {folder} ({type(exc).__name__}: {exc}); {fix}") from exc
-        if len(index) != m.get("count", len(index)):
-            raise IndexCorruptError(f"the index in {folder} holds {len(index)} vectors, its manifest says "
-                                    f"{m['count']}; {fix}")
-        return index
+        return l2n(x) if self._metric == "cosine" else x
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self._dim}, metric={self._metric!r}, n={len(self)})"
@@ -403,22 +291,6 @@ class ExactIndex(VectorIndex):
             best_i = np.take_along_axis(cand_i, sel, axis=1)
         return self._ids[best_i], best_s
 
-    def _params(self) -> dict[str, Any]:
-        return {"block_size": self.block_size}
-
-    def _write_files(self, folder: Path, token: str) -> list[str]:
-        name = f"exact-{token}.npz"
-        _save_npz(folder / name, vectors=self._x, ids=self._ids)
-        return [name]
-
-    def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
-        d = _load_npz(folder / files[0])
-        x, ids = d["vectors"].astype(np.float32, copy=False), d["ids"].astype(np.int64, copy=False)
-        if x.ndim != 2 or x.shape != (ids.shape[0], self._dim):
-            raise IndexCorruptError(f"index data in {folder} has shape {x.shape}, expected (N, {self._dim})")
-        self._x, self._ids = x, ids
-
-
 # --- HNSW ----------------------------------------------------------------------------------------
 def _import_quietly(name: str):
     """Import a compiled module with its start-up banner (written by C++ to the process's stderr)
@@ -479,7 +351,6 @@ class HnswIndex(VectorIndex):
         self.rebuild_share, self.rebuild_min = float(rebuild_share), int(rebuild_min)
         self._graph = None                                   # nmslib index over _bx, or None
         self._graph_loaded = False                           # the graph came from loadIndex
-        self._graph_files: list[Path] | None = None          # where the graph was last saved/loaded
         self._bx = np.zeros((0, self._dim), np.float32)      # vectors in the graph (position = nmslib id)
         self._bids = np.zeros(0, np.int64)                   # their ids
         self._px = np.zeros((0, self._dim), np.float32)      # pending (not yet in the graph)
@@ -585,7 +456,7 @@ class HnswIndex(VectorIndex):
         self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
         self._bx, self._bids = np.ascontiguousarray(x), ids
         self._graph = self._build_graph(self._bx) if x.shape[0] else None
-        self._graph_loaded, self._graph_files = False, None
+        self._graph_loaded = False
         self.rebuilds += 1
 
     def _new_graph(self):
@@ -753,71 +624,6 @@ class HnswIndex(VectorIndex):
             out_ids[i], out_s[i] = cid[sel[0]], ss[0]
         return out_ids, out_s
 
-    # --- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Rebuild first if the thresholds say so, then save (see VectorIndex.save)."""
-        self._maybe_rebuild()
-        super().save(path)
-
-    def _write_files(self, folder: Path, token: str) -> list[str]:
-        data = f"hnsw-{token}.npz"
-        _save_npz(folder / data, graph_vectors=self._bx, graph_ids=self._bids, dead=self._dead_mask,
-                  pending_vectors=self._px, pending_ids=self._pids)
-        files = [data]
-        if self._graph is not None:
-            graph = f"hnsw-{token}.bin"
-            names = [graph, graph + ".dat"]
-            if self._graph_loaded and not self._copy_graph_files(folder, names):
-                # the files it was loaded from are gone: build a fresh graph, which saves correctly
-                self._graph, self._graph_loaded, self._graph_files = self._build_graph(self._bx), False, None
-                self.rebuilds += 1
-            if not self._graph_loaded:
-                # save_data=True, or a loaded index has no vectors; nmslib writes graph and graph + ".dat"
-                self._graph.saveIndex(str(folder / graph), save_data=True)
-            for name in names:
-                if (folder / name).is_file():
-                    fsync_file(folder / name)
-                    files.append(name)
-            self._graph_files = [folder / n for n in names if (folder / n).is_file()]
-        return files
-
-    def _copy_graph_files(self, folder: Path, names: list[str]) -> bool:
-        """Copy the graph files this graph was loaded from (nmslib 2.1 writes a broken file when
-        saveIndex is called on an index that came from loadIndex: loading that file segfaults)."""
-        src = self._graph_files or []
-        if not src or not all(p.is_file() for p in src):
-            return False
-        for p, name in zip(src, names, strict=False):
-            if p.resolve() != (folder / name).resolve():
-                shutil.copyfile(p, folder / name)
-        return True
-
-    def _read_files(self, folder: Path, files: list[str], extra: dict[str, Any]) -> None:
-        data = next(f for f in files if f.endswith(".npz"))
-        d = _load_npz(folder / data)
-        self._bx = d["graph_vectors"].astype(np.float32, copy=False)
-        self._bids = d["graph_ids"].astype(np.int64, copy=False)
-        self._dead_mask = d["dead"].astype(bool, copy=False)
-        self._px = d["pending_vectors"].astype(np.float32, copy=False)
-        self._pids = d["pending_ids"].astype(np.int64, copy=False)
-        if self._bx.shape != (self._bids.shape[0], self._dim) or self._dead_mask.shape != self._bids.shape \
-                or self._px.shape != (self._pids.shape[0], self._dim):
-            raise IndexCorruptError(f"inconsistent array shapes in the index data {folder / data}")
-        self._dead = {int(i) for i in self._bids[self._dead_mask]}
-        graph = next((f for f in files if f.endswith(".bin")), None)
-        if self._bids.shape[0] and graph is None:
-            raise IndexCorruptError(f"the HNSW graph file is missing from {folder}")
-        if graph is not None:
-            g = self._new_graph()
-            g.loadIndex(str(folder / graph), load_data=True)
-            if len(g) != self._bids.shape[0]:
-                raise IndexCorruptError(f"the HNSW graph in {folder} holds {len(g)} points, expected "
-                                        f"{self._bids.shape[0]}")
-            g.setQueryTimeParams({"efSearch": self._ef})
-            self._graph, self._graph_loaded = g, True
-            self._graph_files = [folder / graph] + ([folder / (graph + ".dat")]
-                                                    if (folder / (graph + ".dat")).is_file() else [])
-
 
 _KINDS: dict[str, type[VectorIndex]] = {"exact": ExactIndex, "hnsw": HnswIndex}
 
@@ -830,8 +636,3 @@ def make_index(kind: str = "hnsw", metric: str = "cosine", *, dim: int, **params
         raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
     _check_metric(metric)
     return cls(dim=dim, metric=metric, **params)
-
-
-def load_index(path: str | os.PathLike, *, verify: bool = True) -> VectorIndex:
-    """Load a saved index of any kind (see :meth:`VectorIndex.load`)."""
-    return VectorIndex.load(path, verify=verify)

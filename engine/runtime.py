@@ -336,7 +336,8 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
     trained checkpoints included); the export is cached as ``<cache_dir>/runtimes/<identity>-<S>.onnx``.
     ``runtime``: one of :data:`RUNTIMES` (ValueError otherwise). ``threads``: intra-op threads of the
     exported runtimes (default ``torch.get_num_threads()``; the torch runner keeps torch's setting).
-    ``check``: compare the runtime with PyTorch on a probe batch before use. Never raises for an
+    ``check``: compare the runtime with PyTorch on a probe batch before use, unless that comparison already
+    passed on this very export with this runtime version (remembered beside it). Never raises for an
     unavailable runtime: the runner is then torch, with ``fallback_reason`` set and logged.
     """
     if runtime not in RUNTIMES:
@@ -370,18 +371,77 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
     except (RuntimeUnavailableError, OSError) as exc:
         return torch_runner(str(exc))
     probe = _probe(image_size)
-    ref = _torch_fn(backbone)(probe) if check else None
+    trusted = None if exported or not check else _checked_runtime(path, data, backbone)
+    ref: torch.Tensor | None = None
     for name in candidates:
         try:
             fn = _BUILDERS[name](data, threads)
-            if ref is not None:
+            checked = check and name != trusted
+            if checked:
+                if ref is None:
+                    ref = _torch_fn(backbone)(probe)
                 _check(fn, ref, probe, name)
             out_shape = tuple(ref.shape[1:]) if ref is not None else tuple(fn(probe[:1]).shape[1:])
         except RuntimeUnavailableError as exc:
             reasons.append(str(exc))
             log.info("runtime %s unavailable: %s", name, exc)
             continue
+        if checked:
+            _remember_checked(path, data, name, backbone)
         log.info("feature extraction runs in %s (%d threads, %s)", name, threads, path.name)
         return FeatureRunner(name, fn, image_size, threads, onnx_path=path, exported=exported,
                              fallback_reason="; ".join(reasons) or None, out_shape=out_shape)
     return torch_runner("; ".join(reasons))
+
+
+# --- a passed check, remembered per export -------------------------------------------------------------
+# The comparison with PyTorch on a probe batch runs once per export and runtime version: a passed check is
+# written beside the export (``<export>.checked.json``, naming the export's SHA-256, the runtime and its
+# version, and a fingerprint of the backbone's weights); a later process given those same bytes (verified
+# against the sidecar) for the same weights skips it. The fingerprint keeps random weights, drawn anew per
+# process under one identity, from trusting another process's check.
+def _runtime_version(name: str) -> str | None:
+    try:
+        return str(__import__(name).__version__)
+    except Exception:
+        return None
+
+
+def _checked_marker(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".checked.json")
+
+
+def _weights_fingerprint(backbone: nn.Module) -> str:
+    """SHA-256 over every parameter's shape and first 256 values: cheap, and different for other weights."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(p.detach().reshape(-1)[:256].to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _checked_runtime(path: Path, data: bytes, backbone: nn.Module) -> str | None:
+    """The runtime whose comparison with PyTorch passed on exactly these export bytes (by SHA-256) and these
+    weights, when that runtime is still the version that passed it; None otherwise."""
+    try:
+        mark = json.loads(_checked_marker(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(mark, dict):
+        return None
+    name = mark.get("runtime")
+    if not isinstance(name, str) or mark.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    if mark.get("weights") != _weights_fingerprint(backbone):
+        return None
+    return name if mark.get("version") == _runtime_version(name) else None
+
+
+def _remember_checked(path: Path, data: bytes, name: str, backbone: nn.Module) -> None:
+    try:
+        atomic_write_text(_checked_marker(path), json.dumps(
+            {"sha256": hashlib.sha256(data).hexdigest(), "runtime": name, "version": _runtime_version(name),
+             "weights": _weights_fingerprint(backbone)}))
+    except OSError as exc:  # only a later start is slower
+        log.info("cannot remember the runtime check of %s: %s", path.name, exc)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.index import HnswIndex, VectorIndex
+from engine.vectors import l2n
 
 QE_METHODS = ("average", "alpha")
 
@@ -54,24 +55,20 @@ class SearchOptions:
             raise ValueError(f"threshold must be a finite number or None, got {self.threshold!r}")
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def expand_queries(queries: np.ndarray, neighbours: np.ndarray, valid: np.ndarray, method: str,
                    alpha: float = 3.0) -> np.ndarray:
     """New queries from ``queries`` (Q, D), their neighbours' vectors (Q, n, D) and a mask ``valid``
     (Q, n) of real neighbours (False where a query had fewer than n). -> (Q, D) L2-normalised."""
-    q = _l2n(np.asarray(queries, np.float32))
+    q = l2n(np.asarray(queries, np.float32))
     nb = np.asarray(neighbours, np.float32)
     if method == "average":
         w = valid.astype(np.float32)
     elif method == "alpha":
-        sims = np.einsum("qd,qnd->qn", q, _l2n(nb))
+        sims = np.einsum("qd,qnd->qn", q, l2n(nb))
         w = np.maximum(sims, 0.0) ** alpha * valid
     else:
         raise ValueError(f"unknown query expansion {method!r}; valid: {', '.join(QE_METHODS)}")
-    return _l2n(q + np.einsum("qn,qnd->qd", w.astype(np.float32), nb))
+    return l2n(q + np.einsum("qn,qnd->qd", w.astype(np.float32), nb))
 
 
 def search_vectors(

@@ -19,12 +19,12 @@ options are :class:`engine.search.SearchOptions`.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,17 +115,23 @@ def model_title(backbone: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # models
+def default_runtime() -> str:
+    """What runs the backbone on the CPU when nobody says (engine.runtime.RUNTIMES):
+    $RETRIEVAL_EXPLORER_RUNTIME, else "auto"."""
+    return os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+
+
 class ModelCache:
     """Descriptor models built once and shared; thread-safe. Backbones are shared across descriptors.
 
     ``runtime``: what runs the backbone on the CPU for :meth:`features` (engine.runtime; default
-    $RETRIEVAL_EXPLORER_RUNTIME, else "auto"); ``cache_dir``: where exported runtimes are kept (default
+    :func:`default_runtime`); ``cache_dir``: where exported runtimes are kept (default
     :func:`cache_root`)."""
 
     def __init__(self, device: str = "cpu", threads: int | None = None, runtime: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
         self.device = device
-        self.runtime = runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+        self.runtime = runtime or default_runtime()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._lock = threading.Lock()
         self._backbones: dict[tuple, Any] = {}
@@ -153,7 +159,8 @@ class ModelCache:
         if bb is None:  # a model without a separate backbone
             from models.backbones import get_backbone
 
-            bb = get_backbone(spec.backbone, weights=spec.weights, device=self.device)
+            with _seeded(spec):
+                bb = get_backbone(spec.backbone, weights=spec.weights, device=self.device)
             with self._lock:
                 bb = self._backbones.setdefault(k, bb)
         return bb
@@ -169,19 +176,16 @@ class ModelCache:
         bk = (spec.backbone, spec.weights, self.device)
         with self._lock:
             bb = self._backbones.get(bk)
-        model = spec.build(self.device, backbone=bb)  # a first model loads the backbone the others share
+        model = _build(spec, self.device, bb)  # a first model loads the backbone the others share
         with self._lock:
             if bb is None and getattr(model, "backbone", None) is not None:
                 self._backbones.setdefault(bk, model.backbone)
             return self._descriptors.setdefault(k, model)
 
     def features(self, spec: ModelSpec, runtime: str | None = None):
-        """The feature-map runner of ``spec``'s backbone (engine.runtime: an exported CPU runtime when one
-        is installed and agrees with PyTorch, else PyTorch), built once per backbone and runtime.
-
-        The comparison with PyTorch on a probe batch runs once per export and runtime version: a passed
-        check is remembered beside the export (``<export>.checked.json``, naming its SHA-256), and a
-        later process reusing that same file skips it."""
+        """The feature-map runner of ``spec``'s backbone (engine.runtime.feature_runner: an exported CPU
+        runtime when one is installed and agrees with PyTorch, the check remembered per export; else
+        PyTorch), built once per backbone and runtime; ``runtime`` None: the cache's own."""
         from engine.runtime import feature_runner
 
         bb = self.backbone(spec)
@@ -191,20 +195,9 @@ class ModelCache:
             runner = self._runners.get(k)
         if runner is not None:
             return runner
-        ident = spec.backbone_identity()
-        size = self.image_size(spec)
         rt = runtime if self.device == "cpu" else "torch"
-        cache = self.cache_dir or cache_root()
-        runner = None
-        checked = _checked_runtime(cache, ident, size)
-        if checked is not None and rt in ("auto", checked):
-            runner = feature_runner(bb, size, ident, cache, checked, check=False)
-            if getattr(runner, "name", None) != checked or runner.exported:  # not the checked file: check again
-                runner = None
-        if runner is None:
-            runner = feature_runner(bb, size, ident, cache, rt)
-            if getattr(runner, "onnx_path", None) is not None and runner.name != "torch":
-                _remember_checked(runner)
+        runner = feature_runner(bb, self.image_size(spec), spec.backbone_identity(), self.cache_dir or cache_root(),
+                                rt)
         with self._lock:
             return self._runners.setdefault(k, runner)
 
@@ -227,102 +220,51 @@ class ModelCache:
                                getattr(bb, "std", IMAGENET_STD), spec.crop_fraction)
 
 
-def _runtime_version(name: str) -> str | None:
-    try:
-        return str(__import__(name).__version__)
-    except Exception:
-        return None
-
-
-def _checked_marker(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name + ".checked.json")
-
-
-def _checked_runtime(cache_dir: Path, identity: str, image_size: int) -> str | None:
-    """The runtime whose comparison with PyTorch passed on the export now cached for (identity, size), when
-    the export is still that file (by the SHA-256 its sidecar records) and the runtime that version."""
-    from engine.runtime import export_path
-
-    path = export_path(cache_dir, identity, image_size)
-    try:
-        side = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
-        mark = json.loads(_checked_marker(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(side, dict) and isinstance(mark, dict)):
-        return None
-    name = mark.get("runtime")
-    if mark.get("sha256") != side.get("sha256") or not isinstance(name, str):
-        return None
-    if mark.get("version") != _runtime_version(name):
-        return None
-    return name
-
-
-def _remember_checked(runner: Any) -> None:
-    from engine.atomic import atomic_write_text
-
-    path = Path(runner.onnx_path)
-    try:
-        side = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
-        atomic_write_text(_checked_marker(path), json.dumps(
-            {"sha256": side["sha256"], "runtime": runner.name, "version": _runtime_version(runner.name)}))
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # only a later start is slower
-        log.info("cannot remember the runtime check of %s: %s", path.name, exc)
-
-
-def embed_images(model_cache: ModelCache, spec: ModelSpec, images: Sequence[Any],
-                 runtime: str | None = None) -> np.ndarray:
-    """Descriptors (N, D) float32 (L2-normalised by the model) of PIL images or paths, prepared as indexing prepares
-    them (JPEG decoded at the size the network needs, engine.extraction.resize_side). ``runtime``: run
-    the backbone through :meth:`ModelCache.features` with that runtime (None: the model in PyTorch).
-    Raises engine.images.ImageLoadError for a file that cannot be used."""
+@contextlib.contextmanager
+def _seeded(spec: ModelSpec) -> Iterator[None]:
+    """For random weights, torch's generator seeded (and restored after): the same weights in every process,
+    so that the identity naming them (an exported runtime and its check are kept by identity) names one set."""
+    if spec.weights != "random":
+        yield
+        return
     import torch
 
-    from engine.extraction import resize_side
-    from engine.images import load_image
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _build(spec: ModelSpec, device: str, backbone: Any):
+    """``spec.build`` on ``backbone`` (None: a new one, random weights drawn by :func:`_seeded`)."""
+    if backbone is not None:
+        return spec.build(device, backbone=backbone)
+    with _seeded(spec):
+        return spec.build(device)
+
+
+def embed_images(model_cache: ModelCache, spec: ModelSpec, paths: Sequence[str | os.PathLike],
+                 runtime: str | None = None) -> np.ndarray:
+    """Descriptors (N, D) float32 (L2-normalised by the model) of image files, through the path indexing
+    takes (engine.extraction.extract_multi: each file decoded at the size the network needs, the backbone on
+    :meth:`ModelCache.features`, then the descriptor head). ``runtime``: what runs the backbone (None: the
+    cache's own, "auto" by default). Raises engine.images.ImageLoadError for a file that cannot be used."""
+    from engine.extraction import extract_descriptors, extract_multi
+    from engine.images import ImageLoadError
 
     model = model_cache.get(spec)
-    if spec.scales:  # multi-scale: each size made from the decoded image, as indexing makes it
-        return _embed_scales(model_cache, spec, model, images, runtime)
-    tf = model_cache.transform(spec)
-    side = resize_side(model_cache.image_size(spec), spec.crop_fraction)
-    batch = torch.stack([tf(load_image(im, min_side=side) if isinstance(im, str | os.PathLike) else im.convert("RGB"))
-                         for im in images])
-    with torch.inference_mode():
-        runner = None
-        if runtime is not None and hasattr(model, "describe") and len(getattr(model, "scales", None) or ()) <= 1:
-            runner = model_cache.features(spec, runtime)  # None: the model's own backbone
-        if runner is not None:
-            out = model.describe(runner(batch).to(model_cache.device))
-        else:  # a multi-scale model resizes the batch to each of its scales itself
-            out = model(batch.to(model_cache.device))
-        return out.float().cpu().numpy()  # the models' contract: rows L2-normalised already
-
-
-def _embed_scales(model_cache: ModelCache, spec: ModelSpec, model: Any, images: Sequence[Any],
-                  runtime: str | None) -> np.ndarray:
-    """:func:`embed_images` for a multi-scale ``spec``: (N, D) from the feature map of every size."""
-    import torch
-
-    from engine.extraction import IMAGENET_MEAN, IMAGENET_STD, MultiScaleTransform, resize_side
-    from engine.images import load_image
-
-    bb = model.backbone
-    tf = MultiScaleTransform(spec.scales, getattr(bb, "mean", IMAGENET_MEAN), getattr(bb, "std", IMAGENET_STD),
-                             spec.crop_fraction)
-    side = resize_side(max(spec.scales), spec.crop_fraction)
-    items = [tf(load_image(im, min_side=side) if isinstance(im, str | os.PathLike) else im.convert("RGB"))
-             for im in images]
-    runners = scale_features(model_cache, spec, runtime) if runtime is not None else None
-    with torch.inference_mode():
-        fmaps = []
-        for k, size in enumerate(spec.scales):
-            x = torch.stack([it[k] for it in items])
-            run = runners[size] if runners else None
-            fmaps.append(run(x).to(model_cache.device) if run is not None
-                         else bb.forward_features(x.to(model_cache.device)))
-        return model.describe_scales(fmaps).float().cpu().numpy()
+    paths = [str(p) for p in paths]
+    common: dict[str, Any] = dict(batch_size=max(1, len(paths)), device=model_cache.device,
+                                  crop_fraction=spec.crop_fraction)
+    if hasattr(model, "describe") and hasattr(model, "backbone"):
+        features = (scale_features(model_cache, spec, runtime) if spec.scales
+                    else model_cache.features(spec, runtime))
+        res = extract_multi(model.backbone, {"v": model}, paths, features=features,
+                            image_size=spec.scales or model_cache.image_size(spec), **common)["v"]
+    else:  # a model without a separate head runs whole, in PyTorch
+        res = extract_descriptors(model, paths, image_size=model_cache.image_size(spec), **common)
+    if res.skipped:
+        raise ImageLoadError(res.skipped[0].path, res.skipped[0].reason)
+    return res.vectors
 
 
 def scale_features(model_cache: ModelCache, spec: ModelSpec, runtime: str | None) -> dict[int, Any]:
@@ -495,6 +437,12 @@ class FolderIndex:
             return None
         return coll.paths, coll.vectors
 
+    def stored_vector(self, spec: ModelSpec, path: str | os.PathLike) -> np.ndarray | None:
+        """The stored row (D,) of ``spec``'s collection for the image at ``path`` (as
+        :meth:`collection_path` gives it) when it is indexed and unchanged since, else None."""
+        rel = Path(path).relative_to(self.folder).as_posix()
+        return self.collection(spec).stored_vector(rel)
+
     def has_index(self, spec: ModelSpec) -> bool:
         """True when vectors for ``spec`` exist (opening the cache if needed)."""
         return self.vectors(spec) is not None
@@ -572,10 +520,13 @@ def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, quer
     :meth:`FolderIndex.collection_path`) gets its label and, with ``exclude_query``, does not find
     itself. ``among``: search only these images (absolute paths as the collection holds them, e.g. a
     split's retrieval list): every indexed image is ranked exactly and the first ``k`` of ``among`` are
-    kept. ``runtime``: see :func:`embed_images`."""
+    kept. An indexed query that has not changed since is searched with its stored row (no network pass);
+    any other is described by :func:`embed_images` (``runtime``: see there)."""
     t0 = time.monotonic()
-    vec = embed_images(model_cache, spec, [query], runtime=runtime)[0]
     inside = index.collection_path(query)
+    vec = index.stored_vector(spec, inside) if inside is not None else None
+    if vec is None:
+        vec = embed_images(model_cache, spec, [query], runtime=runtime)[0]
     exclude = inside if exclude_query else None
     label = index.label_of(query)
     t1 = time.perf_counter()
@@ -664,18 +615,10 @@ def activation_layers(model_cache: ModelCache, spec: ModelSpec) -> list[str]:
 
 
 def network_crop(path: str, size: int, crop_fraction: float = 1.0):
-    """The image as the network sees it, before normalisation: shorter side to
-    engine.extraction.resize_side(size, crop_fraction), centre crop size x size (the first two steps of
-    engine.images.build_transform) -> PIL RGB image."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F  # noqa: N812
+    """The image as the network sees it, before normalisation (engine.images.resize_crop) -> PIL RGB image."""
+    from engine.images import load_image, resize_crop, resize_side
 
-    from engine.extraction import resize_side
-    from engine.images import load_image
-
-    im = load_image(path, min_side=resize_side(size, crop_fraction))
-    im = F.resize(im, resize_side(size, crop_fraction), interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return F.center_crop(im, size).convert("RGB")
+    return resize_crop(load_image(path, min_side=resize_side(size, crop_fraction)), size, crop_fraction)
 
 
 def _layer_maps(fmap, n_channels: int, size: int) -> LayerMaps:

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.atomic import atomic_open
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,13 @@ class WhiteningReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of the images left out
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)
-
-
 def _per_image(w: Any, X: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:  # noqa: N803
     """Whitened rows summed per image: for a pooled descriptor one row each (l2n(W x)); for R-MAC the
     regions of an image (l2n(W r) summed, then normalised)."""
-    z = _l2n(w.apply(X) if w is not None else X)
+    z = l2n(w.apply(X) if w is not None else X)
     out = np.zeros((n, z.shape[1]), np.float64)
     np.add.at(out, owners, z)
-    return _l2n(out).astype(np.float32)
+    return l2n(out)
 
 
 def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *, method: str = "lw",  # noqa: N803
@@ -111,6 +109,14 @@ def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *
     return {**best, "none_r1": none["recall@1"], "none_map": none["map"], "grid": grid}
 
 
+def save_whitening(whitening: Any, path: str | os.PathLike) -> None:
+    """Write a models.whitening.PCAWhitening to ``path`` (.npz, read back by ``PCAWhitening.load``)
+    atomically (engine.atomic: a temporary file beside it, fsynced, renamed; a failure leaves the old file)."""
+    arrays = whitening.to_arrays()
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
 def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw",
                       shrinkage: float | str = "auto", dim: int | str | None = "auto", device: str = "cpu",
                       batch_size: int = 32, runtime: str = "auto", cache_dir: str | os.PathLike | None = None,
@@ -119,7 +125,7 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     """Learn a whitening for ``spec`` (engine.collection.ModelSpec: backbone, weights, descriptor, sizes,
     crop; its own whitening is ignored) from the images of ``folder``, one sub-folder per class.
     ``shrinkage`` in [0, 1] or "auto"; ``dim`` an int, None (all) or "auto". Returns (the
-    models.whitening.PCAWhitening, a :class:`WhiteningReport`); save it with ``.save(path)``."""
+    models.whitening.PCAWhitening, a :class:`WhiteningReport`); save it with :func:`save_whitening`."""
     import dataclasses
 
     from engine.collection import default_cache_dir

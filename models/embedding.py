@@ -7,12 +7,14 @@ the trained embedding, so a checkpoint path works as a backbone name everywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models import pooling
 from models.backbones import Backbone, describe_load_error, get_backbone, safe_load_refusal
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
@@ -20,6 +22,12 @@ CHECKPOINT_VERSION = 1
 
 
 # --- pooling ---------------------------------------------------------------------------------
+#: embeddings' L2 normalisation: the one torch l2n (models.pooling.l2n, x / (|x| + eps)) with eps 1e-12, so
+#: that rows come out unit length even for tiny activations (an untrained head's), where the 1e-6 of pooled
+#: descriptors would shorten them
+l2n = functools.partial(pooling.l2n, eps=1e-12)
+
+
 def _pool_fn(kind: str):
     from models import pooling as P  # noqa: N812
 
@@ -27,11 +35,6 @@ def _pool_fn(kind: str):
     if kind not in fns:
         raise ValueError(f"unknown pooling {kind!r}: use one of {sorted(fns)}")
     return fns[kind]
-
-
-def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of x (..., D) scaled to unit length (exactly, even for tiny activations)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 # --- backbones ---------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -156,30 +155,21 @@ class PCAWhitening:
         mean, proj = self._torch_cache[key]
         return (x - mean) @ proj.T
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write an .npz with every parameter, atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every parameter as the named arrays of a whitening file (.npz; :meth:`load` reads it back): mean,
+        projection, [eigenvalues], and a JSON header (format, version, meta). The program writes them
+        atomically with engine.whitening.save_whitening."""
         header = json.dumps({"format": _FORMAT, "version": _VERSION, "meta": self.meta})
         arrays = {"mean": self.mean, "projection": self.projection, "header": np.array(header)}
         if self.eigenvalues is not None:
             arrays["eigenvalues"] = self.eigenvalues
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        return arrays
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PCAWhitening:
-        """Read a file written by :meth:`save`; a damaged or foreign file raises WhiteningFileError (a
-        ValueError) naming the file. The type and shape of everything read are checked before use."""
+        """Read a file of :meth:`to_arrays` (written by engine.whitening.save_whitening); a damaged or
+        foreign file raises WhiteningFileError (a ValueError) naming the file. The type and shape of
+        everything read are checked before use."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"whitening file not found: {path}")

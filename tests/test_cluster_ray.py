@@ -49,11 +49,12 @@ def folder(tmp_path_factory) -> Path:
 def model(folder, tmp_path_factory):
     """(specs, models sharing one backbone, feature runner): the same objects for every run."""
     from engine.runtime import feature_runner
+    from engine.whitening import save_whitening
     from models.whitening import PCAWhitening
 
     white = tmp_path_factory.mktemp("white") / "gem.npz"
     rng = np.random.default_rng(0)
-    PCAWhitening.fit(rng.normal(size=(600, 512)), dim=64).save(white)
+    save_whitening(PCAWhitening.fit(rng.normal(size=(600, 512)), dim=64), white)
     specs = [ModelSpec("resnet18", "random", d, SIZE) for d in ("spoc", "fc", "rmac")]
     specs.append(ModelSpec("resnet18", "random", "gem", SIZE, whitening=str(white)))
     first = specs[0].build()

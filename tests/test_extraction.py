@@ -180,7 +180,9 @@ def test_cuda_matches_cpu(files: list[Path]) -> None:
 
 # --- with the real models/ package (imported plainly: a broken import must fail, not skip) ---------
 def test_learn_whitening_rmac_on_regions(files: list[Path]) -> None:
-    from engine.extraction import learn_whitening, whitening_training_vectors
+    from whitening_helpers import learn_whitening  # tests/ is on sys.path under pytest
+
+    from engine.extraction import whitening_training_vectors
     from models import pooling
 
     bb = TinyBackbone()
@@ -254,7 +256,7 @@ def test_feature_runners_per_size_are_used(files: list[Path]) -> None:
 
 
 def test_learn_lw_whitening_from_labelled_images(files: list[Path]) -> None:
-    from engine.extraction import learn_whitening
+    from whitening_helpers import learn_whitening  # tests/ is on sys.path under pytest
 
     bb = TinyBackbone()
     labels = [p.parent.name for p in files]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from whitening_helpers import learn_whitening  # tests/ is on sys.path under pytest
 
 from engine.collection import Collection, ModelSpec, update_collections
-from engine.extraction import extract_descriptors, learn_whitening
+from engine.extraction import extract_descriptors
 from engine.images import scan_images
 from engine.search import SearchOptions
+from engine.whitening import save_whitening
 
 
 def test_scales_are_part_of_the_identity_and_single_size_keys_do_not_move():
@@ -33,7 +35,7 @@ def test_a_multi_scale_whitened_collection_searches_like_its_model(image_folder,
     base = ModelSpec(backbone="resnet18", weights="random", descriptor="gem", scales=(32, 48))
     w = learn_whitening("gem", base.build().backbone, files, image_size=base.scales, method="lw",
                         labels=[p.parent.name for p in files], shrinkage=0.3, dim=8)
-    w.save(tmp_path / "lw.npz")
+    save_whitening(w, tmp_path / "lw.npz")
     spec = ModelSpec(backbone="resnet18", weights="random", descriptor="gem", scales=(32, 48),
                      whitening=str(tmp_path / "lw.npz"))
     model = spec.build()

@@ -44,7 +44,8 @@ def test_the_runtime_check_is_remembered_per_export(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     import engine.runtime as rt
     from engine.collection import ModelSpec
-    from engine.session import ModelCache, _checked_marker
+    from engine.runtime import _checked_marker
+    from engine.session import ModelCache
 
     spec = ModelSpec(weights="random", image_size=32)
     checks = []
@@ -83,3 +84,37 @@ def test_search_hits_renumber_after_leaving_the_query_out(tmp_path, image_folder
     assert left.relevant == 2 and left.query_label == "class_00"
     via_runtime = run_query(index, models, spec, query, SearchOptions(k=3, exact=True), runtime="torch")
     assert np.allclose(via_runtime.vector, kept.vector, atol=1e-5)
+
+
+def test_a_query_reads_its_stored_row_and_an_outside_one_is_described_as_indexing_does(tmp_path, image_folder,
+                                                                                        monkeypatch):
+    """An indexed, unchanged query searches with its stored row (no network pass); a copy outside the folder
+    is described through the extraction path on the cache's runtime and gets the same vector (float16
+    storage apart); a changed file is described again."""
+    import shutil
+
+    import engine.session as session
+    from engine.collection import ModelSpec
+    from engine.search import SearchOptions
+    from engine.session import FolderIndex, ModelCache, run_query
+
+    root = image_folder(n_classes=2, per_class=3)
+    spec = ModelSpec(weights="random", image_size=32, descriptor="gem")
+    models = ModelCache(runtime="torch")
+    index = FolderIndex(root, cache_dir=tmp_path / "cache")
+    index.update(models, spec, descriptors=["gem"])
+    query = root / "class_01" / "001.jpg"
+    stored = index.stored_vector(spec, str(query))
+    assert stored is not None and stored.shape == (index.collection(spec).dim,)
+    described = []
+    real = session.embed_images
+    monkeypatch.setattr(session, "embed_images", lambda *a, **k: (described.append(1), real(*a, **k))[1])
+    inside = run_query(index, models, spec, str(query), SearchOptions(k=3, exact=True), exclude_query=False)
+    assert not described and np.array_equal(inside.vector, stored)
+    outside = tmp_path / "copy.jpg"
+    shutil.copyfile(query, outside)
+    other = run_query(index, models, spec, str(outside), SearchOptions(k=3, exact=True))
+    assert described == [1] and np.allclose(other.vector, stored, atol=2e-3)
+    assert other.hits[0].path == str(query)
+    query.write_bytes(outside.read_bytes() + b"\0")  # changed since it was indexed: no stored row
+    assert index.stored_vector(spec, str(query)) is None

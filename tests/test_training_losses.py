@@ -8,7 +8,51 @@ import pytest
 import torch
 
 from engine.training.losses import ContrastiveLoss, TripletLoss, build_loss
-from engine.training.miners import TripletMiner, pairwise_distance
+from engine.training.miners import _defaults, check_triplet_mining, pair_masks, pairwise_distance
+
+
+class TripletMiner:
+    """The oracle the losses are checked against (it lists every tuple). Returns (a, p, n): anchor rows
+    of ``emb``; positive and negative rows of ``ref``.
+
+    - ``semihard``: every (a, p, n) with d(a,p) < d(a,n) < d(a,p) + margin
+      (i.e. 0 < d(a,p) - d(a,n) + margin < margin).
+    - ``hard`` (batch-hard): per anchor, its farthest positive and nearest negative (one triplet).
+    - ``all``: every triplet violating the margin, d(a,n) < d(a,p) + margin (the only ones with a
+      non-zero loss; the others would add nothing).
+    """
+
+    def __init__(self, kind: str = "semihard", margin: float = 0.1) -> None:
+        self.kind = check_triplet_mining(kind)
+        self.margin = float(margin)
+
+    @torch.no_grad()
+    def __call__(self, emb: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor | None = None,
+                 ref: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+                 ref_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, ref, ref_labels, ref_ids = _defaults(emb, labels, ids, ref, ref_labels, ref_ids)
+        pos, neg = pair_masks(labels, ref_labels, ids, ref_ids)
+        return self.mine(pairwise_distance(emb.float(), ref.float()), pos, neg)
+
+    @torch.no_grad()
+    def mine(self, dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same on a distance matrix (N, M) and positive / negative masks (N, M)."""
+        dist = dist.detach()
+        if self.kind == "hard":
+            valid = pos.any(1) & neg.any(1)
+            d_pos = dist.masked_fill(~pos, float("-inf"))
+            d_neg = dist.masked_fill(~neg, float("inf"))
+            a = valid.nonzero().squeeze(1)
+            return a, d_pos.argmax(1)[a], d_neg.argmin(1)[a]
+        a, p = pos.nonzero(as_tuple=True)                  # every (anchor, positive) pair
+        d_ap = dist[a, p][:, None]                          # (pairs, 1)
+        d_an = dist[a]                                      # (pairs, M)
+        ok = neg[a] & (d_an < d_ap + self.margin)
+        if self.kind == "semihard":
+            ok &= d_an > d_ap
+        pair_i, n = ok.nonzero(as_tuple=True)
+        return a[pair_i], p[pair_i], n
 
 
 def _data(n=12, d=5, classes=3, seed=0):

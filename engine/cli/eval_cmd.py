@@ -24,6 +24,7 @@ from engine.cli.common import (
     resolve_device,
     trained_head_note,
 )
+from engine.cli.index_cmd import RUNTIME_CHOICES
 
 
 def register(subparsers: Any) -> None:
@@ -47,8 +48,12 @@ def register(subparsers: Any) -> None:
                    help="resize the shorter side to size/fraction, then centre-crop (default 1.0: no margin)")
     p.add_argument("--whitening", default=None,
                    help="a whitening file saved by the program (`whiten`, learned for this descriptor and sizes)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="what runs the backbone on the CPU, as for index (default auto: the first installed of "
+                   "onnxruntime or openvino; PyTorch on a GPU)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="with --collection: where collections are kept (default: the user cache folder)")
+                   help="where collections (with --collection) and exported runtimes are kept (default: the user "
+                   "cache folder)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (indented, like index and search) instead of a table")
     p.set_defaults(func=run)
@@ -73,8 +78,10 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     ``make_progress()`` builds the progress callback just before extraction starts (so its rate
     and ETA leave out the model loading)."""
     from engine.cli.common import scales_from_args
+    from engine.collection import ModelSpec, default_cache_dir
     from engine.evaluation import evaluate
-    from engine.extraction import extract_descriptors
+    from engine.extraction import _input_spec, extract_multi, input_sizes
+    from engine.runtime import feature_runners
     from engine.splits import labels_for
     from models.backbones import get_backbone
     from models.descriptors import build_descriptor
@@ -94,10 +101,18 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
         whitening = PCAWhitening.load(args.whitening)
     backbone = get_backbone(args.backbone, weights=args.weights, device=device)
     model = build_descriptor(args.descriptor, backbone, whitening=whitening, scales=scales)
-    res = extract_descriptors(
-        model, paths, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
+    # the backbone on the runtime index uses (an export is cached by identity: none for random weights,
+    # which are drawn per run), every descriptor head in PyTorch on its feature maps
+    size, _, _ = _input_spec(model, args.image_size)
+    identity = None if args.weights == "random" else ModelSpec(backbone=args.backbone,
+                                                               weights=args.weights).backbone_identity()
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    runners = feature_runners(backbone, input_sizes(size), identity, cache, args.runtime, device)
+    res = extract_multi(
+        backbone, {"v": model}, paths, image_size=size, batch_size=args.batch_size, num_workers=args.workers,
         device=device, crop_fraction=args.crop_fraction, progress=make_progress() if make_progress else None,
-    )
+        features=runners,
+    )["v"]
     for s in res.skipped:
         sys.stderr.write(f"skipped {s.path}: {s.reason}\n")
     if len(res.paths) < 2:
@@ -134,6 +149,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
         scales=list(model.scales) if model.scales and len(model.scales) > 1 else None,
         crop_fraction=args.crop_fraction,
         device=device,
+        runtime=next(iter(runners.values())).name if runners else "torch",
     )
     return out
 

@@ -65,7 +65,7 @@ def run_whiten(args: argparse.Namespace) -> int:
     import dataclasses
 
     from engine.cli.common import TextProgress, resolve_device, spec_from_model_args
-    from engine.whitening import learn_from_folder
+    from engine.whitening import learn_from_folder, save_whitening
 
     spec = spec_from_model_args(args, default="gem")
     device = resolve_device(args.device)
@@ -73,7 +73,7 @@ def run_whiten(args: argparse.Namespace) -> int:
                                device=device, batch_size=args.batch_size, runtime=args.runtime,
                                cache_dir=args.cache_dir, n_val=args.val_classes, seed=args.seed,
                                progress=TextProgress("whitening"))
-    w.save(args.output)
+    save_whitening(w, args.output)
     if args.json:
         print(json.dumps({**dataclasses.asdict(rep), "output": args.output, "descriptor": spec.descriptor,
                           "scales": list(spec.scales or [spec.image_size or 0])}, indent=1))

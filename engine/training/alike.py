@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.vectors import l2n
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,6 @@ class AlikeReport:
                           "shrinkage": r.shrinkage, "dim": r.dim, "chosen": r.chosen} for r in self.rows]}
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def _run_best_untrained(metrics: dict) -> str:
     """The run's best untrained descriptor by its selection metric (from best.pt's metrics), '' if none."""
     sel = metrics.get("select_metric", "map")
@@ -255,6 +252,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     from engine.evaluation import evaluate
     from engine.extraction import feature_fn, iter_extract
     from engine.runtime import feature_runners
+    from engine.session import default_runtime
     from engine.training.checkpoint import load_checkpoint
     from engine.training.config import TrainConfig
     from engine.training.registry import BEST_FILE
@@ -308,7 +306,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
         raise ValueError(f"unknown untrained descriptor(s) {bad}: choose among {', '.join(UNTRAINED_KINDS)}")
 
     # the models: the kept one through ModelSpec (a checkpoint's fc descriptor), the untrained heads
-    runtime = runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+    runtime = runtime or default_runtime()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     kept_spec = ModelSpec(backbone=str(best), descriptor="fc")
     kept = kept_spec.build(device)
@@ -411,7 +409,7 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
                                              f"{sizes_label(ev.sizes)} ({done_fits + 1} / {len(fits)})")
                 w, extra = _fit_lw(X[train_rows], train_labels, choose=choose, seed=config.seed)
                 done_fits += 1
-                v = _l2n(w.apply(X[val_rows]))
+                v = l2n(w.apply(X[val_rows]))
                 if stop():
                     raise Cancelled("the evaluation alike was cancelled")
             else:

@@ -122,18 +122,11 @@ def split_images(labels: list[int], val_share: float, seed: int = 0, min_val: in
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
-    """(3, size, size) uint8: shorter side resized to ``size`` (antialiased), centre square crop. Read by
-    engine.images.load_image (JPEGs decoded at a reduced scale that keeps the shorter side >= size);
-    raises its ImageLoadError for a file that cannot be used."""
-    from PIL import Image
-
-    im = _images.load_image(path, min_side=size)
-    w, h = im.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
+    """(3, size, size) uint8: engine.images.resize_crop (shorter side resized to ``size``, antialiased,
+    centre square crop), as indexing prepares an image. Read by engine.images.load_image (JPEGs decoded at
+    a reduced scale that keeps the shorter side >= size); raises its ImageLoadError for a file that cannot
+    be used."""
+    im = _images.resize_crop(_images.load_image(path, min_side=size), size)
     arr = np.asarray(im, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 

@@ -5,8 +5,8 @@ Template (pytorch-metric-learning's): a base class whose ``forward`` checks shap
 the same code serves the batch and the cross-batch memory (anchors from the batch,
 positives/negatives from the memory; a reference row labelled -1 is an empty slot).
 
-The losses equal the mean over the tuples of :mod:`engine.training.miners` (tests check both
-against brute-force loops) but never list those tuples: with semi-hard mining against a memory
+The losses equal the mean over the tuples a miner would list (tests/test_training_losses.py checks
+them against such a miner and brute-force loops) but never list those tuples: with semi-hard mining against a memory
 there are millions, and listing them (``nonzero``) makes the host wait for the GPU. Instead the
 negatives of each anchor are sorted once, and for every (anchor, positive) pair the number and
 the sum of the negatives inside its window (d(a,p), d(a,p) + margin) come from ``searchsorted``

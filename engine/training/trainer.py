@@ -294,18 +294,21 @@ def compute_pooled_features(model: EmbeddingModel, paths: list[str], *, image_si
                             progress=None, should_stop=None,
                             encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             untrained: list[torch.Tensor] | None = None,
+                            features: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             ) -> tuple[torch.Tensor, list[int], list]:
     """Pooled backbone features (N_ok, V, C) float32 on CPU: view 0 the whole image, 1 its mirror,
     >= 2 random resized crops (seeded). Returns (features, indices of readable paths, skipped).
     ``encode``: normalised (B, 3, S, S) -> what to keep per view instead (e.g. trunk maps).
     ``untrained`` (pooled features only): a list that receives, per batch, the (B, 4, C)
-    :func:`untrained_descriptors` of view 0, from the same forward pass."""
+    :func:`untrained_descriptors` of view 0, from the same forward pass. ``features``: what computes the
+    feature map of (B, 3, S, S) (an engine.runtime runner, as indexing uses; default the backbone in torch)."""
     backbone = model.backbone
+    run = features or backbone.forward_features
     if untrained is not None and encode is not None:
         raise ValueError("untrained descriptors come with pooled features only")
     if encode is None:
         def encode(x: torch.Tensor) -> torch.Tensor:
-            fmap = backbone.forward_features(x)
+            fmap = run(x)
             if untrained is not None and keep0[0]:
                 untrained.append(untrained_descriptors(fmap).cpu())
             return model.pool(fmap)
@@ -1003,10 +1006,12 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
     message(f"Phase: computing the {what} of {len(allimgs.paths)} images x {config.head_views} view(s), once "
             f"(kept in {folder} for later runs on the same images and model); training starts after it")
     untrained: list[torch.Tensor] | None = None if encode else []
+    runner = None if encode else _feature_runner(model, config, device)
     feats, ok, skipped = compute_pooled_features(model, allimgs.paths, image_size=config.image_size,
                                                  views=config.head_views, seed=config.seed, device=device,
                                                  threads=threads, progress=_Phase(f"computing {what}", emit, progress),
-                                                 should_stop=should_stop, encode=encode, untrained=untrained)
+                                                 should_stop=should_stop, encode=encode, untrained=untrained,
+                                                 features=runner)
     base = torch.cat(untrained).half() if untrained else None
     try:
         from engine.atomic import atomic_write_with
@@ -1016,6 +1021,22 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
     except OSError as exc:
         message(f"could not write the feature cache {path}: {exc}")
     return feats, ok, skipped, base
+
+
+def _feature_runner(model: EmbeddingModel, config: TrainConfig, device: torch.device):
+    """Head mode's frozen backbone on the CPU runtime indexing uses (engine.runtime; the export shared with
+    index by the backbone's identity; engine.session.default_runtime); None (PyTorch) on a GPU or for
+    random weights, which are drawn per run and so have no identity to cache an export under."""
+    from engine.collection import ModelSpec, default_cache_dir
+    from engine.runtime import feature_runners
+    from engine.session import default_runtime
+
+    if config.weights == "random":
+        return None
+    ident = ModelSpec(backbone=config.backbone, weights=config.weights).backbone_identity()
+    runners = feature_runners(model.backbone, (config.image_size,), ident, default_cache_dir(),
+                              default_runtime(), device.type)
+    return runners[config.image_size] if runners else None
 
 
 def _tail_encoder(model: EmbeddingModel, config: TrainConfig, n_images: int, device: torch.device):

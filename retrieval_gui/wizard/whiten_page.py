@@ -239,9 +239,8 @@ def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method:
     """engine.whitening.learn_from_folder on ``folder`` for ``spec``, then the whitening saved to ``output``
     atomically (engine.atomic: a temporary file beside it, renamed). Stopped at any moment (``should_stop``),
     it raises engine.callbacks.Cancelled and writes nothing. The images that could not be read are named."""
-    from engine.atomic import atomic_write_with
     from engine.callbacks import Cancelled, resolve
-    from engine.whitening import learn_from_folder
+    from engine.whitening import learn_from_folder, save_whitening
 
     report, stop = resolve(progress, should_stop)
     clock: dict[str, float] = {}
@@ -259,7 +258,7 @@ def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method:
     if stop():  # stopped while the whitening was chosen or learned: nothing is written
         raise Cancelled("whitening cancelled")
     report(1, 1, "saving")
-    atomic_write_with(output, w.save)
+    save_whitening(w, output)
     span = clock.get("t1", 0.0) - clock.get("t0", 0.0)
     rate = clock.get("n", 0.0) / span if span > 0 else 0.0
     sizes = tuple(int(s) for s in w.meta.get("sizes", ()))

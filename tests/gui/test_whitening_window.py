@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.whitening import save_whitening
 from models.whitening import PCAWhitening
 from retrieval_gui import main_window
 from retrieval_gui.main_window import MainWindow
@@ -18,7 +19,7 @@ def _whitening(tmp_path, name="w.npz", descriptor="gem", sizes=(64,), dim=32):
     X = np.random.default_rng(0).standard_normal((200, 1280)).astype(np.float32)  # noqa: N806
     w = PCAWhitening.fit(X, dim=dim, shrinkage=0.1, meta={"descriptor": descriptor, "sizes": list(sizes)})
     path = tmp_path / name
-    w.save(path)
+    save_whitening(w, path)
     return path
 
 
@@ -86,7 +87,7 @@ def test_whitening_of_another_dimension_fails_in_the_banner(qtbot, window, folde
     assert win.open_collection(folder)
     qtbot.waitUntil(win.index_ready, timeout=TIMEOUT)
     X = np.random.default_rng(1).standard_normal((100, 512)).astype(np.float32)  # noqa: N806
-    PCAWhitening.fit(X, dim=16, shrinkage=0.1).save(tmp_path / "resnet18.npz")  # no meta: checked when built
+    save_whitening(PCAWhitening.fit(X, dim=16, shrinkage=0.1), tmp_path / "resnet18.npz")  # no meta: checked when built
     assert win.use_whitening(tmp_path / "resnet18.npz")
     qtbot.waitUntil(lambda: not win._index_task.is_running(), timeout=TIMEOUT)
     qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=TIMEOUT)

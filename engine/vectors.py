@@ -1,0 +1,20 @@
+"""Row vectors as numpy arrays: the engine's one L2 normalisation (torch-free).
+
+One convention with the torch side (models.pooling.l2n): ``x / (|x| + eps)`` along the last axis, so a
+zero row stays zero. Pooled descriptors use cirtorch's eps 1e-6 there; unit-length rows use 1e-12, below
+float32's resolution at unit norm: the trained embeddings (models.embedding.l2n) and, here, the engine's
+rows, which are compared by exact scores (1.0 is the same image, duplicate thresholds, cosine scores
+checked to 1e-6), so a normalised row is unit length to float32 precision, not 1e-6 short of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-12
+
+
+def l2n(x: np.ndarray, eps: float = EPS) -> np.ndarray:
+    """x (..., D) divided by its L2 norm along the last axis (plus ``eps``) -> float32, same shape."""
+    x = np.asarray(x)
+    return (x / (np.linalg.norm(x, axis=-1, keepdims=True) + eps)).astype(np.float32, copy=False)
