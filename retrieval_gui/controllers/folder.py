@@ -141,10 +141,7 @@ class FolderController(QObject):
             self.task.handle.cancel()  # not LatestTask.cancel: the cancelled run's outcome is still wanted
         else:  # the open folder's run had not started yet (an older one was stopping): drop it
             self.task.cancel()
-        done, total = self.counts(self.indexing_key)
-        self.why_not = ("Indexing was stopped before any image was indexed: use View > Reindex to index the folder."
-                        if not done else f"Indexing was stopped at {done:,} of {total or done:,} images: use "
-                        "View > Reindex to index the rest.")
+        self.why_not = self._stopped()
         self.changed.emit()
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
@@ -169,11 +166,14 @@ class FolderController(QObject):
             return (f"None of the {state.total:,} image files of {name} could be read "
                     f"({state.skipped[0][1]}): open a folder of readable images.")
         if state.cancelled:
-            if state.indexed == 0:
-                return "Indexing was stopped before any image was indexed: use View > Reindex to index the folder."
-            return (f"Indexing was stopped at {state.indexed:,} of {state.total:,} images: use View > Reindex to "
-                    "index the rest.")
+            return self._stopped()
         return None
+
+    def _stopped(self) -> str:
+        done, total = self.counts(self.indexing_key) if self.indexing_key is not None else (0, None)
+        if not done:
+            return "Indexing was stopped before any image was indexed: use View > Reindex to index the folder."
+        return f"Indexing was stopped at {done:,} of {total or done:,} images: use View > Reindex to index the rest."
 
     def _on_failed(self, message: str, _tb: str = "") -> None:
         if self.index is None:

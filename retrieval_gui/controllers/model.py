@@ -16,22 +16,18 @@ from engine.session import (
     DESCRIPTOR_TITLES,
     list_backbones,
     list_descriptors,
+    model_title,
 )
 
 DEFAULT_SIZE = 224  # the backbones' default input size, for the Sizes labels when none is given
-#: the descriptor of a trained checkpoint that is its own learned embedding (the head it was trained with)
-TRAINED_DESCRIPTOR = "fc"
-
-
-def is_checkpoint(backbone: str) -> bool:
-    """A trained model's checkpoint path (as engine.session.model_title tells them apart)."""
-    return Path(str(backbone)).suffix == ".pt"
+TRAINED = "trained: "  # how engine.session.model_title names a trained checkpoint
 
 
 def descriptor_title(descriptor: str, backbone: str = "") -> str:
-    """'GeM', 'R-MAC'...; a trained checkpoint's own embedding is named as the trained one."""
-    if descriptor == TRAINED_DESCRIPTOR and is_checkpoint(backbone):
-        return f"trained embedding ({Path(backbone).parent.name})"
+    """'GeM', 'R-MAC'...; a trained checkpoint's own embedding (its head, "fc") is named as the trained one."""
+    title = model_title(backbone) if backbone else ""
+    if descriptor == "fc" and title.startswith(TRAINED):
+        return f"trained embedding ({title[len(TRAINED):]})"
     return DESCRIPTOR_TITLES.get(descriptor, descriptor)
 
 
@@ -99,13 +95,15 @@ class ModelChoice(QObject):
 
     def use_model(self, backbone: str, descriptor: str | None = None) -> str | None:
         """Switch to a backbone name or a trained checkpoint path. A checkpoint is searched with its own
-        trained embedding (``TRAINED_DESCRIPTOR``, the wizard's "Use this model") unless ``descriptor``
-        says otherwise."""
+        trained embedding (as the CLI: engine.cli.common.default_descriptor; the wizard's "Use this
+        model") unless ``descriptor`` says otherwise."""
+        from engine.cli.common import default_descriptor, is_checkpoint
+
         if not backbone:
             return "no model given"
         backbone = str(backbone)
         if descriptor is None and is_checkpoint(backbone):
-            descriptor = TRAINED_DESCRIPTOR
+            descriptor = default_descriptor(backbone, None)
         key = replace(self.key, backbone=backbone)
         if descriptor is not None and descriptor != key.descriptor:
             if descriptor not in list_descriptors():
