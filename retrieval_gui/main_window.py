@@ -33,19 +33,19 @@ from engine.session import (
     ModelCache,
     SearchResult,
     cache_root,
-    ensure_and_query,
     list_backbones,
     list_descriptors,
     list_trained,
     preload,
 )
 from retrieval_gui import workers
-from retrieval_gui.activations import ActivationsPanel, activation_job
+from retrieval_gui.activations import ActivationsPanel
 from retrieval_gui.cards import CardActions
 from retrieval_gui.compare import CompareDialog
 from retrieval_gui.controllers import Explorer, collection_name, wait_idle
 from retrieval_gui.controllers.export import Exporter, export_settings
 from retrieval_gui.controllers.model import DEFAULT_SIZE
+from retrieval_gui.panels import QueryPanels
 from retrieval_gui.thumbnails import ThumbnailLoader
 from retrieval_gui.widgets import (
     USAGE_HTML,
@@ -86,10 +86,7 @@ class MainWindow(QMainWindow):
                                  cache_dir=cache_dir, parent=self)
         self.explorer.query.options.k = int(self.settings.value("k", 20))
         self.selected_hit = None
-        self.act_task = workers.LatestTask(self, "activations")
-        self.compare_task = workers.LatestTask(self, "compare")
         self.exporter = Exporter(self.explorer, self)
-        self.compare_dialog: CompareDialog | None = None
         self._index_clock: tuple[float, int] | None = None  # (start time, images done then) for rate/ETA
         self._listed_for = None  # the listing shown in the collection view
         thumbs_dir = Path(cache_dir) / "thumbnails" if cache_dir else cache_root() / "thumbnails"
@@ -98,6 +95,7 @@ class MainWindow(QMainWindow):
         self.big_loader.ready.connect(self._on_big_image)
         self.cards = CardActions(self, self.big_loader)  # the preview, the cards' menu, copy, open
         self._build_ui(thumb_size, image_size or DEFAULT_SIZE)
+        self.panels = QueryPanels(self.explorer, self.activations, self.loader, lambda: self.selected_hit, self)
         self._build_menus()
         self._wire()
         if restore:
@@ -112,6 +110,8 @@ class MainWindow(QMainWindow):
     result = property(lambda self: self.explorer.query.result)
     query_path = property(lambda self: self.explorer.query.path)
     preview = property(lambda self: self.cards.preview)
+    compare_dialog = property(lambda self: self.panels.compare_dialog)
+    act_task = property(lambda self: self.panels.act_task)
     _menu = property(lambda self: self.cards.menu)
     searching = property(lambda self: self.explorer.query.busy, doc="a search runs or waits")
     indexing = property(lambda self: self.explorer.folder.task.busy, doc="an indexing runs or stops")
@@ -251,6 +251,7 @@ class MainWindow(QMainWindow):
         self.results_view.escapePressed.connect(self.cards.hide_preview)
         self.cards.queryRequested.connect(self.set_query)
         self.cards.message.connect(lambda text, info: self.show_error(text, info=info))
+        self.panels.message.connect(self.show_error)
         self.welcome.openClicked.connect(self._ask_collection)
         self.welcome.demoClicked.connect(self.open_demo)
         self.activations.layerChosen.connect(lambda _l: self.refresh_activations())
@@ -316,9 +317,7 @@ class MainWindow(QMainWindow):
         self._listed_for = None
         self.query_slot.clear_image()
         self.query_info.setText("")
-        self.activations.clear()
-        self.act_task.cancel()
-        self.compare_task.cancel()
+        self.panels.clear()
         self.cards.hide_preview()
         self.results_model.set_collection([], [])
         # the platform appends the application's display name unless the title already ends with it
@@ -361,13 +360,12 @@ class MainWindow(QMainWindow):
         self._refresh()
         if not self.act_dock.isHidden():
             self.refresh_activations()
-        if self.compare_dialog is not None and not self.compare_dialog.isHidden():
+        if self.panels.comparing():
             self.run_compare()
 
     def _on_query_failed(self, message: str) -> None:
         self.show_error(f"Search failed: {message}")
-        self.act_task.cancel()
-        self.activations.clear("The query could not be searched: no activations to show.")
+        self.panels.clear("The query could not be searched: no activations to show.")
         self._refresh()
 
     # ------------------------------------------------------------------ messages and settings
@@ -575,49 +573,14 @@ class MainWindow(QMainWindow):
         self.refresh_activations()
 
     def refresh_activations(self) -> None:
-        if not self.query_path or self.explorer.query.failed_query == self.query_path:
-            return
-        other = self.selected_hit.path if self.selected_hit is not None else None
-        self.activations.set_busy("computing activations…")
-        query = self.query_path
-        self.act_task.request(activation_job, self.models, self.key, query, self.activations.current_layer(),
-                              other, with_callbacks=False,
-                              on_result=lambda p: p.query == self.query_path and self.activations.show_payload(p),
-                              on_error=lambda m, _tb: self.show_error(f"Activations failed: {m}"))
+        self.panels.refresh_activations()
 
     def open_compare(self, other: str | None = None) -> CompareDialog:
         """Open (or raise) the comparison of the current descriptor with ``other``."""
-        if self.compare_dialog is None:
-            self.compare_dialog = CompareDialog(self.loader, list_descriptors(), self)
-            self.compare_dialog.descriptorChosen.connect(lambda _d: self.run_compare())
-            self.compare_dialog.set_other("rmac" if self.key.descriptor != "rmac" else "spoc")
-        if other:
-            self.compare_dialog.set_other(other)
-        self.compare_dialog.show()
-        self.compare_dialog.raise_()
-        self.run_compare()
-        return self.compare_dialog
+        return self.panels.open_compare(other)
 
     def run_compare(self) -> None:
-        dlg = self.compare_dialog
-        if dlg is None or self.index is None:
-            return
-        if not self.query_path or self.result is None:
-            dlg.set_busy("Run a query first.")
-            return
-        other_key, left = self.key.with_descriptor(dlg.other_descriptor()), self.result
-        dlg.set_busy(f"searching with {DESCRIPTOR_TITLES.get(other_key.descriptor)}"
-                     f"{'' if self.index_ready(other_key) else ' (indexing it if needed)'}…")
-        self.compare_task.request(
-            ensure_and_query, self.index, self.models, other_key, self.query_path, self.options,
-            cancel_running=True, on_progress=lambda d, t, m: dlg.set_busy(f"indexing {d}/{t}…"),
-            on_result=lambda r: r is not None and self._on_compare(left, other_key, r),
-            on_error=lambda m, _tb: self.show_error(f"Comparison failed: {m}"))
-
-    def _on_compare(self, left: SearchResult, other_key, right: SearchResult) -> None:
-        if self.compare_dialog is not None:
-            self.explorer.folder.ready_keys.add(other_key)
-            self.compare_dialog.set_results(left, right)
+        self.panels.run_compare()
 
     # ------------------------------------------------------------------ export
     def export_settings(self) -> dict:
@@ -680,12 +643,13 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ shutdown: one lifecycle for every task
     def tasks(self) -> list[workers.LatestTask]:
-        return [*self.explorer.tasks(), self.act_task, self.compare_task, self.cards.copy_task, self.exporter.task]
+        return [*self.explorer.tasks(), *self.panels.tasks(), self.cards.copy_task, self.exporter.task]
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.save_settings()
         if self.preview is not None:
             self.preview.close()
+        self.explorer.close()
         for t in self.tasks():
             t.cancel()
         self.wait_idle(15_000)

@@ -235,11 +235,9 @@ class Explorer(QObject):
     def tasks(self) -> list[LatestTask]:
         return [*self.folder.tasks(), self.query.task]
 
-    def busy(self) -> bool:
-        return any(t.busy for t in self.tasks())
-
     def close(self) -> None:
-        """Cancel every task (the window closes); :func:`wait_idle` then waits for their threads."""
+        """The window closes: no folder open, every task cancelled (:func:`wait_idle` waits for their threads)."""
+        self.folder.close()
         for t in self.tasks():
             t.cancel()
 

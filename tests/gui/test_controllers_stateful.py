@@ -165,9 +165,7 @@ class ExplorerMachine(RuleBasedStateMachine):
                 self.ex.folder.load_listing(self.ex.model.key)
 
     def teardown(self) -> None:
-        self.ex.folder.close()
-        for t in self.ex.tasks():
-            t.cancel()
+        self.ex.close()
         assert wait_idle(self.ex.tasks(), 10_000)
         while self.world.permits.acquire(blocking=False):
             pass
@@ -272,9 +270,11 @@ class ExplorerMachine(RuleBasedStateMachine):
 
     @rule()
     def close(self) -> None:
+        """What the window does when it closes: no folder, every task cancelled."""
         was_open = self.ex.folder.index is not None
-        self.ex.folder.close()
+        self.ex.close()
         assert self.ex.grid_mode() == "welcome" and (self.ex.query.path is None or not was_open)
+        assert all(t.cancelled() or not t.running() for t in self.ex.tasks())
         self._step()
 
     # -- what must hold after every step ------------------------------------------------------------
