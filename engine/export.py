@@ -240,8 +240,10 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 
 def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int = 128, columns: int = 5,
                          progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
-                         skipped: list[tuple[str, str]] | None = None) -> Image.Image:
-    """One block per query: a header (the query image in a blue frame, its name, label and precision@k),
+                         skipped: list[tuple[str, str]] | None = None,
+                         settings: Mapping[str, Any] | None = None) -> Image.Image:
+    """One block per query: a header (the query image in a blue frame, its name, label and precision@k,
+    and the ``settings``' model, descriptor and sizes when given),
     then its hits in a grid of ``columns`` (green frame = same label as the query, red = another, grey =
     unlabelled), each captioned "#rank score" and its file name. Unreadable images are grey and appended
     to ``skipped``."""
@@ -281,6 +283,9 @@ def render_contact_sheet(galleries: Sequence[QueryGallery], *, thumb_size: int =
         draw.text((tx, top + 26), _fit(draw, " · ".join(facts), font, text_w), fill=(60, 60, 60), font=font)
         draw.text((tx, top + 44), _fit(draw, str(Path(g.query_path).parent), font, text_w), fill=(110, 110, 110),
                   font=font)
+        searched = [f"{k} {settings[k]}" for k in ("model", "descriptor", "sizes") if settings and settings.get(k)]
+        if searched:
+            draw.text((tx, top + 62), _fit(draw, " · ".join(searched), font, text_w), fill=(60, 60, 60), font=font)
         for i, (h, mark) in enumerate(zip(g.hits, g.marks(), strict=True)):
             r, c = divmod(i, columns)
             x0, y0 = pad + c * cell_w, top + head_h + r * cell_h
@@ -326,7 +331,8 @@ def export_gallery(galleries: Sequence[QueryGallery], out_base: str | os.PathLik
                                        progress=progress, should_stop=should_stop, skipped=skipped))
         elif fmt == "png":
             written.append(export_contact_sheet(galleries, target, thumb_size=min(thumb_size, 128),
-                                                progress=progress, should_stop=should_stop, skipped=skipped))
+                                                progress=progress, should_stop=should_stop, skipped=skipped,
+                                                settings=settings))
         else:
             written.append(export_csv(galleries, target, settings))
     return written

@@ -268,6 +268,18 @@ class ActivationsPanel(QWidget):
     def set_busy(self, text: str) -> None:
         self.status.setText(text)
 
+    def clear(self, text: str = "Run a query to see its activations.") -> None:
+        """Nothing shown (no query, or it failed): the previous query's maps are taken away."""
+        self.payload = None
+        for name, lab in self.labels.items():
+            if not name.endswith("_cap"):
+                lab.clear()
+        self.regions_head.clear()
+        self.regions_text.clear()
+        self.other_regions_text.clear()
+        self._set_visible_parts(False, False, False)
+        self.status.setText(text)
+
     def show_payload(self, p: ActivationPayload) -> None:
         self.payload = p
         r = p.result

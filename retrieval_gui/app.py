@@ -24,6 +24,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--runtime", default=None, choices=("auto", "torch", "onnxruntime", "openvino"),
                    help="what runs the network for indexing on the CPU (default: auto, the fastest installed)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where collections, runtimes and thumbnails are kept (default: the user cache folder)")
     return p.parse_args(argv)
 
 
@@ -34,7 +36,8 @@ def create_window(args: argparse.Namespace, *, preload_now: bool = True):
     from retrieval_gui.main_window import MainWindow
 
     win = MainWindow(weights=args.weights, image_size=args.image_size, device=args.device,
-                     runtime=getattr(args, "runtime", None), preload_now=preload_now)
+                     runtime=getattr(args, "runtime", None), preload_now=preload_now,
+                     cache_dir=getattr(args, "cache_dir", None))
     if preload_now:
         finish_start(win, args)
     return win

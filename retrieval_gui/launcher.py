@@ -23,13 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N")
     p.add_argument("--runtime", default=None, choices=RUNTIME_CHOICES,
                    help="what runs the network for indexing on the CPU (default: auto)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where collections, runtimes and thumbnails are kept (default: the user cache folder)")
     p.set_defaults(func=lambda a: launch_gui(gui_argv(a)))
 
 
 def gui_argv(args: argparse.Namespace) -> list[str]:
     """The window's own arguments from the `gui` command's (every option passes through)."""
     argv = [args.collection] if args.collection else []
-    for name in ("query", "weights", "image_size", "device", "runtime"):
+    for name in ("query", "weights", "image_size", "device", "runtime", "cache_dir"):
         value = getattr(args, name, None)
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]

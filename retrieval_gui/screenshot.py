@@ -98,21 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     t_index = time.monotonic() - t0
     if args.query:
         win.set_query(os.path.abspath(args.query))
-        ok = ok and _wait(app, lambda: win.result is not None and not win._query_pending, args.timeout)
+        ok = ok and _wait(app, lambda: win.result is not None and not win.searching, args.timeout)
         if ok:  # once more, warm (the first query also pays the model's one-off start-up)
             first = win.result
             win.run_query()
-            ok = _wait(app, lambda: win.result is not first and not win._query_pending, args.timeout)
+            ok = _wait(app, lambda: win.result is not first and not win.searching, args.timeout)
     else:  # the collection view
-        ok = ok and _wait(app, lambda: win.results_model.browsing and win._browse is not None
-                          and win.results_model.rowCount() == len(win._browse[1]) > 0, args.timeout)
+        ok = ok and _wait(app, lambda: win.results_model.browsing and win.explorer.listing() is not None
+                          and win.results_model.rowCount() == len(win.explorer.listing()[0]) > 0, args.timeout)
     if ok and args.activations and args.query:
         win.act_dock.show()
         hit = win.result.hits[min(args.activations, len(win.result.hits)) - 1]
         win.results_view.setCurrentIndex(win.results_model.index(hit.rank - 1))
         win.select_hit(hit)
         ok = _wait(app, lambda: win.activations.payload is not None and win.activations.payload.other == hit.path
-                   and not win._act_pending, args.timeout)
+                   and not win.act_task.busy, args.timeout)
     win.loader.wait(30_000)
     win.big_loader.wait(30_000)
     _wait(app, lambda: False, 0.5)  # let the grid repaint with every thumbnail

@@ -21,20 +21,28 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
+    QDoubleSpinBox,
+    QHBoxLayout,
     QLabel,
     QListView,
+    QPushButton,
     QSizePolicy,
+    QSpinBox,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
+    QToolBar,
     QVBoxLayout,
     QWidget,
 )
 
-from engine.collection import SearchHit
+from engine.collection import SearchHit, multi_scales
 from engine.images import IMAGE_EXTENSIONS
+from engine.search import SearchOptions
 from engine.session import hit as make_hit
+from engine.session import model_title
 from retrieval_gui.thumbnails import ThumbnailLoader
 
 HIT_COLOUR = QColor(46, 160, 67)
@@ -400,6 +408,7 @@ class ResultsView(QListView):
     previewToggled = Signal(object)  # Space: show or hide the preview of this hit
     hitMenu = Signal(object, QPoint)  # right-click on a card: (hit, global position)
     currentHitChanged = Signal(object)  # the current card changed (click or arrow keys)
+    escapePressed = Signal()  # Escape: close the preview
 
     def __init__(self, model: ResultsModel, thumb: int = 150, parent=None) -> None:
         super().__init__(parent)
@@ -437,6 +446,10 @@ class ResultsView(QListView):
             return
         if key == Qt.Key.Key_Space and not event.modifiers() and self.current_hit() is not None:
             self.previewToggled.emit(self.current_hit())
+            event.accept()
+            return
+        if key == Qt.Key.Key_Escape:  # the preview opens without taking the keyboard: Escape here closes it
+            self.escapePressed.emit()
             event.accept()
             return
         super().keyPressEvent(event)
@@ -512,8 +525,190 @@ class ImageViewer(QDialog):
         self._fit()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt override)
-        if event.key() == Qt.Key.Key_Space:
+        if event.key() in (Qt.Key.Key_Space, Qt.Key.Key_Escape):
             self.hide()
             event.accept()
             return
         super().keyPressEvent(event)
+
+
+class SearchBar(QToolBar):
+    """The window's toolbar: model, descriptor, sizes and the search options (k, min score, exact or
+    HNSW, query expansion), and Compare. It only shows choices; the window wires them to its controllers."""
+
+    optionsChanged = Signal(object)  # SearchOptions
+
+    def __init__(self, descriptors: list[tuple[str, str]], single_size: int, k: int, parent=None) -> None:
+        super().__init__("Search", parent)
+        self.setObjectName("searchToolbar")
+        self.setMovable(False)
+        self.model_box = self._labelled(" Model ", QComboBox(), "Backbone network, or a model you trained")
+        self.model_box.setMinimumContentsLength(18)
+        self.descriptor_box = self._labelled("  Descriptor ", QComboBox(), "How the feature maps become one vector")
+        for key, title in descriptors:
+            self.descriptor_box.addItem(title, key)
+        self.sizes_box = self._labelled("  Sizes ", QComboBox(), (
+            "Input sizes of the network: one, or several whose descriptors are summed (multi-scale: better "
+            "rankings, indexing about 5 times slower)"))
+        self.sizes_box.addItem(f"{single_size} (fast)", "single")
+        self.sizes_box.addItem("+".join(map(str, multi_scales(single_size))) + " (best, about 5x slower)", "multi")
+        self.k_spin = self._labelled("  k ", QSpinBox(), "Number of results")
+        self.k_spin.setRange(1, 500)
+        self.k_spin.setValue(k)
+        self.threshold_spin = self._labelled("  min score ", QDoubleSpinBox(),
+                                             "Hide results scoring below this cosine similarity")
+        self.threshold_spin.setRange(-1.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(-1.0)
+        self.threshold_spin.setSpecialValueText("off")
+        self.method_box = self._labelled("  ", QComboBox(), "Exact (brute-force) search or the approximate HNSW index")
+        self.method_box.addItem("exact", True)
+        self.method_box.addItem("HNSW", False)
+        self.qe_spin = self._labelled("  QE ", QSpinBox(), "Average query expansion over the top n results (off = 0)")
+        self.qe_spin.setRange(0, 20)
+        self.qe_spin.setSpecialValueText("off")
+        for w in (self.k_spin, self.threshold_spin, self.qe_spin):
+            w.valueChanged.connect(lambda *_a: self.optionsChanged.emit(self.options()))
+        self.method_box.activated.connect(lambda *_a: self.optionsChanged.emit(self.options()))
+        self.addSeparator()
+        self.compare_button = QPushButton("Compare…")
+        self.compare_button.setToolTip("The same query with two descriptors side by side")
+        self.addWidget(self.compare_button)
+
+    def _labelled(self, label: str, widget, tip: str):
+        self.addWidget(QLabel(label))
+        widget.setToolTip(tip)
+        self.addWidget(widget)
+        return widget
+
+    def options(self) -> SearchOptions:
+        """The search options the bar shows."""
+        qe = self.qe_spin.value()
+        return SearchOptions(k=self.k_spin.value(),
+                             threshold=None if self.threshold_spin.value() <= -1.0 else self.threshold_spin.value(),
+                             exact=bool(self.method_box.currentData()),
+                             query_expansion="average" if qe > 0 else None, qe_top=max(1, qe))
+
+    def show_choice(self, models: list[tuple[str, str]], backbone: str, descriptor: str, sizes: str,
+                    fc_title: str = "FC") -> None:
+        """Select ``backbone`` (added when not listed), ``descriptor`` and ``sizes``; ``fc_title`` names
+        the FC entry (a trained model's own embedding is named as the trained one)."""
+        if [(self.model_box.itemText(i), self.model_box.itemData(i)) for i in range(self.model_box.count())] != models:
+            self.model_box.clear()
+            for title, data in models:
+                self.model_box.addItem(title, data)
+        i = self.model_box.findData(backbone)
+        if i < 0:
+            self.model_box.addItem(model_title(backbone), backbone)
+            i = self.model_box.count() - 1
+        self.model_box.setCurrentIndex(i)
+        fc = self.descriptor_box.findData("fc")
+        if fc >= 0:
+            self.descriptor_box.setItemText(fc, fc_title)
+        self.descriptor_box.setCurrentIndex(max(0, self.descriptor_box.findData(descriptor)))
+        self.sizes_box.setCurrentIndex(max(0, self.sizes_box.findData(sizes)))
+
+
+class WelcomePage(QWidget):
+    """The grid's page when no folder is open: one large 'Open folder…' and the demo."""
+
+    openClicked = Signal()
+    demoClicked = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setObjectName("welcome")
+        self.setStyleSheet("QWidget#welcome { background: #eef1f5; }")
+        lay = QVBoxLayout(self)
+        lay.addStretch(2)
+        title = QLabel("Search a folder of images by what they look like")
+        font = QFont(title.font())
+        font.setPointSizeF(font.pointSizeF() * 1.5)
+        font.setBold(True)
+        title.setFont(font)
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(title)
+        self.open_button = QPushButton("Open folder…")
+        font = QFont(self.open_button.font())
+        font.setPointSizeF(font.pointSizeF() * 1.6)
+        self.open_button.setFont(font)
+        self.open_button.setMinimumSize(280, 64)
+        self.open_button.setDefault(True)
+        self.open_button.clicked.connect(self.openClicked)
+        demo = QPushButton("or try the demo collection")
+        demo.setFlat(True)
+        demo.setStyleSheet("color:#1565c0; text-decoration: underline")
+        demo.clicked.connect(self.demoClicked)
+        lay.addSpacing(16)
+        for button in (self.open_button, demo):
+            row = QHBoxLayout()
+            row.addStretch(1)
+            row.addWidget(button)
+            row.addStretch(1)
+            lay.addLayout(row)
+        hint = QLabel("You can also drop a folder on this window. Its images and those of its sub-folders are "
+                      "indexed once; a sub-folder's name is its images' label.")
+        hint.setWordWrap(True)
+        hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        hint.setStyleSheet("color:#555")
+        lay.addSpacing(12)
+        lay.addWidget(hint)
+        lay.addStretch(3)
+
+
+class Banner(QWidget):
+    """A message above the results (an error, or information), closed with its ✕; no modal dialog."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row.addWidget(self.label, 1)
+        self.close_button = QPushButton("✕")
+        self.close_button.setFixedWidth(28)
+        self.close_button.clicked.connect(self.hide)
+        row.addWidget(self.close_button)
+        self.hide()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def show_message(self, message: str, info: bool = False) -> None:
+        style = ("background:#e8f0fe; color:#0b3d91; border:1px solid #c6dafc;" if info else
+                 "background:#fdecea; color:#611a15; border:1px solid #f5c6cb;")
+        self.label.setStyleSheet(style + " border-radius:6px; padding:8px;")
+        self.label.setText(message)
+        self.show()
+
+
+#: Help > How to use it and keys
+USAGE_HTML = ("<h3>Using Retrieval Explorer</h3><ol><li><b>Open a folder</b> of images (Ctrl+O, or drop it on the "
+         "window): it is indexed once, in the background; a sub-folder's name is its images' label.</li>"
+         "<li><b>Search</b>: click an image of the folder, drop or paste (Ctrl+V) one, or File > Open query "
+         "image. Results are ranked by cosine similarity; a green frame has the query's label, a red one "
+         "another.</li><li><b>Compare</b> the model, descriptor and sizes in the toolbar; faded results are "
+         "out of date until the new choice is indexed.</li><li><b>Train</b> a model on your labels "
+         "(Training > Train XBM model…), then use it from the model list.</li></ol>"
+         "<h3>Keys</h3><table><tr><td>Ctrl+O</td><td>open a folder</td></tr><tr><td>Ctrl+V</td><td>paste a "
+         "query image</td></tr><tr><td>Enter / double-click</td><td>search with the selected result</td></tr>"
+         "<tr><td>Space</td><td>preview the selected result</td></tr><tr><td>Escape</td><td>close the preview"
+         "</td></tr><tr><td>arrows</td><td>move through the results</td></tr><tr><td>right-click</td><td>open, "
+         "show in folder, copy</td></tr><tr><td>Ctrl+Q</td><td>quit</td></tr></table>")
+
+
+def save_pasted_image(img: QImage, folder: Path) -> tuple[Path | None, str]:
+    """Save a pasted image as ``folder/pasted-<sha1>.png`` (once per image): (path, "") or (None, why not)."""
+    import hashlib
+
+    if img.isNull():
+        return None, "The clipboard holds no image (copy an image or an image file first)."
+    folder.mkdir(parents=True, exist_ok=True)
+    data = bytes(img.constBits()) if img.constBits() is not None else b""
+    target = folder / f"pasted-{hashlib.sha1(data).hexdigest()[:12]}.png"
+    if not target.exists() and not img.save(str(target), "PNG"):
+        return None, f"Could not save the pasted image to {target}"
+    return target, ""

@@ -233,6 +233,7 @@ class LatestTask(QObject):
         self.name = name
         self.generation = 0  # of the latest request
         self.handle: TaskHandle | None = None  # the running task, if any
+        self.running_tag: Any = None  # what the running task works for (the caller's ``tag``)
         self._pending: tuple | None = None
 
     def request(
@@ -244,12 +245,15 @@ class LatestTask(QObject):
         on_progress: Callable[[int, int, str], Any] | None = None,
         on_event: Callable[[Any], Any] | None = None,
         cancel_running: bool = False,
+        tag: Any = None,
         **kwargs: Any,
     ) -> int:
-        """Ask for ``fn(*args, **kwargs)`` (``kwargs`` as :func:`start_task`'s); returns its generation."""
+        """Ask for ``fn(*args, **kwargs)`` (``kwargs`` as :func:`start_task`'s); returns its generation.
+        ``tag`` says what the task works for (e.g. a folder and a model): :attr:`running_tag` and
+        :attr:`pending_tag` tell it back while the task runs or waits."""
         self.generation += 1
         was_busy = self.busy
-        self._pending = (self.generation, fn, args, on_result, on_error, on_progress, on_event, kwargs)
+        self._pending = (self.generation, fn, args, on_result, on_error, on_progress, on_event, kwargs, tag)
         if self.running():
             if cancel_running:
                 self.handle.cancel()
@@ -264,6 +268,15 @@ class LatestTask(QObject):
 
     def running(self) -> bool:
         return self.handle is not None and self.handle.is_running()
+
+    @property
+    def pending_tag(self) -> Any:
+        """The ``tag`` of the waiting request (None when none waits)."""
+        return self._pending[-1] if self._pending is not None else None
+
+    def cancelled(self) -> bool:
+        """The running task was asked to stop (its results are dropped)."""
+        return self.running() and self.handle.worker.cancelled
 
     @property
     def busy(self) -> bool:
@@ -283,8 +296,9 @@ class LatestTask(QObject):
         return self.handle.wait(timeout_ms) if self.running() else True
 
     def _start_pending(self) -> None:
-        gen, fn, args, on_result, on_error, on_progress, on_event, kwargs = self._pending
+        gen, fn, args, on_result, on_error, on_progress, on_event, kwargs, tag = self._pending
         self._pending = None
+        self.running_tag = tag
         kwargs = dict(kwargs)
         kwargs.setdefault("name", self.name)
         if on_event is not None:
@@ -306,6 +320,7 @@ class LatestTask(QObject):
         if handle is not self.handle:
             return
         self.handle = None
+        self.running_tag = None
         if self._pending is not None:
             self._start_pending()
         else:

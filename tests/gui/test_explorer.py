@@ -29,7 +29,7 @@ def _wait_result(qtbot, win: MainWindow, query: str | None = None, descriptor: s
     def ok():
         r = win.result
         return (r is not None and (query is None or r.query == os.path.abspath(query))
-                and (descriptor is None or r.spec.descriptor == descriptor) and not win._query_pending)
+                and (descriptor is None or r.spec.descriptor == descriptor) and not win.searching)
 
     qtbot.waitUntil(ok, timeout=TIMEOUT)
 
@@ -99,20 +99,20 @@ def test_k_threshold_and_hnsw_options(qtbot, window, folder):
     _wait_result(qtbot, win)
     all_scores = [h.score for h in win.result.hits]
     win.k_spin.setValue(5)
-    qtbot.waitUntil(lambda: win.result.options.k == 5 and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.result.options.k == 5 and not win.searching, timeout=TIMEOUT)
     assert [h.score for h in win.result.hits] == pytest.approx(all_scores[:5])
     cut = all_scores[2]
     win.threshold_spin.setValue(round(cut - 0.005, 2))
-    qtbot.waitUntil(lambda: win.result.options.threshold is not None and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.result.options.threshold is not None and not win.searching, timeout=TIMEOUT)
     assert all(h.score >= win.result.options.threshold for h in win.result.hits)
     win.threshold_spin.setValue(-1.0)
     win.method_box.setCurrentIndex(1)
     win._options_changed()
-    qtbot.waitUntil(lambda: not win.result.options.exact and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not win.result.options.exact and not win.searching, timeout=TIMEOUT)
     assert win.result.method.startswith("HNSW")
     assert [h.score for h in win.result.hits] == pytest.approx(all_scores[:5], abs=1e-5)  # 12 points: exact
     win.qe_spin.setValue(2)
-    qtbot.waitUntil(lambda: "QE2" in win.result.method and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: "QE2" in win.result.method and not win.searching, timeout=TIMEOUT)
     assert len(win.result.hits) == 5
 
 
@@ -213,7 +213,7 @@ def test_activations_and_rmac_region_shares(qtbot, window, folder):
     qtbot.waitUntil(lambda: win.activations.payload is not None, timeout=TIMEOUT)
     hit = win.result.hits[0]
     win.select_hit(hit)
-    qtbot.waitUntil(lambda: win.activations.payload.other == hit.path and not win._act_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.activations.payload.other == hit.path and not win.act_task.busy, timeout=TIMEOUT)
     p = win.activations.payload
     r = p.result
     assert r.layer == p.layers[-1] and len(p.layers) > 3
@@ -238,7 +238,7 @@ def test_activations_and_rmac_region_shares(qtbot, window, folder):
     # another layer on demand: R-MAC's regions (of the deepest layer) are not drawn over it
     panel.layer_box.setCurrentIndex(2)
     panel.layerChosen.emit(p.layers[2])
-    qtbot.waitUntil(lambda: panel.payload.result.layer == p.layers[2] and not win._act_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: panel.payload.result.layer == p.layers[2] and not win.act_task.busy, timeout=TIMEOUT)
     assert not panel.labels["regions"].isVisibleTo(panel) and not panel.labels["o_regions"].isVisibleTo(panel)
     assert "deepest layer" in panel.regions_head.text()
     assert win.preview is None  # a click selects; it opens no window (Space does, tests/gui/test_keyboard.py)
@@ -252,7 +252,7 @@ def test_export_current_and_split(qtbot, window, folder, tmp_path):
     win.k_spin.setValue(4)
     win.set_query(str(folder / "class_01" / "002.jpg"))
     _wait_result(qtbot, win)
-    qtbot.waitUntil(lambda: win.result.options.k == 4 and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.result.options.k == 4 and not win.searching, timeout=TIMEOUT)
     task = win.export_current(str(tmp_path / "res.html"))
     with qtbot.waitSignal(task.finished, timeout=TIMEOUT):
         pass

@@ -34,7 +34,7 @@ def win(qtbot, image_folder):
 
 def _wait_result(qtbot, w: MainWindow, query: str) -> None:
     qtbot.waitUntil(lambda: w.result is not None and w.result.query == os.path.abspath(query)
-                    and not w._query_pending and not w._query_task.is_running(), timeout=TIMEOUT)
+                    and not w.searching, timeout=TIMEOUT)
 
 
 def test_enter_searches_with_the_selected_result(qtbot, win):

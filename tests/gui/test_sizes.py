@@ -12,7 +12,7 @@ TIMEOUT = 120_000
 
 
 def _wait_result(qtbot, win: MainWindow) -> None:
-    qtbot.waitUntil(lambda: win.results_current() and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.results_current() and not win.searching, timeout=TIMEOUT)
 
 
 def _choose(win: MainWindow, data: str) -> None:

@@ -26,7 +26,7 @@ def _open(qtbot, win: MainWindow, folder: Path) -> None:
 
 
 def _settled(win: MainWindow) -> bool:
-    return not win._query_pending and not (win._query_task is not None and win._query_task.is_running())
+    return not win.searching
 
 
 def _wait_result(qtbot, win: MainWindow, query: str) -> None:
@@ -123,7 +123,7 @@ def test_cancel_before_anything_is_indexed_does_not_leave_the_query_waiting(qtbo
     assert "waiting for the first indexed images" in win.query_info.text()
     assert win.cancel_button.isVisibleTo(win)
     win.cancel_button.click()
-    qtbot.waitUntil(lambda: not win._index_task.is_running(), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not win.indexing, timeout=TIMEOUT)
     assert "waiting" not in win.query_info.text()
     assert "stopped before any image was indexed" in win.query_info.text()
     assert "Reindex" in win.query_info.text()

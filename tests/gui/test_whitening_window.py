@@ -41,7 +41,7 @@ def test_whitening_file_whitens_the_search(qtbot, window, folder, tmp_path, warn
     assert win.no_whitening_action.isEnabled()
     query = str(folder / "class_02" / "003.jpg")
     win.set_query(query)
-    qtbot.waitUntil(lambda: win.results_current() and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.results_current() and not win.searching, timeout=TIMEOUT)
     r = win.result
     assert r.spec.whitening == str(path) and r.vector.shape == (32,)  # whitened to the file's 32 dims
     assert len(r.hits) == 11
@@ -59,7 +59,7 @@ def test_whitening_file_whitens_the_search(qtbot, window, folder, tmp_path, warn
     assert win.use_whitening(path)
     win.no_whitening_action.trigger()
     assert win.key.whitening is None and win.index_ready()  # the plain GeM vectors exist: instant
-    qtbot.waitUntil(lambda: win.results_current() and not win._query_pending, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: win.results_current() and not win.searching, timeout=TIMEOUT)
     assert win.result.vector.shape == (1280,)
 
 
@@ -89,6 +89,6 @@ def test_whitening_of_another_dimension_fails_in_the_banner(qtbot, window, folde
     X = np.random.default_rng(1).standard_normal((100, 512)).astype(np.float32)  # noqa: N806
     save_whitening(PCAWhitening.fit(X, dim=16, shrinkage=0.1), tmp_path / "resnet18.npz")  # no meta: checked when built
     assert win.use_whitening(tmp_path / "resnet18.npz")
-    qtbot.waitUntil(lambda: not win._index_task.is_running(), timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not win.indexing, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=TIMEOUT)
     assert "Indexing failed" in win.banner.text() and "512-d" in win.banner.text() and not warnings
