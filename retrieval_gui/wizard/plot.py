@@ -57,10 +57,17 @@ class LiveTrainingPlot(QWidget):
                                               symbolBrush=VAL_COLOR, symbolPen=pg.mkPen("k"))
         self.baseline_line = pg.InfiniteLine(angle=0, movable=False,
                                              pen=pg.mkPen(BASELINE_COLOR, width=1, style=Qt.PenStyle.DashLine),
-                                             label="untrained", labelOpts={"position": 0.05, "color": BASELINE_COLOR})
+                                             label="untrained",
+                                             # left-aligned at 5 % of the width (centred there, the label's
+                                             # left half was cut off by the plot's edge)
+                                             labelOpts={"position": 0.05, "color": BASELINE_COLOR,
+                                                        "anchors": [(0, 0), (0, 1)]})
         self.baseline_line.setVisible(False)
         self.val_plot.addItem(self.baseline_line)
         self.val_plot.setXLink(self.loss_plot)
+        # the validation metrics (mAP, R@k) lie in [0, 1]: the axis never runs beyond (auto range padded it
+        # to 1.4 once)
+        self.val_plot.setLimits(yMin=0.0, yMax=1.0)
         self.metric = ""
         self.best: tuple[float, float] | None = None
         self.set_metric("R@1")

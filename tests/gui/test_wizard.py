@@ -373,9 +373,14 @@ def test_errors_are_shown_in_the_page(qtbot, image_folder, tmp_path, monkeypatch
 
 
 def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path, monkeypatch):
+    """Closing asks first (issue 24 item 4); "Stop and keep the last checkpoint" stops the run promptly."""
+    import retrieval_gui.wizard.wizard as W
+
     root = image_folder(n_classes=6, per_class=4, size=24)
     wiz = TrainWizard(config=tiny_config(root, tmp_path))
     qtbot.addWidget(wiz)
+    asked = []
+    monkeypatch.setattr(W, "ask_about_run", lambda _parent, text, choices: asked.append(choices) or W.STOP_RUN)
     import engine.training.trainer as T
 
     steps = []
@@ -394,6 +399,7 @@ def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path, monkeyp
     handle = wiz.handle
     t0 = time.perf_counter()
     wiz.reject()
+    assert len(asked) == 1 and W.KEEP_RUNNING in asked[0]
     assert not handle.thread.isRunning()  # closing waited for the stop (no leaked thread)
     assert time.perf_counter() - t0 < 5  # promptly, not after a wait timeout
     assert wiz.run_page.handle is None and not wiz.run_page.running
