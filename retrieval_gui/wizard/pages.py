@@ -172,7 +172,9 @@ class DataPage(_SettingsPage):
         self._given_classes: list[str] | None = None
         self._shown: ScanRequest | None = None  # what the shown summary counted
         self._classes: list[str] | None = None  # the training classes it was counted with
-        self._scans = LatestTask(self, "data scan")  # the latest settings' count wins
+        # the latest settings' count wins; no parent, and cancelled when the page goes (see WhitenDataPage)
+        self._scans = scans = LatestTask(None, "data scan")
+        self.destroyed.connect(lambda *_: scans.cancel())
         self._scans.busy_changed.connect(self._on_scans_busy)
         for w in (self.folder_edit, self.split_edit):
             w.textEdited.connect(self._forget_given_classes)

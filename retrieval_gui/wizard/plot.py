@@ -68,7 +68,7 @@ class LiveTrainingPlot(QWidget):
         # the validation metrics (mAP, R@k) lie in [0, 1]: the axis never runs beyond (auto range padded it
         # to 1.4 once)
         self.val_plot.setLimits(yMin=0.0, yMax=1.0)
-        self.metric = ""
+        self.metric_label = ""  # not "metric": that would hide QWidget.metric(), which Qt calls to paint
         self.best: tuple[float, float] | None = None
         self.set_metric("R@1")
 
@@ -120,7 +120,7 @@ class LiveTrainingPlot(QWidget):
 
     def set_metric(self, label: str) -> None:
         """Name the validation metric plotted: the one that chooses the kept checkpoint (e.g. 'mAP')."""
-        self.metric = label
+        self.metric_label = label
         self.val_plot.setTitle(f"Validation {label}: the selection metric (the best point is kept as best.pt)")
         self.val_plot.setLabel("left", f"validation {label}")
 

@@ -183,8 +183,11 @@ class WhitenDataPage(QWizardPage):
         lay.addWidget(self.message)
         lay.addStretch(1)
         self.count = FolderCount(root="", error="Choose a folder with one sub-folder of images per class.")
-        self._counts = LatestTask(self, "folder count")  # the latest folder's count wins
-        self._counts.busy_changed.connect(lambda _busy: self.completeChanged.emit())
+        # the latest folder's count wins; no parent, and cancelled when the page goes: a count still running
+        # then must neither call into the deleted page nor signal from a deleted LatestTask
+        self._counts = counts = LatestTask(None, "data scan")
+        self.destroyed.connect(lambda *_: counts.cancel())
+        self._counts.busy_changed.connect(self._on_counts_busy)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
@@ -225,6 +228,9 @@ class WhitenDataPage(QWizardPage):
     def _on_counted(self, count: FolderCount) -> None:
         if count.root == self.folder():
             self.show_count(count)
+
+    def _on_counts_busy(self, _busy: bool) -> None:
+        self.completeChanged.emit()
 
     def _on_count_error(self, message: str, _details: str) -> None:
         self.show_count(FolderCount(root=self.folder(), error=message))

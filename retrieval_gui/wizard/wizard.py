@@ -264,8 +264,13 @@ class TrainWizard(QWizard):
         choices[CANCEL_CLOSE] = "Keep training" if window else "Cancel"
         return ask_about_run(self, self._run_text() + (" Closing the explorer ends it." if window else ""), choices)
 
+    def _run_goes_on(self) -> bool:
+        """A training runs and was not asked to stop (a stopping one ends by itself: nothing to ask)."""
+        page = self.run_page
+        return page.training and not page.handle.worker.cancelled
+
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - the window's close asks first
-        if obj is self.parent() and event.type() == QEvent.Type.Close and self.run_page.training:
+        if obj is self.parent() and event.type() == QEvent.Type.Close and self._run_goes_on():
             if self.ask_close(window=True) == CANCEL_CLOSE:
                 event.ignore()
                 return True
@@ -286,7 +291,7 @@ class TrainWizard(QWizard):
 
     def done(self, result: int) -> None:  # noqa: D102 - a running training asks first (stop, keep, cancel)
         self.remember_settings()
-        if self.run_page.training:
+        if self._run_goes_on():
             choice = self.ask_close(window=False)
             if choice == CANCEL_CLOSE:
                 return

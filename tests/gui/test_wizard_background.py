@@ -14,7 +14,10 @@ from retrieval_gui.wizard.dataset import ScanRequest, scan
 from retrieval_gui.wizard.estimate import Rates, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.pages import RATES_KEY, remember_rates, remembered_rates
 from tests.gui.test_map_view import GapMeter
-from tests.gui.test_wizard import tiny_config
+from tests.gui.test_wizard import (
+    no_modal_question,  # noqa: F401 - autouse: no blocking question
+    tiny_config,
+)
 
 
 def _big_folder(root, classes: int = 200, per_class: int = 100):
