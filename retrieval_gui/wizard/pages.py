@@ -812,6 +812,7 @@ class RunPage(QWizardPage):
         self.alike_panel.finished.connect(self.completeChanged)
         self.alike_panel.finished.connect(self._alike_finished)
         self._alike_t0: float | None = None
+        self.config: TrainConfig | None = None  # of the run attached
 
         # the page's parts keep their minimum heights (the plots stay readable) and the page scrolls in a
         # window too short for them, instead of squeezing the plots under each other's labels

@@ -71,9 +71,10 @@ def config_from_settings(settings: QSettings | None = None) -> TrainConfig:
 
 
 class TrainWizard(QWizard):
-    """Trains an embedding, or learns a whitening, from the GUI. ``main_window`` (optional) gets
-    ``use_model(checkpoint)``, and ``set_sizes`` / ``use_whitening(path)`` for a learned whitening (whose
-    model it is: a whitening is learned for the window's backbone).
+    """Trains an embedding, or learns a whitening, from the GUI. The window side is an
+    ``explorer`` (retrieval_gui.wizard.explorer: the window's state, "use this model", "use this whitening");
+    given a ``main_window`` instead, its WindowLink, which lists every call made into the window. A
+    ``parent`` window's close asks first while a training runs.
 
     ``path``: "train" or "whiten" starts on that path; None asks first (the choice page), except when a
     ``config`` is given, which is a training's: it starts on the Data page, as scripts expect.

@@ -96,7 +96,7 @@ def test_estimate_adds_features_and_training_from_the_rates():
     assert head.validation_s == 0 and head.total_s == pytest.approx(200 + 160)
     full = estimate_run(mode="full", n_train=800, n_val=200, iterations=500, val_every=100, batch=32, views=2,
                         rates=rates)
-    assert full.features_s == 0 and full.validation_s == pytest.approx(5 * 200 / 10.0)
+    assert full.features_s == 0 and full.validation_s == pytest.approx((1 + 5) * 200 / 10.0)  # the untrained network validates too
     longer = estimate_run(mode="head", n_train=800, n_val=200, iterations=1000, val_every=100, batch=32, views=2,
                           rates=rates)
     assert longer.training_s == pytest.approx(2 * head.training_s)
