@@ -99,7 +99,7 @@ def list_trained() -> list[tuple[str, str]]:
     try:
         from engine.training.registry import list_trained_models
 
-        return [(f"trained: {m.name}", m.path) for m in list_trained_models()]
+        return [(f"trained: {m.title}", m.path) for m in list_trained_models()]
     except Exception as exc:  # a broken models folder must not stop the window from opening
         log.warning("cannot list trained models: %s", exc)
         return []

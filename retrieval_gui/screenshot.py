@@ -202,6 +202,7 @@ def _wizard(app, args) -> int:
             info["alike"] = run.alike_panel.status.text()[:400]
     info["ok"] = bool(ok and saved)
     info["total_s"] = round(time.monotonic() - t0, 1)
+    wiz.run_page.stop(wait_ms=60_000)  # a run past the timeout: stopped here, closing would ask what to do
     wiz.close()
     print(json.dumps(info))
     return 0 if info["ok"] else 1

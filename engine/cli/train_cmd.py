@@ -1,6 +1,7 @@
 """`retrieval-explorer train --data DIR ...`: train an embedding (metric learning) headless.
 
-Every TrainConfig field is an option (--iterations, --mode, --target, --no-memory, ...). Progress goes to
+Every TrainConfig field is an option (--iterations, --mode, --target, --no-memory, ...), described by
+engine.training.options (its help and choices, which the GUI wizard shows too). Progress goes to
 stderr (each preparation phase with its own rate and ETA, then the training loop with the loop's own);
 the result to stdout: the kept model, the metric that chose it, and what it, last.pt and the best
 untrained descriptor score on the validation data; as JSON with --json.
@@ -18,21 +19,6 @@ from typing import TextIO
 
 _SKIP = {"data_root", "train_classes", "extra"}
 
-HELP = {
-    "target": "what the model should get better at: 'same' = retrieving within these categories (validation: a "
-              "share of each class's images, never trained on; the right choice for your own labelled folders); "
-              "'new' = categories it has never seen (validation: whole classes held back)",
-    "val_image_share": "target same: the share of each class's images held back to validate",
-    "val_class_share": "target new: the share of the classes held back to validate",
-    "image_split": "a JSON file {\"train\": [...], \"val\": [...]} of image paths relative to --data (label = parent "
-                   "folder), used instead of the automatic carve",
-    "select_metric": "the validation metric that chooses the kept checkpoint best.pt (and early stopping)",
-    "out_dir": "the run's folder; refused when it holds another run (default: a new folder in the models folder)",
-    "name": "the run's name (default: time to the millisecond, data folder and settings; a counter is added "
-            "when that folder exists)",
-}
-
-
 def _bool(s: str) -> bool:
     v = s.strip().lower()
     if v in ("1", "true", "yes", "on"):
@@ -43,10 +29,9 @@ def _bool(s: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.training.config import LOSSES, MININGS, MODES, POOLINGS, SELECT_METRICS, TARGETS, TrainConfig
+    from engine.training.config import TrainConfig
+    from engine.training.options import option
 
-    choices = {"mode": MODES, "loss": LOSSES, "mining": MININGS, "pooling": POOLINGS,
-               "select_metric": SELECT_METRICS, "target": TARGETS}
     p = sub.add_parser("train", help="train an embedding on a folder of class sub-folders (metric learning)",
                        description="Train an embedding with triplet/contrastive loss and a cross-batch memory. "
                        "Label = sub-folder name. --target same (default) holds back a share of every class's images "
@@ -73,13 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         opt = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        extra = f"{HELP[f.name]} " if f.name in HELP else ""
+        opt_info = option(f.name)  # the help and choices the wizard shows too
+        extra = f"{opt_info.help} " if opt_info.help else ""
         if isinstance(default, bool):
             p.add_argument(opt, type=_bool, default=None, metavar="BOOL", help=f"{extra}(default: {default})")
             if f.name == "memory":
                 p.add_argument("--no-memory", dest="memory", action="store_false", help="train without the memory")
         else:
-            p.add_argument(opt, type=type(default), default=None, choices=choices.get(f.name),
+            p.add_argument(opt, type=type(default), default=None, choices=opt_info.choices or None,
                            help=f"{extra}(default: {default!r})")
     p.set_defaults(func=run)
 

@@ -258,6 +258,10 @@ class DistributedRun(_Run):
         if self.ctx.main:
             super().save_best(it)
 
+    def save_state(self, state: str, it: int) -> None:
+        if self.ctx.main:
+            super().save_state(state, it)
+
     def validate_untrained(self) -> None:
         if self.ctx.main:
             super().validate_untrained()

@@ -35,7 +35,7 @@ from engine.training import data as D
 from engine.training.checkpoint import load_checkpoint, save_checkpoint, write_info
 from engine.training.config import TrainConfig
 from engine.training.losses import build_loss
-from engine.training.registry import BEST_FILE, INFO_FILE, LAST_FILE, cache_dir, models_dir
+from engine.training.registry import BEST_FILE, INFO_FILE, LAST_FILE, cache_dir, models_dir, write_run_state
 from engine.training.sampler import PKSampler
 from engine.training.xbm import CrossBatchMemory, XBMLoss
 from models.embedding import EmbeddingModel, build_model_from_config, freeze_batchnorm, l2n
@@ -742,6 +742,7 @@ class _Run:
     def save_last(self, it: int) -> None:
         save_checkpoint(self.last_path, self.payload(it, True, self.val_metrics))
         self.last_saved = it
+        self.save_state("running", it)
         self.emit(TrainEvent("checkpoint", it, self.config.iterations, message=str(self.last_path)))
 
     def save_best(self, it: int) -> None:
@@ -947,6 +948,12 @@ class _Run:
         if cancelled and self.last_saved != it:
             self.save_last(it)
         self.it, self.cancelled, self.reason = it, cancelled, reason or "finished"
+        # the model lists tell a run the user stopped from a finished one (registry.TrainedModelInfo.title)
+        self.save_state("stopped" if cancelled else "finished", self.last_saved)
+
+    def save_state(self, state: str, it: int) -> None:
+        """The run folder's state.json (registry.write_run_state)."""
+        write_run_state(self.out, state, it, self.config.iterations)
 
     # ---- 6. the result
     def finish(self) -> TrainResult:

@@ -22,6 +22,8 @@ class Rates:
     features: float
     train: float
     source: str
+    evaluation: float = 0.0  # images/s of the whole evaluation alike after the run (loading the networks,
+    #                          describing, its whitenings) as the last run with these settings measured; 0 = unknown
 
 
 @dataclass(frozen=True)
@@ -180,17 +182,39 @@ def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_ev
     lines.append(f"training: {_clock(training)} ({iterations:,} iterations × {batch} images at "
                  f"{rates.train:.0f} images/s)")
     if mode == "full" and n_val and val_every > 0:
-        validation = (iterations // val_every) * n_val / rates.features
-        lines.append(f"validation: {_clock(validation)} ({iterations // val_every} × {n_val:,} images)")
+        # the untrained network is validated first (iteration 0) and the last iteration always validates,
+        # also when it is not a multiple of val_every (a 1-iteration run validates twice)
+        passes = 1 + validations(iterations, val_every)
+        validation = passes * n_val / rates.features
+        lines.append(f"validation: {_clock(validation)} ({passes} × {n_val:,} images, the untrained network's "
+                     "and the last iteration's included)")
     evaluation = 0.0
     if alike_sizes:
-        backbones = 1 if mode == "head" else 2
-        work = sum((s / image_size) ** 2 for s in alike_sizes) * backbones
         m = n if alike_images is None else alike_images
-        evaluation = m * work / rates.features
-        lines.append(f"then the evaluation alike: {_clock(evaluation)} ({m:,} images at "
-                     f"{'+'.join(map(str, alike_sizes))}, {backbones} network(s), plus its whitenings)")
+        sizes = "+".join(map(str, alike_sizes))
+        if rates.evaluation > 0:
+            evaluation = m / rates.evaluation
+            lines.append(f"then the evaluation alike: {_clock(evaluation)} ({m:,} images at {sizes}, its loading "
+                         "and whitenings included, as fast as in the last run with these settings)")
+        else:
+            backbones = 1 if mode == "head" else 2
+            work = sum((s / image_size) ** 2 for s in alike_sizes) * backbones
+            evaluation = m * work / rates.features
+            lines.append(f"then the evaluation alike: at least {_clock(evaluation)} ({m:,} images at {sizes}, "
+                         f"{backbones} network(s); its whitenings are timed by the first run and counted from "
+                         "then on)")
     return Estimate(features, training, validation, tuple(lines), evaluation)
+
+
+def validations(iterations: int, val_every: int) -> int:
+    """How many times a run of ``iterations`` validates after iteration 0: every ``val_every`` iterations
+    and at the last one."""
+    return -(-int(iterations) // max(1, int(val_every))) if iterations > 0 else 0
+
+
+def alike_key(sizes: tuple[int, ...], whiten: bool) -> str:
+    """The key the evaluation alike's measured speed is remembered under (beside the run's rate_key)."""
+    return f"alike:{'+'.join(map(str, sizes))}:{'whitened' if whiten else 'plain'}"
 
 
 def describe(estimate: Estimate, rates: Rates) -> str:

@@ -29,19 +29,11 @@ def _fmt(v: object) -> str:
 
 
 def load_into(main_window: object | None, path: str) -> str:
-    """Hand a checkpoint to the explorer (``main_window.use_model(path)``). Returns "" on success, or
-    a sentence saying why it could not (no window, no ``use_model``, or the error it raised)."""
-    use = getattr(main_window, "use_model", None) if main_window is not None else None
-    if use is None:
-        return (f"No explorer window to load the model into. Choose it there as a backbone: {path}"
-                if main_window is None else
-                f"The explorer window has no use_model(); choose the model there as a backbone: {path}")
-    try:
-        use(path)
-    except Exception as exc:  # shown to the user, never swallowed
-        log.exception("use_model(%s) failed", path)
-        return f"Loading the model failed: {type(exc).__name__}: {exc}"
-    return ""
+    """Hand a checkpoint to the explorer (retrieval_gui.wizard.explorer: ``main_window.use_model(path)``).
+    Returns "" on success, or a sentence saying why it could not."""
+    from retrieval_gui.wizard.explorer import explorer_of
+
+    return explorer_of(main_window).use_model(path)
 
 
 class TrainedModelsDialog(QDialog):
@@ -98,7 +90,7 @@ class TrainedModelsDialog(QDialog):
         for row, m in enumerate(self.models):
             val = m.metrics.get("val", {}) if isinstance(m.metrics.get("val"), dict) else {}
             base = m.metrics.get("baseline_val", {}) if isinstance(m.metrics.get("baseline_val"), dict) else {}
-            cells = (m.name, m.date, m.data_root, str(m.config.get("backbone", "")), _fmt(val.get("recall@1")),
+            cells = (m.title, m.date, m.data_root, str(m.config.get("backbone", "")), _fmt(val.get("recall@1")),
                      _fmt(base.get("recall@1")), _fmt(val.get("map")))
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
@@ -127,7 +119,9 @@ class TrainedModelsDialog(QDialog):
             return
         problem = load_into(self.main_window, path)
         self.modelChosen.emit(path)
-        if problem and self.main_window is not None:
+        from retrieval_gui.wizard.explorer import NoExplorer
+
+        if problem and self.main_window is not None and not isinstance(self.main_window, NoExplorer):
             QMessageBox.warning(self, "Trained models", problem)
             return
         self.accept()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import html
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -26,7 +25,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QRadioButton,
     QScrollArea,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QTextBrowser,
@@ -36,59 +34,44 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from engine.training.config import LOSSES, MININGS, POOLINGS, TrainConfig
+from engine.training.config import TrainConfig
+from engine.training.options import page_fields
 from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
 from retrieval_gui.wizard.alike_panel import AlikeChoice, AlikePanel
+from retrieval_gui.wizard.binding import Binding
+from retrieval_gui.wizard.common import fmt_duration
 from retrieval_gui.wizard.dataset import DataSummary, ScanRequest, ScanResult, read_class_list, scan
-from retrieval_gui.wizard.estimate import Rates, describe, estimate_run, measure_rates, rate_key
+from retrieval_gui.wizard.estimate import Rates, alike_key, describe, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.plot import LiveTrainingPlot
-from retrieval_gui.workers import wait_for_task
+from retrieval_gui.workers import LatestTask, wait_for_task
 
-if TYPE_CHECKING:
-    from retrieval_gui.wizard.wizard import TrainWizard
-
-
-def _spin(lo: int, hi: int, step: int = 1, special: str = "") -> QSpinBox:
-    s = QSpinBox()
-    s.setRange(lo, hi)
-    s.setSingleStep(step)
-    if special:
-        s.setSpecialValueText(special)
-    return s
-
-
-def _dspin(lo: float, hi: float, step: float, decimals: int) -> QDoubleSpinBox:
-    s = QDoubleSpinBox()
-    s.setDecimals(decimals)
-    s.setRange(lo, hi)
-    s.setSingleStep(step)
-    return s
-
-
-def _lr_spin() -> QDoubleSpinBox:
-    s = _dspin(0.0, 1.0, 1e-5, 7)
-    return s
-
-
-def fmt_duration(seconds: float) -> str:
-    """'1h 02m', '3m 05s', '12s'."""
-    s = max(0, int(round(seconds)))
-    if s >= 3600:
-        return f"{s // 3600}h {(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"
+__all__ = ["DataPage", "LossPage", "ModelPage", "RunPage", "RunSettingsPage", "SummaryPage", "fmt_duration"]
 
 
 class _SettingsPage(QWizardPage):
-    def wiz(self) -> TrainWizard:
-        return self.wizard()  # type: ignore[return-value]
+    """A page of TrainConfig settings: the fields its ``page`` binds (engine.training.options) are made,
+    loaded and stored by ``self.fields``; a page adds what it binds by hand in :meth:`load_more` /
+    :meth:`store_more`."""
 
-    def load(self, cfg: TrainConfig) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    page = ""
 
-    def store(self, cfg: TrainConfig) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def __init__(self, parent: QWidget | None = None, items: dict | None = None) -> None:
+        super().__init__(parent)
+        self.fields = Binding(page_fields(self.page), items)
+
+    def load(self, cfg: TrainConfig) -> None:
+        self.fields.load(cfg)
+        self.load_more(cfg)
+
+    def store(self, cfg: TrainConfig) -> None:
+        self.fields.store(cfg)
+        self.store_more(cfg)
+
+    def load_more(self, cfg: TrainConfig) -> None:
+        """The fields this page binds by hand."""
+
+    def store_more(self, cfg: TrainConfig) -> None:
+        """The fields this page binds by hand."""
 
     def cleanupPage(self) -> None:  # noqa: N802 - keep the user's values when going back
         pass
@@ -118,9 +101,14 @@ class DataPage(_SettingsPage):
     the settings shown."""
 
     scanned = Signal(object)  # the DataSummary of a count just shown
+    page = "data"
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, batch_classes: Callable[[], int] | None = None,
+                 image_split: Callable[[], str] | None = None) -> None:
         super().__init__(parent)
+        # the split depends on the batch's P (classes held back keep enough for a batch) and on an image split
+        self._batch_classes = batch_classes or (lambda: 0)
+        self._image_split = image_split or (lambda: "")
         self.setTitle("Training data")
         self.setSubTitle("A folder with one sub-folder of images per class (label = sub-folder name). "
                          "Validation images are held back from training and choose the model that is kept.")
@@ -147,9 +135,9 @@ class DataPage(_SettingsPage):
         self.split_edit.setPlaceholderText("optional: JSON or text file listing the training classes")
         browse_split = QPushButton("Browse…")
         browse_split.clicked.connect(self._browse_split)
-        self.val_share = _dspin(0.0, 0.9, 0.05, 2)
+        self.val_share = Binding(["val_image_share"]).widgets["val_image_share"]  # shows the target's share
         self.val_share_label = QLabel(SHARE_LABEL["same"])
-        self.seed = _spin(0, 2**31 - 1)
+        self.seed = self.fields["seed"]
         form = QFormLayout()
         row = QHBoxLayout()
         row.addWidget(self.folder_edit)
@@ -160,7 +148,7 @@ class DataPage(_SettingsPage):
         row2.addWidget(browse_split)
         form.addRow("Split file:", row2)
         form.addRow(self.val_share_label, self.val_share)
-        form.addRow("Seed (split and training):", self.seed)
+        self.fields.add_rows(form)
         self.counts = QTableWidget(2, 2)
         self.counts.setHorizontalHeaderLabels(["classes", "images"])
         self.counts.setVerticalHeaderLabels(["training", "validation"])
@@ -184,8 +172,10 @@ class DataPage(_SettingsPage):
         self._given_classes: list[str] | None = None
         self._shown: ScanRequest | None = None  # what the shown summary counted
         self._classes: list[str] | None = None  # the training classes it was counted with
-        self._scan_task = None
-        self._scan_pending = False
+        # the latest settings' count wins; no parent, and cancelled when the page goes (see WhitenDataPage)
+        self._scans = scans = LatestTask(None, "data scan")
+        self.destroyed.connect(lambda *_: scans.cancel())
+        self._scans.busy_changed.connect(self._on_scans_busy)
         for w in (self.folder_edit, self.split_edit):
             w.textEdited.connect(self._forget_given_classes)
             w.textChanged.connect(self._debounce.start)
@@ -243,37 +233,26 @@ class DataPage(_SettingsPage):
 
     def scan_request(self) -> ScanRequest:
         """The count the settings shown ask for (cheap: reads the widgets only)."""
-        wiz = self.wiz() if self.wizard() is not None else None
         return ScanRequest(root=self.folder_edit.text().strip(), split_file=self.split_edit.text().strip(),
                            given_classes=None if self._given_classes is None else tuple(self._given_classes),
                            val_share=self.val_share.value(), seed=self.seed.value(),
-                           classes_per_batch=wiz.run_settings_page.p.value() if wiz is not None else 0,
-                           target=self.target(), image_split=wiz._config.image_split if wiz is not None else "")
+                           classes_per_batch=self._batch_classes(), target=self.target(),
+                           image_split=self._image_split())
 
     def is_current(self) -> bool:
         """Whether the summary shown counts the settings shown."""
         return self._shown is not None and self._shown == self.scan_request()
 
     def scanning(self) -> bool:
-        """A count is running in the worker."""
-        return self._scan_task is not None and self._scan_task.is_running()
+        """A count is running (or waiting) in the worker."""
+        return self._scans.busy
 
     def request_scan(self) -> None:
-        """Count the folder under the current settings in a worker; while one count runs, the next waits
-        for it (and counts the settings of that moment)."""
-        from retrieval_gui.workers import start_task
-
+        """Count the folder under the current settings in a worker (workers.LatestTask: one count at a
+        time, the latest request's result shown)."""
         self._debounce.stop()
-        if self.scanning():
-            self._scan_pending = True
-            return
-        # no parent: a page closed meanwhile must not delete the handle of a running thread (the
-        # connections to this page's methods end with the page)
-        task = start_task(scan, self.scan_request(), name="data scan", with_callbacks=False)
-        self._scan_task = task
-        task.result.connect(self._on_scanned)
-        task.error.connect(self._on_scan_error)
-        task.finished.connect(self._on_scan_finished)
+        self._scans.request(scan, self.scan_request(), on_result=self._on_scanned, on_error=self._on_scan_error,
+                            with_callbacks=False)
         self.completeChanged.emit()
 
     def _on_scan_error(self, message: str, _details: str) -> None:
@@ -284,10 +263,9 @@ class DataPage(_SettingsPage):
         if result.request == self.scan_request():  # else the settings changed meanwhile: a newer count follows
             self._show(result)
 
-    def _on_scan_finished(self) -> None:
-        if self._scan_pending or (not self.is_current() and not self._debounce.isActive()):
-            self._scan_pending = False
-            self.request_scan()
+    def _on_scans_busy(self, busy: bool) -> None:
+        if not busy and not self.is_current() and not self._debounce.isActive():
+            self.request_scan()  # settings changed without an edit signal (e.g. the batch's P): count again
         else:
             self.completeChanged.emit()
 
@@ -342,27 +320,25 @@ class DataPage(_SettingsPage):
         self.request_scan()
         return False
 
-    def load(self, cfg: TrainConfig) -> None:
+    def load_more(self, cfg: TrainConfig) -> None:
         self.folder_edit.setText(cfg.data_root)
         self._shares = {"same": cfg.val_image_share, "new": cfg.val_class_share}
         self._target = "new" if cfg.target == "new" else "same"
         (self.target_new if self._target == "new" else self.target_same).setChecked(True)
         self.val_share_label.setText(SHARE_LABEL[self._target])
         self.val_share.setValue(self._shares[self._target])
-        self.seed.setValue(cfg.seed)
         split = cfg.extra.get("split_file", "") if isinstance(cfg.extra, dict) else ""
         self.split_edit.setText(str(split))
         # classes given with the settings but no split file (a script, the CLI's --classes): kept until
         # the user edits the folder or the split field, never silently widened to every sub-folder
         self._given_classes = list(cfg.train_classes) if cfg.train_classes and not split else None
 
-    def store(self, cfg: TrainConfig) -> None:
+    def store_more(self, cfg: TrainConfig) -> None:
         cfg.data_root = self.folder_edit.text().strip()
         cfg.train_classes = self.train_classes()
         self._shares[self.target()] = self.val_share.value()
         cfg.target = self.target()
         cfg.val_image_share, cfg.val_class_share = self._shares["same"], self._shares["new"]
-        cfg.seed = self.seed.value()
         split = self.split_edit.text().strip()
         if split:
             cfg.extra["split_file"] = split
@@ -380,27 +356,18 @@ def available_backbones() -> list[str]:
 
 
 class ModelPage(_SettingsPage):
+    page = "model"
+
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(parent, items={"backbone": [(b, b) for b in available_backbones()]})
         self.setTitle("Model")
         self.setSubTitle("Backbone -> pooling -> linear embedding head. Embedding size 0 keeps the feature "
                          "size and starts from the identity, i.e. from the untrained descriptor.")
-        self.backbone = QComboBox()
-        self.backbone.addItems(available_backbones())
-        self.weights = QComboBox()
-        self.weights.addItems(["pretrained", "random"])
-        self.pooling = QComboBox()
-        self.pooling.addItems(list(POOLINGS))
-        self.embedding_dim = _spin(0, 8192, 64, "same as the features (identity start)")
-        self.image_size = _spin(16, 1024, 16)
+        self.backbone, self.weights = self.fields["backbone"], self.fields["weights"]
         self.note = QLabel()
         self.note.setWordWrap(True)
         form = QFormLayout(self)
-        form.addRow("Backbone:", self.backbone)
-        form.addRow("Weights:", self.weights)
-        form.addRow("Pooling:", self.pooling)
-        form.addRow("Embedding size:", self.embedding_dim)
-        form.addRow("Image size:", self.image_size)
+        self.fields.add_rows(form, ["backbone", "weights", "pooling", "embedding_dim", "image_size"])
         form.addRow(self.note)
         self.backbone.currentTextChanged.connect(self._update_note)
         self.weights.currentTextChanged.connect(self._update_note)
@@ -417,73 +384,30 @@ class ModelPage(_SettingsPage):
                         "downloaded while training: choose another backbone or random weights.")
         self.note.setText(text)
 
-    def load(self, cfg: TrainConfig) -> None:
-        if self.backbone.findText(cfg.backbone) < 0:
-            self.backbone.addItem(cfg.backbone)
-        self.backbone.setCurrentText(cfg.backbone)
-        self.weights.setCurrentText(cfg.weights)
-        self.pooling.setCurrentText(cfg.pooling)
-        self.embedding_dim.setValue(cfg.embedding_dim)
-        self.image_size.setValue(cfg.image_size)
+    def load_more(self, cfg: TrainConfig) -> None:
         self._update_note()
-
-    def store(self, cfg: TrainConfig) -> None:
-        cfg.backbone = self.backbone.currentText()
-        cfg.weights = self.weights.currentText()
-        cfg.pooling = self.pooling.currentText()
-        cfg.embedding_dim = self.embedding_dim.value()
-        cfg.image_size = self.image_size.value()
 
 
 # --------------------------------------------------------------------------------------------------
 class LossPage(_SettingsPage):
+    page = "loss"
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setTitle("Loss and cross-batch memory")
         self.setSubTitle("Triplet (or contrastive) loss on each P x K batch; the cross-batch memory (XBM) "
                          "adds pairs against embeddings of earlier batches once the warm-up is over.")
-        self.loss = QComboBox()
-        self.loss.addItems(list(LOSSES))
-        self.margin = _dspin(0.001, 2.0, 0.05, 3)
-        self.mining = QComboBox()
-        self.mining.addItems(list(MININGS))
-        self.memory = QCheckBox("Use a cross-batch memory")
-        self.memory_share = _dspin(0.01, 1.0, 0.05, 2)
-        self.memory_weight = _dspin(0.0, 10.0, 0.1, 2)
-        self.warmup = _spin(0, 1_000_000, 10)
-        form = QFormLayout(self)
-        form.addRow("Loss:", self.loss)
-        form.addRow("Margin:", self.margin)
-        form.addRow("Mining:", self.mining)
-        form.addRow(self.memory)
-        form.addRow("Memory size (share of the training set):", self.memory_share)
-        form.addRow("Memory loss weight:", self.memory_weight)
-        form.addRow("Warm-up iterations (before the memory):", self.warmup)
+        self.memory = self.fields["memory"]
+        self.fields.add_rows(QFormLayout(self))
         self.memory.toggled.connect(self._sync)
 
     def _sync(self) -> None:
         on = self.memory.isChecked()
-        for w in (self.memory_share, self.memory_weight, self.warmup):
-            w.setEnabled(on)
+        for name in ("memory_share", "memory_weight", "warmup_iters"):
+            self.fields[name].setEnabled(on)
 
-    def load(self, cfg: TrainConfig) -> None:
-        self.loss.setCurrentText(cfg.loss)
-        self.margin.setValue(cfg.margin)
-        self.mining.setCurrentText(cfg.mining)
-        self.memory.setChecked(cfg.memory)
-        self.memory_share.setValue(cfg.memory_share)
-        self.memory_weight.setValue(cfg.memory_weight)
-        self.warmup.setValue(cfg.warmup_iters)
+    def load_more(self, cfg: TrainConfig) -> None:
         self._sync()
-
-    def store(self, cfg: TrainConfig) -> None:
-        cfg.loss = self.loss.currentText()
-        cfg.margin = self.margin.value()
-        cfg.mining = self.mining.currentText()
-        cfg.memory = self.memory.isChecked()
-        cfg.memory_share = self.memory_share.value()
-        cfg.memory_weight = self.memory_weight.value()
-        cfg.warmup_iters = self.warmup.value()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,11 +426,12 @@ def available_devices() -> list[tuple[str, str]]:
     return out
 
 
-
-
 class RunSettingsPage(_SettingsPage):
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    page = "run"
+
+    def __init__(self, parent: QWidget | None = None, *, image_size: Callable[[], int] | None = None) -> None:
+        super().__init__(parent, items={"device": available_devices()})
+        self._image_size = image_size  # the model page's, which names the sizes of the evaluation alike
         self.setTitle("Run settings")
         self.setSubTitle("Head only: the backbone stays frozen, its features are computed once and only the "
                          "embedding head learns (fast, also on a CPU). Last layers: the maps entering the last "
@@ -518,51 +443,25 @@ class RunSettingsPage(_SettingsPage):
         self.mode_group = QButtonGroup(self)
         for b in (self.mode_head, self.mode_tail, self.mode_full):
             self.mode_group.addButton(b)
-        self.tail_units = _spin(1, 64)
-        self.tail_units.setToolTip("How many of the last feature units train: for efficientnet_lite0 1 = the "
-                                   "head conv, 2 = + the last block, 3 = + the block before it, ...")
-        self.iterations = _spin(1, 10_000_000, 100)
-        self.p = _spin(2, 4096)
-        self.k = _spin(2, 1024)
+        f = self.fields
+        self.tail_units, self.iterations, self.lr_backbone = f["tail_units"], f["iterations"], f["lr_backbone"]
+        self.p, self.k, self.freeze_bn = f["classes_per_batch"], f["samples_per_class"], f["freeze_bn"]
         self.batch_label = QLabel()
-        self.lr_head = _lr_spin()
-        self.lr_backbone = _lr_spin()
-        self.weight_decay = _dspin(0.0, 1.0, 1e-4, 6)
-        self.freeze_bn = QCheckBox("Freeze BatchNorm statistics")
-        self.val_every = _spin(1, 1_000_000, 50)
-        self.select_metric = QComboBox()
-        self.select_metric.addItem("mAP (the whole ranking)", "map")
-        self.select_metric.addItem("R@1 (the first result)", "recall@1")
-        self.select_metric.setToolTip("The validation figure that chooses the model kept as best.pt (and stops "
-                                      "training early when patience is set).")
-        self.device = QComboBox()
-        for value, label in available_devices():
-            self.device.addItem(label, value)
-        self.threads = _spin(0, 256, 1, "default")
-        self.name = QLineEdit()
-        self.name.setPlaceholderText("generated from the time, the data folder and the settings")
         form = QFormLayout(self)
         form.addRow(self.mode_head)
         form.addRow(self.mode_tail)
-        form.addRow("    Trained units:", self.tail_units)
+        f.add_row(form, "tail_units")
         form.addRow(self.mode_full)
-        form.addRow("Iterations:", self.iterations)
+        f.add_row(form, "iterations")
         pk = QHBoxLayout()
         pk.addWidget(self.p)
         pk.addWidget(QLabel("classes ×"))
         pk.addWidget(self.k)
         pk.addWidget(QLabel("images"))
         pk.addWidget(self.batch_label)
-        form.addRow("Batch P × K:", pk)
-        form.addRow("Learning rate, head:", self.lr_head)
-        form.addRow("Learning rate, backbone:", self.lr_backbone)
-        form.addRow("Weight decay:", self.weight_decay)
-        form.addRow(self.freeze_bn)
-        form.addRow("Validate every (iterations):", self.val_every)
-        form.addRow("Keep the model with the best validation:", self.select_metric)
-        form.addRow("Device:", self.device)
-        form.addRow("CPU threads:", self.threads)
-        form.addRow("Model name:", self.name)
+        f.add_row(form, "classes_per_batch", pk)
+        f.add_rows(form, ["lr_head", "lr_backbone", "weight_decay", "freeze_bn", "val_every", "select_metric",
+                          "device", "num_threads", "name"])
         # what the run page evaluates when the run ends: remembered here, not part of the training settings
         self.alike = QCheckBox("When the run ends, evaluate both alike at sizes")
         self.alike_sizes = QComboBox()
@@ -597,51 +496,17 @@ class RunSettingsPage(_SettingsPage):
         self.tail_units.setEnabled(self.mode_tail.isChecked())
         self.batch_label.setText(f"= {self.p.value() * self.k.value()} per batch")
 
-    def load(self, cfg: TrainConfig) -> None:
+    def load_more(self, cfg: TrainConfig) -> None:
         {"full": self.mode_full, "tail": self.mode_tail}.get(cfg.mode, self.mode_head).setChecked(True)
-        self.tail_units.setValue(cfg.tail_units)
-        self.iterations.setValue(cfg.iterations)
-        self.p.setValue(cfg.classes_per_batch)
-        self.k.setValue(cfg.samples_per_class)
-        self.lr_head.setValue(cfg.lr_head)
-        self.lr_backbone.setValue(cfg.lr_backbone)
-        self.weight_decay.setValue(cfg.weight_decay)
-        self.freeze_bn.setChecked(cfg.freeze_bn)
-        self.val_every.setValue(cfg.val_every)
-        j = self.select_metric.findData(cfg.select_metric)
-        if j < 0:  # a value no choice offers: kept as it is, so that validation reports it
-            self.select_metric.addItem(cfg.select_metric, cfg.select_metric)
-            j = self.select_metric.count() - 1
-        self.select_metric.setCurrentIndex(j)
-        i = self.device.findData(cfg.device)
-        if i < 0 and cfg.device == "auto" or cfg.device.startswith("cuda") and i < 0:
-            i = 0  # auto / an absent CUDA device: the first offered (CUDA when present, else CPU)
-        self.device.setCurrentIndex(max(0, i))
-        self.threads.setValue(cfg.num_threads)
-        self.name.setText(cfg.name)
         self._sync()
 
-    def store(self, cfg: TrainConfig) -> None:
+    def store_more(self, cfg: TrainConfig) -> None:
         cfg.mode = "full" if self.mode_full.isChecked() else "tail" if self.mode_tail.isChecked() else "head"
-        cfg.tail_units = self.tail_units.value()
-        cfg.iterations = self.iterations.value()
-        cfg.classes_per_batch = self.p.value()
-        cfg.samples_per_class = self.k.value()
-        cfg.lr_head = self.lr_head.value()
-        cfg.lr_backbone = self.lr_backbone.value()
-        cfg.weight_decay = self.weight_decay.value()
-        cfg.freeze_bn = self.freeze_bn.isChecked()
-        cfg.val_every = self.val_every.value()
-        cfg.select_metric = str(self.select_metric.currentData())
-        cfg.device = str(self.device.currentData())
-        cfg.num_threads = self.threads.value()
-        cfg.name = self.name.text().strip()
 
     def initializePage(self) -> None:  # noqa: N802
         self._sync()
-        wiz = self.wizard()
-        if wiz is not None and hasattr(wiz, "config"):
-            self.show_alike_sizes(wiz.config().image_size)
+        if self._image_size is not None:
+            self.show_alike_sizes(self._image_size())
 
     # -- the evaluation alike when the run ends ----------------------------------------------------
     def alike_choice(self) -> AlikeChoice:
@@ -674,8 +539,11 @@ class RunSettingsPage(_SettingsPage):
 class SummaryPage(QWizardPage):
     """Every setting at a glance, the data counts, and what TrainConfig.validate() objects to."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, config: Callable[[], TrainConfig], data_page: DataPage,
+                 alike_choice: Callable[[], AlikeChoice] = AlikeChoice.remembered,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self._config, self.data_page, self._alike_choice = config, data_page, alike_choice
         self.setTitle("Summary")
         self.setSubTitle("Check the settings; training starts with the button below.")
         self.setCommitPage(True)
@@ -691,23 +559,24 @@ class SummaryPage(QWizardPage):
         self.estimate = None  # the last estimate_run() shown
         self._rates: dict[str, Rates] = {}  # measured this session, per rate_key
         self._rate_task = None
-        self._connected = False
+        # a count arriving while this page shows refreshes it
+        data_page.scanned.connect(lambda _s: self._is_current_page() and self.initializePage())
+
+    def _is_current_page(self) -> bool:
+        wiz = self.wizard()
+        return wiz is not None and wiz.currentPage() is self
 
     def initializePage(self) -> None:  # noqa: N802
-        wiz: TrainWizard = self.wizard()  # type: ignore[assignment]
-        if not self._connected:  # a count arriving while this page shows refreshes it
-            wiz.data_page.scanned.connect(lambda _s: wiz.currentPage() is self and self.initializePage())
-            self._connected = True
-        cfg = wiz.config()
-        if not wiz.data_page.is_current():
-            if not wiz.data_page.scanning():
-                wiz.data_page.request_scan()
+        cfg = self._config()
+        if not self.data_page.is_current():
+            if not self.data_page.scanning():
+                self.data_page.request_scan()
             self.problems = ["counting the data folder…"]
             self.text.setHtml("<p>Counting the data folder…</p>")
             self.estimate_label.setText("")
             self.completeChanged.emit()
             return
-        data = wiz.data_page.summary
+        data = self.data_page.summary
         self.problems = list(cfg.validate())
         if not data.ok:
             self.problems.insert(0, data.error)
@@ -753,7 +622,8 @@ class SummaryPage(QWizardPage):
     def rates(self, cfg: TrainConfig) -> Rates | None:
         """The speeds of ``cfg``'s backbone: remembered from its last run, else measured (None: not yet)."""
         key = rate_key(cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode)
-        return remembered_rates(key) or self._rates.get(key)
+        choice = self._alike_choice()
+        return remembered_rates(key, alike_key(choice.sizes(cfg.image_size), choice.whiten)) or self._rates.get(key)
 
     def _show_estimate(self, cfg: TrainConfig, data: DataSummary) -> None:
         """The run-time estimate under the table; starts measuring the speeds in a worker when unknown."""
@@ -776,8 +646,7 @@ class SummaryPage(QWizardPage):
 
     def _alike_sizes(self, cfg: TrainConfig) -> tuple[int, ...]:
         """The sizes the run page will evaluate alike at after the run (() when switched off)."""
-        page = getattr(self.wizard(), "run_settings_page", None)
-        choice = page.alike_choice() if page is not None else AlikeChoice.remembered()
+        choice = self._alike_choice()
         return choice.sizes(cfg.image_size) if choice.enabled else ()
 
     def _alike_images(self, data: DataSummary) -> int:
@@ -785,8 +654,7 @@ class SummaryPage(QWizardPage):
         whitenings learn from (capped, engine.training.alike.MAX_TRAIN_IMAGES)."""
         from engine.training.alike import MAX_TRAIN_IMAGES
 
-        page = getattr(self.wizard(), "run_settings_page", None)
-        choice = page.alike_choice() if page is not None else AlikeChoice.remembered()
+        choice = self._alike_choice()
         return data.val_images + (min(data.train_images, MAX_TRAIN_IMAGES) if choice.whiten else 0)
 
     def _measure(self, cfg: TrainConfig, data: DataSummary) -> None:
@@ -817,32 +685,44 @@ class SummaryPage(QWizardPage):
 
     def _on_rates(self, rates: Rates) -> None:
         self._rates[self._rate_key] = rates
-        wiz = self.wizard()
-        if wiz is not None and wiz.currentPage() is self:
+        if self._is_current_page():
             self.initializePage()
 
 
 RATES_KEY = "wizard/rates/"
 
 
-def remembered_rates(key: str) -> Rates | None:
-    """The speeds the last run of ``key`` (estimate.rate_key) measured, None when none was remembered."""
+def remembered_rates(key: str, alike: str = "") -> Rates | None:
+    """The speeds the last run of ``key`` (estimate.rate_key) measured, None when none was remembered;
+    ``alike`` (estimate.alike_key): with the speed of its evaluation alike at those sizes, when measured."""
     import json
 
     raw = QSettings().value(RATES_KEY + key, "")
     try:
         d = json.loads(str(raw)) if raw else None
-        return Rates(float(d["features"]), float(d["train"]), "of the last run with these settings") if d else None
+        if not d:
+            return None
+        return Rates(float(d["features"]), float(d["train"]), "of the last run with these settings",
+                     float(d.get(alike, 0.0)) if alike else 0.0)
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def remember_rates(key: str, features: float, train: float) -> None:
-    """Keep what a finished run measured (images/s of its feature phase and of its iterations)."""
+def remember_rates(key: str, features: float, train: float, **alike: float) -> None:
+    """Keep what a finished run measured (images/s of its feature phase and of its iterations); ``alike``:
+    {estimate.alike_key: images/s} of its evaluation alike, kept beside them."""
     import json
 
+    old = QSettings().value(RATES_KEY + key, "")
+    try:
+        d = json.loads(str(old)) if old else {}
+    except ValueError:
+        d = {}
     if features > 0 and train > 0:
-        QSettings().setValue(RATES_KEY + key, json.dumps({"features": features, "train": train}))
+        d.update(features=features, train=train)
+    d.update({k: v for k, v in alike.items() if v > 0})
+    if "features" in d and "train" in d:
+        QSettings().setValue(RATES_KEY + key, json.dumps(d))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -930,6 +810,9 @@ class RunPage(QWizardPage):
         # the kept model and the best untrained descriptor evaluated alike (multi-scale, learned whitening)
         self.alike_panel = AlikePanel()
         self.alike_panel.finished.connect(self.completeChanged)
+        self.alike_panel.finished.connect(self._alike_finished)
+        self._alike_t0: float | None = None
+        self.config: TrainConfig | None = None  # of the run attached
 
         # the page's parts keep their minimum heights (the plots stay readable) and the page scrolls in a
         # window too short for them, instead of squeezing the plots under each other's labels
@@ -1196,7 +1079,21 @@ class RunPage(QWizardPage):
         self.results.setTitle("The kept model on the validation data, beside the best untrained descriptor and last.pt")
         self.results.show()
         self.use_button.setEnabled(True)
-        self.alike_panel.start(result)
+        self._alike_t0 = time.monotonic() if self.alike_panel.start(result) else None
+
+    def _alike_finished(self) -> None:
+        """Remember how fast the whole evaluation alike went (loading and whitenings included), so that the
+        next estimate of these settings counts it."""
+        report, cfg, t0 = self.alike_panel.report, self.config, self._alike_t0
+        self._alike_t0 = None
+        if report is None or cfg is None or t0 is None:
+            return
+        whitened = any(ev.whitened for ev in report.evaluations)
+        images = report.n_val + (report.n_train if whitened else 0)
+        seconds = time.monotonic() - t0
+        if images and seconds > 0:
+            remember_rates(rate_key(cfg.backbone, cfg.weights, cfg.image_size, cfg.device, cfg.mode), 0.0, 0.0,
+                           **{alike_key(tuple(report.sizes), whitened): images / seconds})
 
     @staticmethod
     def _best_metrics(result) -> dict:

@@ -57,11 +57,18 @@ class LiveTrainingPlot(QWidget):
                                               symbolBrush=VAL_COLOR, symbolPen=pg.mkPen("k"))
         self.baseline_line = pg.InfiniteLine(angle=0, movable=False,
                                              pen=pg.mkPen(BASELINE_COLOR, width=1, style=Qt.PenStyle.DashLine),
-                                             label="untrained", labelOpts={"position": 0.05, "color": BASELINE_COLOR})
+                                             label="untrained",
+                                             # left-aligned at 5 % of the width (centred there, the label's
+                                             # left half was cut off by the plot's edge)
+                                             labelOpts={"position": 0.05, "color": BASELINE_COLOR,
+                                                        "anchors": [(0, 0), (0, 1)]})
         self.baseline_line.setVisible(False)
         self.val_plot.addItem(self.baseline_line)
         self.val_plot.setXLink(self.loss_plot)
-        self.metric = ""
+        # the validation metrics (mAP, R@k) lie in [0, 1]: the axis never runs beyond (auto range padded it
+        # to 1.4 once)
+        self.val_plot.setLimits(yMin=0.0, yMax=1.0)
+        self.metric_label = ""  # not "metric": that would hide QWidget.metric(), which Qt calls to paint
         self.best: tuple[float, float] | None = None
         self.set_metric("R@1")
 
@@ -113,7 +120,7 @@ class LiveTrainingPlot(QWidget):
 
     def set_metric(self, label: str) -> None:
         """Name the validation metric plotted: the one that chooses the kept checkpoint (e.g. 'mAP')."""
-        self.metric = label
+        self.metric_label = label
         self.val_plot.setTitle(f"Validation {label}: the selection metric (the best point is kept as best.pt)")
         self.val_plot.setLabel("left", f"validation {label}")
 

@@ -2,9 +2,9 @@
 folder of class sub-folders -> descriptor, sizes, method, shrinkage and dimension -> a run in a worker
 (engine.whitening.learn_from_folder), the file saved atomically and handed to the explorer window.
 
-The pages are routed by ``TrainWizard.nextId`` (retrieval_gui/wizard/wizard.py). The plain functions here
-(:func:`count_folder`, :func:`learn_and_save`, :func:`hand_to_explorer`) hold no Qt state, so they are
-cheap to test and :func:`learn_and_save` runs on a worker thread through workers.start_task.
+The pages are routed by ``TrainWizard.nextId`` (retrieval_gui/wizard/wizard.py) and never import it: each
+page receives what it needs when built. The logic (the count, the checks, learning and saving, the report)
+is engine.whiten_folder's; the hand-over to the window goes through retrieval_gui.wizard.explorer.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
@@ -41,89 +40,28 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from engine.collection import multi_scales
-from retrieval_gui.workers import wait_for_task
+from engine.collection import multi_scales  # noqa: F401 - re-exported for scripts and tests
+from engine.whiten_folder import (  # noqa: F401 - count_folder, whitening_dir re-exported
+    FolderCount,
+    ModelBase,
+    WhitenOutcome,
+    command_line,
+    count_folder,
+    default_file_name,
+    learn_and_save,
+    report_rows,
+    settings_problems,
+    whitening_dir,
+)
+from retrieval_gui.wizard.common import fmt_duration
+from retrieval_gui.wizard.explorer import DESCRIPTORS, explorer_of
+from retrieval_gui.workers import LatestTask, wait_for_task
 
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "whiten_wizard/last_settings"
-DESCRIPTORS = {"gem": "GeM", "spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC"}  # GeM first: the default
 METHODS = {"lw": "Lw: learned whitening (within-class covariance, then PCA; needs classes)",
            "pca": "PCA-whitening (ignores the classes)"}
-DEFAULT_SIZE = 224
-
-
-def _val_classes() -> int:
-    from engine.whitening import VAL_CLASSES
-
-    return VAL_CLASSES
-
-
-def whitening_dir() -> Path:
-    """Where learned whitenings go by default: ``whitening/`` beside the trained models' folder."""
-    from engine.training.registry import models_dir
-
-    return models_dir().parent / "whitening"
-
-
-def default_file_name(folder: str, backbone: str, descriptor: str, sizes: tuple[int, ...], method: str) -> str:
-    """A readable file name: ``<folder>-<backbone>-<descriptor>-<sizes>-<method>.npz``."""
-    name = Path(folder.rstrip("/\\")).name or "images"
-    model = Path(backbone).parent.name if Path(backbone).suffix == ".pt" else backbone
-    raw = f"{name}-{model}-{descriptor}-{'+'.join(map(str, sizes))}-{method}"
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw) + ".npz"
-
-
-# -- the folder count (no Qt: a worker runs it) --------------------------------------------------------
-@dataclass
-class FolderCount:
-    """Images per class of a folder, counted as learn_from_folder will see them. ``error`` set: unusable."""
-
-    root: str
-    classes: dict[str, int] = field(default_factory=dict)
-    loose: int = 0  # images directly in the folder, not in a class sub-folder
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-    @property
-    def n_images(self) -> int:
-        return sum(self.classes.values()) + self.loose
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes)
-
-
-def count_folder(root: str) -> FolderCount:
-    """Count the images of ``root`` per class sub-folder (engine.images.scan_images: what the whitening
-    reads). Never raises for bad input: ``error`` says why."""
-    from engine.images import scan_images
-
-    out = FolderCount(root=root)
-    if not root:
-        out.error = "Choose a folder with one sub-folder of images per class."
-        return out
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        out.error = f"Folder not found: {root}"
-        return out
-    try:
-        paths = scan_images(path)
-    except OSError as exc:
-        out.error = f"Cannot read {root}: {exc}"
-        return out
-    for p in paths:
-        label = p.relative_to(path).parent.as_posix()
-        if label == ".":
-            out.loose += 1
-        else:
-            out.classes[label] = out.classes.get(label, 0) + 1
-    if not paths:
-        out.error = f"No images in {root} or its sub-folders."
-    return out
 
 
 # -- the settings ------------------------------------------------------------------------------------
@@ -163,132 +101,14 @@ class WhitenSettings:
         QSettings().setValue(SETTINGS_KEY, json.dumps(asdict(self)))
 
 
-@dataclass
-class ModelBase:
-    """The network a whitening is learned for: the explorer's model when the wizard has a window (a
-    whitening only fits the backbone it was learned on), else the defaults of engine.collection.ModelSpec."""
-
-    backbone: str = "efficientnet_lite0"
-    weights: str = "pretrained"
-    crop_fraction: float = 1.0
-    single: int = DEFAULT_SIZE
-    multi: tuple[int, ...] = field(default_factory=lambda: multi_scales(DEFAULT_SIZE))
-    sizes: str | None = None  # the window's current choice, "single" or "multi" (None: no window)
-    device: str = "cpu"
-    runtime: str = "auto"
-    cache_dir: str = ""
-
-    def sizes_of(self, choice: str) -> tuple[int, ...]:
-        return self.multi if choice == "multi" else (self.single,)
-
-    def spec(self, descriptor: str, choice: str) -> Any:
-        """The engine.collection.ModelSpec to learn for (no whitening)."""
-        from engine.collection import ModelSpec
-
-        if choice == "multi":
-            return ModelSpec(backbone=self.backbone, weights=self.weights, descriptor=descriptor,
-                             scales=self.multi, crop_fraction=self.crop_fraction)
-        return ModelSpec(backbone=self.backbone, weights=self.weights, descriptor=descriptor,
-                         image_size=self.single, crop_fraction=self.crop_fraction)
-
-
 def model_base(main_window: object | None) -> ModelBase:
-    """The model of ``main_window`` (its ``key``, a ModelSpec, and its ModelCache ``models``), or the defaults."""
-    from engine.session import cache_root
-
-    base = ModelBase(runtime=os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto"), cache_dir=str(cache_root()))
-    key = getattr(main_window, "key", None)
-    if key is not None and hasattr(key, "backbone"):
-        base.backbone, base.weights = str(key.backbone), str(key.weights)
-        base.crop_fraction = float(getattr(key, "crop_fraction", 1.0))
-        scales = getattr(key, "scales", None)
-        if scales:
-            base.single, base.multi, base.sizes = int(scales[0]), tuple(int(s) for s in scales), "multi"
-        else:
-            base.single = int(getattr(key, "image_size", None) or DEFAULT_SIZE)
-            base.multi, base.sizes = multi_scales(base.single), "single"
-    models = getattr(main_window, "models", None)
-    if models is not None:
-        base.device = str(getattr(models, "device", "cpu") or "cpu")
-        base.runtime = str(getattr(models, "runtime", base.runtime) or base.runtime)
-        if getattr(models, "cache_dir", None):
-            base.cache_dir = str(models.cache_dir)
-    return base
-
-
-# -- the run (no Qt: a worker runs it) ---------------------------------------------------------------
-@dataclass
-class WhitenOutcome:
-    """What :func:`learn_and_save` produced: the file, the engine's WhiteningReport and what the page shows."""
-
-    path: str
-    report: Any  # engine.whitening.WhiteningReport
-    backbone: str
-    descriptor: str
-    sizes: tuple[int, ...]
-    in_dim: int
-    out_dim: int
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of images left out
-    images_per_s: float = 0.0  # of the extraction
-
-
-def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method: str = "lw",
-                   shrinkage: float | str = "auto", dim: int | str | None = "auto", device: str = "cpu",
-                   runtime: str = "auto", cache_dir: str | None = None, batch_size: int = 32,
-                   progress=None, should_stop=None) -> WhitenOutcome:
-    """engine.whitening.learn_from_folder on ``folder`` for ``spec``, then the whitening saved to ``output``
-    atomically (engine.atomic: a temporary file beside it, renamed). Stopped at any moment (``should_stop``),
-    it raises engine.callbacks.Cancelled and writes nothing. The images that could not be read are named."""
-    from engine.callbacks import Cancelled, resolve
-    from engine.whitening import learn_from_folder, save_whitening
-
-    report, stop = resolve(progress, should_stop)
-    clock: dict[str, float] = {}
-
-    def timed(done: int, total: int, message: str = "") -> None:
-        now = time.perf_counter()
-        if "extracting" in message:
-            clock.setdefault("t0", now)
-            clock["t1"], clock["n"] = now, float(done)
-        report(done, total, message)
-
-    w, rep = learn_from_folder(folder, spec, method=method, shrinkage=shrinkage, dim=dim, device=device,
-                               runtime=runtime, cache_dir=cache_dir or None, batch_size=batch_size,
-                               progress=timed, should_stop=stop)
-    if stop():  # stopped while the whitening was chosen or learned: nothing is written
-        raise Cancelled("whitening cancelled")
-    report(1, 1, "saving")
-    save_whitening(w, output)
-    span = clock.get("t1", 0.0) - clock.get("t0", 0.0)
-    rate = clock.get("n", 0.0) / span if span > 0 else 0.0
-    sizes = tuple(int(s) for s in w.meta.get("sizes", ()))
-    return WhitenOutcome(str(output), rep, str(spec.backbone), str(spec.descriptor), sizes, w.in_dim, w.out_dim,
-                         list(rep.unreadable), rate)
+    """The model of ``main_window`` (or an Explorer), or the defaults."""
+    return explorer_of(main_window).state().model_base()
 
 
 def hand_to_explorer(main_window: object | None, outcome: WhitenOutcome, sizes_choice: str) -> str:
-    """Make the explorer window search with the learned whitening: its descriptor and Sizes set to the
-    whitening's (``set_descriptor``, ``set_sizes``, when it has them and they differ), then
-    ``use_whitening(path)``. Returns what happened, for the page."""
-    name = Path(outcome.path).name
-    if main_window is None or not hasattr(main_window, "use_whitening"):
-        return (f"No explorer window to hand it to: use File > Use a whitening file… there, or --whitening "
-                f"{outcome.path} on the command line.")
-    key = getattr(main_window, "key", None)
-    if key is not None and getattr(key, "backbone", outcome.backbone) != outcome.backbone:
-        return (f"Not used: {name} was learned for the model {Path(outcome.backbone).name}, the explorer now "
-                f"uses {Path(str(key.backbone)).name}. Choose that model there first.")
-    if (key is None or getattr(key, "descriptor", outcome.descriptor) != outcome.descriptor) and hasattr(
-            main_window, "set_descriptor"):
-        main_window.set_descriptor(outcome.descriptor)
-    current = None if key is None else ("multi" if getattr(key, "scales", None) else "single")
-    if hasattr(main_window, "set_sizes") and current != sizes_choice:
-        main_window.set_sizes(sizes_choice)
-    if main_window.use_whitening(outcome.path) is False:
-        return f"The explorer refused {name} (its message says why)."
-    sizes = "+".join(map(str, outcome.sizes))
-    return (f"The explorer now searches with {DESCRIPTORS.get(outcome.descriptor, outcome.descriptor)} at "
-            f"{sizes}, whitened by {name}; an open folder is indexed again in the background.")
+    """Make the explorer window search with the learned whitening (explorer.WindowLink.use_whitening)."""
+    return explorer_of(main_window).use_whitening(outcome, sizes_choice)
 
 
 # -- pages ---------------------------------------------------------------------------------------------
@@ -348,18 +168,26 @@ class WhitenDataPage(QWizardPage):
         row = QHBoxLayout()
         row.addWidget(self.folder_edit)
         row.addWidget(browse)
+        self.offered = ""  # the explorer window's open folder, offered by a button
+        self.offer_button = QPushButton()
+        self.offer_button.hide()
+        self.offer_button.clicked.connect(lambda: self.folder_edit.setText(self.offered))
         self.message = QLabel()
         self.message.setWordWrap(True)
         self.message.setTextFormat(Qt.TextFormat.RichText)
         form = QFormLayout()
         form.addRow("Folder:", row)
+        form.addRow("", self.offer_button)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.message)
         lay.addStretch(1)
         self.count = FolderCount(root="", error="Choose a folder with one sub-folder of images per class.")
-        self._task = None
-        self._pending = False
+        # the latest folder's count wins; no parent, and cancelled when the page goes: a count still running
+        # then must neither call into the deleted page nor signal from a deleted LatestTask
+        self._counts = counts = LatestTask(None, "data scan")
+        self.destroyed.connect(lambda *_: counts.cancel())
+        self._counts.busy_changed.connect(self._on_counts_busy)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
@@ -370,6 +198,13 @@ class WhitenDataPage(QWizardPage):
     def folder(self) -> str:
         return self.folder_edit.text().strip()
 
+    def offer_folder(self, folder: str) -> None:
+        """Offer ``folder`` (the explorer's open folder) with a button; "" offers none."""
+        self.offered = folder
+        self.offer_button.setText(f"Use the explorer's open folder: {Path(folder).name or folder}")
+        self.offer_button.setToolTip(folder)
+        self.offer_button.setVisible(bool(folder))
+
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Folder with class sub-folders", self.folder())
         if d:
@@ -379,34 +214,26 @@ class WhitenDataPage(QWizardPage):
         return self.count.root == self.folder() and not self._debounce.isActive()
 
     def counting(self) -> bool:
-        return self._task is not None and self._task.is_running()
+        return self._counts.busy
 
     def request_count(self) -> None:
-        """Count the folder shown in a worker; while one count runs, the next waits for it."""
-        from retrieval_gui.workers import start_task
-
+        """Count the folder shown in a worker (workers.LatestTask: one count at a time, the latest folder's
+        result shown)."""
         self._debounce.stop()
-        if self.counting():
-            self._pending = True
-            return
         self.message.setText("Counting the images…")
-        # no parent: a page closed meanwhile must not delete the handle of a running thread
-        task = start_task(count_folder, self.folder(), name="data scan", with_callbacks=False)
-        self._task = task
-        task.result.connect(self._on_counted)
-        task.finished.connect(self._on_finished)
+        self._counts.request(count_folder, self.folder(), on_result=self._on_counted, on_error=self._on_count_error,
+                             with_callbacks=False)
         self.completeChanged.emit()
 
     def _on_counted(self, count: FolderCount) -> None:
         if count.root == self.folder():
             self.show_count(count)
 
-    def _on_finished(self) -> None:
-        if self._pending or (not self.is_current() and not self._debounce.isActive()):
-            self._pending = False
-            self.request_count()
-        else:
-            self.completeChanged.emit()
+    def _on_counts_busy(self, _busy: bool) -> None:
+        self.completeChanged.emit()
+
+    def _on_count_error(self, message: str, _details: str) -> None:
+        self.show_count(FolderCount(root=self.folder(), error=message))
 
     def show_count(self, count: FolderCount) -> None:
         self.count = count
@@ -414,18 +241,7 @@ class WhitenDataPage(QWizardPage):
             text = f"<span style='color:#b00020'><b>{html.escape(count.error)}</b></span>"
         else:
             text = f"{count.n_classes} classes, {count.n_images} images."
-            warn = []
-            if count.loose:
-                warn.append(f"{count.loose} image(s) lie directly in the folder, not in a class sub-folder: "
-                            "they count as one more class.")
-            single = sorted(c for c, n in count.classes.items() if n < 2)
-            if single:
-                warn.append(f"{len(single)} class(es) with a single image tell Lw nothing about how a class "
-                            "varies: " + ", ".join(single[:6]) + (" …" if len(single) > 6 else ""))
-            need = _val_classes() + 2
-            if count.n_classes < need:
-                warn.append(f"Choosing shrinkage and dimension on validation classes needs at least {need} "
-                            f"classes; with {count.n_classes}, give them by hand on the next page.")
+            warn = count.warnings()
             text += "".join(f"<br><span style='color:#a15c00'>⚠ {html.escape(w)}</span>" for w in warn)
         self.message.setText(text)
         self.completeChanged.emit()
@@ -459,8 +275,9 @@ class WhitenSettingsPage(QWizardPage):
     """Descriptor, sizes, method, shrinkage and dimension (chosen on validation classes or given), and the
     file to write. Blocks settings the engine would refuse (too few classes to choose on)."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, data_page: WhitenDataPage | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.data_page = data_page  # whose folder and count the settings are checked against
         self.setTitle("Whitening settings")
         self.setSubTitle("The whitening belongs to one model, descriptor and set of input sizes: the explorer "
                          "uses it with exactly these.")
@@ -616,28 +433,8 @@ class WhitenSettingsPage(QWizardPage):
 
     def _check(self, *_args) -> None:
         """What stops the run (self.problems, red) and what to know (orange), shown in the note."""
-        problems, notes = [], []
-        count = self.count
-        n = 0 if count is None else count.n_classes + (1 if count.loose else 0)  # loose images: one class more
-        need = _val_classes() + 2
-        if count is not None and self.auto_button.isChecked() and n < need:
-            problems.append(f"Choosing shrinkage and dimension on validation classes needs at least {need} "
-                            f"classes (sub-folders); the folder has {n}. Give them by hand above, or choose a "
-                            "folder with more classes.")
-        if count is not None and self.method() == "lw" and n < 2:
-            problems.append(f"A learned whitening (Lw) needs images in at least 2 class sub-folders; the folder "
-                            f"has {n}. Choose PCA-whitening or another folder.")
-        out = self.output()
-        if not out:
-            problems.append("Choose where to save the whitening.")
-        elif Path(out).expanduser().is_dir():
-            problems.append(f"{out} is a folder: give a file name.")
-        elif Path(out).expanduser().exists():
-            notes.append(f"{Path(out).name} exists: it will be replaced.")
-        if count is not None and not problems:
-            how = (f"shrinkage and dimension chosen on {_val_classes()} classes held out of {n}, then learned "
-                   "on all" if self.auto_button.isChecked() else "learned on all classes")
-            notes.insert(0, f"{count.n_images} images of {n} classes will be described once, {how}.")
+        problems, notes = settings_problems(self.count, auto=self.auto_button.isChecked(), method=self.method(),
+                                            output=self.output())
         self.problems = problems
         text = "".join(f"<p style='color:#b00020'><b>{html.escape(p)}</b></p>" for p in problems)
         text += "".join(f"<p>{html.escape(t)}</p>" if i == 0 and not problems else
@@ -646,10 +443,8 @@ class WhitenSettingsPage(QWizardPage):
         self.completeChanged.emit()
 
     def initializePage(self) -> None:  # noqa: N802
-        wiz = self.wizard()
-        data = getattr(wiz, "whiten_data_page", None)
-        if data is not None:
-            self.count, self.folder = data.count, data.folder()
+        if self.data_page is not None:
+            self.count, self.folder = self.data_page.count, self.data_page.folder()
         self._changed()
 
     def isComplete(self) -> bool:  # noqa: N802
@@ -666,8 +461,10 @@ class WhitenRunPage(QWizardPage):
     useRequested = Signal(object)  # the WhitenOutcome the user asked to use
     learned = Signal(object)  # the WhitenOutcome of a run that saved its file
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, source: Callable[[], tuple[WhitenSettings, ModelBase, str]] | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.source = source  # the (settings, model, output file) a run started on this page learns
         self.setTitle("Learning the whitening")
         self.setSubTitle("The images are described once; Stop ends the run without writing anything.")
         self.phase = QLabel()
@@ -731,8 +528,8 @@ class WhitenRunPage(QWizardPage):
         return not self.running
 
     def initializePage(self) -> None:  # noqa: N802
-        wiz = self.wizard()
-        self.start(wiz.whiten_settings(), wiz.whiten_settings_page.base, wiz.whiten_settings_page.output())
+        if self.source is not None:
+            self.start(*self.source())
 
     def cleanupPage(self) -> None:  # noqa: N802 - Back stops a run (nothing is saved)
         self.stop(wait_ms=30_000)
@@ -787,8 +584,6 @@ class WhitenRunPage(QWizardPage):
             if now > t0 and done > d0:
                 rate = (done - d0) / (now - t0)
                 self.speed_label.setText(f"{rate:.1f}")
-                from retrieval_gui.wizard.pages import fmt_duration
-
                 self.eta_label.setText(fmt_duration((total - done) / rate))
         else:
             self.progress.setRange(0, 0)  # no count: busy
@@ -837,38 +632,16 @@ class WhitenRunPage(QWizardPage):
 
 
 def report_html(outcome: WhitenOutcome) -> str:
-    """The report of a finished run, as HTML rows: validation figures, settings, images, time, the file."""
-    rep = outcome.report
-    rows: list[tuple[str, str]] = []
-    if rep.chosen and rep.val_r1 is not None and rep.val_none_r1 is not None:
-        diff = rep.val_r1 - rep.val_none_r1
-        rows.append(("Validation R@1", f"{rep.val_r1:.4f} with the whitening, {rep.val_none_r1:.4f} without "
-                     f"({'+' if diff >= 0 else '−'}{abs(diff):.4f}), on {_val_classes()} classes held out of "
-                     "the folder"))
-        if rep.val_map is not None:
-            rows.append(("Validation mAP", f"{rep.val_map:.4f} with the whitening"))
-    how = "chosen on the validation classes" if rep.chosen else "as given"
-    rows.append(("Settings", f"{'Lw' if rep.method == 'lw' else 'PCA-whitening'}, shrinkage {rep.shrinkage:g}, "
-                 f"{outcome.in_dim} -> {outcome.out_dim} dimensions ({how})"))
-    rows.append(("Descriptor", f"{DESCRIPTORS.get(outcome.descriptor, outcome.descriptor)} at "
-                 f"{'+'.join(map(str, outcome.sizes))} of {Path(outcome.backbone).name}"))
-    rows.append(("Images", f"{rep.n_images} of {rep.n_classes} classes"))
-    rate = f", describing {outcome.images_per_s:.1f} images/s" if outcome.images_per_s else ""
-    rows.append(("Time", f"{rep.seconds:.1f} s{rate}"))
-    rows.append(("Saved", outcome.path))
+    """The report of a finished run (engine.whiten_folder.report_rows) as HTML, with the images left out."""
+    rows, warnings = report_rows(outcome, DESCRIPTORS)
     out = "<table cellspacing=4>" + "".join(
         f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
-    n_bad = max(rep.skipped, len(outcome.unreadable))
+    n_bad = max(outcome.report.skipped, len(outcome.unreadable))
     if n_bad:
         named = "".join(f"<li>{html.escape(Path(p).name)}: {html.escape(r)}</li>" for p, r in outcome.unreadable[:10])
         more = f"<li>… and {n_bad - 10} more</li>" if n_bad > 10 else ""
         out += (f"<p style='color:#a15c00'>⚠ {n_bad} image(s) could not be read and were left out:</p>"
                 f"<ul>{named}{more}</ul>")
-    if rep.chosen and rep.val_r1 is not None and rep.val_none_r1 is not None and rep.val_r1 < rep.val_none_r1:
-        out += ("<p style='color:#a15c00'>⚠ On the validation classes the whitening scores below the plain "
-                "descriptor: more images per class or more classes usually help.</p>")
-    scales = (f"--scales {','.join(map(str, outcome.sizes))} " if len(outcome.sizes) > 1
-              else f"--image-size {outcome.sizes[0]} " if outcome.sizes else "")
-    out += (f"<p>From the command line: <code>--backbone {html.escape(outcome.backbone)} --descriptor "
-            f"{html.escape(outcome.descriptor)} {scales}--whitening {html.escape(outcome.path)}</code></p>")
+    out += "".join(f"<p style='color:#a15c00'>⚠ {html.escape(w)}</p>" for w in warnings)
+    out += f"<p>From the command line: <code>{html.escape(command_line(outcome))}</code></p>"
     return out

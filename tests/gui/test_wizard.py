@@ -25,6 +25,15 @@ class FakeExplorer:
         self.used.append(backbone)
 
 
+@pytest.fixture(autouse=True)
+def no_modal_question(monkeypatch):
+    """Closing a wizard mid-run asks in a modal box, which would wait for a click: a test that ends (or
+    fails) with a run going answers "Stop and keep the last checkpoint"; tests of the question patch it."""
+    import retrieval_gui.wizard.wizard as W
+
+    monkeypatch.setattr(W, "ask_about_run", lambda _parent, _text, _choices: W.STOP_RUN)
+
+
 @pytest.fixture(scope="module")
 def shared_dir(tmp_path_factory):
     """One data folder and feature cache for the module: later runs read the cached features."""
@@ -286,7 +295,7 @@ def test_full_walk_trains_plots_and_uses_the_model(qtbot, tiny_data, tmp_path):
     assert header[2] == f"kept model (best.pt, it {result.best_iteration})" and header[3] == "last.pt (it 30)"
     assert "best untrained" in header[1] and "last.pt would have scored" in run.result_label.text()
     # the plot shows the selection metric, the best untrained level and the kept point
-    assert "mAP" in run.plot.val_plot.plotItem.titleLabel.text and run.plot.metric == "mAP"
+    assert "mAP" in run.plot.val_plot.plotItem.titleLabel.text and run.plot.metric_label == "mAP"
     assert run.plot.baseline == pytest.approx(untrained["map"])
     assert run.plot.best == (result.best_iteration, pytest.approx(result.best_val_metrics["map"]))
     assert run.val_name.text() == "<b>Val mAP</b>" and "best validation mAP" in run.phase.text()
@@ -373,9 +382,14 @@ def test_errors_are_shown_in_the_page(qtbot, image_folder, tmp_path, monkeypatch
 
 
 def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path, monkeypatch):
+    """Closing asks first (issue 24 item 4); "Stop and keep the last checkpoint" stops the run promptly."""
+    import retrieval_gui.wizard.wizard as W
+
     root = image_folder(n_classes=6, per_class=4, size=24)
     wiz = TrainWizard(config=tiny_config(root, tmp_path))
     qtbot.addWidget(wiz)
+    asked = []
+    monkeypatch.setattr(W, "ask_about_run", lambda _parent, text, choices: asked.append(choices) or W.STOP_RUN)
     import engine.training.trainer as T
 
     steps = []
@@ -394,6 +408,7 @@ def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path, monkeyp
     handle = wiz.handle
     t0 = time.perf_counter()
     wiz.reject()
+    assert len(asked) == 1 and W.KEEP_RUNNING in asked[0]
     assert not handle.thread.isRunning()  # closing waited for the stop (no leaked thread)
     assert time.perf_counter() - t0 < 5  # promptly, not after a wait timeout
     assert wiz.run_page.handle is None and not wiz.run_page.running

@@ -11,7 +11,11 @@ from engine.training.config import TrainConfig
 from retrieval_gui.wizard import TrainWizard
 from retrieval_gui.wizard.alike_panel import AlikeChoice
 from retrieval_gui.wizard.pages import RunPage, RunSettingsPage
-from tests.gui.test_wizard import tiny_config, walk_to_run_page
+from tests.gui.test_wizard import (
+    no_modal_question,  # noqa: F401 - autouse: no blocking question
+    tiny_config,
+    walk_to_run_page,
+)
 
 
 def test_after_a_run_the_alike_table_appears_with_numbers(qtbot, image_folder, tmp_path):

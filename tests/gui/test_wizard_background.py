@@ -14,7 +14,10 @@ from retrieval_gui.wizard.dataset import ScanRequest, scan
 from retrieval_gui.wizard.estimate import Rates, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.pages import RATES_KEY, remember_rates, remembered_rates
 from tests.gui.test_map_view import GapMeter
-from tests.gui.test_wizard import tiny_config
+from tests.gui.test_wizard import (
+    no_modal_question,  # noqa: F401 - autouse: no blocking question
+    tiny_config,
+)
 
 
 def _big_folder(root, classes: int = 200, per_class: int = 100):
@@ -93,7 +96,7 @@ def test_estimate_adds_features_and_training_from_the_rates():
     assert head.validation_s == 0 and head.total_s == pytest.approx(200 + 160)
     full = estimate_run(mode="full", n_train=800, n_val=200, iterations=500, val_every=100, batch=32, views=2,
                         rates=rates)
-    assert full.features_s == 0 and full.validation_s == pytest.approx(5 * 200 / 10.0)
+    assert full.features_s == 0 and full.validation_s == pytest.approx((1 + 5) * 200 / 10.0)  # the untrained network validates too
     longer = estimate_run(mode="head", n_train=800, n_val=200, iterations=1000, val_every=100, batch=32, views=2,
                           rates=rates)
     assert longer.training_s == pytest.approx(2 * head.training_s)

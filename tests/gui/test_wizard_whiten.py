@@ -24,7 +24,10 @@ from retrieval_gui.wizard.whiten_page import (
     multi_scales,
     whitening_dir,
 )
-from tests.gui.test_wizard import tiny_config
+from tests.gui.test_wizard import (
+    no_modal_question,  # noqa: F401 - autouse: no blocking question
+    tiny_config,
+)
 
 TIMEOUT = 120_000
 
