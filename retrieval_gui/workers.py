@@ -235,6 +235,7 @@ class LatestTask(QObject):
         self.handle: TaskHandle | None = None  # the running task, if any
         self.running_tag: Any = None  # what the running task works for (the caller's ``tag``)
         self._pending: tuple | None = None
+        self._callbacks: tuple = (0, None, None, None, None)  # generation and callbacks of the running task
 
     def request(
         self,
@@ -306,21 +307,49 @@ class LatestTask(QObject):
         # no parent: a handle must outlive its requester while its thread runs (see start_task)
         handle = start_task(fn, *args, **kwargs)
         self.handle = handle
-        if on_result is not None:
-            handle.result.connect(lambda r, g=gen: on_result(r) if self.is_latest(g) else None)
-        if on_error is not None:
-            handle.error.connect(lambda m, tb, g=gen: on_error(m, tb) if self.is_latest(g) else None)
-        if on_progress is not None:
-            handle.progress.connect(lambda d, t, m, g=gen: on_progress(d, t, m) if self.is_latest(g) else None)
-        if on_event is not None:
-            handle.event.connect(lambda e, g=gen: on_event(e) if self.is_latest(g) else None)
-        handle.finished.connect(lambda h=handle: self._on_finished(h))
+        self._callbacks = (gen, on_result, on_error, on_progress, on_event)
+        # bound slots of this object, not lambdas: when the owner (and so this object) is deleted, Qt
+        # drops the connections, and a late result never reaches deleted widgets
+        handle.result.connect(self._deliver_result)
+        handle.error.connect(self._deliver_error)
+        handle.progress.connect(self._deliver_progress)
+        handle.event.connect(self._deliver_event)
+        handle.finished.connect(self._on_finished)
 
-    def _on_finished(self, handle: TaskHandle) -> None:
-        if handle is not self.handle:
+    def _wanted(self, index: int) -> Callable[..., Any] | None:
+        """The callback at ``index`` of the running task's, when that task is still the latest request."""
+        if self.sender() is not self.handle:  # a finished task's queued signal, arriving late
+            return None
+        gen, *callbacks = self._callbacks
+        return callbacks[index] if self.is_latest(gen) else None
+
+    @Slot(object)
+    def _deliver_result(self, result: Any) -> None:
+        if (cb := self._wanted(0)) is not None:
+            cb(result)
+
+    @Slot(str, str)
+    def _deliver_error(self, message: str, details: str) -> None:
+        if (cb := self._wanted(1)) is not None:
+            cb(message, details)
+
+    @Slot(int, int, str)
+    def _deliver_progress(self, done: int, total: int, message: str) -> None:
+        if (cb := self._wanted(2)) is not None:
+            cb(done, total, message)
+
+    @Slot(object)
+    def _deliver_event(self, event: Any) -> None:
+        if (cb := self._wanted(3)) is not None:
+            cb(event)
+
+    @Slot()
+    def _on_finished(self) -> None:
+        if self.sender() is not self.handle:
             return
         self.handle = None
         self.running_tag = None
+        self._callbacks = (0, None, None, None, None)
         if self._pending is not None:
             self._start_pending()
         else:

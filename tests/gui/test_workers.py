@@ -165,3 +165,17 @@ def test_latest_task_cancel_running_starts_the_new_request_soon(qtbot):
     latest.request(counting_task, 10_000, delay=0.01, on_result=got.append)
     latest.request(_echo, "new", on_result=got.append, with_callbacks=False, cancel_running=True)
     qtbot.waitUntil(lambda: got == ["new"], timeout=5000)
+
+
+def test_latest_task_owner_deleted_while_running_gets_nothing(qtbot):
+    from PySide6.QtCore import QObject
+
+    owner = QObject()
+    latest = workers.LatestTask(owner, name="echo")
+    got = []
+    latest.request(_echo, "late", 0.2, on_result=got.append, with_callbacks=False)
+    handle = latest.handle
+    owner.deleteLater()
+    qtbot.waitUntil(lambda: not handle.is_running(), timeout=5000)
+    qtbot.wait(50)
+    assert got == []
