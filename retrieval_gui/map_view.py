@@ -203,22 +203,26 @@ class PointCloud(QGraphicsItem):
         m = radius + 3
         on = (px > -m) & (px < w + m) & (py > -m) & (py < h + m)
         px, py, colour, sel = px[on], py[on], self.argb[idx][on], self.selected[idx][on]
-        canvas = np.zeros(h * w, np.uint32)
+        # a canvas with a border of `pad` pixels, so that a dot near the edge needs no bounds check: each
+        # offset of the disc is one vectorised add and scatter over the points
+        pad = 2 * m  # >= the largest disc (radius + 2) beyond the kept margin m
+        pw = w + 2 * pad
+        padded = np.zeros((h + 2 * pad) * pw, np.uint32)
+        base = (py.astype(np.int64) + pad) * pw + px + pad
 
-        def stamp(qx: np.ndarray, qy: np.ndarray, c: np.ndarray | np.uint32, r: int) -> None:
+        def stamp(at: np.ndarray, c: np.ndarray | np.uint32, r: int) -> None:
             for oy in range(-r, r + 1):
                 for ox in range(-r, r + 1):
                     if ox * ox + oy * oy <= r * r + 1:
-                        inside = (qx + ox >= 0) & (qx + ox < w) & (qy + oy >= 0) & (qy + oy < h)
-                        cc = c[inside] if isinstance(c, np.ndarray) else c
-                        canvas[(qy[inside] + oy) * w + qx[inside] + ox] = cc
+                        padded[at + (oy * pw + ox)] = c
 
         if sel.any():
-            stamp(px[~sel], py[~sel], colour[~sel], radius)
-            stamp(px[sel], py[sel], np.uint32(0xFF000000), radius + 2)
-            stamp(px[sel], py[sel], colour[sel], radius + 1)
+            stamp(base[~sel], colour[~sel], radius)
+            stamp(base[sel], np.uint32(0xFF000000), radius + 2)
+            stamp(base[sel], colour[sel], radius + 1)
         else:
-            stamp(px, py, colour, radius)
+            stamp(base, colour, radius)
+        canvas = np.ascontiguousarray(padded.reshape(h + 2 * pad, pw)[pad:pad + h, pad:pad + w])
         img = QImage(canvas.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
         painter.save()
         painter.resetTransform()
