@@ -4,7 +4,7 @@ Compares the code in this checkout with another copy of the project (``--before 
 ``git archive <commit> | tar -x -C DIR``), interleaved repeat by repeat so that both see the same load;
 the collection is indexed first by this checkout (both read the same cache). Prints a markdown table.
 
-    python benchmarks/search_cli.py --folder resources/demo --query resources/demo/checkers/03.jpg \
+    python benchmarks/search_cli.py --folder resources/demo --query resources/demo/rings/03.jpg \
         --before /tmp/before --repeats 3
 """
 

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +44,19 @@ def create_window(args: argparse.Namespace, *, preload_now: bool = True):
 
 def finish_start(win, args: argparse.Namespace) -> None:
     """Load PyTorch and the engine (seconds), then open the collection and the query."""
-    from PySide6.QtCore import QSettings
+    import time
+
     from PySide6.QtWidgets import QApplication
 
-    from engine.session import demo_collection, preload
+    from engine.session import preload
+    from retrieval_gui.startup import loading_message, remember_load_time, start_folder
 
-    win.status_label.setText("Loading PyTorch and the network…")
+    win.status_label.setText(loading_message())
     QApplication.processEvents()
+    t0 = time.perf_counter()
     preload()
-    last = QSettings().value("lastCollection")
-    if args.collection:
-        folder = args.collection
-    elif last and Path(str(last)).is_dir():
-        folder = str(last)
-    else:
-        folder = str(demo_collection())
+    remember_load_time(time.perf_counter() - t0)
+    folder = start_folder(args)
     win.open_collection(folder)
     if args.query:
         win.set_query(os.path.abspath(args.query))  # as given: a link in the folder keeps its label
@@ -79,6 +76,11 @@ def run_app(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QTimer
 
     win = create_window(args, preload_now=False)  # on screen in about a second, before PyTorch is loaded
+    from retrieval_gui.startup import loading_message, show_cached_grid, start_folder
+
+    show_cached_grid(win.results_model, win.loader, start_folder(args))  # cached thumbnails, no torch
+    win.grid_stack.setCurrentIndex(1)
+    win.status_label.setText(loading_message())
     win.show()
     QTimer.singleShot(50, lambda: finish_start(win, args))
     return int(app.exec())

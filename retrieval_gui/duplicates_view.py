@@ -142,8 +142,8 @@ class DuplicatesView(QDialog):
         self.regroups = 0
         self._cards: dict[str, _Card] = {}
         self._task: workers.TaskHandle | None = None
-        self._regroup_task: workers.TaskHandle | None = None
-        self._regroup_gen = 0
+        #: grouping in a worker (large pair lists): one at a time, only the latest threshold's groups shown
+        self._regroup = workers.LatestTask(self, "regroup")
         #: deleted when closed, after its tasks have stopped (the window's menu sets it)
         self.delete_on_close = False
         self._build()
@@ -250,19 +250,15 @@ class DuplicatesView(QDialog):
         if self.dup is None:
             return
         t, rule = self.threshold(), self.rule()
-        self._regroup_gen += 1
-        gen = self._regroup_gen
         if len(self.dup.pairs) <= GUI_REGROUP_PAIRS:
-            self._show_groups(gen, self.dup.groups(t, rule))
+            self._regroup.cancel()  # a grouping still running for an older threshold is not shown
+            self._show_groups(self.dup.groups(t, rule))
             return
         self.status.setText("Grouping…")
-        task = workers.start_task(self.dup.groups, t, rule, parent=self, name="regroup", with_callbacks=False)
-        task.result.connect(lambda groups, g=gen: self._show_groups(g, groups))
-        self._regroup_task = task
+        self._regroup.request(self.dup.groups, t, rule, on_result=self._show_groups, with_callbacks=False,
+                              on_error=lambda msg, _tb: self.status.setText(f"Cannot group the pairs: {msg}"))
 
-    def _show_groups(self, gen: int, groups: list[Any]) -> None:
-        if gen != self._regroup_gen:
-            return  # a newer threshold is on its way
+    def _show_groups(self, groups: list[Any]) -> None:
         self.regroups += 1
         kept = []
         for g in groups:
@@ -470,20 +466,29 @@ class DuplicatesView(QDialog):
         return path
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
-        running = [t for t in (self._task, self._regroup_task) if t is not None and t.is_running()]
+        self._regroup.cancel()
+        running = [t for t in (self._task, self._regroup.handle) if t is not None and t.is_running()]
         for task in running:
             task.cancel()
         super().closeEvent(event)
         if self.delete_on_close:  # once its threads are done: a task must not outlive its parent
             if running:
-                running[0].finished.connect(self.deleteLater)
+                left = set(running)
+
+                def done(task: workers.TaskHandle) -> None:
+                    left.discard(task)
+                    if not left:
+                        self.deleteLater()
+
+                for task in running:
+                    task.finished.connect(lambda t=task: done(t))
             else:
                 self.deleteLater()
 
     def wait_idle(self, msecs: int = 30_000) -> bool:
         """Wait for the search (tests and shutdown)."""
         ok = True
-        for task in (self._task, self._regroup_task):
+        for task in (self._task, self._regroup.handle):
             if task is not None:
                 ok = task.wait(msecs) and ok
         return ok

@@ -2,14 +2,16 @@
 
 One QGraphicsItem draws all the points, with a level of detail so that 100,000 points stay fluid:
 
-- zoomed out, the visible points are rasterised with numpy into one image per paint (a 3-pixel dot each,
-  in its label's colour; selected ones larger, ringed in black): the cost grows with the points on screen,
-  not with items or Qt calls;
-- zoomed in, once a thumbnail would be at least ``THUMB_MIN_PX`` wide, thumbnails are drawn above the
-  dots: one per cell of a grid of thumbnail-sized cells fixed to the map (so that they stay put while
-  panning), at most ``THUMB_LIMIT``, however dense the map (ThumbnailLoader: decoded off the GUI thread;
-  the dot shows until its thumbnail arrives).
+- the visible points are rasterised with numpy into one image per paint (a dot each, in its label's colour,
+  ``DOT_PX`` in radius in the fitted view and growing as one zooms in, up to ``DOT_MAX_PX``; selected ones
+  larger, ringed in black): the cost grows with the points on screen, not with items or Qt calls;
+- once at most ``THUMB_LIMIT`` points are in view, or the view is zoomed ``THUMB_ZOOM`` times the fitted
+  view (four wheel steps), or a thumbnail would be at least ``THUMB_MIN_PX`` wide, thumbnails are drawn above the dots: one per cell of a grid of thumbnail-sized cells fixed to the map (so
+  that they stay put while panning), at most ``THUMB_LIMIT``, however dense the map (ThumbnailLoader:
+  decoded off the GUI thread; the dot shows until its thumbnail arrives).
 
+The first view is fitted to the points (all of them in view); a legend lists the classes (sub-folders) by
+colour when the images have labels; hovering a point shows its file name and class in a tooltip.
 Mouse: drag to pan, wheel to zoom, click an image to search with it (``imageClicked``), Shift+drag to draw
 a lasso that selects the images inside (Ctrl+Shift adds to the selection); the selection can be exported as
 a list of paths. The map is computed (or read from its cache beside the collection) in a worker; the
@@ -27,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPen, QPolygonF
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor, QIcon, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF
 from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
@@ -38,8 +40,11 @@ from PySide6.QtWidgets import (
     QGraphicsView,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QStyleOptionGraphicsItem,
+    QToolTip,
     QVBoxLayout,
     QWidget,
 )
@@ -50,14 +55,21 @@ from retrieval_gui.thumbnails import ThumbnailLoader
 log = logging.getLogger(__name__)
 #: scene units of the map's half width (coordinates in [-1, 1] are scaled by this)
 SCALE = 1000.0
-#: at most this many thumbnails in view...
+#: at most this many thumbnails in view: they are drawn once at most this many points are in view, or
+#: from THUMB_ZOOM x the fitted view's zoom (at least THUMB_FEW_PX wide), or from the zoom at which a
+#: thumbnail would be at least THUMB_MIN_PX wide
 THUMB_LIMIT = 300
-#: ...from the zoom at which a thumbnail would be at least this many pixels wide
+THUMB_ZOOM = 2.4
 THUMB_MIN_PX = 40
+THUMB_FEW_PX = 48
 #: a thumbnail's size in scene units (it grows on screen as one zooms in, up to THUMB_MAX_PX)
-THUMB_SCENE = 14.0
+THUMB_SCENE = 40.0
 THUMB_MAX_PX = 160
+#: a dot's radius in pixels in the fitted view (DOT_PX_DENSE above DENSE points), growing with the zoom
+DOT_PX, DOT_PX_DENSE, DENSE, DOT_MAX_PX = 4, 2, 20_000, 10
 CLICK_PX = 6
+#: the legend lists at most this many classes (the most frequent)
+LEGEND_LIMIT = 200
 
 
 def map_job(collection_fn: Callable[[], Any], method: str | None = None, isolate: bool = True, *,
@@ -112,10 +124,36 @@ class PointCloud(QGraphicsItem):
         self.last_mode = "none"
         self.last_visible = 0
         self.last_thumbs = 0
+        self.last_dot_px = 0
+        #: the zoom (pixels per scene unit) of the fitted view: dots grow from DOT_PX relative to it
+        self.fit_zoom = 0.0
 
     def boundingRect(self) -> QRectF:  # noqa: N802 (Qt override)
         m = SCALE + THUMB_SCENE * 2
         return QRectF(-m, -m, 2 * m, 2 * m)
+
+    def data_rect(self) -> QRectF:
+        """The scene rectangle holding every point (at least a small square around a single one)."""
+        if self.x.size == 0:
+            return QRectF(-SCALE, -SCALE, 2 * SCALE, 2 * SCALE)
+        x0, x1, y0, y1 = self.x.min(), self.x.max(), self.y.min(), self.y.max()
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        w, h = max(x1 - x0, THUMB_SCENE * 4), max(y1 - y0, THUMB_SCENE * 4)
+        return QRectF(cx - w / 2, cy - h / 2, w, h)
+
+    def dot_px(self, zoom: float) -> int:
+        """A dot's radius in pixels at ``zoom``: DOT_PX in the fitted view, growing as one zooms in."""
+        base = DOT_PX if self.x.size <= DENSE else DOT_PX_DENSE
+        rel = zoom / self.fit_zoom if self.fit_zoom > 0 else 1.0
+        return int(np.clip(round(base * math.sqrt(max(rel, 1e-9))), base, DOT_MAX_PX))
+
+    def thumb_px(self, zoom: float, visible: int) -> float:
+        """The thumbnails' width in pixels at ``zoom`` with ``visible`` points in view (0: none drawn)."""
+        px = min(THUMB_MAX_PX, THUMB_SCENE * zoom)
+        zoomed_in = self.fit_zoom > 0 and zoom >= THUMB_ZOOM * self.fit_zoom * 0.999
+        if 0 < visible <= THUMB_LIMIT or zoomed_in:
+            px = max(px, THUMB_FEW_PX)
+        return px if px >= THUMB_MIN_PX else 0.0
 
     def visible(self, rect: QRectF) -> np.ndarray:
         """Indices of the points inside ``rect`` (item coordinates)."""
@@ -129,10 +167,11 @@ class PointCloud(QGraphicsItem):
         exposed = option.exposedRect.adjusted(-THUMB_SCENE, -THUMB_SCENE, THUMB_SCENE, THUMB_SCENE)
         idx = self.visible(exposed)
         self.last_visible = int(idx.size)
-        thumb_px = min(THUMB_MAX_PX, THUMB_SCENE * zoom)
-        self._paint_dots(painter, idx)
+        thumb_px = self.thumb_px(zoom, int(self.visible(option.exposedRect).size))
+        self.last_dot_px = self.dot_px(zoom)
+        self._paint_dots(painter, idx, self.last_dot_px)
         self.last_thumbs = 0
-        if self.loader is not None and thumb_px >= THUMB_MIN_PX and idx.size:
+        if self.loader is not None and thumb_px and idx.size:
             self.last_mode = "thumbnails"
             picked = self.grid_pick(idx, thumb_px / zoom)
             self.last_thumbs = int(picked.size)
@@ -153,7 +192,7 @@ class PointCloud(QGraphicsItem):
             picked = np.sort(picked[np.argsort(d, kind="stable")[:THUMB_LIMIT]])
         return picked
 
-    def _paint_dots(self, painter: QPainter, idx: np.ndarray) -> None:
+    def _paint_dots(self, painter: QPainter, idx: np.ndarray, radius: int) -> None:
         t = painter.worldTransform()
         vp = painter.viewport()
         w, h = max(1, vp.width()), max(1, vp.height())
@@ -161,22 +200,29 @@ class PointCloud(QGraphicsItem):
             return
         px = (self.x[idx] * t.m11() + self.y[idx] * t.m21() + t.m31()).astype(np.int32)
         py = (self.x[idx] * t.m12() + self.y[idx] * t.m22() + t.m32()).astype(np.int32)
-        on = (px > -4) & (px < w + 4) & (py > -4) & (py < h + 4)
+        m = radius + 3
+        on = (px > -m) & (px < w + m) & (py > -m) & (py < h + m)
         px, py, colour, sel = px[on], py[on], self.argb[idx][on], self.selected[idx][on]
-        canvas = np.zeros(h * w, np.uint32)
+        # a canvas with a border of `pad` pixels, so that a dot near the edge needs no bounds check: each
+        # offset of the disc is one vectorised add and scatter over the points
+        pad = 2 * m  # >= the largest disc (radius + 2) beyond the kept margin m
+        pw = w + 2 * pad
+        padded = np.zeros((h + 2 * pad) * pw, np.uint32)
+        base = (py.astype(np.int64) + pad) * pw + px + pad
 
-        def stamp(qx: np.ndarray, qy: np.ndarray, c: np.ndarray | np.uint32, radius: int) -> None:
-            for oy in range(-radius, radius + 1):
-                for ox in range(-radius, radius + 1):
-                    if ox * ox + oy * oy <= radius * radius + 1:
-                        canvas[np.clip(qy + oy, 0, h - 1) * w + np.clip(qx + ox, 0, w - 1)] = c
+        def stamp(at: np.ndarray, c: np.ndarray | np.uint32, r: int) -> None:
+            for oy in range(-r, r + 1):
+                for ox in range(-r, r + 1):
+                    if ox * ox + oy * oy <= r * r + 1:
+                        padded[at + (oy * pw + ox)] = c
 
         if sel.any():
-            stamp(px[~sel], py[~sel], colour[~sel], 1)
-            stamp(px[sel], py[sel], np.uint32(0xFF000000), 3)
-            stamp(px[sel], py[sel], colour[sel], 2)
+            stamp(base[~sel], colour[~sel], radius)
+            stamp(base[sel], np.uint32(0xFF000000), radius + 2)
+            stamp(base[sel], colour[sel], radius + 1)
         else:
-            stamp(px, py, colour, 1)
+            stamp(base, colour, radius)
+        canvas = np.ascontiguousarray(padded.reshape(h + 2 * pad, pw)[pad:pad + h, pad:pad + w])
         img = QImage(canvas.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
         painter.save()
         painter.resetTransform()
@@ -217,7 +263,8 @@ class PointCloud(QGraphicsItem):
 
 
 class MapCanvas(QGraphicsView):
-    """Pan (drag), zoom (wheel), click (``clicked(row)``) and lasso (Shift+drag, ``lassoed(mask, add)``)."""
+    """Pan (drag), zoom (wheel), click (``clicked(row)``), lasso (Shift+drag, ``lassoed(mask, add)``) and a
+    tooltip (file name and class) over a point."""
 
     clicked = Signal(int)
     lassoed = Signal(object, bool)
@@ -236,11 +283,15 @@ class MapCanvas(QGraphicsView):
         self._lasso: list[QPointF] | None = None
         self._lasso_item: QGraphicsPathItem | None = None
         self._fitted = False
+        self._user_moved = False  # zoomed or panned by the user: a resize keeps the view
+        #: the images' labels (row -> class or None), for the tooltip
+        self.labels: list[str | None] = []
 
-    def set_cloud(self, cloud: PointCloud | None) -> None:
+    def set_cloud(self, cloud: PointCloud | None, labels: list[str | None] | None = None) -> None:
         self.scene().clear()
         self._lasso_item = None
         self.cloud = cloud
+        self.labels = list(labels) if labels is not None else []
         if cloud is not None:
             self.scene().addItem(cloud)
             self.scene().setSceneRect(cloud.boundingRect().adjusted(-SCALE, -SCALE, SCALE, SCALE))
@@ -248,19 +299,63 @@ class MapCanvas(QGraphicsView):
         self.fit()
 
     def fit(self) -> None:
+        """Show every point: the view fitted to the points' extent, with a margin for the dots."""
         if self.cloud is None or self.viewport().width() < 10:
             return
         self.resetTransform()
-        self.fitInView(self.cloud.boundingRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        r = self.cloud.data_rect()
+        vp = self.viewport()
+        # margin: a dot's radius plus a little air on each side, whatever the zoom comes out as
+        zoom = min((vp.width() - 4 * DOT_MAX_PX) / r.width(), (vp.height() - 4 * DOT_MAX_PX) / r.height())
+        zoom = max(zoom, 1e-6)
+        self.scale(zoom, zoom)
+        self.centerOn(r.center())
+        self.cloud.fit_zoom = self.transform().m11()
         self._fitted = True
+        self._user_moved = False
+
+    def pick_radius(self) -> float:
+        """How near (scene units) the pointer must be to a point to pick it: its dot or its thumbnail."""
+        zoom = max(self.transform().m11(), 1e-9)
+        radius = max(CLICK_PX, (self.cloud.last_dot_px if self.cloud is not None else 0) + 2) / zoom
+        if self.cloud is not None and self.cloud.last_mode == "thumbnails":
+            radius = max(radius, self.cloud.thumb_px(zoom, self.cloud.last_visible) / zoom / 2)
+        return radius
+
+    def row_at(self, pos: QPoint) -> int | None:
+        """The point under viewport position ``pos``, or None."""
+        if self.cloud is None:
+            return None
+        return self.cloud.nearest(self.mapToScene(pos), self.pick_radius())
+
+    def tooltip_at(self, pos: QPoint) -> str:
+        """The tooltip at viewport position ``pos``: the file name and its class ('' away from points)."""
+        row = self.row_at(pos)
+        if row is None:
+            return ""
+        name = Path(self.cloud.paths[row]).name
+        label = self.labels[row] if row < len(self.labels) else None
+        return f"{name}\nclass: {label}" if label else f"{name}\n(no class: not in a sub-folder)"
+
+    def viewportEvent(self, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.ToolTip:
+            text = self.tooltip_at(event.pos())
+            if text:
+                QToolTip.showText(event.globalPos(), text, self.viewport())
+            else:
+                QToolTip.hideText()
+                event.ignore()
+            return True
+        return super().viewportEvent(event)
 
     def zoom(self, factor: float) -> None:
         """Zoom by ``factor`` around the view's centre."""
+        self._user_moved = True
         self.scale(factor, factor)
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         super().resizeEvent(event)
-        if not self._fitted:
+        if not self._fitted or not self._user_moved:  # the first view stays fitted until the user moves it
             self.fit()
 
     def wheelEvent(self, event) -> None:  # noqa: N802
@@ -269,6 +364,7 @@ class MapCanvas(QGraphicsView):
             current = self.transform().m11()
             factor = 1.25 ** steps
             if 0.02 < current * factor < 400:
+                self._user_moved = True
                 self.scale(factor, factor)
         event.accept()
 
@@ -299,6 +395,7 @@ class MapCanvas(QGraphicsView):
                 self._lasso_item.setPath(path)
         elif self._last is not None:
             delta = pos - self._last
+            self._user_moved = True
             self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - int(delta.x()))
             self.verticalScrollBar().setValue(self.verticalScrollBar().value() - int(delta.y()))
         self._last = pos
@@ -316,21 +413,35 @@ class MapCanvas(QGraphicsView):
             add = bool(event.modifiers() & Qt.KeyboardModifier.ControlModifier)
             self.lassoed.emit(points_in_polygon(self.cloud.x, self.cloud.y, poly), add)
         elif not self._moved and self.cloud is not None:
-            radius = CLICK_PX / max(self.transform().m11(), 1e-9)
-            if self.cloud.last_mode == "thumbnails":
-                radius = max(radius, THUMB_SCENE / 2)
-            row = self.cloud.nearest(self.mapToScene(event.position().toPoint()), radius)
+            row = self.row_at(event.position().toPoint())
             if row is not None:
                 self.clicked.emit(row)
         self._press = self._last = None
         event.accept()
 
 
+def legend_entries(labels: list[str | None], colours: np.ndarray) -> list[tuple[str, tuple[int, int, int], int]]:
+    """(class, RGB colour, count) per class of ``labels`` with its colour of ``colours`` (N, 3), the most
+    frequent first (ties by name), at most LEGEND_LIMIT; images without a class are left out."""
+    first: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        if lab is None or lab == "":
+            continue
+        first.setdefault(lab, i)
+        counts[lab] = counts.get(lab, 0) + 1
+    names = sorted(counts, key=lambda k: (-counts[k], k))[:LEGEND_LIMIT]
+    return [(k, tuple(int(c) for c in colours[first[k]]), counts[k]) for k in names]
+
+
 class MapView(QDialog):
     """The map window. ``collection_fn()`` gives the engine Collection (called in a worker);
     ``on_query(path)`` is called when an image is clicked (the main window's ``set_query``); ``isolate``:
     compute in a child process (False: in the worker thread, for tests with the 'pca' method);
-    ``ask_save() -> str`` picks the export file (default: a Qt dialog)."""
+    ``ask_save() -> str`` picks the export file (default: a Qt dialog).
+
+    ``imageClicked(path)``: an image was clicked to search with it; whoever shows the results connects it
+    to its query and brings its results into view (:func:`open_map` does both for the main window)."""
 
     imageClicked = Signal(str)
 
@@ -362,7 +473,15 @@ class MapView(QDialog):
         self.canvas = MapCanvas()
         self.canvas.clicked.connect(self._on_clicked)
         self.canvas.lassoed.connect(self._on_lasso)
-        outer.addWidget(self.canvas, 1)
+        middle = QHBoxLayout()
+        middle.addWidget(self.canvas, 1)
+        self.legend = QListWidget()
+        self.legend.setMaximumWidth(200)
+        self.legend.setIconSize(QSize(12, 12))
+        self.legend.setToolTip("The classes (sub-folders) by colour, with their number of images")
+        self.legend.hide()
+        middle.addWidget(self.legend)
+        outer.addLayout(middle, 1)
         row = QHBoxLayout()
         hint = QLabel("Drag to pan · wheel to zoom · click an image to search with it · Shift+drag to select "
                       "(Ctrl+Shift adds)")
@@ -410,6 +529,7 @@ class MapView(QDialog):
         n = len(m)
         if n == 0:
             self.canvas.set_cloud(None)
+            self._set_legend([], np.zeros((0, 3), np.uint8))
             self.status.setText("No image is indexed yet: wait for indexing to finish, then open the map "
                                 "again.")
             self._update_selection()
@@ -417,11 +537,30 @@ class MapView(QDialog):
         if colours is None:
             colours = label_colours(m.labels)
         cloud = PointCloud(m.coords, colours, m.paths, self.loader)
-        self.canvas.set_cloud(cloud)
+        labels = list(m.labels)
+        self.canvas.set_cloud(cloud, labels)
+        self._set_legend(labels, colours)
         how = "from the cache" if m.cached else f"computed in {m.seconds:.1f} s"
+        what = "colours: the images' sub-folders (legend on the right)" if self.legend.count() else \
+            "no classes (the images are not in sub-folders)"
         self.status.setText(f"{n:,} images, {m.method.upper() if m.method != 'tsne' else 't-SNE'} ({how}); "
-                            "colours: the images' sub-folders")
+                            f"{what}")
         self._update_selection()
+
+    def _set_legend(self, labels: list[str | None], colours: np.ndarray) -> None:
+        """One row per class (colour swatch, name, count); hidden when the images have no classes."""
+        self.legend.clear()
+        entries = legend_entries(labels, colours)
+        for name, (r, g, b), count in entries:
+            swatch = QPixmap(12, 12)
+            swatch.fill(QColor(r, g, b))
+            item = QListWidgetItem(QIcon(swatch), f"{name} ({count:,})")
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            self.legend.addItem(item)
+        classes = len({lab for lab in labels if lab})
+        if classes > len(entries):
+            self.legend.addItem(f"… {classes - len(entries):,} more classes")
+        self.legend.setVisible(bool(entries))
 
     @property
     def cloud(self) -> PointCloud | None:
@@ -500,16 +639,56 @@ class MapView(QDialog):
         return self._task.wait(msecs) if self._task is not None else True
 
 
-def open_map(window: Any) -> MapView | None:
-    """Open the map on ``window``'s collection and current descriptor; a click queries with the image."""
+def bring_to_front(window: QWidget) -> None:
+    """Show ``window`` above the others and give it the focus (its results in view after a map click)."""
+    if window.isMinimized():
+        window.showNormal()
+    window.raise_()
+    window.activateWindow()
+
+
+class _CloseWith(QObject):
+    """Closes ``view`` when the watched window closes (the map is a window of its own, not a child)."""
+
+    def __init__(self, view: MapView, window: QWidget) -> None:
+        super().__init__(view)
+        self.view = view
+        window.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.Close and self.view.isVisible():
+            self.view.close()
+        return False
+
+
+#: the open map windows (they have no Qt parent: a child window would always stay above the main window)
+_OPEN: set[MapView] = set()
+
+
+def open_views() -> list[MapView]:
+    """The map windows :func:`open_map` opened that are not deleted yet."""
+    return list(_OPEN)
+
+
+def open_map(window: Any, **kw: Any) -> MapView | None:
+    """Open the map on ``window``'s collection and current descriptor; a click queries with the image and
+    brings ``window`` (with its results) to the front.
+
+    The map is a window of its own (no Qt parent), so that the main window can come above it; it closes
+    with ``window``. A window that opens MapView itself connects ``imageClicked`` to its query and then to
+    ``bring_to_front(itself)`` in the same way. ``kw``: passed to MapView (method, isolate, loader)."""
     from PySide6.QtWidgets import QMessageBox
 
     index, key = getattr(window, "index", None), getattr(window, "key", None)
     if index is None or key is None:
         QMessageBox.information(window, "Map of the collection", "Open an image folder first.")
         return None
-    view = MapView(lambda: index.collection(key), on_query=window.set_query, parent=window)
+    view = MapView(lambda: index.collection(key), on_query=window.set_query, **kw)
+    view.imageClicked.connect(lambda _path: bring_to_front(window))
+    _CloseWith(view, window)
     view.delete_on_close = True
+    _OPEN.add(view)
+    view.destroyed.connect(lambda *_a, v=view: _OPEN.discard(v))
     view.show()
     QTimer.singleShot(0, view.start)
     return view

@@ -1,6 +1,6 @@
 """Open the real explorer window on a folder, run one query and save a screenshot.
 
-    python -m retrieval_gui.screenshot resources/demo --query resources/demo/sunset/01.jpg \\
+    python -m retrieval_gui.screenshot resources/demo --query resources/demo/stars/01.jpg \\
         --out docs/images/explorer.png [--weights random --image-size 64] [--activations 2] \\
         [--compare rmac --compare-out docs/images/compare.png]
 

@@ -7,10 +7,10 @@ flush every ``flush_ms``) so a grid of hundreds of thumbnails never floods the e
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,54 +20,29 @@ from PySide6.QtGui import QImage
 log = logging.getLogger(__name__)
 
 
-def disk_key(path: str, size: int) -> str | None:
-    """The on-disk cache name for ``path`` at ``size``: changes with the file's mtime and size."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    raw = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{size}"
-    return hashlib.sha1(raw.encode()).hexdigest()
-
-
 def make_thumbnail(path: str, size: int, cache_dir: Path | None) -> QImage:
-    """Decode (or read from the disk cache) a thumbnail fitted into size x size; null QImage on failure.
+    """Decode (or read from the disk cache, engine.thumbcache) a thumbnail fitted into size x size; null
+    QImage on failure.
 
-    The original is read by the program's one safe loader (engine.images.load_image: no FIFO, device or
-    oversized image is opened; JPEGs are decoded at a reduced scale whose shorter side is still >= size).
     All decoding and encoding is done by PIL, which releases the GIL while it works, so the pool's
     threads never hold up the GUI thread; only the final copy into a QImage is a Qt call.
     """
-    from PIL import Image
+    from engine.images import ImageLoadError
+    from engine.thumbcache import make_thumbnail as thumbnail
 
-    from engine.images import ImageLoadError, load_image
+    try:
+        im, _cached = thumbnail(path, size, cache_dir)
+    except ImageLoadError as exc:  # unreadable file: the grid shows a placeholder
+        log.debug("thumbnail of %s failed: %s", path, exc.reason)
+        return QImage()
+    except Exception as exc:  # a resize failure must not take the worker down either
+        log.debug("thumbnail of %s failed: %s", path, exc)
+        return QImage()
+    return to_qimage(im)
 
-    key = disk_key(path, size)
-    cached = cache_dir / f"{key[:2]}/{key}.jpg" if (cache_dir and key) else None
-    im = None
-    if cached is not None and cached.is_file():
-        try:
-            im = load_image(cached)
-        except ImageLoadError:  # a damaged cache file: decode the original again
-            im = None
-    if im is None:
-        try:
-            im = load_image(path, min_side=max(1, int(size)))
-            im.thumbnail((size, size), Image.Resampling.BILINEAR)
-        except ImageLoadError as exc:  # unreadable file: the grid shows a placeholder
-            log.debug("thumbnail of %s failed: %s", path, exc.reason)
-            return QImage()
-        except Exception as exc:  # a resize failure must not take the worker down either
-            log.debug("thumbnail of %s failed: %s", path, exc)
-            return QImage()
-        if cached is not None:
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(f".{cached.name}.{threading.get_ident()}.tmp")
-                im.save(tmp, "JPEG", quality=85)
-                os.replace(tmp, cached)
-            except OSError as exc:
-                log.debug("thumbnail cache write failed: %s", exc)
+
+def to_qimage(im) -> QImage:
+    """An RGB PIL image as a QImage (a copy: it owns its pixels)."""
     data = im.tobytes()
     return QImage(data, im.width, im.height, 3 * im.width, QImage.Format.Format_RGB888).copy()
 
@@ -120,6 +95,33 @@ class ThumbnailLoader(QObject):
 
     def cached(self, path: str) -> QImage | None:
         return self._memory.get(path)
+
+    def prefill(self, paths: list[str], limit: int | None = None, budget_s: float = 1.0) -> int:
+        """Put the disk-cached thumbnails of (the first ``limit`` of) ``paths`` into memory now, on the
+        calling thread, without decoding any original (engine.thumbcache.read_cached: small JPEGs, about
+        0.3 ms each); stops after ``budget_s`` seconds. For the start, before PyTorch is imported, so the
+        folder's grid appears with its images at once; the others come through :meth:`request`. Returns
+        how many were found."""
+        from engine.thumbcache import read_cached
+
+        if self.cache_dir is None:
+            return 0
+        found = 0
+        deadline = time.perf_counter() + budget_s
+        for path in paths[: self.capacity if limit is None else min(limit, self.capacity)]:
+            if path in self._memory:
+                found += 1
+                continue
+            im = read_cached(self.cache_dir, path, self.size)
+            if im is not None:
+                self._memory[path] = to_qimage(im)
+                self._memory.move_to_end(path)
+                found += 1
+            if time.perf_counter() > deadline:
+                break
+        while len(self._memory) > self.capacity:
+            self._memory.popitem(last=False)
+        return found
 
     def clear_queue(self) -> None:
         """Drop requests not started yet (e.g. when a new query replaces the grid)."""

@@ -474,18 +474,21 @@ def test_real_model_on_demo_images(tmp_path):
 
     demo = REPO / "resources" / "demo"
     root = tmp_path / "demo"
-    for cls in ("flowers", "bricks", "night_sky"):
+    # three demo classes x 5 images; the demo is made hard for an untrained network (shape families in
+    # random colours over random backgrounds: GeM R@1 about 0.67 over its 16 classes), so the check is
+    # that real weights do far better than chance (a random neighbour: 4 of 14 share the class, 0.29)
+    for cls in ("stars", "rings", "bars"):
         (root / cls).mkdir(parents=True)
-        for f in sorted((demo / cls).glob("*.jpg"))[:3]:
+        for f in sorted((demo / cls).glob("*.jpg"))[:5]:
             shutil.copy(f, root / cls / f.name)
     spec = ModelSpec(image_size=128)
     c = Collection.open(root, model_spec=spec, cache_dir=tmp_path / "cache")
-    rep = c.update(spec.build("cpu"), batch_size=9)
-    assert rep.total == 9 and not rep.skipped
+    rep = c.update(spec.build("cpu"), batch_size=15)
+    assert rep.total == 15 and not rep.skipped
     hits = c.search_many(c.vectors, SearchOptions(k=2))
     assert [h[0].relpath for h in hits] == c.relpaths  # itself first
     same = np.mean([h[1].label == lab for h, lab in zip(hits, c.labels, strict=True)])
-    assert same >= 2 / 3, same
+    assert same >= 0.5, same
     assert evaluate_collection(c)["recall@1"] == pytest.approx(same)
 
 

@@ -26,3 +26,11 @@ def test_generator_is_deterministic(tmp_path):
     b = make_demo.render(tmp_path / "b", per_class=1)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert len(a) == len(make_demo.CLASSES)
+
+
+def test_the_shipped_demo_is_what_the_generator_draws(tmp_path):
+    """The files in resources/demo are the generator's output (regenerate with python -m resources.make_demo
+    after changing it): the first two images of every class, byte for byte."""
+    root = demo_collection()
+    for p in make_demo.render(tmp_path, per_class=2):
+        assert p.read_bytes() == (root / p.parent.name / p.name).read_bytes(), p.relative_to(tmp_path)

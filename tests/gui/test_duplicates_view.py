@@ -150,7 +150,7 @@ def test_the_window_opens_both_views_on_its_collection(qtbot, image_folder, monk
     from PySide6.QtCore import QPointF
 
     from retrieval_gui.main_window import MainWindow
-    from retrieval_gui.map_view import MapView
+    from retrieval_gui.map_view import open_views
 
     folder = image_folder(n_classes=3, per_class=4, size=64)
     (folder / "class_00" / "copy.jpg").write_bytes((folder / "class_00" / "000.jpg").read_bytes())
@@ -165,7 +165,7 @@ def test_the_window_opens_both_views_on_its_collection(qtbot, image_folder, monk
         assert any({"000.jpg", "copy.jpg"} <= {Path(it.path).name for it in g.items} for g in dups.groups)
         dups.close()
         win.map_action.trigger()
-        (view,) = win.findChildren(MapView)
+        (view,) = open_views()  # a window of its own (no Qt parent), so the results can come above it
         qtbot.waitUntil(lambda: view.map is not None, timeout=TIMEOUT)
         assert len(view.map) == 13
         view.canvas.viewport().repaint()
@@ -187,3 +187,29 @@ def test_the_window_opens_both_views_on_its_collection(qtbot, image_folder, monk
     finally:
         win.close()
         win.wait_idle()
+
+
+def test_grouping_in_a_worker_shows_only_the_latest_thresholds_groups(make_view, collection, monkeypatch, qtbot):
+    """Large pair lists are grouped in a worker (workers.LatestTask): one grouping at a time, and whatever
+    the order the groupings end in, only the latest slider position's groups are shown."""
+    import retrieval_gui.duplicates_view as dv
+
+    view = make_view(collection)
+    monkeypatch.setattr(dv, "GUI_REGROUP_PAIRS", -1)  # every regrouping in a worker
+    before = view.regroups
+    running_at_once = []
+    real_groups = view.dup.groups
+
+    def slow_groups(t, rule):
+        running_at_once.append(sum(1 for h in dv.workers.live_tasks() if h.name == "regroup"))
+        return real_groups(t, rule)
+
+    monkeypatch.setattr(view.dup, "groups", slow_groups)
+    for v in range(view.slider.minimum(), view.slider.maximum() + 1, 2):
+        view.slider.setValue(v)
+    view.set_threshold(0.95)
+    qtbot.waitUntil(lambda: not view._regroup.busy, timeout=TIMEOUT)
+    assert max(running_at_once) == 1  # never two groupings at once
+    assert view.regroups - before <= len(running_at_once)  # stale results were dropped, not shown
+    assert _group_names(view) == [[it.relpath for it in g.items] for g in real_groups(0.95, view.rule())]
+    assert len(view.groups) == 2 and "2 groups" in view.status.text()

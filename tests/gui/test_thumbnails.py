@@ -6,7 +6,8 @@ import os
 
 from PySide6.QtGui import QImage
 
-from retrieval_gui.thumbnails import ThumbnailLoader, disk_key
+from engine.thumbcache import thumb_key
+from retrieval_gui.thumbnails import ThumbnailLoader
 
 
 def test_lazy_load_memory_and_disk_cache(qtbot, image_folder, tmp_path):
@@ -28,11 +29,11 @@ def test_lazy_load_memory_and_disk_cache(qtbot, image_folder, tmp_path):
     files = list((tmp_path / "thumbs").rglob("*.jpg"))
     assert len(files) == 3
     # a fresh loader reads the disk cache; a changed file gets a new key
-    k0 = disk_key(paths[0], 48)
+    k0 = thumb_key(paths[0], 48)
     assert (tmp_path / "thumbs" / k0[:2] / f"{k0}.jpg").is_file()
     st = os.stat(paths[0])
     os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
-    assert disk_key(paths[0], 48) != k0
+    assert thumb_key(paths[0], 48) != k0
 
 
 def test_unreadable_file_gives_null_image(qtbot, tmp_path):
