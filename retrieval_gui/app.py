@@ -78,7 +78,7 @@ def run_app(argv: list[str] | None = None) -> int:
     win = create_window(args, preload_now=False)  # on screen in about a second, before PyTorch is loaded
     from retrieval_gui.startup import loading_message, show_cached_grid, start_folder
 
-    show_cached_grid(win.results_model, win.loader, start_folder(args))  # cached thumbnails, no torch
+    win.early_grid = show_cached_grid(win.results_model, win.loader, start_folder(args))  # cached thumbnails, no torch
     win.grid_stack.setCurrentIndex(1)
     win.status_label.setText(loading_message())
     win.show()

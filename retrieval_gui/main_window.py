@@ -86,6 +86,7 @@ class MainWindow(QMainWindow):
                                  cache_dir=cache_dir, parent=self)
         self.explorer.query.options.k = int(self.settings.value("k", 20))
         self.selected_hit = None
+        self.early_grid = None  # the start's cached-thumbnail listing (retrieval_gui.startup.EarlyGrid)
         self.exporter = Exporter(self.explorer, self)
         self._index_clock: tuple[float, int] | None = None  # (start time, images done then) for rate/ETA
         self._listed_for = None  # the listing shown in the collection view
@@ -295,8 +296,10 @@ class MainWindow(QMainWindow):
         mode = ex.grid_mode()
         self.grid_stack.setCurrentIndex(0 if mode == "welcome" else 1)
         if mode == "collection" and (not self.results_model.browsing or self._listed_for is not ex.folder.listing):
-            self._listed_for = ex.folder.listing
-            self.results_model.set_collection(*(ex.listing() or ([], [], {})))
+            listing = ex.listing()
+            if listing is not None or not self._shows_early_grid():
+                self._listed_for = ex.folder.listing
+                self.results_model.set_collection(*(listing or ([], [], {})))
         elif mode in ("results", "stale"):
             self._listed_for = None
             self.results_model.set_stale(mode == "stale")
@@ -310,6 +313,14 @@ class MainWindow(QMainWindow):
             colour = "#b3261e" if q.failed_query == q.path else "#333"
             self.query_info.setText(f"<b>{ex.query_title()}</b><br><span style='color:{colour}'>{q.note}</span>")
 
+    def _shows_early_grid(self) -> bool:
+        """The grid still shows the start's listing of the open folder (cached thumbnails, before PyTorch):
+        keep it until the folder's own listing arrives, instead of blanking the grid meanwhile."""
+        early, folder = self.early_grid, self.explorer.folder.folder
+        if early is None or folder is None or Path(early.folder).resolve() != folder.resolve():
+            return False
+        return not early.error and bool(early.paths)
+
     def _on_folder_opened(self, index) -> None:
         """Nothing of the previous folder stays: its query, results, preview and activations go."""
         self.clear_error()
@@ -319,7 +330,8 @@ class MainWindow(QMainWindow):
         self.query_info.setText("")
         self.panels.clear()
         self.cards.hide_preview()
-        self.results_model.set_collection([], [])
+        if not self._shows_early_grid():
+            self.results_model.set_collection([], [])
         # the platform appends the application's display name unless the title already ends with it
         self.setWindowTitle(f"{collection_name(Path(index.folder))} — {APP_NAME}")
 

@@ -67,3 +67,23 @@ def test_the_loading_message_says_what_and_how_long(qtbot):
 
     remember_load_time(7.4)
     assert loading_message() == "Loading PyTorch and the network (about 7 s)…"
+
+
+def test_the_start_s_cached_grid_stays_until_the_folder_is_listed(qtbot, window, image_folder, tmp_path):
+    """Opening the start's folder keeps the early grid (cached thumbnails) instead of blanking it while the
+    folder is indexed and listed; another folder starts from an empty grid."""
+    from retrieval_gui.startup import show_cached_grid
+
+    folder = image_folder(n_classes=2, per_class=3, size=64)
+    other = image_folder(n_classes=1, per_class=2, size=64, root=tmp_path / "other")
+    win = window()
+    win.early_grid = show_cached_grid(win.results_model, win.loader, folder)
+    assert win.results_model.rowCount() == 6
+    assert win.open_collection(folder)
+    assert win.results_model.rowCount() == 6  # not blanked while the folder's own listing is under way
+    qtbot.waitUntil(lambda: win.index_ready() and not win.indexing, timeout=30_000)
+    qtbot.waitUntil(lambda: win.results_model.rowCount() == 6 and win.explorer.listing() is not None,
+                    timeout=30_000)
+    assert win.open_collection(other)
+    assert win.results_model.rowCount() == 0  # the early grid belongs to the first folder only
+    qtbot.waitUntil(lambda: win.index_ready() and not win.indexing, timeout=30_000)
