@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engine.collection import ModelSpec
-    from models.backbones import get_backbone
+    from engine.vocabulary import ModelSpec
     from models.descriptors import parse_scales
+    from models.registry import get_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)

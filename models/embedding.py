@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backbones import Backbone, describe_load_error, get_backbone, safe_load_refusal
+from models import pooling as P  # noqa: N812
+from models.backbones import Backbone, build_named_backbone, describe_load_error, safe_load_refusal
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
@@ -21,8 +22,6 @@ CHECKPOINT_VERSION = 1
 
 # --- pooling ---------------------------------------------------------------------------------
 def _pool_fn(kind: str):
-    from models import pooling as P  # noqa: N812
-
     fns = {"mac": P.mac, "spoc": P.spoc, "gem": P.gem}
     if kind not in fns:
         raise ValueError(f"unknown pooling {kind!r}: use one of {sorted(fns)}")
@@ -36,8 +35,9 @@ def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 # --- backbones ---------------------------------------------------------------------------------
 def build_backbone(name: str, weights: str = "pretrained", device: str | torch.device = "cpu") -> Backbone:
-    """models.backbones.get_backbone: a Backbone in eval mode."""
-    return get_backbone(name, weights=weights, device=str(device))
+    """The registered backbone a trained model's config names (models.backbones): a Backbone in eval mode.
+    A trained model is always built on a registered backbone, never on another checkpoint."""
+    return build_named_backbone(name, weights=weights, device=str(device))
 
 
 # --- the head and the whole model ------------------------------------------------------------------

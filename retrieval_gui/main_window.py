@@ -33,17 +33,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.collection import ModelSpec, multi_scales
 from engine.search import SearchOptions
 from engine.session import (
-    DEFAULT_BACKBONE,
-    DEFAULT_DESCRIPTOR,
-    DESCRIPTOR_TITLES,
     FolderIndex,
     IndexState,
     ModelCache,
     SearchResult,
-    cache_root,
     ensure_and_query,
     list_backbones,
     list_descriptors,
@@ -51,6 +46,14 @@ from engine.session import (
     model_title,
     preload,
     run_query,
+)
+from engine.vocabulary import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DESCRIPTOR,
+    DESCRIPTOR_TITLES,
+    ModelSpec,
+    cache_root,
+    multi_scales,
 )
 from retrieval_gui import workers
 from retrieval_gui.activations import ActivationPayload, ActivationsPanel, activation_job

@@ -32,9 +32,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.collection import SearchHit
 from engine.images import IMAGE_EXTENSIONS
 from engine.session import hit as make_hit
+from engine.vocabulary import SearchHit
 from retrieval_gui.thumbnails import ThumbnailLoader
 
 HIT_COLOUR = QColor(46, 160, 67)

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from engine.cli import main
-from engine.collection import ModelSpec
 
 
 class _Identity(nn.Module):
@@ -39,7 +38,9 @@ class _Colours(nn.Module):
 
 @pytest.fixture
 def cli(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(ModelSpec, "build", lambda self, device="cpu", backbone=None: _Colours(backbone))
+    import engine.extraction
+
+    monkeypatch.setattr(engine.extraction, "build_model", lambda spec, device="cpu", backbone=None: _Colours(backbone))
     import engine.runtime
 
     monkeypatch.setattr(engine.runtime, "feature_runner", lambda *a, **k: None)  # the backbone runs as is

@@ -21,9 +21,15 @@ from engine.cli.common import (
     TextProgress,
     add_model_args,
     default_descriptor,
-    resolve_device,
+    scales_from_args,
     trained_head_note,
 )
+from engine.cli.index_cmd import spec_from_args
+from engine.collection import Collection
+from engine.evaluation import evaluate
+from engine.images import scan_images
+from engine.splits import labels_for, load_split
+from engine.vocabulary import resolve_device
 
 
 def register(subparsers: Any) -> None:
@@ -48,16 +54,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--whitening", default=None,
                    help="a whitening file saved by the program (`whiten`, learned for this descriptor and sizes)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="with --collection: where collections are kept (default: the user cache folder)")
+                   help="with --collection: where collections are kept (default: $RETRIEVAL_EXPLORER_CACHE, "
+                   "else the user cache folder)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (indented, like index and search) instead of a table")
     p.set_defaults(func=run)
 
 
 def _collect(root: Path, split_file: str | None) -> tuple[list[Path], list[str] | None, list[str] | None]:
-    from engine.images import scan_images
-    from engine.splits import load_split
-
     if split_file is None:
         paths = scan_images(root)
         if not paths:
@@ -72,12 +76,9 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     """The work of `eval` on parsed arguments -> the metrics dict (see module docstring).
     ``make_progress()`` builds the progress callback just before extraction starts (so its rate
     and ETA leave out the model loading)."""
-    from engine.cli.common import scales_from_args
-    from engine.evaluation import evaluate
     from engine.extraction import extract_descriptors
-    from engine.splits import labels_for
-    from models.backbones import get_backbone
     from models.descriptors import build_descriptor
+    from models.registry import get_backbone
 
     args.descriptor = default_descriptor(args.backbone, args.descriptor)
     scales = scales_from_args(args)
@@ -159,11 +160,6 @@ def evaluate_indexed(args: argparse.Namespace) -> dict[str, Any]:
     """`eval --collection DIR`: the metrics of an indexed collection's stored vectors (no extraction).
 
     Labels are the images' sub-folder names (or --labels); with --split, paths are relative to DIR."""
-    from engine.cli.index_cmd import spec_from_args
-    from engine.collection import Collection
-    from engine.evaluation import evaluate
-    from engine.splits import labels_for, load_split
-
     args.descriptor = default_descriptor(args.backbone, args.descriptor)
     folder = Path(args.collection)
     coll = Collection.open(folder, model_spec=spec_from_args(args), cache_dir=args.cache_dir)

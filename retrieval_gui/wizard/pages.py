@@ -37,7 +37,9 @@ from PySide6.QtWidgets import (
 )
 
 from engine.training.config import LOSSES, MININGS, POOLINGS, TrainConfig
-from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
+from engine.training.trainer import SELECT_LABELS
+from engine.vocabulary import DESCRIPTOR_SHORT as UNTRAINED_LABELS
+from engine.vocabulary import fmt_duration
 from retrieval_gui.wizard.alike_panel import AlikeChoice, AlikePanel
 from retrieval_gui.wizard.dataset import DataSummary, ScanRequest, ScanResult, read_class_list, scan
 from retrieval_gui.wizard.estimate import Rates, describe, estimate_run, measure_rates, rate_key
@@ -68,16 +70,6 @@ def _dspin(lo: float, hi: float, step: float, decimals: int) -> QDoubleSpinBox:
 def _lr_spin() -> QDoubleSpinBox:
     s = _dspin(0.0, 1.0, 1e-5, 7)
     return s
-
-
-def fmt_duration(seconds: float) -> str:
-    """'1h 02m', '3m 05s', '12s'."""
-    s = max(0, int(round(seconds)))
-    if s >= 3600:
-        return f"{s // 3600}h {(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"
 
 
 class _SettingsPage(QWizardPage):
@@ -373,7 +365,7 @@ class DataPage(_SettingsPage):
 # --------------------------------------------------------------------------------------------------
 def available_backbones() -> list[str]:
     try:
-        from models.backbones import list_backbones
+        from models.registry import list_backbones
     except ImportError:  # models.backbones not in this build: the trainer's stand-in EfficientNet-Lite0
         return ["efficientnet_lite0"]
     return list(list_backbones())
@@ -409,7 +401,7 @@ class ModelPage(_SettingsPage):
         text = ""
         if self.weights.currentText() == "pretrained":
             try:
-                from models.backbones import weights_available
+                from models.registry import weights_available
             except ImportError:
                 weights_available = None
             if weights_available is not None and not weights_available(self.backbone.currentText()):
@@ -655,8 +647,7 @@ class RunSettingsPage(_SettingsPage):
 
     def show_alike_sizes(self, image_size: int) -> None:
         """Name the sizes made from the run's image size (224 -> 224 | 224+288+352)."""
-        from engine.collection import multi_scales
-        from engine.training.alike import sizes_label
+        from engine.vocabulary import multi_scales, sizes_label
 
         self.alike_sizes.setItemText(0, str(int(image_size)))
         self.alike_sizes.setItemText(1, sizes_label(multi_scales(image_size)))

@@ -41,13 +41,19 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from engine.collection import multi_scales
+from engine.vocabulary import (
+    DEFAULT_DESCRIPTOR,
+    DESCRIPTOR_SHORT,
+    POOLING_DESCRIPTORS,
+    fmt_duration,
+    multi_scales,
+)
 from retrieval_gui.workers import wait_for_task
 
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "whiten_wizard/last_settings"
-DESCRIPTORS = {"gem": "GeM", "spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC"}  # GeM first: the default
+DESCRIPTORS = {d: DESCRIPTOR_SHORT[d] for d in sorted(POOLING_DESCRIPTORS, key=lambda d: d != DEFAULT_DESCRIPTOR)}
 METHODS = {"lw": "Lw: learned whitening (within-class covariance, then PCA; needs classes)",
            "pca": "PCA-whitening (ignores the classes)"}
 DEFAULT_SIZE = 224
@@ -100,7 +106,7 @@ class FolderCount:
 def count_folder(root: str) -> FolderCount:
     """Count the images of ``root`` per class sub-folder (engine.images.scan_images: what the whitening
     reads). Never raises for bad input: ``error`` says why."""
-    from engine.images import scan_images
+    from engine.images import label_of, scan_images
 
     out = FolderCount(root=root)
     if not root:
@@ -116,8 +122,8 @@ def count_folder(root: str) -> FolderCount:
         out.error = f"Cannot read {root}: {exc}"
         return out
     for p in paths:
-        label = p.relative_to(path).parent.as_posix()
-        if label == ".":
+        label = label_of(p.relative_to(path))
+        if label is None:
             out.loose += 1
         else:
             out.classes[label] = out.classes.get(label, 0) + 1
@@ -183,7 +189,7 @@ class ModelBase:
 
     def spec(self, descriptor: str, choice: str) -> Any:
         """The engine.collection.ModelSpec to learn for (no whitening)."""
-        from engine.collection import ModelSpec
+        from engine.vocabulary import ModelSpec
 
         if choice == "multi":
             return ModelSpec(backbone=self.backbone, weights=self.weights, descriptor=descriptor,
@@ -194,7 +200,7 @@ class ModelBase:
 
 def model_base(main_window: object | None) -> ModelBase:
     """The model of ``main_window`` (its ``key``, a ModelSpec, and its ModelCache ``models``), or the defaults."""
-    from engine.session import cache_root
+    from engine.vocabulary import cache_root
 
     base = ModelBase(runtime=os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto"), cache_dir=str(cache_root()))
     key = getattr(main_window, "key", None)
@@ -788,8 +794,6 @@ class WhitenRunPage(QWizardPage):
             if now > t0 and done > d0:
                 rate = (done - d0) / (now - t0)
                 self.speed_label.setText(f"{rate:.1f}")
-                from retrieval_gui.wizard.pages import fmt_duration
-
                 self.eta_label.setText(fmt_duration((total - done) / rate))
         else:
             self.progress.setRange(0, 0)  # no count: busy
