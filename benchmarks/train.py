@@ -66,7 +66,7 @@ from engine.training.trainer import (  # noqa: E402
     validation_split,
 )
 from engine.vocabulary import DESCRIPTOR_SHORT as UNTRAINED_LABELS  # noqa: E402
-from engine.vocabulary import resolve_device  # noqa: E402
+from engine.vocabulary import resolve_device, sizes_label  # noqa: E402
 from models.embedding import build_model_from_config, freeze_batchnorm, l2n, load_trained_backbone  # noqa: E402
 
 log = logging.getLogger("bench.train")
@@ -456,7 +456,7 @@ def lw_eval_rows(train_v: dict, test_v: dict, train_labels, val_mask, proto: dic
     li, vi = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
     rows = []
     for sizes in sets:
-        name = "+".join(map(str, sizes))
+        name = sizes_label(sizes)
         comb = lambda views, idx=slice(None), sizes=sizes: B.l2n(sum(views[s][idx] for s in sizes))  # noqa: E731
         plain = comb(test_v)
         m = B.figures(plain, proto["labels"], proto)
@@ -543,7 +543,7 @@ def ms_lw_table(root: Path, runs: list[tuple[str, str, int]], scales: tuple[int,
                                f"test {r['r1']:.4f}" for r in entry["rows"][a]))
         per_label.setdefault(label, []).append(entry)
     print(f"\n## cub100 new categories, multi-scale + Lw: tail checkpoints and the untrained GeM evaluated alike "
-          f"(sizes {'+'.join(map(str, scales))}, crop 224/227; per seed, the validation classes are the run's own "
+          f"(sizes {sizes_label(scales)}, crop 224/227; per seed, the validation classes are the run's own "
           f"10 (carved by the trainer from classes 0-49, never trained on), for both models; the Lw is chosen "
           f"on them, learned on the other 40, and learned again on all 50 for the test classes)\n")
     for label, seeds in per_label.items():

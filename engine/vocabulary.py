@@ -41,13 +41,15 @@ from models.names import (
 __all__ = [
     "APP_NAME", "BACKBONES", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
     "DESCRIPTORS", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES", "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS",
-    "ModelSpec", "SearchHit", "cache_root", "check_scales", "file_sha256", "fmt_duration",
+    "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "check_scales", "file_sha256", "fmt_duration",
     "is_checkpoint_name", "multi_scales", "parse_scales", "resolve_device", "sizes_label",
 ]
 
 APP_NAME = "retrieval-explorer"
 #: the environment variable that moves the cache (collections, exported runtimes, thumbnails)
 CACHE_ENV = "RETRIEVAL_EXPLORER_CACHE"
+#: what runs the network on the CPU (engine.runtime): "auto" takes the fastest installed
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: the descriptor of a plain backbone when none is asked for: GeM, the best measured at one size (cub100
 #: R@1 0.877 against SPoC's 0.865, the same pass; docs/BENCHMARKS.md, issue 12); multi-scale buys more at a price
 DEFAULT_DESCRIPTOR = "gem"

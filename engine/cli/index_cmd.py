@@ -21,7 +21,7 @@ from engine.collection import Collection, CollectionError, update_collections
 from engine.images import ImageLoadError
 from engine.search import SearchOptions
 from engine.session import FolderIndex, ModelCache, run_query
-from engine.vocabulary import DESCRIPTORS, ModelSpec, cache_root, resolve_device
+from engine.vocabulary import DESCRIPTORS, RUNTIMES, ModelSpec, cache_root, resolve_device
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--rebuild", action="store_true", help="ignore the saved state and index everything again")
     p.add_argument("--index", choices=("hnsw", "exact"), default="hnsw", help="index kind for a new collection")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU: auto (the fastest installed, default), torch, "
                    "onnxruntime or openvino; PyTorch on a GPU")
     p.add_argument("--decode-threads", type=int, default=None,
@@ -75,13 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--qe", choices=("average", "alpha"), default=None, help="query expansion")
     s.add_argument("--qe-top", type=int, default=5, help="neighbours used by query expansion (default 5)")
     s.add_argument("--alpha", type=float, default=3.0, help="alpha-QE exponent (default 3)")
-    s.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+    s.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU for the query (as for index; default auto)")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
     s.set_defaults(func=run_search)
-
-
-RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 
 
 def spec_from_args(args: argparse.Namespace, descriptor: str | None = None) -> ModelSpec:

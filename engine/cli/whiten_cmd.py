@@ -12,7 +12,7 @@ import dataclasses
 import json
 
 from engine.cli.common import TextProgress, add_model_args, spec_from_model_args
-from engine.vocabulary import DEFAULT_DESCRIPTOR, resolve_device
+from engine.vocabulary import DEFAULT_DESCRIPTOR, RUNTIMES, resolve_device
 from engine.whitening import learn_from_folder
 
 
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=_dim, default="auto", help="output dimensions: a number, all, or auto (default)")
     p.add_argument("--val-classes", type=int, default=10, help="classes carved off for choosing (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which classes are carved off (default 0)")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU (default: the fastest installed)")
     p.add_argument("--cache-dir", metavar="DIR", default=None, help="where exported runtimes are kept")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
