@@ -53,10 +53,14 @@ def scan_labelled(root: str | Path, classes: list[str] | None = None) -> Labelle
         raise FileNotFoundError(f"training data folder not found: {root}")
     skipped: list[tuple[str, str]] = []
     by_class: dict[str, list[str]] = {}
-    for p in _images.scan_images(root, skipped=skipped):
-        label = _images.label_of(p.relative_to(root))
-        if label is not None:
-            by_class.setdefault(label, []).append(str(p))
+    for top in sorted(root.iterdir()):  # folder by folder: no one long sort holds the GIL (a GUI thread waits)
+        if top.name.startswith("."):
+            continue
+        if top.is_dir():
+            for p in _images.scan_images(top, skipped=skipped):
+                by_class.setdefault(_images.label_of(p.relative_to(root)), []).append(str(p))
+        elif top.is_symlink():
+            skipped.append((str(top), _images._link_problem(str(top)) or "symbolic link to something not a folder"))
     for p, why in skipped:
         log.warning("left out %s: %s", p, why)
     if classes is not None:
