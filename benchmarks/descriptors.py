@@ -43,6 +43,7 @@ from engine.evaluation import evaluate  # noqa: E402
 from engine.images import scan_images  # noqa: E402
 from engine.splits import load_split  # noqa: E402
 from engine.vectors import l2n  # noqa: E402 - the engine's one numpy L2 normalisation (benchmarks/train.py uses B.l2n)
+from engine.vocabulary import sizes_label  # noqa: E402
 
 log = logging.getLogger("bench.descriptors")
 
@@ -263,7 +264,7 @@ def bench_rows(train: dict, test: dict, proto: dict, kinds: Sequence[str], scale
             ips = len(test["paths"]) / cost if cost > 0 else 0.0
             plain = combine(test["views"], kind, sizes)
             m = figures(plain, proto["labels"], proto)
-            base = {"model": label, "descriptor": kind, "sizes": "+".join(map(str, sizes)), "images_per_s": ips}
+            base = {"model": label, "descriptor": kind, "sizes": sizes_label(sizes), "images_per_s": ips}
             rows.append({**base, "whitening": "none", "dim": plain.shape[1], "r1": m["recall@1"],
                          "map": m["map"], "top1": m["top1"]})
             if not whiten or (whiten_sets is not None and tuple(sizes) not in {tuple(w) for w in whiten_sets}):
@@ -333,7 +334,7 @@ def speed(bb: Any, identity: str, paths: list[str], args: argparse.Namespace, re
              "|---|---|---|"]
     for sizes, runs in out.items():
         per = ", ".join(f"{s}: {runs[-1][1][s]:.0f}" for s in sizes)
-        lines.append(f"| {'+'.join(map(str, sizes))} | {' / '.join(f'{r[0]:.1f}' for r in runs)} | {per} |")
+        lines.append(f"| {sizes_label(sizes)} | {' / '.join(f'{r[0]:.1f}' for r in runs)} | {per} |")
     return "\n".join(lines) + f"\n\n{len(paths)} test images, load average {load0:.2f} before, " \
         f"{os.getloadavg()[0]:.2f} after.\n"
 
@@ -357,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engine.collection import ModelSpec
-    from models.backbones import get_backbone
+    from engine.vocabulary import ModelSpec
     from models.descriptors import parse_scales
+    from models.registry import get_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)

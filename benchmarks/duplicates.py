@@ -176,7 +176,8 @@ def index_and_load(folder: Path, cache: Path, relpaths: list[str]) -> dict[str, 
     """Index ``folder`` with every descriptor (the CLI, in process) -> {descriptor: (N, D) in relpaths
     order}."""
     from engine.cli import main
-    from engine.collection import Collection, ModelSpec
+    from engine.collection import Collection
+    from engine.vocabulary import ModelSpec
 
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -435,8 +436,9 @@ def main() -> None:
                 print(f"| {m} | {shown(m, thr)} | {rule} | {g['groups']} | {g['mixed']} | {g['largest']} | "
                       f"{g['precision']:.3f} | {g['recall']:.3f} |")
 
-    from engine.collection import Collection, ModelSpec
+    from engine.collection import Collection
     from engine.duplicates import find_duplicates
+    from engine.vocabulary import ModelSpec
 
     c = Collection.open(folder, model_spec=ModelSpec(descriptor="spoc"), cache_dir=folder.parent / "cache")
     thr = float(COSINE_GRID[chosen["spoc"]])

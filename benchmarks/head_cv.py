@@ -29,7 +29,7 @@ import train as bench  # noqa: E402  (benchmarks/train.py: evaluate, test-featur
 
 from engine.training import data as D  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.trainer import train  # noqa: E402
+from engine.training.launch import train  # noqa: E402
 from models.embedding import l2n  # noqa: E402
 
 log = logging.getLogger("bench.head_cv")

@@ -141,8 +141,8 @@ def part_speed(args: argparse.Namespace) -> None:
     import torch
 
     from engine.runtime import available_runtimes, feature_runner
-    from models.backbones import get_backbone
     from models.descriptors import build_descriptor, list_descriptors
+    from models.registry import get_backbone
 
     torch.set_num_threads(args.threads)
     size = 224
@@ -247,7 +247,8 @@ def peak_mb():  # this process's own peak (VmHWM: ru_maxrss would carry the pare
 
 
 import numpy as np
-from engine.collection import Collection, ModelSpec
+from engine.collection import Collection
+from engine.vocabulary import ModelSpec
 from engine.search import SearchOptions
 spec = ModelSpec(backbone="synthetic", weights="random", descriptor="spoc")
 t = time.perf_counter()
@@ -280,7 +281,8 @@ print(json.dumps({{"open_s": opened, "first_query_s": first, "query_ms": 1000 * 
 
 def build(n: int, d: int, where: Path) -> tuple[float, float, np.ndarray, np.ndarray]:
     """A collection of n vectors in ``where`` (kept for later runs); (fill s, graph s, centres, extra)."""
-    from engine.collection import Collection, ModelSpec
+    from engine.collection import Collection
+    from engine.vocabulary import ModelSpec
 
     spec = ModelSpec(backbone="synthetic", weights="random", descriptor="spoc")
     x, centres = mixture(n + 300, d, np.random.default_rng(0))

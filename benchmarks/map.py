@@ -37,7 +37,6 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
-DESCRIPTOR_TITLES = {"spoc": "SPoC", "gem": "GeM", "mac": "MAC", "rmac": "R-MAC", "fc": "FC"}
 
 
 def eprint(*a: object) -> None:
@@ -47,7 +46,8 @@ def eprint(*a: object) -> None:
 def cub_collection(data: Path, cache: Path, descriptor: str):
     """The cub100 collection (indexed through the CLI into ``cache`` when it is not yet)."""
     from engine.cli import main
-    from engine.collection import Collection, ModelSpec
+    from engine.collection import Collection
+    from engine.vocabulary import ModelSpec
 
     folder = data / "images"
     c = Collection.open(folder, model_spec=ModelSpec(descriptor=descriptor), cache_dir=cache)
@@ -233,7 +233,9 @@ def main() -> None:
         print(f"| cub100 | {method} | {sec:.1f} | {kept:.3f} | {label_share(xy, labels):.3f} |", flush=True)
     png_method = args.png_method or DEFAULT_METHOD
     if png_method in maps:
-        descriptor = DESCRIPTOR_TITLES.get(args.descriptor, args.descriptor)
+        from engine.vocabulary import DESCRIPTOR_SHORT
+
+        descriptor = DESCRIPTOR_SHORT.get(args.descriptor, args.descriptor)
         draw(maps[png_method], list(c.labels), c.paths, args.png,
              f"cub100: {len(c):,} images, EfficientNet-Lite0 {descriptor}, "
              f"{TITLES.get(png_method, png_method)}, coloured by species")

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from engine.images import build_transform, load_image, scan_images  # noqa: E402
 from engine.runtime import available_runtimes, export_onnx, feature_runner  # noqa: E402
-from models.backbones import get_backbone  # noqa: E402
+from models.registry import get_backbone  # noqa: E402
 
 log = logging.getLogger("bench.runtimes")
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"

@@ -41,8 +41,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.collection import Collection, ModelSpec, update_collections  # noqa: E402
-from engine.extraction import ExtractedBatch  # noqa: E402
+from engine.collection import Collection, update_collections  # noqa: E402
+from engine.extraction import ExtractedBatch, build_model  # noqa: E402
+from engine.vocabulary import ModelSpec  # noqa: E402
 
 DESCRIPTORS = ("spoc", "fc", "rmac", "mac", "gem")
 
@@ -100,8 +101,8 @@ def one_run(kind: str, folder: Path, cache: Path, runtime_cache: Path, batch: in
     specs = [ModelSpec("efficientnet_lite0", "pretrained", d) for d in DESCRIPTORS]
     t0 = time.perf_counter()
     cols = [Collection.open(folder, model_spec=s, cache_dir=cache) for s in specs]
-    first = specs[0].build()
-    models = [first] + [s.build(backbone=first.backbone) for s in specs[1:]]
+    first = build_model(specs[0])
+    models = [first] + [build_model(s, backbone=first.backbone) for s in specs[1:]]
     features = feature_runner(first.backbone, 224, specs[0].backbone_identity(), runtime_cache, "onnxruntime",
                               threads=cores)
     setup = time.perf_counter() - t0

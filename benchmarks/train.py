@@ -57,16 +57,16 @@ from engine.evaluation import query_top1_torch as query_top1  # noqa: E402
 from engine.evaluation import retrieval_metrics_torch as retrieval_metrics  # noqa: E402
 from engine.training import data as D  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
+from engine.training.launch import train  # noqa: E402
 from engine.training.trainer import (  # noqa: E402
     SELECT_LABELS,
     UNTRAINED,
-    UNTRAINED_LABELS,
     compute_pooled_features,
     feature_cache_path,
-    resolve_device,
-    train,
     validation_split,
 )
+from engine.vocabulary import DESCRIPTOR_SHORT as UNTRAINED_LABELS  # noqa: E402
+from engine.vocabulary import resolve_device, sizes_label  # noqa: E402
 from models.embedding import build_model_from_config, freeze_batchnorm, l2n, load_trained_backbone  # noqa: E402
 
 log = logging.getLogger("bench.train")
@@ -371,10 +371,10 @@ def trunk_maps(paths: list[str], units: int, scales: tuple[int, ...], cache: Pat
     ``paths`` (kept in ``cache``; ONNX Runtime when installed)."""
     import numpy as np
 
-    from engine.collection import ModelSpec
     from engine.extraction import iter_extract
     from engine.runtime import feature_runner
-    from models.backbones import get_backbone
+    from engine.vocabulary import ModelSpec
+    from models.registry import get_backbone
 
     key = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
     files = {s: cache / f"trunk{units}_{s}_{crop:.4f}_{key}.npy" for s in scales}
@@ -456,7 +456,7 @@ def lw_eval_rows(train_v: dict, test_v: dict, train_labels, val_mask, proto: dic
     li, vi = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
     rows = []
     for sizes in sets:
-        name = "+".join(map(str, sizes))
+        name = sizes_label(sizes)
         comb = lambda views, idx=slice(None), sizes=sizes: B.l2n(sum(views[s][idx] for s in sizes))  # noqa: E731
         plain = comb(test_v)
         m = B.figures(plain, proto["labels"], proto)
@@ -495,8 +495,8 @@ def ms_lw_table(root: Path, runs: list[tuple[str, str, int]], scales: tuple[int,
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import descriptors as B  # benchmarks/descriptors.py: the same evaluation as the untrained table
 
-    from models.backbones import get_backbone
     from models.pooling import gem
+    from models.registry import get_backbone
 
     proto = B.load_protocol(root.resolve())
     train_labels = np.asarray(proto["train_labels"])
@@ -543,7 +543,7 @@ def ms_lw_table(root: Path, runs: list[tuple[str, str, int]], scales: tuple[int,
                                f"test {r['r1']:.4f}" for r in entry["rows"][a]))
         per_label.setdefault(label, []).append(entry)
     print(f"\n## cub100 new categories, multi-scale + Lw: tail checkpoints and the untrained GeM evaluated alike "
-          f"(sizes {'+'.join(map(str, scales))}, crop 224/227; per seed, the validation classes are the run's own "
+          f"(sizes {sizes_label(scales)}, crop 224/227; per seed, the validation classes are the run's own "
           f"10 (carved by the trainer from classes 0-49, never trained on), for both models; the Lw is chosen "
           f"on them, learned on the other 40, and learned again on all 50 for the test classes)\n")
     for label, seeds in per_label.items():
@@ -776,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = args.threads or torch.get_num_threads()
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out = Path(args.out)

@@ -30,8 +30,8 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     from engine.training.config import TrainConfig
-    from engine.training.trainer import train
-    from models.backbones import weights_available
+    from engine.training.launch import train
+    from models.registry import weights_available
 
     classes = json.loads((Path(args.data) / "class_split.json").read_text())["train_classes"][: args.classes]
     cfg = TrainConfig(data_root=str(Path(args.data) / "images"), train_classes=classes, mode="full",

@@ -39,7 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.extraction import ExtractedBatch, SkippedImage
+from engine.collection import update_collections
+from engine.extraction import ExtractedBatch, SkippedImage, _input_spec, iter_extract
+from engine.runtime import export_path, feature_runner
+from engine.vocabulary import is_checkpoint_name
+from models.descriptors import build_descriptor
+from models.registry import get_backbone
+from models.whitening import PCAWhitening
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +136,6 @@ class WorkerModel:
 def worker_model(pairs: Sequence[tuple[Any, Any]], features: Any = None) -> WorkerModel:
     """The :class:`WorkerModel` of the (Collection, DescriptorModel) pairs of one run (one backbone, as
     update_collections requires) and the driver's feature runner (engine.runtime.FeatureRunner or None)."""
-    from engine.extraction import _input_spec
-
     if not pairs:
         raise ValueError("nothing to extract: no (collection, model) pair")
     spec = pairs[0][0].model_spec
@@ -148,10 +152,8 @@ def worker_model(pairs: Sequence[tuple[Any, Any]], features: Any = None) -> Work
         w = getattr(m, "whitening", None)
         heads.append(HeadSpec(m.kind, int(getattr(m, "rmac_levels", 3)), float(getattr(m, "gem_p", 3.0)),
                               None if w is None else (np.asarray(w.mean), np.asarray(w.projection))))
-    from models.backbones import CHECKPOINT_SUFFIXES
-
     state, checkpoint = None, None
-    if spec.backbone.lower().endswith(CHECKPOINT_SUFFIXES):
+    if is_checkpoint_name(spec.backbone):
         checkpoint = Path(spec.backbone).expanduser().read_bytes()
     else:
         state = {k: v.detach().to("cpu").numpy().copy() for k, v in backbone.state_dict().items()}
@@ -173,11 +175,6 @@ def build_worker_models(package: WorkerModel, device: str = "cpu", *, threads: i
     The export is written into ``workdir``'s runtime cache with its sidecar, so engine.runtime checks it
     (size, SHA-256, agreement with PyTorch on a probe batch) exactly as on the driver."""
     import torch
-
-    from engine.runtime import export_path, feature_runner
-    from models.backbones import get_backbone
-    from models.descriptors import build_descriptor
-    from models.whitening import PCAWhitening
 
     if workdir is None:  # the export and checkpoint are read into memory: their files can go at once
         with tempfile.TemporaryDirectory(prefix="retrieval-explorer-worker-") as tmp:
@@ -245,8 +242,6 @@ class BatchExtractor:
         return {i: h.describe(fmap) for i, h in enumerate(self.heads)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from engine.extraction import iter_extract
-
         starts, files = batch["start"], batch["files"]
         paths: list[str] = []
         index: list[int] = []
@@ -399,8 +394,6 @@ def index_on_ray(pairs: Sequence[tuple[Any, Any]], *, features: Any = None, batc
                  on_batch: Callable[[list[str]], None] | None = None, **update_args: Any) -> list[Any]:
     """:func:`engine.collection.update_collections` with the extraction on the connected Ray cluster
     (see :func:`connected`): same arguments, same reports, same commits."""
-    from engine.collection import update_collections
-
     extract = ray_extract(worker_model(pairs, features), batch_size=batch_size, workers=workers,
                           cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, on_batch=on_batch)
     return update_collections(pairs, progress=progress, should_stop=should_stop, features=features,

@@ -35,12 +35,10 @@ and the vector index — lives in a cache folder, as append-only commits::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -53,17 +51,18 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_write_text, fsync_file, sha256_file
-from engine.callbacks import ProgressFn, ShouldStopFn
-from engine.images import label_of
+from engine.atomic import atomic_write_text, fsync_file
+from engine.callbacks import ProgressFn, ShouldStopFn, resolve
+from engine.evaluation import evaluate
+from engine.images import label_of, scan_images
 from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
 from engine.search import SearchOptions, search_vectors
 from engine.vectors import l2n
+from engine.vocabulary import ModelSpec, SearchHit, cache_root
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-APP_NAME = "retrieval-explorer"
 MANIFEST = "manifest.json"
 LEGACY_CURRENT = "CURRENT"  # the pointer of format 1 (one folder per generation, rewritten whole)
 #: vectors are stored as float16 (half the disk and memory; R@1 cost measured in docs/BENCHMARKS.md)
@@ -84,133 +83,9 @@ class ConcurrentChangeError(CollectionError):
     """Another process committed to the collection since this object read it: reopen and update again."""
 
 
-# --- model identity ------------------------------------------------------------------------------
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file (cached per path, size and mtime within the process)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = sha256_file(p)
-    return _HASH_CACHE[key]
-
-
-def _file_identity(value: str, what: str) -> str:
-    p = Path(value).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} file not found: {value}")
-    return "sha256:" + file_sha256(p)
-
-
-#: multi-scale input sizes as ratios of the single size: 224 -> 224+288+352, the best measured on cub100
-#: (GeM R@1 0.899 against 0.877 at 224 alone, at about a fifth of the speed; docs/BENCHMARKS.md)
-MULTI_SCALE_RATIOS = (1.0, 288 / 224, 352 / 224)
-
-
-def multi_scales(size: int) -> tuple[int, ...]:
-    """The multi-scale input sizes made from the single size ``size`` (224 -> (224, 288, 352)): what the
-    window's Sizes choice, the wizard and the evaluation alike use."""
-    return tuple(int(round(size * r)) for r in MULTI_SCALE_RATIOS)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What turns an image into a vector. ``backbone``: a name from models.backbones or a trained
-    checkpoint file; ``weights``: 'pretrained', 'random' or a weights file; ``descriptor``: fc, spoc,
-    rmac, mac, gem; ``image_size``: None = the backbone's default; ``whitening``: a saved
-    PCAWhitening file or None; ``crop_fraction``: centre-crop share (1.0 = whole image); ``scales``:
-    input sizes of a multi-scale descriptor (e.g. (224, 288, 352); None = one size, ``image_size``)."""
-
-    backbone: str = "efficientnet_lite0"
-    weights: str = "pretrained"
-    descriptor: str = "spoc"
-    image_size: int | None = None
-    whitening: str | None = None
-    crop_fraction: float = 1.0
-    scales: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.scales is not None:
-            from models.descriptors import check_scales
-
-            scales = check_scales(self.scales)
-            if self.image_size is not None:
-                raise ValueError("give either image_size or scales, not both")
-            object.__setattr__(self, "scales", scales if scales and len(scales) > 1 else None)
-            if scales and len(scales) == 1:
-                object.__setattr__(self, "image_size", scales[0])
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
-            raise ValueError(f"image_size must be an integer >= 16 or None, got {self.image_size!r}")
-        if not 0.0 < self.crop_fraction <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction!r}")
-
-    def identity(self) -> dict[str, Any]:
-        """What a saved state must match: names, plus content hashes of every file involved."""
-        backbone = self.backbone
-        if backbone.endswith(".pt") or Path(backbone).expanduser().is_file():
-            backbone = "checkpoint:" + _file_identity(backbone, "backbone checkpoint")
-        weights = self.weights
-        if weights not in ("pretrained", "random"):
-            weights = _file_identity(weights, "weights")
-        whitening = _file_identity(self.whitening, "whitening") if self.whitening else None
-        ident = {"backbone": backbone, "weights": weights, "descriptor": self.descriptor,
-                 "image_size": self.image_size, "whitening": whitening, "crop_fraction": float(self.crop_fraction)}
-        if self.scales:  # only when set: single-size collections keep their key
-            ident["scales"] = list(self.scales)
-        return ident
-
-    def key(self) -> str:
-        """A stable folder name: readable prefix + hash of :meth:`identity`."""
-        ident = self.identity()
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-        name = Path(self.backbone).stem if ident["backbone"].startswith("checkpoint:") else self.backbone
-        size = "+".join(str(s) for s in self.scales) if self.scales else self.image_size or "default"
-        readable = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{name}-{self.descriptor}-{size}")
-        return f"{readable}-{digest}"
-
-    def backbone_identity(self) -> str:
-        """A short stable name of what computes the feature maps (backbone and weights, by content):
-        collections differing only in descriptor or whitening share it (and one exported runtime)."""
-        ident = self.identity()
-        raw = json.dumps({"backbone": ident["backbone"], "weights": ident["weights"]}, sort_keys=True)
-        name = Path(self.backbone).stem if ident["backbone"].startswith("checkpoint:") else self.backbone
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-    def with_descriptor(self, descriptor: str) -> ModelSpec:
-        """The same model seen through another descriptor (no whitening: it belongs to one descriptor)."""
-        return dataclasses.replace(self, descriptor=descriptor,
-                                   whitening=self.whitening if descriptor == self.descriptor else None)
-
-    def build(self, device: str = "cpu", backbone: Any = None) -> Any:
-        """The descriptor model (models.descriptors.DescriptorModel) on ``device``, in eval mode; on a
-        given ``backbone`` (shared between descriptors) or a new one."""
-        from models.backbones import get_backbone
-        from models.descriptors import build_descriptor
-
-        if backbone is None:
-            backbone = get_backbone(self.backbone, weights=self.weights, device=device)
-        whitening = None
-        if self.whitening:
-            from models.whitening import PCAWhitening
-
-            whitening = PCAWhitening.load(self.whitening)
-        return build_descriptor(self.descriptor, backbone, whitening=whitening,
-                                scales=self.scales).to(device).eval()
-
-
-def default_cache_dir() -> Path:
-    """platformdirs' user cache folder for the application."""
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir(APP_NAME))
-
-
 def collection_dir(folder: str | os.PathLike, model_spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the state of ``folder`` seen through ``model_spec`` lives."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     absolute = str(Path(folder).expanduser().resolve())
     return root / "collections" / hashlib.sha1(absolute.encode()).hexdigest()[:16] / model_spec.key()
 
@@ -255,17 +130,6 @@ class UpdateReport:
     saved: bool = False
     #: files and folders the scan could not use (dangling or looping links, unreadable folders), with reasons
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class SearchHit:
-    """One result: ``path`` absolute, ``relpath`` relative to the collection folder, ``rank`` from 1."""
-
-    path: str
-    relpath: str
-    score: float
-    rank: int
-    label: str | None
 
 
 # --- the collection ------------------------------------------------------------------------------
@@ -621,8 +485,6 @@ class Collection:
 
     # --- scanning ----------------------------------------------------------------------------------
     def _scan_stats(self, skipped: list[tuple[str, str]] | None = None) -> dict[str, tuple[int, int]]:
-        from engine.images import scan_images
-
         out = {}
         for p in scan_images(self.folder, skipped=skipped):
             try:
@@ -994,8 +856,6 @@ def update_collections(
     ``extract``: another source of the batches (engine.cluster: the workers of a Ray cluster), called
     with the absolute paths to read, yielding engine.extraction.ExtractedBatch whose ``vectors`` are
     keyed by the pair's position in ``pairs`` (the models, still given, are then not run here)."""
-    from engine.callbacks import resolve
-
     if not pairs:
         return []
     collections = [c for c, _ in pairs]
@@ -1018,7 +878,7 @@ def update_collections(
         import torch
 
         if any(m is None for _, m in pairs):
-            raise ValueError("the folder has changed: update needs a descriptor model (ModelSpec.build())")
+            raise ValueError("the folder has changed: update needs a descriptor model (engine.extraction.build_model)")
         from engine.extraction import (
             _describe,
             _input_spec,
@@ -1105,8 +965,6 @@ def evaluate_collection(collection: Collection, ks: tuple[int, ...] = (1, 5, 10)
     """Leave-one-out retrieval figures on a collection whose images sit in class sub-folders:
     ``recall@K``, ``map``, ``map_excluded``, ``n`` (from engine.evaluation.evaluate) plus ``classes`` and
     ``unlabelled`` (images directly in the folder, left out)."""
-    from engine.evaluation import evaluate
-
     labels = collection.labels
     rows = [i for i, lab in enumerate(labels) if lab is not None]
     if not rows:

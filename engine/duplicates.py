@@ -45,6 +45,7 @@ import numpy as np
 
 from engine.atomic import atomic_write_text
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.search import SearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,6 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
     Every row queries its ``k`` nearest neighbours (exact when ``exact``, default: up to EXACT_LIMIT
     rows); rows whose whole list scores >= ``floor`` ask again with twice as many, up to ``max_k``.
     Raises Cancelled when ``should_stop()`` says so."""
-    from engine.search import SearchOptions
-
     report, stop = resolve(progress, should_stop)
     # one snapshot: another thread may be adding rows meanwhile (hits on rows beyond it are left out)
     vectors = collection.vectors

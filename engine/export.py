@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from engine.atomic import atomic_write_bytes, atomic_write_text
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.images import ImageLoadError, load_image
+from engine.splits import load_split, resolve_split
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,6 @@ def export_gallery(galleries: Sequence[QueryGallery], out_base: str | os.PathLik
 
 
 def _load_split(split: str | os.PathLike | Mapping[str, Sequence[str]]) -> dict:
-    from engine.splits import load_split
-
     if isinstance(split, Mapping):
         return dict(split)
     return load_split(split)
@@ -364,8 +363,6 @@ def export_split(split: str | os.PathLike | Mapping[str, Sequence[str]], root: s
     are left out or shown grey, and appended to ``skipped`` as ``(path, reason)``. Progress counts the
     searches, then the writing.
     """
-    from engine.splits import resolve_split
-
     progress, should_stop = resolve(progress, should_stop)
     skipped = [] if skipped is None else skipped
     data = _load_split(split)

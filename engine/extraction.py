@@ -26,6 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, load_image, resize_side
+from engine.vocabulary import ModelSpec
+from models.descriptors import build_descriptor
+from models.registry import get_backbone
+from models.whitening import PCAWhitening
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +332,15 @@ def extract_descriptors(
 
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def build_model(spec: ModelSpec, device: str = "cpu", backbone: nn.Module | None = None) -> nn.Module:
+    """The descriptor model (models.descriptors.DescriptorModel) of ``spec`` on ``device``, in eval mode; on
+    a given ``backbone`` (shared between descriptors) or a new one."""
+    if backbone is None:
+        backbone = get_backbone(spec.backbone, weights=spec.weights, device=device)
+    whitening = PCAWhitening.load(spec.whitening) if spec.whitening else None
+    return build_descriptor(spec.descriptor, backbone, whitening=whitening, scales=spec.scales).to(device).eval()
 
 
 def feature_fn(backbone: nn.Module, features: FeatureFn | Mapping[int, FeatureFn] | None

@@ -57,8 +57,10 @@ class ImageLoadError(Exception):
 
 
 def label_of(relpath: str | os.PathLike) -> str | None:
-    """The one label rule of collections, searches and splits: the name of the folder that holds the
-    image (``birds/robin/1.jpg`` -> ``robin``), None for an image at the top of the folder."""
+    """The one label rule of the program: an image's class is the name of the folder that holds it
+    (``birds/robin/1.jpg`` -> ``robin``; None for an image at the top of the folder). Collections, search,
+    `eval`, training (engine.training.data.scan_labelled), `whiten` and the wizards' counts all use it:
+    folders above the one holding the images only organise them, and two folders of one name are one class."""
     parts = os.fspath(relpath).replace(os.sep, "/").split("/")
     return parts[-2] if len(parts) > 1 else None
 

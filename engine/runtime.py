@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from engine.atomic import atomic_write_text, atomic_write_with
+from engine.vocabulary import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 # tests/test_install.py::test_index_and_search_write_only_the_programs_folders keeps it so.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 # "auto" tries these in order. benchmarks/runtimes.py, 2-core development machine under load, 2 threads,
 # EfficientNet-Lite0 at 224 px: ONNX Runtime 74-81 images/s, OpenVINO f32 66-75, PyTorch eager 9-11;
 # both runtimes give PyTorch's cub100 R@1 to 4 decimals. ONNX Runtime is the dependency (a 28 MB wheel

@@ -3,7 +3,7 @@ activations.
 
 Nothing here imports Qt: every function that takes time is a plain function (the window runs it with
 ``retrieval_gui.workers.start_task`` on a worker thread, the CLI calls it directly). What computes a
-vector is an :class:`engine.collection.ModelSpec`; results are :class:`engine.collection.SearchHit`;
+vector is an :class:`engine.vocabulary.ModelSpec`; results are :class:`engine.vocabulary.SearchHit`;
 options are :class:`engine.search.SearchOptions`.
 
 - :class:`ModelCache` builds descriptor models once per (spec, device), shares backbones between
@@ -32,36 +32,21 @@ from typing import Any
 import numpy as np
 
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
-from engine.collection import ModelSpec, SearchHit
-from engine.images import label_of
+from engine.collection import Collection, CollectionError, ConcurrentChangeError, update_collections
+from engine.images import label_of, load_image
 from engine.search import SearchOptions
+from engine.training.registry import list_trained_models
+from engine.vocabulary import (
+    BACKBONES,
+    DESCRIPTOR_TITLES,
+    DESCRIPTORS,
+    ModelSpec,
+    SearchHit,
+    cache_root,
+    default_runtime,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BACKBONE = "efficientnet_lite0"
-DEFAULT_DESCRIPTOR = "gem"  # the best measured at one size (docs/BENCHMARKS.md, issue 12)
-DESCRIPTOR_TITLES = {
-    "fc": "FC",
-    "spoc": "conv-average (SPoC)",
-    "rmac": "R-MAC",
-    "mac": "MAC (global max)",
-    "gem": "GeM",
-}
-
-#: the registries of models/ as the window lists them, known without importing torch (so the window can
-#: appear before torch is loaded); tests/gui/test_startup.py checks them against the registries
-BACKBONES = ("efficientnet_lite0", "resnet18", "resnet50", "vgg16", "mobilenet_v2")
-DESCRIPTORS = ("fc", "spoc", "rmac", "mac", "gem")
-
-
-def cache_root() -> Path:
-    """$RETRIEVAL_EXPLORER_CACHE, else the platform's user cache folder for retrieval-explorer."""
-    env = os.environ.get("RETRIEVAL_EXPLORER_CACHE")
-    if env:
-        return Path(env)
-    from engine.collection import default_cache_dir
-
-    return default_cache_dir()
 
 
 def demo_collection() -> Path:
@@ -78,14 +63,13 @@ def preload() -> None:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
-    import engine.collection  # noqa: F401
     import engine.extraction  # noqa: F401
-    import models.backbones  # noqa: F401
     import models.descriptors  # noqa: F401
+    import models.registry  # noqa: F401
 
 
 def list_backbones() -> list[str]:
-    """Backbone names of models.backbones."""
+    """Backbone names of the model registry (models.names.BACKBONES)."""
     return list(BACKBONES)
 
 
@@ -97,8 +81,6 @@ def list_descriptors() -> list[str]:
 def list_trained() -> list[tuple[str, str]]:
     """(display name, checkpoint path) of every trained model; [] when none or unreadable."""
     try:
-        from engine.training.registry import list_trained_models
-
         return [(f"trained: {m.title}", m.path) for m in list_trained_models()]
     except Exception as exc:  # a broken models folder must not stop the window from opening
         log.warning("cannot list trained models: %s", exc)
@@ -115,11 +97,6 @@ def model_title(backbone: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # models
-def default_runtime() -> str:
-    """What runs the backbone on the CPU when nobody says (engine.runtime.RUNTIMES):
-    $RETRIEVAL_EXPLORER_RUNTIME, else "auto"."""
-    return os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
-
 
 class ModelCache:
     """Descriptor models built once and shared; thread-safe. Backbones are shared across descriptors.
@@ -157,7 +134,7 @@ class ModelCache:
             with self._lock:
                 bb = self._backbones.get(k)
         if bb is None:  # a model without a separate backbone
-            from models.backbones import get_backbone
+            from models.registry import get_backbone
 
             with _seeded(spec):
                 bb = get_backbone(spec.backbone, weights=spec.weights, device=self.device)
@@ -235,11 +212,13 @@ def _seeded(spec: ModelSpec) -> Iterator[None]:
 
 
 def _build(spec: ModelSpec, device: str, backbone: Any):
-    """``spec.build`` on ``backbone`` (None: a new one, random weights drawn by :func:`_seeded`)."""
+    """engine.extraction.build_model on ``backbone`` (None: a new one, random weights drawn by :func:`_seeded`)."""
+    from engine.extraction import build_model
+
     if backbone is not None:
-        return spec.build(device, backbone=backbone)
+        return build_model(spec, device, backbone=backbone)
     with _seeded(spec):
-        return spec.build(device)
+        return build_model(spec, device)
 
 
 def embed_images(model_cache: ModelCache, spec: ModelSpec, paths: Sequence[str | os.PathLike],
@@ -358,8 +337,6 @@ class FolderIndex:
 
     def collection(self, spec: ModelSpec):
         """The Collection of ``spec`` (opened from the cache on first use)."""
-        from engine.collection import Collection, CollectionError
-
         with self._key_lock(spec):
             coll = self._collections.get(spec)
             if coll is None:
@@ -458,8 +435,6 @@ class FolderIndex:
 
         Progress is throttled to one call per ``progress_interval`` seconds; its message says how many
         images are indexed."""
-        from engine.collection import ConcurrentChangeError
-
         progress, should_stop = resolve(progress, should_stop)
         progress(0, 0, f"loading {model_title(spec.backbone)}")
         kinds = [spec.descriptor] + [d for d in (descriptors or list_descriptors()) if d != spec.descriptor]
@@ -479,8 +454,6 @@ class FolderIndex:
     def _update(self, model_cache: ModelCache, specs: list[ModelSpec], batch_size: int,
                 progress: ProgressFn, should_stop: ShouldStopFn, progress_interval: float,
                 runtime: str | None) -> IndexState:
-        from engine.collection import update_collections
-
         colls = [self.collection(s) for s in specs]
         work = [bool(c.scan()) or not c.is_saved for c in colls]
         models, features = [None] * len(specs), None
@@ -645,7 +618,6 @@ def compute_activations(model_cache: ModelCache, spec: ModelSpec, query: str, la
     """
     import torch
 
-    from engine.images import load_image
     from models.pooling import l2n
 
     bb = model_cache.backbone(spec)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from engine.images import label_of
+
 log = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("query", "retrieval")
@@ -235,12 +237,13 @@ def read_labels_file(labels_file: str | os.PathLike) -> dict[str, str]:
 
 def labels_for(paths: Sequence[str | os.PathLike], root: str | os.PathLike,
                labels_file: str | os.PathLike | None = None) -> list[str]:
-    """One label per path: the parent folder's name, or the entry of ``labels_file`` for the path
+    """One label per path: engine.images.label_of (the name of the folder that holds the image; '' for an
+    image directly in ``root``), or the entry of ``labels_file`` for the path
     relative to ``root`` (a mapping's keys may also be relative to a sub-folder of root, e.g. CUB's
     images.txt is relative to root/images). Raises SplitFileError naming the paths without a label."""
     root = Path(root)
     if labels_file is None:
-        return [Path(p).parent.name for p in paths]
+        return [label_of(_rel_key(p, root)) or "" for p in paths]
     mapping = {PurePosixPath(k).as_posix(): v for k, v in read_labels_file(labels_file).items()}
     out: list[str] = []
     missing: list[str] = []

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.callbacks import ProgressFn, ShouldStopFn
-from engine.collection import multi_scales
+from engine.vocabulary import default_runtime, multi_scales
 from engine.whitening import VAL_CLASSES
 
 DEFAULT_SIZE = 224
@@ -83,8 +83,9 @@ class FolderCount:
 
 def count_folder(root: str) -> FolderCount:
     """Count the images of ``root`` per class sub-folder (engine.images.scan_images: what the whitening
-    reads). Never raises for bad input: ``error`` says why."""
-    from engine.images import scan_images
+    reads; engine.images.label_of: an image's class is the folder that holds it). Never raises for bad
+    input: ``error`` says why."""
+    from engine.images import label_of, scan_images
 
     out = FolderCount(root=root)
     if not root:
@@ -100,8 +101,8 @@ def count_folder(root: str) -> FolderCount:
         out.error = f"Cannot read {root}: {exc}"
         return out
     for p in paths:
-        label = p.relative_to(path).parent.as_posix()
-        if label == ".":
+        label = label_of(p.relative_to(path))
+        if label is None:
             out.loose += 1
         else:
             out.classes[label] = out.classes.get(label, 0) + 1
@@ -159,7 +160,7 @@ class ModelBase:
 
     def spec(self, descriptor: str, choice: str) -> Any:
         """The engine.collection.ModelSpec to learn for (no whitening)."""
-        from engine.collection import ModelSpec
+        from engine.vocabulary import ModelSpec
 
         if choice == "multi":
             return ModelSpec(backbone=self.backbone, weights=self.weights, descriptor=descriptor,
@@ -172,9 +173,9 @@ def model_base_of(spec: Any | None, *, device: str = "cpu", runtime: str | None 
                   cache_dir: str | None = None) -> ModelBase:
     """The ModelBase of a ModelSpec ``spec`` (the explorer's model: its sizes are the current choice), or the
     defaults when None; runtime and cache folder default to the environment's."""
-    from engine.session import cache_root
+    from engine.vocabulary import cache_root
 
-    base = ModelBase(runtime=runtime or os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto"),
+    base = ModelBase(runtime=runtime or default_runtime(),
                      cache_dir=str(cache_dir or cache_root()), device=device or "cpu")
     if spec is not None:
         base.backbone, base.weights = str(spec.backbone), str(spec.weights)

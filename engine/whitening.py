@@ -11,6 +11,7 @@ choosing on the classes one reports on would be choosing on the test.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -23,7 +24,10 @@ import numpy as np
 
 from engine.atomic import atomic_open
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.evaluation import evaluate
+from engine.images import label_of, scan_images
 from engine.vectors import l2n
+from engine.vocabulary import ModelSpec, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,6 @@ def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *
     classes, scored by leave-one-out R@1 (then mAP) among the validation images.
     Returns {"shrinkage", "dim" (None = all), "r1", "map", "none_r1", "none_map", "grid"}.
     Raises engine.callbacks.Cancelled when ``should_stop`` says so between two candidates."""
-    from engine.evaluation import evaluate
     from models.whitening import PCAWhitening
 
     labels = np.asarray([str(v) for v in labels])
@@ -117,20 +120,17 @@ def save_whitening(whitening: Any, path: str | os.PathLike) -> None:
         np.savez(fh, **arrays)
 
 
-def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw",
+def learn_from_folder(folder: str | os.PathLike, spec: ModelSpec, *, method: str = "lw",
                       shrinkage: float | str = "auto", dim: int | str | None = "auto", device: str = "cpu",
                       batch_size: int = 32, runtime: str = "auto", cache_dir: str | os.PathLike | None = None,
                       n_val: int = VAL_CLASSES, seed: int = 0, progress: ProgressFn | None = None,
                       should_stop: ShouldStopFn | None = None) -> tuple[Any, WhiteningReport]:
-    """Learn a whitening for ``spec`` (engine.collection.ModelSpec: backbone, weights, descriptor, sizes,
-    crop; its own whitening is ignored) from the images of ``folder``, one sub-folder per class.
+    """Learn a whitening for ``spec`` (backbone, weights, descriptor, sizes, crop; its own whitening is
+    ignored) from the images of ``folder``, one sub-folder per class (engine.images.label_of: an image's
+    class is the folder that holds it; images directly in ``folder`` have none).
     ``shrinkage`` in [0, 1] or "auto"; ``dim`` an int, None (all) or "auto". Returns (the
     models.whitening.PCAWhitening, a :class:`WhiteningReport`); save it with :func:`save_whitening`."""
-    import dataclasses
-
-    from engine.collection import default_cache_dir
-    from engine.extraction import whitening_training_vectors
-    from engine.images import scan_images
+    from engine.extraction import build_model, whitening_training_vectors
     from engine.runtime import feature_runners
     from models.whitening import PCAWhitening
 
@@ -146,16 +146,16 @@ def learn_from_folder(folder: str | os.PathLike, spec: Any, *, method: str = "lw
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     paths = scan_images(root)
-    labels = [p.relative_to(root).parent.as_posix() for p in paths]
+    labels = [label_of(p.relative_to(root)) or "." for p in paths]
     n_classes = len({lab for lab in labels if lab != "."})
     if method == "lw" and n_classes < 2:
         raise ValueError(f"{root}: a learned whitening needs images in class sub-folders (found {n_classes} "
                          "class folder(s)); use --method pca for a folder without classes")
     bare = dataclasses.replace(spec, whitening=None)
-    model = bare.build(device)
+    model = build_model(bare, device)
     backbone = model.backbone
     sizes = model.scales or (spec.image_size or getattr(backbone, "default_image_size", 224),)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir else cache_root()
     runners = feature_runners(backbone, sizes, bare.backbone_identity(), cache, runtime, device)
     unreadable: list[tuple[str, str]] = []
     X, owners = whitening_training_vectors(  # noqa: N806

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.names import BACKBONES, CHECKPOINT_SUFFIXES, DEFAULT_BACKBONE
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_ENV = "RETRIEVAL_EXPLORER_OFFLINE"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -385,19 +386,10 @@ def _tv_state_dict(name: str, allow_download: bool | None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# the registry
+# the networks by name (models.registry adds trained checkpoints and is what the rest imports)
 # ---------------------------------------------------------------------------------------------
-DEFAULT_BACKBONE = "efficientnet_lite0"
-
-
-def list_backbones() -> list[str]:
-    """The registered backbone names, the default first."""
-    return [DEFAULT_BACKBONE, *_TV]
-
-
-def weights_available(name: str | os.PathLike) -> bool:
-    """Whether ``get_backbone(name)`` would find pretrained weights without downloading."""
-    name = os.fspath(name)
+def pretrained_weights_cached(name: str) -> bool:
+    """Whether the pretrained weights of the registered backbone ``name`` are on disk (no download)."""
     if name == DEFAULT_BACKBONE:
         try:
             return _lite0_weights_file().is_file()
@@ -405,41 +397,24 @@ def weights_available(name: str | os.PathLike) -> bool:
             return False
     if name in _TV:
         return _tv_cache_file(name).is_file()
-    if _is_checkpoint_path(name):
-        return True
-    raise ValueError(_unknown(name))
+    raise ValueError(unknown_backbone(name))
 
 
-def _unknown(name: str) -> str:
-    return (f"unknown backbone {name!r}: choose one of {', '.join(list_backbones())}, "
+def unknown_backbone(name: str) -> str:
+    """The message for a name that is neither a registered backbone nor a checkpoint file."""
+    return (f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, "
             f"or give the path of a trained model checkpoint ({'/'.join(CHECKPOINT_SUFFIXES)})")
 
 
-def _is_checkpoint_path(name: str) -> bool:
-    return name.lower().endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(name)
-
-
-def get_backbone(name: str | os.PathLike = DEFAULT_BACKBONE, weights: str | os.PathLike = "pretrained",
-                 device: str | torch.device = "cpu", allow_download: bool | None = None) -> Backbone:
-    """Build a backbone in eval mode on ``device``.
-
-    ``weights``: "pretrained" (ImageNet), "random", or the path of a state-dict file.
-    ``allow_download``: None = allowed unless ``$RETRIEVAL_EXPLORER_OFFLINE`` is 1.
-    ``name`` may also be the path of a trained model checkpoint (see ``models.embedding``).
-    Raises ValueError for an unknown name or unreadable file, WeightsUnavailableError when
-    pretrained weights cannot be had.
-    """
+def build_named_backbone(name: str, weights: str = "pretrained", device: str | torch.device = "cpu",
+                         allow_download: bool | None = None) -> Backbone:
+    """The registered backbone ``name`` (models.names.BACKBONES) in eval mode on ``device``; ``weights`` and
+    ``allow_download`` as for models.registry.get_backbone."""
     name, weights = os.fspath(name), os.fspath(weights)
-    if _is_checkpoint_path(name):
-        try:
-            from models.embedding import load_trained_backbone
-        except ImportError as exc:  # pragma: no cover - part of every build
-            raise ValueError(f"{name} looks like a trained model, but this build cannot load those") from exc
-        return load_trained_backbone(name, device=device)
-    if name not in list_backbones():
+    if name not in BACKBONES:
         if name.lower().endswith(CHECKPOINT_SUFFIXES):
             raise FileNotFoundError(f"trained model checkpoint not found: {name}")
-        raise ValueError(_unknown(name))
+        raise ValueError(unknown_backbone(name))
     if weights not in ("pretrained", "random") and not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file not found: {weights} (use 'pretrained', 'random' or a file path)")
 

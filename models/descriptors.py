@@ -21,38 +21,19 @@ from torch import nn
 
 from models import pooling
 from models.backbones import Backbone
+from models.names import (
+    DESCRIPTOR_TITLES,
+    DESCRIPTORS,
+    check_scales,
+    parse_scales,  # noqa: F401 - re-exported: the scales parser beside the heads
+    sizes_label,
+)
 from models.whitening import PCAWhitening
-
-_KINDS = ("fc", "spoc", "rmac", "mac", "gem")
-LABELS = {"fc": "FC", "spoc": "conv-average (SPoC)", "rmac": "R-MAC", "mac": "MAC", "gem": "GeM"}
 
 
 def list_descriptors() -> list[str]:
     """The descriptor kinds: fc, spoc, rmac, mac, gem."""
-    return list(_KINDS)
-
-
-def check_scales(scales: Sequence[int] | None) -> tuple[int, ...] | None:
-    """``scales`` as a tuple of distinct input sizes >= 16 in increasing order (None stays None);
-    ValueError otherwise."""
-    if scales is None:
-        return None
-    try:
-        out = tuple(sorted({int(s) for s in scales}))
-    except (TypeError, ValueError):
-        raise ValueError(f"scales must be input sizes in pixels, e.g. 224,288,352; got {scales!r}") from None
-    if not out or any(s < 16 for s in out) or any(isinstance(s, bool) for s in scales):
-        raise ValueError(f"scales must be input sizes of at least 16 pixels, e.g. 224,288,352; got {scales!r}")
-    return out
-
-
-def parse_scales(text: str) -> tuple[int, ...]:
-    """'224,288,352' -> (224, 288, 352) (ValueError with an example otherwise)."""
-    try:
-        values = [int(t) for t in str(text).replace(" ", "").split(",") if t]
-    except ValueError:
-        raise ValueError(f"scales must be comma-separated input sizes, e.g. 224,288,352; got {text!r}") from None
-    return check_scales(values)  # type: ignore[return-value]
+    return list(DESCRIPTORS)
 
 
 def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -68,8 +49,8 @@ class DescriptorModel(nn.Module):
     def __init__(self, backbone: Backbone, kind: str, whitening: PCAWhitening | None = None,
                  rmac_levels: int = 3, gem_p: float = 3.0, scales: Sequence[int] | None = None) -> None:
         super().__init__()
-        if kind not in _KINDS:
-            raise ValueError(f"unknown descriptor {kind!r}: choose one of {', '.join(_KINDS)}")
+        if kind not in DESCRIPTORS:
+            raise ValueError(f"unknown descriptor {kind!r}: choose one of {', '.join(DESCRIPTORS)}")
         if kind == "fc" and not backbone.fc_dim:
             raise ValueError(f"backbone {backbone.name} has no FC layer")
         in_dim = backbone.fc_dim if kind == "fc" else backbone.feature_dim
@@ -87,9 +68,9 @@ class DescriptorModel(nn.Module):
     @property
     def label(self) -> str:
         w = self.whitening
-        scales = f" @ {'+'.join(str(s) for s in self.scales)}" if self.scales and len(self.scales) > 1 else ""
+        scales = f" @ {sizes_label(self.scales)}" if self.scales and len(self.scales) > 1 else ""
         tag = "" if w is None else " + Lw" if getattr(w, "method", "pca") == "lw" else " + PCA-w"
-        return LABELS[self.kind] + scales + tag
+        return DESCRIPTOR_TITLES[self.kind] + scales + tag
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C) pooled and L2-normalised, not whitened (rmac: whitened per region

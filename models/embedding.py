@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import pooling
-from models.backbones import Backbone, describe_load_error, get_backbone, safe_load_refusal
+from models import pooling as P  # noqa: N812
+from models.backbones import Backbone, build_named_backbone, describe_load_error, safe_load_refusal
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
@@ -25,12 +25,10 @@ CHECKPOINT_VERSION = 1
 #: embeddings' L2 normalisation: the one torch l2n (models.pooling.l2n, x / (|x| + eps)) with eps 1e-12, so
 #: that rows come out unit length even for tiny activations (an untrained head's), where the 1e-6 of pooled
 #: descriptors would shorten them
-l2n = functools.partial(pooling.l2n, eps=1e-12)
+l2n = functools.partial(P.l2n, eps=1e-12)
 
 
 def _pool_fn(kind: str):
-    from models import pooling as P  # noqa: N812
-
     fns = {"mac": P.mac, "spoc": P.spoc, "gem": P.gem}
     if kind not in fns:
         raise ValueError(f"unknown pooling {kind!r}: use one of {sorted(fns)}")
@@ -39,8 +37,9 @@ def _pool_fn(kind: str):
 
 # --- backbones ---------------------------------------------------------------------------------
 def build_backbone(name: str, weights: str = "pretrained", device: str | torch.device = "cpu") -> Backbone:
-    """models.backbones.get_backbone: a Backbone in eval mode."""
-    return get_backbone(name, weights=weights, device=str(device))
+    """The registered backbone a trained model's config names (models.backbones): a Backbone in eval mode.
+    A trained model is always built on a registered backbone, never on another checkpoint."""
+    return build_named_backbone(name, weights=weights, device=str(device))
 
 
 # --- the head and the whole model ------------------------------------------------------------------

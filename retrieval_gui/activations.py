@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.collection import ModelSpec
 from engine.session import (
     ActivationResult,
     LayerMaps,
@@ -28,6 +27,7 @@ from engine.session import (
     compute_activations,
     network_crop,
 )
+from engine.vocabulary import ModelSpec
 
 #: the regions shown: the MIN_REGIONS largest shares, and up to MAX_REGIONS when those stand out
 MIN_REGIONS, MAX_REGIONS = 3, 5

@@ -9,8 +9,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QComboBox, QDialog, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from engine.collection import SearchHit
-from engine.session import DESCRIPTOR_TITLES, SearchResult, overlap_at_k
+from engine.session import SearchResult, overlap_at_k
+from engine.vocabulary import DESCRIPTOR_TITLES, SearchHit
 from retrieval_gui.thumbnails import ThumbnailLoader
 from retrieval_gui.widgets import ONLY_HERE, ResultsModel, ResultsView
 

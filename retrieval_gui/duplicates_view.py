@@ -127,7 +127,7 @@ class DuplicatesView(QDialog):
         self.ask_save = ask_save or self._ask_save_dialog
         self.trash = trash
         if loader is None:
-            from engine.session import cache_root
+            from engine.vocabulary import cache_root
 
             loader = ThumbnailLoader(THUMB, cache_root() / "thumbnails", capacity=400, parent=self)
         self.loader = loader

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
+from engine.vocabulary import RUNTIMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="'pretrained' (default), 'random' or a weights file")
     p.add_argument("--image-size", type=int, default=None, help="network input size (default: the model's)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N")
-    p.add_argument("--runtime", default=None, choices=RUNTIME_CHOICES,
+    p.add_argument("--runtime", default=None, choices=RUNTIMES,
                    help="what runs the network for indexing on the CPU (default: auto)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where collections, runtimes and thumbnails are kept (default: the user cache folder)")

@@ -27,16 +27,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.collection import multi_scales  # noqa: F401 (tests/gui/test_sizes.py imports it from here)
 from engine.session import (
-    DESCRIPTOR_TITLES,
     ModelCache,
     SearchResult,
-    cache_root,
     list_backbones,
     list_descriptors,
     list_trained,
     preload,
+)
+from engine.vocabulary import (
+    DESCRIPTOR_TITLES,
+    cache_root,
 )
 from retrieval_gui import workers
 from retrieval_gui.activations import ActivationsPanel

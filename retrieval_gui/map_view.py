@@ -456,7 +456,7 @@ class MapView(QDialog):
         self.isolate = isolate
         self.ask_save = ask_save or self._ask_save_dialog
         if loader is None:
-            from engine.session import cache_root
+            from engine.vocabulary import cache_root
 
             loader = ThumbnailLoader(96, cache_root() / "thumbnails", capacity=THUMB_LIMIT * 3, parent=self)
         self.loader = loader

@@ -38,11 +38,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.collection import SearchHit, multi_scales
 from engine.images import IMAGE_EXTENSIONS
 from engine.search import SearchOptions
 from engine.session import hit as make_hit
 from engine.session import model_title
+from engine.vocabulary import SearchHit, multi_scales
 from retrieval_gui.thumbnails import ThumbnailLoader
 
 HIT_COLOUR = QColor(46, 160, 67)

@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbones import (
-    Backbone,
-    WeightsUnavailableError,
-    get_backbone,
-    list_backbones,
-    weights_available,
-)
+from models.backbones import Backbone, WeightsUnavailableError
+from models.registry import get_backbone, list_backbones, weights_available
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.cli import main
-from models.backbones import get_backbone
+from models.registry import get_backbone
 
 
 @pytest.fixture

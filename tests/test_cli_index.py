@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from engine.cli import main
-from engine.collection import ModelSpec
 
 
 class _Identity(nn.Module):
@@ -39,7 +38,9 @@ class _Colours(nn.Module):
 
 @pytest.fixture
 def cli(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(ModelSpec, "build", lambda self, device="cpu", backbone=None: _Colours(backbone))
+    import engine.extraction
+
+    monkeypatch.setattr(engine.extraction, "build_model", lambda spec, device="cpu", backbone=None: _Colours(backbone))
     import engine.runtime
 
     monkeypatch.setattr(engine.runtime, "feature_runner", lambda *a, **k: None)  # the backbone runs as is
@@ -146,3 +147,29 @@ def test_a_closed_pipe_ends_quietly(cli, image_folder, monkeypatch):
     monkeypatch.setattr(sys, "stdout", Closed())
     code, _, err = cli("search", str(root / "class_00" / "000.jpg"), "--collection", str(root), "--descriptor", "spoc")
     assert code == 0 and "Traceback" not in err
+
+
+def test_index_then_search_use_the_cache_the_variable_names(monkeypatch, tmp_path, capsys, image_folder):
+    """$RETRIEVAL_EXPLORER_CACHE moves the cache of every command: `index` writes the collection there and
+    `search` finds it there; nothing is written under the platform's cache folder."""
+    import platformdirs
+
+    import engine.extraction
+    import engine.runtime
+
+    platform = tmp_path / "platform-cache"
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda *a, **k: str(platform / "retrieval-explorer"))
+    cache = tmp_path / "moved-cache"
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_CACHE", str(cache))
+    monkeypatch.setattr(engine.extraction, "build_model", lambda spec, device="cpu", backbone=None: _Colours(backbone))
+    monkeypatch.setattr(engine.runtime, "feature_runner", lambda *a, **k: None)
+    root = image_folder(n_classes=2, per_class=3)
+    model = ["--descriptor", "gem", "--image-size", "32", "--device", "cpu"]
+    assert main(["index", str(root), *model]) == 0
+    query = root / "class_01" / "001.jpg"
+    capsys.readouterr()
+    assert main(["search", str(query), "--collection", str(root), *model, "--k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits[0]["path"] == str(query) and hits[0]["label"] == "class_01"
+    assert any((cache / "collections").rglob("manifest.json"))
+    assert not platform.exists()

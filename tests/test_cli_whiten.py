@@ -79,7 +79,7 @@ def test_eval_uses_the_scales_and_the_whitening(folder, tmp_path, capsys):
 def test_index_and_search_with_scales_and_whitening(folder, tmp_path, capsys):
     """A multi-scale, whitened collection: index records the sizes and the whitening, search uses them
     (the query, described through the session like the window's, finds itself at cosine 1)."""
-    from models.backbones import get_backbone
+    from models.registry import get_backbone
 
     out = tmp_path / "lw.npz"
     weights = tmp_path / "lite0-random.pt"  # one set of random weights for every command
@@ -115,7 +115,7 @@ def test_unreadable_images_are_named_in_the_report_and_the_output(folder, tmp_pa
 
 def test_a_stop_while_choosing_raises_cancelled_and_returns_nothing(folder):
     from engine.callbacks import Cancelled
-    from engine.collection import ModelSpec
+    from engine.vocabulary import ModelSpec
     from engine.whitening import learn_from_folder
 
     seen: list[str] = []

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.collection import Collection, ModelSpec, update_collections
+from engine.collection import Collection, update_collections
+from engine.extraction import build_model
+from engine.vocabulary import ModelSpec
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -57,8 +59,8 @@ def model(folder, tmp_path_factory):
     save_whitening(PCAWhitening.fit(rng.normal(size=(600, 512)), dim=64), white)
     specs = [ModelSpec("resnet18", "random", d, SIZE) for d in ("spoc", "fc", "rmac")]
     specs.append(ModelSpec("resnet18", "random", "gem", SIZE, whitening=str(white)))
-    first = specs[0].build()
-    models = [first] + [s.build(backbone=first.backbone) for s in specs[1:]]
+    first = build_model(specs[0])
+    models = [first] + [build_model(s, backbone=first.backbone) for s in specs[1:]]
     features = feature_runner(first.backbone, SIZE, specs[0].backbone_identity(),
                               tmp_path_factory.mktemp("runtimes"), "auto", threads=1)
     return specs, models, features
@@ -240,8 +242,8 @@ def test_a_trained_checkpoint_reaches_the_workers_as_its_file_and_gives_the_driv
     ckpt = tmp_path / "run" / "best.pt"
     save_checkpoint(ckpt, {"config": cfg, "model": build_model_from_config(cfg).state_dict(), "metrics": {}})
     specs = [ModelSpec(str(ckpt), descriptor=d, image_size=48) for d in ("fc", "gem")]
-    first = specs[0].build()
-    models = [first, specs[1].build(backbone=first.backbone)]
+    first = build_model(specs[0])
+    models = [first, build_model(specs[1], backbone=first.backbone)]
     package = worker_model(list(zip(_open(folder, specs, tmp_path / "c"), models, strict=True)))
     assert package.state is None and package.checkpoint == ckpt.read_bytes() and package.runtime == "torch"
     runner, heads = build_worker_models(package)

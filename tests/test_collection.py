@@ -18,11 +18,12 @@ from torch import nn
 from engine.collection import (
     Collection,
     CollectionError,
-    ModelSpec,
     collection_dir,
     evaluate_collection,
 )
+from engine.extraction import build_model
 from engine.search import SearchOptions
+from engine.vocabulary import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec(backbone="stand-in", weights="random", descriptor="spoc", image_size=32)
@@ -483,7 +484,7 @@ def test_real_model_on_demo_images(tmp_path):
             shutil.copy(f, root / cls / f.name)
     spec = ModelSpec(image_size=128)
     c = Collection.open(root, model_spec=spec, cache_dir=tmp_path / "cache")
-    rep = c.update(spec.build("cpu"), batch_size=15)
+    rep = c.update(build_model(spec, "cpu"), batch_size=15)
     assert rep.total == 15 and not rep.skipped
     hits = c.search_many(c.vectors, SearchOptions(k=2))
     assert [h[0].relpath for h in hits] == c.relpaths  # itself first

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models import pooling
-from models.backbones import get_backbone
 from models.descriptors import build_descriptor, list_descriptors
+from models.registry import get_backbone
 from models.whitening import PCAWhitening
 
 

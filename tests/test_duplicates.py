@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.collection import Collection, ModelSpec
+from engine.collection import Collection
 from engine.duplicates import (
     DuplicatePairs,
     find_duplicates,
@@ -25,6 +25,7 @@ from engine.duplicates import (
     trash_files,
     unique_pairs,
 )
+from engine.vocabulary import ModelSpec
 
 SPEC = ModelSpec(backbone="stand-in", weights="random", descriptor="spoc", image_size=48)
 
@@ -190,9 +191,10 @@ def test_csv_move_and_trash(planted, tmp_path):
 
 @pytest.fixture
 def cli(monkeypatch, tmp_path, capsys):
+    import engine.extraction
     from engine.cli import main
 
-    monkeypatch.setattr(ModelSpec, "build", lambda self, device="cpu", backbone=None: TinyImage(backbone))
+    monkeypatch.setattr(engine.extraction, "build_model", lambda spec, device="cpu", backbone=None: TinyImage(backbone))
     import engine.runtime
 
     monkeypatch.setattr(engine.runtime, "feature_runner", lambda *a, **k: None)

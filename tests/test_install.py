@@ -125,7 +125,7 @@ def test_index_and_search_write_only_the_programs_folders(tmp_path, image_folder
     or inductor cache), the temporary folder is left empty and the image folder untouched."""
     import platformdirs
 
-    from engine.collection import APP_NAME
+    from engine.vocabulary import APP_NAME
 
     home, tmp, cwd = tmp_path / "home", tmp_path / "tmp", tmp_path / "cwd"
     for d in (home, tmp, cwd):

@@ -10,8 +10,9 @@ import pytest
 
 import engine.mapping as mapping
 from engine.callbacks import Cancelled
-from engine.collection import Collection, ModelSpec
+from engine.collection import Collection
 from engine.mapping import collection_map, compute_map, knn_preservation, load_cached_map, map_path
+from engine.vocabulary import ModelSpec
 
 SPEC = ModelSpec(backbone="stand-in", weights="random", descriptor="spoc", image_size=48)
 
@@ -101,9 +102,10 @@ def test_the_map_is_cached_beside_the_collection_until_it_changes(tmp_path, monk
 def test_cli_map_writes_the_csv(tmp_path, monkeypatch, capsys):
     from test_duplicates import TinyImage
 
+    import engine.extraction
     from engine.cli import main
 
-    monkeypatch.setattr(ModelSpec, "build", lambda self, device="cpu", backbone=None: TinyImage(backbone))
+    monkeypatch.setattr(engine.extraction, "build_model", lambda spec, device="cpu", backbone=None: TinyImage(backbone))
     import engine.runtime
 
     monkeypatch.setattr(engine.runtime, "feature_runner", lambda *a, **k: None)

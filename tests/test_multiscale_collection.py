@@ -7,10 +7,11 @@ import pytest
 import torch
 from whitening_helpers import learn_whitening  # tests/ is on sys.path under pytest
 
-from engine.collection import Collection, ModelSpec, update_collections
-from engine.extraction import extract_descriptors
+from engine.collection import Collection, update_collections
+from engine.extraction import build_model, extract_descriptors
 from engine.images import scan_images
 from engine.search import SearchOptions
+from engine.vocabulary import ModelSpec
 from engine.whitening import save_whitening
 
 
@@ -33,12 +34,12 @@ def test_a_multi_scale_whitened_collection_searches_like_its_model(image_folder,
     files = scan_images(root)
     torch.manual_seed(0)
     base = ModelSpec(backbone="resnet18", weights="random", descriptor="gem", scales=(32, 48))
-    w = learn_whitening("gem", base.build().backbone, files, image_size=base.scales, method="lw",
+    w = learn_whitening("gem", build_model(base).backbone, files, image_size=base.scales, method="lw",
                         labels=[p.parent.name for p in files], shrinkage=0.3, dim=8)
     save_whitening(w, tmp_path / "lw.npz")
     spec = ModelSpec(backbone="resnet18", weights="random", descriptor="gem", scales=(32, 48),
                      whitening=str(tmp_path / "lw.npz"))
-    model = spec.build()
+    model = build_model(spec)
     assert model.scales == (32, 48) and model.dim == 8
     col = Collection.open(root, model_spec=spec, cache_dir=tmp_path / "cache", index="exact")
     (report,) = update_collections([(col, model)], batch_size=5)

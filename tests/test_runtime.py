@@ -67,7 +67,7 @@ def _any_runtime() -> str:
 # --- real network, real images ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lite0():
-    from models.backbones import get_backbone
+    from models.registry import get_backbone
 
     return get_backbone("efficientnet_lite0", weights="pretrained")
 

@@ -43,9 +43,9 @@ def test_the_runtime_check_is_remembered_per_export(tmp_path, monkeypatch):
     checked again."""
     pytest.importorskip("onnxruntime")
     import engine.runtime as rt
-    from engine.collection import ModelSpec
     from engine.runtime import _checked_marker
     from engine.session import ModelCache
+    from engine.vocabulary import ModelSpec
 
     spec = ModelSpec(weights="random", image_size=32)
     checks = []
@@ -66,9 +66,9 @@ def test_the_runtime_check_is_remembered_per_export(tmp_path, monkeypatch):
 
 
 def test_search_hits_renumber_after_leaving_the_query_out(tmp_path, image_folder):
-    from engine.collection import ModelSpec
     from engine.search import SearchOptions
     from engine.session import FolderIndex, ModelCache, run_query
+    from engine.vocabulary import ModelSpec
 
     root = image_folder(n_classes=2, per_class=3)
     spec = ModelSpec(weights="random", image_size=32)
@@ -94,9 +94,9 @@ def test_a_query_reads_its_stored_row_and_an_outside_one_is_described_as_indexin
     import shutil
 
     import engine.session as session
-    from engine.collection import ModelSpec
     from engine.search import SearchOptions
     from engine.session import FolderIndex, ModelCache, run_query
+    from engine.vocabulary import ModelSpec
 
     root = image_folder(n_classes=2, per_class=3)
     spec = ModelSpec(weights="random", image_size=32, descriptor="gem")

@@ -12,11 +12,12 @@ import torch
 from conftest import synthetic_image  # tests/ is on sys.path under pytest
 
 from engine.callbacks import Cancelled
-from engine.collection import multi_scales as multi_sizes
 from engine.evaluation import evaluate
 from engine.training.alike import TRAINED, Evaluation, evaluate_alike
 from engine.training.config import TrainConfig
-from engine.training.trainer import train, validation_split
+from engine.training.launch import train
+from engine.training.trainer import validation_split
+from engine.vocabulary import multi_scales as multi_sizes
 
 SIZES = (32, 48)
 
@@ -51,8 +52,8 @@ def head_run(tmp_path_factory) -> TrainConfig:
 def _direct(cfg: TrainConfig, paths: list[str], scales: tuple[int, ...]) -> np.ndarray:
     """GeM of the run's untrained backbone at ``scales`` computed the ordinary way (a DescriptorModel)."""
     from engine.extraction import extract_descriptors
-    from models.backbones import get_backbone
     from models.descriptors import build_descriptor
+    from models.registry import get_backbone
 
     torch.manual_seed(cfg.seed)  # the trainer's draw of the random weights
     bb = get_backbone(cfg.backbone, weights=cfg.weights)
@@ -107,10 +108,10 @@ def test_rows_metrics_and_the_untrained_gem_of_a_head_run(head_run, monkeypatch)
         got = rep.row("gem", Evaluation(scales, False)).metrics
         assert got["recall@1"] == pytest.approx(direct["recall@1"]) and got["map"] == pytest.approx(direct["map"])
     # the kept model at one size, no whitening: its embedding (a checkpoint's fc descriptor) on the same images
-    from engine.collection import ModelSpec
-    from engine.extraction import extract_descriptors
+    from engine.extraction import build_model, extract_descriptors
+    from engine.vocabulary import ModelSpec
 
-    kept = extract_descriptors(ModelSpec(backbone=rep.checkpoint, descriptor="fc", image_size=32).build(), val)
+    kept = extract_descriptors(build_model(ModelSpec(backbone=rep.checkpoint, descriptor="fc", image_size=32)), val)
     direct = evaluate(kept.vectors, _labels(val), ks=(1,))
     assert rep.row(TRAINED, evs[0]).metrics["map"] == pytest.approx(direct["map"])
     # the best untrained (descriptor, evaluation) by the run's selection metric; the table and the sentence

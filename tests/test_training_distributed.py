@@ -158,7 +158,7 @@ def test_one_distributed_step_equals_one_process_on_the_union(tmp_path):
 # whole runs
 def _train_worker(spec: dict) -> None:
     from engine.training.config import TrainConfig
-    from engine.training.trainer import train
+    from engine.training.launch import train
 
     calls = {"n": 0}
 
@@ -220,7 +220,7 @@ def _separable_features(config: dict) -> None:
 @pytest.mark.slow  # four 2-process runs and two 1-process runs: ~90 s on 2 cores
 def test_two_processes_train_like_one_on_the_union_and_resume_exactly(image_folder, tmp_path):
     from engine.training.config import TrainConfig
-    from engine.training.trainer import train
+    from engine.training.launch import train
 
     root = image_folder(n_classes=6, per_class=5, size=40)
     base = dict(data_root=str(root), weights="random", image_size=32, iterations=10, val_every=4, mode="head",
@@ -280,7 +280,7 @@ def _nosync_worker(spec: dict) -> None:
 
     from engine.training import distributed
     from engine.training.config import TrainConfig
-    from engine.training.trainer import train
+    from engine.training.launch import train
 
     class Recorder(SyncRecorder):
         paused = False

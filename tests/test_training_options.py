@@ -64,7 +64,7 @@ def test_run_state_marks_interrupted_runs(tmp_path):
 
 @pytest.mark.slow  # two tiny runs on the CPU: a few seconds
 def test_a_stopped_run_is_listed_as_stopped(image_folder, tmp_path):
-    from engine.training.trainer import train
+    from engine.training.launch import train
 
     root = image_folder(n_classes=6, per_class=5, size=40)
     base = dict(data_root=str(root), weights="random", image_size=32, iterations=12, val_every=4,

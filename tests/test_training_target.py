@@ -15,7 +15,8 @@ import torch
 
 from engine.training import data as D
 from engine.training.config import TrainConfig
-from engine.training.trainer import claim_run_folder, train, validation_split
+from engine.training.launch import train
+from engine.training.trainer import claim_run_folder, validation_split
 
 
 @pytest.fixture

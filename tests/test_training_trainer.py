@@ -11,8 +11,8 @@ import torch
 
 from engine.training.checkpoint import save_checkpoint
 from engine.training.config import TrainConfig
+from engine.training.launch import train
 from engine.training.registry import list_trained_models, models_dir
-from engine.training.trainer import train
 from models.embedding import EmbeddingModel, build_model_from_config, load_trained_backbone
 
 

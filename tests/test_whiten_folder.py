@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from engine.collection import ModelSpec, multi_scales
+from engine.vocabulary import ModelSpec, multi_scales
 from engine.whiten_folder import (
     FolderCount,
     WhitenOutcome,

@@ -8,10 +8,19 @@ import sys
 import time
 from typing import TextIO
 
+from engine.vocabulary import (
+    DEFAULT_BACKBONE,
+    DEFAULT_DESCRIPTOR,
+    POOLING_DESCRIPTORS,
+    ModelSpec,
+    is_checkpoint_name,
+    parse_scales,
+)
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--backbone, --weights, --descriptor, --image-size, --scales, --device, --batch-size, --workers."""
-    p.add_argument("--backbone", default="efficientnet_lite0",
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help="backbone name, or a trained model's checkpoint file (default: efficientnet_lite0)")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default), 'random', or a local weights file")
@@ -28,32 +37,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
 
 
-#: the descriptor of a plain backbone when none is asked for: GeM, the best measured at one size (cub100
-#: R@1 0.877 against SPoC's 0.865, the same pass; docs/BENCHMARKS.md, issue 12); --scales buys more at a price
-DEFAULT_DESCRIPTOR = "gem"
-#: descriptors that pool the backbone's feature map (on a trained checkpoint: without its trained head)
-POOLING_DESCRIPTORS = ("spoc", "mac", "gem", "rmac")
-
-
-def is_checkpoint(backbone: str) -> bool:
-    """True when ``backbone`` names a trained model's checkpoint file (by its suffix, as get_backbone does)."""
-    from models.backbones import CHECKPOINT_SUFFIXES
-
-    return str(backbone).lower().endswith(CHECKPOINT_SUFFIXES)
-
-
 def default_descriptor(backbone: str, descriptor: str | None) -> str:
     """The descriptor to use: ``descriptor`` when one was asked for; else "fc" for a trained checkpoint
     (its trained embedding: a trained model is used as trained) and "spoc" for a plain backbone."""
     if descriptor:
         return descriptor
-    return "fc" if is_checkpoint(backbone) else DEFAULT_DESCRIPTOR
+    return "fc" if is_checkpoint_name(backbone) else DEFAULT_DESCRIPTOR
 
 
 def trained_head_note(backbone: str, descriptor: str | None) -> str:
     """What to tell the user when a pooling descriptor was asked for explicitly on a trained checkpoint (its
     trained head is then not used); '' otherwise."""
-    if not descriptor or descriptor not in POOLING_DESCRIPTORS or not is_checkpoint(backbone):
+    if not descriptor or descriptor not in POOLING_DESCRIPTORS or not is_checkpoint_name(backbone):
         return ""
     return (f"note: --descriptor {descriptor} pools the feature map of {backbone}'s backbone: the trained head is "
             "not used (leave --descriptor out, or give fc, for the trained embedding)")
@@ -64,33 +59,20 @@ def scales_from_args(args: argparse.Namespace) -> tuple[int, ...] | None:
     text = getattr(args, "scales", None)
     if not text:
         return None
-    from models.descriptors import parse_scales
-
     if getattr(args, "image_size", None):
         raise ValueError("give either --image-size or --scales, not both")
     return parse_scales(text)
 
 
-def spec_from_model_args(args: argparse.Namespace, default: str | None = None, **extra):
-    """engine.collection.ModelSpec from the model options (--descriptor, else ``default``, else the
+def spec_from_model_args(args: argparse.Namespace, default: str | None = None, **extra) -> ModelSpec:
+    """engine.vocabulary.ModelSpec from the model options (--descriptor, else ``default``, else the
     backbone's default descriptor); ``extra`` fields override."""
-    from engine.collection import ModelSpec
-
     fields = dict(backbone=args.backbone, weights=args.weights,
                   descriptor=args.descriptor or default or default_descriptor(args.backbone, None),
                   image_size=args.image_size, scales=scales_from_args(args),
                   crop_fraction=getattr(args, "crop_fraction", 1.0))
     fields.update(extra)
     return ModelSpec(**fields)
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class TextProgress:

@@ -11,15 +11,19 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+
+from engine.cli.common import TextProgress
+from engine.cli.index_cmd import spec_from_args
+from engine.collection import Collection, CollectionError
+from engine.duplicates import ORDER_RULE, default_threshold, find_duplicates, group_records
+from engine.vocabulary import DEFAULT_BACKBONE
 
 
 def add_collection_args(p: argparse.ArgumentParser) -> None:
     """The options that name an indexed collection: model, descriptor, cache folder."""
     p.add_argument("folder", metavar="DIR", help="the indexed image folder")
-    p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="backbone name or trained checkpoint it was indexed with "
-                   "(default: efficientnet_lite0)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"backbone name or trained checkpoint it was indexed with (default: {DEFAULT_BACKBONE})")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (default), 'random' or a weights file")
     p.add_argument("--descriptor", default=None,
@@ -28,15 +32,12 @@ def add_collection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whitening", metavar="FILE", default=None, help="the PCA whitening it was indexed with")
     p.add_argument("--crop-fraction", type=float, default=1.0, help="centre-crop share it was indexed with")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where collections are kept (default: the user cache folder)")
+                   help="where collections are kept (default: $RETRIEVAL_EXPLORER_CACHE, else the user cache folder)")
 
 
-def open_indexed(args: argparse.Namespace) -> Any:
+def open_indexed(args: argparse.Namespace) -> Collection:
     """The collection of ``args.folder`` for the model options; CollectionError saying to run `index`
     first when nothing is indexed for them."""
-    from engine.cli.index_cmd import spec_from_args
-    from engine.collection import Collection, CollectionError
-
     spec = spec_from_args(args)
     coll = Collection.open(args.folder, model_spec=spec, cache_dir=args.cache_dir, verify=False)
     if not coll.is_saved or len(coll) == 0:
@@ -63,9 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.cli.common import TextProgress
-    from engine.duplicates import ORDER_RULE, default_threshold, find_duplicates, group_records
-
     coll = open_indexed(args)
     threshold = (default_threshold(coll.model_spec.descriptor) if args.threshold is None
                  else float(args.threshold))

@@ -21,10 +21,15 @@ from engine.cli.common import (
     TextProgress,
     add_model_args,
     default_descriptor,
-    resolve_device,
+    scales_from_args,
     trained_head_note,
 )
-from engine.cli.index_cmd import RUNTIME_CHOICES
+from engine.cli.index_cmd import spec_from_args
+from engine.collection import Collection
+from engine.evaluation import evaluate
+from engine.images import scan_images
+from engine.splits import labels_for, load_split
+from engine.vocabulary import RUNTIMES, ModelSpec, cache_root, resolve_device
 
 
 def register(subparsers: Any) -> None:
@@ -48,21 +53,18 @@ def register(subparsers: Any) -> None:
                    help="resize the shorter side to size/fraction, then centre-crop (default 1.0: no margin)")
     p.add_argument("--whitening", default=None,
                    help="a whitening file saved by the program (`whiten`, learned for this descriptor and sizes)")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the backbone on the CPU, as for index (default auto: the first installed of "
                    "onnxruntime or openvino; PyTorch on a GPU)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where collections (with --collection) and exported runtimes are kept (default: the user "
-                   "cache folder)")
+                   help="where collections (with --collection) and exported runtimes are kept (default: "
+                   "$RETRIEVAL_EXPLORER_CACHE, else the user cache folder)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (indented, like index and search) instead of a table")
     p.set_defaults(func=run)
 
 
 def _collect(root: Path, split_file: str | None) -> tuple[list[Path], list[str] | None, list[str] | None]:
-    from engine.images import scan_images
-    from engine.splits import load_split
-
     if split_file is None:
         paths = scan_images(root)
         if not paths:
@@ -77,14 +79,10 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     """The work of `eval` on parsed arguments -> the metrics dict (see module docstring).
     ``make_progress()`` builds the progress callback just before extraction starts (so its rate
     and ETA leave out the model loading)."""
-    from engine.cli.common import scales_from_args
-    from engine.collection import ModelSpec, default_cache_dir
-    from engine.evaluation import evaluate
     from engine.extraction import _input_spec, extract_multi, input_sizes
     from engine.runtime import feature_runners
-    from engine.splits import labels_for
-    from models.backbones import get_backbone
     from models.descriptors import build_descriptor
+    from models.registry import get_backbone
 
     args.descriptor = default_descriptor(args.backbone, args.descriptor)
     scales = scales_from_args(args)
@@ -106,7 +104,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     size, _, _ = _input_spec(model, args.image_size)
     identity = None if args.weights == "random" else ModelSpec(backbone=args.backbone,
                                                                weights=args.weights).backbone_identity()
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = Path(args.cache_dir) if args.cache_dir else cache_root()
     runners = feature_runners(backbone, input_sizes(size), identity, cache, args.runtime, device)
     res = extract_multi(
         backbone, {"v": model}, paths, image_size=size, batch_size=args.batch_size, num_workers=args.workers,
@@ -175,11 +173,6 @@ def evaluate_indexed(args: argparse.Namespace) -> dict[str, Any]:
     """`eval --collection DIR`: the metrics of an indexed collection's stored vectors (no extraction).
 
     Labels are the images' sub-folder names (or --labels); with --split, paths are relative to DIR."""
-    from engine.cli.index_cmd import spec_from_args
-    from engine.collection import Collection
-    from engine.evaluation import evaluate
-    from engine.splits import labels_for, load_split
-
     args.descriptor = default_descriptor(args.backbone, args.descriptor)
     folder = Path(args.collection)
     coll = Collection.open(folder, model_spec=spec_from_args(args), cache_dir=args.cache_dir)

@@ -14,17 +14,23 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
+
+from engine.cli.common import TextProgress, add_model_args, default_descriptor, scales_from_args
+from engine.collection import Collection, CollectionError, update_collections
+from engine.images import ImageLoadError
+from engine.search import SearchOptions
+from engine.session import FolderIndex, ModelCache, run_query
+from engine.vocabulary import DESCRIPTORS, RUNTIMES, ModelSpec, cache_root, resolve_device
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from engine.cli.common import add_model_args
-
     add_model_args(p)
     p.add_argument("--whitening", metavar="FILE", default=None,
                    help="a saved whitening to apply (`whiten`: learned for this descriptor and these sizes)")
     p.add_argument("--crop-fraction", type=float, default=1.0, help="centre-crop share of the image (default 1.0)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where collections are kept (default: the user cache folder)")
+                   help="where collections are kept (default: $RETRIEVAL_EXPLORER_CACHE, else the user cache folder)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--rebuild", action="store_true", help="ignore the saved state and index everything again")
     p.add_argument("--index", choices=("hnsw", "exact"), default="hnsw", help="index kind for a new collection")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU: auto (the fastest installed, default), torch, "
                    "onnxruntime or openvino; PyTorch on a GPU")
     p.add_argument("--decode-threads", type=int, default=None,
@@ -69,20 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--qe", choices=("average", "alpha"), default=None, help="query expansion")
     s.add_argument("--qe-top", type=int, default=5, help="neighbours used by query expansion (default 5)")
     s.add_argument("--alpha", type=float, default=3.0, help="alpha-QE exponent (default 3)")
-    s.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+    s.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU for the query (as for index; default auto)")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
     s.set_defaults(func=run_search)
 
 
-RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
-
-
-def spec_from_args(args: argparse.Namespace, descriptor: str | None = None):
+def spec_from_args(args: argparse.Namespace, descriptor: str | None = None) -> ModelSpec:
     """A ModelSpec from the model options (``descriptor`` overrides --descriptor)."""
-    from engine.cli.common import default_descriptor, scales_from_args
-    from engine.collection import ModelSpec
-
     return ModelSpec(backbone=args.backbone, weights=args.weights,
                      descriptor=descriptor or default_descriptor(args.backbone, args.descriptor),
                      image_size=args.image_size, whitening=args.whitening, crop_fraction=args.crop_fraction,
@@ -91,13 +91,11 @@ def spec_from_args(args: argparse.Namespace, descriptor: str | None = None):
 
 def index_descriptors(args: argparse.Namespace) -> list[str]:
     """The descriptors `index` stores: the one asked for, else every kind (one backbone pass)."""
-    from models.descriptors import list_descriptors
-
     if args.descriptor:
         return [args.descriptor]
     if args.whitening:
         raise ValueError("--whitening belongs to one descriptor: give --descriptor too")
-    return list(list_descriptors())
+    return list(DESCRIPTORS)
 
 
 @contextmanager
@@ -121,9 +119,6 @@ def _ctrl_c_stops(flag: list[bool]):
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from engine.cli.common import TextProgress, resolve_device
-    from engine.collection import Collection, update_collections
-
     start = time.perf_counter()
     if args.ray is not None and getattr(args, "scales", None):
         raise ValueError("--ray extracts one input size: index a multi-scale descriptor (--scales) without --ray")
@@ -216,17 +211,15 @@ def _shown(path: object) -> str:
 def _build_models(specs: list, device: str, args: argparse.Namespace):
     """One backbone shared by every descriptor's head, and the runner of its feature maps (None for a
     model that is not split into backbone and head)."""
-    from pathlib import Path
-
-    from engine.collection import default_cache_dir
+    from engine.extraction import build_model
     from engine.runtime import feature_runner
 
-    first = specs[0].build(device)
+    first = build_model(specs[0], device)
     backbone = getattr(first, "backbone", None)
-    models = [first] + [sp.build(device, backbone=backbone) for sp in specs[1:]]
+    models = [first] + [build_model(sp, device, backbone=backbone) for sp in specs[1:]]
     if backbone is None or not hasattr(first, "describe"):
         return models, None
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = Path(args.cache_dir) if args.cache_dir else cache_root()
     rt = args.runtime if device == "cpu" else "torch"
     if specs[0].scales:  # multi-scale: a runner per input size (each export is cached per size)
         runners = {s: feature_runner(backbone, s, specs[0].backbone_identity(), cache, rt) for s in specs[0].scales}
@@ -251,14 +244,6 @@ class _PerSize(dict):
 def run_search(args: argparse.Namespace) -> int:
     """Rank the collection for one query image through the session the window uses (engine.session):
     the query's feature map comes from the collection's cached runtime export (engine.runtime)."""
-    from pathlib import Path
-
-    from engine.cli.common import resolve_device
-    from engine.collection import CollectionError
-    from engine.images import ImageLoadError
-    from engine.search import SearchOptions
-    from engine.session import FolderIndex, ModelCache, run_query
-
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     query = Path(args.image)

@@ -12,10 +12,13 @@ import io
 import sys
 import time
 
+from engine.atomic import atomic_write_text
+from engine.cli.common import TextProgress
+from engine.cli.duplicates_cmd import add_collection_args, open_indexed
+from engine.mapping import DEFAULT_METHOD, collection_map
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.cli.duplicates_cmd import add_collection_args
-
     p = sub.add_parser("map", help="2-D map of an indexed folder (similar images close together) as CSV",
                        description="Lay out the images of DIR (indexed by `retrieval-explorer index DIR`) "
                        "on a plane so that similar images sit together, and write path, x, y, label per "
@@ -30,11 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.atomic import atomic_write_text
-    from engine.cli.common import TextProgress
-    from engine.cli.duplicates_cmd import open_indexed
-    from engine.mapping import DEFAULT_METHOD, collection_map
-
     coll = open_indexed(args)
     start = time.perf_counter()
     m = collection_map(coll, args.method or DEFAULT_METHOD, recompute=args.recompute,

@@ -17,6 +17,10 @@ import sys
 import time
 from typing import TextIO
 
+from engine.training.config import TrainConfig
+from engine.training.options import option
+from engine.vocabulary import DESCRIPTOR_SHORT, fmt_duration, resolve_device
+
 _SKIP = {"data_root", "train_classes", "extra"}
 
 def _bool(s: str) -> bool:
@@ -29,9 +33,6 @@ def _bool(s: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.training.config import TrainConfig
-    from engine.training.options import option
-
     p = sub.add_parser("train", help="train an embedding on a folder of class sub-folders (metric learning)",
                        description="Train an embedding with triplet/contrastive loss and a cross-batch memory. "
                        "Label = sub-folder name. --target same (default) holds back a share of every class's images "
@@ -71,7 +72,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from engine.training.config import TrainConfig
     from engine.training.data import read_class_list
 
     cfg = TrainConfig(data_root=args.data)
@@ -110,8 +110,6 @@ class Console:
 
     def bar(self, key: str, label: str, done: int, total: int, rate: float, unit: str, eta: float,
             extra: str = "") -> None:
-        from engine.training.trainer import fmt_eta
-
         now = time.monotonic()
         final = total > 0 and done >= total
         if key == self._bar_key and not final and now - self._last < self.min_interval:
@@ -121,7 +119,7 @@ class Console:
         self._last, self._bar_key = now, key
         frac = min(done / total, 1.0) if total else 0.0
         text = (f"{label} [{'#' * int(frac * 30):<30}] {done}/{total} {rate:.1f} {unit}/s "
-                f"eta {fmt_eta(eta)}{extra}")
+                f"eta {fmt_duration(eta)}{extra}")
         if self.tty:
             self.stream.write("\r" + text[:160].ljust(100) + ("\n" if final else ""))
             self._bar_open = not final
@@ -143,7 +141,7 @@ class Console:
 def summary(res) -> list[str]:
     """What the run kept and why: the selection metric, and the kept model, last.pt and the best untrained
     descriptor on the validation data."""
-    from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
+    from engine.training.trainer import SELECT_LABELS
 
     sel = res.select_metric
     keys = [sel] + [k for k in ("map", "recall@1") if k != sel]
@@ -153,7 +151,7 @@ def summary(res) -> list[str]:
     rows = []
     bu = res.best_untrained
     if bu:
-        rows.append((f"best untrained descriptor ({UNTRAINED_LABELS[bu]})", res.untrained_val_metrics[bu]))
+        rows.append((f"best untrained descriptor ({DESCRIPTOR_SHORT[bu]})", res.untrained_val_metrics[bu]))
     elif res.baseline_val_metrics:
         rows.append((f"untrained descriptor ({res.config.pooling})", res.baseline_val_metrics))
     if res.best_val_metrics:
@@ -176,7 +174,7 @@ def summary(res) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.training.trainer import train
+    from engine.training.launch import train
 
     cfg = config_from_args(args)
     problems = cfg.validate()
@@ -217,7 +215,6 @@ def evaluate_alike_cli(res, sizes_text: str):
     from pathlib import Path
 
     from engine.training.alike import evaluate_alike
-    from engine.training.trainer import fmt_eta, resolve_device
 
     try:
         sizes = [int(t) for t in sizes_text.replace(" ", "").split(",") if t]
@@ -235,12 +232,12 @@ def evaluate_alike_cli(res, sizes_text: str):
         console.bar("alike:" + phase, phase, done, total, rate, "steps", (total - done) / rate if rate > 0 else 0.0)
 
     try:
-        device = str(resolve_device(res.config.device))
+        device = resolve_device(res.config.device)
     except RuntimeError:
         device = "cpu"
     try:
         report = evaluate_alike(Path(res.best_checkpoint_path).parent, sizes=sizes, device=device, progress=progress)
     except (ValueError, OSError, RuntimeError) as exc:
         return None, str(exc)
-    console.line(f"evaluated alike in {fmt_eta(report.seconds)}")
+    console.line(f"evaluated alike in {fmt_duration(report.seconds)}")
     return report, ""

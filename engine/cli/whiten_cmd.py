@@ -8,7 +8,12 @@ with --whitening FILE (and the same --descriptor and --scales / --image-size).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+
+from engine.cli.common import TextProgress, add_model_args, spec_from_model_args
+from engine.vocabulary import DEFAULT_DESCRIPTOR, RUNTIMES, resolve_device
+from engine.whitening import learn_from_folder, save_whitening
 
 
 def _shrinkage(text: str) -> float | str:
@@ -36,8 +41,6 @@ def _dim(text: str) -> int | str | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.cli.common import add_model_args
-
     p = sub.add_parser("whiten", help="learn a whitening (Lw or PCA) from a folder with class sub-folders",
                        description="Describe the images of DIR (one sub-folder per class) and learn a whitening "
                        "for the descriptor: Lw (within-class covariance whitened away, then PCA; default) or PCA. "
@@ -54,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=_dim, default="auto", help="output dimensions: a number, all, or auto (default)")
     p.add_argument("--val-classes", type=int, default=10, help="classes carved off for choosing (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which classes are carved off (default 0)")
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU (default: the fastest installed)")
     p.add_argument("--cache-dir", metavar="DIR", default=None, help="where exported runtimes are kept")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -62,12 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_whiten(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from engine.cli.common import TextProgress, resolve_device, spec_from_model_args
-    from engine.whitening import learn_from_folder, save_whitening
-
-    spec = spec_from_model_args(args, default="gem")
+    spec = spec_from_model_args(args, default=DEFAULT_DESCRIPTOR)
     device = resolve_device(args.device)
     w, rep = learn_from_folder(args.folder, spec, method=args.method, shrinkage=args.shrinkage, dim=args.dim,
                                device=device, batch_size=args.batch_size, runtime=args.runtime,
@@ -78,8 +76,7 @@ def run_whiten(args: argparse.Namespace) -> int:
         print(json.dumps({**dataclasses.asdict(rep), "output": args.output, "descriptor": spec.descriptor,
                           "scales": list(spec.scales or [spec.image_size or 0])}, indent=1))
         return 0
-    sizes = "+".join(map(str, spec.scales)) if spec.scales else str(spec.image_size or "default size")
-    print(f"{args.output}: {rep.method} whitening of {spec.descriptor} @ {sizes}, {w.in_dim} -> {w.out_dim} dims, "
+    print(f"{args.output}: {rep.method} whitening of {spec.descriptor} @ {spec.sizes_title()}, {w.in_dim} -> {w.out_dim} dims, "
           f"shrinkage {rep.shrinkage:g}, from {rep.n_images} images of {rep.n_classes} classes in {rep.seconds:.1f} s")
     if rep.chosen:
         print(f"  chosen on {args.val_classes} validation classes: R@1 {rep.val_r1:.3f} "

@@ -37,7 +37,27 @@ import numpy as np
 import torch
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.evaluation import evaluate
+from engine.extraction import build_model, feature_fn, iter_extract
+from engine.runtime import feature_runners
+from engine.training.checkpoint import load_checkpoint
+from engine.training.config import TrainConfig
+from engine.training.registry import BEST_FILE
+from engine.training.trainer import validation_split
 from engine.vectors import l2n
+from engine.vocabulary import (
+    DESCRIPTOR_SHORT,
+    POOLING_DESCRIPTORS,
+    ModelSpec,
+    cache_root,
+    check_scales,
+    default_runtime,
+    sizes_label,
+)
+from engine.whitening import VAL_CLASSES, choose_whitening
+from models.descriptors import build_descriptor
+from models.registry import get_backbone
+from models.whitening import PCAWhitening
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +69,9 @@ DEFAULT_SHRINKAGE = 0.5
 #: 1280-d within-class covariance with shrinkage, and it keeps the pass short on a big folder
 MAX_TRAIN_IMAGES = 4000
 TRAINED = "trained"
-LABELS = {"spoc": "SPoC", "mac": "MAC", "gem": "GeM", "rmac": "R-MAC", TRAINED: "kept model"}
-UNTRAINED_KINDS = ("spoc", "mac", "gem", "rmac")
-
-
-def sizes_label(sizes: Sequence[int]) -> str:
-    """(224, 288, 352) -> '224+288+352'."""
-    return "+".join(str(int(s)) for s in sizes)
+#: the titles of the rows: the untrained descriptors' short titles, and the kept model
+LABELS = {**DESCRIPTOR_SHORT, TRAINED: "kept model"}
+UNTRAINED_KINDS = POOLING_DESCRIPTORS
 
 
 @dataclass(frozen=True)
@@ -194,8 +210,6 @@ def _run_best_untrained(metrics: dict) -> str:
 
 def _untrained_backbone(config: Any, device: str) -> Any:
     """The backbone the run started from (random weights drawn as the trainer drew them)."""
-    from models.backbones import get_backbone
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return get_backbone(config.backbone, weights=config.weights, device=device)
@@ -220,9 +234,6 @@ def _even_sample(items: list[int], labels: list[int], n: int, seed: int) -> list
 
 def _fit_lw(X: np.ndarray, labels: np.ndarray, *, choose: bool, seed: int) -> tuple[Any, dict]:  # noqa: N803
     """An Lw learned on (X (N, D), labels (N,)); its settings chosen on carved classes when ``choose``."""
-    from engine.whitening import choose_whitening
-    from models.whitening import PCAWhitening
-
     info: dict = {"chosen": False, "shrinkage": DEFAULT_SHRINKAGE, "dim": None}
     if choose:
         c = choose_whitening(X, np.arange(len(X)), labels, method="lw", seed=seed)
@@ -248,17 +259,6 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     all): the training images only feed the whitening, and a big folder would otherwise make this pass
     longer than the run. Raises ValueError for a folder
     without a usable best.pt or data, Cancelled when ``should_stop()`` says so."""
-    from engine.collection import ModelSpec, default_cache_dir
-    from engine.evaluation import evaluate
-    from engine.extraction import feature_fn, iter_extract
-    from engine.runtime import feature_runners
-    from engine.session import default_runtime
-    from engine.training.checkpoint import load_checkpoint
-    from engine.training.config import TrainConfig
-    from engine.training.registry import BEST_FILE
-    from engine.training.trainer import validation_split
-    from models.descriptors import build_descriptor, check_scales
-
     report, stop = resolve(progress, should_stop)
     start = time.perf_counter()
     folder = Path(run_dir).expanduser()
@@ -307,9 +307,9 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
 
     # the models: the kept one through ModelSpec (a checkpoint's fc descriptor), the untrained heads
     runtime = runtime or default_runtime()
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir else cache_root()
     kept_spec = ModelSpec(backbone=str(best), descriptor="fc")
-    kept = kept_spec.build(device)
+    kept = build_model(kept_spec, device)
     # head mode: the backbone stayed frozen, so the kept model's maps are the untrained ones (one forward)
     shared = config.mode == "head"
     base = kept.backbone.model.backbone if shared else _untrained_backbone(config, device)
@@ -368,8 +368,6 @@ def evaluate_alike(run_dir: str | os.PathLike, *, sizes: Sequence[int] = DEFAULT
     train_rows = ~val_rows
     train_labels = labels[train_rows]
     n_train_classes = len(np.unique(train_labels))
-    from engine.whitening import VAL_CLASSES
-
     choose = n_train_classes >= VAL_CLASSES + 2
     can_whiten = whiten and train_rows.sum() >= 2 and n_train_classes >= 2 and \
         np.unique(train_labels, return_counts=True)[1].max() >= 2

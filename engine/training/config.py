@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from engine.vocabulary import DEFAULT_BACKBONE
+
 LOSSES = ("triplet", "contrastive")
 MININGS = ("semihard", "hard", "all")
 MODES = ("head", "tail", "full")
@@ -30,7 +32,7 @@ class TrainConfig:
     val_class_share: float = 0.2            # target "new": share of the classes held back to validate
     image_split: str = ""                   # optional JSON {"train": [...], "val": [...]} of image paths relative
     #                                         to data_root (label = parent folder): replaces the carve
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"
     pooling: str = "mac"
     embedding_dim: int = 0                  # 0 = the feature dim, identity-initialised

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import images as _images
+from engine.callbacks import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -40,45 +41,41 @@ class LabelledImages:
         return LabelledImages([p for p, _ in rows], [lab for _, lab in rows], list(keep_classes))
 
 
-def _images_in(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    return _images.scan_images(folder, skipped=skipped)
-
-
 def scan_labelled(root: str | Path, classes: list[str] | None = None) -> LabelledImages:
-    """Images under ``root/<class>/...`` (label = the sub-folder name), sorted; only ``classes`` if given.
-    Class folders may be symbolic links to folders elsewhere; every file or folder left out for a problem
-    (broken link, link loop, unreadable folder) is in the result's ``skipped`` with its reason."""
+    """Images under ``root`` (engine.images.scan_images) with their class by the one label rule of the
+    program (engine.images.label_of: the name of the folder that holds the image; images directly in
+    ``root`` have none and are left out), grouped by class in class-name order; only ``classes`` (in
+    their order) if given. Class folders may be symbolic links to folders elsewhere; every file or folder
+    left out for a problem (broken link, link loop, unreadable folder) is in the result's ``skipped``
+    with its reason."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder not found: {root}")
     skipped: list[tuple[str, str]] = []
-    folders = []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith("."):
+    by_class: dict[str, list[str]] = {}
+    for top in sorted(root.iterdir()):  # folder by folder: no one long sort holds the GIL (a GUI thread waits)
+        if top.name.startswith("."):
             continue
-        if p.is_dir():
-            folders.append(p.name)
-        elif p.is_symlink():
-            skipped.append((str(p), _images._link_problem(str(p)) or "symbolic link to something not a folder"))
-    if classes is not None:
-        missing = [c for c in classes if c not in folders]
-        if missing:
-            raise ValueError(f"{len(missing)} class folder(s) not found under {root}: {', '.join(missing[:10])}")
-        folders = list(classes)
-    if not folders:
-        raise ValueError(f"{root} has no class sub-folders: put each class's images in its own folder")
-    paths, labels, kept = [], [], []
-    for c in folders:
-        imgs = _images_in(root / c, skipped)
-        if not imgs:
-            continue
-        kept.append(c)
-        paths += [str(p) for p in imgs]
-        labels += [len(kept) - 1] * len(imgs)
+        if top.is_dir():
+            for p in _images.scan_images(top, skipped=skipped):
+                by_class.setdefault(_images.label_of(p.relative_to(root)), []).append(str(p))
+        elif top.is_symlink():
+            skipped.append((str(top), _images._link_problem(str(top)) or "symbolic link to something not a folder"))
     for p, why in skipped:
         log.warning("left out %s: %s", p, why)
-    if not paths:
+    if classes is not None:
+        missing = [c for c in classes if c not in by_class and not (root / c).is_dir()]
+        if missing:
+            raise ValueError(f"{len(missing)} class folder(s) not found under {root}: {', '.join(missing[:10])}")
+        kept = [c for c in classes if c in by_class]  # a class folder without images is left out
+    else:
+        kept = sorted(by_class)
+    if not kept:
+        if not any(p.is_dir() for p in root.iterdir() if not p.name.startswith(".")):
+            raise ValueError(f"{root} has no class sub-folders: put each class's images in its own folder")
         raise ValueError(f"no images found under {root}")
+    paths = [p for c in kept for p in by_class[c]]
+    labels = [i for i, c in enumerate(kept) for _ in by_class[c]]
     return LabelledImages(paths, labels, kept, skipped)
 
 
@@ -150,8 +147,6 @@ def decode_all(paths: list[str], size: int, *, threads: int = 2,
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for start in range(0, len(paths), chunk):
             if should_stop is not None and should_stop():
-                from engine.callbacks import Cancelled
-
                 raise Cancelled("decoding cancelled")
             list(pool.map(one, range(start, min(len(paths), start + chunk))))
             if progress is not None:

@@ -1,4 +1,4 @@
-"""train(config): P x K batches, triplet/contrastive loss with optional Cross-Batch Memory, in three modes.
+"""One training run (``engine.training.launch.train`` starts it): P x K batches, triplet/contrastive loss with optional Cross-Batch Memory, in three modes.
 
 - ``head``: backbone frozen; the pooled features of every image (and of a few augmented views) are
   computed ONCE and cached on disk (keyed by model + data); only the embedding head trains.
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from engine.callbacks import Cancelled, resolve
+from engine.atomic import atomic_write_with
+from engine.callbacks import Cancelled
 from engine.evaluation import retrieval_metrics_torch as retrieval_metrics
 from engine.training import data as D
 from engine.training.checkpoint import load_checkpoint, save_checkpoint, write_info
@@ -38,14 +39,16 @@ from engine.training.losses import build_loss
 from engine.training.registry import BEST_FILE, INFO_FILE, LAST_FILE, cache_dir, models_dir, write_run_state
 from engine.training.sampler import PKSampler
 from engine.training.xbm import CrossBatchMemory, XBMLoss
+from engine.vocabulary import DESCRIPTOR_SHORT, POOLING_DESCRIPTORS, fmt_duration, resolve_device
+from models import pooling as P  # noqa: N812
 from models.embedding import EmbeddingModel, build_model_from_config, freeze_batchnorm, l2n
 
 log = logging.getLogger(__name__)
 
 
 SELECT_LABELS = {"map": "mAP", "recall@1": "R@1"}
-UNTRAINED = ("spoc", "mac", "gem", "rmac")          # the untrained descriptors measured on the validation data
-UNTRAINED_LABELS = {"spoc": "SPoC", "mac": "MAC", "gem": "GeM", "rmac": "R-MAC"}
+#: the untrained descriptors measured on the validation data, in the order of untrained_descriptors()
+UNTRAINED = POOLING_DESCRIPTORS
 
 
 @dataclass
@@ -100,22 +103,12 @@ class TrainResult:
         return max(m, key=lambda k: m[k]) if m else ""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
 # --------------------------------------------------------------------------------------------------
 # the two data paths
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def untrained_descriptors(fmap: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) -> (B, 4, C): the L2-normalised SPoC, MAC, GeM (p=3) and R-MAC of a feature map."""
-    from models import pooling as P  # noqa: N812
-
     f = fmap.float()
     return torch.stack([l2n(P.spoc(f)), l2n(P.mac(f)), l2n(P.gem(f)), l2n(P.rmac(f))], 1)
 
@@ -496,14 +489,6 @@ def claim_run_folder(config: TrainConfig) -> Path:
     raise RuntimeError(f"no free run folder for {base} under {parent}")
 
 
-def fmt_eta(seconds: float) -> str:
-    """'1h 02m', '3m 05s', '12s'."""
-    s = max(0, int(round(seconds)))
-    if s >= 3600:
-        return f"{s // 3600}h {(s % 3600) // 60:02d}m"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 class _Phase:
     """A preparation phase's progress on its own clock: "phase" events with its rate and ETA, and the
     progress callback with them in the message."""
@@ -519,7 +504,7 @@ class _Phase:
         eta = (total - done) / rate if rate > 0 else 0.0
         self.emit(TrainEvent("phase", done, total, images_per_s=rate, eta_s=eta, message=self.name))
         self.progress(done, total, f"{self.name}: {done}/{total} images, {rate:.1f} images/s, "
-                                   f"{fmt_eta(eta)} left")
+                                   f"{fmt_duration(eta)} left")
 
 
 def _fmt_metrics(m: dict, sel: str) -> str:
@@ -527,38 +512,6 @@ def _fmt_metrics(m: dict, sel: str) -> str:
     keys = [sel] + [k for k in ("map", "recall@1") if k != sel]
     return ", ".join(f"{SELECT_LABELS[k]} {m[k]:.4f}" + (" (selection metric)" if k == sel else "")
                      for k in keys if m.get(k) is not None)
-
-
-# --------------------------------------------------------------------------------------------------
-# train(): a run as steps
-# --------------------------------------------------------------------------------------------------
-def train(config: TrainConfig, *, progress: Callable[[int, int, str], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, on_event: Callable[[TrainEvent], None] | None = None,
-          resume_from: str | os.PathLike | None = None) -> TrainResult:
-    """Train an embedding per ``config``; see the module docstring. Raises ValueError for bad settings
-    or data (the message says what to change). ``resume_from``: a ``last.pt`` to continue exactly
-    (its config is used; ``iterations`` and ``device`` come from ``config``). A new run never writes into
-    a folder that holds another run (see :func:`claim_run_folder`)."""
-    progress, should_stop = resolve(progress, should_stop)
-    from engine.training import distributed
-
-    emit = on_event or (lambda e: None)
-    with distributed.context(config.device) as ctx:   # under torchrun: this process's rank; else None
-        if ctx is None:
-            return _run(_Run(config, progress, should_stop, emit, resume_from))
-        return _run(distributed.DistributedRun(ctx, config, progress, should_stop, emit, resume_from))
-
-
-def _run(run: _Run) -> TrainResult:
-    run.prepare_data()
-    run.open_folder()
-    run.build_optimisation()
-    if run.ckpt is None:
-        run.validate_untrained()
-    else:
-        run.restore()
-    run.loop()
-    return run.finish()
 
 
 @dataclass
@@ -598,7 +551,7 @@ class _Run:
             raise ValueError("invalid training settings: " + "; ".join(problems))
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.device = resolve_device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         if not config.name:
             config.name = config.default_name()
         self.config = config
@@ -793,9 +746,9 @@ class _Run:
         if untrained_val:
             ranked = sorted(untrained_val, key=lambda k: -untrained_val[k][sel])
             self.message("untrained descriptors on the validation data: " + "; ".join(
-                f"{UNTRAINED_LABELS[k]} {_fmt_metrics(untrained_val[k], sel).replace(' (selection metric)', '')}"
-                for k in ranked) + f" (best: {UNTRAINED_LABELS[ranked[0]]}; training starts from "
-                f"{UNTRAINED_LABELS[config.pooling]})")
+                f"{DESCRIPTOR_SHORT[k]} {_fmt_metrics(untrained_val[k], sel).replace(' (selection metric)', '')}"
+                for k in ranked) + f" (best: {DESCRIPTOR_SHORT[ranked[0]]}; training starts from "
+                f"{DESCRIPTOR_SHORT[config.pooling]})")
             self.emit(TrainEvent("untrained", 0, config.iterations, select_metric=sel, metrics=dict(untrained_val),
                                  val_score=untrained_val[ranked[0]][sel], message=ranked[0]))
         elif self.baseline:
@@ -1021,8 +974,6 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
                                                  features=runner)
     base = torch.cat(untrained).half() if untrained else None
     try:
-        from engine.atomic import atomic_write_with
-
         data = {"feats": feats, "ok": ok, "skipped": [list(s) for s in skipped], "untrained": base}
         atomic_write_with(path, lambda tmp: torch.save(data, tmp))
     except OSError as exc:
@@ -1032,16 +983,15 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
 
 def _feature_runner(model: EmbeddingModel, config: TrainConfig, device: torch.device):
     """Head mode's frozen backbone on the CPU runtime indexing uses (engine.runtime; the export shared with
-    index by the backbone's identity; engine.session.default_runtime); None (PyTorch) on a GPU or for
+    index by the backbone's identity; engine.vocabulary.default_runtime); None (PyTorch) on a GPU or for
     random weights, which are drawn per run and so have no identity to cache an export under."""
-    from engine.collection import ModelSpec, default_cache_dir
     from engine.runtime import feature_runners
-    from engine.session import default_runtime
+    from engine.vocabulary import ModelSpec, cache_root, default_runtime
 
     if config.weights == "random":
         return None
     ident = ModelSpec(backbone=config.backbone, weights=config.weights).backbone_identity()
-    runners = feature_runners(model.backbone, (config.image_size,), ident, default_cache_dir(),
+    runners = feature_runners(model.backbone, (config.image_size,), ident, cache_root(),
                               default_runtime(), device.type)
     return runners[config.image_size] if runners else None
 

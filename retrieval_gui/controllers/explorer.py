@@ -12,8 +12,8 @@ from typing import Any
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, Signal
 
-from engine.collection import ModelSpec
 from engine.session import FolderIndex, SearchResult, model_title, run_query
+from engine.vocabulary import ModelSpec
 from retrieval_gui.controllers.folder import FolderController, indexed_paths
 from retrieval_gui.controllers.model import ModelChoice, descriptor_title, sizes_title, whitening_refusal
 from retrieval_gui.controllers.query import QueryController

@@ -9,8 +9,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.collection import ModelSpec
 from engine.session import FolderIndex, IndexState, list_descriptors
+from engine.vocabulary import ModelSpec
 from retrieval_gui.widgets import browse_rows
 from retrieval_gui.workers import LatestTask
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from engine.collection import ModelSpec, multi_scales
 from engine.session import (
     DEFAULT_BACKBONE,
     DEFAULT_DESCRIPTOR,
@@ -18,6 +17,7 @@ from engine.session import (
     list_descriptors,
     model_title,
 )
+from engine.vocabulary import ModelSpec, multi_scales
 
 DEFAULT_SIZE = 224  # the backbones' default input size, for the Sizes labels when none is given
 TRAINED = "trained: "  # how engine.session.model_title names a trained checkpoint

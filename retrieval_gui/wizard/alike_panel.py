@@ -43,7 +43,7 @@ class AlikeChoice:
     whiten: bool = True
 
     def sizes(self, image_size: int) -> tuple[int, ...]:
-        from engine.collection import multi_scales
+        from engine.vocabulary import multi_scales
 
         return multi_scales(image_size) if self.multi else (int(image_size),)
 
@@ -131,7 +131,7 @@ class AlikePanel(QGroupBox):
         cfg = result.config
         sizes = choice.sizes(cfg.image_size)
         try:
-            from engine.training.trainer import resolve_device
+            from engine.vocabulary import resolve_device
 
             device = str(resolve_device(cfg.device))
         except RuntimeError:  # the run's GPU is gone: the CPU evaluates

@@ -62,7 +62,7 @@ def measure_rates(backbone: str, weights: str, image_size: int, device: str, mod
     from engine.extraction import IMAGENET_MEAN, IMAGENET_STD
     from engine.images import ImageLoadError, build_transform, load_image
     from engine.training.losses import build_loss
-    from models.backbones import get_backbone
+    from models.registry import get_backbone
 
     bb = get_backbone(backbone, weights=weights, device=device)
     size = int(image_size)

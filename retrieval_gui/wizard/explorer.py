@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.vocabulary import DEFAULT_DESCRIPTOR, DESCRIPTOR_SHORT, POOLING_DESCRIPTORS
 from engine.whiten_folder import ModelBase, WhitenOutcome, model_base_of
 
 log = logging.getLogger(__name__)
 
-DESCRIPTORS = {"gem": "GeM", "spoc": "SPoC", "mac": "MAC", "rmac": "R-MAC"}  # the whitening's; GeM first
+# the whitening's descriptors (the pooling ones, the default first), named as in tables
+DESCRIPTORS = {d: DESCRIPTOR_SHORT[d] for d in sorted(POOLING_DESCRIPTORS, key=lambda d: d != DEFAULT_DESCRIPTOR)}
 
 
 @dataclass(frozen=True)

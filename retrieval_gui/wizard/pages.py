@@ -36,10 +36,11 @@ from PySide6.QtWidgets import (
 
 from engine.training.config import TrainConfig
 from engine.training.options import page_fields
-from engine.training.trainer import SELECT_LABELS, UNTRAINED_LABELS
+from engine.training.trainer import SELECT_LABELS
+from engine.vocabulary import DESCRIPTOR_SHORT as UNTRAINED_LABELS
+from engine.vocabulary import fmt_duration
 from retrieval_gui.wizard.alike_panel import AlikeChoice, AlikePanel
 from retrieval_gui.wizard.binding import Binding
-from retrieval_gui.wizard.common import fmt_duration
 from retrieval_gui.wizard.dataset import DataSummary, ScanRequest, ScanResult, read_class_list, scan
 from retrieval_gui.wizard.estimate import Rates, alike_key, describe, estimate_run, measure_rates, rate_key
 from retrieval_gui.wizard.plot import LiveTrainingPlot
@@ -349,7 +350,7 @@ class DataPage(_SettingsPage):
 # --------------------------------------------------------------------------------------------------
 def available_backbones() -> list[str]:
     try:
-        from models.backbones import list_backbones
+        from models.registry import list_backbones
     except ImportError:  # models.backbones not in this build: the trainer's stand-in EfficientNet-Lite0
         return ["efficientnet_lite0"]
     return list(list_backbones())
@@ -376,7 +377,7 @@ class ModelPage(_SettingsPage):
         text = ""
         if self.weights.currentText() == "pretrained":
             try:
-                from models.backbones import weights_available
+                from models.registry import weights_available
             except ImportError:
                 weights_available = None
             if weights_available is not None and not weights_available(self.backbone.currentText()):
@@ -520,8 +521,7 @@ class RunSettingsPage(_SettingsPage):
 
     def show_alike_sizes(self, image_size: int) -> None:
         """Name the sizes made from the run's image size (224 -> 224 | 224+288+352)."""
-        from engine.collection import multi_scales
-        from engine.training.alike import sizes_label
+        from engine.vocabulary import multi_scales, sizes_label
 
         self.alike_sizes.setItemText(0, str(int(image_size)))
         self.alike_sizes.setItemText(1, sizes_label(multi_scales(image_size)))

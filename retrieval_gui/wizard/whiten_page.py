@@ -40,7 +40,10 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from engine.collection import multi_scales  # noqa: F401 - re-exported for scripts and tests
+from engine.vocabulary import (
+    fmt_duration,
+    multi_scales,  # noqa: F401 - re-exported for scripts and tests
+)
 from engine.whiten_folder import (  # noqa: F401 - count_folder, whitening_dir re-exported
     FolderCount,
     ModelBase,
@@ -53,7 +56,6 @@ from engine.whiten_folder import (  # noqa: F401 - count_folder, whitening_dir r
     settings_problems,
     whitening_dir,
 )
-from retrieval_gui.wizard.common import fmt_duration
 from retrieval_gui.wizard.explorer import DESCRIPTORS, explorer_of
 from retrieval_gui.workers import LatestTask, wait_for_task
 

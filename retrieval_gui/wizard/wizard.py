@@ -213,7 +213,7 @@ class TrainWizard(QWizard):
 
     def start_training(self) -> None:
         """Validate the settings, remember them, and start train() on a worker thread."""
-        from engine.training.trainer import train
+        from engine.training.launch import train
         from retrieval_gui.workers import start_task
 
         cfg = self.config()

@@ -12,8 +12,8 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
 from PySide6.QtWidgets import QApplication
 
-from engine.collection import ModelSpec
 from engine.session import overlap_at_k
+from engine.vocabulary import ModelSpec
 from retrieval_gui.main_window import MainWindow
 from retrieval_gui.widgets import HitRole, MarkRole
 

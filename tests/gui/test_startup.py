@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_static_lists_match_the_model_registries():
     from engine.session import BACKBONES, DESCRIPTORS
-    from models.backbones import list_backbones
     from models.descriptors import list_descriptors
+    from models.registry import list_backbones
 
     assert list(BACKBONES) == list(list_backbones())
     assert list(DESCRIPTORS) == list(list_descriptors())

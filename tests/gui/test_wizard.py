@@ -354,7 +354,7 @@ def test_pause_resume_stop_keeps_a_loadable_checkpoint(qtbot, tiny_data, tmp_pat
     assert ckpt["train_state"]["iteration"] == last  # stop saved the last step
     # the best checkpoint loads as a backbone and embeds images
     try:
-        from models.backbones import get_backbone
+        from models.registry import get_backbone
     except ImportError:
         from models.embedding import load_trained_backbone as get_backbone
     bb = get_backbone(result.best_checkpoint_path)
@@ -367,7 +367,7 @@ def test_errors_are_shown_in_the_page(qtbot, image_folder, tmp_path, monkeypatch
     root = image_folder(n_classes=6, per_class=4, size=24)
     wiz = TrainWizard(config=tiny_config(root, tmp_path))
     qtbot.addWidget(wiz)
-    import engine.training.trainer as T
+    import engine.training.launch as T
 
     def broken(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -390,7 +390,7 @@ def test_closing_the_wizard_stops_the_run(qtbot, image_folder, tmp_path, monkeyp
     qtbot.addWidget(wiz)
     asked = []
     monkeypatch.setattr(W, "ask_about_run", lambda _parent, text, choices: asked.append(choices) or W.STOP_RUN)
-    import engine.training.trainer as T
+    import engine.training.launch as T
 
     steps = []
 

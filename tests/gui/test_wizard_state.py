@@ -14,9 +14,9 @@ from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QMainWindow
 
 import retrieval_gui.wizard.wizard as W
-from engine.collection import ModelSpec
 from engine.training.config import TrainConfig
 from engine.training.options import page_fields
+from engine.vocabulary import ModelSpec
 from retrieval_gui.wizard import LiveTrainingPlot, TrainWizard
 from retrieval_gui.wizard.estimate import Rates, estimate_run, rate_key
 from retrieval_gui.wizard.pages import remember_rates

@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QWizard
 
-from engine.collection import ModelSpec
+from engine.vocabulary import ModelSpec
 from models.whitening import PCAWhitening
 from retrieval_gui.wizard import TrainWizard
 from retrieval_gui.wizard.whiten_page import (

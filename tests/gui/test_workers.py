@@ -116,8 +116,8 @@ def test_wait_on_gui_thread_returns_when_done(qtbot):
 def test_folder_index_reloads_when_another_program_indexed_meanwhile(tmp_path, image_folder):
     """The window's open collection went stale because `retrieval-explorer index` committed meanwhile:
     the next update reloads it instead of failing (and loses neither run's work)."""
-    from engine.collection import ModelSpec
     from engine.session import FolderIndex, ModelCache
+    from engine.vocabulary import ModelSpec
 
     root = image_folder(n_classes=2, per_class=3)
     models = ModelCache(runtime="torch")
