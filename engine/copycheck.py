@@ -42,13 +42,15 @@ log = logging.getLogger(__name__)
 #: long side (pixels) of the images the check works on: small photos are enlarged to it
 WORK_SIDE = 320
 #: ORB key points per image
-ORB_POINTS = 700
+ORB_POINTS = 500
 #: Lowe's ratio test: best match distance < RATIO x the second best
 RATIO = 0.8
 #: RANSAC reprojection threshold (pixels at WORK_SIDE)
 RANSAC_PIXELS = 4.0
 #: blocks per side of the aligned comparison's grid
 GRID = 12
+#: the aligned comparison is made only for transforms with at least this many inliers
+PRECHECK_INLIERS = 8
 #: images decoded and described kept in memory by a Checker
 CACHE_IMAGES = 2_000
 
@@ -125,6 +127,7 @@ class Prepared:
     desc: np.ndarray | None
     mirror_points: np.ndarray | None = None
     mirror_desc: np.ndarray | None = None
+    texture: np.ndarray | None = None
 
 
 def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -136,16 +139,14 @@ def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     kps = orb.detect(grey, None)
     if kps:
         h, w = grey.shape
-        cell = [min(int(k.pt[1] * 6 / h), 5) * 6 + min(int(k.pt[0] * 6 / w), 5) for k in kps]
-        order = sorted(range(len(kps)), key=lambda x: -kps[x].response)
-        per = max(1, ORB_POINTS // 36)
-        count = [0] * 36
-        keep = []
-        for x in order:
-            if count[cell[x]] < per:
-                count[cell[x]] += 1
-                keep.append(kps[x])
-        kps, desc = orb.compute(grey, keep)
+        xy = np.array([k.pt for k in kps], np.float32)
+        resp = np.array([k.response for k in kps], np.float32)
+        cell = (np.minimum(xy[:, 1] * 6 / h, 5).astype(int) * 6 + np.minimum(xy[:, 0] * 6 / w, 5).astype(int))
+        order = np.lexsort((-resp, cell))  # by cell, strongest first within one
+        first = np.searchsorted(cell[order], np.arange(36))
+        rank = np.arange(order.size) - first[cell[order]]
+        keep = order[rank < max(1, ORB_POINTS // 36)]
+        kps, desc = orb.compute(grey, [kps[x] for x in keep.tolist()])
     else:
         desc = None
     pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
@@ -155,10 +156,9 @@ def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 def prepare(path: str | os.PathLike) -> Prepared:
     """Decode ``path`` small and describe it (raises engine.images.ImageLoadError for a bad file)."""
     import cv2
+    from PIL import Image
 
     from engine.images import load_image
-
-    from PIL import Image
 
     img = load_image(path, min_side=WORK_SIDE // 2)
     w, h = img.size
@@ -217,6 +217,12 @@ def _texture(grey: np.ndarray) -> np.ndarray:
     return var > 9.0
 
 
+def _textured(p: Prepared, mirrored: bool = False) -> np.ndarray:
+    if p.texture is None:
+        p.texture = _texture(p.grey)
+    return p.texture[:, ::-1] if mirrored else p.texture
+
+
 def _outside(tex_b: np.ndarray, m: np.ndarray, shape_a: tuple[int, int]) -> float:
     """The share of b's textured pixels that ``m`` (b -> a) puts outside a's frame."""
     ys, xs = np.nonzero(tex_b[::2, ::2])
@@ -228,6 +234,11 @@ def _outside(tex_b: np.ndarray, m: np.ndarray, shape_a: tuple[int, int]) -> floa
     return float(out.mean())
 
 
+def _block_sums(x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(GRID, GRID) sums of ``x`` over the blocks cut at rows ``ys`` and columns ``xs``."""
+    return np.add.reduceat(np.add.reduceat(x, ys[:-1], axis=0), xs[:-1], axis=1)
+
+
 def _aligned_score(a: Prepared, gb: np.ndarray, m: np.ndarray, smaller_side: float) -> float:
     """The share of textured blocks of a (GRID x GRID) whose band-pass correlation with b warped onto a
     is >= 0.5, over the blocks b covers."""
@@ -235,7 +246,7 @@ def _aligned_score(a: Prepared, gb: np.ndarray, m: np.ndarray, smaller_side: flo
 
     h, w = a.grey.shape
     wb = cv2.warpAffine(gb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    valid = cv2.warpAffine(np.full(gb.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST) > 0
+    valid = cv2.warpAffine(np.ones(gb.shape, np.float32), m, (w, h), flags=cv2.INTER_NEAREST)
     # the band the smaller image really holds: sigma follows its enlargement to WORK_SIDE
     sigma = max(1.0, 0.7 * WORK_SIDE / max(smaller_side, 1.0))
 
@@ -244,38 +255,34 @@ def _aligned_score(a: Prepared, gb: np.ndarray, m: np.ndarray, smaller_side: flo
         return cv2.GaussianBlur(g, (0, 0), sigma) - cv2.GaussianBlur(g, (0, 0), 3 * sigma)
 
     ba, bb = band(a.grey), band(wb)
-    agree = total = 0
     ys = np.linspace(0, h, GRID + 1).astype(int)
     xs = np.linspace(0, w, GRID + 1).astype(int)
-    for y0, y1 in zip(ys[:-1], ys[1:], strict=True):
-        for x0, x1 in zip(xs[:-1], xs[1:], strict=True):
-            v = valid[y0:y1, x0:x1]
-            if v.mean() < 0.9:
-                continue
-            pa, pb = ba[y0:y1, x0:x1], bb[y0:y1, x0:x1]
-            sa, sb = float(pa.std()), float(pb.std())
-            if sa < 1.0 and sb < 1.0:
-                continue  # a flat block says nothing
-            total += 1
-            if sa >= 1e-3 and sb >= 1e-3:
-                c = float(((pa - pa.mean()) * (pb - pb.mean())).mean() / (sa * sb))
-                agree += c >= 0.5
-    return agree / total if total else 0.0
+    area = np.outer(np.diff(ys), np.diff(xs)).astype(np.float64)
+    cover = _block_sums(valid, ys, xs) / area
+    sa, sb = _block_sums(ba, ys, xs) / area, _block_sums(bb, ys, xs) / area
+    va = _block_sums(ba * ba, ys, xs) / area - sa * sa
+    vb = _block_sums(bb * bb, ys, xs) / area - sb * sb
+    cov = _block_sums(ba * bb, ys, xs) / area - sa * sb
+    da, db = np.sqrt(np.maximum(va, 0)), np.sqrt(np.maximum(vb, 0))
+    used = (cover >= 0.9) & ((da >= 1.0) | (db >= 1.0))  # a flat block says nothing
+    corr = cov / np.maximum(da * db, 1e-6)
+    total = int(used.sum())
+    return float((used & (corr >= 0.5)).sum() / total) if total else 0.0
 
 
 def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
-    """The evidence about prepared images ``a`` and ``b`` (see :class:`PairCheck`)."""
+    """The evidence about prepared images ``a`` and ``b`` (see :class:`PairCheck`). The aligned score and
+    the containment are measured only when the transform has at least PRECHECK_INLIERS inliers (else
+    they stay 0 and 1: no pair that weak is a copy)."""
     pairs = _match(a.desc, b.desc)
     m, inl = _transform(a.points, b.points, pairs)
     mirrored = False
-    gb = b.grey
     if m is None or inl < DEFAULT_RULE.min_inliers or inl < DEFAULT_RULE.min_inlier_ratio * len(pairs):
         mp, md = _mirror(b)
         mpairs = _match(a.desc, md)
         mm, minl = _transform(a.points, mp, mpairs)
         if mm is not None and minl > inl:
             m, inl, pairs, mirrored = mm, minl, mpairs, True
-            gb = np.ascontiguousarray(b.grey[:, ::-1])
     out = PairCheck(matches=len(pairs), inliers=inl, mirrored=mirrored)
     if m is None:
         return out
@@ -284,10 +291,12 @@ def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
         return out
     out.scale = a.factor / (s * b.factor)  # b's full-resolution pixels per a's
     out.angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
-    inv = np.vstack([m, [0, 0, 1]])
-    inv = np.linalg.inv(inv)[:2]
-    out.outside_b = _outside(_texture(gb), m, a.grey.shape)
-    out.outside_a = _outside(_texture(a.grey), inv, gb.shape)
+    if inl < PRECHECK_INLIERS:
+        return out
+    gb = np.ascontiguousarray(b.grey[:, ::-1]) if mirrored else b.grey
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    out.outside_b = _outside(_textured(b, mirrored), m, a.grey.shape)
+    out.outside_a = _outside(_textured(a), inv, gb.shape)
     smaller = min(max(a.size), max(b.size))
     out.score = _aligned_score(a, gb, m, smaller)
     return out
