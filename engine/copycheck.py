@@ -365,3 +365,89 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
         out.append(checker.check(a, b))
     report(len(pairs), len(pairs), "checking candidate pairs")
     return out
+
+
+# --- what the pixels say about which file came first (the keep-best rule of engine.duplicates) ----
+#: a lossless file whose 8 x 8 grid holds this much more contrast than the rest was decoded from a JPEG
+BLOCKING_RATIO = 1.15
+#: an image has no detail beyond a smaller one when shrinking it to that size and back keeps this
+#: share of its band-pass energy or more
+UPSCALED_KEEPS = 0.93
+LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "WEBP", "PPM", "GIF"})
+
+
+def _grey_full(path: str | os.PathLike) -> np.ndarray:
+    from engine.images import load_image
+
+    return np.asarray(load_image(path).convert("L"), np.float32)
+
+
+def jpeg_blocking(path: str | os.PathLike) -> float:
+    """How much more the pixel differences across one phase of an 8-pixel grid exceed the others
+    (the best phase, either axis): ~1.0 for a camera or lossless picture, > BLOCKING_RATIO for one that
+    was a JPEG once (a decoded JPEG saved as PNG keeps its blocks, even mirrored)."""
+    g = _grey_full(path)
+    out = 1.0
+    for d in (np.abs(np.diff(g, axis=1)).mean(0), np.abs(np.diff(g, axis=0)).mean(1)):
+        if d.size < 32:
+            continue
+        phase = np.array([d[p::8].mean() for p in range(8)])
+        rest = (phase.sum() - phase.max()) / 7
+        out = max(out, float(phase.max() / max(rest, 1e-6)))
+    return out
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format PIL reads in the file's header ('' when unreadable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return str(im.format or "")
+    except Exception:
+        return ""
+
+
+def reencoded_from(path_x: str | os.PathLike, path_y: str | os.PathLike) -> bool:
+    """Both JPEGs of one size: is x a re-encoding of y? Each is saved again with the other's quantisation
+    tables; the one that comes out closer to its own file was made that way (a re-encoding is
+    reproduced almost exactly; the original is not, its own first compression is lost)."""
+    import io
+
+    from PIL import Image
+
+    def again(src: str | os.PathLike, like: str | os.PathLike) -> float:
+        with Image.open(like) as ref:
+            tables = ref.quantization
+            target = np.asarray(ref.convert("RGB"), np.float32)
+        with Image.open(src) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", qtables=tables, subsampling=2)
+        with Image.open(buf) as back:
+            redone = np.asarray(back.convert("RGB"), np.float32)
+        return float(np.abs(redone - target).mean()) if redone.shape == target.shape else np.inf
+
+    try:
+        return again(path_y, path_x) < 0.5 * again(path_x, path_y)
+    except Exception as exc:
+        log.debug("no re-encoding test for %s / %s: %s", path_x, path_y, exc)
+        return False
+
+
+def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
+    """Has x no detail beyond ``smaller_side`` pixels on its long side (an enlargement of a smaller
+    picture)? x is shrunk to that size and enlarged back; when it keeps UPSCALED_KEEPS of its band-pass
+    energy, the shrinking lost nothing."""
+    import cv2
+
+    g = _grey_full(path_x)
+    h, w = g.shape
+    f = smaller_side / max(h, w)
+    if f >= 0.95:
+        return False
+    small = cv2.resize(g, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    hp = g - cv2.GaussianBlur(g, (0, 0), 1.0 / max(f, 1e-3))
+    lost = g - back
+    energy = float((hp * hp).mean())
+    return energy > 0 and 1.0 - float((lost * lost).mean()) / energy >= UPSCALED_KEEPS
