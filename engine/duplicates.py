@@ -75,6 +75,13 @@ ORDER_RULE = "largest resolution, then largest file, then oldest (mtime), then p
 #: the merge checks of complete linkage are O(|A| x |B|): its groups stop growing at this size, so that a
 #: folder of 10,000 identical frames cannot stall it (they come out as several groups)
 COMPLETE_MAX_GROUP = 2_000
+#: stage one of the copies tier: besides every pair above the similar tier's floor, each image's
+#: CANDIDATE_K nearest neighbours scoring >= CANDIDATE_FLOOR are verified. A caption or a 30 % thumbnail
+#: moves a descriptor far (SPoC 0.80 keeps 0.96 of captions) but rarely out of the 5 nearest: on the
+#: training species of benchmarks/duplicates.py this kept >= 0.993 of every kind of edit at 2.4 pairs per
+#: image (docs/BENCHMARKS.md)
+CANDIDATE_K = 5
+CANDIDATE_FLOOR = 0.60
 
 
 def default_threshold(descriptor: str | None) -> float:
@@ -373,6 +380,8 @@ class DuplicateSet:
     checks: dict[tuple[int, int], Any] = field(default_factory=dict)
     #: candidate pairs scoring >= this were verified (None: not verified yet)
     verified_from: float | None = None
+    #: stage one's nearest-neighbour candidates (each image's CANDIDATE_K nearest >= CANDIDATE_FLOOR)
+    candidates: DuplicatePairs | None = None
     decisions: Decisions = field(default_factory=lambda: Decisions())
     _pixels: dict[tuple[int, str], Any] = field(default_factory=dict)
 
@@ -401,8 +410,10 @@ class DuplicateSet:
         threshold = self.pairs.floor if threshold is None else max(float(threshold), self.pairs.floor)
         checker = checker or Checker()
         i, j, _ = self.pairs.above(threshold)
-        todo = [(int(a), int(b)) for a, b in zip(i.tolist(), j.tolist(), strict=True)
-                if (a, b) not in self.checks]
+        if self.candidates is not None:
+            i, j = np.concatenate([i, self.candidates.i]), np.concatenate([j, self.candidates.j])
+        todo = sorted({(int(a), int(b)) for a, b in zip(i.tolist(), j.tolist(), strict=True)
+                       if (a, b) not in self.checks})
         for n, (a, b) in enumerate(todo):
             if n % 8 == 0:
                 if stop():
@@ -514,8 +525,8 @@ class DuplicateSet:
 
 
 def find_duplicates(collection: Any, *, threshold: float | None = None, floor: float | None = None,
-                    k: int = FIRST_K, exact: bool | None = None, progress: ProgressFn | None = None,
-                    should_stop: ShouldStopFn | None = None) -> DuplicateSet:
+                    k: int = FIRST_K, exact: bool | None = None, candidates: bool = True,
+                    progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> DuplicateSet:
     """Search ``collection`` (engine.collection.Collection) once for every pair scoring >= ``floor``
     (default: ``threshold`` - SEARCH_MARGIN, ``threshold`` defaulting to the descriptor's measured
     default) and read the headers of the files in a pair. Regroup with :meth:`DuplicateSet.groups`.
@@ -529,8 +540,14 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
     if floor > threshold:
         raise ValueError(f"floor {floor} is above the threshold {threshold}")
     pairs = find_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop)
+    near = None
+    if candidates and CANDIDATE_FLOOR < floor:  # stage one of the copies tier (see CANDIDATE_K)
+        near = find_pairs(collection, CANDIDATE_FLOOR, k=CANDIDATE_K, max_k=CANDIDATE_K, exact=exact,
+                          progress=lambda d, t, _m: report(d, t, "searching for copy candidates"),
+                          should_stop=stop)
     paths, relpaths = collection.paths[:pairs.n], collection.relpaths[:pairs.n]
     dup = DuplicateSet(str(collection.folder), paths, relpaths, pairs, descriptor=descriptor)
+    dup.candidates = near
     if getattr(collection, "state_dir", None) is not None:
         dup.decisions = Decisions.for_collection(collection)
     if pairs.truncated:
