@@ -182,3 +182,34 @@ def test_keep_all_hides_the_group_until_it_changes(pictures, tmp_path):
     again.verify()
     assert members not in [[it.relpath for it in g.items] for g in again.copy_groups()]
     assert again.decisions.kept(members) and not again.decisions.kept([*members, "new.jpg"])
+
+
+def test_cli_json_gives_both_tiers_the_evidence_and_the_reason(pictures, tmp_path, capsys):
+    from engine.cli import main
+
+    cache = tmp_path / "cache"
+    _collection(pictures, cache)  # the stand-in model's collection, as `index` would leave it
+    spec_args = ["--cache-dir", str(cache), "--backbone", "stand-in", "--weights", "random", "--descriptor",
+                 "spoc", "--image-size", "48"]
+    code = main(["duplicates", str(pictures), "--threshold", "-1", "--json", *spec_args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["copies"] and data["copies"][0]["tier"] == "copies"
+    top = data["copies"][0]
+    assert Path(top["best"]).name == "original.jpg" and top["best_reason"].startswith("not an upscaled")
+    ev = top["evidence"][0]
+    assert {"a", "b", "matches", "inliers", "inlier_ratio", "score", "mirrored", "outside_a"} <= set(ev)
+    mirrored = [e for e in top["evidence"] if "mirror.png" in (e["a"], e["b"])]
+    assert mirrored and all(e["mirrored"] for e in mirrored)
+    up = next(i for i in top["images"] if i["path"].endswith("upscaled.png"))
+    assert not up["keep"] and any("upscaled" in d for d in up["derived"])
+    names = {Path(i["path"]).name for g in data["copies"] for i in g["images"]}
+    assert not names & {"other2.jpg", "other3.jpg", "burst_a.jpg", "burst_b.jpg"}
+    assert "similar" in data and data["keep_best"].startswith("not an upscaled")
+    # a dismissed group is not listed again by the CLI
+    Decisions.for_collection(Collection.open(pictures, model_spec=SPEC, cache_dir=cache)).mark_not_copies(
+        [Path(i["path"]).relative_to(pictures).as_posix() for i in top["images"]])
+    assert main(["duplicates", str(pictures), "--threshold", "-1", "--json", *spec_args]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert len(again["copies"]) == len(data["copies"]) - 1
