@@ -382,6 +382,9 @@ class DuplicateSet:
     verified_from: float | None = None
     #: stage one's nearest-neighbour candidates (each image's CANDIDATE_K nearest >= CANDIDATE_FLOOR)
     candidates: DuplicatePairs | None = None
+    #: when True, :meth:`groups` gives the similar-photos tier (less verified copies and decisions): the
+    #: window sets it once the candidates are verified
+    similar_only: bool = False
     decisions: Decisions = field(default_factory=lambda: Decisions())
     _pixels: dict[tuple[int, str], Any] = field(default_factory=dict)
 
@@ -494,6 +497,8 @@ class DuplicateSet:
                pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[DuplicateGroup]:
         """The groups at ``threshold`` (>= ``pairs.floor``), largest first, then strongest (``pairs``:
         (i, j, scores) to group instead of every pair above the threshold)."""
+        if pairs is None and self.similar_only:
+            return self.similar_groups(threshold, rule)
         i, j, s = self.pairs.above(threshold) if pairs is None else pairs
         rows = group_rows(self.pairs.n, i, j, s, threshold, rule)
         if not rows:
