@@ -451,3 +451,13 @@ def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
     lost = g - back
     energy = float((hp * hp).mean())
     return energy > 0 and 1.0 - float((lost * lost).mean()) / energy >= UPSCALED_KEEPS
+
+
+def filled_corners(path: str | os.PathLike) -> bool:
+    """Are at least three corners of the image a flat fill (black or white), as a rotation that keeps its
+    frame leaves them? (A small square at each corner, every pixel <= 8 or every pixel >= 247.)"""
+    g = _grey_full(path)
+    h, w = g.shape
+    k = max(2, min(h, w) // 60)
+    corners = (g[:k, :k], g[:k, -k:], g[-k:, :k], g[-k:, -k:])
+    return sum(bool((c <= 8).all() or (c >= 247).all()) for c in corners) >= 3

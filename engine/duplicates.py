@@ -716,6 +716,10 @@ def derivations(dup: DuplicateSet, rows: Sequence[int], pairs: Sequence[tuple[in
         for x, y, out_x, out_y in ((a, b, chk.outside_a, chk.outside_b), (b, a, chk.outside_b, chk.outside_a)):
             if out_x <= 0.02 and out_y >= 0.03:
                 out[x].append(Derivation("cropped", dup.relpaths[y]))
+            elif (abs(chk.angle) >= 1.0 and dup.pixel_fact(x, "filled", cc.filled_corners)
+                  and not dup.pixel_fact(y, "filled", cc.filled_corners)):
+                # turned inside its frame: the corners it lost are filled (a crop of the turned picture)
+                out[x].append(Derivation("cropped", dup.relpaths[y]))
         big, small = (b, a) if chk.scale > 1 else (a, b)
         ratio = chk.scale if chk.scale > 1 else (1 / chk.scale if chk.scale else 1.0)
         fs = dup.facts_of(small)
