@@ -454,7 +454,8 @@ def texture(kind: int, rng: np.random.Generator, size: int = 227):
     else:
         arr = 120 + rng.normal(0, 10, (size, size, 3))
         for _ in range(60):
-            x, y, r = (int(v) for v in rng.integers(0, size, 2)) + (int(rng.integers(4, 14)),)
+            x, y = (int(v) for v in rng.integers(0, size, 2))
+            r = int(rng.integers(4, 14))
             cv2.circle(arr, (x, y), r, tuple(float(v) for v in rng.integers(40, 220, 3)), -1)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 

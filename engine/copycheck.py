@@ -372,7 +372,7 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
 BLOCKING_RATIO = 1.15
 #: an image has no detail beyond a smaller one when shrinking it to that size and back keeps this
 #: share of its band-pass energy or more
-UPSCALED_KEEPS = 0.93
+UPSCALED_KEEPS = 0.92
 LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "WEBP", "PPM", "GIF"})
 
 

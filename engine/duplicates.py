@@ -714,9 +714,12 @@ def derivations(dup: DuplicateSet, rows: Sequence[int], pairs: Sequence[tuple[in
         # chk is about (a, b): scale = b's pixels per a's; outside_x = x's content outside the other
         fa, fb = dup.facts_of(a), dup.facts_of(b)
         for x, y, out_x, out_y in ((a, b, chk.outside_a, chk.outside_b), (b, a, chk.outside_b, chk.outside_a)):
-            if out_x <= 0.02 and out_y >= 0.03:
-                out[x].append(Derivation("cropped", dup.relpaths[y]))
-            elif (abs(chk.angle) >= 1.0 and dup.pixel_fact(x, "filled", cc.filled_corners)
+            if abs(chk.angle) < 1.0:
+                # upright: x's content lies inside y's and y holds more (a turned copy's filled corners
+                # make edges of their own: turned pairs are told by the fill below)
+                if out_x <= 0.02 and out_y >= 0.03:
+                    out[x].append(Derivation("cropped", dup.relpaths[y]))
+            elif (dup.pixel_fact(x, "filled", cc.filled_corners) and dup.pixel_fact(x, "filled", cc.filled_corners)
                   and not dup.pixel_fact(y, "filled", cc.filled_corners)):
                 # turned inside its frame: the corners it lost are filled (a crop of the turned picture)
                 out[x].append(Derivation("cropped", dup.relpaths[y]))
@@ -726,6 +729,16 @@ def derivations(dup: DuplicateSet, rows: Sequence[int], pairs: Sequence[tuple[in
         if ratio > 1.1 and fs.width and dup.pixel_fact(big, f"upscaled<{max(fs.width, fs.height)}",
                                                         lambda p, s=max(fs.width, fs.height): cc.upscaled_from(p, s)):
             out[big].append(Derivation("upscaled", dup.relpaths[small]))
+        if 0.97 < ratio < 1.03 and abs(chk.angle) < 1.0:
+            # one size, upright: a lossless file that holds the JPEG blocks of the other was made from it
+            for x, y in ((a, b), (b, a)):
+                if (dup.pixel_fact(x, "format", cc.image_format) in cc.LOSSLESS_FORMATS
+                        and dup.pixel_fact(y, "format", cc.image_format) == "JPEG"
+                        and dup.pixel_fact(y, "blocking", cc.jpeg_blocking) > 1.05
+                        and dup.pixel_fact(x, "blocking", cc.jpeg_blocking)
+                        >= 0.9 * dup.pixel_fact(y, "blocking", cc.jpeg_blocking)
+                        and not any(d.kind == "re-encoded" for d in out[x])):
+                    out[x].append(Derivation("re-encoded", dup.relpaths[y]))
         if (0.97 < ratio < 1.03 and abs(chk.angle) < 0.5 and not chk.mirrored and fa.pixels == fb.pixels
                 and dup.pixel_fact(a, "format", cc.image_format) == "JPEG"
                 and dup.pixel_fact(b, "format", cc.image_format) == "JPEG"):
