@@ -65,6 +65,7 @@ class CopyRule:
     min_inlier_ratio: float = 0.25
     min_score: float = 0.6
     max_outside: float = 0.06
+    max_second: int = 10_000
 
 
 #: chosen on the 50 training species of cub100 by benchmarks/duplicates.py (docs/BENCHMARKS.md)
@@ -87,6 +88,8 @@ class PairCheck:
     score: float = 0.0
     outside_a: float = 1.0
     outside_b: float = 1.0
+    #: inliers of a second, different transform among the outliers of the first (a moved subject)
+    second: int = 0
     error: str = ""
 
     @property
@@ -110,7 +113,7 @@ def is_copy(check: PairCheck, rule: CopyRule = DEFAULT_RULE) -> bool:
     """The verdict on a pair's evidence: the same picture, edited."""
     return (not check.error and check.inliers >= rule.min_inliers
             and check.inlier_ratio >= rule.min_inlier_ratio and check.score >= rule.min_score
-            and check.outside <= rule.max_outside)
+            and check.outside <= rule.max_outside and check.second <= rule.max_second)
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -207,6 +210,32 @@ def _transform(pa: np.ndarray, pb: np.ndarray, pairs: list[tuple[int, int]]) -> 
     return m, int(mask.sum())
 
 
+def _second_model(pa: np.ndarray, pb: np.ndarray, pairs: list[tuple[int, int]], m: np.ndarray) -> int:
+    """Inliers of a second similarity transform among the matches the first leaves out, when it moves
+    points differently from the first (by more than 3 RANSAC thresholds): a subject that moved between two
+    frames of one scene. A caption or a colour change brings no second model (0)."""
+    import cv2
+
+    if len(pairs) < 8:
+        return 0
+    ia = np.array([p[0] for p in pairs])
+    ib = np.array([p[1] for p in pairs])
+    src, dst = pb[ib], pa[ia]
+    err = np.linalg.norm(src @ m[:, :2].T + m[:, 2] - dst, axis=1)
+    out = err > RANSAC_PIXELS
+    if out.sum() < 6:
+        return 0
+    m2, mask = cv2.estimateAffinePartial2D(src[out], dst[out], method=cv2.RANSAC,
+                                           ransacReprojThreshold=RANSAC_PIXELS, maxIters=1000,
+                                           confidence=0.99)
+    if m2 is None or mask is None:
+        return 0
+    keep = mask.ravel().astype(bool)
+    moved = src[out][keep]
+    shift = np.linalg.norm((moved @ m2[:, :2].T + m2[:, 2]) - (moved @ m[:, :2].T + m[:, 2]), axis=1)
+    return int(keep.sum()) if np.median(shift) > 3 * RANSAC_PIXELS else 0
+
+
 def _texture(grey: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels with local contrast (black rotation corners and flat fills have none)."""
     import cv2
@@ -286,6 +315,8 @@ def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
     out = PairCheck(matches=len(pairs), inliers=inl, mirrored=mirrored)
     if m is None:
         return out
+    out.second = _second_model(a.points, (_mirror(b)[0] if mirrored else b.points), pairs, m) \
+        if inl >= PRECHECK_INLIERS else 0
     s = float(np.hypot(m[0, 0], m[1, 0]))  # a's work pixels per b's work pixel
     if not 1e-3 < s < 1e3:
         return out
