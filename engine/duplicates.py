@@ -23,7 +23,14 @@ other photos of their species (docs/BENCHMARKS.md, "Near-duplicates"):
   198 groups mixed, one of 34 images; pair precision 0.73 against 0.97 for complete): the strict rule is
   for low thresholds.
 
-Each group is ordered best first by :data:`ORDER_RULE`: largest resolution (width x height), then
+Two tiers (issue 29): the groups above are **similar photos**; :meth:`DuplicateSet.verify` checks the
+candidate pairs (those pairs plus each image's CANDIDATE_K nearest neighbours) with engine.copycheck, and
+:meth:`DuplicateSet.copy_groups` gives the **copies** (verified pairs only), each ordered by a
+:class:`BestRule` that never keeps an upscaled, re-encoded or cropped copy (:func:`derivations`) and says
+why (``best_reason``). :class:`Decisions` ("not copies", "keep all") are kept beside the collection's state,
+keyed by relative paths, and applied to both tiers.
+
+Each similar-photos group is ordered best first by :data:`ORDER_RULE`: largest resolution (width x height), then
 largest file, then oldest (smallest mtime), then path. Nothing here deletes anything: :func:`move_files`
 and :func:`trash_files` move what they are given, and the window asks for confirmation first.
 """
