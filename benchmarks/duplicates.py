@@ -25,6 +25,13 @@ precision >= 0.95", then reported on the 50 test species. pHash similarity is 1 
 Also: connected components against complete linkage at the chosen threshold (groups that join
 different originals), and the time of engine.duplicates.find_duplicates on the collection.
 
+The copies tier (issue 29, :func:`copies_report`): the candidates of engine.duplicates (pairs above the
+similar floor and each image's 5 nearest) verified by engine.copycheck; its rule chosen on the training
+species (RULE_GRID) and reported on the test species: precision / recall per kind of edit, groups mixing
+two photos, hard negatives the benchmark makes itself (two frames of a camera shift, two frames of a moved
+subject, two textures of one generator), the keep-best rule (is the original the best of its group, an
+upscaled copy added) and the cost per 1,000 candidate pairs. ``--copies-only`` prints only that.
+
     python benchmarks/duplicates.py --data ../shared/data/cub100 [--work DIR] [--per-class 3] [--negatives 6]
 
 Markdown tables on stdout, progress on stderr. Extraction goes through `retrieval-explorer index` (all
