@@ -333,12 +333,17 @@ class DuplicatesView(QDialog):
         self.more_button.setText(f"Show more groups ({len(self.groups) - self.shown:,} more)")
 
     def _group_row(self, number: int, group: Any) -> QWidget:
+        return self._group_widget(f"<b>Group {number}</b>: {len(group)} images, similarity "
+                                  f"{group.min_score:.3f}–{group.max_score:.3f}", group, self._cards)
+
+    def _group_widget(self, title_text: str, group: Any, cards_of: dict[str, _Card]) -> QWidget:
+        """One group: its title, 'Not copies' / 'Keep all', and a card per image (kept in ``cards_of``)."""
         row = QWidget()
         lay = QVBoxLayout(row)
         lay.setContentsMargins(0, 6, 0, 6)
-        title = QLabel(f"<b>Group {number}</b>: {len(group)} images, similarity {group.min_score:.3f}–"
-                       f"{group.max_score:.3f}")
         head = QHBoxLayout()
+        title = QLabel(title_text)
+        title.setWordWrap(True)
         head.addWidget(title, 1)
         self._decision_buttons(head, group)
         lay.addLayout(head)
@@ -347,7 +352,7 @@ class DuplicatesView(QDialog):
         for it in group.items:
             card = _Card(it, it.path in self.selected)
             card.toggled.connect(self._on_toggled)
-            self._cards[it.path] = card
+            cards_of[it.path] = card
             img = self.loader.request(it.path)
             if img is not None:
                 card.set_image(img)
@@ -506,27 +511,8 @@ class DuplicatesView(QDialog):
             self.regroup()
 
     def _copy_row(self, number: int, group: Any) -> QWidget:
-        row = QWidget()
-        lay = QVBoxLayout(row)
-        lay.setContentsMargins(0, 6, 0, 6)
-        head = QHBoxLayout()
-        title = QLabel(f"<b>Copies {number}</b>: {len(group)} images; kept: {group.best_reason}")
-        title.setWordWrap(True)
-        head.addWidget(title, 1)
-        self._decision_buttons(head, group)
-        lay.addLayout(head)
-        cards = QHBoxLayout()
-        cards.setAlignment(Qt.AlignmentFlag.AlignLeft)
-        for it in group.items:
-            card = _Card(it, it.path in self.selected)
-            card.toggled.connect(self._on_toggled)
-            self._copy_cards[it.path] = card
-            img = self.loader.request(it.path)
-            if img is not None:
-                card.set_image(img)
-            cards.addWidget(card)
-        lay.addLayout(cards)
-        return row
+        return self._group_widget(f"<b>Copies {number}</b>: {len(group)} images; kept: {group.best_reason}",
+                                  group, self._copy_cards)
 
     def _decision_buttons(self, layout: QHBoxLayout, group: Any) -> None:
         no = QPushButton("Not copies")
