@@ -749,9 +749,10 @@ def derivations(dup: DuplicateSet, rows: Sequence[int], pairs: Sequence[tuple[in
         if (0.97 < ratio < 1.03 and abs(chk.angle) < 0.5 and not chk.mirrored and fa.pixels == fb.pixels
                 and dup.pixel_fact(a, "format", cc.image_format) == "JPEG"
                 and dup.pixel_fact(b, "format", cc.image_format) == "JPEG"):
-            if cc.reencoded_from(dup.paths[a], dup.paths[b]):
+            # cached per pair: the copies slider and the keep-best rule regroup without re-encoding again
+            if dup.pixel_fact(a, f"re-encoded from {b}", lambda p, q=dup.paths[b]: cc.reencoded_from(p, q)):
                 out[a].append(Derivation("re-encoded", dup.relpaths[b]))
-            elif cc.reencoded_from(dup.paths[b], dup.paths[a]):
+            elif dup.pixel_fact(b, f"re-encoded from {a}", lambda p, q=dup.paths[a]: cc.reencoded_from(p, q)):
                 out[b].append(Derivation("re-encoded", dup.relpaths[a]))
     return out
 
