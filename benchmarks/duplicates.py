@@ -25,6 +25,13 @@ precision >= 0.95", then reported on the 50 test species. pHash similarity is 1 
 Also: connected components against complete linkage at the chosen threshold (groups that join
 different originals), and the time of engine.duplicates.find_duplicates on the collection.
 
+The copies tier (issue 29, :func:`copies_report`): the candidates of engine.duplicates (pairs above the
+similar floor and each image's 5 nearest) verified by engine.copycheck; its rule chosen on the training
+species (RULE_GRID) and reported on the test species: precision / recall per kind of edit, groups mixing
+two photos, hard negatives the benchmark makes itself (two frames of a camera shift, two frames of a moved
+subject, two textures of one generator), the keep-best rule (is the original the best of its group, an
+upscaled copy added) and the cost per 1,000 candidate pairs. ``--copies-only`` prints only that.
+
     python benchmarks/duplicates.py --data ../shared/data/cub100 [--work DIR] [--per-class 3] [--negatives 6]
 
 Markdown tables on stdout, progress on stderr. Extraction goes through `retrieval-explorer index` (all
@@ -326,6 +333,374 @@ def group_purity(records: list[dict], rows: np.ndarray, a: np.ndarray, b: np.nda
     return out
 
 
+# --- the copies tier: verification of candidate pairs (issue 29) ---------------------------------
+#: the goals of issue 29
+GOAL_RECALL, GOAL_PRECISION, GOAL_MIXED, GOAL_BEST = 0.97, 0.99, 0.01, 0.98
+#: the verification thresholds tried on the training species (engine.copycheck.CopyRule fields)
+RULE_GRID = {"min_inliers": (8, 10, 12, 15, 20, 25), "min_inlier_ratio": (0.1, 0.3),
+             "min_score": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "max_outside": (0.03, 0.06, 0.1, 0.15),
+             "max_second": (2, 4, 6, 10_000)}
+
+
+def candidate_pairs(vectors: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stage one as engine.duplicates does it for SPoC: every pair >= the similar tier's floor (the default
+    threshold - SEARCH_MARGIN) and each image's CANDIDATE_K nearest >= CANDIDATE_FLOOR -> (a, b), a < b."""
+    from engine.duplicates import CANDIDATE_FLOOR, CANDIDATE_K, SEARCH_MARGIN, default_threshold
+
+    sim = vectors @ vectors.T
+    np.fill_diagonal(sim, -2.0)
+    top = np.argpartition(-sim, CANDIDATE_K, axis=1)[:, :CANDIDATE_K]
+    near = np.zeros(sim.shape, bool)
+    near[np.arange(sim.shape[0])[:, None], top] = True
+    keep = ((near | near.T) & (sim >= CANDIDATE_FLOOR)) | (sim >= default_threshold("spoc") - SEARCH_MARGIN)
+    a, b, _ = pair_table(np.where(keep, 1.0, 0.0), 0.5, ignore)
+    return a.astype(np.int64), b.astype(np.int64)
+
+
+def evidence_table(checks: list) -> dict[str, np.ndarray]:
+    return {"inliers": np.array([c.inliers for c in checks]), "ratio": np.array([c.inlier_ratio for c in checks]),
+            "score": np.array([c.score for c in checks]), "outside": np.array([c.outside for c in checks]),
+            "second": np.array([c.second for c in checks]), "error": np.array([bool(c.error) for c in checks])}
+
+
+def verdicts(ev: dict[str, np.ndarray], rule: dict[str, float]) -> np.ndarray:
+    """engine.copycheck.is_copy over an evidence table."""
+    return (~ev["error"] & (ev["inliers"] >= rule["min_inliers"]) & (ev["ratio"] >= rule["min_inlier_ratio"])
+            & (ev["score"] >= rule["min_score"]) & (ev["outside"] <= rule["max_outside"])
+            & (ev["second"] <= rule["max_second"]))
+
+
+def make_hard_negatives(data_images: Path, records: list[dict], out: Path, seed: int = 1) -> list[dict]:
+    """Bursts and textures, written once under ``out``: per original photo two frames of a camera shift
+    (two crops of 80 % of the side, 10-25 % apart) and two frames of a moved subject (a central region of
+    35-50 % of the side moved 10-25 % and scaled 0.9-1.1 in each frame, in opposite directions), each frame
+    saved as JPEG 90; and per species two textures of one generator (filtered noise, bricks with jittered
+    rows, or scattered blobs) with different seeds. Returns records (relpath under ``out``, species, pair
+    id, kind)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text())
+    rng = np.random.default_rng(seed)
+    recs: list[dict] = []
+    pair = 0
+    for r in records:
+        if r["kind"] != "original":
+            continue
+        img = Image.open(data_images / r["relpath"]).convert("RGB")
+        w, h = img.size
+        d = out / r["species"]
+        d.mkdir(parents=True, exist_ok=True)
+        stem = Path(r["relpath"]).stem
+        # camera shift: two crops of 80 % offset by 10-25 % of the side (random direction)
+        cw, ch = round(w * 0.8), round(h * 0.8)
+        off = rng.uniform(0.10, 0.25) * w
+        ang = rng.uniform(0, 2 * np.pi)
+        dx, dy = off * np.cos(ang), off * np.sin(ang)
+        x0 = (w - cw) / 2 - dx / 2
+        y0 = (h - ch) / 2 - dy / 2
+        frames = []
+        for sx, sy in ((x0, y0), (x0 + dx, y0 + dy)):
+            sx = int(np.clip(round(sx), 0, w - cw))
+            sy = int(np.clip(round(sy), 0, h - ch))
+            frames.append(img.crop((sx, sy, sx + cw, sy + ch)).resize((w, h), Image.Resampling.BICUBIC))
+        for n, f in enumerate(frames):
+            rel = f"{r['species']}/{stem}_shift{n}.jpg"
+            f.save(out / rel, quality=90)
+            recs.append({"relpath": rel, "species": r["species"], "pair": pair, "kind": "shift"})
+        pair += 1
+        # moved subject: a central region moved in opposite directions in the two frames
+        side = rng.uniform(0.35, 0.5)
+        rw, rh = round(w * side), round(h * side)
+        box = ((w - rw) // 2, (h - rh) // 2)
+        region = img.crop((box[0], box[1], box[0] + rw, box[1] + rh))
+        off = rng.uniform(0.10, 0.25) * w / 2
+        ang = rng.uniform(0, 2 * np.pi)
+        mask = Image.new("L", (rw, rh), 0)
+        ImageDraw.Draw(mask).ellipse((0, 0, rw - 1, rh - 1), fill=255)
+        for n, sign in enumerate((1, -1)):
+            z = rng.uniform(0.9, 1.1)
+            part = region.resize((round(rw * z), round(rh * z)), Image.Resampling.BICUBIC)
+            m = mask.resize(part.size).filter(ImageFilter.GaussianBlur(3))
+            frame = img.copy()
+            frame.paste(part, (int(box[0] + sign * off * np.cos(ang)), int(box[1] + sign * off * np.sin(ang))), m)
+            rel = f"{r['species']}/{stem}_moved{n}.jpg"
+            frame.save(out / rel, quality=90)
+            recs.append({"relpath": rel, "species": r["species"], "pair": pair, "kind": "moved"})
+        pair += 1
+    species = sorted({r["species"] for r in records})
+    for s in species:
+        gen = int(rng.integers(0, 3))
+        for n in range(2):
+            t = texture(gen, rng)
+            rel = f"{s}/texture{gen}_{n}.png"
+            t.save(out / rel)
+            recs.append({"relpath": rel, "species": s, "pair": pair, "kind": "texture"})
+        pair += 1
+    manifest.write_text(json.dumps(recs))
+    return recs
+
+
+def texture(kind: int, rng: np.random.Generator, size: int = 227):
+    """A generated texture: 0 filtered colour noise, 1 bricks (jittered rows, per-brick colour),
+    2 scattered blobs on grain."""
+    import cv2
+    from PIL import Image
+
+    if kind == 0:
+        noise = rng.normal(0, 1, (size, size, 3)).astype(np.float32)
+        arr = cv2.GaussianBlur(noise, (0, 0), 2.5)
+        arr = 128 + arr / (arr.std() + 1e-6) * 40
+    elif kind == 1:
+        arr = np.full((size, size, 3), 200.0, np.float32)
+        bh, bw = 18, 40
+        for row, y in enumerate(range(0, size, bh)):
+            shift = int(rng.integers(0, bw)) if row % 2 else 0
+            for x in range(-shift, size, bw):
+                c = np.array([150, 70, 50]) + rng.normal(0, 12, 3)
+                arr[y + 2:y + bh, max(0, x + 2):max(0, x + bw)] = c
+        arr += rng.normal(0, 6, arr.shape)
+    else:
+        arr = 120 + rng.normal(0, 10, (size, size, 3))
+        for _ in range(60):
+            x, y = (int(v) for v in rng.integers(0, size, 2))
+            r = int(rng.integers(4, 14))
+            cv2.circle(arr, (x, y), r, tuple(float(v) for v in rng.integers(40, 220, 3)), -1)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def choose_rule(recall_per_kind, precision_per_kind) -> int:
+    """The verification rule (index into the grid): the highest minimum recall over the kinds and 'all'
+    among rules whose precision is >= GOAL_PRECISION on every kind, 'all' and the hard negatives (the
+    highest minimum precision when none reaches it); ties: the strictest (most inliers, highest score)."""
+    rec = np.min(recall_per_kind, 0)
+    prec = np.min(precision_per_kind, 0)
+    ok = np.flatnonzero(prec >= GOAL_PRECISION)
+    if ok.size == 0:
+        return int(np.argmax(prec))
+    best = rec[ok].max()
+    return int(ok[rec[ok] >= best - 1e-12][-1])
+
+
+def _checks_cached(checker, paths: list[str], a: np.ndarray, b: np.ndarray, cache: Path) -> tuple[list, float, float]:
+    """engine.copycheck evidence of pairs (paths[a], paths[b]) -> (PairChecks, seconds preparing images,
+    seconds checking pairs); kept in ``cache`` (npz) for later runs (seconds then from the first run)."""
+    from engine.copycheck import PairCheck
+
+    fields = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b", "second")
+    if cache.is_file():
+        z = np.load(cache)
+        if np.array_equal(z["a"], a) and np.array_equal(z["b"], b):
+            have = [f for f in fields if f in z.files]
+            checks = [PairCheck(**{f: z[f][n].item() for f in have}, error="error" if z["error"][n] else "")
+                      for n in range(a.size)]
+            if "second" not in z.files:
+                # evidence of an earlier version without the second-model check: it can only turn a pair
+                # that passes every other threshold of the grid into a non-copy, so only those are checked
+                # again (the seconds stay the first run's)
+                loose = {k: min(v) if k.startswith("max") is False else max(v) for k, v in RULE_GRID.items()}
+                again = np.flatnonzero(verdicts(evidence_table(checks), loose))
+                eprint(f"  checking {again.size:,} pairs again for the second-model evidence")
+                for n in again.tolist():
+                    checks[n] = checker.check(paths[a[n]], paths[b[n]])
+                np.savez(cache, a=a, b=b, prep_s=z["prep_s"], check_s=z["check_s"],
+                         error=np.array([bool(c.error) for c in checks]),
+                         **{f: np.array([getattr(c, f) for c in checks]) for f in fields})
+            return checks, float(z["prep_s"]), float(z["check_s"])
+    t = time.perf_counter()
+    for x, r in enumerate(np.unique(np.concatenate([a, b])).tolist()):
+        checker.prepared(paths[r])
+        if x % 500 == 0:
+            eprint(f"  images prepared: {x}")
+    prep_s = time.perf_counter() - t
+    t = time.perf_counter()
+    checks = []
+    for n, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+        checks.append(checker.check(paths[x], paths[y]))
+        if n % 2000 == 0:
+            eprint(f"  pairs checked: {n}/{a.size}")
+    check_s = time.perf_counter() - t
+    np.savez(cache, a=a, b=b, prep_s=prep_s, check_s=check_s, error=np.array([bool(c.error) for c in checks]),
+             **{f: np.array([getattr(c, f) for c in checks]) for f in fields})
+    return checks, prep_s, check_s
+
+
+def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarray], spoc: np.ndarray,
+                  ignore: np.ndarray, work: Path, only: str | None = None) -> None:
+    """The copies tier on the same collection: candidates (stage one), verification (stage two), the
+    rule chosen on the training species, then recall per kind, precision, mixed groups, hard negatives,
+    the keep-best rule and the cost on the test species."""
+    import itertools
+
+    from PIL import Image
+
+    from engine.copycheck import Checker, CopyRule
+    from engine.duplicates import DuplicatePairs, DuplicateSet
+
+    kinds = [*KINDS, "all"]
+    paths = [str(folder / r["relpath"]) for r in records]
+    a, b = candidate_pairs(spoc, ignore)
+    checker = Checker(capacity=len(records) + 2_000)
+    ev, cost, cand_recall = {}, {}, {}
+    for h in ("calibration", "test"):
+        if only and h != only:
+            continue
+        inh = np.isin(a, halves[h]) & np.isin(b, halves[h])
+        ha, hb = a[inh], b[inh]
+        eprint(f"{h}: verifying {ha.size:,} candidate pairs")
+        checks, prep_s, check_s = _checks_cached(checker, paths, ha, hb, work / f"evidence-{h}.npz")
+        n_img = int(np.unique(np.concatenate([ha, hb])).size)
+        ev[h] = (ha, hb, evidence_table(checks), checks)
+        cost[h] = (n_img, prep_s, ha.size, check_s)
+        one = np.ones(ha.size)
+        cand_recall[h] = {k: metrics(records, halves[h], ha, hb, one, k, np.array([0.5]))[1][0] for k in kinds}
+
+    # the hard negatives: bursts and textures, one pair each
+    neg = make_hard_negatives(folder, records, work / "hard-negatives")
+    train = {records[n]["species"] for n in halves["calibration"]}
+    by_pair: dict[int, list[dict]] = {}
+    for r in neg:
+        by_pair.setdefault(r["pair"], []).append(r)
+    neg_ev = {}
+    for h in ev:
+        items = [v for v in by_pair.values() if (v[0]["species"] in train) == (h == "calibration")]
+        checks = [checker.check(str(work / "hard-negatives" / x["relpath"]), str(work / "hard-negatives" / y["relpath"]))
+                  for x, y in items]
+        neg_ev[h] = (np.array([x["kind"] for x, _ in items]), evidence_table(checks))
+
+    rules = [dict(zip(RULE_GRID, v, strict=True)) for v in itertools.product(*RULE_GRID.values())]
+
+    def measure(h: str, rule: dict) -> tuple[dict, dict, float, dict]:
+        ha, hb, table, _ = ev[h]
+        s = verdicts(table, rule).astype(np.float64)
+        prec, rec = {}, {}
+        for k in kinds:
+            p, r = metrics(records, halves[h], ha, hb, s, k, np.array([0.5]))
+            prec[k], rec[k] = float(p[0]), float(r[0])
+        nk, nt = neg_ev[h]
+        fp_neg = verdicts(nt, rule)
+        true_all = rec["all"] * n_true_all[h]  # verified true pairs of 'all'; verified pairs: true / precision
+        hard_prec = true_all / (true_all / max(prec["all"], 1e-9) + fp_neg.sum()) if true_all else 0.0
+        per_neg = {k: (int(fp_neg[nk == k].sum()), int((nk == k).sum())) for k in ("shift", "moved", "texture")}
+        return prec, rec, float(hard_prec), per_neg
+
+    source = np.array([r["source"] for r in records])
+    n_true_all = {}
+    for h in ev:
+        srcs = source[halves[h]]
+        n_src = np.bincount(srcs[srcs >= 0])
+        n_true_all[h] = int((n_src * (n_src - 1) // 2).sum())
+
+    if "calibration" in ev:
+        t = time.perf_counter()
+        results = [measure("calibration", r) for r in rules]
+        recs = np.array([[res[1][k] for k in kinds] for res in results]).T
+        precs = np.array([[*(res[0][k] for k in kinds), res[2]] for res in results]).T
+        chosen = rules[choose_rule(recs, precs)]
+        eprint(f"rule grid ({len(rules)} rules) on the calibration species in {time.perf_counter() - t:.0f} s")
+    else:
+        chosen = asdict_rule(CopyRule())
+    print("\n### The copies tier: candidates verified by engine.copycheck (issue 29)\n")
+    print(f"Candidates (stage one, SPoC): {', '.join(f'{h}: {cost[h][2]:,} pairs among {cost[h][0]:,} images' for h in ev)}. "
+          "Candidate recall (an upper bound for the copies): "
+          + "; ".join(f"{h}: " + ", ".join(f"{k} {cand_recall[h][k]:.3f}" for k in kinds) for h in ev) + ".\n")
+    print(f"Verification rule chosen on the calibration species (highest minimum recall over the kinds at "
+          f"precision >= {GOAL_PRECISION} on every kind, all edits and the hard negatives): "
+          + ", ".join(f"{k} = {v}" for k, v in chosen.items()) + "\n")
+    print("| species | " + " | ".join(kinds) + " | hard negatives: pair precision | shift / moved / texture verified |")
+    print("|---|" + "---|" * (len(kinds) + 2))
+    for h in ev:
+        prec, rec, hard, per_neg = measure(h, chosen)
+        cells = []
+        for k in kinds:
+            cell = f"{prec[k]:.3f} / {rec[k]:.3f}"
+            cells.append(f"**{cell}**" if prec[k] >= GOAL_PRECISION and rec[k] >= GOAL_RECALL else cell)
+        negs = " / ".join(f"{v[0]} of {v[1]}" for v in per_neg.values())
+        print(f"| {h} | " + " | ".join(cells) + f" | {hard:.3f} | {negs} |")
+
+    # grouping and the keep-best rule on the test species
+    for h in ev:
+        ha, hb, table, checks = ev[h]
+        ok = verdicts(table, chosen)
+        g = group_purity(records, halves[h], ha[ok], hb[ok], np.ones(int(ok.sum())), 0.5)["components"]
+        print(f"\nGroups of verified copies ({h} species, every edit at once, connected components): "
+              f"{g['groups']} groups, {g['mixed']} mixing two photos ({g['mixed'] / max(g['groups'], 1):.1%}; "
+              f"goal <= {GOAL_MIXED:.0%}), largest {g['largest']}, pair precision {g['precision']:.3f}, "
+              f"same-group recall {g['recall']:.3f}.")
+    h = "test" if "test" in ev else "calibration"
+    ha, hb, table, checks = ev[h]
+    # an upscaled copy of every original (x1.5-2.5, bicubic; JPEG 90 or PNG) joins its group: the trap
+    # of "largest resolution first"
+    rng = np.random.default_rng(7)
+    up_dir = work / "upscaled"
+    extra_paths, extra_pairs = [], []
+    members: dict[int, list[int]] = {}
+    for n in halves[h].tolist():
+        if source[n] >= 0:
+            members.setdefault(int(source[n]), []).append(n)
+    for rows in members.values():
+        orig = next(r for r in rows if records[r]["kind"] == "original")
+        p = up_dir / records[orig]["relpath"]
+        p = p.with_name(p.stem + ("_up.jpg" if rng.random() < 0.5 else "_up.png"))
+        if not p.is_file():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(paths[orig]) as im:
+                f = rng.uniform(1.5, 2.5)
+                im.convert("RGB").resize((round(im.width * f), round(im.height * f)),
+                                         Image.Resampling.BICUBIC).save(p, quality=90)
+        row = len(paths) + len(extra_paths)
+        extra_paths.append(str(p))
+        extra_pairs += [(r, row) for r in rows]
+    all_paths = paths + extra_paths
+    relpaths = [Path(x).relative_to(folder).as_posix() if x.startswith(str(folder)) else
+                "upscaled/" + Path(x).relative_to(up_dir).as_posix() for x in all_paths]
+    ea = np.array([x for x, _ in extra_pairs], np.int64)
+    eb = np.array([y for _, y in extra_pairs], np.int64)
+    dup = DuplicateSet(str(folder), all_paths, relpaths,
+                       DuplicatePairs(len(all_paths), np.concatenate([ha, ea]), np.concatenate([hb, eb]),
+                                      np.ones(ha.size + ea.size, np.float32), 0.0))
+    dup.checks = {(int(x), int(y)): c for x, y, c in zip(ha.tolist(), hb.tolist(), checks, strict=True)}
+    t = time.perf_counter()
+    for x, y in extra_pairs:
+        dup.checks[(x, y)] = checker.check(all_paths[x], all_paths[y])
+    up_s = time.perf_counter() - t
+    t = time.perf_counter()
+    groups = dup.copy_groups(CopyRule(**chosen))
+    best_s = time.perf_counter() - t
+    with_orig = [g for g in groups if any(records[it.row]["kind"] == "original" for it in g.items if it.row < len(records))]
+    best_orig = sum(1 for g in with_orig if g.best.row < len(records) and records[g.best.row]["kind"] == "original")
+    wrong = [(g.best.relpath, g.best_reason) for g in with_orig
+             if not (g.best.row < len(records) and records[g.best.row]["kind"] == "original")]
+    print(f"\nKeep-best rule ({h} species, each original's group with every edit and an upscaled copy of "
+          f"x1.5-2.5; default order: {', '.join(dup_order())}): the best is the original in {best_orig} of "
+          f"{len(with_orig)} groups ({best_orig / max(len(with_orig), 1):.3f}; goal >= {GOAL_BEST}). "
+          f"Upscaled copies verified against their group: {up_s:.1f} s; grouping and ordering (reads pixels): "
+          f"{best_s:.1f} s.")
+    if wrong:
+        print("Kept instead of the original: " + "; ".join(f"{p} ({r})" for p, r in wrong[:8]))
+    load = os.getloadavg()
+    for hh in ev:
+        n_img, prep_s, n_pairs, check_s = cost[hh]
+        print(f"\nCost ({hh}): {n_img:,} images decoded and described in {prep_s:.0f} s "
+              f"({prep_s / max(n_img, 1) * 1000:.0f} s per 1,000 images), {n_pairs:,} pairs checked in "
+              f"{check_s:.0f} s ({check_s / max(n_pairs, 1) * 1000:.1f} s per 1,000 candidate pairs; with the "
+              f"decoding: {(prep_s + check_s) / max(n_pairs, 1) * 1000:.1f} s per 1,000 pairs). One process, "
+              f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
+
+
+def asdict_rule(rule) -> dict:
+    from dataclasses import asdict
+
+    return asdict(rule)
+
+
+def dup_order() -> tuple[str, ...]:
+    from engine.duplicates import BEST_CRITERIA
+
+    return BEST_CRITERIA
+
+
 # --- main ----------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -336,6 +711,10 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=3, help="originals per species (default 3)")
     ap.add_argument("--negatives", type=int, default=-1,
                     help="distinct, unedited photos per species (default -1: all the others)")
+    ap.add_argument("--copies-only", action="store_true",
+                    help="only the copies tier (verification; issue 29), not the descriptor tables")
+    ap.add_argument("--copies-half", choices=("calibration", "test"), default=None,
+                    help="verify one half only (calibration: to tune the rule; default both)")
     args = ap.parse_args()
     start = time.perf_counter()
     work = args.work or Path(tempfile.gettempdir()) / "retrieval-explorer-bench-duplicates"
@@ -346,6 +725,11 @@ def main() -> None:
     halves = {"calibration": np.array([n for n, r in enumerate(records) if r["species"] in train]),
               "test": np.array([n for n, r in enumerate(records) if r["species"] not in train])}
     vectors = index_and_load(folder, folder.parent / "cache", relpaths)
+    if args.copies_only:
+        copies_report(folder, records, halves, vectors["spoc"], copy_pair_keys(records), folder.parent,
+                      args.copies_half)
+        eprint(f"whole run: {time.perf_counter() - start:.0f} s")
+        return
     t = time.perf_counter()
     bits = phash_bits(folder, relpaths)
     phash_s = time.perf_counter() - t
@@ -451,6 +835,7 @@ def main() -> None:
     regroup_ms = (time.perf_counter() - t) / 20 * 1000
     print("\nDefault thresholds (engine.duplicates.DEFAULT_THRESHOLDS): "
           + ", ".join(f'"{m}": {COSINE_GRID[chosen[m]]:.2f}' for m in DESCRIPTORS))
+    copies_report(folder, records, halves, vectors["spoc"], ignore, folder.parent, args.copies_half)
     print(f"\nengine.duplicates on this collection ({len(c):,} images, spoc): search and headers "
           f"{search_s:.2f} s ({'exact' if dup.pairs.exact else 'HNSW'}, {dup.pairs.queries} index calls, "
           f"{len(dup.pairs):,} pairs >= {dup.pairs.floor:.2f}); regrouping {regroup_ms:.1f} ms per "

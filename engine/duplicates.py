@@ -23,7 +23,14 @@ other photos of their species (docs/BENCHMARKS.md, "Near-duplicates"):
   198 groups mixed, one of 34 images; pair precision 0.73 against 0.97 for complete): the strict rule is
   for low thresholds.
 
-Each group is ordered best first by :data:`ORDER_RULE`: largest resolution (width x height), then
+Two tiers (issue 29): the groups above are **similar photos**; :meth:`DuplicateSet.verify` checks the
+candidate pairs (those pairs plus each image's CANDIDATE_K nearest neighbours) with engine.copycheck, and
+:meth:`DuplicateSet.copy_groups` gives the **copies** (verified pairs only), each ordered by a
+:class:`BestRule` that never keeps an upscaled, re-encoded or cropped copy (:func:`derivations`) and says
+why (``best_reason``). :class:`Decisions` ("not copies", "keep all") are kept beside the collection's state,
+keyed by relative paths, and applied to both tiers.
+
+Each similar-photos group is ordered best first by :data:`ORDER_RULE`: largest resolution (width x height), then
 largest file, then oldest (smallest mtime), then path. Nothing here deletes anything: :func:`move_files`
 and :func:`trash_files` move what they are given, and the window asks for confirmation first.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -75,6 +83,13 @@ ORDER_RULE = "largest resolution, then largest file, then oldest (mtime), then p
 #: the merge checks of complete linkage are O(|A| x |B|): its groups stop growing at this size, so that a
 #: folder of 10,000 identical frames cannot stall it (they come out as several groups)
 COMPLETE_MAX_GROUP = 2_000
+#: stage one of the copies tier: besides every pair above the similar tier's floor, each image's
+#: CANDIDATE_K nearest neighbours scoring >= CANDIDATE_FLOOR are verified. A caption or a 30 % thumbnail
+#: moves a descriptor far (SPoC 0.80 keeps 0.96 of captions) but rarely out of the 5 nearest: on the
+#: training species of benchmarks/duplicates.py this kept >= 0.993 of every kind of edit at 2.4 pairs per
+#: image (docs/BENCHMARKS.md)
+CANDIDATE_K = 5
+CANDIDATE_FLOOR = 0.60
 
 
 def default_threshold(descriptor: str | None) -> float:
@@ -323,6 +338,8 @@ class DuplicateItem:
     facts: FileFacts
     best: bool
     score: float | None
+    #: why this image is a derived copy ('upscaled copy of a/b.jpg'...): never the best by default
+    derived: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -333,6 +350,12 @@ class DuplicateGroup:
     items: list[DuplicateItem]
     max_score: float
     min_score: float
+    #: "similar" (descriptor pairs above the threshold) or "copies" (pairs the verification confirmed)
+    tier: str = "similar"
+    #: why the first image is the best (the keep-best rule's deciding criterion)
+    best_reason: str = ""
+    #: copies: the evidence of each verified pair inside the group (PairCheck.as_dict() + a, b relpaths)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -359,6 +382,116 @@ class DuplicateSet:
     facts: dict[int, FileFacts] = field(default_factory=dict)
     descriptor: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: verification evidence (engine.copycheck.PairCheck) per candidate pair (i, j), i < j
+    checks: dict[tuple[int, int], Any] = field(default_factory=dict)
+    #: candidate pairs scoring >= this were verified (None: not verified yet)
+    verified_from: float | None = None
+    #: stage one's nearest-neighbour candidates (each image's CANDIDATE_K nearest >= CANDIDATE_FLOOR)
+    candidates: DuplicatePairs | None = None
+    #: when True, :meth:`groups` gives the similar-photos tier (less verified copies and decisions): the
+    #: window sets it once the candidates are verified
+    similar_only: bool = False
+    decisions: Decisions = field(default_factory=lambda: Decisions())
+    _pixels: dict[tuple[int, str], Any] = field(default_factory=dict)
+
+    def pixel_fact(self, row: int, name: str, fn: Callable[[str], Any]) -> Any:
+        """``fn(path)`` of a row, cached under ``name`` (what the keep-best rule reads from files)."""
+        key = (int(row), name)
+        if key not in self._pixels:
+            self._pixels[key] = fn(self.paths[row])
+        return self._pixels[key]
+
+    def _dismissed(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """(P,) bool: pairs the user said are not copies."""
+        if not self.decisions.not_copies:
+            return np.zeros(i.shape[0], bool)
+        return np.fromiter((self.decisions.dismissed(self.relpaths[a], self.relpaths[b])
+                            for a, b in zip(i.tolist(), j.tolist(), strict=True)), bool, i.shape[0])
+
+    def verify(self, threshold: float | None = None, checker: Any = None, *, progress: ProgressFn | None = None,
+               should_stop: ShouldStopFn | None = None) -> int:
+        """Stage two: check every candidate pair scoring >= ``threshold`` (default: the floor) with
+        engine.copycheck (cached: a pair checked before is not checked again). Returns the pairs checked
+        now. Raises Cancelled when stopped (the checks made so far are kept)."""
+        from engine.copycheck import Checker
+
+        report, stop = resolve(progress, should_stop)
+        threshold = self.pairs.floor if threshold is None else max(float(threshold), self.pairs.floor)
+        checker = checker or Checker()
+        i, j, _ = self.pairs.above(threshold)
+        if self.candidates is not None:
+            i, j = np.concatenate([i, self.candidates.i]), np.concatenate([j, self.candidates.j])
+        todo = sorted({(int(a), int(b)) for a, b in zip(i.tolist(), j.tolist(), strict=True)
+                       if (a, b) not in self.checks})
+        for n, (a, b) in enumerate(todo):
+            if n % 8 == 0:
+                if stop():
+                    raise Cancelled("verification stopped")
+                report(n, len(todo), "verifying candidate pairs")
+            self.checks[(a, b)] = checker.check(self.paths[a], self.paths[b])
+        report(len(todo), len(todo), "verifying candidate pairs")
+        self.verified_from = threshold if self.verified_from is None else min(self.verified_from, threshold)
+        return len(todo)
+
+    def copy_pairs(self, copy_rule: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The verified pairs (i, j, verification score), strongest first, less the dismissed ones."""
+        from engine.copycheck import DEFAULT_RULE, is_copy
+
+        copy_rule = copy_rule or DEFAULT_RULE
+        got = [(a, b, c.score) for (a, b), c in self.checks.items() if is_copy(c, copy_rule)]
+        if not got:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        i, j, s = (np.array(v) for v in zip(*got, strict=True))
+        order = np.lexsort((j, i, -s))
+        i, j, s = i[order].astype(np.int64), j[order].astype(np.int64), s[order].astype(np.float32)
+        keep = ~self._dismissed(i, j)
+        return i[keep], j[keep], s[keep]
+
+    def copy_groups(self, copy_rule: Any = None, best_rule: BestRule | None = None) -> list[DuplicateGroup]:
+        """Tier one: groups of verified copies (connected components), each ordered by ``best_rule``
+        (default BestRule()), ``best_reason`` and ``evidence`` filled in; groups settled with 'keep all'
+        are left out. Reads pixels for the keep-best rule (call it off the GUI thread)."""
+        best_rule = best_rule or BestRule()
+        i, j, s = self.copy_pairs(copy_rule)
+        rows = group_rows(self.pairs.n, i, j, s, -np.inf)
+        out = []
+        for g in rows:
+            members = [int(r) for r in g]
+            if self.decisions.kept([self.relpaths[r] for r in members]):
+                continue
+            inside = np.isin(i, g) & np.isin(j, g)
+            pairs = list(zip(i[inside].tolist(), j[inside].tolist(), strict=True))
+            derived = derivations(self, members, pairs)
+            ordered, reason = choose_best(self, members, derived, best_rule)
+            best = ordered[0]
+            to_best = {b if a == best else a: float(c.score) for (a, b), c in
+                       ((p, self.checks[p]) for p in pairs) if best in (a, b)}
+            items = [DuplicateItem(r, self.paths[r], self.relpaths[r], self.facts_of(r), x == 0,
+                                   1.0 if x == 0 else to_best.get(r), [d.text() for d in derived.get(r, [])])
+                     for x, r in enumerate(ordered)]
+            evidence = [{"a": self.relpaths[a], "b": self.relpaths[b], **self.checks[(a, b)].as_dict()}
+                        for a, b in pairs]
+            sc = s[inside]
+            out.append(DuplicateGroup(items, float(sc.max()), float(sc.min()), "copies", reason, evidence))
+        out.sort(key=lambda grp: (-len(grp), -grp.max_score, grp.best.relpath))
+        return out
+
+    def similar_groups(self, threshold: float, rule: str = DEFAULT_RULE,
+                       copy_rule: Any = None) -> list[DuplicateGroup]:
+        """Tier two: groups of candidate pairs scoring >= ``threshold`` that are not verified copies (nor
+        dismissed); ordered as :meth:`groups`. Before :meth:`verify` it is :meth:`groups` less the
+        decisions."""
+        from engine.copycheck import DEFAULT_RULE as COPY_RULE
+        from engine.copycheck import is_copy
+
+        copy_rule = copy_rule or COPY_RULE
+        i, j, s = self.pairs.above(threshold)
+        keep = ~self._dismissed(i, j)
+        if self.checks:
+            keep &= np.fromiter((not is_copy(self.checks[(a, b)], copy_rule) if (a, b) in self.checks else True
+                                 for a, b in zip(i.tolist(), j.tolist(), strict=True)), bool, i.shape[0])
+        return [g for g in self.groups(threshold, rule, pairs=(i[keep], j[keep], s[keep]))
+                if not self.decisions.kept([it.relpath for it in g.items])]
 
     def facts_of(self, row: int) -> FileFacts:
         f = self.facts.get(row)
@@ -366,9 +499,13 @@ class DuplicateSet:
             f = self.facts[row] = file_facts(self.paths[row])
         return f
 
-    def groups(self, threshold: float, rule: str = DEFAULT_RULE) -> list[DuplicateGroup]:
-        """The groups at ``threshold`` (>= ``pairs.floor``), largest first, then strongest."""
-        i, j, s = self.pairs.above(threshold)
+    def groups(self, threshold: float, rule: str = DEFAULT_RULE,
+               pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[DuplicateGroup]:
+        """The groups at ``threshold`` (>= ``pairs.floor``), largest first, then strongest (``pairs``:
+        (i, j, scores) to group instead of every pair above the threshold)."""
+        if pairs is None and self.similar_only:
+            return self.similar_groups(threshold, rule)
+        i, j, s = self.pairs.above(threshold) if pairs is None else pairs
         rows = group_rows(self.pairs.n, i, j, s, threshold, rule)
         if not rows:
             return []
@@ -399,8 +536,8 @@ class DuplicateSet:
 
 
 def find_duplicates(collection: Any, *, threshold: float | None = None, floor: float | None = None,
-                    k: int = FIRST_K, exact: bool | None = None, progress: ProgressFn | None = None,
-                    should_stop: ShouldStopFn | None = None) -> DuplicateSet:
+                    k: int = FIRST_K, exact: bool | None = None, candidates: bool = True,
+                    progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> DuplicateSet:
     """Search ``collection`` (engine.collection.Collection) once for every pair scoring >= ``floor``
     (default: ``threshold`` - SEARCH_MARGIN, ``threshold`` defaulting to the descriptor's measured
     default) and read the headers of the files in a pair. Regroup with :meth:`DuplicateSet.groups`.
@@ -414,8 +551,16 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
     if floor > threshold:
         raise ValueError(f"floor {floor} is above the threshold {threshold}")
     pairs = find_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop)
+    near = None
+    if candidates and CANDIDATE_FLOOR < floor:  # stage one of the copies tier (see CANDIDATE_K)
+        near = find_pairs(collection, CANDIDATE_FLOOR, k=CANDIDATE_K, max_k=CANDIDATE_K, exact=exact,
+                          progress=lambda d, t, _m: report(d, t, "searching for copy candidates"),
+                          should_stop=stop)
     paths, relpaths = collection.paths[:pairs.n], collection.relpaths[:pairs.n]
     dup = DuplicateSet(str(collection.folder), paths, relpaths, pairs, descriptor=descriptor)
+    dup.candidates = near
+    if getattr(collection, "state_dir", None) is not None:
+        dup.decisions = Decisions.for_collection(collection)
     if pairs.truncated:
         dup.notes.append(f"{pairs.truncated} images have more than {MAX_NEIGHBOURS} neighbours above "
                          f"{pairs.floor:.2f}: only their {MAX_NEIGHBOURS} nearest were kept")
@@ -428,6 +573,225 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
         dup.facts[r] = file_facts(paths[r])
     report(int(rows.size), int(rows.size), f"{len(pairs):,} similar pairs")
     return dup
+
+
+# --- decisions: "not copies" and "keep all", kept beside the collection ----------------------------
+DECISIONS_FILE = "duplicate-decisions.json"
+
+
+@dataclass
+class Decisions:
+    """What the user said about groups, keyed by relative paths (so that it survives reindexing):
+    ``not_copies``: pairs of images that are not copies of each other (a dismissed group gives all its
+    pairs); ``keep_all``: groups whose images are all kept (hidden while the group holds no other
+    image). Stored as JSON at ``path`` (None: in memory only), written atomically."""
+
+    path: Path | None = None
+    not_copies: set[tuple[str, str]] = field(default_factory=set)
+    keep_all: list[frozenset[str]] = field(default_factory=list)
+
+    @classmethod
+    def for_collection(cls, collection: Any) -> Decisions:
+        """The decisions of ``collection``'s folder (shared by its model variants: beside their state)."""
+        return cls.load(Path(collection.state_dir).parent / DECISIONS_FILE)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Decisions:
+        """Read ``path`` (missing: no decisions; unreadable: no decisions and a warning in the log)."""
+        d = cls(Path(path))
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            d.not_copies = {(min(a, b), max(a, b)) for a, b in raw.get("not_copies", [])}
+            d.keep_all = [frozenset(g) for g in raw.get("keep_all", []) if len(g) >= 2]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable duplicate decisions %s: %s", path, exc)
+        return d
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"version": 1, "not_copies": sorted(self.not_copies),
+                                                 "keep_all": sorted(sorted(g) for g in self.keep_all)},
+                                                indent=1))
+
+    def mark_not_copies(self, relpaths: Sequence[str]) -> None:
+        """Every two of ``relpaths`` are not copies; saved at once."""
+        rel = sorted(set(relpaths))
+        self.not_copies.update((a, b) for x, a in enumerate(rel) for b in rel[x + 1:])
+        self.save()
+
+    def mark_keep_all(self, relpaths: Sequence[str]) -> None:
+        """Keep every image of this group; saved at once."""
+        self.keep_all.append(frozenset(relpaths))
+        self.save()
+
+    def dismissed(self, a: str, b: str) -> bool:
+        return (min(a, b), max(a, b)) in self.not_copies
+
+    def kept(self, relpaths: Sequence[str]) -> bool:
+        """The group was settled with 'keep all' (and holds no image added since)."""
+        s = set(relpaths)
+        return any(s <= g for g in self.keep_all)
+
+
+# --- two stages: candidates verified, copies and similar photos -----------------------------------
+#: the keep-best rule's criteria (BestRule.order): "derived" puts a copy that is an upscaled, re-encoded or
+#: cropped version of another member last; then largest resolution, largest file, oldest date taken
+#: (EXIF, else mtime), files under the preferred folder first
+BEST_CRITERIA = ("derived", "resolution", "bytes", "date", "folder")
+BEST_LABELS = {"derived": "not an upscaled, re-encoded or cropped copy of another",
+               "resolution": "largest resolution", "bytes": "largest file", "date": "oldest (date taken)",
+               "folder": "in the preferred folder"}
+
+
+@dataclass(frozen=True)
+class BestRule:
+    """Which image of a group of copies to keep: ``order`` of BEST_CRITERIA (each used at most once,
+    the path last), ``folder``: a preferred folder (absolute, or relative to the collection)."""
+
+    order: tuple[str, ...] = BEST_CRITERIA
+    folder: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.order if c not in BEST_CRITERIA]
+        if bad or len(set(self.order)) != len(self.order):
+            raise ValueError(f"keep-best criteria must be distinct names among {', '.join(BEST_CRITERIA)}; "
+                             f"got {', '.join(self.order)}")
+
+    def describe(self) -> str:
+        text = ", then ".join(BEST_LABELS[c] for c in self.order)
+        return text + (f" ({self.folder})" if self.folder and "folder" in self.order else "")
+
+    @classmethod
+    def parse(cls, text: str | None, folder: str | None = None) -> BestRule:
+        """From 'derived,resolution,bytes' (None: the default order)."""
+        order = tuple(c.strip() for c in text.split(",") if c.strip()) if text else BEST_CRITERIA
+        return cls(order, folder or None)
+
+
+def date_taken(path: str | os.PathLike) -> float | None:
+    """EXIF DateTimeOriginal (or DateTime) as seconds since the epoch, None when absent."""
+    import datetime
+
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            exif = im.getexif()
+            raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        if not raw:
+            return None
+        return datetime.datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp()
+    except Exception:
+        return None
+
+
+@dataclass
+class Derivation:
+    """Why a file is a derived copy: ``kind`` 'upscaled', 're-encoded' or 'cropped'; ``source``: the
+    relpath it was derived from ('' when told by the file alone, e.g. JPEG blocks in a PNG)."""
+
+    kind: str
+    source: str = ""
+
+    def text(self) -> str:
+        return f"{self.kind} copy" + (f" of {self.source}" if self.source else " (JPEG blocks in a lossless file)")
+
+
+def derivations(dup: DuplicateSet, rows: Sequence[int], pairs: Sequence[tuple[int, int]]) -> dict[int, list[Derivation]]:
+    """For the rows of one group and its verified pairs: which rows are upscaled, re-encoded or cropped
+    copies of another (engine.copycheck reads the pixels; results cached in ``dup``)."""
+    from engine import copycheck as cc
+
+    out: dict[int, list[Derivation]] = {int(r): [] for r in rows}
+    for r in rows:
+        if dup.pixel_fact(r, "format", lambda p: cc.image_format(p)) in cc.LOSSLESS_FORMATS \
+                and dup.pixel_fact(r, "blocking", cc.jpeg_blocking) > cc.BLOCKING_RATIO:
+            out[r].append(Derivation("re-encoded"))
+    for a, b in pairs:
+        chk = dup.checks.get((min(a, b), max(a, b)))
+        if chk is None or chk.error:
+            continue
+        if a > b:
+            a, b = b, a
+        # chk is about (a, b): scale = b's pixels per a's; outside_x = x's content outside the other
+        fa, fb = dup.facts_of(a), dup.facts_of(b)
+        for x, y, out_x, out_y in ((a, b, chk.outside_a, chk.outside_b), (b, a, chk.outside_b, chk.outside_a)):
+            if abs(chk.angle) < 1.0:
+                # upright: x's content lies inside y's and y holds more (a turned copy's filled corners
+                # make edges of their own: turned pairs are told by the fill below)
+                if out_x <= 0.02 and out_y >= 0.03:
+                    out[x].append(Derivation("cropped", dup.relpaths[y]))
+            elif (dup.pixel_fact(x, "filled", cc.filled_corners) and dup.pixel_fact(x, "filled", cc.filled_corners)
+                  and not dup.pixel_fact(y, "filled", cc.filled_corners)):
+                # turned inside its frame: the corners it lost are filled (a crop of the turned picture)
+                out[x].append(Derivation("cropped", dup.relpaths[y]))
+        big, small = (b, a) if chk.scale > 1 else (a, b)
+        ratio = chk.scale if chk.scale > 1 else (1 / chk.scale if chk.scale else 1.0)
+        fs = dup.facts_of(small)
+        if ratio > 1.1 and fs.width and dup.pixel_fact(big, f"upscaled<{max(fs.width, fs.height)}",
+                                                        lambda p, s=max(fs.width, fs.height): cc.upscaled_from(p, s)):
+            out[big].append(Derivation("upscaled", dup.relpaths[small]))
+        if 0.97 < ratio < 1.03 and abs(chk.angle) < 1.0:
+            # one size, upright: a lossless file that holds the JPEG blocks of the other was made from it
+            for x, y in ((a, b), (b, a)):
+                if (dup.pixel_fact(x, "format", cc.image_format) in cc.LOSSLESS_FORMATS
+                        and dup.pixel_fact(y, "format", cc.image_format) == "JPEG"
+                        and dup.pixel_fact(y, "blocking", cc.jpeg_blocking) > 1.05
+                        and dup.pixel_fact(x, "blocking", cc.jpeg_blocking)
+                        >= 0.9 * dup.pixel_fact(y, "blocking", cc.jpeg_blocking)
+                        and not any(d.kind == "re-encoded" for d in out[x])):
+                    out[x].append(Derivation("re-encoded", dup.relpaths[y]))
+        if (0.97 < ratio < 1.03 and abs(chk.angle) < 0.5 and not chk.mirrored and fa.pixels == fb.pixels
+                and dup.pixel_fact(a, "format", cc.image_format) == "JPEG"
+                and dup.pixel_fact(b, "format", cc.image_format) == "JPEG"):
+            # cached per pair: the copies slider and the keep-best rule regroup without re-encoding again
+            if dup.pixel_fact(a, f"re-encoded from {b}", lambda p, q=dup.paths[b]: cc.reencoded_from(p, q)):
+                out[a].append(Derivation("re-encoded", dup.relpaths[b]))
+            elif dup.pixel_fact(b, f"re-encoded from {a}", lambda p, q=dup.paths[a]: cc.reencoded_from(p, q)):
+                out[b].append(Derivation("re-encoded", dup.relpaths[a]))
+    return out
+
+
+def choose_best(dup: DuplicateSet, rows: Sequence[int], derived: dict[int, list[Derivation]],
+                rule: BestRule) -> tuple[list[int], str]:
+    """The rows ordered best first by ``rule`` and the reason the first one was chosen."""
+    pref = None
+    if rule.folder:
+        pref = Path(rule.folder) if os.path.isabs(rule.folder) else Path(dup.folder) / rule.folder
+
+    def value(r: int, c: str) -> Any:
+        f = dup.facts_of(r)
+        if c == "derived":
+            return 1 if derived.get(r) else 0
+        if c == "resolution":
+            return -f.pixels
+        if c == "bytes":
+            return -f.bytes
+        if c == "date":
+            d = dup.pixel_fact(r, "date", date_taken)
+            return d if d is not None else f.mtime
+        if pref is None:
+            return 0
+        try:
+            Path(dup.paths[r]).resolve().relative_to(pref.resolve())
+            return 0
+        except ValueError:
+            return 1
+
+    ordered = sorted(rows, key=lambda r: (*(value(r, c) for c in rule.order), dup.relpaths[r]))
+    best, reason = ordered[0], "first by path (nothing else tells them apart)"
+    for c in rule.order:
+        if any(value(r, c) != value(best, c) for r in ordered[1:]):
+            reason = BEST_LABELS[c]
+            if c == "derived":
+                others = [f"{dup.relpaths[r]}: {derived[r][0].text()}" for r in ordered[1:] if derived.get(r)]
+                reason += " (" + "; ".join(others[:3]) + (" …" if len(others) > 3 else "") + ")"
+            break
+    return ordered, reason
 
 
 # --- output and actions --------------------------------------------------------------------------

@@ -18,8 +18,10 @@ from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
     QFrame,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPushButton,
     QScrollArea,
@@ -39,6 +41,8 @@ THUMB = 128
 STEP = 0.005
 #: regrouping of more pairs than this runs in a worker instead of on the GUI thread
 GUI_REGROUP_PAIRS = 20_000
+#: the copies tier's slider: the verification's aligned score (engine.copycheck.PairCheck.score), in %
+COPY_SCORE_RANGE = (30, 100)
 
 
 def _size(n: int) -> str:
@@ -57,6 +61,13 @@ def find_job(collection_fn: Callable[[], Any], threshold: float, floor: float, *
 
     return find_duplicates(collection_fn(), threshold=threshold, floor=floor, progress=progress,
                            should_stop=should_stop)
+
+
+def verify_job(dup: Any, copy_rule: Any, best_rule: Any, *, progress=None, should_stop=None) -> list[Any]:
+    """Worker: verify ``dup``'s candidate pairs (cached: only new pairs are checked), then the copies
+    tier's groups under ``copy_rule`` and ``best_rule`` (reads pixels for the keep-best rule)."""
+    dup.verify(progress=progress, should_stop=should_stop)
+    return dup.copy_groups(copy_rule, best_rule)
 
 
 class _Card(QFrame):
@@ -94,6 +105,12 @@ class _Card(QFrame):
         name.setWordWrap(True)
         name.setToolTip(item.path)
         lay.addWidget(name)
+        derived = getattr(item, "derived", None)
+        if derived:
+            why = QLabel(derived[0].split(" of ")[0].split(" (")[0])
+            why.setStyleSheet("border: none; color: #a15c00")
+            why.setToolTip("; ".join(derived))
+            lay.addWidget(why)
 
     def set_image(self, img: QImage) -> None:
         if not img.isNull():
@@ -114,9 +131,9 @@ class DuplicatesView(QDialog):
                  confirm: Callable[[str, str], bool] | None = None,
                  ask_folder: Callable[[], str] | None = None,
                  ask_save: Callable[[], str] | None = None, trash: Callable[[str], None] | None = None,
-                 parent: QWidget | None = None) -> None:
+                 verify: bool = True, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from engine.duplicates import SEARCH_MARGIN, default_threshold
+        from engine.duplicates import SEARCH_MARGIN, BestRule, default_threshold
 
         self.setWindowTitle("Find duplicates")
         self.resize(1100, 760)
@@ -146,7 +163,15 @@ class DuplicatesView(QDialog):
         self._regroup = workers.LatestTask(self, "regroup")
         #: deleted when closed, after its tasks have stopped (the window's menu sets it)
         self.delete_on_close = False
+        #: the copies tier: verification of the candidates in a worker (the latest request wins)
+        self.verify_enabled = verify
+        self.verifier = workers.LatestTask(self, "verify copies")
+        self.copy_groups: list[Any] = []
+        self._copy_cards: dict[str, _Card] = {}
+        self.best_rule = BestRule()
+        self.verified = 0
         self._build()
+        self._build_copies()
 
     # --- layout -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -236,6 +261,8 @@ class DuplicatesView(QDialog):
     def _on_found(self, dup: Any) -> None:
         self.dup = dup
         self.regroup()
+        if self.verify_enabled:
+            self.verify()
 
     def _on_slider(self, _value: int) -> None:
         self._update_threshold_label()
@@ -302,18 +329,26 @@ class DuplicatesView(QDialog):
         self.more_button.setText(f"Show more groups ({len(self.groups) - self.shown:,} more)")
 
     def _group_row(self, number: int, group: Any) -> QWidget:
+        return self._group_widget(f"<b>Group {number}</b>: {len(group)} images, similarity "
+                                  f"{group.min_score:.3f}–{group.max_score:.3f}", group, self._cards)
+
+    def _group_widget(self, title_text: str, group: Any, cards_of: dict[str, _Card]) -> QWidget:
+        """One group: its title, 'Not copies' / 'Keep all', and a card per image (kept in ``cards_of``)."""
         row = QWidget()
         lay = QVBoxLayout(row)
         lay.setContentsMargins(0, 6, 0, 6)
-        title = QLabel(f"<b>Group {number}</b>: {len(group)} images, similarity {group.min_score:.3f}–"
-                       f"{group.max_score:.3f}")
-        lay.addWidget(title)
+        head = QHBoxLayout()
+        title = QLabel(title_text)
+        title.setWordWrap(True)
+        head.addWidget(title, 1)
+        self._decision_buttons(head, group)
+        lay.addLayout(head)
         cards = QHBoxLayout()
         cards.setAlignment(Qt.AlignmentFlag.AlignLeft)
         for it in group.items:
             card = _Card(it, it.path in self.selected)
             card.toggled.connect(self._on_toggled)
-            self._cards[it.path] = card
+            cards_of[it.path] = card
             img = self.loader.request(it.path)
             if img is not None:
                 card.set_image(img)
@@ -322,9 +357,190 @@ class DuplicatesView(QDialog):
         return row
 
     def _on_thumbnail(self, path: str, img: QImage) -> None:
-        card = self._cards.get(path)
-        if card is not None:
-            card.set_image(img)
+        for card in (self._cards.get(path), self._copy_cards.get(path)):
+            if card is not None:
+                card.set_image(img)
+
+    # --- the copies tier (verified) ------------------------------------------------------------------
+    def _build_copies(self) -> None:
+        """The copies tier above the similar photos: its own slider (the verification's score), the
+        keep-best rule (shown and editable), progress and cancel, and its groups."""
+        from engine.copycheck import DEFAULT_RULE
+
+        box = QGroupBox("Copies: the same picture, edited (verified pixel by pixel)")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Check score"))
+        self.copy_slider = QSlider(Qt.Orientation.Horizontal)
+        self.copy_slider.setRange(*COPY_SCORE_RANGE)
+        self.copy_slider.setValue(round(DEFAULT_RULE.min_score * 100))
+        self.copy_slider.setToolTip("The share of the aligned picture that must agree (captions and colour "
+                                    "changes keep most of it; another photo of the scene does not); the "
+                                    f"default {DEFAULT_RULE.min_score:.2f} was chosen on the benchmark's "
+                                    "training species (docs/BENCHMARKS.md)")
+        self.copy_slider.valueChanged.connect(lambda _v: self._on_copy_slider())
+        row.addWidget(self.copy_slider, 1)
+        self.copy_label = QLabel()
+        self.copy_label.setMinimumWidth(40)
+        row.addWidget(self.copy_label)
+        self.cancel_verify_button = QPushButton("Cancel")
+        self.cancel_verify_button.clicked.connect(self.cancel_verification)
+        self.cancel_verify_button.setEnabled(False)
+        row.addWidget(self.cancel_verify_button)
+        lay.addLayout(row)
+        rule = QHBoxLayout()
+        rule.addWidget(QLabel("Keep best:"))
+        self.best_edit = QLineEdit(",".join(self.best_rule.order))
+        self.best_edit.setToolTip("Criteria in order: derived (never an upscaled, re-encoded or cropped copy), "
+                                  "resolution, bytes, date, folder")
+        self.best_edit.editingFinished.connect(self._on_best_rule)
+        rule.addWidget(self.best_edit, 2)
+        rule.addWidget(QLabel("preferred folder:"))
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("none")
+        self.folder_edit.editingFinished.connect(self._on_best_rule)
+        rule.addWidget(self.folder_edit, 1)
+        lay.addLayout(rule)
+        self.best_label = QLabel()
+        self.best_label.setWordWrap(True)
+        lay.addWidget(self.best_label)
+        self.copy_status = QLabel("Copies are verified once the similar pairs are found." if self.verify_enabled
+                                  else "Verification is off.")
+        self.copy_status.setWordWrap(True)
+        lay.addWidget(self.copy_status)
+        self.copy_scroll = QScrollArea()
+        self.copy_scroll.setWidgetResizable(True)
+        body = QWidget()
+        self.copy_rows = QVBoxLayout(body)
+        self.copy_rows.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.copy_scroll.setWidget(body)
+        lay.addWidget(self.copy_scroll, 1)
+        buttons = QHBoxLayout()
+        self.select_copies_button = QPushButton("Select all but the best copy")
+        self.select_copies_button.setToolTip("Tick every verified copy except the best of its group")
+        self.select_copies_button.clicked.connect(self.select_all_but_best_copy)
+        buttons.addWidget(self.select_copies_button)
+        buttons.addStretch(1)
+        lay.addLayout(buttons)
+        outer = self.layout()
+        outer.insertWidget(0, box, 1)
+        outer.insertWidget(1, QLabel("<b>Similar photos</b> (not verified as copies): the slider is the "
+                                     "descriptors' similarity"))
+        self._update_copy_label()
+
+    def copy_rule(self) -> Any:
+        from dataclasses import replace
+
+        from engine.copycheck import DEFAULT_RULE
+
+        return replace(DEFAULT_RULE, min_score=self.copy_slider.value() / 100)
+
+    def _update_copy_label(self) -> None:
+        self.copy_label.setText(f"{self.copy_slider.value() / 100:.2f}")
+        self.best_label.setText(f"The best of each group (kept, green) is: {self.best_rule.describe()}.")
+
+    def _on_copy_slider(self) -> None:
+        self._update_copy_label()
+        if self.dup is not None and self.dup.verified_from is not None:
+            self.verify()
+
+    def _on_best_rule(self) -> None:
+        from engine.duplicates import BestRule
+
+        try:
+            rule = BestRule.parse(self.best_edit.text(), self.folder_edit.text().strip() or None)
+        except ValueError as exc:
+            self.copy_status.setText(str(exc))
+            return
+        if rule == self.best_rule:
+            return
+        self.best_rule = rule
+        self._update_copy_label()
+        if self.dup is not None and self.dup.verified_from is not None:
+            self.verify()
+
+    def verify(self) -> int:
+        """Verify the candidates and show the copies (in a worker; the latest request wins)."""
+        if self.dup is None:
+            return 0
+        self.cancel_verify_button.setEnabled(True)
+        return self.verifier.request(verify_job, self.dup, self.copy_rule(), self.best_rule,
+                                     on_result=self._show_copies, on_progress=self._on_verify_progress,
+                                     on_error=lambda msg, _tb: self._verify_failed(msg))
+
+    def cancel_verification(self) -> None:
+        self.verifier.cancel()
+        self.cancel_verify_button.setEnabled(False)
+        self.copy_status.setText("Verification cancelled: the pairs checked so far are kept; move the slider "
+                                 "to go on.")
+
+    def _verify_failed(self, msg: str) -> None:
+        self.cancel_verify_button.setEnabled(False)
+        self.copy_status.setText(f"Cannot verify the copies: {msg}")
+
+    def _on_verify_progress(self, done: int, total: int, message: str) -> None:
+        self.copy_status.setText(f"{message}… {done:,} of {total:,}" if total else f"{message}…")
+
+    def _show_copies(self, groups: list[Any]) -> None:
+        self.verified += 1
+        self.cancel_verify_button.setEnabled(False)
+        if self.gone:
+            for g in groups:
+                g.items = [it for it in g.items if it.path not in self.gone]
+            groups = [g for g in groups if len(g.items) >= 2]
+        self.copy_groups = groups
+        self._copy_cards.clear()
+        while self.copy_rows.count():
+            w = self.copy_rows.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        for n, g in enumerate(groups[:PAGE], 1):
+            self.copy_rows.addWidget(self._copy_row(n, g))
+        extra = sum(len(g) - 1 for g in groups)
+        more = f" (the first {PAGE} shown)" if len(groups) > PAGE else ""
+        self.copy_status.setText(f"{len(groups):,} groups of copies, {extra:,} images that are copies of a kept "
+                                 f"one; {len(self.dup.checks):,} candidate pairs checked{more}." if groups else
+                                 f"No verified copies ({len(self.dup.checks):,} candidate pairs checked).")
+        # the similar tier now leaves out what was verified
+        if not self.dup.similar_only:
+            self.dup.similar_only = True
+            self.regroup()
+
+    def _copy_row(self, number: int, group: Any) -> QWidget:
+        return self._group_widget(f"<b>Copies {number}</b>: {len(group)} images; kept: {group.best_reason}",
+                                  group, self._copy_cards)
+
+    def _decision_buttons(self, layout: QHBoxLayout, group: Any) -> None:
+        no = QPushButton("Not copies")
+        no.setToolTip("These images are not copies of one another: never group them again (remembered "
+                      "with the collection)")
+        no.clicked.connect(lambda: self.mark_not_copies(group))
+        keep = QPushButton("Keep all")
+        keep.setToolTip("Keep every image of this group and stop showing it (remembered with the collection)")
+        keep.clicked.connect(lambda: self.mark_keep_all(group))
+        layout.addWidget(no)
+        layout.addWidget(keep)
+
+    def mark_not_copies(self, group: Any) -> None:
+        """Remember that the images of ``group`` are not copies, and regroup both tiers."""
+        self.dup.decisions.mark_not_copies([it.relpath for it in group.items])
+        self._after_decision()
+
+    def mark_keep_all(self, group: Any) -> None:
+        """Remember to keep every image of ``group``, and regroup both tiers."""
+        self.dup.decisions.mark_keep_all([it.relpath for it in group.items])
+        self._after_decision()
+
+    def _after_decision(self) -> None:
+        self.dup.similar_only = True  # decisions apply to the similar tier too
+        self.regroup()
+        if self.dup.verified_from is not None or self.verifier.busy:
+            self.verify()
+
+    def select_all_but_best_copy(self) -> None:
+        """Select every verified copy except the best of its group (the keep-best rule's choice)."""
+        self.selected = {it.path for g in self.copy_groups for it in g.others}
+        self._sync_checks()
 
     # --- selection --------------------------------------------------------------------------------
     def _on_toggled(self, path: str, on: bool) -> None:
@@ -335,7 +551,7 @@ class DuplicatesView(QDialog):
         self._update_actions()
 
     def _sync_checks(self) -> None:
-        for path, card in self._cards.items():
+        for path, card in [*self._cards.items(), *self._copy_cards.items()]:
             card.check.blockSignals(True)
             card.check.setChecked(path in self.selected)
             card.check.blockSignals(False)
@@ -352,7 +568,8 @@ class DuplicatesView(QDialog):
 
     def selected_paths(self) -> list[str]:
         """The selection in group order."""
-        return [it.path for g in self.groups for it in g.items if it.path in self.selected]
+        out = [it.path for g in [*self.copy_groups, *self.groups] for it in g.items if it.path in self.selected]
+        return list(dict.fromkeys(out))
 
     def _update_actions(self) -> None:
         n = len(self.selected)
@@ -467,7 +684,9 @@ class DuplicatesView(QDialog):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         self._regroup.cancel()
-        running = [t for t in (self._task, self._regroup.handle) if t is not None and t.is_running()]
+        self.verifier.cancel()
+        running = [t for t in (self._task, self._regroup.handle, self.verifier.handle)
+                   if t is not None and t.is_running()]
         for task in running:
             task.cancel()
         super().closeEvent(event)
@@ -491,6 +710,11 @@ class DuplicatesView(QDialog):
         for task in (self._task, self._regroup.handle):
             if task is not None:
                 ok = task.wait(msecs) and ok
+        while self.verifier.busy and ok:  # a waiting request starts when the running one ends
+            handle = self.verifier.handle
+            ok = handle is None or workers.wait_for_task(handle, msecs)
+            if handle is None:
+                break
         return ok
 
 

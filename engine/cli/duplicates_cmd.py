@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from engine.cli.common import TextProgress
 from engine.cli.index_cmd import spec_from_args
 from engine.collection import Collection, CollectionError
-from engine.duplicates import ORDER_RULE, default_threshold, find_duplicates, group_records
+from engine.duplicates import ORDER_RULE, BestRule, default_threshold, find_duplicates, group_records
 from engine.vocabulary import DEFAULT_BACKBONE
 
 
@@ -59,8 +60,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rule", choices=("components", "complete"), default="components",
                    help="components (default): images linked through pairs above the threshold form a "
                    "group; complete: every two images of a group score above it (no chains, smaller groups)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the verification (no 'copies' tier: only similar photos, from the vectors alone)")
+    p.add_argument("--keep-best", metavar="ORDER", default=None,
+                   help="the keep-best rule of the copies: criteria in order, comma-separated, among derived "
+                   "(not an upscaled, re-encoded or cropped copy), resolution, bytes, date, folder "
+                   "(default: derived,resolution,bytes,date,folder)")
+    p.add_argument("--prefer-folder", metavar="DIR", default=None,
+                   help="the folder whose copies the 'folder' criterion keeps (absolute or inside DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+def _group_json(number: int, grp: Any) -> dict[str, Any]:
+    return {"group": number, "tier": grp.tier, "max_score": round(grp.max_score, 4),
+            "min_score": round(grp.min_score, 4), "best": grp.best.path, "best_reason": grp.best_reason,
+            "images": [{**{k: v for k, v in r.items() if k != "group"}, "derived": it.derived}
+                       for r, it in zip(group_records([grp]), grp.items, strict=True)],
+            **({"evidence": grp.evidence} if grp.tier == "copies" else {})}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,38 +86,58 @@ def run(args: argparse.Namespace) -> int:
                  else float(args.threshold))
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+    best_rule = BestRule.parse(args.keep_best, args.prefer_folder)
     start = time.perf_counter()
-    dup = find_duplicates(coll, threshold=threshold, floor=threshold,
-                          progress=TextProgress("searching") if not args.json else None)
+    progress = TextProgress("searching") if not args.json else None
+    dup = find_duplicates(coll, threshold=threshold, floor=threshold, candidates=not args.no_verify,
+                          progress=progress)
+    copies = []
+    if not args.no_verify:
+        dup.verify(progress=TextProgress("verifying") if not args.json else None)
+        copies = dup.copy_groups(best_rule=best_rule)
+    similar = dup.similar_groups(threshold, args.rule)
     groups = dup.groups(threshold, args.rule)
     seconds = time.perf_counter() - start
-    extra = sum(len(g) - 1 for g in groups)
     if args.json:
-        records = group_records(groups)
         out = {"folder": str(coll.folder), "descriptor": coll.model_spec.descriptor, "threshold": threshold,
-               "rule": args.rule, "order": ORDER_RULE, "images": len(coll), "pairs": len(dup.pairs),
-               "exact": dup.pairs.exact, "seconds": round(seconds, 3), "notes": dup.notes,
-               "groups": [{"group": g, "max_score": round(grp.max_score, 4),
-                           "min_score": round(grp.min_score, 4),
-                           "images": [{k: v for k, v in r.items() if k != "group"} for r in records
-                                      if r["group"] == g]}
-                          for g, grp in enumerate(groups, 1)]}
+               "rule": args.rule, "order": ORDER_RULE, "keep_best": best_rule.describe(),
+               "images": len(coll), "pairs": len(dup.pairs),
+               "candidates_checked": len(dup.checks), "exact": dup.pairs.exact, "seconds": round(seconds, 3),
+               "notes": dup.notes,
+               "copies": [_group_json(g, grp) for g, grp in enumerate(copies, 1)],
+               "similar": [_group_json(g, grp) for g, grp in enumerate(similar, 1)],
+               # every group of the descriptors at the threshold, verified or not (as before the tiers)
+               "groups": [_group_json(g, grp) for g, grp in enumerate(groups, 1)]}
         sys.stdout.write(json.dumps(out, indent=1) + "\n")
         return 0
     write = sys.stdout.write
-    for g, grp in enumerate(groups, 1):
+    if not args.no_verify:
+        write(f"copies (verified: the same picture, edited; keep-best rule: {best_rule.describe()})\n")
+        for g, grp in enumerate(copies, 1):
+            write(f"copies {g}: {len(grp)} images, check score {grp.min_score:.2f}-{grp.max_score:.2f}; "
+                  f"kept: {grp.best_reason}\n")
+            _items(write, grp)
+    write("similar photos (not verified as copies)\n")
+    for g, grp in enumerate(similar, 1):
         write(f"group {g}: {len(grp)} images, similarity {grp.min_score:.3f}-{grp.max_score:.3f}\n")
-        for it in grp.items:
-            f = it.facts
-            mark = "keep" if it.best else "    "
-            score = "" if it.best or it.score is None else f"  {it.score:.3f}"
-            write(f"  {mark}  {f.width}x{f.height}  {_size(f.bytes):>8}  {_shown(it.path)}{score}\n")
-    write(f"{len(groups)} groups, {extra} images that are copies of a kept one, among {len(coll):,} images "
-          f"({coll.model_spec.descriptor}, threshold {threshold:.2f}, {args.rule}, "
+        _items(write, grp)
+    extra = sum(len(g) - 1 for g in copies)
+    write(f"{len(copies)} groups of copies ({extra} images that are copies of a kept one, "
+          f"{len(dup.checks):,} candidate pairs checked), {len(similar)} groups of similar photos, among "
+          f"{len(coll):,} images ({coll.model_spec.descriptor}, threshold {threshold:.2f}, {args.rule}, "
           f"{'exact' if dup.pairs.exact else 'HNSW'} search, {seconds:.1f} s)\n")
     for note in dup.notes:
         write(f"note: {note}\n")
     return 0
+
+
+def _items(write: Any, grp: Any) -> None:
+    for it in grp.items:
+        f = it.facts
+        mark = "keep" if it.best else "    "
+        score = "" if it.best or it.score is None else f"  {it.score:.3f}"
+        why = f"  ({'; '.join(it.derived)})" if it.derived else ""
+        write(f"  {mark}  {f.width}x{f.height}  {_size(f.bytes):>8}  {_shown(it.path)}{score}{why}\n")
 
 
 def _size(n: int) -> str:

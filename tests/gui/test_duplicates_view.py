@@ -42,6 +42,7 @@ def make_view(qtbot, tmp_path):
         calls = {"confirm": [], "trash": []}
         kw.setdefault("confirm", lambda title, text: calls["confirm"].append((title, text)) or False)
         kw.setdefault("trash", lambda p: calls["trash"].append(p))
+        kw.setdefault("verify", False)  # the similar tier alone; the copies tier: tests/gui/test_copies_view.py
         view = DuplicatesView(lambda: coll, descriptor="spoc", **kw)
         view.calls = calls
         qtbot.addWidget(view)

@@ -1,0 +1,500 @@
+"""Is this pair of images the same picture, edited, or two pictures of similar content? (issue 29)
+
+The second stage of engine.duplicates: the descriptors propose candidate pairs (recall first), this
+module checks each one with OpenCV (opencv-python-headless, pinned in constraints.txt):
+
+1. both images are decoded small (engine.images.load_image with draft decoding) and brought to
+   :data:`WORK_SIDE` pixels on the long side (small images are enlarged, so that a thumbnail and its
+   original meet at one scale); ORB key points (:data:`ORB_POINTS`) on the grey image;
+2. matches by Hamming distance with Lowe's ratio test, then a similarity transform (rotation, uniform
+   scale, translation: ``cv2.estimateAffinePartial2D``, RANSAC): every edit a copy goes through (resize,
+   crop, rotation) is one; the mirrored image is tried when the direct one finds no transform;
+3. with the transform, the two images are compared where they overlap: each block of a grid holds a
+   band-pass correlation (insensitive to brightness and colour casts; the band follows the smaller
+   image's real resolution), and the check's **score** is the share of textured blocks that agree
+   (a caption changes a band of blocks; another photo of the same scene changes most);
+4. **containment**: a copy's content lies inside the other image (a crop, a rotation whose corners are
+   black), while two frames of a burst each hold textured content the other lacks: ``outside`` is the
+   smaller of the two shares of textured pixels that fall outside the other image.
+
+:func:`check_pair` gives the evidence (:class:`PairCheck`); :func:`is_copy` applies the thresholds
+(:data:`DEFAULT_RULE`, chosen on the training species by benchmarks/duplicates.py). :class:`Checker`
+caches decoded images and verdicts in memory; :func:`verify_pairs` is the long-running plain function
+(progress / should_stop). Also here: the facts the keep-best rule reads from the pixels (upscaling,
+JPEG re-encoding) of :mod:`engine.duplicates`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+
+log = logging.getLogger(__name__)
+
+#: long side (pixels) of the images the check works on: small photos are enlarged to it
+WORK_SIDE = 320
+#: ORB key points per image
+ORB_POINTS = 500
+#: Lowe's ratio test: best match distance < RATIO x the second best
+RATIO = 0.8
+#: RANSAC reprojection threshold (pixels at WORK_SIDE)
+RANSAC_PIXELS = 4.0
+#: blocks per side of the aligned comparison's grid
+GRID = 12
+#: the aligned comparison is made only for transforms with at least this many inliers
+PRECHECK_INLIERS = 8
+#: images decoded and described kept in memory by a Checker
+CACHE_IMAGES = 2_000
+
+
+@dataclass(frozen=True)
+class CopyRule:
+    """The thresholds of :func:`is_copy`: at least ``min_inliers`` RANSAC inliers making at least
+    ``min_inlier_ratio`` of the ratio-test matches, an aligned ``score`` >= ``min_score`` and at most
+    ``max_outside`` of the textured content of both images outside the other one."""
+
+    min_inliers: int = 25
+    min_inlier_ratio: float = 0.3
+    min_score: float = 0.6
+    max_outside: float = 0.06
+    max_second: int = 6
+
+
+#: chosen on the 50 training species of cub100 by benchmarks/duplicates.py (docs/BENCHMARKS.md): the
+#: highest minimum recall over the kinds of edit at precision >= 0.99 on every kind, on all edits at once
+#: and on the generated bursts and textures (1,152 rules tried)
+DEFAULT_RULE = CopyRule()
+#: the mirrored image is tried when the direct one gives fewer inliers than this, or fewer than
+#: MIRROR_BELOW_RATIO of the matches (the values the benchmark's evidence was measured with)
+MIRROR_BELOW_INLIERS = 12
+MIRROR_BELOW_RATIO = 0.25
+
+
+@dataclass
+class PairCheck:
+    """The evidence about one pair (a, b). ``matches``: ratio-test matches; ``inliers``: those the
+    transform explains; ``mirrored``: b was mirrored to match a; ``scale``: b's size in a's pixels
+    (full resolution; > 1: b is larger); ``angle`` (degrees); ``score``: the share of textured blocks
+    that agree once aligned (0..1); ``outside_a``/``outside_b``: the share of a's (b's) textured content
+    that lies outside the other image; ``error``: why the pair could not be checked ('' when it was)."""
+
+    matches: int = 0
+    inliers: int = 0
+    mirrored: bool = False
+    scale: float = 0.0
+    angle: float = 0.0
+    score: float = 0.0
+    outside_a: float = 1.0
+    outside_b: float = 1.0
+    #: inliers of a second, different transform among the outliers of the first (a moved subject)
+    second: int = 0
+    error: str = ""
+
+    @property
+    def inlier_ratio(self) -> float:
+        return self.inliers / self.matches if self.matches else 0.0
+
+    @property
+    def outside(self) -> float:
+        """The content of the image that lies (most) inside the other that falls outside it."""
+        return min(self.outside_a, self.outside_b)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["inlier_ratio"] = round(self.inlier_ratio, 4)
+        for k in ("scale", "angle", "score", "outside_a", "outside_b"):
+            d[k] = round(float(d[k]), 4)
+        return d
+
+
+def is_copy(check: PairCheck, rule: CopyRule = DEFAULT_RULE) -> bool:
+    """The verdict on a pair's evidence: the same picture, edited."""
+    return (not check.error and check.inliers >= rule.min_inliers
+            and check.inlier_ratio >= rule.min_inlier_ratio and check.score >= rule.min_score
+            and check.outside <= rule.max_outside and check.second <= rule.max_second)
+
+
+# --- images --------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """One image made ready: ``grey`` (H, W) uint8 at WORK_SIDE on the long side, ``size`` the file's
+    (width, height) in pixels, ``factor`` = grey pixels per file pixel, ORB ``points`` (K, 2) float32
+    and ``desc`` (K, 32) uint8, and the same for the mirrored image (computed when first needed)."""
+
+    grey: np.ndarray
+    size: tuple[int, int]
+    factor: float
+    points: np.ndarray
+    desc: np.ndarray | None
+    mirror_points: np.ndarray | None = None
+    mirror_desc: np.ndarray | None = None
+    texture: np.ndarray | None = None
+
+
+def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """ORB points (K, 2) and descriptors (K, 32), spread over the image: at most ORB_POINTS / 36 of the
+    strongest per cell of a 6 x 6 grid (else a caption's sharp strokes take every point)."""
+    import cv2
+
+    orb = cv2.ORB_create(nfeatures=ORB_POINTS * 4, fastThreshold=8, edgeThreshold=15, patchSize=31)
+    kps = orb.detect(grey, None)
+    if kps:
+        h, w = grey.shape
+        xy = np.array([k.pt for k in kps], np.float32)
+        resp = np.array([k.response for k in kps], np.float32)
+        cell = (np.minimum(xy[:, 1] * 6 / h, 5).astype(int) * 6 + np.minimum(xy[:, 0] * 6 / w, 5).astype(int))
+        order = np.lexsort((-resp, cell))  # by cell, strongest first within one
+        first = np.searchsorted(cell[order], np.arange(36))
+        rank = np.arange(order.size) - first[cell[order]]
+        keep = order[rank < max(1, ORB_POINTS // 36)]
+        kps, desc = orb.compute(grey, [kps[x] for x in keep.tolist()])
+    else:
+        desc = None
+    pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+    return pts, desc
+
+
+def prepare(path: str | os.PathLike) -> Prepared:
+    """Decode ``path`` small and describe it (raises engine.images.ImageLoadError for a bad file)."""
+    import cv2
+    from PIL import Image
+
+    from engine.images import load_image
+
+    img = load_image(path, min_side=WORK_SIDE // 2)
+    w, h = img.size
+    with Image.open(path) as im:
+        size = (int(im.size[0]), int(im.size[1]))
+    if (size[0] > size[1]) != (w > h) and size[0] != size[1]:
+        size = (size[1], size[0])  # turned by its EXIF orientation
+    f = WORK_SIDE / max(w, h)
+    nw, nh = max(8, round(w * f)), max(8, round(h * f))
+    grey = np.asarray(img.convert("L"), np.uint8)
+    grey = cv2.resize(grey, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+    pts, desc = _orb(grey)
+    return Prepared(grey, size, nw / size[0], pts, desc)
+
+
+def _mirror(p: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+    if p.mirror_points is None:
+        p.mirror_points, p.mirror_desc = _orb(np.ascontiguousarray(p.grey[:, ::-1]))
+    return p.mirror_points, p.mirror_desc
+
+
+# --- the check -----------------------------------------------------------------------------------
+def _match(da: np.ndarray | None, db: np.ndarray | None) -> list[tuple[int, int]]:
+    import cv2
+
+    if da is None or db is None or len(da) < 2 or len(db) < 2:
+        return []
+    knn = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(db, da, k=2)
+    return [(m[0].trainIdx, m[0].queryIdx) for m in knn
+            if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+
+
+def _transform(pa: np.ndarray, pb: np.ndarray, pairs: list[tuple[int, int]]) -> tuple[np.ndarray | None, int]:
+    """The similarity transform taking b's points onto a's: (2, 3) matrix or None, inliers."""
+    import cv2
+
+    if len(pairs) < 4:
+        return None, 0
+    ia = np.array([p[0] for p in pairs])
+    ib = np.array([p[1] for p in pairs])
+    m, mask = cv2.estimateAffinePartial2D(pb[ib], pa[ia], method=cv2.RANSAC,
+                                          ransacReprojThreshold=RANSAC_PIXELS, maxIters=2000,
+                                          confidence=0.995)
+    if m is None or mask is None:
+        return None, 0
+    return m, int(mask.sum())
+
+
+def _second_model(pa: np.ndarray, pb: np.ndarray, pairs: list[tuple[int, int]], m: np.ndarray) -> int:
+    """Inliers of a second similarity transform among the matches the first leaves out, when it moves
+    points differently from the first (by more than 3 RANSAC thresholds): a subject that moved between two
+    frames of one scene. A caption or a colour change brings no second model (0)."""
+    import cv2
+
+    if len(pairs) < 8:
+        return 0
+    ia = np.array([p[0] for p in pairs])
+    ib = np.array([p[1] for p in pairs])
+    src, dst = pb[ib], pa[ia]
+    err = np.linalg.norm(src @ m[:, :2].T + m[:, 2] - dst, axis=1)
+    out = err > RANSAC_PIXELS
+    if out.sum() < 6:
+        return 0
+    m2, mask = cv2.estimateAffinePartial2D(src[out], dst[out], method=cv2.RANSAC,
+                                           ransacReprojThreshold=RANSAC_PIXELS, maxIters=1000,
+                                           confidence=0.99)
+    if m2 is None or mask is None:
+        return 0
+    keep = mask.ravel().astype(bool)
+    moved = src[out][keep]
+    shift = np.linalg.norm((moved @ m2[:, :2].T + m2[:, 2]) - (moved @ m[:, :2].T + m[:, 2]), axis=1)
+    return int(keep.sum()) if np.median(shift) > 3 * RANSAC_PIXELS else 0
+
+
+def _texture(grey: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels with local contrast (black rotation corners and flat fills have none)."""
+    import cv2
+
+    g = grey.astype(np.float32)
+    mean = cv2.blur(g, (7, 7))
+    var = cv2.blur(g * g, (7, 7)) - mean * mean
+    return var > 9.0
+
+
+def _textured(p: Prepared, mirrored: bool = False) -> np.ndarray:
+    if p.texture is None:
+        p.texture = _texture(p.grey)
+    return p.texture[:, ::-1] if mirrored else p.texture
+
+
+def _outside(tex_b: np.ndarray, m: np.ndarray, shape_a: tuple[int, int]) -> float:
+    """The share of b's textured pixels that ``m`` (b -> a) puts outside a's frame."""
+    ys, xs = np.nonzero(tex_b[::2, ::2])
+    if xs.size == 0:
+        return 0.0
+    pts = np.stack([xs * 2.0, ys * 2.0], 1) @ m[:, :2].T + m[:, 2]
+    h, w = shape_a
+    out = (pts[:, 0] < -1) | (pts[:, 1] < -1) | (pts[:, 0] > w) | (pts[:, 1] > h)
+    return float(out.mean())
+
+
+def _block_sums(x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(GRID, GRID) sums of ``x`` over the blocks cut at rows ``ys`` and columns ``xs``."""
+    return np.add.reduceat(np.add.reduceat(x, ys[:-1], axis=0), xs[:-1], axis=1)
+
+
+def _aligned_score(a: Prepared, gb: np.ndarray, m: np.ndarray, smaller_side: float) -> float:
+    """The share of textured blocks of a (GRID x GRID) whose band-pass correlation with b warped onto a
+    is >= 0.5, over the blocks b covers."""
+    import cv2
+
+    h, w = a.grey.shape
+    wb = cv2.warpAffine(gb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    valid = cv2.warpAffine(np.ones(gb.shape, np.float32), m, (w, h), flags=cv2.INTER_NEAREST)
+    # the band the smaller image really holds: sigma follows its enlargement to WORK_SIDE
+    sigma = max(1.0, 0.7 * WORK_SIDE / max(smaller_side, 1.0))
+
+    def band(g: np.ndarray) -> np.ndarray:
+        g = g.astype(np.float32)
+        return cv2.GaussianBlur(g, (0, 0), sigma) - cv2.GaussianBlur(g, (0, 0), 3 * sigma)
+
+    ba, bb = band(a.grey), band(wb)
+    ys = np.linspace(0, h, GRID + 1).astype(int)
+    xs = np.linspace(0, w, GRID + 1).astype(int)
+    area = np.outer(np.diff(ys), np.diff(xs)).astype(np.float64)
+    cover = _block_sums(valid, ys, xs) / area
+    sa, sb = _block_sums(ba, ys, xs) / area, _block_sums(bb, ys, xs) / area
+    va = _block_sums(ba * ba, ys, xs) / area - sa * sa
+    vb = _block_sums(bb * bb, ys, xs) / area - sb * sb
+    cov = _block_sums(ba * bb, ys, xs) / area - sa * sb
+    da, db = np.sqrt(np.maximum(va, 0)), np.sqrt(np.maximum(vb, 0))
+    used = (cover >= 0.9) & ((da >= 1.0) | (db >= 1.0))  # a flat block says nothing
+    corr = cov / np.maximum(da * db, 1e-6)
+    total = int(used.sum())
+    return float((used & (corr >= 0.5)).sum() / total) if total else 0.0
+
+
+def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
+    """The evidence about prepared images ``a`` and ``b`` (see :class:`PairCheck`). The aligned score and
+    the containment are measured only when the transform has at least PRECHECK_INLIERS inliers (else
+    they stay 0 and 1: no pair that weak is a copy)."""
+    pairs = _match(a.desc, b.desc)
+    m, inl = _transform(a.points, b.points, pairs)
+    mirrored = False
+    if m is None or inl < MIRROR_BELOW_INLIERS or inl < MIRROR_BELOW_RATIO * len(pairs):
+        mp, md = _mirror(b)
+        mpairs = _match(a.desc, md)
+        mm, minl = _transform(a.points, mp, mpairs)
+        if mm is not None and minl > inl:
+            m, inl, pairs, mirrored = mm, minl, mpairs, True
+    out = PairCheck(matches=len(pairs), inliers=inl, mirrored=mirrored)
+    if m is None:
+        return out
+    out.second = _second_model(a.points, (_mirror(b)[0] if mirrored else b.points), pairs, m) \
+        if inl >= PRECHECK_INLIERS else 0
+    s = float(np.hypot(m[0, 0], m[1, 0]))  # a's work pixels per b's work pixel
+    if not 1e-3 < s < 1e3:
+        return out
+    out.scale = a.factor / (s * b.factor)  # b's full-resolution pixels per a's
+    out.angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+    if inl < PRECHECK_INLIERS:
+        return out
+    gb = np.ascontiguousarray(b.grey[:, ::-1]) if mirrored else b.grey
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    out.outside_b = _outside(_textured(b, mirrored), m, a.grey.shape)
+    out.outside_a = _outside(_textured(a), inv, gb.shape)
+    smaller = min(max(a.size), max(b.size))
+    out.score = _aligned_score(a, gb, m, smaller)
+    return out
+
+
+class Checker:
+    """Checks pairs of files, caching decoded images (up to ``capacity``) and verdicts in memory; a file
+    is known by its path, size and mtime, so an edited file is decoded again."""
+
+    def __init__(self, capacity: int = CACHE_IMAGES) -> None:
+        self.capacity = capacity
+        self._images: OrderedDict[tuple, Prepared | str] = OrderedDict()
+        self._pairs: dict[tuple, PairCheck] = {}
+
+    @staticmethod
+    def _key(path: str) -> tuple:
+        try:
+            st = os.stat(path)
+            return (str(path), int(st.st_size), int(st.st_mtime_ns))
+        except OSError:
+            return (str(path), -1, -1)
+
+    def prepared(self, path: str) -> Prepared | str:
+        """The prepared image, or a string saying why it cannot be read."""
+        key = self._key(path)
+        got = self._images.get(key)
+        if got is not None:
+            self._images.move_to_end(key)
+            return got
+        try:
+            got = prepare(path)
+        except Exception as exc:  # a bad file is evidence too: that pair is not verified
+            got = str(exc) or type(exc).__name__
+        self._images[key] = got
+        while len(self._images) > self.capacity:
+            self._images.popitem(last=False)
+        return got
+
+    def check(self, path_a: str, path_b: str) -> PairCheck:
+        """The evidence about files ``path_a`` and ``path_b`` (cached)."""
+        key = (self._key(path_a), self._key(path_b))
+        got = self._pairs.get(key)
+        if got is not None:
+            return got
+        a, b = self.prepared(path_a), self.prepared(path_b)
+        if isinstance(a, str) or isinstance(b, str):
+            got = PairCheck(error=a if isinstance(a, str) else str(b))
+        else:
+            got = check_prepared(a, b)
+        self._pairs[key] = got
+        return got
+
+
+def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = None, *,
+                 progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> list[PairCheck]:
+    """The evidence about each pair of files (a list as long as ``pairs``). Raises Cancelled when
+    ``should_stop()`` says so."""
+    report, stop = resolve(progress, should_stop)
+    checker = checker or Checker()
+    out = []
+    for n, (a, b) in enumerate(pairs):
+        if n % 16 == 0:
+            if stop():
+                raise Cancelled("verification stopped")
+            report(n, len(pairs), "checking candidate pairs")
+        out.append(checker.check(a, b))
+    report(len(pairs), len(pairs), "checking candidate pairs")
+    return out
+
+
+# --- what the pixels say about which file came first (the keep-best rule of engine.duplicates) ----
+#: a lossless file whose 8 x 8 grid holds this much more contrast than the rest was decoded from a JPEG
+BLOCKING_RATIO = 1.15
+#: an image has no detail beyond a smaller one when shrinking it to that size and back keeps this
+#: share of its band-pass energy or more
+UPSCALED_KEEPS = 0.92
+LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "WEBP", "PPM", "GIF"})
+
+
+def _grey_full(path: str | os.PathLike) -> np.ndarray:
+    from engine.images import load_image
+
+    return np.asarray(load_image(path).convert("L"), np.float32)
+
+
+def jpeg_blocking(path: str | os.PathLike) -> float:
+    """How much more the pixel differences across one phase of an 8-pixel grid exceed the others
+    (the best phase, either axis): ~1.0 for a camera or lossless picture, > BLOCKING_RATIO for one that
+    was a JPEG once (a decoded JPEG saved as PNG keeps its blocks, even mirrored)."""
+    g = _grey_full(path)
+    out = 1.0
+    for d in (np.abs(np.diff(g, axis=1)).mean(0), np.abs(np.diff(g, axis=0)).mean(1)):
+        if d.size < 32:
+            continue
+        phase = np.array([d[p::8].mean() for p in range(8)])
+        rest = (phase.sum() - phase.max()) / 7
+        out = max(out, float(phase.max() / max(rest, 1e-6)))
+    return out
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format PIL reads in the file's header ('' when unreadable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return str(im.format or "")
+    except Exception:
+        return ""
+
+
+def reencoded_from(path_x: str | os.PathLike, path_y: str | os.PathLike) -> bool:
+    """Both JPEGs of one size: is x a re-encoding of y? Each is saved again with the other's quantisation
+    tables; the one that comes out closer to its own file was made that way (a re-encoding is
+    reproduced almost exactly; the original is not, its own first compression is lost)."""
+    import io
+
+    from PIL import Image
+
+    def again(src: str | os.PathLike, like: str | os.PathLike) -> float:
+        with Image.open(like) as ref:
+            tables = ref.quantization
+            target = np.asarray(ref.convert("RGB"), np.float32)
+        with Image.open(src) as im:
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, "JPEG", qtables=tables, subsampling=2)
+        with Image.open(buf) as back:
+            redone = np.asarray(back.convert("RGB"), np.float32)
+        return float(np.abs(redone - target).mean()) if redone.shape == target.shape else np.inf
+
+    try:
+        return again(path_y, path_x) < 0.5 * again(path_x, path_y)
+    except Exception as exc:
+        log.debug("no re-encoding test for %s / %s: %s", path_x, path_y, exc)
+        return False
+
+
+def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
+    """Has x no detail beyond ``smaller_side`` pixels on its long side (an enlargement of a smaller
+    picture)? x is shrunk to that size and enlarged back; when it keeps UPSCALED_KEEPS of its band-pass
+    energy, the shrinking lost nothing."""
+    import cv2
+
+    g = _grey_full(path_x)
+    h, w = g.shape
+    f = smaller_side / max(h, w)
+    if f >= 0.95:
+        return False
+    small = cv2.resize(g, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    hp = g - cv2.GaussianBlur(g, (0, 0), 1.0 / max(f, 1e-3))
+    lost = g - back
+    energy = float((hp * hp).mean())
+    return energy > 0 and 1.0 - float((lost * lost).mean()) / energy >= UPSCALED_KEEPS
+
+
+def filled_corners(path: str | os.PathLike) -> bool:
+    """Are at least three corners of the image a flat fill (black or white), as a rotation that keeps its
+    frame leaves them? (A small square at each corner, every pixel <= 8 or every pixel >= 247.)"""
+    g = _grey_full(path)
+    h, w = g.shape
+    k = max(2, min(h, w) // 60)
+    corners = (g[:k, :k], g[:k, -k:], g[-k:, :k], g[-k:, -k:])
+    return sum(bool((c <= 8).all() or (c >= 247).all()) for c in corners) >= 3

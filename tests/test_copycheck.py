@@ -1,0 +1,215 @@
+"""engine.copycheck and the two tiers of engine.duplicates (issue 29): an edited copy is verified, another
+picture of similar content is not; the keep-best rule never keeps an upscaled, re-encoded or cropped copy;
+'not copies' and 'keep all' survive reindexing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from engine.collection import Collection
+from engine.copycheck import Checker, is_copy, jpeg_blocking, reencoded_from, upscaled_from
+from engine.duplicates import BestRule, Decisions, find_duplicates
+from tests.test_duplicates import SPEC, TinyImage
+
+
+def scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A generated photo-like picture: a textured background and 40 random shapes. Two seeds give two
+    pictures of the same kind of content (the same statistics, nothing in common)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.normal(128, 20, (h // 8, w // 8, 3))
+    arr = np.kron(base, np.ones((8, 8, 1)))[:h, :w] + rng.normal(0, 8, (h, w, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(40):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(6, 30))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        shape = int(rng.integers(0, 3))
+        if shape == 0:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        elif shape == 1:
+            draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=colour, outline=(0, 0, 0))
+        else:
+            draw.line((x, y, x + int(rng.integers(-60, 60)), y + int(rng.integers(-60, 60))), fill=colour,
+                      width=3)
+    return img
+
+
+def edited(img: Image.Image, kind: str) -> Image.Image:
+    w, h = img.size
+    if kind == "rotate":
+        return img.rotate(6, resample=Image.Resampling.BICUBIC)
+    if kind == "crop":
+        return img.crop((int(w * 0.08), int(h * 0.05), w - int(w * 0.02), h - int(h * 0.06)))
+    if kind == "mirror":
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if kind == "text":
+        out = img.copy()
+        ImageDraw.Draw(out).text((10, h // 2), "(c) 2024 J. Smith", fill=(255, 255, 255),
+                                 font=ImageFont.load_default(size=h // 9), stroke_width=2, stroke_fill=(0, 0, 0))
+        return out
+    if kind == "upscaled":
+        return img.resize((w * 2, h * 2), Image.Resampling.BICUBIC)
+    if kind == "small":
+        return img.resize((w * 2 // 5, h * 2 // 5), Image.Resampling.BICUBIC)
+    if kind == "colour":
+        arr = np.asarray(img, np.float32) * np.array([1.15, 0.9, 0.85])
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pictures")
+    scene(1).save(root / "original.jpg", quality=92)
+    original = Image.open(root / "original.jpg").convert("RGB")
+    for kind in ("rotate", "crop", "mirror", "text", "upscaled", "small", "colour"):
+        edited(original, kind).save(root / f"{kind}.png")
+    original.save(root / "reencoded.jpg", quality=60)
+    for seed in (2, 3):
+        scene(seed).save(root / f"other{seed}.jpg", quality=92)
+    # the same scene, the camera moved: two frames that overlap by 80 % (a burst, not a copy)
+    wide = scene(4, (400, 240))
+    wide.crop((0, 0, 320, 240)).save(root / "burst_a.jpg", quality=92)
+    wide.crop((80, 0, 400, 240)).save(root / "burst_b.jpg", quality=92)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["rotate", "crop", "mirror", "text", "upscaled", "small", "colour"])
+def test_an_edited_copy_is_verified(pictures, kind):
+    chk = Checker().check(str(pictures / "original.jpg"), str(pictures / f"{kind}.png"))
+    assert is_copy(chk), chk
+    assert chk.mirrored == (kind == "mirror")
+    assert chk.score >= 0.6 and chk.inliers >= 12
+    if kind == "upscaled":
+        assert chk.scale == pytest.approx(2.0, rel=0.05)
+    if kind == "rotate":
+        assert abs(abs(chk.angle) - 6) < 1
+
+
+@pytest.mark.parametrize("other", ["other2.jpg", "other3.jpg", "burst_b.jpg"])
+def test_a_different_picture_of_similar_content_is_not(pictures, other):
+    first = "burst_a.jpg" if other == "burst_b.jpg" else "original.jpg"
+    chk = Checker().check(str(pictures / first), str(pictures / other))
+    assert not is_copy(chk), chk
+    if other == "burst_b.jpg":  # the geometry matches (one camera shift) but each frame holds its own part
+        assert chk.inliers >= 12 and chk.outside >= 0.1
+
+
+def test_an_unreadable_file_is_evidence_not_a_crash(pictures, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a picture")
+    chk = Checker().check(str(pictures / "original.jpg"), str(bad))
+    assert chk.error and not is_copy(chk)
+
+
+def test_what_the_pixels_say_about_the_original(pictures):
+    assert upscaled_from(pictures / "upscaled.png", 320)
+    assert not upscaled_from(pictures / "original.jpg", 128)
+    assert jpeg_blocking(pictures / "mirror.png") > 1.15  # a decoded JPEG saved losslessly keeps its blocks
+    assert reencoded_from(pictures / "reencoded.jpg", pictures / "original.jpg")
+    assert not reencoded_from(pictures / "original.jpg", pictures / "reencoded.jpg")
+
+
+def _collection(root: Path, cache: Path) -> Collection:
+    c = Collection.open(root, model_spec=SPEC, cache_dir=cache, index="exact")
+    c.update(TinyImage())
+    return c
+
+
+def test_two_tiers_and_the_keep_best_rule(pictures, tmp_path):
+    c = _collection(pictures, tmp_path / "cache")
+    dup = find_duplicates(c, threshold=0.5, floor=-1.0)
+    assert dup.verify() == len(dup.pairs)
+    groups = dup.copy_groups()
+    copies = {it.relpath for it in groups[0].items}
+    assert {"original.jpg", "upscaled.png", "crop.png", "rotate.png", "reencoded.jpg"} <= copies
+    assert not copies & {"other2.jpg", "other3.jpg", "burst_a.jpg", "burst_b.jpg"}
+    best = groups[0].best
+    # the upscaled copy has 4 x the pixels, PNGs are larger files: by resolution it would win
+    assert best.relpath == "original.jpg", [(it.relpath, it.derived) for it in groups[0].items]
+    assert "not an upscaled, re-encoded or cropped copy" in groups[0].best_reason
+    up = next(it for it in groups[0].items if it.relpath == "upscaled.png")
+    assert any("upscaled copy of" in d for d in up.derived)
+    assert groups[0].tier == "copies" and groups[0].evidence
+    assert {"matches", "inliers", "score", "mirrored"} <= set(groups[0].evidence[0])
+    # resolution first: the upscaled copy wins, and the reason says so
+    by_size = dup.copy_groups(best_rule=BestRule(("resolution", "derived", "bytes", "date", "folder")))
+    assert by_size[0].best.relpath == "upscaled.png" and by_size[0].best_reason == "largest resolution"
+    # the similar tier holds no verified pair
+    copy_pairs = {frozenset((e["a"], e["b"])) for g in groups for e in g.evidence}
+    for g in dup.similar_groups(0.5):
+        rel = [it.relpath for it in g.items]
+        assert not any(frozenset((a, b)) in copy_pairs for a in rel for b in rel if a < b)
+    with pytest.raises(ValueError, match="keep-best criteria"):
+        BestRule(("resolution", "size"))
+
+
+def test_decisions_survive_reindexing(pictures, tmp_path):
+    cache = tmp_path / "cache"
+    c = _collection(pictures, cache)
+    dup = find_duplicates(c, threshold=0.5, floor=-1.0)
+    dup.verify()
+    groups = dup.copy_groups()
+    n = len(groups)
+    dup.decisions.mark_not_copies([it.relpath for it in groups[0].items])
+    saved = json.loads((Path(c.state_dir).parent / "duplicate-decisions.json").read_text())
+    assert saved["not_copies"]
+    # reindex from scratch: new rows, same paths; the dismissed group stays dismissed
+    again = Collection.open(pictures, model_spec=SPEC, cache_dir=cache, index="exact", rebuild=True)
+    again.update(TinyImage())
+    dup2 = find_duplicates(again, threshold=0.5, floor=-1.0)
+    dup2.verify()
+    assert len(dup2.copy_groups()) == n - 1
+    kept = Decisions.for_collection(again)
+    assert kept.dismissed("original.jpg", "crop.png")
+
+
+def test_keep_all_hides_the_group_until_it_changes(pictures, tmp_path):
+    c = _collection(pictures, tmp_path / "cache")
+    dup = find_duplicates(c, threshold=0.5, floor=-1.0)
+    dup.verify()
+    group = dup.copy_groups()[0]
+    members = [it.relpath for it in group.items]
+    dup.decisions.mark_keep_all(members)
+    again = find_duplicates(c, threshold=0.5, floor=-1.0)  # decisions read back from the file
+    again.verify()
+    assert members not in [[it.relpath for it in g.items] for g in again.copy_groups()]
+    assert again.decisions.kept(members) and not again.decisions.kept([*members, "new.jpg"])
+
+
+def test_cli_json_gives_both_tiers_the_evidence_and_the_reason(pictures, tmp_path, capsys):
+    from engine.cli import main
+
+    cache = tmp_path / "cache"
+    _collection(pictures, cache)  # the stand-in model's collection, as `index` would leave it
+    spec_args = ["--cache-dir", str(cache), "--backbone", "stand-in", "--weights", "random", "--descriptor",
+                 "spoc", "--image-size", "48"]
+    code = main(["duplicates", str(pictures), "--threshold", "-1", "--json", *spec_args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["copies"] and data["copies"][0]["tier"] == "copies"
+    top = data["copies"][0]
+    assert Path(top["best"]).name == "original.jpg" and top["best_reason"].startswith("not an upscaled")
+    ev = top["evidence"][0]
+    assert {"a", "b", "matches", "inliers", "inlier_ratio", "score", "mirrored", "outside_a"} <= set(ev)
+    mirrored = [e for e in top["evidence"] if "mirror.png" in (e["a"], e["b"])]
+    assert mirrored and all(e["mirrored"] for e in mirrored)
+    up = next(i for i in top["images"] if i["path"].endswith("upscaled.png"))
+    assert not up["keep"] and any("upscaled" in d for d in up["derived"])
+    names = {Path(i["path"]).name for g in data["copies"] for i in g["images"]}
+    assert not names & {"other2.jpg", "other3.jpg", "burst_a.jpg", "burst_b.jpg"}
+    assert "similar" in data and data["keep_best"].startswith("not an upscaled")
+    # a dismissed group is not listed again by the CLI
+    Decisions.for_collection(Collection.open(pictures, model_spec=SPEC, cache_dir=cache)).mark_not_copies(
+        [Path(i["path"]).relative_to(pictures).as_posix() for i in top["images"]])
+    assert main(["duplicates", str(pictures), "--threshold", "-1", "--json", *spec_args]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert len(again["copies"]) == len(data["copies"]) - 1
