@@ -40,7 +40,7 @@ from models.names import (
 
 __all__ = [
     "APP_NAME", "BACKBONES", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
-    "DESCRIPTORS", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES", "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS",
+    "DEFAULT_IMAGE_SIZE", "DESCRIPTORS", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES", "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS",
     "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "check_scales", "default_runtime", "file_sha256",
     "fmt_duration",
     "is_checkpoint_name", "multi_scales", "parse_scales", "resolve_device", "sizes_label",
@@ -115,6 +115,9 @@ def _file_identity(value: str, what: str) -> str:
         raise FileNotFoundError(f"{what} file not found: {value}")
     return "sha256:" + file_sha256(p)
 
+
+#: the input size the window and the whitening wizard name when none is given (the backbones' default)
+DEFAULT_IMAGE_SIZE = 224
 
 #: multi-scale input sizes as ratios of the single size: 224 -> 224+288+352, the best measured on cub100
 #: (GeM R@1 0.899 against 0.877 at 224 alone, at about a fifth of the speed; docs/BENCHMARKS.md)

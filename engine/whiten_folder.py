@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.callbacks import ProgressFn, ShouldStopFn
-from engine.vocabulary import default_runtime, multi_scales
+from engine.vocabulary import DEFAULT_IMAGE_SIZE, default_runtime, multi_scales
 from engine.whitening import VAL_CLASSES
 
-DEFAULT_SIZE = 224
+DEFAULT_SIZE = DEFAULT_IMAGE_SIZE
 METHODS = ("lw", "pca")
 
 

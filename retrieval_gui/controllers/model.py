@@ -9,17 +9,19 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from engine.session import (
+from engine.cli.common import default_descriptor
+from engine.session import list_backbones, list_descriptors, model_title
+from engine.vocabulary import (
     DEFAULT_BACKBONE,
     DEFAULT_DESCRIPTOR,
+    DEFAULT_IMAGE_SIZE,
     DESCRIPTOR_TITLES,
-    list_backbones,
-    list_descriptors,
-    model_title,
+    ModelSpec,
+    is_checkpoint_name,
+    multi_scales,
 )
-from engine.vocabulary import ModelSpec, multi_scales
 
-DEFAULT_SIZE = 224  # the backbones' default input size, for the Sizes labels when none is given
+DEFAULT_SIZE = DEFAULT_IMAGE_SIZE  # for the Sizes labels when none is given
 TRAINED = "trained: "  # how engine.session.model_title names a trained checkpoint
 
 
@@ -97,12 +99,11 @@ class ModelChoice(QObject):
         """Switch to a backbone name or a trained checkpoint path. A checkpoint is searched with its own
         trained embedding (as the CLI: engine.cli.common.default_descriptor; the wizard's "Use this
         model") unless ``descriptor`` says otherwise."""
-        from engine.cli.common import default_descriptor, is_checkpoint
 
         if not backbone:
             return "no model given"
         backbone = str(backbone)
-        if descriptor is None and is_checkpoint(backbone):
+        if descriptor is None and is_checkpoint_name(backbone):
             descriptor = default_descriptor(backbone, None)
         key = replace(self.key, backbone=backbone)
         if descriptor is not None and descriptor != key.descriptor:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval_gui.main_window import MainWindow, multi_scales
+from engine.vocabulary import multi_scales
+from retrieval_gui.main_window import MainWindow
 
 TIMEOUT = 120_000
 
