@@ -99,7 +99,6 @@ class ModelChoice(QObject):
         """Switch to a backbone name or a trained checkpoint path. A checkpoint is searched with its own
         trained embedding (as the CLI: engine.cli.common.default_descriptor; the wizard's "Use this
         model") unless ``descriptor`` says otherwise."""
-
         if not backbone:
             return "no model given"
         backbone = str(backbone)

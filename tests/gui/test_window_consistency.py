@@ -155,9 +155,14 @@ def test_results_are_faded_for_the_whole_of_a_sizes_switch(qtbot, window, folder
     _open(qtbot, win, folder)
     _search(qtbot, win, folder / "class_01" / "001.jpg")
     modes = []
-    win.explorer.changed.connect(lambda: modes.append((win.grid_mode(), win.result.spec.scales is not None)))
+
+    def record() -> None:  # also called when the window closes at teardown (no result then)
+        modes.append((win.grid_mode(), win.result is not None and win.result.spec.scales is not None))
+
+    win.explorer.changed.connect(record)
     win.set_sizes("multi")
     qtbot.waitUntil(lambda: win.result.spec.scales is not None and not win.searching, timeout=TIMEOUT)
+    win.explorer.changed.disconnect(record)
     before = [m for m, multi in modes if not multi]
     assert before and set(before) == {"stale"}, before  # never shown unfaded while they are out of date
     assert win.grid_mode() == "results" and not win.results_model.stale

@@ -111,7 +111,7 @@ def test_whitening_offers_the_windows_open_folder(qtbot, tmp_path):
 @pytest.fixture
 def endless_run(monkeypatch, image_folder, tmp_path):
     """A wizard factory whose training is a stand-in that runs until stopped (one event per 10 ms)."""
-    import engine.training.trainer as T
+    import engine.training.launch as T
 
     def endless(config, *, progress=None, should_stop=None, on_event=None, resume_from=None):
         n = 0
