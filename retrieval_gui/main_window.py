@@ -1,65 +1,31 @@
-"""The explorer window: it builds the widgets and wires them to the controllers (retrieval_gui.controllers),
-which hold the state (open folder, model choice, query). Engine work always runs in a worker."""
+"""The explorer window: it builds the widgets and menus (retrieval_gui.layout) and wires them to the
+controllers (retrieval_gui.controllers), which hold the state (open folder, model choice, query); its file
+dialogs are retrieval_gui.dialogs. Engine work always runs in a worker."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
-import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Slot
-from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
-from PySide6.QtWidgets import (
-    QDockWidget,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QMainWindow,
-    QMenu,
-    QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QStackedWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QByteArray, QSettings, Slot
+from PySide6.QtGui import QGuiApplication, QImage
+from PySide6.QtWidgets import QMainWindow, QMenu, QMessageBox
 
-from engine.session import (
-    ModelCache,
-    SearchResult,
-    list_backbones,
-    list_descriptors,
-    list_trained,
-    preload,
-)
-from engine.vocabulary import (
-    DESCRIPTOR_TITLES,
-    cache_root,
-)
-from retrieval_gui import workers
-from retrieval_gui.activations import ActivationsPanel
+from engine.session import ModelCache, SearchResult, list_backbones, list_trained, preload
+from engine.vocabulary import cache_root
+from retrieval_gui import dialogs, workers
 from retrieval_gui.cards import CardActions
 from retrieval_gui.compare import CompareDialog
 from retrieval_gui.controllers import Explorer, collection_name, wait_idle
 from retrieval_gui.controllers.export import Exporter, export_settings
+from retrieval_gui.controllers.folder import IndexRate
 from retrieval_gui.controllers.model import DEFAULT_SIZE
+from retrieval_gui.layout import build_menus, build_widgets
 from retrieval_gui.panels import QueryPanels
 from retrieval_gui.thumbnails import ThumbnailLoader
-from retrieval_gui.widgets import (
-    USAGE_HTML,
-    Banner,
-    QuerySlot,
-    ResultsModel,
-    ResultsView,
-    SearchBar,
-    WelcomePage,
-    folder_from_mime,
-    image_path_from_mime,
-    save_pasted_image,
-)
+from retrieval_gui.widgets import USAGE_HTML, folder_from_mime, image_path_from_mime, save_pasted_image
 
 log = logging.getLogger(__name__)
 APP_NAME = "Retrieval Explorer"
@@ -89,16 +55,16 @@ class MainWindow(QMainWindow):
         self.selected_hit = None
         self.early_grid = None  # the start's cached-thumbnail listing (retrieval_gui.startup.EarlyGrid)
         self.exporter = Exporter(self.explorer, self)
-        self._index_clock: tuple[float, int] | None = None  # (start time, images done then) for rate/ETA
+        self.rate = IndexRate()  # the progress text's rate and time left
         self._listed_for = None  # the listing shown in the collection view
         thumbs_dir = Path(cache_dir) / "thumbnails" if cache_dir else cache_root() / "thumbnails"
         self.loader = ThumbnailLoader(thumb_size, thumbs_dir, parent=self)
         self.big_loader = ThumbnailLoader(480, thumbs_dir, capacity=40, parent=self)
         self.big_loader.ready.connect(self._on_big_image)
         self.cards = CardActions(self, self.big_loader)  # the preview, the cards' menu, copy, open
-        self._build_ui(thumb_size, image_size or DEFAULT_SIZE)
+        build_widgets(self, self.loader, thumb_size, image_size or DEFAULT_SIZE, self.options.k)
         self.panels = QueryPanels(self.explorer, self.activations, self.loader, lambda: self.selected_hit, self)
-        self._build_menus()
+        build_menus(self)
         self._wire()
         if restore:
             self._restore_geometry()
@@ -128,115 +94,6 @@ class MainWindow(QMainWindow):
         return self.explorer.grid_mode()
 
     # ------------------------------------------------------------------ building
-    def _build_ui(self, thumb_size: int, size: int) -> None:
-        bar = SearchBar([(d, DESCRIPTOR_TITLES.get(d, d)) for d in list_descriptors()], size, self.options.k)
-        self.addToolBar(bar)
-        self.search_bar = bar
-        for name in ("model_box", "descriptor_box", "sizes_box", "k_spin", "threshold_spin", "method_box",
-                     "qe_spin", "compare_button"):
-            setattr(self, name, getattr(bar, name))
-        central = QWidget()
-        outer = QHBoxLayout(central)
-        left = QVBoxLayout()
-        self.query_slot = QuerySlot()
-        self.query_slot.setFixedSize(260, 260)
-        left.addWidget(self.query_slot)
-        self.query_info = QLabel("")
-        self.query_info.setWordWrap(True)
-        self.query_info.setFixedWidth(260)
-        self.query_info.setTextFormat(Qt.TextFormat.RichText)
-        left.addWidget(self.query_info)
-        left.addStretch(1)
-        outer.addLayout(left)
-        right = QVBoxLayout()
-        self.banner = Banner()
-        right.addWidget(self.banner)
-        self.grid_header = QLabel()  # what the grid shows and what to do with it
-        self.grid_header.setWordWrap(True)
-        self.grid_header.setTextFormat(Qt.TextFormat.RichText)
-        right.addWidget(self.grid_header)
-        self.results_model = ResultsModel(self.loader, self)
-        self.results_view = ResultsView(self.results_model, thumb_size)
-        self.welcome = WelcomePage()
-        self.open_button = self.welcome.open_button
-        self.grid_stack = QStackedWidget()
-        self.grid_stack.addWidget(self.welcome)
-        self.grid_stack.addWidget(self.results_view)
-        right.addWidget(self.grid_stack, 1)
-        outer.addLayout(right, 1)
-        self.setCentralWidget(central)
-        self.activations = ActivationsPanel()
-        self.act_dock = QDockWidget("Layer activations", self)
-        self.act_dock.setObjectName("activationsDock")
-        self.act_dock.setWidget(self.activations)
-        self.act_dock.setMinimumWidth(420)
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.act_dock)
-        self.act_dock.hide()
-        self.status_label = QLabel()
-        self.statusBar().addWidget(self.status_label, 1)
-        self.progress = QProgressBar()
-        # wide enough for the longest text on one line ("indexing 123,456 / 123,456 · 45/s · 1:02:03 left")
-        self.progress.setFixedWidth(self.progress.fontMetrics().horizontalAdvance(
-            "indexing 888,888 / 888,888 · 888/s · 88:88:88 left") + 36)
-        self.progress.hide()
-        self.statusBar().addPermanentWidget(self.progress)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.hide()
-        self.statusBar().addPermanentWidget(self.cancel_button)
-
-    def _build_menus(self) -> None:
-        mb = self.menuBar()
-        file_menu = mb.addMenu("&File")
-        file_menu.addAction("&Open folder…", self._ask_collection).setShortcut(QKeySequence.StandardKey.Open)
-        self.recent_menu = QMenu("Open &recent", self)
-        file_menu.addMenu(self.recent_menu)
-        self.recent_menu.aboutToShow.connect(self._fill_recent)
-        self.demo_action = file_menu.addAction("Open the &demo collection", self.open_demo)
-        file_menu.addSeparator()
-        file_menu.addAction("Open &query image…", self._ask_query)
-        self.paste_action = QAction("&Paste query image", self)
-        self.paste_action.setShortcut(QKeySequence.StandardKey.Paste)
-        self.paste_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-        self.paste_action.triggered.connect(self.paste_query)
-        file_menu.addAction(self.paste_action)
-        self.addAction(self.paste_action)
-        file_menu.addSeparator()
-        self.whitening_action = file_menu.addAction("Use a &whitening file…", self._ask_whitening)
-        self.no_whitening_action = file_menu.addAction("&No whitening", lambda: self.use_whitening(None))
-        file_menu.addSeparator()
-        self.export_action = file_menu.addAction("&Export results…", self._ask_export)
-        self.export_split_action = file_menu.addAction("Export &split gallery…", self._ask_export_split)
-        file_menu.addSeparator()
-        file_menu.addAction("&Quit", self.close).setShortcut(QKeySequence.StandardKey.Quit)
-        view = mb.addMenu("&View")
-        view.addAction("&Compare descriptors…", lambda: self.open_compare())
-        view.addAction(self.act_dock.toggleViewAction())
-        self.act_dock.toggleViewAction().setText("Layer &activations")
-        view.addAction("&Reindex", self.reindex)
-        tools = mb.addMenu("T&ools")  # the views are imported when first opened (issue 14)
-        self.duplicates_action = tools.addAction("Find &duplicates…", lambda: importlib.import_module(
-            "retrieval_gui.duplicates_view").open_duplicates(self))
-        self.map_action = tools.addAction("&Map of the collection…", lambda: importlib.import_module(
-            "retrieval_gui.map_view").open_map(self))
-        training = mb.addMenu("&Training")
-        self.train_action = training.addAction("Train &XBM model…", self.open_train_wizard)
-        self.learn_whitening_action = training.addAction("Learn a &whitening…",
-                                                         lambda: self.open_train_wizard(path="whiten"))
-        if importlib.util.find_spec("retrieval_gui.wizard") is None:
-            self.train_action.setEnabled(False)
-            self.train_action.setToolTip("The training wizard is not part of this build")
-            self.learn_whitening_action.setEnabled(False)
-        self.models_action = training.addAction("Trained &models…", self.open_trained_models)
-        self.models_action.setEnabled(self.train_action.isEnabled())
-        training.addAction("&Refresh trained models", self._show_choice)
-        training.setToolTipsVisible(True)
-        help_menu = mb.addMenu("&Help")
-        self.usage_action = help_menu.addAction("&How to use it and keys", self.show_usage)
-        self.usage_action.setShortcut(QKeySequence.StandardKey.HelpContents)
-        help_menu.addAction("&About", lambda: self.show_error(
-            "Retrieval Explorer — content-based image retrieval with deep metric learning. "
-            "Drop an image on the query slot; results are ranked by cosine similarity.", info=True))
-
     def _wire(self) -> None:
         ex, bar = self.explorer, self.search_bar
         bar.model_box.activated.connect(lambda _i: self.use_model(bar.model_box.currentData()))
@@ -254,7 +111,7 @@ class MainWindow(QMainWindow):
         self.cards.queryRequested.connect(self.set_query)
         self.cards.message.connect(lambda text, info: self.show_error(text, info=info))
         self.panels.message.connect(self.show_error)
-        self.welcome.openClicked.connect(self._ask_collection)
+        self.welcome.openClicked.connect(lambda: dialogs.ask_collection(self))
         self.welcome.demoClicked.connect(self.open_demo)
         self.activations.layerChosen.connect(lambda _l: self.refresh_activations())
         self.act_dock.visibilityChanged.connect(lambda v: v and self.refresh_activations())
@@ -289,7 +146,7 @@ class MainWindow(QMainWindow):
         if running and not self.progress.isVisible():
             self.progress.setRange(0, 0)
             self.progress.setFormat("indexing…")
-            self._index_clock = None
+            self.rate.reset()
         if self.exporter.task.busy and not running and not self.progress.isVisible():
             self.progress.setRange(0, 0)
             self.progress.setFormat("exporting… %v/%m")
@@ -341,21 +198,9 @@ class MainWindow(QMainWindow):
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(done)
-            self.progress.setFormat(self._progress_text(done, total))
+            self.progress.setFormat(self.rate.text(done, total))
         self.progress.setToolTip(message)
         self._refresh()
-
-    def _progress_text(self, done: int, total: int) -> str:
-        """'1,234 / 5,902 · 45/s · 1:43 left': the rate over the images of this run."""
-        now = time.monotonic()
-        if self._index_clock is None or done < self._index_clock[1]:
-            self._index_clock = (now, done)
-        t0, d0 = self._index_clock
-        text = f"indexing {done:,} / {total:,}"
-        if now - t0 > 1.0 and done > d0:
-            rate = (done - d0) / (now - t0)
-            text += f" · {rate:.0f}/s · {_clock((total - done) / rate)} left"
-        return text
 
     def _on_indexed(self, state) -> None:
         if state.skipped and state.indexed:
@@ -408,13 +253,6 @@ class MainWindow(QMainWindow):
     def recent(self) -> list[str]:
         return self.explorer.recent()
 
-    def _fill_recent(self) -> None:
-        self.recent_menu.clear()
-        for folder in self.recent():
-            self.recent_menu.addAction(folder, lambda f=folder: self.open_collection(f))
-        if not self.recent():
-            self.recent_menu.addAction("(none)").setEnabled(False)
-
     def save_settings(self) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("windowState", self.saveState())
@@ -423,21 +261,7 @@ class MainWindow(QMainWindow):
             self.settings.setValue(name, value)
         self.settings.sync()
 
-    def _save_path(self, caption: str, name: str, filters: str) -> str:
-        """A save dialog that opens where the last one saved (remembered in the settings)."""
-        start = Path(str(self.settings.value("saveFolder", Path.home())))
-        path, _ = QFileDialog.getSaveFileName(self, caption, str(start / name), filters)
-        if path:
-            self.settings.setValue("saveFolder", str(Path(path).parent))
-        return path
-
     # ------------------------------------------------------------------ folder, model, query: to the controllers
-    def _ask_collection(self) -> None:
-        start = str(self.index.folder) if self.index else str(Path.home())
-        folder = QFileDialog.getExistingDirectory(self, "Open an image folder", start)
-        if folder:
-            self.open_collection(folder)
-
     def open_demo(self) -> None:
         from engine.session import demo_collection
 
@@ -481,20 +305,6 @@ class MainWindow(QMainWindow):
         if why is not None:
             self.show_error(why)
             self._show_choice()
-
-    def _ask_whitening(self) -> None:
-        start = str(Path(self.key.whitening).parent) if self.key.whitening else str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Whitening file (retrieval-explorer whiten)", start,
-                                              "Whitening (*.npz);;All files (*)")
-        if path:
-            self.use_whitening(path)
-
-    def _ask_query(self) -> None:
-        start = str(self.index.folder) if self.index else str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Query image", start,
-                                              "Images (*.jpg *.jpeg *.png *.bmp *.gif *.tif *.tiff *.webp)")
-        if path:
-            self.set_query(path)
 
     def set_query(self, path: str) -> None:
         """Make ``path`` the query: show it and search (in a worker)."""
@@ -604,28 +414,11 @@ class MainWindow(QMainWindow):
         self._refresh()
 
     def _ask_export(self) -> None:
-        if self.result is None:
-            self.show_error("Run a query first: there is nothing to export yet.", info=True)
-            return
-        path = self._save_path("Export results", "results.html",
-                               "HTML page (*.html);;PNG contact sheet (*.png);;CSV (*.csv)")
-        if path:
-            fmt = Path(path).suffix.lower().lstrip(".") or "html"
-            self.export_current(path, [fmt] if fmt in ("html", "png", "csv") else ["html"])
+        dialogs.ask_export(self)
 
     def export_current(self, path: str, formats: list[str] | None = None) -> workers.TaskHandle | None:
         """Export the current query's gallery in the background; returns the task."""
         return self.exporter.export_current(path, formats)
-
-    def _ask_export_split(self) -> None:
-        if self.index is None:
-            self.show_error("Open a collection first.", info=True)
-            return
-        split, _ = QFileDialog.getOpenFileName(self, "Split file (query / retrieval lists)", str(self.index.folder),
-                                               "Split files (*.json *.pkl *.pickle);;All files (*)")
-        out = split and self._save_path("Export split gallery", "split-gallery.html", "HTML page (*.html)")
-        if out:
-            self.export_split(split, out)
 
     def export_split(self, split: str, out: str, limit: int | None = None) -> workers.TaskHandle | None:
         """A gallery for every query of ``split`` (HTML + PNG + CSV), searched and written in a worker."""
@@ -674,9 +467,3 @@ class MainWindow(QMainWindow):
         """Wait for every task of this window while processing events; True when all finished."""
         return wait_idle(self.tasks(), msecs)
 
-
-def _clock(seconds: float) -> str:
-    """'0:42', '12:05', '1:02:03'."""
-    s = max(0, int(seconds))
-    h, rest = divmod(s, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,35 @@ def collection_name(folder: Path) -> str:
     if folder.name.lower() in GENERIC_NAMES and folder.parent.name:
         return f"{folder.parent.name}/{folder.name}"
     return folder.name or str(folder)
+
+
+def clock(seconds: float) -> str:
+    """'0:42', '12:05', '1:02:03' (negative counts as 0)."""
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class IndexRate:
+    """The progress text of an indexing run, 'indexing 1,234 / 5,902 · 45/s · 1:43 left': the rate over the
+    images of this run, timed from the first report (or from a count that went back: a new run)."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, int] | None = None  # (time, images done then)
+
+    def reset(self) -> None:
+        self._start = None
+
+    def text(self, done: int, total: int) -> str:
+        now = time.monotonic()
+        if self._start is None or done < self._start[1]:
+            self._start = (now, done)
+        t0, d0 = self._start
+        text = f"indexing {done:,} / {total:,}"
+        if now - t0 > 1.0 and done > d0:
+            rate = (done - d0) / (now - t0)
+            text += f" · {rate:.0f}/s · {clock((total - done) / rate)} left"
+        return text
 
 
 def indexed_paths(index: FolderIndex, key: ModelSpec) -> tuple[list[str], list[str | None], dict]:

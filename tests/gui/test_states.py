@@ -191,9 +191,10 @@ def test_progress_text_stays_on_one_line(qtbot, window, monkeypatch):
     win = window()
     times = [100.0, 4000.0]  # 1,233 images in 3,900 s: 999k images take 35 days at that rate
     real = time.monotonic
-    monkeypatch.setattr("retrieval_gui.main_window.time.monotonic", lambda: times.pop(0) if times else real())
-    win._progress_text(1, 999_999)
-    text = win._progress_text(1_234, 999_999)
+    monkeypatch.setattr("retrieval_gui.controllers.folder.time.monotonic",
+                        lambda: times.pop(0) if times else real())
+    win.rate.text(1, 999_999)
+    text = win.rate.text(1_234, 999_999)
     monkeypatch.undo()
     assert text.count("(") == 0 and "left" in text and ":" in text
     assert win.progress.fontMetrics().horizontalAdvance(text) + 20 <= win.progress.width()
