@@ -41,7 +41,7 @@ from models.names import (
 __all__ = [
     "APP_NAME", "BACKBONES", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
     "DEFAULT_IMAGE_SIZE", "DESCRIPTORS", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES", "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS",
-    "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "check_scales", "default_runtime", "file_sha256",
+    "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "check_scales", "default_runtime", "file_sha256", "fmt_clock",
     "fmt_duration",
     "is_checkpoint_name", "multi_scales", "parse_scales", "resolve_device", "sizes_label",
 ]
@@ -71,6 +71,13 @@ def default_runtime() -> str:
     """What runs the backbone on the CPU when nobody says (one of :data:`RUNTIMES`):
     $RETRIEVAL_EXPLORER_RUNTIME, else "auto"."""
     return os.environ.get("RETRIEVAL_EXPLORER_RUNTIME", "auto")
+
+
+def fmt_clock(seconds: float) -> str:
+    """'0:42', '12:05', '1:02:03': a clock-style duration, whole seconds (negative counts as 0)."""
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def fmt_duration(seconds: float) -> str:

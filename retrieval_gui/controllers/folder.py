@@ -11,7 +11,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from engine.session import FolderIndex, IndexState, list_descriptors
-from engine.vocabulary import ModelSpec
+from engine.vocabulary import ModelSpec, fmt_clock
 from retrieval_gui.widgets import browse_rows
 from retrieval_gui.workers import LatestTask
 
@@ -28,11 +28,7 @@ def collection_name(folder: Path) -> str:
     return folder.name or str(folder)
 
 
-def clock(seconds: float) -> str:
-    """'0:42', '12:05', '1:02:03' (negative counts as 0)."""
-    s = max(0, int(seconds))
-    h, rest = divmod(s, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+clock = fmt_clock  # the progress text's time left (engine.vocabulary: one clock format with the wizard's estimate)
 
 
 class IndexRate:

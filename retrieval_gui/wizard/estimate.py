@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from engine.vocabulary import fmt_clock
+
 
 @dataclass(frozen=True)
 class Rates:
@@ -156,9 +158,7 @@ def sample_images(root: str, n: int) -> list[str]:
 
 
 def _clock(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    h, rest = divmod(s, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+    return fmt_clock(round(seconds))  # an estimate rounds to the nearest second
 
 
 def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_every: int, batch: int,
