@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.callbacks import ProgressFn, ShouldStopFn
-from engine.vocabulary import DEFAULT_IMAGE_SIZE, default_runtime, multi_scales
+from engine.vocabulary import DEFAULT_IMAGE_SIZE, default_runtime, multi_scales, sizes_label
 from engine.whitening import VAL_CLASSES
 
 DEFAULT_SIZE = DEFAULT_IMAGE_SIZE
@@ -32,7 +32,7 @@ def default_file_name(folder: str, backbone: str, descriptor: str, sizes: tuple[
     """A readable file name: ``<folder>-<backbone>-<descriptor>-<sizes>-<method>.npz``."""
     name = Path(folder.rstrip("/\\")).name or "images"
     model = Path(backbone).parent.name if Path(backbone).suffix == ".pt" else backbone
-    raw = f"{name}-{model}-{descriptor}-{'+'.join(map(str, sizes))}-{method}"
+    raw = f"{name}-{model}-{descriptor}-{sizes_label(sizes)}-{method}"
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", raw) + ".npz"
 
 
@@ -258,7 +258,7 @@ def report_rows(outcome: WhitenOutcome, titles: dict[str, str] | None = None) ->
     rows.append(("Settings", f"{'Lw' if rep.method == 'lw' else 'PCA-whitening'}, shrinkage {rep.shrinkage:g}, "
                  f"{outcome.in_dim} -> {outcome.out_dim} dimensions ({how})"))
     rows.append(("Descriptor", f"{titles.get(outcome.descriptor, outcome.descriptor)} at "
-                 f"{'+'.join(map(str, outcome.sizes))} of {Path(outcome.backbone).name}"))
+                 f"{sizes_label(outcome.sizes)} of {Path(outcome.backbone).name}"))
     rows.append(("Images", f"{rep.n_images} of {rep.n_classes} classes"))
     rate = f", describing {outcome.images_per_s:.1f} images/s" if outcome.images_per_s else ""
     rows.append(("Time", f"{rep.seconds:.1f} s{rate}"))

@@ -13,7 +13,7 @@ from typing import Any
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, Signal
 
 from engine.session import FolderIndex, SearchResult, model_title, run_query
-from engine.vocabulary import ModelSpec
+from engine.vocabulary import ModelSpec, sizes_label
 from retrieval_gui.controllers.folder import FolderController, indexed_paths
 from retrieval_gui.controllers.model import ModelChoice, descriptor_title, sizes_title, whitening_refusal
 from retrieval_gui.controllers.query import QueryController
@@ -184,7 +184,7 @@ class Explorer(QObject):
         parts.append(model_title(key.backbone))
         parts.append(self.model.descriptor_title())
         if key.scales:
-            parts.append("sizes " + "+".join(map(str, key.scales)))
+            parts.append("sizes " + sizes_label(key.scales))
         if key.whitening:
             parts.append(f"whitened ({Path(key.whitening).name})")
         if key.weights != "pretrained":

@@ -19,6 +19,7 @@ from engine.vocabulary import (
     ModelSpec,
     is_checkpoint_name,
     multi_scales,
+    sizes_label,
 )
 
 DEFAULT_SIZE = DEFAULT_IMAGE_SIZE  # for the Sizes labels when none is given
@@ -34,8 +35,8 @@ def descriptor_title(descriptor: str, backbone: str = "") -> str:
 
 
 def sizes_title(spec: ModelSpec) -> str:
-    """'224+288+352' for a multi-scale spec, else its one size ('default' when the backbone's)."""
-    return "+".join(map(str, spec.scales)) if spec.scales else str(spec.image_size or "default")
+    """'224+288+352' for a multi-scale spec, else its one size (ModelSpec.sizes_title)."""
+    return spec.sizes_title()
 
 
 def whitening_refusal(path: str, key: ModelSpec) -> str | None:
@@ -54,7 +55,7 @@ def whitening_refusal(path: str, key: ModelSpec) -> str | None:
     mine = list(key.scales) if key.scales else [key.image_size or DEFAULT_SIZE]
     known = key.scales or key.image_size or key.backbone in list_backbones()  # else a checkpoint's
     if known and isinstance(sizes, list) and all(type(s) is int for s in sizes) and sizes != mine:
-        return (f"{Path(path).name} was learned at sizes {'+'.join(map(str, sizes))}; the window uses "
+        return (f"{Path(path).name} was learned at sizes {sizes_label(sizes)}; the window uses "
                 f"{'+'.join(map(str, mine))} (choose them under Sizes first).")
     return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from engine.vocabulary import fmt_clock
+from engine.vocabulary import fmt_clock, sizes_label
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def estimate_run(*, mode: str, n_train: int, n_val: int, iterations: int, val_ev
     evaluation = 0.0
     if alike_sizes:
         m = n if alike_images is None else alike_images
-        sizes = "+".join(map(str, alike_sizes))
+        sizes = sizes_label(alike_sizes)
         if rates.evaluation > 0:
             evaluation = m / rates.evaluation
             lines.append(f"then the evaluation alike: {_clock(evaluation)} ({m:,} images at {sizes}, its loading "
@@ -214,7 +214,7 @@ def validations(iterations: int, val_every: int) -> int:
 
 def alike_key(sizes: tuple[int, ...], whiten: bool) -> str:
     """The key the evaluation alike's measured speed is remembered under (beside the run's rate_key)."""
-    return f"alike:{'+'.join(map(str, sizes))}:{'whitened' if whiten else 'plain'}"
+    return f"alike:{sizes_label(sizes)}:{'whitened' if whiten else 'plain'}"
 
 
 def describe(estimate: Estimate, rates: Rates) -> str:

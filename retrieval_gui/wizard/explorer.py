@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.vocabulary import DEFAULT_DESCRIPTOR, DESCRIPTOR_SHORT, POOLING_DESCRIPTORS
+from engine.vocabulary import DEFAULT_DESCRIPTOR, DESCRIPTOR_SHORT, POOLING_DESCRIPTORS, sizes_label
 from engine.whiten_folder import ModelBase, WhitenOutcome, model_base_of
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class WindowLink:
             w.set_sizes(sizes_choice)
         if w.use_whitening(outcome.path) is False:
             return f"The explorer refused {name} (its message says why)."
-        sizes = "+".join(map(str, outcome.sizes))
+        sizes = sizes_label(outcome.sizes)
         return (f"The explorer now searches with {DESCRIPTORS.get(outcome.descriptor, outcome.descriptor)} at "
                 f"{sizes}, whitened by {name}; an open folder is indexed again in the background.")
 
