@@ -3,8 +3,8 @@
 An entry's name is a hash of the image's absolute path, its size and modification time (ns) and the
 thumbnail size (:func:`thumb_key`): a changed file gets a new name, so a stale thumbnail is never shown
 (the old entry is simply not read again). Entries live under ``<cache root>/thumbnails/<2 hex>/<key>.jpg``.
-An entry is written atomically (a temporary file renamed over the name, so no half-written file is ever
-read under it); it is not fsynced: a cache entry lost in a crash is made again. A damaged entry is
+An entry is written atomically through engine.atomic (a temporary file renamed over the name, so no
+half-written file is ever read under it), without fsync: a cache entry lost in a crash is made again. A damaged entry is
 ignored (and removed) and the original decoded again.
 
 This module imports neither torch nor Qt, so that the window can show a folder's cached thumbnails
@@ -18,10 +18,11 @@ import hashlib
 import io
 import logging
 import os
-import threading
 from pathlib import Path
 
 from PIL import Image
+
+from engine.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,10 @@ def write_cached(cache_dir: str | os.PathLike, path: str | os.PathLike, size: in
         return None
     buf = io.BytesIO()
     thumb.convert("RGB").save(buf, "JPEG", quality=QUALITY)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, entry)
+    try:  # a cache that is rebuilt on a miss: atomic, not fsynced
+        atomic_write_bytes(entry, buf.getvalue(), durable=False)
     except OSError as exc:
         log.debug("thumbnail cache write failed: %s", exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         return None
     return entry
 
