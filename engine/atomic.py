@@ -2,13 +2,21 @@
 
 A crash or a kill at any moment leaves either the old file or the new one, never a torn one; the
 temporary file a killed writer leaves is deleted by the next write of the same file.
+
+Also the two rules every reader and writer of the program's own files share: :func:`read_regular` (a
+file the program owns is read only when it is a regular file: a FIFO, socket or device put in its
+place is refused without blocking) and :func:`disk_full` (the one mapping of "the disk is full",
+whichever library hit it, to one message naming the folder and the fix; :func:`atomic_open` and
+:func:`atomic_write_with` apply it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,9 +91,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True)
         os.replace(tmp, path)
         if durable:
             fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full(exc, path)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -114,9 +125,12 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full(exc, path)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -143,3 +157,73 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --- the disk is full -------------------------------------------------------------------------------
+class DiskFullError(OSError):
+    """A write failed because the disk (or the user's quota) is full; the message names the folder."""
+
+
+#: what libraries that do not raise OSError(ENOSPC) say when a write ran out of room: C++ streams
+#: (nmslib's saveIndex: "basic_ios::clear: iostream error"), numpy's short writes ("12800 requested and
+#: 6080 written"), and C's strerror text
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "basic_ios::clear", "iostream error",
+               "requested and written")
+
+
+def disk_full(exc: BaseException, target: str | os.PathLike, fix: str = "") -> DiskFullError | None:
+    """``exc`` as a :class:`DiskFullError` saying "the disk is full" with the folder of ``target`` and
+    ``fix`` (the command to run once there is room; default: run the command again), or None when
+    ``exc`` is not a full disk (ENOSPC, EDQUOT, or a library's words for a short write)."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    if not full and isinstance(exc, (OSError, RuntimeError, ValueError)) and (
+            not isinstance(exc, OSError) or exc.errno is None):
+        text = str(exc).lower()
+        full = any(t in text for t in _FULL_TEXTS)
+    if not full:
+        return None
+    folder = Path(target).parent if not Path(target).is_dir() else Path(target)
+    err = DiskFullError(f"the disk is full: cannot write in {folder} ({exc}); free some space there, then "
+                        f"{fix or 'run the command again'}")
+    err.errno = errno.ENOSPC
+    return err
+
+
+# --- reading the program's own files ------------------------------------------------------------------
+class NotRegularFileError(OSError):
+    """A path where the program expects a regular file it wrote holds something else (FIFO, socket,
+    device, folder, symbolic link)."""
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, opened without following a final symbolic link and without blocking (a FIFO
+    never hangs the caller), read only when it is a regular file of at most ``limit`` bytes.
+    Raises NotRegularFileError (not a regular file, or too large), FileNotFoundError, OSError."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link, a socket, a folder
+            raise NotRegularFileError(exc.errno, f"{path} is not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(errno.EINVAL, f"{path} is not a regular file (a pipe, socket, device "
+                                      "or folder)")
+        if limit is not None and st.st_size > limit:
+            raise NotRegularFileError(errno.EFBIG, f"{path} is {st.st_size:,} bytes, more than the "
+                                      f"{limit:,} it may hold")
+        if hasattr(os, "O_NONBLOCK"):  # a regular file: blocking reads from here on
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            data = fh.read() if limit is None else fh.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise NotRegularFileError(errno.EFBIG, f"{path} grew past the {limit:,} bytes it may hold")
+        return data
+    finally:
+        if fd >= 0:
+            os.close(fd)

@@ -14,8 +14,20 @@ and the vector index — lives in a cache folder, as append-only commits::
         graph-000005-<token>.bin       the HNSW graph (nmslib, written only when it is rebuilt)
         graph-000005-<token>.ids.npy   the ids of its points, in graph order
 
-- Files are immutable once named by a manifest; each entry carries its size and CRC-32, checked before
-  numpy or nmslib reads the file. A commit writes only what changed: the new rows, and the graph when the
+- Files are immutable once named by a manifest; each entry carries its size, CRC-32 and SHA-256, checked
+  before numpy or nmslib reads the file (the SHA-256 for the metadata and the graph, the CRC-32 for the
+  vectors: their one pass stays as fast as before).
+- Nothing in a cache is trusted beyond what this installation wrote (engine.integrity): the manifest
+  carries an HMAC keyed by the installation's secret over its whole content (the folder it indexes
+  included: a collection copied from another folder is recognised), and every file entry its own HMAC.
+  A manifest failing its MAC whose vector files pass theirs is searched exactly from the vectors (its
+  graph is never loaded) and repaired by the next update; files failing theirs are refused, naming
+  ``index --rebuild``. A manifest of an earlier version (no MAC) is used the same way: exact search until
+  the next update rebuilds its graph. Independently, every load checks sizes before allocating, that
+  vectors are finite, paths unique and inside the folder, and the graph settings sane.
+- Only regular files are read (engine.atomic.read_regular: a FIFO, socket or device in the state folder is
+  refused without blocking); ``rebuild=True`` moves a state folder of any other shape aside
+  (``<state>.damaged-<time>``) and starts afresh. A commit writes only what changed: the new rows, and the graph when the
   thresholds of engine.index ask for a rebuild (points added since are searched exactly).
 - :meth:`Collection.open` loads the last commit (no image is read; the graph is loaded at the first
   search). A reader racing a writer reads the newer manifest when a file it wanted was collected.
@@ -39,8 +51,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 import zlib
@@ -51,11 +65,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_write_text, fsync_file
+from engine import integrity
+from engine.atomic import NotRegularFileError, atomic_write_text, disk_full, fsync_file, read_regular
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 from engine.evaluation import evaluate
 from engine.images import label_of, scan_images
-from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
+from engine.index import INDEX_KINDS, HnswIndex, IndexCorruptError, VectorIndex, make_index
 from engine.search import SearchOptions, search_vectors
 from engine.vectors import l2n
 from engine.vocabulary import ModelSpec, SearchHit, cache_root
@@ -72,6 +87,17 @@ COMMIT_EVERY_IMAGES = 2000
 COMMIT_EVERY_SECONDS = 30.0
 #: removed rows are dropped from the segments (one rewrite) once they exceed this share of the rows
 COMPACT_SHARE = 0.2
+#: the most a manifest may weigh (it names files and skipped files, never vectors)
+MANIFEST_LIMIT = 256 << 20
+#: the widest vectors a collection may declare (the largest descriptor is 4096-d); a manifest claiming
+#: more is refused before anything is allocated
+MAX_DIM = 1 << 16
+#: bounds of the graph settings a manifest may carry (beyond them: rebuilt with the defaults)
+_SETTING_BOUNDS = {"M": (2, 512), "ef_construction": (1, 1 << 16), "ef": (1, 1 << 16), "threads": (1, 1024),
+                   "rebuild_min": (1, 1 << 40), "block_size": (1, 1 << 24)}
+#: the names of the files a manifest may name (no folder part, nothing but what commits write)
+_SEGMENT_NAME = re.compile(r"seg-\d{6,}-[0-9a-f]{8}\.(?:meta\.npz|npy)")
+_GRAPH_NAME = re.compile(r"graph-\d{6,}-[0-9a-f]{8}\.(?:bin|ids\.npy)")
 
 
 class CollectionError(RuntimeError):
@@ -81,6 +107,10 @@ class CollectionError(RuntimeError):
 
 class ConcurrentChangeError(CollectionError):
     """Another process committed to the collection since this object read it: reopen and update again."""
+
+
+class CollectionBusyError(CollectionError):
+    """Another process is updating the collection now (refused before any extraction)."""
 
 
 def collection_dir(folder: str | os.PathLike, model_spec: ModelSpec, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -128,6 +158,9 @@ class UpdateReport:
     seconds: float = 0.0
     cancelled: bool = False
     saved: bool = False
+    #: images read by the shared pass of this update, for every descriptor together (``extracted`` counts
+    #: the ones this collection wanted)
+    read: int = 0
     #: files and folders the scan could not use (dangling or looping links, unreadable folders), with reasons
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
@@ -138,28 +171,56 @@ def _stat(p: Path) -> tuple[int, int]:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _from_store(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _from_store(v: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False) -> np.ndarray:
     """Stored float16 rows (n, D) -> float32 in ``out`` (or a new array), re-normalised (rounding moves
-    the norm by ~1e-3); done in blocks of rows, in place, so a large segment costs one pass."""
+    the norm by ~1e-3); done in blocks of rows, in place, so a large segment costs one pass.
+    ``finite``: raise ValueError when a row holds a NaN or an infinity (its norm says so: no extra pass)."""
     if out is None:
         out = np.empty(v.shape, np.float32)
     for a in range(0, v.shape[0], 8192):
         block = out[a:a + 8192]
         np.copyto(block, v[a:a + 8192], casting="unsafe")
-        block /= np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)[:, None]
+        sq = np.einsum("ij,ij->i", block, block)
+        if finite and not np.isfinite(sq).all():
+            bad = a + int(np.flatnonzero(~np.isfinite(sq))[0])
+            raise ValueError(f"row {bad} holds a NaN or an infinite value")
+        block /= np.maximum(np.sqrt(sq), 1e-12)[:, None]
     return out
 
 
-def _check_entry(folder: Path, entry: dict[str, Any], what: str) -> Path:
-    """A file a manifest names: present, of its size and CRC-32 (read before any parser sees it)."""
-    p = folder / str(entry["file"])
-    if "/" in str(entry["file"]) or not p.is_file():
-        raise CollectionError(f"{what} {p} is missing")
-    if p.stat().st_size != int(entry["bytes"]):
+def _entry_file(folder: Path, entry: dict[str, Any], what: str, pattern: re.Pattern[str]) -> Path:
+    """The path of a file a manifest entry names: a plain name of the kind commits write (never a path
+    that leaves the state folder)."""
+    name = entry["file"]
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        raise CollectionError(f"{what} named {name!r} in the manifest of {folder} is not a collection file "
+                              "(the manifest is damaged)")
+    return folder / name
+
+
+def _read_entry(folder: Path, entry: dict[str, Any], what: str, pattern: re.Pattern[str], *,
+                digest: str | None) -> bytes:
+    """The bytes of a file a manifest names, read once (a regular file only, never more than the entry
+    says) and checked against its size and ``digest`` ("sha256", "crc32" or None: size only) before any
+    parser sees them."""
+    p = _entry_file(folder, entry, what, pattern)
+    size = int(entry["bytes"])
+    try:
+        data = read_regular(p, limit=size)
+    except FileNotFoundError:
+        raise CollectionError(f"{what} {p} is missing") from None
+    except NotRegularFileError as exc:
+        raise CollectionError(f"{what} {p} is damaged ({exc.strerror})") from None
+    if len(data) != size:
         raise CollectionError(f"{what} {p} is truncated or damaged")
-    if crc32_file(p) != int(entry["crc32"]):
+    if digest == "sha256":
+        if entry.get("sha256") is not None and integrity.sha256_bytes(data) != entry["sha256"]:
+            raise CollectionError(f"{what} {p} is damaged (checksum mismatch)")
+        if entry.get("sha256") is None and zlib.crc32(data) != int(entry["crc32"]):  # an earlier version's
+            raise CollectionError(f"{what} {p} is damaged (checksum mismatch)")
+    elif digest == "crc32" and zlib.crc32(data) != int(entry["crc32"]):
         raise CollectionError(f"{what} {p} is damaged (checksum mismatch)")
-    return p
+    return data
 
 
 def _read_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], verify: bool) -> np.ndarray:
@@ -168,13 +229,7 @@ def _read_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], v
     import io
 
     p = folder / str(entry["file"])
-    if "/" in str(entry["file"]) or not p.is_file():
-        raise CollectionError(f"the collection file {p} is missing")
-    data = p.read_bytes()
-    if len(data) != int(entry["bytes"]):
-        raise CollectionError(f"the collection file {p} is truncated or damaged")
-    if verify and zlib.crc32(data) != int(entry["crc32"]):
-        raise CollectionError(f"the collection file {p} is damaged (checksum mismatch)")
+    data = _read_entry(folder, entry, "the collection file", _SEGMENT_NAME, digest="crc32" if verify else None)
     head = io.BytesIO(data[:4096])
     try:
         version = np.lib.format.read_magic(head)
@@ -192,10 +247,119 @@ def _read_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], v
 
 
 def _write_entry(path: Path, write: Any) -> dict[str, Any]:
-    """Write a new immutable file with ``write(path)``, fsync it and describe it for the manifest."""
+    """Write a new immutable file with ``write(path)``, fsync it and describe it for the manifest (size,
+    CRC-32 and SHA-256, from one read of what was written)."""
     write(path)
     fsync_file(path)
-    return {"file": path.name, "bytes": path.stat().st_size, "crc32": crc32_file(path)}
+    return _describe_file(path)
+
+
+def _describe_file(path: Path) -> dict[str, Any]:
+    """A manifest entry of a file just written: name, size, CRC-32, SHA-256."""
+    crc, sha = 0, hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            crc = zlib.crc32(chunk, crc)
+            sha.update(chunk)
+    return {"file": path.name, "bytes": path.stat().st_size, "crc32": crc, "sha256": sha.hexdigest()}
+
+
+def _declared_rows(seg: Any, dim: int | None) -> int:
+    """The rows a manifest's segment entry declares, checked against the size its vectors file has on disk
+    (one lstat) before anything is allocated for them."""
+    rows = int(seg["rows"])
+    vec_bytes = int(seg["vectors"]["bytes"])
+    if rows < 0 or (dim is not None and rows * dim * np.dtype(STORE_DTYPE).itemsize > vec_bytes):
+        raise ValueError(f"segment of {rows} rows in {vec_bytes} bytes")
+    return rows
+
+
+def _usable_settings(kind: Any, params: Any, default_kind: str, default_params: dict[str, Any]
+                     ) -> tuple[str, dict[str, Any], str | None]:
+    """The index kind and settings a manifest names, when this program knows them and they are within
+    :data:`_SETTING_BOUNDS`: ``(kind, params, None)``; else the defaults and what was wrong."""
+    if kind not in INDEX_KINDS:
+        return default_kind, dict(default_params), f"an unknown index kind ({str(kind)[:60]!r})"
+    if not isinstance(params, dict):
+        return kind, dict(default_params), "unknown graph settings"
+    for name, value in params.items():
+        if name == "rebuild_share":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < value <= 1.0
+        elif name in _SETTING_BOUNDS:
+            lo, hi = _SETTING_BOUNDS[name]
+            ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        else:  # a setting the bounds do not know: the index's own constructor decides below
+            ok = isinstance(value, (int, float, str, bool)) or value is None
+        if not ok:
+            return kind, dict(default_params), f"unknown graph settings ({str(name)[:40]}={str(value)[:40]})"
+    try:
+        make_index(kind, "cosine", dim=1, **params)  # what the index itself accepts
+    except (TypeError, ValueError) as exc:
+        return kind, dict(default_params), f"unknown graph settings ({str(exc)[:80]})"
+    return kind, dict(params), None
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A folder, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _move_aside_damaged(state_dir: Path, root: Path) -> Path | None:
+    """Make room for a fresh state folder, whatever shape the old one has: the first of
+    ``<root>/collections``, ``<root>/collections/<folder hash>`` and ``state_dir`` that is not a real
+    folder, or a state folder holding anything but regular files (a FIFO, socket, device, link or folder
+    where a file belongs), is renamed to ``<name>.damaged-<time>`` beside it. Returns where it went (None
+    when nothing was in the way). Healthy state is left in place (replaced at the next commit)."""
+    chain = [root / "collections", state_dir.parent, state_dir]
+    for p in chain:
+        if not os.path.lexists(p):
+            return None
+        if not _is_real_dir(p):
+            return _aside(p)
+    for entry in os.scandir(state_dir):
+        name = entry.name
+        if entry.is_dir(follow_symlinks=False) and name.startswith("gen-"):
+            continue  # the old format's folders, collected at the next commit
+        if not entry.is_file(follow_symlinks=False):
+            return _aside(state_dir)
+    return None
+
+
+def _aside(p: Path) -> Path:
+    target = p.with_name(f"{p.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    while os.path.lexists(target):
+        target = p.with_name(f"{p.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+    os.rename(p, target)
+    return target
+
+
+def _bad_path(paths: list[Any]) -> str | None:
+    """The first stored path a collection must not hold (a reason), or None: every path a relative POSIX
+    path inside the folder, as the scan writes them (no empty, '.' or '..' part, not absolute, no NUL), and
+    no path twice. One pass of compiled code over the joined paths (100k paths in a few ms)."""
+    if not all(isinstance(p, str) for p in paths):
+        return "a path that is not text"
+    if len(set(paths)) != len(paths):
+        seen: set[str] = set()
+        dup = next(p for p in paths if p in seen or seen.add(p))  # type: ignore[func-returns-value]
+        return f"the path {dup!r} twice"
+    joined = "\0".join(paths)
+    if joined.count("\0") != max(len(paths) - 1, 0):
+        return "a path holding a NUL character"
+    if paths and _leaves("/" + joined.replace("\0", "/") + "/"):  # one pass of C for all
+        bad = next(p for p in paths if _leaves("/" + p + "/"))
+        return f"the path {bad!r}, which leaves the folder"
+    return None
+
+
+def _leaves(wrapped: str) -> bool:
+    """True when ``"/" + path + "/"`` (or several such joined) holds an empty, '.' or '..' part: an absolute
+    path, a '..', a trailing '/' all show as one of these (on Windows, backslashes and drive colons too)."""
+    return "//" in wrapped or "/./" in wrapped or "/../" in wrapped or (
+        os.sep == "\\" and ("\\" in wrapped or ":" in wrapped))
 
 
 class _Rows:
@@ -272,6 +436,11 @@ class Collection:
         self._identity = model_spec.identity()
         self._lock = threading.RLock()
         self._base_commit = 0  # the commit on disk that this object's state continues
+        self._writer: int | None = None  # the descriptor of the held .lock while this object updates
+        #: what opening noticed and worked around, one line each (for the user)
+        self.notes: list[str] = []
+        #: why the next update must rewrite the commit (an unauthenticated manifest, a graph to rebuild)
+        self.repair: str | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -298,33 +467,46 @@ class Collection:
              verify: bool = True) -> Collection:
         """Open ``folder`` seen through ``model_spec``: load its last commit if there is one (no image is
         read), else an empty collection that :meth:`update` fills. ``rebuild=True`` ignores the saved
-        state (replaced at the next commit). ``index``/``index_params`` are used when an index is first
-        made (engine.index.make_index). ``verify``: check every file's CRC-32 (the vectors too; the
-        graph is always checked before nmslib reads it). A reader racing a writer retries.
-        Raises CollectionError for a damaged or mismatched cache, FileNotFoundError for a missing folder."""
+        state (replaced at the next commit; a state folder of another shape, e.g. with a FIFO or a folder
+        where a file belongs, is first moved aside to ``<state>.damaged-<time>``). ``index``/``index_params``
+        are used when an index is first made (engine.index.make_index). ``verify``: check the vectors'
+        CRC-32 too (the metadata and the graph are always checked before numpy or nmslib reads them). A
+        reader racing a writer retries. What the load noticed and worked around (an unauthenticated
+        manifest, a graph to rebuild) is in :attr:`notes`; :attr:`repair` says why the next update
+        rewrites the commit. Raises CollectionError for a damaged or mismatched cache, naming the fix,
+        FileNotFoundError for a missing folder."""
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {folder}")
         state_dir = collection_dir(root, model_spec, cache_dir)
         c = cls(root, model_spec, state_dir, index_kind=index, index_params=index_params)
-        if (state_dir / MANIFEST).exists():
+        if rebuild:
+            moved = _move_aside_damaged(state_dir, cache_root() if cache_dir is None else Path(cache_dir))
+            if moved is not None:
+                c.notes.append(f"the damaged state folder of this collection was moved aside to {moved} "
+                               "(delete it once you no longer need it); indexing the folder again")
+        elif os.path.lexists(state_dir) and not _is_real_dir(state_dir):
+            raise CollectionError(f"the collection cache {state_dir} is damaged (not a folder); {c._fix()}")
+        if os.path.lexists(state_dir / MANIFEST):
             if rebuild:
                 c._base_commit = c._disk_commit()
             else:
                 c._load_retrying(verify=verify)
-        elif (state_dir / LEGACY_CURRENT).exists() and not rebuild:
+        elif os.path.lexists(state_dir / LEGACY_CURRENT) and not rebuild:
             raise CollectionError(f"the collection cache {state_dir} was written by an older version of the "
                                   f"program (format 1); {c._fix()}")
         return c
 
     def _fix(self) -> str:
-        return (f"delete {self.state_dir} or run `retrieval-explorer index {self.folder} --rebuild` "
-                "to index the folder again")
+        return (f"run `retrieval-explorer index {self.folder} --rebuild` to index the folder again (or delete "
+                f"{self.state_dir})")
 
     def _disk_commit(self) -> int:
+        """The commit number the manifest on disk names (0 when there is none or it cannot be read)."""
         try:
-            return int(json.loads((self.state_dir / MANIFEST).read_text(encoding="utf-8"))["commit"])
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            m = json.loads(read_regular(self.state_dir / MANIFEST, limit=MANIFEST_LIMIT))
+            return int(m["commit"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
             return 0
 
     def _load_retrying(self, verify: bool, attempts: int = 5) -> None:
@@ -343,10 +525,11 @@ class Collection:
     def _read_manifest(self) -> dict[str, Any]:
         fix = self._fix()
         try:
-            m = json.loads((self.state_dir / MANIFEST).read_text(encoding="utf-8"))
+            m = json.loads(read_regular(self.state_dir / MANIFEST, limit=MANIFEST_LIMIT))
         except (OSError, ValueError, RecursionError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise CollectionError(f"the collection cache {self.state_dir} is damaged (unreadable {MANIFEST}: "
-                                  f"{exc}); {fix}") from exc
+                                  f"{why}); {fix}") from None
         if not isinstance(m, dict):
             raise CollectionError(f"the collection cache {self.state_dir} is damaged (bad {MANIFEST}); {fix}")
         version = m.get("format_version")
@@ -356,11 +539,57 @@ class Collection:
         if m.get("identity") != self._identity:
             raise CollectionError(f"the collection cache {self.state_dir} was made with another model or "
                                   f"descriptor ({m.get('identity')}, expected {self._identity}); {fix}")
+        if m.get("folder") != str(self.folder):
+            raise CollectionError(f"the collection cache {self.state_dir} holds the collection of another folder "
+                                  f"({m.get('folder')!s:.300}), copied here: it cannot be used for {self.folder}; "
+                                  f"{fix}")
         return m
+
+    # --- authentication (engine.integrity) ------------------------------------------------------
+    def _mac_context(self, what: str) -> list[str]:
+        """What every MAC of this collection is bound to besides its content: the folder (resolved) and
+        the model key, so that no file or manifest of another collection passes here."""
+        return [what, str(self.folder), self.state_dir.name]
+
+    def _sign_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """``manifest`` with its entries' and its own MAC (file entries first: the manifest's covers them)."""
+        for seg in manifest["segments"]:
+            for role in ("meta", "vectors"):
+                seg[role] = self._sign_entry(role, seg[role])
+        if manifest.get("graph"):
+            for role in ("graph", "ids"):
+                manifest["graph"][role] = self._sign_entry(role, manifest["graph"][role])
+        body = {k: v for k, v in manifest.items() if k != "mac"}
+        return {**body, "mac": integrity.sign([*self._mac_context("manifest"), body])}
+
+    def _sign_entry(self, role: str, entry: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in entry.items() if k != "mac"}
+        if "sha256" not in body:  # an entry of an earlier version: its digest, from the file as it is
+            body = _describe_file(self.state_dir / str(body["file"]))
+        return {**body, "mac": integrity.sign([*self._mac_context(role), body])}
+
+    def _entry_trusted(self, role: str, entry: Any) -> bool:
+        if not isinstance(entry, dict):
+            return False
+        body = {k: v for k, v in entry.items() if k != "mac"}
+        return integrity.verify([*self._mac_context(role), body], entry.get("mac"))
+
+    def _manifest_trust(self, m: dict[str, Any]) -> str:
+        """"signed" (this installation wrote it, as it is), "legacy" (no MAC: an earlier version wrote it)
+        or "forged" (a MAC that does not match: changed outside this program, or another installation's)."""
+        if "mac" not in m:
+            return "legacy"
+        body = {k: v for k, v in m.items() if k != "mac"}
+        return "signed" if integrity.verify([*self._mac_context("manifest"), body], m["mac"]) else "forged"
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning("%s", text)
 
     def _load(self, verify: bool = True) -> None:
         fix = self._fix()
         m = self._read_manifest()
+        trust = self._manifest_trust(m)
         try:
             commit = int(m["commit"])
             segments = list(m["segments"])
@@ -369,29 +598,65 @@ class Collection:
                                                    int(s["mtime_ns"])) for s in m["skipped"]}
             next_id = int(m["next_id"])
             dim = None if m["dim"] is None else int(m["dim"])
-            index_kind, index_params = str(m["index_kind"]), dict(m["index_params"])
+            index_kind, index_params = m["index_kind"], m["index_params"]
             graph = m.get("graph")
             total_files = m.get("total_files")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if dim is not None and not 0 < dim <= MAX_DIM:
+                raise ValueError(f"it declares {dim}-d vectors")
+            if not 0 <= next_id < 1 << 62:
+                raise ValueError(f"next id {next_id}")
+            declared = [_declared_rows(seg, dim) for seg in segments]  # before anything is allocated
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CollectionError(f"the collection manifest in {self.state_dir} is damaged ({exc}); {fix}") from exc
+        repair: list[str] = []
+        if trust == "forged":
+            for seg in segments:
+                if not (self._entry_trusted("meta", seg.get("meta")) and
+                        self._entry_trusted("vectors", seg.get("vectors"))):
+                    raise CollectionError(f"the collection cache {self.state_dir} was changed outside this program "
+                                          f"(its files fail their authentication); {fix}")
+            repair.append(f"the collection manifest in {self.state_dir} fails its authentication (changed outside "
+                          "this program): searching exactly from its vectors, which pass theirs")
+            graph = None
+        elif trust == "legacy":
+            if graph:
+                repair.append(f"the collection cache {self.state_dir} was written by an earlier version: "
+                              "searching exactly until its search graph is rebuilt")
+            else:
+                repair.append(f"the collection cache {self.state_dir} was written by an earlier version")
+            graph = None
+        kind, params, why = _usable_settings(index_kind, index_params, self.index_kind, self.index_params)
+        if why:
+            repair.append(f"the collection manifest in {self.state_dir} holds {why}: searching exactly until the "
+                          "graph is rebuilt with the default settings")
+            graph = None
+        if isinstance(graph, dict):
+            gwhy = _usable_settings("hnsw", graph.get("params"), "hnsw", {})[2]
+            if gwhy or kind != "hnsw":
+                repair.append(f"the search graph of {self.state_dir} has {gwhy or 'another index kind'}: "
+                              "searching exactly until it is rebuilt")
+                graph = None
         rows = _Rows(dim)
         try:
             if dim is not None:  # with room to grow: the next images added are not a copy of all
-                total = sum(int(seg["rows"]) for seg in segments)
+                total = sum(declared)
                 rows.reserve(total + total // 8 + 1024, dim)
             meta: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-            for seg in segments:
-                meta_path = _check_entry(self.state_dir, seg["meta"], "the collection file")
-                with np.load(meta_path, allow_pickle=False) as z:
-                    ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
-                    paths = z["paths"].tolist()
+            for seg, n_declared in zip(segments, declared, strict=True):
+                ids, sizes, mtimes, paths = self._read_meta(seg)
                 n = len(paths)
-                if not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None or \
-                        not all(isinstance(q, str) for q in paths[:1]):
+                if n != n_declared or not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None:
+                    raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
+                _entry_file(self.state_dir, seg["vectors"], "the collection file", _SEGMENT_NAME)
+                if seg["vectors"]["file"].removesuffix(".npy") != seg["meta"]["file"].removesuffix(".meta.npz"):
                     raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
                 vecs = _read_vectors(self.state_dir, seg["vectors"], (n, dim), verify)
                 rows.reserve(max(rows.n + n, rows._cap), dim)
-                _from_store(vecs, rows._v[rows.n: rows.n + n])  # straight into the buffer
+                try:
+                    _from_store(vecs, rows._v[rows.n: rows.n + n], finite=True)  # straight into the buffer
+                except ValueError as exc:
+                    raise CollectionError(f"the collection file {self.state_dir / seg['vectors']['file']} is "
+                                          f"damaged ({exc})") from None
                 rows.paths.extend(paths)
                 rows.n += n
                 meta.append((ids, sizes, mtimes))
@@ -399,13 +664,21 @@ class Collection:
                 rows.ids, rows.sizes, rows.mtimes = (np.concatenate([m[i] for m in meta]) for i in range(3))
         except CollectionError as exc:
             raise CollectionError(f"{exc}; {fix}") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CollectionError(f"the collection data in {self.state_dir} is damaged ({exc}); {fix}") from exc
+        except MemoryError:
+            raise CollectionError(f"the collection data in {self.state_dir} does not fit in memory; {fix}") from None
+        bad = _bad_path(rows.paths)
+        if bad is not None:
+            raise CollectionError(f"the collection cache {self.state_dir} holds {bad}: it is not this folder's "
+                                  f"state; {fix}")
         removed_ids = np.fromiter(removed, np.int64, len(removed))
         # ids rise along the rows (searches rely on it), which also makes them unique
         if rows.n != len(rows.paths) or (rows.n > 1 and not bool(np.all(rows.ids[1:] > rows.ids[:-1]))) \
                 or not np.isin(removed_ids, rows.ids).all():
             raise CollectionError(f"the collection data in {self.state_dir} is inconsistent; {fix}")
+        if rows.n and next_id <= int(rows.ids[-1]):
+            next_id = int(rows.ids[-1]) + 1  # never hand out an id twice
         live = ~np.isin(rows.ids, removed_ids)
         # the removed rows are kept aside until the graph that may still hold them is rebuilt
         removed_vectors = {int(rows.ids[j]): rows.vectors[j].copy() for j in np.flatnonzero(~live)}
@@ -414,7 +687,7 @@ class Collection:
             self._rows, self._segments, self._removed = rows, segments, removed
             self._removed_vectors = removed_vectors
             self._skipped, self._next_id = skipped, next_id
-            self.index_kind, self.index_params = index_kind, index_params
+            self.index_kind, self.index_params = kind, params
             self._index, self._exact = None, None
             self._graph_info = graph if isinstance(graph, dict) else None
             self._graph_pending = self._graph_info
@@ -422,6 +695,21 @@ class Collection:
             self._commit = self._base_commit = commit
             self.total_files = int(total_files) if isinstance(total_files, int) else None
             self.generation = f"commit-{commit:06d}"
+            self.repair = "; ".join(repair) or None
+        for text in repair:
+            self._note(f"{text}; `retrieval-explorer index {self.folder}` repairs it")
+
+    def _read_meta(self, seg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """A segment's ids, sizes, mtimes (n,) int64 and relative paths, from its checked metadata file."""
+        import io
+
+        data = _read_entry(self.state_dir, seg["meta"], "the collection file", _SEGMENT_NAME, digest="sha256")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
+            paths = z["paths"]
+            if paths.ndim != 1 or paths.dtype.kind != "U":
+                raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
+            return ids, sizes, mtimes, paths.tolist()
 
     # --- properties -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -578,22 +866,94 @@ class Collection:
                 self._skipped[s.path] = s
 
     # --- committing ---------------------------------------------------------------------------------
+    def _open_lock(self) -> int:
+        """The descriptor of the state folder's ``.lock`` (made when missing; a regular file only: opened
+        without following a link and without blocking)."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise CollectionError(f"the collection cache {self.state_dir} is damaged (not a folder); "
+                                  f"{self._fix()}") from None
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+            getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.state_dir / ".lock", flags, 0o644)
+        except OSError as exc:
+            full = disk_full(exc, self.state_dir / ".lock", fix=f"run `retrieval-explorer index {self.folder}` again")
+            if full is not None:
+                raise full from None
+            raise CollectionError(f"the collection cache {self.state_dir} is damaged (its .lock: "
+                                  f"{exc.strerror or exc}); {self._fix()}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CollectionError(f"the collection cache {self.state_dir} is damaged (its .lock is not a regular "
+                                  f"file); {self._fix()}")
+        return fd
+
     @contextlib.contextmanager
-    def _locked(self):
-        """An exclusive lock on the state folder (POSIX flock) so that two processes committing the same
-        collection do not interleave."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+    def writing(self):
+        """Hold the state folder's lock while this object updates the collection, taken at once or refused:
+        a second update of the same collection (another process, or another object) raises
+        CollectionBusyError naming the process that holds it, before it reads any image. Re-entrant;
+        commits made meanwhile use it. When another run committed between this object's load and the
+        lock, the newer commit is loaded first (nothing of its work is lost)."""
+        if self._writer is not None:
+            yield
+            return
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no cross-process lock
             yield
             return
-        with open(self.state_dir / ".lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fd = self._open_lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = ""
+            with contextlib.suppress(OSError, ValueError):
+                os.lseek(fd, 0, os.SEEK_SET)
+                pid = int(os.read(fd, 32).decode("ascii").split()[0])
+                other = f" (process {pid})"
+            os.close(fd)
+            raise CollectionBusyError(
+                f"another run{other} is updating the collection of {self.folder} now; wait until it ends, then "
+                f"run `retrieval-explorer index {self.folder}` again (it continues from that run's work)") from None
+        try:
+            with contextlib.suppress(OSError):  # who holds it, for the message of the one refused
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._writer = fd
+            if self.is_saved and self._disk_commit() != self._base_commit and not self.repair:
+                self._load_retrying(verify=True)  # another run committed before this one held the lock
+            yield
+        finally:
+            self._writer = None
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive lock on the state folder (POSIX flock) so that two processes committing the same
+        collection do not interleave (already held while this object runs :meth:`writing`)."""
+        if self._writer is not None:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no cross-process lock
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            yield
+            return
+        fd = self._open_lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def commit(self, *, final: bool = True) -> None:
         """Write what changed since the last commit: the new rows as one segment (float16 vectors and
@@ -605,7 +965,7 @@ class Collection:
         (ConcurrentChangeError) when another process committed since this object's state was read:
         that run's work would otherwise be lost. On an error (disk full...) the files of this commit
         are removed and the last commit stays as it was."""
-        fresh = self._fresh_graph() if final else None
+        fresh = self._fresh_graph(force=bool(self.repair)) if final else None
         with self._locked(), self._lock:
             on_disk = self._disk_commit()
             if on_disk != self._base_commit:
@@ -622,6 +982,11 @@ class Collection:
                 for p in written:
                     with contextlib.suppress(OSError):
                         p.unlink()
+                again = (f"run `retrieval-explorer index {self.folder}` again: the last commit "
+                         f"({self.generation or 'none'}) is kept and it continues from there")
+                full = disk_full(exc, self.state_dir / MANIFEST, fix=again)
+                if full is not None:
+                    raise CollectionError(str(full)) from exc
                 if isinstance(exc, OSError):
                     raise CollectionError(
                         f"cannot save the collection of {self.folder} ({exc.strerror or exc}); the last "
@@ -629,12 +994,13 @@ class Collection:
                     ) from exc
                 raise
 
-    def _fresh_graph(self) -> HnswIndex | None:
-        """A new HNSW index over the live rows when the current one's thresholds ask for a rebuild (or
-        None). Called by the updating thread, the only one that changes rows, without the lock."""
+    def _fresh_graph(self, force: bool = False) -> HnswIndex | None:
+        """A new HNSW index over the live rows when the current one's thresholds ask for a rebuild, or
+        ``force`` (a repair), or None. Called by the updating thread, the only one that changes rows,
+        without the lock."""
         with self._lock:
             index = self._live_index()
-            if not isinstance(index, HnswIndex) or not index.needs_rebuild():
+            if not isinstance(index, HnswIndex) or not (force or index.needs_rebuild()) or not self._rows.n:
                 return None
             ids, vectors = self._rows.ids.copy(), self._rows.vectors.copy()
         fresh = make_index("hnsw", "cosine", dim=vectors.shape[1], **self.index_params)
@@ -704,9 +1070,11 @@ class Collection:
             "total_files": self.total_files,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        manifest = self._sign_manifest(manifest)
         previous = self._named_files()
         atomic_write_text(folder / MANIFEST, json.dumps(manifest))  # the switch
         written.clear()
+        self.repair = None
         self._segments, self._graph_info, self._commit = segments, graph, number
         self._base_commit = number
         if isinstance(index, HnswIndex):
@@ -745,14 +1113,19 @@ class Collection:
         if self._index is None and self._graph_pending is not None and self._rows.n:
             info, self._graph_pending = self._graph_pending, None
             try:
+                self._check_graph_files(info)
                 self._index = HnswIndex.restore(
                     self.state_dir, info, dim=self._rows.dim, metric="cosine", vectors_of=self._stored_vectors,
                     live_ids=self._rows.ids, live_vectors=self._rows.vectors, normalised=True)
                 self._index.rebuild_on_query = False
                 self._graph_saved = (id(self._index), self._index.rebuilds)
-            except (IndexCorruptError, OSError, KeyError, ValueError) as exc:
-                log.warning("%s: searching exactly until the graph is rebuilt from the stored vectors "
-                            "(at the next update)", exc)
+            except (IndexCorruptError, CollectionError, OSError, KeyError, ValueError, TypeError, RuntimeError,
+                    MemoryError) as exc:  # never a library's raw words: one line, and the way out
+                why = str(exc) if isinstance(exc, (IndexCorruptError, CollectionError)) else \
+                    f"the search graph of {self.state_dir} cannot be loaded"
+                self.repair = self.repair or why
+                self._note(f"{why}: searching exactly until the graph is rebuilt from the stored vectors (at the "
+                           f"next update: `retrieval-explorer index {self.folder}`)")
                 self._index = None
         if self._index is None and (self._rows.n or create) and self._rows.dim is not None:
             # no graph (yet): every row is in the exact part; the next update's final commit builds it
@@ -763,6 +1136,15 @@ class Collection:
                 self._index.add(self._rows.vectors, self._rows.ids, normalised=True)
         self._graph_pending = None
         return self._index
+
+    def _check_graph_files(self, info: dict[str, Any]) -> None:
+        """The graph files a signed manifest names, checked against their SHA-256 before nmslib sees them
+        (a regular file, of its size and digest; engine.index checks its structure). Raises CollectionError."""
+        for role in ("graph", "ids"):
+            entry = info[role]
+            if "sha256" not in entry:
+                raise CollectionError(f"the search graph of {self.state_dir} carries no digest")
+            _read_entry(self.state_dir, entry, "the search graph file", _GRAPH_NAME, digest="sha256")
 
     def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
         """Vectors of stored ids, live or removed-but-kept: (n, D); a view of the rows (no copy) when
@@ -860,6 +1242,21 @@ def update_collections(
         return []
     collections = [c for c, _ in pairs]
     _compatible(collections)
+    with contextlib.ExitStack() as held:
+        for c in collections:  # a second update of the same collection is refused here, before any image
+            held.enter_context(c.writing())
+        return _update_held(pairs, collections, device=device, batch_size=batch_size, num_workers=num_workers,
+                            progress=progress, should_stop=should_stop, features=features,
+                            decode_threads=decode_threads, commit_every=commit_every,
+                            commit_seconds=commit_seconds, extract=extract)
+
+
+def _update_held(
+    pairs: Sequence[tuple[Collection, Any]], collections: list[Collection], *, device: str, batch_size: int,
+    num_workers: int, progress: ProgressFn | None, should_stop: ShouldStopFn | None, features: Any,
+    decode_threads: int | None, commit_every: int, commit_seconds: float, extract: Any,
+) -> list[UpdateReport]:
+    """:func:`update_collections` once every collection's lock is held."""
     report_progress, stop = resolve(progress, should_stop)
     start = time.perf_counter()
     scan_skipped: list[tuple[str, str]] = []
@@ -872,8 +1269,8 @@ def update_collections(
         todos.append(set(changes.added) | set(changes.changed))
         c._begin(current, changes)
     union = sorted(set().union(*todos), key=lambda p: p.split("/"))
-    needs_commit = [bool(t) or bool(r.removed) or not c.is_saved for c, t, r in zip(collections, todos, reports,
-                                                                                       strict=True)]
+    needs_commit = [bool(t) or bool(r.removed) or not c.is_saved or bool(c.repair)
+                    for c, t, r in zip(collections, todos, reports, strict=True)]
     if union:
         import torch
 
@@ -916,6 +1313,8 @@ def update_collections(
         for batch in batches:
             rel = [Path(p).relative_to(collections[0].folder).as_posix() for p in batch.paths]
             bad = [(Path(s.path).relative_to(collections[0].folder).as_posix(), s.reason) for s in batch.skipped]
+            for r in reports:
+                r.read += len(rel) + len(bad)
             for i, c in enumerate(collections):
                 keep = [j for j, p in enumerate(rel) if wanted[i][pos[p]]]
                 skipped = [SkippedFile(p, r, *current[p]) for p, r in bad if wanted[i][pos[p]]]
@@ -945,7 +1344,7 @@ def update_collections(
         # they are asked for first (until then their rows are searched exactly: tens of ms at 100k)
         if not reports[i].cancelled and (needs_commit[i] or _has_uncommitted(c, graph=i == 0)):
             report_progress(len(union), len(union), "updating the search index and saving")
-            c.commit(final=i == 0)
+            c.commit(final=i == 0 or bool(c.repair))
             reports[i].saved = True
         reports[i].total = len(c)
         reports[i].seconds = time.perf_counter() - start

@@ -6,7 +6,8 @@
 - the names of models/ (backbones, descriptors and their titles, checkpoint suffixes), re-exported from
   :mod:`models.names`;
 - a search result :class:`SearchHit`;
-- the cache root :func:`cache_root` (the one rule for ``$RETRIEVAL_EXPLORER_CACHE``);
+- the cache root :func:`cache_root` (the one rule for ``$RETRIEVAL_EXPLORER_CACHE``) and the config folder
+  :func:`config_root` (``$RETRIEVAL_EXPLORER_CONFIG``; it holds the installation's secret, engine.integrity);
 - the duration format :func:`fmt_duration` and the device rule :func:`resolve_device`.
 
 Importing this module imports neither torch nor Qt (the window and `search` start without torch).
@@ -41,7 +42,7 @@ from models.names import (
 __all__ = [
     "APP_NAME", "BACKBONES", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
     "DEFAULT_IMAGE_SIZE", "DESCRIPTORS", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES", "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS",
-    "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "check_scales", "default_runtime", "file_sha256", "fmt_clock",
+    "CONFIG_ENV", "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "config_root", "check_scales", "default_runtime", "file_sha256", "fmt_clock",
     "fmt_duration",
     "is_checkpoint_name", "multi_scales", "parse_scales", "resolve_device", "sizes_label",
 ]
@@ -49,6 +50,8 @@ __all__ = [
 APP_NAME = "retrieval-explorer"
 #: the environment variable that moves the cache (collections, exported runtimes, thumbnails)
 CACHE_ENV = "RETRIEVAL_EXPLORER_CACHE"
+#: the environment variable that moves the config folder (the installation's secret, engine.integrity)
+CONFIG_ENV = "RETRIEVAL_EXPLORER_CONFIG"
 #: what runs the network on the CPU (engine.runtime): "auto" takes the fastest installed
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: the descriptor of a plain backbone when none is asked for: GeM, the best measured at one size (cub100
@@ -65,6 +68,19 @@ def cache_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def config_root() -> Path:
+    """Where the program keeps what belongs to this installation and user, not to a cache (the secret
+    that authenticates the caches it writes): $RETRIEVAL_EXPLORER_CONFIG, else the platform's user config
+    folder for retrieval-explorer ($XDG_CONFIG_HOME/retrieval-explorer on Linux). Kept apart from
+    :func:`cache_root` on purpose: whoever can write or copy a cache in must not also hold the key."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME))
 
 
 def default_runtime() -> str:

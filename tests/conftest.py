@@ -13,6 +13,15 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-unused"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config(tmp_path_factory):
+    """The tests' own config folder, so that the installation's secret (engine.integrity) they make and
+    use is never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETRIEVAL_EXPLORER_CONFIG", str(tmp_path_factory.mktemp("config")))
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -116,9 +116,10 @@ def test_add_change_remove_extracts_only_what_changed(setup):
     hits = c.search_many(c.vectors, SearchOptions(k=1))
     assert [h[0].relpath for h in hits] == c.relpaths
     # files no commit names any more were collected: only the last two commits' files are left
-    named = set(json.loads((c.state_dir / "manifest.json").read_text())["segments"][0]["meta"].values())
+    named = {seg[role]["file"] for seg in json.loads((c.state_dir / "manifest.json").read_text())["segments"]
+             for role in ("meta", "vectors")}
     on_disk = {p.name for p in c.state_dir.iterdir()}
-    assert on_disk >= {n for n in named if isinstance(n, str)}
+    assert on_disk >= named
     assert len([n for n in on_disk if n.startswith("seg-") and n.endswith(".npy")]) <= 3
 
 
@@ -197,8 +198,19 @@ def test_a_second_writer_does_not_lose_the_first_ones_update(setup):
     fast = _open(root, cache)
     assert fast.update(CountingModel()).total == 13  # ... another run that finished first
     _touch_new_content(root / "class_02" / "later.jpg", 2, 61)
+    # the slow run takes the folder's lock before any extraction and continues the newer commit
+    assert slow.update(CountingModel()).total == 14
+    assert {"class_00/late.jpg", "class_02/later.jpg"} <= set(_open(root, cache).relpaths)  # nothing lost
+
+
+def test_a_commit_outside_an_update_still_refuses_a_stale_state(setup):
+    root, cache, c = setup
+    slow = _open(root, cache)
+    _touch_new_content(root / "class_00" / "late.jpg", 0, 60)
+    assert _open(root, cache).update(CountingModel()).total == 13
+    slow._unsaved = 1  # pretend it has work of its own
     with pytest.raises(CollectionError, match="another run changed the collection"):
-        slow.update(CountingModel())
+        slow.commit()
     assert "class_00/late.jpg" in _open(root, cache).relpaths  # the other run's work is still there
 
 

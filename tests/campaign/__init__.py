@@ -50,6 +50,7 @@ def scratch_env(work: Path) -> dict[str, str]:
     """Environment for a subprocess that must not touch the user's files: HOME, XDG folders and the
     project's cache all under ``work``; the repository first on the import path."""
     env = dict(os.environ)
+    env.pop("RETRIEVAL_EXPLORER_CONFIG", None)  # the config folder (and its secret) under HOME too
     home = work / "home"
     for sub in ("", ".config", ".cache"):
         (home / sub).mkdir(parents=True, exist_ok=True)
