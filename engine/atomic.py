@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -161,34 +162,39 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # --- the disk is full -------------------------------------------------------------------------------
 class DiskFullError(OSError):
-    """A write failed because the disk (or the user's quota) is full; the message names the folder."""
+    """A write failed because the disk (or the user's quota) is full; the message names the folder and
+    the fix (``folder``, ``cause``: the folder and the words of what failed)."""
+
+    def __init__(self, folder: Path, cause: str, fix: str) -> None:
+        super().__init__(f"the disk is full: cannot write in {folder} ({cause}); free some space there, then "
+                         f"{fix or 'run the command again'}")
+        self.errno = errno.ENOSPC
+        self.folder, self.cause = folder, cause
 
 
 #: what libraries that do not raise OSError(ENOSPC) say when a write ran out of room: C++ streams
 #: (nmslib's saveIndex: "basic_ios::clear: iostream error"), numpy's short writes ("12800 requested and
 #: 6080 written"), and C's strerror text
-_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "basic_ios::clear", "iostream error",
-               "requested and written")
+_FULL_TEXTS = re.compile(r"no space left on device|disk quota exceeded|basic_ios::clear|iostream error|"
+                         r"\d+ requested and \d+ written", re.IGNORECASE)
 
 
 def disk_full(exc: BaseException, target: str | os.PathLike, fix: str = "") -> DiskFullError | None:
     """``exc`` as a :class:`DiskFullError` saying "the disk is full" with the folder of ``target`` and
     ``fix`` (the command to run once there is room; default: run the command again), or None when
-    ``exc`` is not a full disk (ENOSPC, EDQUOT, or a library's words for a short write)."""
+    ``exc`` is not a full disk (ENOSPC, EDQUOT, or a library's words for a short write). An exception
+    already mapped keeps its folder and cause and takes the new ``fix`` when one is given."""
     if isinstance(exc, DiskFullError):
-        return exc
+        return DiskFullError(exc.folder, exc.cause, fix) if fix else exc
     full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     if not full and isinstance(exc, (OSError, RuntimeError, ValueError)) and (
             not isinstance(exc, OSError) or exc.errno is None):
-        text = str(exc).lower()
-        full = any(t in text for t in _FULL_TEXTS)
+        full = _FULL_TEXTS.search(str(exc)) is not None
     if not full:
         return None
-    folder = Path(target).parent if not Path(target).is_dir() else Path(target)
-    err = DiskFullError(f"the disk is full: cannot write in {folder} ({exc}); free some space there, then "
-                        f"{fix or 'run the command again'}")
-    err.errno = errno.ENOSPC
-    return err
+    folder = Path(target) if Path(target).is_dir() else Path(target).parent
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return DiskFullError(folder, cause, fix)
 
 
 # --- reading the program's own files ------------------------------------------------------------------

@@ -483,7 +483,7 @@ class Collection:
         if rebuild:
             moved = _move_aside_damaged(state_dir, cache_root() if cache_dir is None else Path(cache_dir))
             if moved is not None:
-                c.notes.append(f"the damaged state folder of this collection was moved aside to {moved} "
+                c._note(f"the damaged state folder of this collection was moved aside to {moved} "
                                "(delete it once you no longer need it); indexing the folder again")
         elif os.path.lexists(state_dir) and not _is_real_dir(state_dir):
             raise CollectionError(f"the collection cache {state_dir} is damaged (not a folder); {c._fix()}")

@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from engine.atomic import disk_full
+
 # module names under engine.cli, in the order their subcommands are listed in --help
 _COMMAND_MODULES = ("eval_cmd", "index_cmd", "duplicates_cmd", "map_cmd", "train_cmd", "whiten_cmd")
 
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None, *, gui: Callable[[list[str]], int] | Non
         # engine errors carry messages meant for the user; no traceback unless asked for
         if args.verbose >= 2:
             raise
+        # a full disk says so, whichever library hit it (engine.atomic.disk_full: the one mapping)
+        where = getattr(exc, "filename", None)
+        exc = disk_full(exc, where if isinstance(where, str) else os.getcwd()) or exc
         sys.stderr.write(f"error: {_printable(exc)}\n")
         return 2
     except Exception as exc:  # the last guard: a message and the way to the details, never a traceback

@@ -8,6 +8,7 @@ prints a summary; ``search`` ranks the collection for one query image. Both take
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import signal
@@ -129,7 +130,17 @@ def run_index(args: argparse.Namespace) -> int:
     specs = [spec_from_args(args, d) for d in index_descriptors(args)]
     collections = [Collection.open(args.folder, model_spec=sp, cache_dir=args.cache_dir, rebuild=args.rebuild,
                                    index=args.index) for sp in specs]
-    work = [bool(c.scan()) or not c.is_saved for c in collections]
+    with contextlib.ExitStack() as held:
+        for c in collections:  # a second `index` of the same collections is refused now, before any work
+            held.enter_context(c.writing())
+        return _index_held(args, collections, specs, start)
+
+
+def _index_held(args: argparse.Namespace, collections: list[Collection], specs: list[ModelSpec],
+                start: float) -> int:
+    """`index` once every collection's lock is held."""
+    repairs = [c.repair for c in collections]
+    work = [bool(c.scan()) or not c.is_saved for c in collections]  # a repair alone needs no network
     device, runtime, models = "cpu", None, [None] * len(collections)
     if any(work):  # torch and the model only when there is work
         # on a cluster this process only exports the network for the workers (on the CPU, unless GPUs run it)
@@ -148,21 +159,25 @@ def run_index(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     first, report = collections[0], reports[0]
     cancelled = any(r.cancelled for r in reports)
+    # images read once for every descriptor; the files that failed, each once whatever wanted it
+    read = max((r.read for r in reports), default=0)
+    failed = list({s.path: s for r in reports for s in r.skipped}.values())
     summary = {
         "folder": str(first.folder),
         "descriptors": {c.model_spec.descriptor: {"cache": str(c.state_dir), "total": r.total,
-                                                  "commit": c.generation} for c, r in zip(collections, reports,
-                                                                                          strict=True)},
+                                                  "commit": c.generation, "extracted": r.extracted,
+                                                  "repaired": why if why and not c.repair else None}
+                        for c, r, why in zip(collections, reports, repairs, strict=True)},
         "runtime": getattr(runtime, "name", "torch") if any(work) else None,
         "runtime_fallback": getattr(runtime, "fallback_reason", None),
         "added": report.added, "changed": report.changed, "removed": report.removed,
-        "extracted": report.extracted,
-        "kept": report.extracted - len(report.skipped),
-        "skipped": [dataclasses.asdict(s) for s in report.skipped],
+        "extracted": read,
+        "kept": read - len(failed),
+        "skipped": [dataclasses.asdict(s) for s in failed],
         "unreadable": [{"path": p, "reason": r} for p, r in report.unreadable],
         "total": report.total, "skipped_total": len(first.skipped),
         "seconds": round(seconds, 3),
-        "images_per_s": round(report.extracted / seconds, 2) if seconds > 0 else 0.0,
+        "images_per_s": round(read / seconds, 2) if seconds > 0 else 0.0,
         "cancelled": cancelled,
     }
     if args.json:
@@ -171,23 +186,26 @@ def run_index(args: argparse.Namespace) -> int:
     new = summary["kept"]
     if cancelled:
         state = f"stopped; {report.total:,} images indexed so far are kept (run index again to continue)"
-    elif report.extracted or report.removed:
+    elif read or report.removed:
         state = f"indexed {new:,} new or changed images" + (f", removed {report.removed:,}" if report.removed else "")
     else:
         state = "up to date"
     print(f"{_shown(first.folder)}: {state}")
     print(f"  added {report.added}, changed {report.changed}, removed {report.removed}, "
-          f"skipped {len(report.skipped)} (now), {len(first.skipped)} (all)")
-    for s in report.skipped[:20]:
+          f"skipped {len(failed)} (now), {len(first.skipped)} (all)")
+    for s in failed[:20]:
         print(f"    skipped {_shown(s.path)}: {s.reason}")
-    if len(report.skipped) > 20:
-        print(f"    ... and {len(report.skipped) - 20} more")
+    if len(failed) > 20:
+        print(f"    ... and {len(failed) - 20} more")
     for p, r in report.unreadable[:20]:
         print(f"    left out {_shown(p)}: {r}")
     if len(report.unreadable) > 20:
         print(f"    ... and {len(report.unreadable) - 20} more left out")
-    rate = f" ({summary['images_per_s']:.1f} images/s, {summary['runtime']})" if report.extracted else ""
-    print(f"  total {report.total} images indexed, {report.extracted} read, in {seconds:.1f} s{rate}")
+    rate = f" ({summary['images_per_s']:.1f} images/s, {summary['runtime']})" if read else ""
+    print(f"  total {report.total} images indexed, {read} read, in {seconds:.1f} s{rate}")
+    for c, why in zip(collections, repairs, strict=True):
+        if why and not c.repair:
+            print(f"  repaired {c.model_spec.descriptor}: {why} (its search graph was rebuilt)")
     print(f"  descriptors {', '.join(c.model_spec.descriptor for c in collections)}; cache "
           f"{_shown(first.state_dir.parent)}")
     return 1 if cancelled else 0
