@@ -441,6 +441,7 @@ class Collection:
         self.notes: list[str] = []
         #: why the next update must rewrite the commit (an unauthenticated manifest, a graph to rebuild)
         self.repair: str | None = None
+        self._rebuild_graph = False  # a saved graph was not trusted: the next final commit builds one
         self._reset()
 
     def _reset(self) -> None:
@@ -636,6 +637,7 @@ class Collection:
                 repair.append(f"the search graph of {self.state_dir} has {gwhy or 'another index kind'}: "
                               "searching exactly until it is rebuilt")
                 graph = None
+        rebuild_graph = graph is None and (isinstance(m.get("graph"), dict) or bool(why))
         rows = _Rows(dim)
         try:
             if dim is not None:  # with room to grow: the next images added are not a copy of all
@@ -696,6 +698,7 @@ class Collection:
             self.total_files = int(total_files) if isinstance(total_files, int) else None
             self.generation = f"commit-{commit:06d}"
             self.repair = "; ".join(repair) or None
+            self._rebuild_graph = rebuild_graph
         for text in repair:
             self._note(f"{text}; `retrieval-explorer index {self.folder}` repairs it")
 
@@ -965,7 +968,7 @@ class Collection:
         (ConcurrentChangeError) when another process committed since this object's state was read:
         that run's work would otherwise be lost. On an error (disk full...) the files of this commit
         are removed and the last commit stays as it was."""
-        fresh = self._fresh_graph(force=bool(self.repair)) if final else None
+        fresh = self._fresh_graph(force=self._rebuild_graph) if final else None
         with self._locked(), self._lock:
             on_disk = self._disk_commit()
             if on_disk != self._base_commit:
@@ -1075,6 +1078,8 @@ class Collection:
         atomic_write_text(folder / MANIFEST, json.dumps(manifest))  # the switch
         written.clear()
         self.repair = None
+        if rebuilt:
+            self._rebuild_graph = False
         self._segments, self._graph_info, self._commit = segments, graph, number
         self._base_commit = number
         if isinstance(index, HnswIndex):
@@ -1124,6 +1129,7 @@ class Collection:
                 why = str(exc) if isinstance(exc, (IndexCorruptError, CollectionError)) else \
                     f"the search graph of {self.state_dir} cannot be loaded"
                 self.repair = self.repair or why
+                self._rebuild_graph = True
                 self._note(f"{why}: searching exactly until the graph is rebuilt from the stored vectors (at the "
                            f"next update: `retrieval-explorer index {self.folder}`)")
                 self._index = None
@@ -1344,7 +1350,7 @@ def _update_held(
         # they are asked for first (until then their rows are searched exactly: tens of ms at 100k)
         if not reports[i].cancelled and (needs_commit[i] or _has_uncommitted(c, graph=i == 0)):
             report_progress(len(union), len(union), "updating the search index and saving")
-            c.commit(final=i == 0 or bool(c.repair))
+            c.commit(final=i == 0 or c._rebuild_graph)
             reports[i].saved = True
         reports[i].total = len(c)
         reports[i].seconds = time.perf_counter() - start
@@ -1356,6 +1362,14 @@ def _has_uncommitted(c: Collection, graph: bool = True) -> bool:
     rebuild."""
     if c._unsaved:
         return True
+    if not graph and c._graph_pending is not None:  # a graph not loaded now: its files checked all the same
+        try:
+            c._check_graph_files(c._graph_pending)
+        except (CollectionError, KeyError, TypeError, ValueError) as exc:
+            with c._lock:
+                c._graph_pending = c._graph_info = None
+                c.repair, c._rebuild_graph = str(exc), True
+            return True
     index = c.index if graph else None  # loads a saved graph, or makes the index a first build needs
     return isinstance(index, HnswIndex) and index.needs_rebuild()
 

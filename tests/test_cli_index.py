@@ -114,6 +114,20 @@ def test_index_json_says_what_was_extracted_kept_and_skipped(cli, image_folder):
     assert list(s["descriptors"]) == ["gem"] and s["descriptors"]["gem"]["total"] == 6
 
 
+def test_index_json_counts_every_descriptors_extraction(cli, image_folder, tmp_path):
+    """Issue 26, item 10: the first descriptor up to date, another one missing: what was read is said."""
+    import shutil
+
+    root = image_folder(n_classes=2, per_class=3)
+    assert cli("index", str(root))[0] == 0
+    shutil.rmtree(next((tmp_path / "cache").rglob("*-mac-*")))  # one descriptor's state gone
+    seen = _Colours.seen
+    code, out, _ = cli("index", str(root), "--json")
+    s = json.loads(out)
+    assert code == 0 and _Colours.seen - seen == 6 and s["extracted"] == 6 and s["kept"] == 6
+    assert s["descriptors"]["fc"]["extracted"] == 0 and s["descriptors"]["mac"]["extracted"] == 6
+
+
 def test_search_messages_for_odd_queries_and_file_names(cli, image_folder, tmp_path):
     import os
 

@@ -360,7 +360,7 @@ def test_a_full_disk_always_says_so(made, monkeypatch, where, error):
         monkeypatch.setattr(mod.np, "save", fail)
     elif where == "graph":
         monkeypatch.setattr(HnswIndex, "save_graph", fail)
-        c.repair = "forced"  # so that this commit writes a graph
+        c._rebuild_graph = True  # so that this commit writes a graph
     else:
         monkeypatch.setattr("engine.atomic.os.replace", fail)
     before = {p.name for p in c.state_dir.iterdir()}
