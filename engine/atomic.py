@@ -166,7 +166,8 @@ class DiskFullError(OSError):
     the fix (``folder``, ``cause``: the folder and the words of what failed)."""
 
     def __init__(self, folder: Path, cause: str, fix: str) -> None:
-        super().__init__(f"the disk is full: cannot write in {folder} ({cause}); free some space there, then "
+        said = f" ({cause})" if cause else ""
+        super().__init__(f"the disk is full: cannot write in {folder}{said}; free some space there, then "
                          f"{fix or 'run the command again'}")
         self.errno = errno.ENOSPC
         self.folder, self.cause = folder, cause
@@ -193,7 +194,8 @@ def disk_full(exc: BaseException, target: str | os.PathLike, fix: str = "") -> D
     if not full:
         return None
     folder = Path(target) if Path(target).is_dir() else Path(target).parent
-    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    # the system's words (ENOSPC, EDQUOT) are said; a library's own ("basic_ios::clear") are not
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else ""
     return DiskFullError(folder, cause, fix)
 
 

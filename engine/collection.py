@@ -294,8 +294,9 @@ def _usable_settings(kind: Any, params: Any, default_kind: str, default_params: 
             return kind, dict(default_params), f"unknown graph settings ({str(name)[:40]}={str(value)[:40]})"
     try:
         make_index(kind, "cosine", dim=1, **params)  # what the index itself accepts
-    except (TypeError, ValueError) as exc:
-        return kind, dict(default_params), f"unknown graph settings ({str(exc)[:80]})"
+    except (TypeError, ValueError):  # its words name its own signature: the settings are named instead
+        names = ", ".join(sorted(str(n)[:40] for n in params)[:8])
+        return kind, dict(default_params), f"unknown graph settings ({names})"
     return kind, dict(params), None
 
 

@@ -56,7 +56,8 @@ def _crafted(work: Path, name: str = "photos", n: int = 12, descriptor: str = "g
     from engine.collection import Collection
 
     folder = work / name
-    make_photos(folder, n)
+    if not folder.exists():  # a second descriptor of the same folder: the photos as they are (same mtimes)
+        make_photos(folder, n)
     scratch_env(work)
     with _installation(work):
         c = Collection.open(folder, model_spec=_spec(folder, descriptor), cache_dir=work / "cache")
