@@ -348,6 +348,7 @@ class FolderIndex:
                     self.notes.append(f"{exc} — indexing again.")
                     log.warning("rebuilding: %s", exc)
                     coll = Collection.open(self.folder, model_spec=spec, cache_dir=self.cache_dir, rebuild=True)
+                self.notes.extend(coll.notes)  # what opening worked around (an unauthenticated cache...)
                 self._collections[spec] = coll
             return coll
 
