@@ -340,7 +340,9 @@ def _aside(p: Path) -> Path:
 def _bad_path(paths: list[Any]) -> str | None:
     """The first stored path a collection must not hold (a reason), or None: every path a relative POSIX
     path inside the folder, as the scan writes them (no empty, '.' or '..' part, not absolute, no NUL), and
-    no path twice. One pass of compiled code over the joined paths (100k paths in a few ms)."""
+    no hidden part (the scan leaves those out), no path twice. A few passes of compiled code over the joined
+    paths (100k paths in tens of ms). Symbolic links inside the folder are the user's own: the scan follows
+    them wherever they point (engine.images.scan_images), so a stored path is checked as text, not resolved."""
     if not all(isinstance(p, str) for p in paths):
         return "a path that is not text"
     if len(set(paths)) != len(paths):
@@ -352,14 +354,15 @@ def _bad_path(paths: list[Any]) -> str | None:
         return "a path holding a NUL character"
     if paths and _leaves("/" + joined.replace("\0", "/") + "/"):  # one pass of C for all
         bad = next(p for p in paths if _leaves("/" + p + "/"))
-        return f"the path {bad!r}, which leaves the folder"
+        return f"the path {bad!r}, which leaves the folder or names a hidden file (never indexed)"
     return None
 
 
 def _leaves(wrapped: str) -> bool:
-    """True when ``"/" + path + "/"`` (or several such joined) holds an empty, '.' or '..' part: an absolute
-    path, a '..', a trailing '/' all show as one of these (on Windows, backslashes and drive colons too)."""
-    return "//" in wrapped or "/./" in wrapped or "/../" in wrapped or (
+    """True when ``"/" + path + "/"`` (or several such joined) holds an empty part or one starting with '.':
+    an absolute path, a '..', a trailing '/' all show as one of these, and so does a hidden file or folder,
+    which the scan never indexes (on Windows, backslashes and drive colons too)."""
+    return "//" in wrapped or "/." in wrapped or (
         os.sep == "\\" and ("\\" in wrapped or ":" in wrapped))
 
 

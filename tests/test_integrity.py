@@ -219,6 +219,7 @@ def test_a_cache_of_the_previous_version_is_used_and_its_graph_rebuilt(made, mon
     ("duplicate", "twice"),
     ("parent", "leaves the folder"),
     ("absolute", "leaves the folder"),
+    ("hidden", "hidden file"),
 ])
 def test_unauthenticated_rows_are_checked_on_their_own(made, attack, match):
     """Even where no MAC speaks (a previous version's cache): finite vectors, unique paths inside the folder."""
@@ -236,7 +237,8 @@ def test_unauthenticated_rows_are_checked_on_their_own(made, attack, match):
         with np.load(mpath) as z:
             d = {k: z[k] for k in z.files}
         paths = d["paths"].tolist()
-        paths[1] = {"duplicate": paths[0], "parent": "../../../../etc/passwd", "absolute": "/etc/hostname"}[attack]
+        paths[1] = {"duplicate": paths[0], "parent": "../../../../etc/passwd", "absolute": "/etc/hostname",
+                    "hidden": "class_0/.ssh/id_rsa"}[attack]
         d["paths"] = np.array(paths)
         with open(mpath, "wb") as fh:
             np.savez(fh, **d)
