@@ -211,9 +211,11 @@ def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method:
     """engine.whitening.learn_from_folder on ``folder`` for ``spec``, then the whitening saved to ``output``
     atomically (engine.atomic: a temporary file beside it, renamed). Stopped at any moment (``should_stop``),
     it raises engine.callbacks.Cancelled and writes nothing. The images that could not be read are named."""
+    from engine.atomic import target_kind
     from engine.callbacks import Cancelled, resolve
     from engine.whitening import learn_from_folder, save_whitening
 
+    target_kind(output)  # a folder or a disk refused before any work (TargetError)
     report, stop = resolve(progress, should_stop)
     clock: dict[str, float] = {}
 
