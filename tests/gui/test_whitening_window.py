@@ -87,7 +87,8 @@ def test_whitening_of_another_dimension_fails_in_the_banner(qtbot, window, folde
     assert win.open_collection(folder)
     qtbot.waitUntil(win.index_ready, timeout=TIMEOUT)
     X = np.random.default_rng(1).standard_normal((100, 512)).astype(np.float32)  # noqa: N806
-    save_whitening(PCAWhitening.fit(X, dim=16, shrinkage=0.1), tmp_path / "resnet18.npz")  # no meta: checked when built
+    save_whitening(PCAWhitening.fit(X, dim=16, shrinkage=0.1, meta={"descriptor": "gem", "sizes": [64]}),
+                   tmp_path / "resnet18.npz")  # GeM at 64 as the window's: the dimension is checked when built
     assert win.use_whitening(tmp_path / "resnet18.npz")
     qtbot.waitUntil(lambda: not win.indexing, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=TIMEOUT)
