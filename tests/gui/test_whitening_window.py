@@ -75,7 +75,11 @@ def test_refused_whitening_files_give_a_message(qtbot, window, tmp_path, warning
     assert "learned for the MAC" in warnings[-1][1] and "current one is GeM" in warnings[-1][1]
     assert not win.use_whitening(_whitening(tmp_path, "multi.npz", sizes=(64, 82, 101)))
     assert "64+82+101" in warnings[-1][1] and "Sizes" in warnings[-1][1]
-    assert len(warnings) == 4 and win.key == before
+    old = tmp_path / "old.npz"  # no record of what it was learned for: refused with the command to relearn it
+    save_whitening(PCAWhitening.fit(np.random.default_rng(2).standard_normal((50, 8)), dim=4), old)
+    assert not win.use_whitening(old)
+    assert "does not record" in warnings[-1][1] and "retrieval-explorer whiten" in warnings[-1][1]
+    assert len(warnings) == 5 and win.key == before
     win.set_sizes("multi")  # learned at the multi-scale sizes: accepted there, and dropped by a sizes change
     assert win.use_whitening(tmp_path / "multi.npz") and win.key.whitening
     win.set_sizes("single")
