@@ -105,8 +105,8 @@ def test_a_bare_npy_and_a_fifo_are_refused_without_reading(tmp_path):
 
 
 def test_a_program_learned_whitening_of_few_vectors_is_not_called_degenerate():
-    X = np.random.default_rng(1).standard_normal((40, 300))  # noqa: N806 - fewer vectors than dimensions
-    labels = np.repeat(np.arange(10), 4)
+    X = np.random.default_rng(1).standard_normal((30, 96))  # noqa: N806 - fewer vectors than dimensions
+    labels = np.repeat(np.arange(10), 3)
     for w in (PCAWhitening.fit(X), PCAWhitening.fit_lw(X, labels), PCAWhitening.fit_lw(X, labels, dim=20)):
         assert w.degenerate() is None
     assert json.loads(str(PCAWhitening.fit(X).to_arrays()["header"]))["format"]
