@@ -265,8 +265,12 @@ def write_target(path: str | os.PathLike, data: bytes | str, *, durable: bool = 
         return kind
     if kind == "file":
         real = Path(os.path.realpath(text)) if os.path.islink(text) else Path(text)
-        with atomic_open(real, "wb", durable=durable) as fh:
-            fh.write(data)
+        try:
+            with atomic_open(real, "wb", durable=durable) as fh:
+                fh.write(data)
+        except PermissionError:  # the temporary file beside it could not be made: say so without its name
+            raise TargetError(f"cannot write {text}: no permission to write in the folder {real.parent}; give "
+                              "a path in a folder of yours") from None
         return kind
     flags = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:

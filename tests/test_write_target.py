@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 
 import pytest
@@ -65,12 +66,29 @@ def test_a_fifo_with_a_reader_is_written_through(tmp_path):
     assert got == [payload] and target_kind(fifo) == "fifo"
 
 
+def _device(tmp_path, minor: int):
+    """/dev/null (minor 3) or /dev/full (7): as root a private node of that kind (a broken write_target would
+    replace only the copy: an unfixed program run as root once replaced this machine's /dev/null), else
+    the real one, which a user cannot replace."""
+    if os.geteuid() != 0:
+        return "/dev/null" if minor == 3 else "/dev/full"
+    node = tmp_path / f"dev-{minor}"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    except OSError:
+        pytest.skip("root without the right to make device nodes")
+    return str(node)
+
+
 def test_character_devices_are_written_through_never_replaced(tmp_path):
-    assert write_target("/dev/null", "x" * 1000) == "device"
-    assert target_kind("/dev/null") == "device"
-    if os.path.exists("/dev/full"):
-        with pytest.raises(TargetError, match="/dev/full"):
-            write_target("/dev/full", "x")
+    null = _device(tmp_path, 3)
+    assert write_target(null, "x" * 1000) == "device"
+    assert target_kind(null) == "device" and stat.S_ISCHR(os.lstat(null).st_mode)
+    full = _device(tmp_path, 7)
+    if os.path.exists(full):
+        with pytest.raises(TargetError, match="cannot write to"):
+            write_target(full, "x")
+        assert stat.S_ISCHR(os.lstat(full).st_mode)
 
 
 def test_stdout_names_go_to_this_process_stdout(capsys):
@@ -93,3 +111,16 @@ def test_folders_sockets_and_file_parents_are_refused_naming_the_fix(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(TargetError, match="part of its folder is a file"):
         write_target(tmp_path / "file" / "out.csv", "x")
+
+
+def test_a_folder_without_write_permission_is_named_not_the_temporary_file(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(TargetError, match="no permission to write in the folder"):
+            write_target(locked / "out.csv", "x")
+    finally:
+        locked.chmod(0o700)

@@ -35,6 +35,21 @@ def _still(path: Path, check, what: str) -> None:
     assert check(os.lstat(path).st_mode), f"{path} is no longer a {what}"
 
 
+def private_device(work: Path, minor: int = 3) -> Path | None:
+    """A character device to attack without risk to the machine: as root, a node of the kind of /dev/null
+    (1, 3) or /dev/full (1, 7) made in the scratch folder, so that a program that still replaces devices
+    replaces only that copy (a first run against the unfixed program as root did replace /dev/null);
+    without root, /dev/null itself, which a user cannot replace. None when root cannot make a node."""
+    if os.geteuid() != 0:
+        return Path("/dev/null") if minor == 3 else Path("/dev/full")
+    node = work / f"device-1-{minor}"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+    except OSError:
+        return None
+    return node
+
+
 # --- item 5: export targets ------------------------------------------------------------------------------
 def _map_to_special_files(work: Path) -> None:
     folder = indexed_folder(work)
@@ -59,11 +74,13 @@ def _map_to_special_files(work: Path) -> None:
     assert r.rc == 0, r.said[-600:]
     assert got and got[0].startswith(b"path,x,y,label\n") and got[0].count(b"\n") == 7, got
     _still(fifo, stat.S_ISFIFO, "FIFO")
-    # /dev/null and /dev/stdout: written through, never replaced
-    r = run_cli(work, *base, "/dev/null", timeout=90)
-    no_traceback(r)
-    assert r.rc == 0, r.said[-600:]
-    _still(Path("/dev/null"), stat.S_ISCHR, "character device")
+    # a character device (a private /dev/null) and /dev/stdout: written through, never replaced
+    null = private_device(work)
+    if null is not None:
+        r = run_cli(work, *base, str(null), timeout=90)
+        no_traceback(r)
+        assert r.rc == 0, r.said[-600:]
+        _still(null, stat.S_ISCHR, "character device")
     r = run_cli(work, *base, "/dev/stdout", timeout=90)
     assert r.rc == 0 and r.out.startswith("path,x,y,label\n") and r.out.count("\n") == 7, r.said[-600:]
     # a folder: refused naming the fix, before any work
@@ -88,28 +105,34 @@ def _whiten_output_folder(work: Path) -> None:
 
 def _window_exports(work: Path) -> None:
     """The window's exports (engine.export) in a small process of their own: a FIFO nobody reads refused
-    (kept), /dev/null written through, a folder refused."""
+    (kept), a character device (a private /dev/null) written through, a folder refused."""
+    fifo = work / "gallery.csv"
+    os.mkfifo(fifo)
+    null = private_device(work)
+    targets = [str(fifo)] + ([str(null)] if null else []) + [str(work)]
     code = f"""
-import os, sys
-from engine.export import QueryGallery, GalleryHit, export_csv, export_gallery
+import os, stat
+from engine.export import QueryGallery, GalleryHit, export_csv
 g = [QueryGallery("q.jpg", [GalleryHit("a.jpg", 0.9, 1)])]
-fifo = {str(work / "gallery.csv")!r}
-os.mkfifo(fifo)
-for target in (fifo, "/dev/null", {str(work)!r}):
+for target in {targets!r}:
     try:
         export_csv(g, target)
         print("written", target)
     except ValueError as exc:
         print("refused", target, exc)
+    if not stat.S_ISFIFO(os.lstat({str(fifo)!r}).st_mode):
+        break  # the FIFO was replaced: the program is not fixed, attack nothing more
 """
     p = subprocess.run([sys.executable, "-c", code], env=scratch_env(work), cwd=work, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-800:]
     lines = p.stdout.splitlines()
     assert lines[0].startswith("refused") and "nobody reads the FIFO" in lines[0], lines
-    assert lines[1] == "written /dev/null", lines
-    assert lines[2].startswith("refused") and "is a folder" in lines[2], lines
-    _still(work / "gallery.csv", stat.S_ISFIFO, "FIFO")
+    _still(fifo, stat.S_ISFIFO, "FIFO")
+    if null:
+        assert lines[1] == f"written {null}", lines
+        _still(null, stat.S_ISCHR, "character device")
+    assert lines[-1].startswith("refused") and "is a folder" in lines[-1], lines
 
 
 # --- item 8: whitening files and checkpoints ----------------------------------------------------------------
@@ -210,10 +233,10 @@ def _odd_names_and_exif(work: Path) -> None:
 
 
 CASES = [
-    Case(EXPORT, "map --csv to a FIFO (with and without a reader), /dev/null, /dev/stdout, a folder",
+    Case(EXPORT, "map --csv to a FIFO (with and without a reader), a device, /dev/stdout, a folder",
          _map_to_special_files, slow=True),
     Case(EXPORT, "whiten -o a folder or a broken link: refused before any work", _whiten_output_folder),
-    Case(EXPORT, "the window's exports to a FIFO nobody reads, /dev/null, a folder", _window_exports),
+    Case(EXPORT, "the window's exports to a FIFO nobody reads, a device, a folder", _window_exports),
     Case(WHITENING, "a GeM@64 whitening applied to MAC, an all-zero one, a header claiming 2^40 values",
          _whitening_files, slow=True),
     Case(CHECKPOINT, "image_size 10^6, embedding_dim 400000, itself as backbone", _checkpoint_bounds, slow=True),
