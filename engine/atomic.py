@@ -193,7 +193,7 @@ def _shared_folder_link(path: Path, st_link: os.stat_result) -> bool:
 
 
 def target_kind(path: str | os.PathLike) -> str:
-    """What writing an output to ``path`` would do: "stdout"/"fd" (one of this process's open files),
+    """What writing an output to ``path`` would do: "fd" ('-', /dev/stdout, /dev/fd/N: this process's file),
     "file" (a regular file or a new name: replaced atomically), "fifo" or "device" (a character device:
     written through, never replaced); TargetError naming the fix for anything else. Never blocks."""
     text = os.fspath(path)
