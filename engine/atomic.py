@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -235,3 +236,147 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     finally:
         if fd >= 0:
             os.close(fd)
+# --- outputs the user names (--csv, -o, the window's exports) ---------------------------------------------
+class TargetError(ValueError):
+    """An output path that cannot be written safely (a folder, a disk, a FIFO nobody reads...): the message
+    names the path and the fix."""
+
+
+#: names that mean one of this process's open files: written to that file, never opened by name
+_STD_NAMES = {"-": 1, "/dev/stdout": 1, "/dev/stderr": 2}
+_FD_PREFIXES = ("/dev/fd/", "/proc/self/fd/")
+
+
+def _std_fd(path: str) -> int | None:
+    if path in _STD_NAMES:
+        return _STD_NAMES[path]
+    for prefix in _FD_PREFIXES:
+        if path.startswith(prefix) and path[len(prefix):].isdigit():
+            return int(path[len(prefix):])
+    return None
+
+
+def _write_fd(fd: int, data: bytes, shown: str) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except BrokenPipeError:
+        raise TargetError(f"the reader of {shown} went away before everything was written") from None
+    except OSError as exc:
+        raise TargetError(f"cannot write to {shown}: {exc.strerror or exc}") from None
+
+
+def _shared_folder_link(path: Path, st_link: os.stat_result) -> bool:
+    """A symbolic link in a sticky, world-writable folder (/tmp) owned by someone else: the kernel's
+    protected_symlinks rule, kept here too because a rename would bypass it."""
+    try:
+        parent = os.stat(path.parent)
+    except OSError:
+        return False
+    sticky_shared = parent.st_mode & stat.S_ISVTX and parent.st_mode & stat.S_IWOTH
+    euid = os.geteuid() if hasattr(os, "geteuid") else st_link.st_uid
+    return bool(sticky_shared) and st_link.st_uid not in (euid, parent.st_uid)
+
+
+def target_kind(path: str | os.PathLike) -> str:
+    """What writing an output to ``path`` would do: "fd" ('-', /dev/stdout, /dev/fd/N: this process's file),
+    "file" (a regular file or a new name: replaced atomically), "fifo" or "device" (a character device:
+    written through, never replaced); TargetError naming the fix for anything else. Never blocks."""
+    text = os.fspath(path)
+    if _std_fd(text) is not None:
+        return "fd"
+    p = Path(text)
+    try:
+        lst = os.lstat(p)
+    except FileNotFoundError:
+        return "file"  # a new name (its folder is made when missing, as atomic_open does)
+    except NotADirectoryError:
+        raise TargetError(f"cannot write {text}: a part of its folder is a file, not a folder; give another "
+                          "path") from None
+    except OSError as exc:
+        raise TargetError(f"cannot write {text}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(lst.st_mode):
+        if _shared_folder_link(p, lst):
+            raise TargetError(f"{text} is a symbolic link in a shared folder, owned by someone else: refused "
+                              "(it could point anywhere); give another path")
+        try:
+            st = os.stat(p)
+        except OSError:
+            raise TargetError(f"{text} is a symbolic link to {os.readlink(p)!s}, which does not exist: remove "
+                              "the link or give the file itself") from None
+    else:
+        st = lst
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "device"
+    if stat.S_ISDIR(mode):
+        raise TargetError(f"{text} is a folder: give a file name inside it, e.g. {p / 'out.csv'}")
+    if stat.S_ISBLK(mode):
+        raise TargetError(f"{text} is a block device (a disk): writing would overwrite it; give a file name")
+    if stat.S_ISSOCK(mode):
+        raise TargetError(f"{text} is a socket: give a file name")
+    raise TargetError(f"{text} is not a regular file: give a file name")
+
+
+def write_target(path: str | os.PathLike, data: bytes | str, *, durable: bool = True) -> str:
+    """Write ``data`` (str: UTF-8) to an output the user named (--csv, -o, the window's exports).
+
+    A regular file or a new name is written atomically (:func:`atomic_open`; through a symbolic link, its
+    target is replaced and the link kept). '-', /dev/stdout, /dev/stderr and /dev/fd/N go to this
+    process's open file. A FIFO or a character device (/dev/null, a terminal) is written through: opened
+    without creating or truncating anything, never replaced by a regular file; a FIFO that nobody reads is
+    refused at once instead of waiting. A folder, a disk, a socket or a broken link: TargetError naming the
+    fix. Returns the kind (see :func:`target_kind`)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    text = os.fspath(path)
+    kind = target_kind(text)
+    if kind == "fd":
+        fd = _std_fd(text)
+        assert fd is not None
+        stream = {1: sys.stdout, 2: sys.stderr}.get(fd)
+        if stream is None:
+            _write_fd(fd, data, text)
+        elif hasattr(stream, "buffer"):  # through Python's stream: whatever it holds goes first
+            stream.flush()
+            stream.buffer.write(data)
+            stream.buffer.flush()
+        else:
+            stream.write(data.decode("utf-8", "surrogateescape"))
+            stream.flush()
+        return kind
+    if kind == "file":
+        real = Path(os.path.realpath(text)) if os.path.islink(text) else Path(text)
+        try:
+            with atomic_open(real, "wb", durable=durable) as fh:
+                fh.write(data)
+        except PermissionError:  # the temporary file beside it could not be made: say so without its name
+            raise TargetError(f"cannot write {text}: no permission to write in the folder {real.parent}; give "
+                              "a path in a folder of yours") from None
+        return kind
+    flags = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(text, flags)  # neither O_CREAT nor O_TRUNC: the special file stays what it is
+    except OSError as exc:
+        if kind == "fifo" and exc.errno == errno.ENXIO:
+            raise TargetError(f"nobody reads the FIFO {text}: start its reader first (e.g. `cat {text}`), "
+                              "or give a file name") from None
+        raise TargetError(f"cannot write to {text}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+            raise TargetError(f"{text} changed while it was opened: give it again")
+        with contextlib.suppress(OSError, AttributeError):
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        _write_fd(fd, data, text)
+    finally:
+        os.close(fd)
+    return kind

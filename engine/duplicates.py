@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_write_text
+from engine.atomic import atomic_write_text, write_target
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.search import SearchOptions
 
@@ -821,7 +821,7 @@ def groups_csv(groups: Sequence[DuplicateGroup]) -> str:
 
 def write_csv(groups: Sequence[DuplicateGroup], path: str | os.PathLike) -> None:
     """Write :func:`groups_csv` to ``path`` atomically."""
-    atomic_write_text(path, groups_csv(groups))
+    write_target(path, groups_csv(groups))  # engine.atomic: a FIFO or device written through
 
 
 def _free_name(dest: Path) -> Path:

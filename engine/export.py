@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.atomic import atomic_write_bytes, atomic_write_text
+from engine.atomic import target_kind, write_target
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.images import ImageLoadError, load_image
 from engine.splits import load_split, resolve_split
@@ -197,7 +197,7 @@ def export_html(galleries: Sequence[QueryGallery], path: str | os.PathLike,
                 settings: Mapping[str, Any] | None = None, **kwargs: Any) -> Path:
     """Write :func:`render_html` to ``path`` atomically; returns the path."""
     path = Path(path)
-    atomic_write_text(path, render_html(galleries, settings, **kwargs))
+    write_target(path, render_html(galleries, settings, **kwargs))
     return path
 
 
@@ -214,7 +214,7 @@ def export_csv(galleries: Sequence[QueryGallery], path: str | os.PathLike,
             w.writerow([g.query_path, g.query_label or "", h.rank, h.path, f"{h.score:.6f}", h.label or "",
                         "" if mark is None else int(mark), *extra])
     path = Path(path)
-    atomic_write_text(path, buf.getvalue())
+    write_target(path, buf.getvalue())
     return path
 
 
@@ -306,7 +306,7 @@ def export_contact_sheet(galleries: Sequence[QueryGallery], path: str | os.PathL
     buf = io.BytesIO()
     render_contact_sheet(galleries, **kwargs).save(buf, "PNG", optimize=True)
     path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
+    write_target(path, buf.getvalue())
     return path
 
 
@@ -324,9 +324,11 @@ def export_gallery(galleries: Sequence[QueryGallery], out_base: str | os.PathLik
     base = Path(out_base)
     if base.suffix.lower().lstrip(".") in FORMATS:
         base = base.with_suffix("")
+    targets = {fmt: base.with_name(base.name + "." + fmt) for fmt in formats}
+    for target in targets.values():  # a folder or a disk refused before any work
+        target_kind(target)
     written = []
-    for fmt in formats:
-        target = base.with_name(base.name + "." + fmt)
+    for fmt, target in targets.items():
         if fmt == "html":
             written.append(export_html(galleries, target, settings, thumb_size=thumb_size,
                                        progress=progress, should_stop=should_stop, skipped=skipped))

@@ -29,7 +29,6 @@ from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, l
 from engine.vocabulary import ModelSpec
 from models.descriptors import build_descriptor
 from models.registry import get_backbone
-from models.whitening import PCAWhitening
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +338,13 @@ def build_model(spec: ModelSpec, device: str = "cpu", backbone: nn.Module | None
     a given ``backbone`` (shared between descriptors) or a new one."""
     if backbone is None:
         backbone = get_backbone(spec.backbone, weights=spec.weights, device=device)
-    whitening = PCAWhitening.load(spec.whitening) if spec.whitening else None
+    whitening = None
+    if spec.whitening:  # refused unless learned for this descriptor, these sizes and vectors (issue 26)
+        from engine.whitening_fit import load_whitening_for, model_sizes_and_dim
+
+        sizes, in_dim = model_sizes_and_dim(backbone, spec.descriptor, spec.scales, spec.image_size)
+        whitening = load_whitening_for(spec.whitening, descriptor=spec.descriptor, sizes=sizes, in_dim=in_dim,
+                                       backbone=spec.backbone)
     return build_descriptor(spec.descriptor, backbone, whitening=whitening, scales=spec.scales).to(device).eval()
 
 

@@ -40,6 +40,18 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < DEFAULT_MAX_P
     Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
+
+def quiet_pil_warnings() -> None:
+    """PIL's warnings about damaged metadata ("Corrupt EXIF data", "Tag data larger than file", a malformed
+    MPO...) come while an image whose pixels are fine is read: the image is used (oriented as far as its
+    metadata tells) and the raw warning is not printed on the user's terminal (issue 26, item 10). A
+    process-wide filter, set once at import: ``warnings.catch_warnings`` around each decode would not be
+    thread-safe (decoding runs in threads)."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+quiet_pil_warnings()
+
 #: PIL formats whose decoder can scale down by 1/2, 1/4, 1/8 while decoding (``Image.draft``)
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 

@@ -32,6 +32,8 @@ from models.names import (
     DESCRIPTOR_SHORT,
     DESCRIPTOR_TITLES,
     DESCRIPTORS,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
     POOLING_DESCRIPTORS,
     check_scales,
     is_checkpoint_name,
@@ -41,8 +43,9 @@ from models.names import (
 
 __all__ = [
     "APP_NAME", "BACKBONES", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
-    "DEFAULT_IMAGE_SIZE", "DESCRIPTORS", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES", "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS",
-    "CONFIG_ENV", "RUNTIMES", "ModelSpec", "SearchHit", "cache_root", "config_root", "check_scales", "default_runtime", "file_sha256", "fmt_clock",
+    "DEFAULT_IMAGE_SIZE", "DESCRIPTORS", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES",
+    "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS", "CONFIG_ENV", "RUNTIMES", "ModelSpec", "SearchHit", "cache_root",
+    "config_root", "check_scales", "default_runtime", "file_sha256", "fmt_clock",
     "fmt_duration",
     "is_checkpoint_name", "multi_scales", "parse_scales", "resolve_device", "sizes_label",
 ]
@@ -178,8 +181,10 @@ class ModelSpec:
             object.__setattr__(self, "scales", scales if scales and len(scales) > 1 else None)
             if scales and len(scales) == 1:
                 object.__setattr__(self, "image_size", scales[0])
-        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 16):
-            raise ValueError(f"image_size must be an integer >= 16 or None, got {self.image_size!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or isinstance(self.image_size, bool)
+                                            or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE):
+            raise ValueError(f"image_size must be an integer in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} or None, got "
+                             f"{self.image_size!r}")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction!r}")
 

@@ -130,8 +130,19 @@ def settings_problems(count: FolderCount | None, *, auto: bool, method: str, out
         problems.append("Choose where to save the whitening.")
     elif Path(output).expanduser().is_dir():
         problems.append(f"{output} is a folder: give a file name.")
-    elif Path(output).expanduser().exists():
-        notes.append(f"{Path(output).name} exists: it will be replaced.")
+    else:
+        from engine.atomic import target_kind
+
+        try:
+            kind = target_kind(Path(output).expanduser())
+        except ValueError as exc:  # engine.atomic.TargetError: a disk, a socket, a broken link...
+            problems.append(str(exc))
+        else:
+            if kind in ("fifo", "device", "fd"):
+                notes.append(f"{Path(output).name} is not a regular file: the whitening is written through "
+                             "to it, and no file is kept.")
+            elif Path(output).expanduser().exists():
+                notes.append(f"{Path(output).name} exists: it will be replaced.")
     if count is not None and not problems:
         how = (f"shrinkage and dimension chosen on {VAL_CLASSES} classes held out of {n}, then learned "
                "on all" if auto else "learned on all classes")
@@ -211,9 +222,11 @@ def learn_and_save(folder: str, spec: Any, output: str | os.PathLike, *, method:
     """engine.whitening.learn_from_folder on ``folder`` for ``spec``, then the whitening saved to ``output``
     atomically (engine.atomic: a temporary file beside it, renamed). Stopped at any moment (``should_stop``),
     it raises engine.callbacks.Cancelled and writes nothing. The images that could not be read are named."""
+    from engine.atomic import target_kind
     from engine.callbacks import Cancelled, resolve
     from engine.whitening import learn_from_folder, save_whitening
 
+    target_kind(output)  # a folder or a disk refused before any work (TargetError)
     report, stop = resolve(progress, should_stop)
     clock: dict[str, float] = {}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.atomic import atomic_open
+from engine.atomic import write_target
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.evaluation import evaluate
 from engine.images import label_of, scan_images
@@ -114,10 +114,13 @@ def choose_whitening(X: np.ndarray, owners: np.ndarray, labels: Sequence[str], *
 
 def save_whitening(whitening: Any, path: str | os.PathLike) -> None:
     """Write a models.whitening.PCAWhitening to ``path`` (.npz, read back by ``PCAWhitening.load``)
-    atomically (engine.atomic: a temporary file beside it, fsynced, renamed; a failure leaves the old file)."""
-    arrays = whitening.to_arrays()
-    with atomic_open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    atomically (engine.atomic.write_target: a temporary file beside it, fsynced, renamed; a failure leaves the
+    old file; a FIFO or a device is written through, a folder refused)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **whitening.to_arrays())
+    write_target(path, buf.getvalue())  # a FIFO or a device is written through, never replaced
 
 
 def learn_from_folder(folder: str | os.PathLike, spec: ModelSpec, *, method: str = "lw",

@@ -16,6 +16,7 @@ from torch import nn
 
 from models import pooling as P  # noqa: N812
 from models.backbones import Backbone, build_named_backbone, describe_load_error, safe_load_refusal
+from models.names import BACKBONES, MAX_EMBEDDING_DIM, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, is_checkpoint_name
 
 CHECKPOINT_FORMAT = "retrieval-explorer/trained-embedding"
 CHECKPOINT_VERSION = 1
@@ -158,7 +159,42 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     for key in ("config", "model"):
         if key not in ckpt:
             raise ValueError(f"{path} is incomplete: it has no '{key}'")
+    check_config(ckpt["config"], path)
     return ckpt
+
+
+#: the poolings a trained model's head may use
+POOLINGS = ("mac", "spoc", "gem")
+
+
+def check_config(config: object, path: str | os.PathLike = "the checkpoint") -> None:
+    """Refuse a checkpoint config that would build something absurd, before anything is built or allocated:
+    the backbone must be a registered one (never a checkpoint, which could name itself), the pooling one
+    of :data:`POOLINGS`, the embedding size in 0..MAX_EMBEDDING_DIM and the input size in
+    MIN_IMAGE_SIZE..MAX_IMAGE_SIZE. ValueError naming the file, the value and the fix."""
+    fix = "the file is damaged or was not written by this program: use another checkpoint, or train the model again"
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{path} is refused: {why}; {fix}")
+
+    if not isinstance(config, dict):
+        raise refuse(f"its config is a {type(config).__name__}, not a mapping")
+    backbone = config.get("backbone", "efficientnet_lite0")
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
+        what = ("another trained checkpoint" if isinstance(backbone, str) and is_checkpoint_name(backbone)
+                else repr(backbone)[:80])
+        raise refuse(f"its config names {what} as its backbone; a trained model is built on one of "
+                     f"{', '.join(BACKBONES)}")
+    pooling = config.get("pooling", "mac")
+    if pooling not in POOLINGS:
+        raise refuse(f"its pooling {str(pooling)[:40]!r} is none of {', '.join(POOLINGS)}")
+    for key, lo, hi, default in (("embedding_dim", 0, MAX_EMBEDDING_DIM, 0),
+                                 ("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, None)):
+        value = config.get(key, default)
+        if value is None and default is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise refuse(f"its {key} is {str(value)[:40]}, outside {lo}..{hi}")
 
 
 def load_trained_backbone(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedBackbone:

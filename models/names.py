@@ -23,6 +23,13 @@ DESCRIPTOR_TITLES = {"fc": "FC", "spoc": "conv-average (SPoC)", "rmac": "R-MAC",
 DESCRIPTOR_SHORT = {"fc": "FC", "spoc": "SPoC", "rmac": "R-MAC", "mac": "MAC", "gem": "GeM"}
 
 
+#: the input sizes a model may be asked for, in pixels: 16 up to 2,048 (a 2,048-px input already costs
+#: resnet50 about a gigabyte of activations; larger sizes are refused, never tried)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
+#: the largest trained embedding (the training options' own bound)
+MAX_EMBEDDING_DIM = 8192
+
+
 def is_checkpoint_name(backbone: str) -> bool:
     """True when ``backbone`` names a trained model's checkpoint file (by its suffix)."""
     return str(backbone).lower().endswith(CHECKPOINT_SUFFIXES)
@@ -37,8 +44,12 @@ def check_scales(scales: Sequence[int] | None) -> tuple[int, ...] | None:
         out = tuple(sorted({int(s) for s in scales}))
     except (TypeError, ValueError):
         raise ValueError(f"scales must be input sizes in pixels, e.g. 224,288,352; got {scales!r}") from None
-    if not out or any(s < 16 for s in out) or any(isinstance(s, bool) for s in scales):
-        raise ValueError(f"scales must be input sizes of at least 16 pixels, e.g. 224,288,352; got {scales!r}")
+    if not out or any(s < MIN_IMAGE_SIZE for s in out) or any(isinstance(s, bool) for s in scales):
+        raise ValueError(f"scales must be input sizes of at least {MIN_IMAGE_SIZE} pixels, e.g. 224,288,352; "
+                         f"got {scales!r}")
+    if out[-1] > MAX_IMAGE_SIZE:
+        raise ValueError(f"scales must be input sizes of at most {MAX_IMAGE_SIZE} pixels, e.g. 224,288,352; "
+                         f"got {scales!r}")
     return out
 
 

@@ -24,6 +24,14 @@ import torch
 
 _FORMAT = "retrieval-explorer/pca-whitening"
 _VERSION = 1
+#: the widest vector a whitening file may claim (the widest backbone's features are 2,048-d): a header that
+#: says more is refused before anything is allocated
+MAX_DIM = 1 << 15
+#: the longest JSON header a whitening file may hold (its meta is a few hundred bytes)
+MAX_HEADER_CHARS = 1 << 20
+#: a whitening whose projection's rank falls below this share of min(its output dims, _RANK_PROBE) is degenerate
+_RANK_SHARE = 0.5
+_RANK_PROBE = 128
 
 
 class WhiteningFileError(ValueError):
@@ -123,6 +131,22 @@ class PCAWhitening:
             out.append(cls(mean, projection, eigval, info))
         return out
 
+    def degenerate(self) -> str | None:
+        """Why this whitening would destroy the vectors (None: it would not): a projection of zeros (every
+        score 0), or of a rank far below its output dimension (every vector squeezed onto a few directions).
+        The rank is probed on a random sketch of at most 128 columns: a few milliseconds at 1280 x 1280."""
+        proj = self.projection.astype(np.float64)
+        if not np.any(proj):
+            return "its projection is all zeros (every score would be 0)"
+        k = min(proj.shape[0], proj.shape[1], _RANK_PROBE)
+        probe = np.random.default_rng(0).standard_normal((proj.shape[1], k))
+        s = np.linalg.svd(proj @ probe, compute_uv=False)
+        rank = int((s > s[0] * 1e-9).sum())
+        if rank < max(1.0, _RANK_SHARE * k):
+            return (f"its projection has rank {rank} for {proj.shape[0]} output dimensions (degenerate: the "
+                    "vectors would be squeezed onto a few directions)")
+        return None
+
     def truncated(self, dim: int) -> PCAWhitening:
         """The same whitening keeping only its first ``dim`` output directions (the strongest)."""
         if not 1 <= dim <= self.out_dim:
@@ -172,11 +196,14 @@ class PCAWhitening:
         everything read are checked before use."""
         path = Path(path)
         if not path.is_file():
+            if path.exists():  # a FIFO, a device, a folder: never opened (a FIFO would wait for a writer)
+                raise WhiteningFileError(f"{path} is not a regular file: give the whitening file (.npz) itself")
             raise FileNotFoundError(f"whitening file not found: {path}")
 
         def refuse(why: str) -> WhiteningFileError:
             return WhiteningFileError(f"{path} is not a usable whitening file: {why}; learn it again")
 
+        _check_member_sizes(path, refuse)  # absurd sizes refused before numpy allocates anything
         try:
             data = np.load(path, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):
@@ -226,9 +253,52 @@ class PCAWhitening:
         if eig is not None and eig.shape[0] != projection.shape[0]:
             raise refuse(f"it has {eig.shape[0]} eigenvalues for {projection.shape[0]} directions")
         try:
-            return cls(mean, projection, eig, meta)
+            out = cls(mean, projection, eig, meta)
         except ValueError as exc:
             raise WhiteningFileError(f"{path}: {exc}; learn it again") from exc
+        why = out.degenerate()
+        if why:
+            raise refuse(why)
+        return out
+
+
+def _check_member_sizes(path: Path, refuse) -> None:
+    """Every array of the archive ``path`` read from its .npy header only (no data read, nothing allocated):
+    a dimension above MAX_DIM, a header text above MAX_HEADER_CHARS, or more bytes claimed than the
+    archive member holds -> ``refuse(why)`` raised; so is a file that is not a zip archive (a bare .npy
+    would be allocated whole by np.load before anything could be checked)."""
+    from numpy.lib import format as npy
+
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            single = fh.read(6) == b"\x93NUMPY"
+        raise refuse("it holds a single array, not a whitening archive (.npz)" if single
+                     else "it is not a whitening archive (.npz): damaged, or another kind of file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with z.open(info) as fh:
+                    version = npy.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = npy.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = npy.read_array_header_2_0(fh)
+                    else:
+                        raise refuse(f"its {name} is stored in .npy format {version}, which it never writes")
+                nbytes = dtype.itemsize
+                for n in shape:
+                    nbytes *= int(n)
+                if any(int(n) > MAX_DIM for n in shape):
+                    raise refuse(f"its {name} claims shape {tuple(shape)}: more than {MAX_DIM:,} per dimension")
+                if name == "header" and nbytes > 4 * MAX_HEADER_CHARS:
+                    raise refuse(f"its header claims {nbytes:,} bytes (a whitening header is a few hundred)")
+                if nbytes > info.file_size:
+                    raise refuse(f"its {name} claims {nbytes:,} bytes of data but holds {info.file_size:,}")
+    except WhiteningFileError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as exc:
+        raise refuse(f"its arrays cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_fit(X, dim: int | None, shrinkage: float) -> tuple[np.ndarray, int, int, int]:  # noqa: N803

@@ -662,7 +662,11 @@ class DuplicatesView(QDialog):
             return None
         from engine.duplicates import write_csv
 
-        write_csv(self.groups, path)
+        try:
+            write_csv(self.groups, path)
+        except (ValueError, OSError) as exc:  # engine.atomic.TargetError names the fix
+            self.status.setText(f"Not written: {exc}")
+            return None
         self.status.setText(f"Wrote {len(self.groups):,} groups to {path}")
         return path
 

@@ -606,7 +606,7 @@ class MapView(QDialog):
         path = path or self.ask_save()
         if not path:
             return None
-        from engine.atomic import atomic_write_text
+        from engine.atomic import write_target
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -614,7 +614,11 @@ class MapView(QDialog):
         for i in rows.tolist():
             x, y = self.map.coords[i].tolist()
             w.writerow([self.map.paths[i], f"{x:.6f}", f"{y:.6f}", self.map.labels[i] or ""])
-        atomic_write_text(path, buf.getvalue())
+        try:
+            write_target(path, buf.getvalue())  # a FIFO or a device written through, a folder refused
+        except (ValueError, OSError) as exc:  # engine.atomic.TargetError names the fix
+            self.status.setText(f"Not written: {exc}")
+            return None
         self.status.setText(f"Wrote {rows.size:,} images to {path}")
         return path
 

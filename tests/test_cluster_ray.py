@@ -56,7 +56,8 @@ def model(folder, tmp_path_factory):
 
     white = tmp_path_factory.mktemp("white") / "gem.npz"
     rng = np.random.default_rng(0)
-    save_whitening(PCAWhitening.fit(rng.normal(size=(600, 512)), dim=64), white)
+    save_whitening(PCAWhitening.fit(rng.normal(size=(600, 512)), dim=64,
+                                   meta={"descriptor": "gem", "sizes": [SIZE]}), white)
     specs = [ModelSpec("resnet18", "random", d, SIZE) for d in ("spoc", "fc", "rmac")]
     specs.append(ModelSpec("resnet18", "random", "gem", SIZE, whitening=str(white)))
     first = build_model(specs[0])

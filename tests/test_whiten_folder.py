@@ -46,6 +46,14 @@ def test_settings_problems_block_what_the_engine_refuses(tmp_path):
     assert "is a folder" in settings_problems(few, auto=False, method="lw", output=str(tmp_path))[0][0]
     (tmp_path / "w.npz").write_bytes(b"x")
     assert "will be replaced" in settings_problems(few, auto=False, method="lw", output=str(tmp_path / "w.npz"))[1][1]
+    import os
+
+    os.mkfifo(tmp_path / "pipe.npz")  # a FIFO is written through, never replaced; a broken link is refused
+    problems, notes = settings_problems(few, auto=False, method="lw", output=str(tmp_path / "pipe.npz"))
+    assert problems == [] and "written through" in notes[1]
+    (tmp_path / "broken.npz").symlink_to(tmp_path / "nowhere" / "w.npz")
+    assert "remove the link" in settings_problems(few, auto=False, method="lw",
+                                                  output=str(tmp_path / "broken.npz"))[0][0]
 
 
 def test_model_base_follows_the_window_model():

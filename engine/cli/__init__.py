@@ -85,8 +85,10 @@ def main(argv: list[str] | None = None, *, gui: Callable[[list[str]], int] | Non
 
 
 def _printable(exc: BaseException) -> str:
-    """An exception's message with undecodable file-name bytes shown escaped."""
-    return str(exc).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """An exception's message with undecodable file-name bytes shown escaped (engine.cli.common.shown)."""
+    from engine.cli.common import shown
+
+    return shown(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

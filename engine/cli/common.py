@@ -4,9 +4,10 @@ checkpoint's own embedding), and a text progress bar on stderr."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from engine.vocabulary import (
     DEFAULT_BACKBONE,
@@ -108,3 +109,51 @@ class TextProgress:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+# --- file names that are not UTF-8 -----------------------------------------------------------------------
+# A name the file system gives as bytes that are not UTF-8 reaches Python as lone surrogates (os.fsdecode's
+# surrogateescape: b"\xff" -> "\udcff"). The one rule for showing them: the bytes as \xNN escapes, in
+# messages, text output and JSON alike; in JSON, a value that held such bytes also gets a sibling key
+# "<key>_hex" with the name's exact bytes in hex (os.fsencode(name) == bytes.fromhex(value)), so that a
+# program can find the file again.
+
+
+def shown(text: object) -> str:
+    """``text`` (a path, a message) for a person: undecodable file-name bytes shown as \\xNN escapes."""
+    s = str(text)
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: shown as \\udXXX
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _undecodable(s: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in s)
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` (dicts, lists, tuples, scalars) with every string that holds undecodable bytes :func:`shown`;
+    a dict value that did gets a sibling "<key>_hex" (its exact bytes in hex). Other values unchanged."""
+    if isinstance(obj, str):
+        return shown(obj) if _undecodable(obj) else obj
+    if isinstance(obj, dict):
+        out: dict = {}
+        for key, value in obj.items():
+            k = json_ready(key) if isinstance(key, str) else key
+            out[k] = json_ready(value)
+            if isinstance(value, str) and _undecodable(value):
+                try:
+                    out[f"{k}_hex"] = value.encode("utf-8", "surrogateescape").hex()
+                except UnicodeEncodeError:
+                    pass
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 1) -> str:
+    """The one JSON writer of the commands' --json outputs: :func:`json_ready`, then valid UTF-8 JSON text
+    (no lone surrogate escapes, which many readers refuse)."""
+    return json.dumps(json_ready(obj), indent=indent)

@@ -8,12 +8,12 @@ never moves or deletes anything (the window does that, after a confirmation).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
-from engine.cli.common import TextProgress
+from engine.cli.common import TextProgress, dumps_json
+from engine.cli.common import shown as _shown
 from engine.cli.index_cmd import spec_from_args
 from engine.collection import Collection, CollectionError
 from engine.duplicates import ORDER_RULE, BestRule, default_threshold, find_duplicates, group_records
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                "similar": [_group_json(g, grp) for g, grp in enumerate(similar, 1)],
                # every group of the descriptors at the threshold, verified or not (as before the tiers)
                "groups": [_group_json(g, grp) for g, grp in enumerate(groups, 1)]}
-        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        sys.stdout.write(dumps_json(out) + "\n")
         return 0
     write = sys.stdout.write
     if not args.no_verify:
@@ -146,7 +146,3 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def _shown(path: object) -> str:
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

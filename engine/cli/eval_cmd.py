@@ -10,7 +10,6 @@ pooling descriptor is asked for, and then a note says that the trained head is n
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from engine.cli.common import (
     TextProgress,
     add_model_args,
     default_descriptor,
+    dumps_json,
     scales_from_args,
     trained_head_note,
 )
@@ -92,12 +92,14 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     paths, queries, retrieval = _collect(root, args.split)
     labels = labels_for(paths, root, args.labels)
     device = resolve_device(args.device)
-    whitening = None
-    if args.whitening:
-        from models.whitening import PCAWhitening
-
-        whitening = PCAWhitening.load(args.whitening)
     backbone = get_backbone(args.backbone, weights=args.weights, device=device)
+    whitening = None
+    if args.whitening:  # refused unless learned for this descriptor, these sizes and vectors (issue 26)
+        from engine.whitening_fit import load_whitening_for, model_sizes_and_dim
+
+        sizes, in_dim = model_sizes_and_dim(backbone, args.descriptor, scales, args.image_size)
+        whitening = load_whitening_for(args.whitening, descriptor=args.descriptor, sizes=sizes, in_dim=in_dim,
+                                       backbone=str(args.backbone))
     model = build_descriptor(args.descriptor, backbone, whitening=whitening, scales=scales)
     # the backbone on the runtime index uses (an export is cached by identity: none for random weights,
     # which are drawn per run), every descriptor head in PyTorch on its feature maps
@@ -221,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         m["note"] = note
     if args.json:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
-        sys.stdout.write(json.dumps(clean, indent=1) + "\n")
+        sys.stdout.write(dumps_json(clean) + "\n")
     else:
         sys.stdout.write(_table(m) + "\n")
     return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import signal
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.cli.common import TextProgress, add_model_args, default_descriptor, scales_from_args
+from engine.cli.common import TextProgress, add_model_args, default_descriptor, dumps_json, scales_from_args
+from engine.cli.common import shown as _shown
 from engine.collection import Collection, CollectionError, update_collections
 from engine.images import ImageLoadError
 from engine.search import SearchOptions
@@ -181,7 +181,7 @@ def _index_held(args: argparse.Namespace, collections: list[Collection], specs: 
         "cancelled": cancelled,
     }
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(dumps_json(summary))
         return 1 if cancelled else 0
     new = summary["kept"]
     if cancelled:
@@ -219,11 +219,6 @@ def _index_on_ray(args: argparse.Namespace, pairs: list, runtime, progress, shou
         return index_on_ray(pairs, features=runtime, batch_size=args.batch_size, workers=args.ray_workers,
                             cpus_per_worker=args.ray_cpus, gpus_per_worker=args.ray_gpus, progress=progress,
                             should_stop=should_stop)
-
-
-def _shown(path: object) -> str:
-    """A path as text a terminal can print (undecodable bytes of a file name shown escaped)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _build_models(specs: list, device: str, args: argparse.Namespace):
@@ -284,11 +279,11 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
     hits = result.hits
     if args.json:
-        print(json.dumps({
+        print(dumps_json({
             "query": str(query.resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
             "options": dataclasses.asdict(options), "search_ms": round(result.search_seconds * 1000, 3),
             "hits": [dataclasses.asdict(h) for h in hits],
-        }, indent=1))
+        }))
     else:
         for h in hits:
             print(f"{h.rank:4d}  {h.score:.4f}  {_shown(h.path)}")

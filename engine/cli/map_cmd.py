@@ -12,7 +12,7 @@ import io
 import sys
 import time
 
-from engine.atomic import atomic_write_text
+from engine.atomic import target_kind, write_target
 from engine.cli.common import TextProgress
 from engine.cli.duplicates_cmd import add_collection_args, open_indexed
 from engine.mapping import DEFAULT_METHOD, collection_map
@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "image. "
                        "The map is cached with the collection until the folder changes.")
     add_collection_args(p)
-    p.add_argument("--csv", metavar="OUT", required=True, help="the CSV file to write ('-' for stdout)")
+    p.add_argument("--csv", metavar="OUT", required=True, help="the CSV file to write ('-' for stdout; a FIFO or a device is written "
+                   "through, never replaced)")
     p.add_argument("--method", choices=("tsne", "umap", "pca"), default=None,
                    help="tsne (default, see docs/BENCHMARKS.md), umap (needs umap-learn) or pca")
     p.add_argument("--recompute", action="store_true", help="compute again even when a cached map exists")
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    target_kind(args.csv)  # a folder or a disk refused before any work
     coll = open_indexed(args)
     start = time.perf_counter()
     m = collection_map(coll, args.method or DEFAULT_METHOD, recompute=args.recompute,
@@ -42,12 +44,9 @@ def run(args: argparse.Namespace) -> int:
     w.writerow(["path", "x", "y", "label"])
     for path, (x, y), label in zip(m.paths, m.coords.tolist(), m.labels, strict=True):
         w.writerow([path, f"{x:.6f}", f"{y:.6f}", label or ""])
-    if args.csv == "-":
-        sys.stdout.write(buf.getvalue())
-    else:
-        atomic_write_text(args.csv, buf.getvalue())
+    kind = write_target(args.csv, buf.getvalue())  # a FIFO, /dev/stdout or /dev/null written through
     how = "from the cache" if m.cached else f"computed in {m.seconds:.1f} s"
     total = time.perf_counter() - start
     sys.stderr.write(f"{len(m):,} images mapped by {m.method} ({how}, {total:.1f} s in all)"
-                     + ("" if args.csv == "-" else f" -> {args.csv}") + "\n")
+                     + ("" if kind == "fd" else f" -> {args.csv}") + "\n")
     return 0

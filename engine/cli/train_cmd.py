@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
 from typing import TextIO
 
+from engine.cli.common import dumps_json
 from engine.training.config import TrainConfig
 from engine.training.options import option
 from engine.vocabulary import DESCRIPTOR_SHORT, fmt_duration, resolve_device
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         alike, alike_error = evaluate_alike_cli(res, args.alike_sizes)
         out["alike"] = alike.to_dict() if alike is not None else {"error": alike_error}
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(dumps_json(out))
     else:
         print("\n".join(summary(res)))
         if alike is not None:

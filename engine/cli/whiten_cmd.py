@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
-from engine.cli.common import TextProgress, add_model_args, spec_from_model_args
+from engine.atomic import target_kind
+from engine.cli.common import TextProgress, add_model_args, dumps_json, spec_from_model_args
 from engine.vocabulary import DEFAULT_DESCRIPTOR, RUNTIMES, resolve_device
 from engine.whitening import learn_from_folder, save_whitening
 
@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_whiten(args: argparse.Namespace) -> int:
     spec = spec_from_model_args(args, default=DEFAULT_DESCRIPTOR)
+    target_kind(args.output)  # a folder or a disk refused before minutes of learning
     device = resolve_device(args.device)
     w, rep = learn_from_folder(args.folder, spec, method=args.method, shrinkage=args.shrinkage, dim=args.dim,
                                device=device, batch_size=args.batch_size, runtime=args.runtime,
@@ -73,7 +74,7 @@ def run_whiten(args: argparse.Namespace) -> int:
                                progress=TextProgress("whitening"))
     save_whitening(w, args.output)
     if args.json:
-        print(json.dumps({**dataclasses.asdict(rep), "output": args.output, "descriptor": spec.descriptor,
+        print(dumps_json({**dataclasses.asdict(rep), "output": args.output, "descriptor": spec.descriptor,
                           "scales": list(spec.scales or [spec.image_size or 0])}, indent=1))
         return 0
     print(f"{args.output}: {rep.method} whitening of {spec.descriptor} @ {spec.sizes_title()}, {w.in_dim} -> {w.out_dim} dims, "

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from engine.vocabulary import DEFAULT_BACKBONE
+from engine.vocabulary import DEFAULT_BACKBONE, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from models.names import MAX_EMBEDDING_DIM
 
 LOSSES = ("triplet", "contrastive")
 MININGS = ("semihard", "hard", "all")
@@ -107,8 +108,8 @@ class TrainConfig:
             p.append("val_class_share must be in [0, 1)")
         if not 0.0 <= self.val_image_share < 1.0:
             p.append("val_image_share must be in [0, 1)")
-        if self.embedding_dim < 0:
-            p.append("embedding_dim must be >= 0 (0 = the backbone's feature size)")
+        if not 0 <= self.embedding_dim <= MAX_EMBEDDING_DIM:
+            p.append(f"embedding_dim must be in 0..{MAX_EMBEDDING_DIM} (0 = the backbone's feature size)")
         if self.margin <= 0:
             p.append("margin must be > 0")
         if not 0.0 < self.memory_share <= 1.0 and self.memory:
@@ -128,8 +129,8 @@ class TrainConfig:
                 p.append(f"{n} must be >= 0")
         if self.weight_decay < 0:
             p.append("weight_decay must be >= 0")
-        if self.image_size < 16:
-            p.append("image_size must be >= 16")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            p.append(f"image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
         if self.val_every < 1:
             p.append("val_every must be >= 1")
         if self.head_views < 1:

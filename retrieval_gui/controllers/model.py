@@ -49,10 +49,14 @@ def whitening_refusal(path: str, key: ModelSpec) -> str | None:
     except (ValueError, OSError) as exc:  # WhiteningFileError is a ValueError
         return str(exc)
     desc, sizes = w.meta.get("descriptor"), w.meta.get("sizes")
-    if desc is not None and desc != key.descriptor:
+    mine = list(key.scales) if key.scales else [key.image_size or DEFAULT_SIZE]
+    if desc is None or sizes is None:  # an older file: the engine's refusal, with the command that relearns it
+        from engine.whitening_fit import whitening_mismatch
+
+        return whitening_mismatch(w, path, descriptor=key.descriptor, sizes=mine)
+    if desc != key.descriptor:
         return (f"{Path(path).name} was learned for the {DESCRIPTOR_TITLES.get(desc, desc)} descriptor; "
                 f"choose it first (the current one is {DESCRIPTOR_TITLES.get(key.descriptor)}).")
-    mine = list(key.scales) if key.scales else [key.image_size or DEFAULT_SIZE]
     known = key.scales or key.image_size or key.backbone in list_backbones()  # else a checkpoint's
     if known and isinstance(sizes, list) and all(type(s) is int for s in sizes) and sizes != mine:
         return (f"{Path(path).name} was learned at sizes {sizes_label(sizes)}; the window uses "

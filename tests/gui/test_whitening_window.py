@@ -75,7 +75,11 @@ def test_refused_whitening_files_give_a_message(qtbot, window, tmp_path, warning
     assert "learned for the MAC" in warnings[-1][1] and "current one is GeM" in warnings[-1][1]
     assert not win.use_whitening(_whitening(tmp_path, "multi.npz", sizes=(64, 82, 101)))
     assert "64+82+101" in warnings[-1][1] and "Sizes" in warnings[-1][1]
-    assert len(warnings) == 4 and win.key == before
+    old = tmp_path / "old.npz"  # no record of what it was learned for: refused with the command to relearn it
+    save_whitening(PCAWhitening.fit(np.random.default_rng(2).standard_normal((50, 8)), dim=4), old)
+    assert not win.use_whitening(old)
+    assert "does not record" in warnings[-1][1] and "retrieval-explorer whiten" in warnings[-1][1]
+    assert len(warnings) == 5 and win.key == before
     win.set_sizes("multi")  # learned at the multi-scale sizes: accepted there, and dropped by a sizes change
     assert win.use_whitening(tmp_path / "multi.npz") and win.key.whitening
     win.set_sizes("single")
@@ -87,7 +91,8 @@ def test_whitening_of_another_dimension_fails_in_the_banner(qtbot, window, folde
     assert win.open_collection(folder)
     qtbot.waitUntil(win.index_ready, timeout=TIMEOUT)
     X = np.random.default_rng(1).standard_normal((100, 512)).astype(np.float32)  # noqa: N806
-    save_whitening(PCAWhitening.fit(X, dim=16, shrinkage=0.1), tmp_path / "resnet18.npz")  # no meta: checked when built
+    save_whitening(PCAWhitening.fit(X, dim=16, shrinkage=0.1, meta={"descriptor": "gem", "sizes": [64]}),
+                   tmp_path / "resnet18.npz")  # GeM at 64 as the window's: the dimension is checked when built
     assert win.use_whitening(tmp_path / "resnet18.npz")
     qtbot.waitUntil(lambda: not win.indexing, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: not win.banner.isHidden(), timeout=TIMEOUT)
