@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -137,14 +138,15 @@ def reference(folder: Path, onnx: Path, threads: int, batch: int, t0: float) -> 
 
 
 # --- the side-by-side run ---------------------------------------------------------------------------
-def _env() -> dict[str, str]:
+def _env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = str(root)
     return env
 
 
 def warm_export(work: Path) -> Path:
-    """Index a 2-photo folder once so that the backbone's ONNX export exists; -> its runtimes/ folder."""
+    """Index a 2-photo folder (``work/tiny``) once so that the backbone's ONNX export exists; -> its
+    runtimes/ folder. The same folder measures each pipeline's fixed costs."""
     from PIL import Image
 
     tiny = work / "tiny"
@@ -160,27 +162,33 @@ def warm_export(work: Path) -> Path:
     return cache / "runtimes"
 
 
+def _cpu() -> float:
+    """CPU seconds (user + system) of the waited-for child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_reference(folder: Path, onnx: Path, threads: int) -> dict:
-    t = time.perf_counter()
+    c, t = _cpu(), time.perf_counter()
     p = subprocess.run([sys.executable, __file__, "--reference", str(folder), "--onnx", str(onnx),
                         "--threads", str(threads)], check=True, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, _cpu() - c
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    return {"wall": wall, "images": r["images"], "steady_rate": r["images"] / r["steady_s"]}
+    return {"wall": wall, "cpu": cpu, "images": r["images"], "steady_rate": r["images"] / r["steady_s"]}
 
 
-def run_index(folder: Path, runtimes: Path, work: Path, extra: list[str]) -> dict:
+def run_index(folder: Path, runtimes: Path, work: Path, extra: list[str], root: Path = ROOT) -> dict:
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
     shutil.copytree(runtimes, cache / "runtimes")
-    t = time.perf_counter()
+    c, t = _cpu(), time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "engine", "index", str(folder), "--cache-dir", str(cache),
-                        "--json", *extra], env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t
+                        "--json", *extra], env=_env(root), capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - t, _cpu() - c
     if p.returncode != 0:
         raise SystemExit(f"index failed (rc {p.returncode}): {p.stderr[-2000:]}")
     r = json.loads(p.stdout)
     shutil.rmtree(cache, ignore_errors=True)
-    return {"wall": wall, "images": r["kept"], "inner_rate": r["images_per_s"], "runtime": r["runtime"]}
+    return {"wall": wall, "cpu": cpu, "images": r["kept"], "inner_rate": r["images_per_s"], "runtime": r["runtime"]}
 
 
 def profile_index(folder: Path, runtimes: Path, work: Path, top: int) -> None:
@@ -210,6 +218,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "photos12mp")
     ap.add_argument("--index-args", default="", help="extra options for index, e.g. '--decode-threads 2'")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                    help="also time index with the code of another checkout DIR (its PYTHONPATH), each round")
     ap.add_argument("--profile", action="store_true", help="also profile one index run (cProfile)")
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--reference", type=Path, default=None, help=argparse.SUPPRESS)
@@ -227,26 +237,37 @@ def main() -> None:
     runtimes = warm_export(args.work)
     onnx = sorted(runtimes.glob("*-224.onnx"))[0]
     extra = args.index_args.split()
-    rows: dict[str, list[dict]] = {"reference": [], "index": []}
+    variants = {"index": ROOT, **{v.split("=", 1)[0]: Path(v.split("=", 1)[1]).resolve() for v in args.variant}}
+    rows: dict[str, list[dict]] = {"reference": [], **{name: [] for name in variants}}
     for r in range(args.repeats):
         rows["reference"].append(run_reference(folder, onnx, args.threads))
-        rows["index"].append(run_index(folder, runtimes, args.work, extra))
-        eprint(f"round {r + 1}: reference {args.n / rows['reference'][-1]['wall']:.1f} images/s, "
-               f"index {args.n / rows['index'][-1]['wall']:.1f} images/s, load {os.getloadavg()[0]:.1f}")
-    ref = [args.n / x["wall"] for x in rows["reference"]]
-    idx = [args.n / x["wall"] for x in rows["index"]]
+        for name, root in variants.items():
+            rows[name].append(run_index(folder, runtimes, args.work, extra, root))
+        eprint(f"round {r + 1}: " + ", ".join(f"{k} {args.n / v[-1]['wall']:.1f}" for k, v in rows.items())
+               + f" images/s, load {os.getloadavg()[0]:.1f}")
+    # fixed costs: each pipeline on the 2-photo folder, CPU seconds (less sensitive to load than wall)
+    fixed = {"reference": statistics.median(run_reference(args.work / "tiny", onnx, args.threads)["cpu"]
+                                            for _ in range(2))}
+    for name, root in variants.items():
+        fixed[name] = statistics.median(run_index(args.work / "tiny", runtimes, args.work, extra, root)["cpu"]
+                                        for _ in range(2))
+    rate = {k: [args.n / x["wall"] for x in v] for k, v in rows.items()}
     print(f"\n{args.n} photos 4000x3000, {args.repeats} interleaved rounds, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f} at the end; index {' '.join(extra) or '(defaults)'} "
           f"on {rows['index'][0]['runtime']}\n")
-    print("| pipeline | images/s (whole process, median) | range | steady images/s (median) |")
-    print("|---|---:|---|---:|")
-    print(f"| reference (draft, 2 threads, ORT, GeM) | {statistics.median(ref):.1f} | {min(ref):.1f}-{max(ref):.1f} "
-          f"| {statistics.median(x['steady_rate'] for x in rows['reference']):.1f} |")
-    print(f"| index (5 descriptors, stored, graph) | {statistics.median(idx):.1f} | {min(idx):.1f}-{max(idx):.1f} "
-          f"| {statistics.median(x['inner_rate'] for x in rows['index']):.1f} (index's own figure) |")
-    ratios = [i / r for i, r in zip(idx, ref, strict=True)]
-    print(f"\nindex / reference per round: {', '.join(f'{x:.2f}' for x in ratios)} "
-          f"(median {statistics.median(ratios):.2f})")
+    print("| pipeline | images/s (whole process, median) | range | ratio to reference per round (median) "
+          "| CPU s (median) | fixed CPU s (2 photos) | CPU ms / photo beyond the fixed |")
+    print("|---|---:|---|---|---:|---:|---:|")
+    for k, v in rate.items():
+        ratios = [i / r for i, r in zip(v, rate["reference"], strict=True)]
+        cpu = statistics.median(x["cpu"] for x in rows[k])
+        label = {"reference": "reference (draft, 2 threads, ORT, GeM)"}.get(k, f"{k} (5 descriptors, stored, graph)")
+        print(f"| {label} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} | "
+              f"{', '.join(f'{x:.2f}' for x in ratios)} ({statistics.median(ratios):.2f}) | {cpu:.1f} | "
+              f"{fixed[k]:.1f} | {1000 * (cpu - fixed[k]) / (args.n - 2):.0f} |")
+    print("\nwhole process: images / wall seconds from the process's start to its exit (imports, model load, "
+          "ONNX Runtime session; index: PyTorch, the weights, the export's check and its probe, the commits "
+          "and the graph). CPU: user + system seconds of the process and its threads.")
     if args.profile:
         profile_index(folder, runtimes, args.work, args.top)
 
