@@ -298,7 +298,12 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     reduced scale (DCT-domain 1/2, 1/4 or 1/8) whose shorter side is still >= ``min_side``, so the result
     may be smaller than the file's size (other formats are decoded in full); and an image whose size after
     that resize would exceed :data:`MAX_RESIZED_PIXELS` (a 20000 x 1 strip) is refused from the header.
-    Raises :class:`ImageLoadError` for every kind of bad file."""
+
+    Memory: an image whose decoded pixels (:func:`decoded_bytes`, after a JPEG's draft) would take more
+    than :data:`DECODE_BUDGET_BYTES` is refused from the header ("too large to decode within ..."); one
+    over :data:`COSTLY_BYTES` is decoded one at a time in the process and converted in strips of rows,
+    each reduced by a whole factor keeping the shorter side >= ``min_side`` (box filter), so it too may come
+    back smaller than the file. Raises :class:`ImageLoadError` for every kind of bad file."""
     p = Path(path)
     if min_side is not None and (not isinstance(min_side, int) or min_side <= 0):
         raise ValueError(f"min_side must be a positive int or None, got {min_side!r}")
