@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,25 @@ quiet_pil_warnings()
 
 #: PIL formats whose decoder can scale down by 1/2, 1/4, 1/8 while decoding (``Image.draft``)
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+
+#: ceiling on the memory one image's decoded pixels may take (PIL's own buffer, in the file's mode at the
+#: size it is decoded at: after a JPEG's draft), estimated from the header before any pixel is decoded.
+#: A file inside the pixel limit can still ask for gigabytes: a 35-byte GIF declaring a 15000 x 15000
+#: canvas, a 1 MB PNG of 16000 x 16000 RGBA (1 GB as PIL holds it: 4 bytes a pixel for every
+#: multi-band mode). 0.5 GB lets through every palette or 8-bit grey image up to the pixel limit, 16-bit
+#: grey up to 250 MP and RGB(A) up to 125 MP (JPEGs of any size: they are decoded reduced). With
+#: :data:`COSTLY_BYTES` it keeps `index` within 2 GB whatever the folder holds (issue 26: a normal index
+#: peaks at about 1.1 GB; measured by benchmarks/image_memory.py).
+DECODE_BUDGET_BYTES = 500_000_000
+
+#: images whose decoded pixels take more than this are "costly": decoded one at a time in the process
+#: (a lock shared by every decoding thread), converted to RGB and reduced in strips of rows, never whole
+#: (the full-size RGB copy, the RGBA copy and the white ground of a transparent image each cost as much as
+#: the decoded image again, or 4x for a palette image).
+COSTLY_BYTES = 64 * 1024 ** 2
+#: bytes of one strip of rows converted at a time on the costly path
+_STRIP_BYTES = 16 * 1024 ** 2
+_costly_lock = threading.Lock()
 
 # never decode half an image silently
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -176,8 +196,27 @@ def scan_images(root: str | os.PathLike, recursive: bool = True,
     return found
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparency is composited on white."""
+def _grey_range(img: Image.Image, rows: int | None = None) -> tuple[bool, float, float]:
+    """(any finite value, finite min, finite max) of an I / I;16* / F image, read ``rows`` rows at a time
+    (all at once when None): the scale :func:`_to_rgb` gives such an image, the same for every strip."""
+    import numpy as np
+
+    w, h = img.size
+    step = rows or h
+    found, lo, hi = False, 0.0, 0.0
+    for y in range(0, h, step):
+        arr = np.asarray(img.crop((0, y, w, min(h, y + step))) if step < h else img)
+        vals = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr.ravel()
+        if vals.size:
+            a, b = float(vals.min()), float(vals.max())
+            lo, hi = (min(lo, a), max(hi, b)) if found else (a, b)
+            found = True
+    return found, lo, hi
+
+
+def _to_rgb(img: Image.Image, grey_range: tuple[bool, float, float] | None = None) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited on white. ``grey_range``: for I / I;16* / F
+    images, the range of the whole image (:func:`_grey_range`) when ``img`` is one strip of it."""
     mode = img.mode
     if mode == "RGB":
         return img
@@ -196,18 +235,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        if mode != "I" or arr.max(initial=0) > 255:
-            arr = arr / 257.0 if mode != "I" or arr.max(initial=0) <= 65535 else arr * 255.0 / arr.max()
+        top = max(0.0, grey_range[2]) if grey_range else arr.max(initial=0)
+        if mode != "I" or top > 255:
+            arr = arr / 257.0 if mode != "I" or top <= 65535 else arr * 255.0 / top
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode == "F":
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
         finite = np.isfinite(arr)
-        if not finite.any():
+        any_finite, lo, hi = grey_range if grey_range else (bool(finite.any()), 0.0, 0.0)
+        if not any_finite:
             arr = np.zeros_like(arr)
         else:
-            lo, hi = float(arr[finite].min()), float(arr[finite].max())
+            if grey_range is None:
+                lo, hi = float(arr[finite].min()), float(arr[finite].max())
             if lo >= 0.0 and hi <= 1.0:
                 arr = arr * 255.0
             elif hi > 255.0 or lo < 0.0:
@@ -216,6 +258,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
     # 1, L, CMYK, YCbCr, LAB, HSV: PIL converts directly
     return img.convert("RGB")
+
+
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes PIL holds for a ``width`` x ``height`` image of ``mode``: 1 a pixel for 1, L and P, 2 for
+    16-bit grey, 4 for every other mode (PIL keeps RGB, LA and the like in 4 bytes a pixel)."""
+    per = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * per
+
+
+def _strip_rgb(img: Image.Image, min_side: int | None) -> Image.Image:
+    """The costly path: ``img`` (loaded, any mode) -> RGB, converted a strip of rows at a time and each
+    strip reduced (box filter, ``Image.reduce``) by the largest whole factor that keeps the shorter side
+    >= ``min_side`` (no reduction when None), so that no full-size copy of the image is ever made."""
+    w, h = img.size
+    factor = max(1, min(w, h) // min_side) if min_side else 1
+    rows = max(factor, _STRIP_BYTES // (4 * w) // factor * factor)
+    grey = _grey_range(img, rows) if img.mode.startswith("I") or img.mode == "F" else None
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    for y in range(0, h, rows):
+        part = _to_rgb(img.crop((0, y, w, min(h, y + rows))), grey)
+        out.paste(part.reduce(factor) if factor > 1 else part, (0, y // factor))
+    exif = img.getexif()
+    if exif.get(0x0112, 1) != 1:  # the orientation, applied to the small image by PIL's own table
+        out.info["exif"] = exif.tobytes()
+        ImageOps.exif_transpose(out, in_place=True)
+    return out
 
 
 def resized_size(width: int, height: int, min_side: int) -> tuple[int, int]:
@@ -242,7 +310,12 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     reduced scale (DCT-domain 1/2, 1/4 or 1/8) whose shorter side is still >= ``min_side``, so the result
     may be smaller than the file's size (other formats are decoded in full); and an image whose size after
     that resize would exceed :data:`MAX_RESIZED_PIXELS` (a 20000 x 1 strip) is refused from the header.
-    Raises :class:`ImageLoadError` for every kind of bad file."""
+
+    Memory: an image whose decoded pixels (:func:`decoded_bytes`, after a JPEG's draft) would take more
+    than :data:`DECODE_BUDGET_BYTES` is refused from the header ("too large to decode within ..."); one
+    over :data:`COSTLY_BYTES` is decoded one at a time in the process and converted in strips of rows,
+    each reduced by a whole factor keeping the shorter side >= ``min_side`` (box filter), so it too may come
+    back smaller than the file. Raises :class:`ImageLoadError` for every kind of bad file."""
     p = Path(path)
     if min_side is not None and (not isinstance(min_side, int) or min_side <= 0):
         raise ValueError(f"min_side must be a positive int or None, got {min_side!r}")
@@ -289,13 +362,25 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
                            f"{min_side}; the limit is {MAX_RESIZED_PIXELS:,} pixels after resizing")
             try:
                 if getattr(img, "is_animated", False):
-                    img.seek(0)
+                    img.seek(0)  # the first frame only: no other frame is decoded
                 if min_side is not None and img.format in _DRAFT_FORMATS:
                     img.draft("RGB", draft_request(w, h, min_side))  # before load: decode at reduced scale
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                out = _to_rgb(img)
-                out.load()
+                cost = decoded_bytes(img.mode, *img.size)
+                if cost > DECODE_BUDGET_BYTES:
+                    raise ImageLoadError(
+                        p, f"too large to decode within {DECODE_BUDGET_BYTES / 1e9:.1f} GB: {w}x{h} "
+                           f"{img.mode} takes {cost / 1e9:.2f} GB decoded (save a smaller copy of it, "
+                           "or as JPEG: JPEGs are decoded reduced)")
+                if cost > COSTLY_BYTES:
+                    with _costly_lock:  # one costly image at a time in the process, whatever the threads
+                        img.load()
+                        out = _strip_rgb(img, min_side)
+                        del img
+                else:
+                    img.load()
+                    img = ImageOps.exif_transpose(img)
+                    out = _to_rgb(img)
+                    out.load()
             except ImageLoadError:
                 raise
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
