@@ -55,7 +55,15 @@ from engine.atomic import atomic_write_text, fsync_file
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 from engine.evaluation import evaluate
 from engine.images import label_of, scan_images
-from engine.index import HnswIndex, IndexCorruptError, VectorIndex, crc32_file, make_index
+from engine.index import (
+    HnswIndex,
+    IndexCorruptError,
+    IndexSettingsError,
+    VectorIndex,
+    check_index_settings,
+    crc32_file,
+    make_index,
+)
 from engine.search import SearchOptions, search_vectors
 from engine.vectors import l2n
 from engine.vocabulary import ModelSpec, SearchHit, cache_root
@@ -133,6 +141,11 @@ class UpdateReport:
 
 
 # --- the collection ------------------------------------------------------------------------------
+def _default_threads() -> int:
+    """Graph-building threads: the machine's cores, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _stat(p: Path) -> tuple[int, int]:
     st = p.stat()
     return int(st.st_size), int(st.st_mtime_ns)
@@ -268,7 +281,7 @@ class Collection:
         self.index_kind = index_kind
         self.index_params = dict(index_params or {})
         if index_kind == "hnsw":
-            self.index_params.setdefault("threads", max(1, min(8, os.cpu_count() or 1)))
+            self.index_params.setdefault("threads", _default_threads())
         self._identity = model_spec.identity()
         self._lock = threading.RLock()
         self._base_commit = 0  # the commit on disk that this object's state continues
@@ -288,6 +301,7 @@ class Collection:
         self._removed_vectors: dict[int, np.ndarray] = {}  # their vectors (the graph may still hold them)
         self._unsaved = 0                                 # rows at the end of _rows not yet in a segment
         self._commit = 0
+        self._settings_damaged = False                    # the manifest's index settings were replaced
         self.total_files: int | None = None               # image files of the last scan (None: unknown)
         self.generation: str | None = None
 
@@ -374,6 +388,13 @@ class Collection:
             total_files = m.get("total_files")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CollectionError(f"the collection manifest in {self.state_dir} is damaged ({exc}); {fix}") from exc
+        try:
+            index_params = check_index_settings(index_kind, index_params)
+            settings_damaged = False
+        except IndexSettingsError as exc:  # searches go on with the defaults; the next `index` saves them
+            log.warning("the collection manifest in %s holds bad index settings (%s): using the defaults",
+                        self.state_dir, exc)
+            index_kind, index_params, settings_damaged = "hnsw", {"threads": _default_threads()}, True
         rows = _Rows(dim)
         try:
             if dim is not None:  # with room to grow: the next images added are not a copy of all
@@ -415,6 +436,7 @@ class Collection:
             self._removed_vectors = removed_vectors
             self._skipped, self._next_id = skipped, next_id
             self.index_kind, self.index_params = index_kind, index_params
+            self._settings_damaged = settings_damaged
             self._index, self._exact = None, None
             self._graph_info = graph if isinstance(graph, dict) else None
             self._graph_pending = self._graph_info
@@ -645,15 +667,8 @@ class Collection:
         return fresh
 
     def _new_index(self, dim: int) -> VectorIndex:
-        """An empty index of the collection's kind and settings; settings a manifest holds that are
-        unknown or out of range give way to the defaults (written by the next commit), with a warning."""
-        try:
-            index = make_index(self.index_kind, "cosine", dim=dim, **self.index_params)
-        except IndexCorruptError as exc:
-            log.warning("%s: using the default index settings (saved at the next commit)", exc)
-            self.index_kind = "hnsw"
-            self.index_params = {"threads": max(1, min(8, os.cpu_count() or 1))}
-            index = make_index(self.index_kind, "cosine", dim=dim, **self.index_params)
+        """An empty index of the collection's kind and settings (checked when the manifest was read)."""
+        index = make_index(self.index_kind, "cosine", dim=dim, **self.index_params)
         if isinstance(index, HnswIndex):
             index.rebuild_on_query = False
         return index
@@ -729,6 +744,7 @@ class Collection:
         if not removed:
             self._removed_vectors = {}
         self._removed, self._unsaved = removed, 0
+        self._settings_damaged = False
         self.generation = f"commit-{number:06d}"
         self._collect(previous | self._named_files())
 
@@ -968,7 +984,7 @@ def update_collections(
 def _has_uncommitted(c: Collection, graph: bool = True) -> bool:
     """True when ``c`` holds rows or removals not yet committed, or (``graph``) its graph is due for a
     rebuild."""
-    if c._unsaved:
+    if c._unsaved or c._settings_damaged:
         return True
     index = c.index if graph else None  # loads a saved graph, or makes the index a first build needs
     return isinstance(index, HnswIndex) and index.needs_rebuild()

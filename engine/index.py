@@ -832,17 +832,21 @@ def make_index(kind: str = "hnsw", metric: str = "cosine", *, dim: int, **params
     """A new empty index. ``kind``: 'hnsw' (params M, ef_construction, ef, threads, rebuild_share,
     rebuild_min) or 'exact' (block_size); ``metric``: 'cosine' or 'l2'. An unknown kind or setting, or
     one out of range, raises IndexSettingsError (a ValueError and an IndexCorruptError)."""
-    cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise IndexSettingsError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
     _check_metric(metric)
-    if cls is HnswIndex:
-        params = check_hnsw_params(params)
-    elif set(params) - {"block_size"}:
-        raise IndexSettingsError(f"unknown exact-index settings {', '.join(sorted(map(str, params)))}; "
-                                 "valid settings: block_size")
-    elif "block_size" in params and (isinstance(params["block_size"], bool)
-                                     or not isinstance(params["block_size"], (int, np.integer))
-                                     or not 1 <= params["block_size"] <= 2**31):
-        raise IndexSettingsError(f"block_size must be a positive integer, got {params['block_size']!r}")
-    return cls(dim=dim, metric=metric, **params)
+    params = check_index_settings(kind, params)
+    return _KINDS[kind](dim=dim, metric=metric, **params)
+
+
+def check_index_settings(kind: Any, params: Any) -> dict[str, Any]:
+    """An index kind and its settings (as a manifest holds them) checked -> the settings with plain
+    numbers; anything unknown or out of range raises IndexSettingsError."""
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise IndexSettingsError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
+    if kind == "hnsw":
+        return check_hnsw_params(params)
+    if not isinstance(params, dict) or set(params) - {"block_size"}:
+        raise IndexSettingsError(f"unknown exact-index settings {params!r}; valid settings: block_size")
+    v = params.get("block_size", 1)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**31:
+        raise IndexSettingsError(f"block_size must be a positive integer, got {v!r}")
+    return {k: int(v) for k, v in params.items()}
