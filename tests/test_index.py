@@ -315,3 +315,32 @@ def test_unknown_or_absurd_graph_settings_are_refused_as_a_damaged_index(tmp_pat
             make_index(kind, dim=4, **params)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at most"):  # a caller's mistake is a ValueError too
         HnswIndex(4, ef=2**40)
+
+
+def test_a_collection_with_bad_index_settings_searches_and_its_next_commit_repairs_them(tmp_path):
+    import json
+
+    from engine.collection import Collection, _has_uncommitted
+    from engine.vocabulary import ModelSpec
+
+    spec = ModelSpec("synthetic", "random", "spoc")
+    (tmp_path / "images").mkdir()
+    x = _clustered(200, 16, seed=11)
+    names = [f"img/{i:04d}.jpg" for i in range(200)]
+    c = Collection.open(tmp_path / "images", model_spec=spec, cache_dir=tmp_path / "cache")
+    c._append(names, x, [], {p: (1000, 1) for p in names})
+    c.commit(final=True)
+    want = [h.relpath for h in c.search(x[3])]
+    manifest = c.state_dir / "manifest.json"
+    for change in (lambda m: m.update(index_kind="annoy"), lambda m: m["index_params"].update(efSearch=5),
+                   lambda m: m["index_params"].update(ef=2**40), lambda m: m["graph"]["params"].update(M=10**6)):
+        m = json.loads(manifest.read_text())
+        change(m)
+        manifest.write_text(json.dumps(m))
+        c = Collection.open(tmp_path / "images", model_spec=spec, cache_dir=tmp_path / "cache")
+        assert [h.relpath for h in c.search(x[3])] == want
+        assert _has_uncommitted(c)  # so `index` commits, with valid settings and a graph
+        c.commit(final=True)
+        m = json.loads(manifest.read_text())
+        assert m["index_kind"] == "hnsw" and set(m["index_params"]) <= {"threads"} | set(m["graph"]["params"])
+        assert m["graph"]["params"]["M"] <= 512 and m["graph"]["params"]["ef"] < 2**31
