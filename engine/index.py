@@ -29,8 +29,14 @@ The graph is rebuilt lazily, at the next query (or explicitly, between a collect
 On disk
 -------
 An index holds no files of its own: a collection (engine.collection) stores the vectors and keeps only
-the graph of an :class:`HnswIndex`, written by :meth:`HnswIndex.save_graph` and checked (sizes, CRC-32)
-by :meth:`HnswIndex.restore` before nmslib reads it; a damaged graph raises :class:`IndexCorruptError`.
+the graph of an :class:`HnswIndex`, written by :meth:`HnswIndex.save_graph` and checked by
+:meth:`HnswIndex.restore` before nmslib reads it (sizes, CRC-32, the settings, and the file's structure
+by :func:`check_graph_file`); a damaged graph or unknown settings raise :class:`IndexCorruptError`.
+nmslib's optimised HNSW file embeds its own float32 copy of the (normalised) vectors beside the links
+(``save_data=False`` only leaves out a second data file): the graph searches with that copy, so a
+restored graph is loaded without adding the vectors again. A non-optimised graph
+(``skip_optimized_index``) would leave the vectors out of the file, but then needs them added to
+nmslib at every open (the same float32 copy in memory, and a slower generic search).
 """
 
 from __future__ import annotations
