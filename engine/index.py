@@ -61,9 +61,11 @@ log = logging.getLogger(__name__)
 INDEX_KINDS = ("hnsw", "exact")
 METRICS = ("cosine", "l2")
 
-#: defaults chosen with benchmarks/index.py (recall@10 against exact >= 0.99 on clustered data up to 100k)
+#: defaults chosen with benchmarks/index.py (recall@10 against exact >= 0.99 on clustered data up to 100k);
+#: efConstruction 100 builds in 0.6-0.7x the CPU of 200 at the same recall@10 (10k and 30k x 1280: 0.992
+#: and 1.000 both; 100k x 128: 1.000), docs/BENCHMARKS.md "Graph build, open and storage at scale"
 DEFAULT_M = 16
-DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_EF_CONSTRUCTION = 100
 DEFAULT_EF = 100
 
 
