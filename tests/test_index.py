@@ -273,7 +273,7 @@ def test_random_byte_changes_never_crash_a_process(tmp_path):
     good = (tmp_path / info["graph"]["file"]).read_bytes()
     rng = np.random.default_rng(26)
     infos = []
-    for t in range(200):
+    for t in range(120):
         b = bytearray(good)
         kind = t % 3
         at = int(rng.integers(0, len(b) - 4))
@@ -296,7 +296,7 @@ def test_random_byte_changes_never_crash_a_process(tmp_path):
                         str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     accepted = int(r.stdout.split()[-1])
-    assert accepted < 200  # most changes are caught; the rest (a label, a spare field, a valid link) load
+    assert accepted < 120  # most changes are caught; the rest (a label, a spare field, a valid link) load
 
 
 def test_unknown_or_absurd_graph_settings_are_refused_as_a_damaged_index(tmp_path):
