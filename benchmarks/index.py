@@ -12,6 +12,14 @@ database points). cub100 has only 5,902 images, too few for these sizes.
 
     python benchmarks/index.py --sizes 10000 100000 --dim 128
     python benchmarks/index.py --sizes 1000000 --dim 64 --efs 50 100 --queries 300
+
+``--compare-engine``: per size, the graph built over the same vectors by nmslib alone and through the
+engine's own update path (rows appended to a Collection, commits of 50,000 rows, the final commit that
+builds, saves and reloads the graph), interleaved (nmslib, engine, nmslib, engine...), wall and CPU
+seconds of each (CPU counts both build threads), the load average, and then a fresh process's open of
+the saved collection: open s, first query s (graph checked and loaded), peak memory (VmHWM):
+
+    nice -n 5 python benchmarks/index.py --compare-engine --sizes 20000 --dim 1280 --rounds 2
 """
 
 from __future__ import annotations
@@ -115,6 +123,115 @@ def bench_size(x: np.ndarray, q: np.ndarray, args: argparse.Namespace) -> list[d
     return rows
 
 
+def _cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _raw_nmslib(x: np.ndarray, args: argparse.Namespace) -> None:
+    """The graph as nmslib alone builds it: same space, M, efConstruction and threads as the engine."""
+    from engine.index import _import_nmslib
+
+    nmslib = _import_nmslib()
+    g = nmslib.init(method="hnsw", space="cosinesimil", data_type=nmslib.DataType.DENSE_VECTOR)
+    g.addDataPointBatch(x, ids=np.arange(len(x), dtype=np.int32))
+    g.createIndex({"M": args.M, "efConstruction": args.ef_construction, "post": 0,
+                   "indexThreadQty": args.build_threads}, print_progress=False)
+
+
+def _engine(x: np.ndarray, where: Path, args: argparse.Namespace) -> None:
+    """The engine's update path: rows appended to a collection, commits of 50,000, the final commit."""
+    from engine.collection import Collection
+    from engine.vocabulary import ModelSpec
+
+    (where / "images").mkdir(parents=True, exist_ok=True)
+    c = Collection.open(where / "images", model_spec=ModelSpec("synthetic", "random", "spoc"),
+                        cache_dir=where / "cache", rebuild=True,
+                        index_params={"M": args.M, "ef_construction": args.ef_construction,
+                                      "threads": args.build_threads})
+    names = [f"img/{i:07d}.jpg" for i in range(len(x))]
+    current = {p: (1000, 1) for p in names}
+    for a in range(0, len(x), 50_000):
+        c._append(names[a:a + 50_000], x[a:a + 50_000], [], current)
+        c.commit(final=False)
+    c.commit(final=True)
+
+
+_OPEN_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from engine.collection import Collection
+from engine.search import SearchOptions
+from engine.vocabulary import ModelSpec
+q = np.load(sys.argv[3])
+imported = time.perf_counter() - t0
+t = time.perf_counter()
+c = Collection.open(sys.argv[2] + "/images", model_spec=ModelSpec("synthetic", "random", "spoc"),
+                    cache_dir=sys.argv[2] + "/cache")
+opened = time.perf_counter() - t
+c.search(q[0], SearchOptions(k=10))
+first = time.perf_counter() - t
+lat = []
+for v in q[1:]:
+    t = time.perf_counter(); c.search(v, SearchOptions(k=10)); lat.append(time.perf_counter() - t)
+got = [[h.relpath for h in c.search(v, SearchOptions(k=10))] for v in q]
+peak = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+exact = [[h.relpath for h in c.search(v, SearchOptions(k=10, exact=True))] for v in q]
+print(json.dumps({"import_s": imported, "open_s": opened, "open_first_query_s": first,
+                  "p50_ms": 1000 * float(np.median(lat)), "peak_mb": peak,
+                  "recall10": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)]))}))
+"""
+
+
+def compare_engine(args: argparse.Namespace) -> None:
+    """nmslib alone against the engine's update path on the same vectors, interleaved; then an open."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    rng = np.random.default_rng(args.seed)
+    print(f"Graph build, nmslib alone against the engine's update path (M={args.M}, efConstruction="
+          f"{args.ef_construction}, {args.build_threads} threads; {os.cpu_count()} cores)\n")
+    print("| N | D | round | what | wall s | CPU s | CPU / wall | load average (1 min) |")
+    print("|---|---|---|---|---|---|---|---|")
+    opens = []
+    for n in args.sizes:
+        x, centres = sphere_mixture(n, args.dim, args.clusters, args.spread, rng)
+        work = Path(tempfile.mkdtemp(prefix="engine-vs-nmslib-"))
+        try:
+            for r in range(args.rounds):
+                for what in ("nmslib alone", "engine"):
+                    shutil.rmtree(work / "c", ignore_errors=True)
+                    t, c0 = time.perf_counter(), _cpu_s()
+                    _raw_nmslib(x, args) if what == "nmslib alone" else _engine(x, work / "c", args)
+                    wall, cpu = time.perf_counter() - t, _cpu_s() - c0
+                    print(f"| {n:,} | {args.dim} | {r + 1} | {what} | {wall:.1f} | {cpu:.1f} | {cpu / wall:.2f} "
+                          f"| {os.getloadavg()[0]:.1f} |", flush=True)
+                    gc.collect()
+            q, _ = sphere_mixture(args.queries, args.dim, args.clusters, args.spread, rng, centres)
+            np.save(work / "q.npy", q)
+            disk = sum(f.stat().st_size for f in (work / "c" / "cache").rglob("*") if f.is_file())
+            out = subprocess.run([sys.executable, "-c", _OPEN_CHILD, str(Path(__file__).resolve().parents[1]),
+                                  str(work / "c"), str(work / "q.npy")], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            opens.append((n, json.loads(out.stdout.strip().splitlines()[-1]), disk, os.getloadavg()[0]))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\nA fresh process opens the saved collection (numpy imported before; open, then the first query, "
+          f"which checks and loads the graph; {args.queries} queries k=10, ef={DEFAULT_EF})\n")
+    print("| N | D | open s | open + first query s | query p50 ms | recall@10 vs exact | peak memory MB | disk MB "
+          "| load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, o, disk, load in opens:
+        print(f"| {n:,} | {args.dim} | {o['open_s']:.2f} | {o['open_first_query_s']:.2f} | {o['p50_ms']:.2f} "
+              f"| {o['recall10']:.3f} | {o['peak_mb']:.0f} | {disk / 1e6:.0f} | {load:.1f} |")
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| N | D | index | ef | build s | memory MB | p50 ms | p99 ms | queries/s (1 by 1) | "
             "queries/s (batch) | recall@1 | recall@10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -145,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-hnsw", type=int, default=10**9, help="only exact search above this size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--compare-engine", action="store_true",
+                   help="nmslib alone against the engine's update path, then a fresh process's open")
+    p.add_argument("--rounds", type=int, default=1, help="--compare-engine: interleaved rounds")
     args = p.parse_args(argv)
+    if args.compare_engine:
+        compare_engine(args)
+        return 0
     rng = np.random.default_rng(args.seed)
     real = np.load(args.vectors).astype(np.float32) if args.vectors else None
     rows: list[dict] = []

@@ -29,15 +29,23 @@ The graph is rebuilt lazily, at the next query (or explicitly, between a collect
 On disk
 -------
 An index holds no files of its own: a collection (engine.collection) stores the vectors and keeps only
-the graph of an :class:`HnswIndex`, written by :meth:`HnswIndex.save_graph` and checked (sizes, CRC-32)
-by :meth:`HnswIndex.restore` before nmslib reads it; a damaged graph raises :class:`IndexCorruptError`.
+the graph of an :class:`HnswIndex`, written by :meth:`HnswIndex.save_graph` and checked by
+:meth:`HnswIndex.restore` before nmslib reads it (sizes, CRC-32, the settings, and the file's structure
+by :func:`check_graph_file`); a damaged graph or unknown settings raise :class:`IndexCorruptError`.
+nmslib's optimised HNSW file embeds its own float32 copy of the (normalised) vectors beside the links
+(``save_data=False`` only leaves out a second data file): the graph searches with that copy, so a
+restored graph is loaded without adding the vectors again. A non-optimised graph
+(``skip_optimized_index``) would leave the vectors out of the file, but then needs them added to
+nmslib at every open (the same float32 copy in memory, and a slower generic search).
 """
 
 from __future__ import annotations
 
 import abc
+import bisect
 import logging
 import os
+import struct
 import threading
 import zlib
 from pathlib import Path
@@ -53,14 +61,27 @@ log = logging.getLogger(__name__)
 INDEX_KINDS = ("hnsw", "exact")
 METRICS = ("cosine", "l2")
 
-#: defaults chosen with benchmarks/index.py (recall@10 against exact >= 0.99 on clustered data up to 100k)
+#: defaults chosen with benchmarks/index.py (recall@10 against exact >= 0.99 on clustered data up to 100k);
+#: efConstruction 100 builds in 0.6-0.7x the CPU of 200 at the same recall@10 (10k and 30k x 1280: 0.992
+#: and 1.000 both; 100k x 128: 1.000), docs/BENCHMARKS.md "Graph build, open and storage at scale"
 DEFAULT_M = 16
-DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_EF_CONSTRUCTION = 100
 DEFAULT_EF = 100
 
 
 class IndexCorruptError(RuntimeError):
     """A saved index that is damaged, incomplete or from another format; the message says what to do."""
+
+
+class IndexSettingsError(IndexCorruptError, ValueError):
+    """Index settings that are unknown or out of range (an unknown kind or parameter, an ef of 2**40):
+    from a damaged or foreign manifest a damaged index (IndexCorruptError), from a caller a ValueError."""
+
+
+#: the HNSW parameters an index accepts, with their bounds (ints; rebuild_share is a float in (0, 1])
+HNSW_LIMITS: dict[str, tuple[int, int]] = {"M": (2, 512), "ef_construction": (1, 100_000), "ef": (1, 100_000),
+                                            "threads": (1, 1024), "rebuild_min": (1, 2**40)}
+HNSW_PARAMS = (*HNSW_LIMITS, "rebuild_share")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -130,6 +151,166 @@ def crc32_file(path: str | os.PathLike) -> int:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             crc = zlib.crc32(chunk, crc)
     return crc
+
+
+def check_hnsw_params(params: Any) -> dict[str, Any]:
+    """``params`` (a dict of HNSW settings: some of :data:`HNSW_PARAMS`) checked -> a copy with plain
+    Python numbers; an unknown name, a wrong type or a value out of :data:`HNSW_LIMITS` raises
+    IndexSettingsError (never a TypeError, never a number nmslib would overflow on)."""
+    if not isinstance(params, dict):
+        raise IndexSettingsError(f"HNSW settings must be a mapping, got {type(params).__name__}")
+    unknown = sorted(str(k) for k in params if k not in HNSW_PARAMS)
+    if unknown:
+        raise IndexSettingsError(f"unknown HNSW settings {', '.join(unknown)}; valid settings: "
+                                 f"{', '.join(HNSW_PARAMS)}")
+    out: dict[str, Any] = {}
+    for name, v in params.items():
+        if name == "rebuild_share":
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not 0.0 < float(v) <= 1.0:
+                raise IndexSettingsError(f"rebuild_share must be in (0, 1], got {v!r}")
+            out[name] = float(v)
+            continue
+        lo, hi = HNSW_LIMITS[name]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+            what = "a positive integer" if lo == 1 else f"an integer of at least {lo}"
+            raise IndexSettingsError(f"{name} must be {what} and at most {hi:,}, got {v!r}")
+        out[name] = int(v)
+    return out
+
+
+# --- nmslib's HNSW file, checked before nmslib reads it ------------------------------------------------
+#: the header of the optimised HNSW index file that nmslib 2.1 writes (read from its files; the
+#: fields as nmslib's hnsw.cc names them): optimised-index flag (uint32, 1), element count (uint32),
+#: memoryPerObject, offsetLevel0, offsetData (size_t), maxlevel, enterpointId (int32), maxM, maxM0
+#: (size_t), dist_func_type (int32), searchMethod (size_t). Then ``count`` level-0 blocks of
+#: memoryPerObject bytes (the object: id int32, label int32, data length size_t, the float32 vector;
+#: at offsetLevel0 the level-0 links: a count and maxM0 ids, int32), then per element a uint32 byte size
+#: of its upper-level links (level x (maxM + 1) int32: a count and maxM ids per level) and those links.
+_HNSW_HEADER = struct.Struct("<IIQQQiiQQiQ")
+_OBJECT_HEAD = 16
+
+
+def _dist_func_type(space: str, dim: int) -> int:
+    if space == "cosinesimil":
+        return 3
+    return 1 if dim % 16 == 0 else 2
+
+
+def check_graph_file(path: str | os.PathLike, *, count: int, dim: int, space: str,
+                     vectors: np.ndarray | None = None, sample: int = 256) -> None:
+    """Check an nmslib HNSW graph file's structure before nmslib reads it, so that a damaged or
+    tampered file cannot crash the process or mislead a search: the header (element count ``count``,
+    sizes for ``dim``-d float32 vectors of ``space``, degrees, levels, entry point), every element's
+    id, data length, level-0 link count and neighbour ids (< count), every upper-level link list
+    (its size, counts, neighbour ids, and that a neighbour at level l has level >= l), the total size,
+    and (``vectors`` (count, dim) float32, prepared as the graph holds them: normalised for cosine)
+    that ``sample`` of the vectors embedded in the graph are finite and equal to ``vectors``'. Costs a
+    read of the file through a memory map and O(count) array operations. Raises IndexCorruptError."""
+    path = Path(path)
+
+    def bad(why: str) -> IndexCorruptError:
+        return IndexCorruptError(f"the HNSW graph file {path} is damaged ({why})")
+
+    size = path.stat().st_size
+    if size < _HNSW_HEADER.size:
+        raise bad(f"{size} bytes, shorter than its header")
+    mm = np.memmap(path, np.uint8, "r")
+    try:
+        (flag, n, per_object, off_level0, off_data, max_level, entry, max_m, max_m0, dist_type,
+         method) = _HNSW_HEADER.unpack_from(mm[:_HNSW_HEADER.size].tobytes())
+        data_section = _OBJECT_HEAD + 4 * dim
+        if flag != 1:
+            raise bad(f"format flag {flag}, expected 1 (an optimised index)")
+        if n != count:
+            raise bad(f"{n} elements, expected {count}")
+        if not (1 <= max_m <= HNSW_LIMITS["M"][1] * 2 and max_m <= max_m0 <= 4 * HNSW_LIMITS["M"][1]):
+            raise bad(f"degrees maxM {max_m}, maxM0 {max_m0}")
+        if off_data != 0 or off_level0 != data_section or per_object != data_section + 4 * (max_m0 + 1):
+            raise bad(f"object layout {per_object}/{off_level0}/{off_data} bytes, expected "
+                      f"{data_section + 4 * (max_m0 + 1)}/{data_section}/0 for {dim}-d vectors")
+        if dist_type != _dist_func_type(space, dim) or method not in (3, 4):
+            raise bad(f"distance function {dist_type} / search method {method}, not those of {space} at {dim}-d")
+        if not 0 <= max_level < 64 or not 0 <= entry < max(n, 1):
+            raise bad(f"max level {max_level}, entry point {entry}")
+        level0_end = _HNSW_HEADER.size + n * per_object
+        if level0_end > size or (size - level0_end) % 4:
+            raise bad(f"{size} bytes, which does not fit {n} elements of {per_object} bytes")
+        # level 0: ids, data lengths, link counts and neighbours, in blocks of rows (bounded memory)
+        ids = np.ndarray((n,), "<i4", mm, _HNSW_HEADER.size, (per_object,))
+        lengths = np.ndarray((n,), "<u8", mm, _HNSW_HEADER.size + 8, (per_object,))
+        links = np.ndarray((n, max_m0 + 1), "<i4", mm, _HNSW_HEADER.size + off_level0, (per_object, 4))
+        slots = np.arange(max_m0)
+        for a in range(0, n, 65536):
+            b = min(n, a + 65536)
+            if not np.array_equal(ids[a:b], np.arange(a, b, dtype=np.int32)):
+                raise bad("element ids out of order")
+            if np.any(lengths[a:b] != 4 * dim):
+                raise bad("an element's data length is wrong")
+            counts = links[a:b, 0]
+            if np.any((counts < 0) | (counts > max_m0)):
+                raise bad("a level-0 link count is out of range")
+            nb = links[a:b, 1:]
+            if np.any((slots < counts[:, None]) & ((nb < 0) | (nb >= n))):
+                raise bad("a level-0 neighbour id is out of range")
+        # upper levels: a uint32 size per element, then its links; walked over the non-zero sizes only
+        tail = np.ndarray(((size - level0_end) // 4,), "<u4", mm, level0_end)
+        per_level = max_m + 1
+        nonzero = np.flatnonzero(tail)
+        nz_at, nz_val = nonzero.tolist(), tail[nonzero].tolist()
+        levels = np.zeros(n, np.int64)
+        starts: list[int] = []
+        owners: list[int] = []
+        pos = element = k = 0
+        while element < n:
+            k = bisect.bisect_left(nz_at, pos, k)
+            nxt = nz_at[k] if k < len(nz_at) else len(tail)
+            if element + (nxt - pos) >= n:  # the rest have no upper levels
+                pos += n - element
+                element = n
+                break
+            if k >= len(nz_at):
+                raise bad(f"its upper-level links end after {element + nxt - pos} of {n} elements")
+            element += nxt - pos
+            pos = nxt
+            nbytes = nz_val[k]
+            level, rest = divmod(nbytes, 4 * per_level)
+            if rest or not 1 <= level <= max_level or pos + 1 + nbytes // 4 > len(tail):
+                raise bad(f"the upper-level links of element {element} are {nbytes} bytes")
+            levels[element] = level
+            starts.append(pos + 1)
+            owners.append(element)
+            pos += 1 + nbytes // 4
+            element += 1
+        if pos != len(tail):
+            raise bad(f"{4 * (len(tail) - pos)} bytes more than its elements hold")
+        if levels[entry] != max_level:
+            raise bad(f"the entry point {entry} is at level {levels[entry]}, not the max level {max_level}")
+        if starts:
+            st, own = np.asarray(starts, np.int64), np.asarray(owners, np.int64)
+            for lev in range(1, max_level + 1):
+                sel = levels[own] >= lev
+                block = st[sel] + (lev - 1) * per_level
+                counts = tail[block].astype(np.int64)
+                if np.any(counts > max_m):
+                    raise bad(f"a level-{lev} link count is out of range")
+                nb = tail[block[:, None] + 1 + np.arange(max_m)].astype(np.int64)
+                used = np.arange(max_m) < counts[:, None]
+                if np.any(used & (nb >= n)):
+                    raise bad(f"a level-{lev} neighbour id is out of range")
+                if np.any(used & (levels[np.minimum(nb, n - 1)] < lev)):
+                    raise bad(f"a level-{lev} neighbour is not on that level")
+        # the vectors: a sample of the embedded ones, finite and equal to the stored rows
+        if n:
+            rows = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
+            emb = np.stack([np.frombuffer(mm, "<f4", dim, _HNSW_HEADER.size + int(r) * per_object + _OBJECT_HEAD)
+                            for r in rows])
+            if not np.all(np.isfinite(emb)):
+                raise bad("its vectors hold NaN or infinite values")
+            if vectors is not None and not np.allclose(emb, np.asarray(vectors[rows], np.float32), atol=1e-3):
+                raise bad("its vectors are not the stored ones (a graph of other vectors)")
+    finally:
+        del mm
 
 
 # --- the interface -------------------------------------------------------------------------------
@@ -341,11 +522,8 @@ class HnswIndex(VectorIndex):
                  ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF, threads: int = 1,
                  rebuild_share: float = 0.2, rebuild_min: int = 2048) -> None:
         super().__init__(dim, metric)
-        for name, v in (("M", M), ("ef_construction", ef_construction), ("ef", ef), ("threads", threads)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not 0.0 < rebuild_share <= 1.0:
-            raise ValueError(f"rebuild_share must be in (0, 1], got {rebuild_share}")
+        check_hnsw_params({"M": M, "ef_construction": ef_construction, "ef": ef, "threads": threads,
+                           "rebuild_share": rebuild_share, "rebuild_min": rebuild_min})
         self.M, self.ef_construction, self.threads = int(M), int(ef_construction), int(threads)
         self._ef = int(ef)
         self.rebuild_share, self.rebuild_min = float(rebuild_share), int(rebuild_min)
@@ -373,8 +551,7 @@ class HnswIndex(VectorIndex):
 
     @ef.setter
     def ef(self, value: int) -> None:
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"ef must be a positive integer, got {value!r}")
+        check_hnsw_params({"ef": value})
         with self._query_lock:
             self._ef = int(value)
             if self._graph is not None:
@@ -448,9 +625,23 @@ class HnswIndex(VectorIndex):
         """Build the graph now from all live vectors (pending included, tombstones dropped)."""
         self._rebuild()
 
+    def build(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
+        """Replace the contents with ``vectors`` (N, D) under ``ids`` (N,) and build the graph now.
+        Rows already prepared (``normalised`` cosine rows, float32, C-contiguous) are kept by reference,
+        not copied: the caller must not change them afterwards (a collection's committed rows)."""
+        x = _as_matrix(vectors, self._dim)
+        ids = _as_ids(ids, x.shape[0])
+        self._bx, self._bids = (x if normalised and self._metric == "cosine" else self._prepare(x)), ids
+        self._px, self._pids = np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64)
+        self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
+        self._graph = self._build_graph(self._bx) if x.shape[0] else None
+        self._graph_loaded = False
+        self.rebuilds += 1
+
     def _rebuild(self) -> None:
         keep = ~self._dead_mask
-        x = np.concatenate([self._bx[keep], self._px])
+        parts = [a for a in (self._bx if keep.all() else self._bx[keep], self._px) if a.shape[0]]
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else self._px  # no copy of one part
         ids = np.concatenate([self._bids[keep], self._pids])
         self._px, self._pids = np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64)
         self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
@@ -506,6 +697,10 @@ class HnswIndex(VectorIndex):
         for key, name in (("graph", graph), ("ids", ids)):
             fsync_file(folder / name)
             info[key] = {"file": name, "bytes": (folder / name).stat().st_size, "crc32": crc32_file(folder / name)}
+        # the built graph holds two more copies of the vectors (nmslib's objects and their nodes) beside
+        # the one it searches with: the file just written, loaded without data, holds only the latter
+        with self._query_lock:
+            self._graph, self._graph_loaded = self._load_graph(folder / graph), True
         return info
 
     @classmethod
@@ -514,24 +709,34 @@ class HnswIndex(VectorIndex):
                 normalised: bool = False) -> HnswIndex:
         """An index from a graph written by :meth:`save_graph`: ``vectors_of(ids (n,)) -> (n, D)`` gives the
         stored vectors of the graph's ids (removed ones included); live ids that are not in the graph
-        become the pending part. Sizes and CRC-32 are checked before nmslib sees the file: a damaged
-        graph raises IndexCorruptError (the caller rebuilds it from the vectors). ``normalised``: the
-        vectors given are already L2-normalised (used as they are, without a copy)."""
+        become the pending part. Before nmslib sees the file: its size and CRC-32, the settings
+        (:func:`check_hnsw_params`) and its structure (:func:`check_graph_file`, against the stored
+        vectors) are checked; anything wrong raises IndexCorruptError (the caller rebuilds the graph
+        from the vectors). nmslib keeps its own copy of the vectors inside the graph, so none is added
+        to it here. ``normalised``: the vectors given are already L2-normalised (used without a copy)."""
         folder = Path(folder)
         try:
+            if not isinstance(info, dict):
+                raise TypeError(f"a {type(info).__name__}, not a mapping")
+            paths = {}
             for key in ("graph", "ids"):
                 entry = info[key]
-                p = folder / str(entry["file"])
-                if not p.is_file() or p.stat().st_size != int(entry["bytes"]):
+                name = str(entry["file"])
+                p = folder / name
+                if "/" in name or "\\" in name or name in ("", ".", "..") or not p.is_file() \
+                        or p.stat().st_size != int(entry["bytes"]):
                     raise IndexCorruptError(f"the HNSW graph file {p} is missing or truncated")
                 if crc32_file(p) != int(entry["crc32"]):
                     raise IndexCorruptError(f"the HNSW graph file {p} is damaged (checksum mismatch)")
-            params = dict(info["params"])
-        except (KeyError, TypeError, ValueError) as exc:
+                paths[key] = p
+            params = check_hnsw_params(info["params"])
+        except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+            if isinstance(exc, IndexCorruptError):
+                raise
             raise IndexCorruptError(f"the HNSW graph entry is damaged ({exc})") from exc
         index = cls(dim=dim, metric=metric, **params)
         try:
-            gids = np.load(folder / info["ids"]["file"], allow_pickle=False)
+            gids = np.load(paths["ids"], allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise IndexCorruptError(f"cannot read the HNSW graph ids ({exc})") from exc
         if gids.ndim != 1 or not np.issubdtype(gids.dtype, np.integer) or np.unique(gids).size != gids.size:
@@ -551,21 +756,24 @@ class HnswIndex(VectorIndex):
             else np.zeros((0, dim), np.float32)
         index._pids = live_ids[~in_graph]
         if gids.shape[0]:
-            g = index._new_graph()
-            g.addDataPointBatch(bx, ids=np.arange(gids.shape[0], dtype=np.int32))
-            g.loadIndex(str(folder / info["graph"]["file"]), load_data=False)
-            if len(g) != gids.shape[0]:
-                raise IndexCorruptError(f"the HNSW graph holds {len(g)} points, expected {gids.shape[0]}")
-            g.setQueryTimeParams({"efSearch": index._ef})
-            index._graph, index._graph_loaded = g, True
+            check_graph_file(paths["graph"], count=gids.shape[0], dim=dim, space=index.space, vectors=bx)
+            index._graph, index._graph_loaded = index._load_graph(paths["graph"]), True
         return index
+
+    def _load_graph(self, path: Path):
+        """nmslib's graph from a file checked by (or just written through) this class, without its data:
+        an optimised HNSW index searches with the vectors it embeds (``len()`` of it is then 0)."""
+        g = self._new_graph()
+        g.loadIndex(str(path), load_data=False)
+        g.setQueryTimeParams({"efSearch": self._ef})
+        return g
 
     # --- queries --------------------------------------------------------------------------------
     def _graph_candidates(self, q: np.ndarray, k: int, ef: int | None = None) -> list[np.ndarray]:
         """Per query, up to k live graph positions (approximate nearest first); ``ef`` for these
         queries only (the index's own ``ef`` when None)."""
-        if ef is not None and (not isinstance(ef, (int, np.integer)) or ef < 1):
-            raise ValueError(f"ef must be a positive integer or None, got {ef!r}")
+        if ef is not None:
+            check_hnsw_params({"ef": ef})
         if ef is None or self._graph is None or int(ef) == self._ef:
             with self._query_lock:
                 return self._graph_candidates_at(q, k)
@@ -630,9 +838,23 @@ _KINDS: dict[str, type[VectorIndex]] = {"exact": ExactIndex, "hnsw": HnswIndex}
 
 def make_index(kind: str = "hnsw", metric: str = "cosine", *, dim: int, **params: Any) -> VectorIndex:
     """A new empty index. ``kind``: 'hnsw' (params M, ef_construction, ef, threads, rebuild_share,
-    rebuild_min) or 'exact' (block_size); ``metric``: 'cosine' or 'l2'."""
-    cls = _KINDS.get(kind)
-    if cls is None:
-        raise ValueError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
+    rebuild_min) or 'exact' (block_size); ``metric``: 'cosine' or 'l2'. An unknown kind or setting, or
+    one out of range, raises IndexSettingsError (a ValueError and an IndexCorruptError)."""
     _check_metric(metric)
-    return cls(dim=dim, metric=metric, **params)
+    params = check_index_settings(kind, params)
+    return _KINDS[kind](dim=dim, metric=metric, **params)
+
+
+def check_index_settings(kind: Any, params: Any) -> dict[str, Any]:
+    """An index kind and its settings (as a manifest holds them) checked -> the settings with plain
+    numbers; anything unknown or out of range raises IndexSettingsError."""
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise IndexSettingsError(f"unknown index kind {kind!r}; valid kinds: {', '.join(INDEX_KINDS)}")
+    if kind == "hnsw":
+        return check_hnsw_params(params)
+    if not isinstance(params, dict) or set(params) - {"block_size"}:
+        raise IndexSettingsError(f"unknown exact-index settings {params!r}; valid settings: block_size")
+    v = params.get("block_size", 1)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**31:
+        raise IndexSettingsError(f"block_size must be a positive integer, got {v!r}")
+    return {k: int(v) for k, v in params.items()}

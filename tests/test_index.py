@@ -160,3 +160,187 @@ def test_many_small_additions_keep_every_row_and_still_refuse_a_known_id(kind):
     index.remove(np.array([500]))
     index.add(x[500:501], np.array([500]))  # an id below the highest, free again
     assert len(index) == 1000
+
+
+# --- a saved graph checked before nmslib reads it (issue 26 item 1) -------------------------------------
+def _saved_graph(tmp_path, n: int = 300, dim: int = 16, seed: int = 5):
+    """A graph written by save_graph -> (info, x (n, dim) normalised, ids)."""
+    x = _clustered(n, dim, seed=seed)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64) * 2
+    idx = HnswIndex(dim, M=8, ef_construction=50)
+    idx.add(x, ids, normalised=True)
+    idx.rebuild()
+    return idx.save_graph(tmp_path, "g"), x, ids
+
+
+def _restore(tmp_path, info, x, ids):
+    pos = {int(i): j for j, i in enumerate(ids)}
+    return HnswIndex.restore(tmp_path, info, dim=x.shape[1], metric="cosine",
+                             vectors_of=lambda g: x[[pos[int(i)] for i in g]], live_ids=ids, live_vectors=x,
+                             normalised=True)
+
+
+def _rewrite(tmp_path, info, data: bytes) -> dict:
+    """The graph file replaced by ``data``, its size and CRC-32 rewritten in ``info`` (as an attacker would)."""
+    import copy
+    import zlib
+
+    (tmp_path / info["graph"]["file"]).write_bytes(data)
+    info = copy.deepcopy(info)
+    info["graph"].update(bytes=len(data), crc32=zlib.crc32(data))
+    return info
+
+
+def test_a_saved_graph_restores_without_its_data_and_answers_as_before(tmp_path):
+    info, x, ids = _saved_graph(tmp_path)
+    restored = _restore(tmp_path, info, x, ids)
+    fresh = HnswIndex(16, M=8, ef_construction=50)
+    fresh.add(x, ids, normalised=True)
+    got, want = restored.query(x[:20], 5)[0], fresh.query(x[:20], 5)[0]
+    assert (got[:, 0] == ids[:20]).all() and np.mean(got == want) > 0.95
+
+
+def test_tampered_graph_files_are_refused_by_their_structure(tmp_path):
+    import struct
+
+    from engine.index import _HNSW_HEADER, IndexCorruptError
+
+    info, x, ids = _saved_graph(tmp_path)
+    good = (tmp_path / info["graph"]["file"]).read_bytes()
+    head = list(_HNSW_HEADER.unpack_from(good))
+    per_object, off0 = head[2], head[3]
+    level0 = _HNSW_HEADER.size
+
+    def patched(offset: int, fmt: str, value) -> bytes:
+        b = bytearray(good)
+        struct.pack_into(fmt, b, offset, value)
+        return bytes(b)
+
+    attacks = {
+        "count": (patched(4, "<I", 299), "elements"),
+        "entry point": (patched(36, "<i", 10**6), "entry point"),
+        "max level": (patched(32, "<i", 70), "max level"),
+        "link overwritten with 0xFF": (patched(level0 + 7 * per_object + off0 + 4, "<i", -1), "neighbour id"),
+        "link count": (patched(level0 + off0, "<i", 10**4), "link count"),
+        "neighbour = count": (patched(level0 + 3 * per_object + off0 + 4, "<i", 300), "neighbour id"),
+        "object id": (patched(level0 + 5 * per_object, "<i", 6), "ids"),
+        "truncated": (good[:-4], "bytes|end after"),
+        "extended": (good + b"\0" * 8, "bytes"),
+        "header only": (good[:40], "header"),
+        "NaN vector": (patched(level0 + 9 * per_object + 16, "<f", float("nan")), "NaN"),
+    }
+    other, _, _ = _saved_graph(tmp_path / "other", seed=9) if (tmp_path / "other").mkdir() is None else (None,) * 3
+    attacks["another graph of the same shape"] = ((tmp_path / "other" / other["graph"]["file"]).read_bytes(),
+                                                  "not the stored ones")
+    for name, (data, says) in attacks.items():
+        with pytest.raises(IndexCorruptError, match=says):
+            _restore(tmp_path, _rewrite(tmp_path, info, data), x, ids)
+        assert name
+
+
+_LOAD_EACH = r"""
+import sys, numpy as np
+from engine.index import HnswIndex, IndexCorruptError
+x = np.load(sys.argv[1]); ids = np.arange(len(x)) * 2
+pos = {int(i): j for j, i in enumerate(ids)}
+import json
+infos = json.load(open(sys.argv[2]))
+accepted = 0
+for info in infos:
+    try:
+        idx = HnswIndex.restore(sys.argv[3], info, dim=x.shape[1], metric="cosine",
+                                vectors_of=lambda g: x[[pos[int(i)] for i in g]], live_ids=ids,
+                                live_vectors=x, normalised=True)
+    except IndexCorruptError:
+        continue
+    idx.query(x[:50], 10, ef=10); idx.query(x[:5], 10, ef=200)
+    accepted += 1
+print("accepted", accepted)
+"""
+
+
+def test_random_byte_changes_never_crash_a_process(tmp_path):
+    # every random change is either refused (IndexCorruptError) or loaded and searched; all of it in one
+    # child process, so that a crash of nmslib (a signal) fails this test instead of killing pytest
+    import json
+    import os
+    import subprocess
+    import sys
+    import zlib
+
+    info, x, ids = _saved_graph(tmp_path)
+    good = (tmp_path / info["graph"]["file"]).read_bytes()
+    rng = np.random.default_rng(26)
+    infos = []
+    for t in range(120):
+        b = bytearray(good)
+        kind = t % 3
+        at = int(rng.integers(0, len(b) - 4))
+        if kind == 0:  # one byte
+            b[at] = int(rng.integers(0, 256))
+        elif kind == 1:  # one aligned word, 0xFF.. or a random id-sized value
+            at -= at % 4
+            b[at:at + 4] = (b"\xff" * 4) if rng.random() < 0.5 else int(rng.integers(0, 2**31)).to_bytes(4, "little")
+        else:  # a few bytes in the header or the links' tail
+            at = int(rng.integers(0, 68)) if rng.random() < 0.5 else int(rng.integers(len(b) - 400, len(b) - 4))
+            b[at:at + 2] = rng.integers(0, 256, 2).astype(np.uint8).tobytes()
+        name = f"g{t:03d}.bin"
+        (tmp_path / name).write_bytes(bytes(b))
+        infos.append({**info, "graph": {"file": name, "bytes": len(b), "crc32": zlib.crc32(bytes(b))}})
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "infos.json").write_text(json.dumps(infos))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(__import__("pathlib").Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", _LOAD_EACH, str(tmp_path / "x.npy"), str(tmp_path / "infos.json"),
+                        str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    accepted = int(r.stdout.split()[-1])
+    assert accepted < 120  # most changes are caught; the rest (a label, a spare field, a valid link) load
+
+
+def test_unknown_or_absurd_graph_settings_are_refused_as_a_damaged_index(tmp_path):
+    from engine.index import IndexCorruptError, IndexSettingsError
+
+    info, x, ids = _saved_graph(tmp_path)
+    for params in ({**info["params"], "bogus": 1}, {**info["params"], "ef": 2**40}, {**info["params"], "M": "16"},
+                   {**info["params"], "rebuild_share": float("nan")}, ["M", 16], None):
+        with pytest.raises(IndexCorruptError, match="HNSW|ef|M|rebuild_share"):
+            _restore(tmp_path, {**info, "params": params}, x, ids)
+    with pytest.raises(IndexCorruptError, match="missing or truncated"):
+        _restore(tmp_path, {**info, "graph": {"file": "../g.bin", "bytes": 1, "crc32": 0}}, x, ids)
+    for kind, params in (("annoy", {}), ("hnsw", {"efSearch": 10}), ("hnsw", {"ef": 2**40}), ("exact", {"M": 4}),
+                         (["hnsw"], {})):
+        with pytest.raises(IndexSettingsError):
+            make_index(kind, dim=4, **params)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most"):  # a caller's mistake is a ValueError too
+        HnswIndex(4, ef=2**40)
+
+
+def test_a_collection_with_bad_index_settings_searches_and_its_next_commit_repairs_them(tmp_path):
+    import json
+
+    from engine.collection import Collection, _has_uncommitted
+    from engine.vocabulary import ModelSpec
+
+    spec = ModelSpec("synthetic", "random", "spoc")
+    (tmp_path / "images").mkdir()
+    x = _clustered(200, 16, seed=11)
+    names = [f"img/{i:04d}.jpg" for i in range(200)]
+    c = Collection.open(tmp_path / "images", model_spec=spec, cache_dir=tmp_path / "cache")
+    c._append(names, x, [], {p: (1000, 1) for p in names})
+    c.commit(final=True)
+    want = [h.relpath for h in c.search(x[3])]
+    manifest = c.state_dir / "manifest.json"
+    for change in (lambda m: m.update(index_kind="annoy"), lambda m: m["index_params"].update(efSearch=5),
+                   lambda m: m["index_params"].update(ef=2**40), lambda m: m["graph"]["params"].update(M=10**6)):
+        m = json.loads(manifest.read_text())
+        change(m)
+        manifest.write_text(json.dumps(m))
+        c = Collection.open(tmp_path / "images", model_spec=spec, cache_dir=tmp_path / "cache")
+        assert [h.relpath for h in c.search(x[3])] == want
+        assert _has_uncommitted(c)  # so `index` commits, with valid settings and a graph
+        c.commit(final=True)
+        m = json.loads(manifest.read_text())
+        assert m["index_kind"] == "hnsw" and set(m["index_params"]) <= {"threads"} | set(m["graph"]["params"])
+        assert m["graph"]["params"]["M"] <= 512 and m["graph"]["params"]["ef"] < 2**31
