@@ -48,10 +48,25 @@ class RegionMatch:
 
     @property
     def fraction(self) -> tuple[float, float, float, float]:
-        """``box`` as shares of the image's width and height (x, y, w, h in [0, 1]): for any view of it."""
-        w, h = self.size
-        x, y, bw, bh = self.box
-        return x / w, y / h, bw / w, bh / h
+        """``box`` as shares of the image's width and height (:func:`box_fraction`): for any view of it."""
+        return box_fraction(self.box, self.size)
+
+
+def box_fraction(box: Box, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A box in pixels of a ``size`` = (width, height) image -> (x, y, w, h) as shares of width and height."""
+    w, h = size
+    x, y, bw, bh = box
+    return x / w, y / h, bw / w, bh / h
+
+
+def fraction_box(fraction: Sequence[float], size: tuple[int, int]) -> Box:
+    """The inverse of :func:`box_fraction` (rounded to whole pixels, clipped to the image; ValueError when
+    nothing of it lies inside): how a rectangle drawn on any view of the image becomes its pixels."""
+    w, h = size
+    fx, fy, fw, fh = (float(v) for v in fraction)
+    x0, y0 = int(round(fx * w)), int(round(fy * h))
+    x1, y1 = int(round((fx + fw) * w)), int(round((fy + fh) * h))
+    return clip_box((x0, y0, max(1, x1 - x0), max(1, y1 - y0)), w, h)
 
 
 def candidate_regions(h: int, w: int, levels: int = REGION_LEVELS,
@@ -72,24 +87,33 @@ def candidate_regions(h: int, w: int, levels: int = REGION_LEVELS,
     return unique
 
 
-def region_scores(model: Any, fmap: Any, query: Any, regions: Sequence[Cells]) -> Any:
-    """Each region's descriptor . ``query``: ``fmap`` (B, C, h, w) torch, ``query`` (D,) -> (B, R) torch.
-
-    A region's descriptor is ``model.describe`` (the descriptor's head: pooling, whitening, L2) of the map
-    inside it; regions of one size are described in one batch."""
+def region_descriptors(model: Any, fmap: Any, regions: Sequence[Cells]) -> Any:
+    """Each region's descriptor: ``fmap`` (B, C, h, w) torch -> (B, R, D) torch, ``model.describe`` (the
+    descriptor's head: pooling, whitening, L2) of the map inside the region; regions of one size are
+    described in one batch."""
     import torch
 
-    q = torch.as_tensor(np.asarray(query, np.float32)).to(fmap.device).reshape(-1, 1)
     b = fmap.shape[0]
-    out = torch.empty((b, len(regions)), dtype=torch.float32, device=fmap.device)
+    out: Any = None
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, (_y, _x, rh, rw) in enumerate(regions):
         by_size.setdefault((rh, rw), []).append(i)
     for (rh, rw), idx in by_size.items():
         crops = torch.cat([fmap[:, :, y:y + rh, x:x + rw] for (y, x, _h, _w) in (regions[i] for i in idx)])
         d = model.describe(crops).float()  # (n * B, D), region-major
-        out[:, idx] = (d @ q).reshape(len(idx), b).T
+        if out is None:
+            out = torch.empty((b, len(regions), d.shape[-1]), dtype=torch.float32, device=fmap.device)
+        out[:, idx] = d.reshape(len(idx), b, -1).transpose(0, 1)
     return out
+
+
+def region_scores(model: Any, fmap: Any, query: Any, regions: Sequence[Cells]) -> Any:
+    """Each region's descriptor (:func:`region_descriptors`) . ``query`` (D,): -> (B, R) torch."""
+    import torch
+
+    d = region_descriptors(model, fmap, regions)
+    q = torch.as_tensor(np.asarray(query, np.float32)).to(d.device)
+    return d @ q
 
 
 def cells_to_box(cells: Cells, map_hw: tuple[int, int], size: tuple[int, int], image_size: int,
