@@ -56,7 +56,8 @@ class RegionSelector(QObject):
         self._origin: QPoint | None = None
         self.menu: QMenu | None = None
         label.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
-        label.setMouseTracking(False)
+        label.setToolTip("Drag a rectangle on the image to search with that part of it; Esc or right-click: "
+                         "the whole image again")
         label.installEventFilter(self)
 
     def image_rect(self) -> QRect:

@@ -132,10 +132,9 @@ class QueryController(QObject):
             return
         self._searched_count = self.folder.searchable_count(key)
         path, folder, region = self.path, self.folder.folder, self.region
-        run, args = (self._run, ()) if region is None else (region_query, (self._run,))
-        self.task.request(run, *args, index, self.folder.models, key, path, replace(self.options),
-                          *(() if region is None else (region,)),
-                          tag=(index, key, path, region), with_callbacks=False,
+        args = (index, self.folder.models, key, path, replace(self.options))
+        fn, args = (self._run, args) if region is None else (region_query, (self._run, *args, region))
+        self.task.request(fn, *args, tag=(index, key, path, region), with_callbacks=False,
                           on_result=lambda r, f=folder, g=region: self._on_result(r, f, g),
                           on_error=lambda m, _tb, q=path: self._on_failed(q, m))
         self.changed.emit()

@@ -69,7 +69,8 @@ class RegionController(QObject):
         if result.box is None or not result.hits:
             return
         self.task.request(self._run, self.query.folder.models, result.spec, [h.path for h in result.hits],
-                          result.vector, tag=(result.query, result.box), on_event=self._on_matches,
+                          result.vector, tag=(self.query.folder.index, result.query, result.box),
+                          on_event=self._on_matches,
                           on_error=lambda m, _tb: log.warning("best regions: %s", m))
 
     def _on_matches(self, matches: list[RegionMatch]) -> None:
