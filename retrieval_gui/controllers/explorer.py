@@ -124,6 +124,9 @@ class Explorer(QObject):
     def result_html(self, result: SearchResult) -> str:
         """What the panel under the query says of its result: name, label, precision@k, timing."""
         lines = [f"<b>{self.query_title(result.query)}</b>"]
+        if result.box is not None:  # a region query (retrieval_gui.regions): Esc searches the whole image again
+            x, y, w, h = result.box
+            lines.append(f"<span style='color:#e65100'>region {w}×{h} at {x},{y} (Esc: whole image)</span>")
         if result.query_label is not None:
             lines.append(f"label: {result.query_label}")
         elif not self.query.inside:

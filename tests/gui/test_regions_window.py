@@ -60,6 +60,7 @@ def test_drawn_rectangle_ranks_as_the_cli_box_and_shows_best_regions(qtbot, stan
         r = win.result
         assert box_iou(r.box, PASTED) > 0.8  # the drawn rectangle is the pasted part, give or take a pixel
         assert r.hits[0].path == str(patch)
+        assert f"region {r.box[2]}×{r.box[3]} at {r.box[0]},{r.box[1]}" in win.explorer.result_html(r)
         # the CLI with the same box ranks the same images in the same order
         key = win.key
         capsys.readouterr()
