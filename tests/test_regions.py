@@ -87,3 +87,20 @@ def test_a_region_finds_the_image_it_shows_first_and_the_best_region_is_the_past
     assert match is not None and match.size == (160, 120) and events == [[match]]
     assert box_iou(match.box, PASTED) >= 0.5, match
     assert np.isfinite(match.score) and 0.0 < match.score <= 1.0 + 1e-6
+
+
+def test_region_query_map_is_the_one_metric_on_other_query_vectors():
+    """engine.evaluation ranks region queries (other query vectors, image i left out) with the one AP."""
+    from engine.evaluation import average_precisions, mean_average_precision
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5)).astype(np.float32)
+    labels = [i // 3 for i in range(12)]
+    assert mean_average_precision(x, labels, queries=x) == pytest.approx(mean_average_precision(x, labels))
+    q = rng.normal(size=(12, 5)).astype(np.float32)
+    ap = average_precisions(x, labels, queries=q)
+    assert ap == pytest.approx(average_precisions(x, labels, scores=q @ x.T))
+    perfect = np.where(np.equal.outer(labels, labels), 1.0, 0.0)
+    assert np.nanmean(average_precisions(x, labels, scores=perfect)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shape"):
+        average_precisions(x, labels, queries=q[:3])
