@@ -344,7 +344,7 @@ def parse_box(text: str) -> Box:
     parts = [t.strip() for t in str(text).split(",")]
     try:
         x, y, w, h = (int(round(float(t))) for t in parts)
-    except ValueError:
+    except (ValueError, OverflowError):  # not four numbers, NaN, infinite
         raise ValueError(f"a box is X,Y,W,H in pixels of the image, e.g. 40,30,200,150; got {text!r}") from None
     if w <= 0 or h <= 0 or x < 0 or y < 0:
         raise ValueError(f"a box needs X, Y >= 0 and a positive width and height, e.g. 40,30,200,150; got {text!r}")
