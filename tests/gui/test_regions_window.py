@@ -75,9 +75,18 @@ def test_drawn_rectangle_ranks_as_the_cli_box_and_shows_best_regions(qtbot, stan
         # each result's best region arrives (in a worker) and is drawn on its card
         qtbot.waitUntil(lambda: len(win.results_model.regions) == len(r.hits), timeout=TIMEOUT)
         assert win.cards.region_of(str(patch)) is not None
-        menu = win.cards.hit_menu(r.hits[0])
-        assert any("region" in a.text() for a in menu.actions())
+        # right-click a result > "Search this region": that result's best region becomes the query
+        second = r.hits[1]
+        its_region = win.cards.region_of(second.path)
+        menu = win.cards.hit_menu(second)
+        (act,) = [a for a in menu.actions() if "region" in a.text()]
+        act.trigger()
         menu.deleteLater()
+        q = win.explorer.query
+        assert q.path == second.path and q.region == its_region is not None
+        qtbot.waitUntil(lambda: win.result is not None and win.result.query == second.path
+                        and win.result.box is not None and not win.searching, timeout=TIMEOUT)
+        qtbot.waitUntil(lambda: not win.explorer.regions.task.busy, timeout=TIMEOUT)
         # Esc on the preview: the whole image again, the rectangle and the drawn regions go
         win.query_slot.setFocus()
         qtbot.keyClick(win.query_slot, Qt.Key.Key_Escape)
