@@ -112,15 +112,25 @@ def recall_at_k(vectors: Any, labels: Sequence[Any], ks: Iterable[int] = (1, 5, 
     return {k: float(np.mean(hit & (ranks < k))) for k in ks}
 
 
-def average_precisions(vectors: Any, labels: Sequence[Any], *, block_rows: int | None = None) -> np.ndarray:
+def average_precisions(vectors: Any, labels: Sequence[Any], *, block_rows: int | None = None,
+                       queries: Any | None = None, scores: Any | None = None) -> np.ndarray:
     """Leave-one-out average precision of every query, (N,) float64; NaN for a query whose label has
-    no other image. AP = mean over its positives of (positives up to that rank) / rank."""
+    no other image. AP = mean over its positives of (positives up to that rank) / rank. ``queries``
+    (N, D): query i searches with this row instead of its own vector (e.g. a region of image i), image
+    i still left out of its ranking; ``scores`` (N, N): query i's score of image j, instead of any dot
+    product (e.g. a re-ranking)."""
     x = _as_matrix(vectors)
     n = x.shape[0]
     y = _codes(labels, n)
+    qx = x if queries is None else _as_matrix(queries, "queries")
+    if qx.shape != x.shape:
+        raise ValueError(f"queries {qx.shape} must have the shape of the vectors {x.shape}")
+    given = None if scores is None else np.asarray(scores, np.float64)
+    if given is not None and given.shape != (n, n):
+        raise ValueError(f"scores {given.shape} must be ({n}, {n})")
     ap = np.full(n, np.nan)
     for a, b in _blocks(n, n, block_rows):
-        sims = x[a:b] @ x.T
+        sims = qx[a:b] @ x.T if given is None else given[a:b].copy()
         rows = np.arange(b - a)
         sims[rows, np.arange(a, b)] = -np.inf  # self last; it is not a positive, so it changes no rank
         order = np.argsort(-sims, axis=1, kind="stable")  # decreasing, ties by increasing index
@@ -134,10 +144,12 @@ def average_precisions(vectors: Any, labels: Sequence[Any], *, block_rows: int |
     return ap
 
 
-def mean_average_precision(vectors: Any, labels: Sequence[Any], *, block_rows: int | None = None) -> float:
+def mean_average_precision(vectors: Any, labels: Sequence[Any], *, block_rows: int | None = None,
+                           queries: Any | None = None, scores: Any | None = None) -> float:
     """Leave-one-out mAP over the queries that have at least one other image of their label (the
-    others are excluded and logged; ``evaluate`` reports their number). NaN when no query qualifies."""
-    ap = average_precisions(vectors, labels, block_rows=block_rows)
+    others are excluded and logged; ``evaluate`` reports their number). NaN when no query qualifies.
+    ``queries``, ``scores``: see :func:`average_precisions`."""
+    ap = average_precisions(vectors, labels, block_rows=block_rows, queries=queries, scores=scores)
     excluded = int(np.isnan(ap).sum())
     if excluded:
         log.info("mAP: %d queries without any other image of their label are excluded", excluded)

@@ -25,7 +25,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
-from engine.images import DEFAULT_MAX_PIXELS, ImageLoadError, build_transform, load_image, resize_side
+from engine.images import (
+    DEFAULT_MAX_PIXELS,
+    Box,
+    ImageLoadError,
+    build_transform,
+    crop_to_box,
+    load_image,
+    resize_side,
+)
 from engine.vocabulary import ModelSpec
 from models.descriptors import build_descriptor
 from models.registry import get_backbone
@@ -68,21 +76,32 @@ class ImageFileDataset(Dataset):
     """Item i -> (i, tensor (3, S, S)) or (i, reason: str) when the file cannot be used.
 
     ``min_side``: decode at least this many pixels on the shorter side (JPEG DCT scaling, see
-    engine.images.load_image); None decodes in full."""
+    engine.images.load_image); None decodes in full. ``boxes``: per file None or a Box (pixels of the
+    image as shown): that region alone is the image (a region query); such a file is decoded in full."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Any], torch.Tensor],
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None,
+                 boxes: Sequence[Box | None] | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.max_pixels = max_pixels
         self.min_side = min_side
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
+        if len(self.boxes) != len(self.paths):
+            raise ValueError(f"{len(self.boxes)} boxes for {len(self.paths)} files")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Any]:
+        box = self.boxes[i]
         try:
-            img = load_image(self.paths[i], max_pixels=self.max_pixels, min_side=self.min_side)
+            img = load_image(self.paths[i], max_pixels=self.max_pixels, min_side=None if box else self.min_side)
+            if box is not None:
+                try:
+                    img = crop_to_box(img, box)
+                except ValueError as exc:
+                    return i, str(exc)
             return i, self.transform(img)
         except ImageLoadError as exc:
             return i, exc.reason
@@ -172,6 +191,7 @@ def _threaded_items(dataset: ImageFileDataset, threads: int, ahead: int) -> Iter
 def _batches(
     paths: Sequence[str], transform: Callable, *, batch_size: int, num_workers: int, device: torch.device,
     max_pixels: int | None, min_side: int | None = None, decode_threads: int = 0,
+    boxes: Sequence[Box | None] | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], int]]:
     """Yield (indices, x on device or None, failures, n_items_in_batch).
 
@@ -182,7 +202,7 @@ def _batches(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     cuda = device.type == "cuda"
-    dataset = ImageFileDataset(paths, transform, max_pixels=max_pixels, min_side=min_side)
+    dataset = ImageFileDataset(paths, transform, max_pixels=max_pixels, min_side=min_side, boxes=boxes)
     if num_workers > 0 or decode_threads <= 0:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=collate_drop_failures, pin_memory=cuda)
@@ -238,7 +258,7 @@ def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[Any], di
                  crop_fraction: float = 1.0,
                  batch_size: int = 32, num_workers: int = 0, decode_threads: int | None = None,
                  device: str | torch.device = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 draft: bool = True) -> Iterator[ExtractedBatch]:
+                 draft: bool = True, boxes: Sequence[Box | None] | None = None) -> Iterator[ExtractedBatch]:
     """Stream ``paths`` through ``compute(x (B, 3, S, S)) -> {name: (B, D)}`` batch by batch.
 
     Files are decoded at the size the network needs (``draft``: JPEG DCT scaling to the resize side),
@@ -247,7 +267,10 @@ def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[Any], di
     to stop: it simply stops iterating.
 
     ``image_size`` a sequence of sizes (multi-scale): every image is resized from the decoded file to
-    each size and ``compute`` receives a tuple of (B, 3, S_s, S_s), one per size, in that order."""
+    each size and ``compute`` receives a tuple of (B, 3, S_s, S_s), one per size, in that order.
+
+    ``boxes`` (one per path, None or an engine.images.Box): the file's region alone goes through the
+    network (a region query: cropped from the decoded image, then resized and cropped as any image)."""
     dev = torch.device(device)
     sizes = input_sizes(image_size)
     transform: Callable = (build_transform(sizes[0], mean, std, crop_fraction) if len(sizes) == 1
@@ -259,7 +282,7 @@ def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[Any], di
     with torch.inference_mode():
         for idx, x, bad, n in _batches(paths, transform, batch_size=batch_size, num_workers=num_workers,
                                        device=dev, max_pixels=max_pixels, min_side=min_side,
-                                       decode_threads=threads):
+                                       decode_threads=threads, boxes=boxes):
             skipped = [SkippedImage(paths[i], reason) for i, reason in bad]
             for s in skipped:
                 log.info("skipped %s: %s", s.path, s.reason)
@@ -271,7 +294,7 @@ def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[Any], di
 def _extract_loop(paths: list[str], transform_spec: tuple[Any, tuple, tuple, float],
                   compute: Callable[[Any], dict[str, torch.Tensor]], *,
                   batch_size: int, num_workers: int, device: torch.device, max_pixels: int | None,
-                  report: ProgressFn, stop: ShouldStopFn
+                  report: ProgressFn, stop: ShouldStopFn, boxes: Sequence[Box | None] | None = None
                   ) -> tuple[dict[str, list[np.ndarray]], list[str], list[SkippedImage], bool, float]:
     """The loop both extractors share: :func:`iter_extract` collected in memory.
 
@@ -287,7 +310,7 @@ def _extract_loop(paths: list[str], transform_spec: tuple[Any, tuple, tuple, flo
     report(0, total, "extracting")
     for batch in iter_extract(paths, compute, image_size=size, mean=mean, std=std, crop_fraction=crop,
                               batch_size=batch_size, num_workers=num_workers, device=device,
-                              max_pixels=max_pixels):
+                              max_pixels=max_pixels, boxes=boxes):
         skipped.extend(batch.skipped)
         for name, out in batch.vectors.items():
             chunks.setdefault(name, []).append(out)
@@ -311,6 +334,7 @@ def extract_descriptors(
     progress: ProgressFn | None = None,
     should_stop: ShouldStopFn | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    boxes: Sequence[Box | None] | None = None,
 ) -> ExtractionResult:
     """Run ``model`` ((B, 3, S, S) -> (B, D)) over the image files ``paths`` in order.
 
@@ -325,7 +349,7 @@ def extract_descriptors(
     model = model.to(dev).eval()
     chunks, kept, skipped, cancelled, seconds = _extract_loop(
         paths, (size, mean, std, crop_fraction), lambda x: {"v": model(x)}, batch_size=batch_size, num_workers=num_workers, device=dev,
-        max_pixels=max_pixels, report=report, stop=stop)
+        max_pixels=max_pixels, report=report, stop=stop, boxes=boxes)
     vectors = np.concatenate(chunks["v"]) if chunks.get("v") else _empty(_model_dim(model))
     return ExtractionResult(vectors, kept, skipped, cancelled, seconds)
 
@@ -392,11 +416,13 @@ def extract_multi(
     should_stop: ShouldStopFn | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     features: FeatureFn | Mapping[int, FeatureFn] | None = None,
+    boxes: Sequence[Box | None] | None = None,
 ) -> dict[str, ExtractionResult]:
     """Several descriptors from one pass: per batch the feature map (B, C, h, w) once per input size
     (``image_size`` a sequence: multi-scale; ``features`` what computes the maps, see :func:`feature_fn`),
     then every head's ``describe(fmap)`` (one size) or ``describe_scales(fmaps)`` -> (B, D). Returns one
-    ExtractionResult per head name (same paths, skipped and timing for all)."""
+    ExtractionResult per head name (same paths, skipped and timing for all). ``boxes``: see
+    :func:`iter_extract`."""
     if not heads:
         raise ValueError("extract_multi needs at least one descriptor head")
     report, stop = resolve(progress, should_stop)
@@ -415,7 +441,7 @@ def extract_multi(
 
     chunks, kept, skipped, cancelled, seconds = _extract_loop(
         paths, (size, mean, std, crop_fraction), compute, batch_size=batch_size, num_workers=num_workers, device=dev,
-        max_pixels=max_pixels, report=report, stop=stop)
+        max_pixels=max_pixels, report=report, stop=stop, boxes=boxes)
     return {
         name: ExtractionResult(
             np.concatenate(chunks[name]) if chunks.get(name) else _empty(_model_dim(heads[name])),

@@ -414,16 +414,65 @@ def resize_crop(img: Image.Image, image_size: int, crop_fraction: float = 1.0) -
     torchvision's Resize + CenterCrop on a PIL image, number for number (its rounding of the longer side
     and of the crop offsets); the one resize-and-crop of indexing, search, training and the window's
     activation view."""
-    resize = resize_side(image_size, crop_fraction)
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = resize, int(resize * long / short)  # torchvision's rounding
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) != (w, h):
+    new_w, new_h, left, top = crop_geometry(img.width, img.height, image_size, crop_fraction)
+    if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     s = int(image_size)
-    top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))
     return img.crop((left, top, left + s, top + s))
+
+
+def crop_geometry(width: int, height: int, image_size: int, crop_fraction: float = 1.0) -> tuple[int, int, int, int]:
+    """Where :func:`resize_crop` takes the network input from a ``width`` x ``height`` image:
+    (resized width, resized height, left, top) of the ``image_size`` square in the resized image."""
+    resize = resize_side(image_size, crop_fraction)
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize, int(resize * long / short)  # torchvision's rounding
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    s = int(image_size)
+    return new_w, new_h, int(round((new_w - s) / 2.0)), int(round((new_h - s) / 2.0))
+
+
+#: a rectangle of an image, (x, y, width, height) in the pixels of the image as shown (EXIF orientation applied)
+Box = tuple[int, int, int, int]
+
+
+def parse_box(text: str) -> Box:
+    """'X,Y,W,H' (pixels of the image as shown) -> Box; ValueError with an example when malformed."""
+    parts = [t.strip() for t in str(text).split(",")]
+    try:
+        x, y, w, h = (int(round(float(t))) for t in parts)
+    except (ValueError, OverflowError):  # not four numbers, NaN, infinite
+        raise ValueError(f"a box is X,Y,W,H in pixels of the image, e.g. 40,30,200,150; got {text!r}") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise ValueError(f"a box needs X, Y >= 0 and a positive width and height, e.g. 40,30,200,150; got {text!r}")
+    return x, y, w, h
+
+
+def clip_box(box: Box, width: int, height: int) -> Box:
+    """``box`` clipped to a ``width`` x ``height`` image; ValueError when nothing of it lies inside."""
+    x, y, w, h = (int(v) for v in box)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ValueError(f"the box {x},{y},{w},{h} lies outside the {width}x{height} image")
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def crop_to_box(img: Image.Image, box: Box) -> Image.Image:
+    """The part of ``img`` inside ``box`` (clipped to the image; ValueError when outside it)."""
+    x, y, w, h = clip_box(box, img.width, img.height)
+    return img.crop((x, y, x + w, y + h))
+
+
+def shown_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the image file as shown (EXIF orientation applied), from its header alone.
+    Raises :class:`ImageLoadError` when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)  # 5-8: rotated a quarter turn
+    except Exception as exc:
+        raise ImageLoadError(path, f"cannot read the image header ({type(exc).__name__}: {exc})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def build_transform(

@@ -33,7 +33,7 @@ import numpy as np
 
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 from engine.collection import Collection, CollectionError, ConcurrentChangeError, update_collections
-from engine.images import label_of, load_image
+from engine.images import Box, label_of, load_image
 from engine.search import SearchOptions
 from engine.training.registry import list_trained_models
 from engine.vocabulary import (
@@ -222,18 +222,20 @@ def _build(spec: ModelSpec, device: str, backbone: Any):
 
 
 def embed_images(model_cache: ModelCache, spec: ModelSpec, paths: Sequence[str | os.PathLike],
-                 runtime: str | None = None) -> np.ndarray:
+                 runtime: str | None = None, boxes: Sequence[Box | None] | None = None) -> np.ndarray:
     """Descriptors (N, D) float32 (L2-normalised by the model) of image files, through the path indexing
     takes (engine.extraction.extract_multi: each file decoded at the size the network needs, the backbone on
     :meth:`ModelCache.features`, then the descriptor head). ``runtime``: what runs the backbone (None: the
-    cache's own, "auto" by default). Raises engine.images.ImageLoadError for a file that cannot be used."""
+    cache's own, "auto" by default); ``boxes`` (one per path, None or an engine.images.Box): describe that
+    region of the file alone (a region query). Raises engine.images.ImageLoadError for a file that cannot be
+    used (or whose box lies outside it)."""
     from engine.extraction import extract_descriptors, extract_multi
     from engine.images import ImageLoadError
 
     model = model_cache.get(spec)
     paths = [str(p) for p in paths]
     common: dict[str, Any] = dict(batch_size=max(1, len(paths)), device=model_cache.device,
-                                  crop_fraction=spec.crop_fraction)
+                                  crop_fraction=spec.crop_fraction, boxes=boxes)
     if hasattr(model, "describe") and hasattr(model, "backbone"):
         features = (scale_features(model_cache, spec, runtime) if spec.scales
                     else model_cache.features(spec, runtime))
@@ -269,6 +271,8 @@ class SearchResult:
     relevant: int | None = None
     #: the search alone (the index lookup, without describing the query image)
     search_seconds: float = 0.0
+    #: the region of the query image searched with (pixels of the image as shown); None: the whole image
+    box: Box | None = None
 
     def precision(self) -> float | None:
         """precision@k over the labelled hits; None when the query or hits have no label."""
@@ -487,7 +491,7 @@ class FolderIndex:
 
 def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,
               options: SearchOptions, among: Iterable[str] | None = None, *, exclude_query: bool = True,
-              runtime: str | None = None) -> SearchResult:
+              runtime: str | None = None, box: Box | None = None) -> SearchResult:
     """Describe the query image and search (the window runs it on a worker thread).
 
     A query inside the folder (by its path as given: a symbolic link there counts, see
@@ -495,12 +499,13 @@ def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, quer
     itself. ``among``: search only these images (absolute paths as the collection holds them, e.g. a
     split's retrieval list): every indexed image is ranked exactly and the first ``k`` of ``among`` are
     kept. An indexed query that has not changed since is searched with its stored row (no network pass);
-    any other is described by :func:`embed_images` (``runtime``: see there)."""
+    any other is described by :func:`embed_images` (``runtime``: see there). ``box``: search with that
+    region of the query image alone (engine.images.Box; described through the same path, cropped)."""
     t0 = time.monotonic()
     inside = index.collection_path(query)
-    vec = index.stored_vector(spec, inside) if inside is not None else None
+    vec = index.stored_vector(spec, inside) if inside is not None and box is None else None
     if vec is None:
-        vec = embed_images(model_cache, spec, [query], runtime=runtime)[0]
+        vec = embed_images(model_cache, spec, [query], runtime=runtime, boxes=None if box is None else [box])[0]
     exclude = inside if exclude_query else None
     label = index.label_of(query)
     t1 = time.perf_counter()
@@ -522,7 +527,8 @@ def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, quer
             relevant = sum(1 for p in allowed if p.startswith(prefix) and label_of(p[len(prefix):]) == label)
         relevant -= 1 if (exclude is not None and (among is None or inside in allowed)) else 0
         relevant = max(0, relevant)
-    return SearchResult(spec, query, label, hits, vec, time.monotonic() - t0, method, options, relevant, searched)
+    return SearchResult(spec, query, label, hits, vec, time.monotonic() - t0, method, options, relevant, searched,
+                        None if box is None else tuple(int(v) for v in box))
 
 
 def ensure_and_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,

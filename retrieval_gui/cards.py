@@ -3,6 +3,7 @@ folder, copy), handing files to the desktop and copying an image (decoded in a w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QPoint, QUrl, Signal
@@ -20,6 +21,7 @@ class CardActions(QObject):
 
     queryRequested = Signal(str)
     message = Signal(str, bool)
+    regionQueryRequested = Signal(str, object)  # (path, its region as shares): search with that part of it
 
     def __init__(self, window: QWidget, big_loader: ThumbnailLoader) -> None:
         super().__init__(window)
@@ -28,6 +30,8 @@ class CardActions(QObject):
         self.preview: ImageViewer | None = None  # the one preview window (Space), made on first use
         self.menu: QMenu | None = None
         self.copy_task = LatestTask(self, "copy image")
+        #: path -> the region of it drawn on its card and in the preview (a region query's best match), or None
+        self.region_of: Callable[[str], tuple[float, float, float, float] | None] = lambda _p: None
 
     def preview_open(self) -> bool:
         return self.preview is not None and self.preview.isVisible()
@@ -40,6 +44,7 @@ class CardActions(QObject):
         else:
             info = f"#{hit.rank} · score {hit.score:.4f}" + (f" · label {hit.label}" if hit.label else "")
         self.preview.show_hit(hit.path, info, self.big_loader.request(hit.path))
+        self.preview.set_region(None if browsing else self.region_of(hit.path))
         self.preview.show()
 
     def hide_preview(self) -> None:
@@ -51,6 +56,9 @@ class CardActions(QObject):
         menu = QMenu(self.window)
         menu.addAction("&Query with this image\tEnter", lambda: self.queryRequested.emit(hit.path))
         menu.addAction("Pre&view\tSpace", lambda: self.show_preview(hit, browsing))
+        region = None if browsing else self.region_of(hit.path)
+        if region is not None:  # a region query's result: search with the part of it that matched
+            menu.addAction("Search this &region", lambda: self.regionQueryRequested.emit(hit.path, region))
         menu.addSeparator()
         menu.addAction("&Open", lambda: self.open_url(hit.path, "open the image"))
         menu.addAction("Show in &folder", lambda: self.open_url(str(Path(hit.path).parent), "show its folder"))

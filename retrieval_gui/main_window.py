@@ -24,6 +24,7 @@ from retrieval_gui.controllers.folder import IndexRate
 from retrieval_gui.controllers.model import DEFAULT_SIZE
 from retrieval_gui.layout import build_menus, build_widgets
 from retrieval_gui.panels import QueryPanels
+from retrieval_gui.regions import RegionSelector
 from retrieval_gui.thumbnails import ThumbnailLoader
 from retrieval_gui.widgets import USAGE_HTML, folder_from_mime, image_path_from_mime, save_pasted_image
 
@@ -64,6 +65,7 @@ class MainWindow(QMainWindow):
         self.cards = CardActions(self, self.big_loader)  # the preview, the cards' menu, copy, open
         build_widgets(self, self.loader, thumb_size, image_size or DEFAULT_SIZE, self.options.k)
         self.panels = QueryPanels(self.explorer, self.activations, self.loader, lambda: self.selected_hit, self)
+        self.region_selector = RegionSelector(self.query_slot)  # a rectangle drawn on the query searches that part
         build_menus(self)
         self._wire()
         if restore:
@@ -110,6 +112,7 @@ class MainWindow(QMainWindow):
         self.results_view.escapePressed.connect(self.cards.hide_preview)
         self.cards.queryRequested.connect(self.set_query)
         self.cards.message.connect(lambda text, info: self.show_error(text, info=info))
+        self._wire_regions()
         self.panels.message.connect(self.show_error)
         self.welcome.openClicked.connect(lambda: dialogs.ask_collection(self))
         self.welcome.demoClicked.connect(self.open_demo)
@@ -129,6 +132,22 @@ class MainWindow(QMainWindow):
         self.exporter.progress.connect(self._on_index_progress)
         self.exporter.task.busy_changed.connect(lambda _b: self._refresh())
         self._show_choice()
+
+    def _wire_regions(self) -> None:
+        """Region queries: the query preview's rectangle, the results' best regions on cards and preview."""
+        q, regions = self.explorer.query, self.explorer.regions
+        self.region_selector.drawn.connect(q.set_region)
+        self.region_selector.cleared.connect(lambda: q.set_region(None))
+        q.changed.connect(lambda: self.region_selector.show_fraction(q.region))
+        self.cards.region_of = regions.fraction_of
+        self.cards.regionQueryRequested.connect(self.set_query)
+        regions.matches_changed.connect(self._on_best_regions)
+
+    def _on_best_regions(self, _paths: list) -> None:
+        regions = self.explorer.regions
+        self.results_model.set_regions({p: m.fraction for p, m in regions.matches.items()})
+        if self.preview is not None and self.preview.isVisible() and not self.results_model.browsing:
+            self.preview.set_region(regions.fraction_of(self.preview.path))
 
     # ------------------------------------------------------------------ showing the state
     def _show_choice(self) -> None:
@@ -306,15 +325,17 @@ class MainWindow(QMainWindow):
             self.show_error(why)
             self._show_choice()
 
-    def set_query(self, path: str) -> None:
-        """Make ``path`` the query: show it and search (in a worker)."""
-        why = self.explorer.query.set_query(path)
+    def set_query(self, path: str, region: tuple[float, float, float, float] | None = None) -> None:
+        """Make ``path`` the query (``region``: that part of it, shares of the image): show it and search
+        (in a worker)."""
+        why = self.explorer.query.set_query(path, region)
         if why is not None:
             self.show_error(why)
             return
         self.clear_error()
         self.selected_hit = None
         self.query_slot.set_image(self.query_path, self.big_loader.request(self.query_path))
+        self.region_selector.show_fraction(region)
         self._refresh()
 
     def run_query(self) -> None:
@@ -352,6 +373,7 @@ class MainWindow(QMainWindow):
     def _on_big_image(self, path: str, img: QImage) -> None:
         if path == self.query_path:
             self.query_slot.set_image(path, img)
+            self.region_selector.show_fraction(self.explorer.query.region)
         if self.preview is not None and self.preview.path == path:
             self.preview.set_image(img)
 

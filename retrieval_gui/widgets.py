@@ -43,6 +43,7 @@ from engine.search import SearchOptions
 from engine.session import hit as make_hit
 from engine.session import model_title
 from engine.vocabulary import SearchHit, multi_scales
+from retrieval_gui.regions import draw_region
 from retrieval_gui.thumbnails import ThumbnailLoader
 
 HIT_COLOUR = QColor(46, 160, 67)
@@ -189,6 +190,8 @@ class ResultsModel(QAbstractListModel):
         self.stale = False
         #: a short tag per path drawn on its card (the comparison's "only here", "↑3")
         self.notes: dict[str, str] = {}
+        #: the best-matching region of a region query's results, drawn on their cards (retrieval_gui.regions)
+        self.regions: dict[str, tuple[float, float, float, float]] = {}
         self._rows: dict[str, list[int]] = {}
         self._pixmaps: dict[str, QPixmap] = {}
         loader.ready.connect(self._on_thumbnail)
@@ -200,6 +203,7 @@ class ResultsModel(QAbstractListModel):
         self.browsing = False
         self.stale = False
         self.notes = dict(notes or {})
+        self.regions = {}
         self._set_rows(list(hits), query_label)
         self.endResetModel()
 
@@ -220,7 +224,7 @@ class ResultsModel(QAbstractListModel):
             return
         self.beginResetModel()
         self.loader.clear_queue()
-        self.browsing, self.stale, self.notes = True, False, {}
+        self.browsing, self.stale, self.notes, self.regions = True, False, {}, {}
         self.hits, self.query_label, self._rows = CollectionRows(paths, labels), None, rows
         self._pixmaps = {p: pm for p, pm in self._pixmaps.items() if p in self._rows}
         self.endResetModel()
@@ -231,6 +235,14 @@ class ResultsModel(QAbstractListModel):
             self.stale = stale
             if self.hits:
                 self.dataChanged.emit(self.index(0), self.index(len(self.hits) - 1))
+
+    def set_regions(self, regions: dict[str, tuple[float, float, float, float]]) -> None:
+        """Draw these best regions (path -> shares of the image) on the results' cards (replacing any)."""
+        changed = set(self.regions) | set(regions)
+        self.regions = dict(regions)
+        for p in changed:
+            for r in self._rows.get(p, ()):
+                self.dataChanged.emit(self.index(r), self.index(r))
 
     def _set_rows(self, hits: list[SearchHit], query_label: str | None) -> None:
         self.hits = hits
@@ -345,8 +357,10 @@ class ResultDelegate(QStyledItemDelegate):
         if isinstance(pm, QPixmap) and not pm.isNull():
             scaled = pm if (pm.width() <= box.width() and pm.height() <= box.height()) else pm.scaled(
                 box.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
-            painter.drawPixmap(box.left() + (box.width() - scaled.width()) // 2,
-                               box.top() + (box.height() - scaled.height()) // 2, scaled)
+            shown = QRect(box.left() + (box.width() - scaled.width()) // 2,
+                          box.top() + (box.height() - scaled.height()) // 2, scaled.width(), scaled.height())
+            painter.drawPixmap(shown.topLeft(), scaled)
+            draw_region(painter, shown, model.regions.get(hit.path))
         else:
             painter.setBrush(QColor("#eceff1"))
             painter.drawRect(box)
@@ -472,6 +486,7 @@ class ImageViewer(QDialog):
         self.setAttribute(Qt.WidgetAttribute.WA_ShowWithoutActivating)  # the grid keeps the keyboard
         self.path = path
         self._image: QImage | None = None
+        self.region: tuple[float, float, float, float] | None = None  # drawn on the image (retrieval_gui.regions)
         lay = QVBoxLayout(self)
         self.image = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
         self.image.setMinimumSize(240, 240)
@@ -491,8 +506,9 @@ class ImageViewer(QDialog):
         self.show_hit(path, info)
 
     def show_hit(self, path: str, info: str = "", image: QImage | None = None) -> None:
-        """Show ``path`` (its image when given, else 'loading…' until :meth:`set_image`)."""
+        """Show ``path`` (its image when given, else 'loading…' until :meth:`set_image`), no region drawn."""
         self.path = path
+        self.region = None
         self.setWindowTitle(f"{Path(path).name} — preview" if path else "Preview")
         self.info.setText(info)
         self.info.setVisible(bool(info))
@@ -513,12 +529,22 @@ class ImageViewer(QDialog):
         self._image = img
         self._fit()
 
+    def set_region(self, region: tuple[float, float, float, float] | None) -> None:
+        """Outline this part of the image (shares of its width and height; None: none)."""
+        self.region = region
+        self._fit()
+
     def _fit(self) -> None:
         if self._image is not None:
             size = self.image.size()
-            self.image.setPixmap(QPixmap.fromImage(self._image).scaled(
+            pm = QPixmap.fromImage(self._image).scaled(
                 max(16, size.width()), max(16, size.height()), Qt.AspectRatioMode.KeepAspectRatio,
-                Qt.TransformationMode.SmoothTransformation))
+                Qt.TransformationMode.SmoothTransformation)
+            if self.region is not None:
+                painter = QPainter(pm)
+                draw_region(painter, pm.rect(), self.region)
+                painter.end()
+            self.image.setPixmap(pm)
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         super().resizeEvent(event)

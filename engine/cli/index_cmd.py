@@ -19,7 +19,7 @@ from pathlib import Path
 from engine.cli.common import TextProgress, add_model_args, default_descriptor, dumps_json, scales_from_args
 from engine.cli.common import shown as _shown
 from engine.collection import Collection, CollectionError, update_collections
-from engine.images import ImageLoadError
+from engine.images import ImageLoadError, parse_box
 from engine.search import SearchOptions
 from engine.session import FolderIndex, ModelCache, run_query
 from engine.vocabulary import DESCRIPTORS, RUNTIMES, ModelSpec, cache_root, resolve_device
@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--alpha", type=float, default=3.0, help="alpha-QE exponent (default 3)")
     s.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU for the query (as for index; default auto)")
+    s.add_argument("--box", metavar="X,Y,W,H", default=None,
+                   help="search with this region of IMAGE alone (pixels of the image as shown: left, top, "
+                   "width, height), e.g. 40,30,200,150")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
     s.set_defaults(func=run_search)
 
@@ -259,6 +262,7 @@ def run_search(args: argparse.Namespace) -> int:
     the query's feature map comes from the collection's cached runtime export (engine.runtime)."""
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    box = parse_box(args.box) if args.box else None
     query = Path(args.image)
     if not query.exists() and not query.is_symlink():
         raise FileNotFoundError(f"query image not found: {args.image}")
@@ -274,7 +278,8 @@ def run_search(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = ModelCache(device=device, runtime=args.runtime, cache_dir=index.cache_dir)
     try:
-        result = run_query(index, models, spec, str(query), options, exclude_query=False, runtime=args.runtime)
+        result = run_query(index, models, spec, str(query), options, exclude_query=False, runtime=args.runtime,
+                           box=box)
     except ImageLoadError as exc:
         raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
     hits = result.hits
@@ -282,6 +287,7 @@ def run_search(args: argparse.Namespace) -> int:
         print(dumps_json({
             "query": str(query.resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
             "options": dataclasses.asdict(options), "search_ms": round(result.search_seconds * 1000, 3),
+            "box": list(result.box) if result.box else None,
             "hits": [dataclasses.asdict(h) for h in hits],
         }))
     else:

@@ -17,6 +17,7 @@ from engine.vocabulary import ModelSpec, sizes_label
 from retrieval_gui.controllers.folder import FolderController, indexed_paths
 from retrieval_gui.controllers.model import ModelChoice, descriptor_title, sizes_title, whitening_refusal
 from retrieval_gui.controllers.query import QueryController
+from retrieval_gui.controllers.regions import RegionController
 from retrieval_gui.workers import LatestTask
 
 MAX_RECENT = 8
@@ -47,6 +48,7 @@ class Explorer(QObject):
         self.folder = FolderController(models, cache_dir=cache_dir, open_index=open_index,
                                        list_images=list_images, parent=self)
         self.query = QueryController(self.folder, self.model, run=run, parent=self)
+        self.regions = RegionController(self.query, parent=self)  # the results' best regions (region queries)
         self._names: tuple[Any, Counter] | None = None  # file names of the listing, for ambiguous names
         self.model.changed.connect(self._on_model_changed)
         for signal in (self.model.changed, self.folder.changed, self.folder.listed, self.query.changed):
@@ -122,6 +124,9 @@ class Explorer(QObject):
     def result_html(self, result: SearchResult) -> str:
         """What the panel under the query says of its result: name, label, precision@k, timing."""
         lines = [f"<b>{self.query_title(result.query)}</b>"]
+        if result.box is not None:  # a region query (retrieval_gui.regions): Esc searches the whole image again
+            x, y, w, h = result.box
+            lines.append(f"<span style='color:#e65100'>region {w}×{h} at {x},{y} (Esc: whole image)</span>")
         if result.query_label is not None:
             lines.append(f"label: {result.query_label}")
         elif not self.query.inside:
@@ -233,7 +238,7 @@ class Explorer(QObject):
 
     # -- the task lifecycle ---------------------------------------------------------------------------
     def tasks(self) -> list[LatestTask]:
-        return [*self.folder.tasks(), self.query.task]
+        return [*self.folder.tasks(), self.query.task, self.regions.task]
 
     def close(self) -> None:
         """The window closes: no folder open, every task cancelled (:func:`wait_idle` waits for their threads)."""

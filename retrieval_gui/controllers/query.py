@@ -14,6 +14,7 @@ from engine.search import SearchOptions
 from engine.session import SearchResult, run_query
 from retrieval_gui.controllers.folder import FolderController
 from retrieval_gui.controllers.model import ModelChoice
+from retrieval_gui.controllers.regions import region_query
 from retrieval_gui.workers import LatestTask
 
 
@@ -24,7 +25,9 @@ class QueryController(QObject):
     It follows the folder and the model choice: a folder opened clears the query (nothing of the previous
     folder is searched or shown again); a model change or newly indexed images search again. Only the
     latest search's result arrives; ``result_folder`` is the folder it was searched in.
-    ``run(index, models, spec, path, options)`` searches (default engine.session.run_query).
+    ``run(index, models, spec, path, options)`` searches (default engine.session.run_query; with a
+    ``region``, the shares (x, y, w, h) of the image drawn on it, ``box=`` its pixels too: see
+    :func:`retrieval_gui.controllers.regions.region_query`).
     """
 
     changed = Signal()  # path, result or note changed
@@ -43,6 +46,7 @@ class QueryController(QObject):
         self.result_folder: Path | None = None
         self.note = ""
         self.failed_query: str | None = None
+        self.region: tuple[float, float, float, float] | None = None  # the part of the image searched
         self._searched_count = -1  # images indexed when the current result was searched
         self.task = LatestTask(self, "query")
         self.task.busy_changed.connect(lambda _b: self.changed.emit())
@@ -53,12 +57,14 @@ class QueryController(QObject):
         folder.finished.connect(self._on_index_finished)
 
     # -- the query ----------------------------------------------------------------------------------
-    def set_query(self, path: str) -> str | None:
-        """Make ``path`` the query and search; None, or why it cannot be a query."""
+    def set_query(self, path: str, region: tuple[float, float, float, float] | None = None) -> str | None:
+        """Make ``path`` the query (``region``: only that part of it, see :meth:`set_region`) and search;
+        None, or why it cannot be a query."""
         if not path or not os.path.isfile(path):
             return f"Not an image file: {path}"
         # as given (absolute), not resolved: a symbolic link in the folder is the collection's image, with its label
         self.path = os.path.abspath(path)
+        self.region = region
         self.failed_query = None
         self.note = "searching…"
         self.search()
@@ -69,8 +75,20 @@ class QueryController(QObject):
         """No query, no result (a folder opened or closed)."""
         self.task.cancel()
         self.path, self.result, self.result_folder, self.failed_query, self.note = None, None, None, None, ""
+        self.region = None
         self._searched_count = -1
         self.changed.emit()
+
+    def set_region(self, region: tuple[float, float, float, float] | None) -> None:
+        """Search with this part of the query image alone, (x, y, w, h) as shares of its width and height
+        (None: the whole image)."""
+        if region == self.region:
+            return
+        self.region = region
+        if self.path:
+            self.note = "searching…"
+            self.search()
+            self.changed.emit()
 
     def set_options(self, options: SearchOptions) -> None:
         self.options = options
@@ -91,7 +109,7 @@ class QueryController(QObject):
         """The result answers the current query with the current model choice, in the open folder."""
         r = self.result
         return (r is not None and r.query == self.path and r.spec == self.model.key
-                and self.result_folder == self.folder.folder)
+                and self.result_folder == self.folder.folder and (r.box is None) == (self.region is None))
 
     def may_search_again(self) -> bool:
         """False for a query that failed: indexing progress does not search with it again by itself."""
@@ -113,15 +131,17 @@ class QueryController(QObject):
             self.changed.emit()
             return
         self._searched_count = self.folder.searchable_count(key)
-        path, folder = self.path, self.folder.folder
-        self.task.request(self._run, index, self.folder.models, key, path, replace(self.options),
-                          tag=(index, key, path), with_callbacks=False,
-                          on_result=lambda r, f=folder: self._on_result(r, f),
+        path, folder, region = self.path, self.folder.folder, self.region
+        args = (index, self.folder.models, key, path, replace(self.options))
+        fn, args = (self._run, args) if region is None else (region_query, (self._run, *args, region))
+        self.task.request(fn, *args, tag=(index, key, path, region), with_callbacks=False,
+                          on_result=lambda r, f=folder, g=region: self._on_result(r, f, g),
                           on_error=lambda m, _tb, q=path: self._on_failed(q, m))
         self.changed.emit()
 
-    def _on_result(self, result: SearchResult, folder: Path | None) -> None:
-        if result.query != self.path or result.spec != self.model.key or folder != self.folder.folder:
+    def _on_result(self, result: SearchResult, folder: Path | None, region: Any = None) -> None:
+        if (result.query != self.path or result.spec != self.model.key or folder != self.folder.folder
+                or region != self.region):
             return
         self.result, self.result_folder, self.note = result, folder, ""
         self.result_ready.emit(result)
