@@ -484,9 +484,9 @@ class FolderIndex:
         return [replace(h, rank=i + 1) for i, h in enumerate(hits)], describe_options(options)
 
 
-def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,
+def run_query(index: FolderIndex, model_cache: ModelCache | None, spec: ModelSpec, query: str,
               options: SearchOptions, among: Iterable[str] | None = None, *, exclude_query: bool = True,
-              runtime: str | None = None) -> SearchResult:
+              runtime: str | None = None, describe: Callable[[str], np.ndarray] | None = None) -> SearchResult:
     """Describe the query image and search (the window runs it on a worker thread).
 
     A query inside the folder (by its path as given: a symbolic link there counts, see
@@ -494,11 +494,16 @@ def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, quer
     itself. ``among``: search only these images (absolute paths as the collection holds them, e.g. a
     split's retrieval list): every indexed image is ranked exactly and the first ``k`` of ``among`` are
     kept. An indexed query that has not changed since is searched with its stored row (no network pass);
-    any other is described by :func:`embed_images` (``runtime``: see there)."""
+    any other is described by ``describe(path) -> (D,)`` when given (the `search` command's torch-free
+    engine.fastquery), else by :func:`embed_images` on ``model_cache`` (``runtime``: see there)."""
     t0 = time.monotonic()
     inside = index.collection_path(query)
     vec = index.stored_vector(spec, inside) if inside is not None else None
-    if vec is None:
+    if vec is None and describe is not None:
+        vec = describe(query)
+    elif vec is None:
+        if model_cache is None:
+            raise ValueError("run_query needs a model cache or a describe function for a query outside the folder")
         vec = embed_images(model_cache, spec, [query], runtime=runtime)[0]
     exclude = inside if exclude_query else None
     label = index.label_of(query)
