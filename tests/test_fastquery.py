@@ -135,7 +135,7 @@ def test_first_search_without_exports_takes_pytorch_says_so_and_exports(stand_in
     argv = ["search", str(query), "--collection", str(root), *model, "--k", "3", "--json", "--exact"]
     assert main(argv) == 0
     first = capsys.readouterr()
-    assert first.err.count("described in PyTorch") == 1
+    assert first.err.count("described the query in PyTorch") == 1
     assert list((cache / "runtimes").glob("*.head.onnx"))
     assert main(argv) == 0
     second = capsys.readouterr()

@@ -262,28 +262,29 @@ def describe_query(args: argparse.Namespace, spec: ModelSpec, cache_dir: Path, p
         if fast is not None:
             return fast.describe(path)
         log.info("the query is described in PyTorch: %s", why)
-        sys.stderr.write("note: first search with this model: the query is described in PyTorch (slower); "
-                         "later searches use its export\n")
     from engine.session import ModelCache, embed_images, scale_features
 
     models = ModelCache(device=resolve_device(args.device), runtime=args.runtime, cache_dir=cache_dir)
     vec = embed_images(models, spec, [path], runtime=args.runtime)[0]
-    if _exportable(args):
-        _export_heads([spec], [models.get(spec)], scale_features(models, spec, args.runtime) if spec.scales
-                      else models.features(spec, args.runtime), cache_dir)
+    if _exportable(args) and _export_heads([spec], [models.get(spec)], scale_features(models, spec, args.runtime)
+                                           if spec.scales else models.features(spec, args.runtime), cache_dir):
+        sys.stderr.write("note: this first search with this model described the query in PyTorch (slower); "
+                         "the model is now exported for faster searches\n")
     return vec
 
 
-def _export_heads(specs: list, models: list, runtime, cache_dir: Path) -> None:
+def _export_heads(specs: list, models: list, runtime, cache_dir: Path) -> int:
     """Export every descriptor head whose feature maps run in ONNX Runtime (engine.runtime.export_head), for
-    `search` without torch; a head that cannot be exported only leaves `search` on PyTorch."""
+    `search` without torch; a head that cannot be exported only leaves `search` on PyTorch. Returns how many
+    heads have an export now."""
     from engine.runtime import FeatureRunner, export_head
 
     runners = dict(runtime) if isinstance(runtime, dict) else (
         {runtime.image_size: runtime} if isinstance(runtime, FeatureRunner) else {})
-    for spec, model in zip(specs, models, strict=True):
-        if model is not None and runners:
-            export_head(model, spec, runners, cache_dir)
+    if not runners:
+        return 0
+    return sum(export_head(model, spec, runners, cache_dir) is not None
+               for spec, model in zip(specs, models, strict=True) if model is not None)
 
 
 def run_search(args: argparse.Namespace) -> int:
