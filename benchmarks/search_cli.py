@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -23,13 +24,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CPU_SECONDS: list[float] = []  # per command run, in order: a load-independent proxy of a quiet machine's wall time
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _run(code_dir: Path, argv: list[str], env: dict) -> float:
-    t0 = time.perf_counter()
+    """The command's wall time (its CPU time, user + system, is added to CPU_SECONDS)."""
+    t0, c0 = time.perf_counter(), _cpu()
     out = subprocess.run([sys.executable, "-m", "engine", *argv], cwd=code_dir, env={**env, "PYTHONPATH": str(code_dir)},
                          capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    CPU_SECONDS.append(_cpu() - c0)
     if out.returncode != 0:
         raise SystemExit(f"{code_dir}: search failed: {out.stderr[-2000:]}")
     return seconds
@@ -56,17 +65,20 @@ def main() -> None:
              for k, q in queries.items()}
     _run(REPO, argvs["outside"], env)  # the first search after indexing checks the runtime once and remembers it
     times: dict[tuple[str, str], list[float]] = {(c, k): [] for k in queries for c in ("before", "after")}
+    cpu: dict[tuple[str, str], list[float]] = {key: [] for key in times}
     for _ in range(args.repeats):
         for k in queries:
-            times[("before", k)].append(_run(args.before.resolve(), argvs[k], env))
-            times[("after", k)].append(_run(REPO, argvs[k], env))
+            for name, code in (("before", args.before.resolve()), ("after", REPO)):
+                times[(name, k)].append(_run(code, argvs[k], env))
+                cpu[(name, k)].append(CPU_SECONDS[-1])
     load = os.getloadavg()
     print(f"`search` of {folder.name} ({query.name} inside, a copy outside), {args.repeats} interleaved repeats, "
           f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, {os.cpu_count()} cores\n")
-    print("| code | query | runs (s) | median (s) |")
-    print("|---|---|---|---|")
+    print("| code | query | wall, runs (s) | wall, median (s) | CPU user+sys, median (s) |")
+    print("|---|---|---|---|---|")
     for (name, k), ts in times.items():
-        print(f"| {name} | {k} | {', '.join(f'{t:.2f}' for t in ts)} | {statistics.median(ts):.2f} |")
+        print(f"| {name} | {k} | {', '.join(f'{t:.2f}' for t in ts)} | {statistics.median(ts):.2f} | "
+              f"{statistics.median(cpu[(name, k)]):.2f} |")
     for k in queries:
         ratios = [b / a for b, a in zip(times[("before", k)], times[("after", k)], strict=True)]
         print(f"\n{k}: before / after per repeat: {', '.join(f'{r:.2f}' for r in ratios)} "

@@ -51,7 +51,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tail-cache-"))
     base = dict(data_root=str(root / "images"), train_classes=classes, mode="tail", tail_units=args.tail_units,
                 head_views=args.views, iterations=args.iterations, val_every=max(1, args.iterations // 2),
-                device="cpu", seed=0, target="new", classes_per_batch=8, samples_per_class=4)
+                device="cpu", seed=0, target="same", classes_per_batch=4, samples_per_class=4)
     cfg = TrainConfig(**base, out_dir=str(work / "probe"))
     images = D.scan_labelled(cfg.data_root, classes)
     paths = images.paths
