@@ -353,18 +353,6 @@ def embed_trained(pr: Protocol, ckpt: str, cfg: TrainConfig, feats: torch.Tensor
 
 
 # --- multi-scale + Lw evaluation of tail checkpoints (issue 12) ---------------------------------------
-class _Trunk(torch.nn.Module):
-    """The maps entering the last ``units`` feature units, as a backbone whose forward_features they are
-    (so engine.runtime exports and runs it)."""
-
-    def __init__(self, backbone: torch.nn.Module, units: int) -> None:
-        super().__init__()
-        self.backbone, self.units = backbone, units
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_trunk(x, self.units)
-
-
 def trunk_maps(paths: list[str], units: int, scales: tuple[int, ...], cache: Path, crop: float = 224 / 227,
                ) -> dict[int, torch.Tensor]:
     """Per size, the float16 maps (N, C, h, w) entering the last ``units`` units of the ImageNet Lite0 for
@@ -381,9 +369,8 @@ def trunk_maps(paths: list[str], units: int, scales: tuple[int, ...], cache: Pat
     todo = [s for s in scales if not files[s].is_file()]
     if todo:
         bb = get_backbone("efficientnet_lite0", weights="pretrained")
-        trunk = _Trunk(bb, units).eval()
-        ident = ModelSpec().backbone_identity() + f"-trunk{units}"
-        runners = {s: feature_runner(trunk, s, ident, cache / "runtimes") for s in todo}
+        ident = ModelSpec().backbone_identity()  # the trunk's export: <identity>-trunk<units>, as training's
+        runners = {s: feature_runner(bb.eval(), s, ident, cache / "runtimes", trunk=units) for s in todo}
         chunks: dict[int, list] = {s: [] for s in todo}
 
         def compute(xs):

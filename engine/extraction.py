@@ -142,7 +142,7 @@ def _backbone_of(model: nn.Module) -> nn.Module:
     return getattr(model, "backbone", model)
 
 
-def _input_spec(model: nn.Module, image_size: int | Sequence[int] | None) -> tuple[Any, tuple, tuple]:
+def input_spec(model: nn.Module, image_size: int | Sequence[int] | None) -> tuple[Any, tuple, tuple]:
     """(size, mean, std) of the model's input; size is a tuple of sizes for a multi-scale model (its
     ``scales``, or ``image_size`` given as a sequence of more than one), else an int."""
     bb = _backbone_of(model)
@@ -157,6 +157,9 @@ def _input_spec(model: nn.Module, image_size: int | Sequence[int] | None) -> tup
     mean = tuple(getattr(bb, "mean", IMAGENET_MEAN))
     std = tuple(getattr(bb, "std", IMAGENET_STD))
     return (size if isinstance(size, tuple) else int(size)), mean, std
+
+
+_input_spec = input_spec  # the name engine.collection, engine.cluster and eval_cmd import
 
 
 def input_sizes(size: int | Sequence[int]) -> tuple[int, ...]:
@@ -344,7 +347,7 @@ def extract_descriptors(
     ``ExtractionResult(vectors (N, D) float32, paths (N), skipped, cancelled)``."""
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
-    size, mean, std = _input_spec(model, image_size)
+    size, mean, std = input_spec(model, image_size)
     paths = [str(p) for p in paths]
     model = model.to(dev).eval()
     chunks, kept, skipped, cancelled, seconds = _extract_loop(
@@ -427,7 +430,7 @@ def extract_multi(
         raise ValueError("extract_multi needs at least one descriptor head")
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
-    size, mean, std = _input_spec(backbone, image_size)
+    size, mean, std = input_spec(backbone, image_size)
     sizes = input_sizes(size)
     paths = [str(p) for p in paths]
     backbone = backbone.to(dev).eval()
@@ -481,7 +484,7 @@ def whitening_training_vectors(
 
     report, stop = resolve(progress, should_stop)
     dev = torch.device(device)
-    size, mean, std = _input_spec(backbone, image_size)
+    size, mean, std = input_spec(backbone, image_size)
     sizes = input_sizes(size)
     paths = [str(p) for p in paths]
     backbone = backbone.to(dev).eval()

@@ -475,6 +475,20 @@ def shown_size(path: str | os.PathLike) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def network_array(img: Image.Image, image_size: int, mean: Sequence[float], std: Sequence[float],
+                  crop_fraction: float = 1.0):
+    """An RGB PIL image -> the network's input (3, S, S) float32 numpy array, without torch: :func:`resize_crop`,
+    scaled to [0, 1], normalised with ``mean``/``std`` (float32 arithmetic, the numbers of torchvision's
+    ToTensor + Normalize). :func:`build_transform` and the torch-free query (engine.fastquery) both use it."""
+    import numpy as np
+
+    a = np.array(resize_crop(img, image_size, crop_fraction), np.uint8, copy=True)  # (S, S, 3)
+    x = a.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    x -= np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    x /= np.asarray(std, np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray(x)
+
+
 def build_transform(
     image_size: int,
     mean: Sequence[float],
@@ -503,16 +517,12 @@ class _InputTransform:
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
 
     def __call__(self, img: Image.Image):
-        import numpy as np
         import torch
 
         if not isinstance(img, Image.Image) or img.mode != "RGB":
             return self._torchvision()(img)  # anything else: torchvision's own steps
-        a = np.array(resize_crop(img, self.image_size, self.crop_fraction), np.uint8, copy=True)  # (S, S, 3)
-        x = torch.from_numpy(a).permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
-        mean = torch.as_tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
-        return x.sub_(mean).div_(std)
+        a = network_array(img, self.image_size, self.mean, self.std, self.crop_fraction)
+        return torch.from_numpy(a).to(dtype=torch.get_default_dtype())
 
     def _torchvision(self):
         from torchvision import transforms as T  # noqa: N812

@@ -43,16 +43,20 @@ import torch
 from torch import nn
 
 from engine.atomic import atomic_write_text, atomic_write_with
+from engine.exports import (  # first: it turns ONNX Runtime's telemetry off before anything loads it
+    EXPORT_FORMAT,
+    checked_marker,
+    export_path,
+    onnxruntime_session,
+    read_checked,
+    read_verified,
+    runtime_version,
+    sidecar_path,
+)
 from engine.vocabulary import RUNTIMES
 
 log = logging.getLogger(__name__)
 
-# ONNX Runtime's Linux builds load a telemetry client that writes a device id and a database under the
-# user's cache folder (Microsoft/DeveloperTools/.onnxruntime/) as soon as the library loads; this variable,
-# read at load, turns it off (onnxruntime.disable_telemetry_events() comes too late: the files exist by
-# then). Set here, before this module's `import onnxruntime`, the one place the program loads it.
-# tests/test_install.py::test_index_and_search_write_only_the_programs_folders keeps it so.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # "auto" tries these in order. benchmarks/runtimes.py, 2-core development machine under load, 2 threads,
 # EfficientNet-Lite0 at 224 px: ONNX Runtime 74-81 images/s, OpenVINO f32 66-75, PyTorch eager 9-11;
@@ -61,9 +65,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 AUTO_ORDER = ("onnxruntime", "openvino")
 # Runtime vs PyTorch on the probe batch: max |diff| <= CHECK_REL_TOL * max(1, max |torch map|).
 CHECK_REL_TOL = 1e-3
-EXPORT_FORMAT = 1
 _PROBE_BATCH = 2
-_SAFE_IDENTITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # the exporter's optimiser logs every rewrite at INFO: quiet while exporting
 _NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -122,39 +124,6 @@ def available_runtimes() -> list[str]:
     return names
 
 
-def export_path(cache_dir: str | os.PathLike, identity: str, image_size: int) -> Path:
-    """``<cache_dir>/runtimes/<identity>-<S>.onnx`` (an identity that is not a plain file name is hashed)."""
-    if not identity:
-        raise ValueError("the model identity is empty")
-    stem = identity
-    if not _SAFE_IDENTITY.fullmatch(identity):
-        stem = "id" + hashlib.sha256(identity.encode()).hexdigest()[:32]
-    return Path(cache_dir) / "runtimes" / f"{stem}-{int(image_size)}.onnx"
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _read_verified(path: Path, identity: str, image_size: int) -> tuple[bytes | None, str]:
-    """The cached export's bytes if they match the sidecar, else (None, why not)."""
-    side = _sidecar(path)
-    if not path.is_file() or not side.is_file():
-        return None, "no cached export"
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-        data = path.read_bytes()
-    except (OSError, ValueError) as exc:
-        return None, f"unreadable cached export: {exc}"
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        return None, "sidecar of another format"
-    if meta.get("identity") != identity or meta.get("image_size") != image_size:
-        return None, "sidecar of another model or size"
-    if meta.get("size") != len(data) or meta.get("sha256") != hashlib.sha256(data).hexdigest():
-        return None, f"{path.name} does not match its recorded size and SHA-256 (damaged)"
-    return data, "verified"
-
-
 @contextlib.contextmanager
 def _quiet(names: tuple[str, ...]) -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in names]
@@ -169,24 +138,31 @@ def _quiet(names: tuple[str, ...]) -> Iterator[None]:
 
 
 class _FeatureModule(nn.Module):
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, trunk: int | None = None) -> None:
         super().__init__()
         self.backbone = backbone
+        self.trunk = trunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)
+        return _maps(self.backbone, x, self.trunk)
+
+
+def _maps(backbone: nn.Module, x: torch.Tensor, trunk: int | None) -> torch.Tensor:
+    """The backbone's feature map, or with ``trunk`` the map entering its last ``trunk`` units."""
+    return backbone.forward_features(x) if trunk is None else backbone.forward_trunk(x, trunk)
 
 
 def export_onnx(backbone: nn.Module, image_size: int, identity: str,
-                cache_dir: str | os.PathLike) -> tuple[Path, bytes, bool]:
-    """The verified ONNX export of ``backbone.forward_features`` for (B, 3, S, S) input, S = ``image_size``.
+                cache_dir: str | os.PathLike, trunk: int | None = None) -> tuple[Path, bytes, bool]:
+    """The verified ONNX export of ``backbone.forward_features`` for (B, 3, S, S) input, S = ``image_size``
+    (with ``trunk``: of ``backbone.forward_trunk(x, trunk)``; ``identity`` must then name the trunk).
 
     Returns (path, file bytes, exported): the cached file when it matches its sidecar, else a new export
     (written atomically, then its sidecar). Raises RuntimeUnavailableError when the export fails.
     """
     path = export_path(cache_dir, identity, image_size)
     with _export_lock:
-        data, why = _read_verified(path, identity, image_size)
+        data, _, why = read_verified(path, {"identity": identity, "image_size": image_size})
         if data is not None:
             log.debug("reusing the verified export %s", path)
             return path, data, False
@@ -200,7 +176,7 @@ def export_onnx(backbone: nn.Module, image_size: int, identity: str,
             example = torch.zeros(_PROBE_BATCH, 3, image_size, image_size)
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(_NOISY_LOGGERS):
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_FeatureModule(backbone), (example,), tmp, input_names=["images"],
+                torch.onnx.export(_FeatureModule(backbone, trunk), (example,), tmp, input_names=["images"],
                                   output_names=["fmap"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                   dynamo=True, external_data=False, verbose=False)
             with open(tmp, "rb") as fh:
@@ -217,7 +193,7 @@ def export_onnx(backbone: nn.Module, image_size: int, identity: str,
         meta = {"format": EXPORT_FORMAT, "identity": identity, "image_size": image_size, "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(), "torch": torch.__version__,
                 "exporter": "torch.onnx.export(dynamo=True)"}
-        atomic_write_text(_sidecar(path), json.dumps(meta, indent=1))
+        atomic_write_text(sidecar_path(path), json.dumps(meta, indent=1))
         log.info("exported %s (%.1f MB) in %.1f s", path, len(data) / 1e6, time.perf_counter() - t0)
         return path, data, True
 
@@ -234,20 +210,11 @@ def _to_numpy(x: torch.Tensor) -> np.ndarray:
 
 def _onnxruntime_fn(data: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except Exception as exc:
         raise RuntimeUnavailableError(f"onnxruntime is not installed ({exc})") from exc
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only: its warnings go to stderr, not to our log
-    # Idle workers sleep instead of spinning: spinning burns the cores that decoding threads and other
-    # processes need (measured in benchmarks/runtimes.py: not slower alone, faster under load).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(data, threads)
     except Exception as exc:
         raise RuntimeUnavailableError(f"onnxruntime cannot load the export: {_brief(exc)}") from exc
     name = session.get_inputs()[0].name
@@ -287,13 +254,13 @@ def _openvino_fn(data: bytes, threads: int) -> Callable[[torch.Tensor], torch.Te
 _BUILDERS = {"onnxruntime": _onnxruntime_fn, "openvino": _openvino_fn}
 
 
-def _torch_fn(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _torch_fn(backbone: nn.Module, trunk: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     param = next(backbone.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return backbone.forward_features(x.to(device, torch.float32)).float()
+            return _maps(backbone, x.to(device, torch.float32), trunk).float()
 
     return run
 
@@ -329,7 +296,8 @@ def feature_runners(backbone: nn.Module, sizes: Sequence[int], identity: str | N
 
 
 def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_dir: str | os.PathLike,
-                   runtime: str = "auto", *, threads: int | None = None, check: bool = True) -> FeatureRunner:
+                   runtime: str = "auto", *, threads: int | None = None, check: bool = True,
+                   trunk: int | None = None) -> FeatureRunner:
     """A :class:`FeatureRunner` for ``backbone.forward_features`` on (B, 3, S, S) input, S = ``image_size``.
 
     ``identity``: a stable string naming the weights (e.g. a hash of the collection's model identity,
@@ -339,7 +307,11 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
     ``check``: compare the runtime with PyTorch on a probe batch before use, unless that comparison already
     passed on this very export with this runtime version (remembered beside it). Never raises for an
     unavailable runtime: the runner is then torch, with ``fallback_reason`` set and logged.
+    ``trunk``: run the frozen part of tail fine-tuning instead, ``backbone.forward_trunk(x, trunk)`` (the map
+    entering the last ``trunk`` units), exported under ``<identity>-trunk<trunk>``.
     """
+    if trunk is not None:
+        identity = f"{identity}-trunk{int(trunk)}"
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     image_size = int(image_size)
@@ -349,7 +321,7 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
     def torch_runner(reason: str | None) -> FeatureRunner:
         if reason:
             log.warning("feature extraction runs in PyTorch: %s", reason)
-        return FeatureRunner("torch", _torch_fn(backbone), image_size, threads, fallback_reason=reason)
+        return FeatureRunner("torch", _torch_fn(backbone, trunk), image_size, threads, fallback_reason=reason)
 
     if runtime == "torch":
         return torch_runner(None)
@@ -367,7 +339,7 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
         return torch_runner("; ".join(f"{c} is not installed" for c in requested))
     reasons: list[str] = []
     try:
-        path, data, exported = export_onnx(backbone, image_size, identity, cache_dir)
+        path, data, exported = export_onnx(backbone, image_size, identity, cache_dir, trunk)
     except (RuntimeUnavailableError, OSError) as exc:
         return torch_runner(str(exc))
     probe = _probe(image_size)
@@ -379,7 +351,7 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
             checked = check and name != trusted
             if checked:
                 if ref is None:
-                    ref = _torch_fn(backbone)(probe)
+                    ref = _torch_fn(backbone, trunk)(probe)
                 _check(fn, ref, probe, name)
             out_shape = tuple(ref.shape[1:]) if ref is not None else tuple(fn(probe[:1]).shape[1:])
         except RuntimeUnavailableError as exc:
@@ -400,15 +372,8 @@ def feature_runner(backbone: nn.Module, image_size: int, identity: str, cache_di
 # version, and a fingerprint of the backbone's weights); a later process given those same bytes (verified
 # against the sidecar) for the same weights skips it. The fingerprint keeps random weights, drawn anew per
 # process under one identity, from trusting another process's check.
-def _runtime_version(name: str) -> str | None:
-    try:
-        return str(__import__(name).__version__)
-    except Exception:
-        return None
-
-
-def _checked_marker(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name + ".checked.json")
+_runtime_version = runtime_version
+_checked_marker = checked_marker  # tests name it here
 
 
 def _weights_fingerprint(backbone: nn.Module) -> str:
@@ -424,12 +389,7 @@ def _weights_fingerprint(backbone: nn.Module) -> str:
 def _checked_runtime(path: Path, data: bytes, backbone: nn.Module) -> str | None:
     """The runtime whose comparison with PyTorch passed on exactly these export bytes (by SHA-256) and these
     weights, when that runtime is still the version that passed it; None otherwise."""
-    try:
-        mark = json.loads(_checked_marker(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(mark, dict):
-        return None
+    mark = read_checked(path)
     name = mark.get("runtime")
     if not isinstance(name, str) or mark.get("sha256") != hashlib.sha256(data).hexdigest():
         return None
@@ -445,3 +405,95 @@ def _remember_checked(path: Path, data: bytes, name: str, backbone: nn.Module) -
              "weights": _weights_fingerprint(backbone)}))
     except OSError as exc:  # only a later start is slower
         log.info("cannot remember the runtime check of %s: %s", path.name, exc)
+
+
+# --- the descriptor head, exported for queries without torch ------------------------------------------------
+# `search` describes one query image; importing torch costs it seconds. Beside the backbone's export (the
+# feature maps), the head of a descriptor (pooling, whitening, normalisation: feature maps -> vector) is
+# exported too, named by the ModelSpec's key, with what the query's preprocessing needs (sizes, mean, std,
+# crop) in its sidecar; engine.fastquery runs the two with ONNX Runtime and numpy only.
+#: the head's export vs PyTorch on a probe batch: max |diff| of the (unit) descriptors
+HEAD_CHECK_TOL = 1e-5
+
+
+class _HeadModule(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *fmaps: torch.Tensor) -> torch.Tensor:
+        return self.model.describe(fmaps[0]) if len(fmaps) == 1 else self.model.describe_scales(list(fmaps))
+
+
+def export_head(model: nn.Module, spec, runners: dict[int, FeatureRunner], cache_dir: str | os.PathLike
+                ) -> Path | None:
+    """Export ``model``'s descriptor head ((B, C, h, w) per input size -> (B, D)) for the torch-free query
+    path (engine.fastquery), when every size's feature map runs in ONNX Runtime from a cached export
+    (``runners``: size -> runner, as :func:`feature_runners` makes them). Kept as
+    ``engine.exports.head_export_path(cache_dir, spec.key())`` with a sidecar naming the backbone exports by
+    SHA-256, the preprocessing and the ONNX Runtime version that agreed with PyTorch on a probe batch.
+    Reuses a verified export; returns its path, or None (the reason logged) when it cannot be made."""
+    from engine.exports import head_export_path
+    from engine.extraction import input_spec
+
+    if not hasattr(model, "describe") or not runners:
+        return None
+    if any(r.name != "onnxruntime" or r.onnx_path is None for r in runners.values()):
+        log.debug("no head export: the feature maps do not run in ONNX Runtime")
+        return None
+    key = spec.key()
+    path = head_export_path(cache_dir, key)
+    sizes = sorted(runners)
+    _, mean, std = input_spec(model.backbone, tuple(sizes) if len(sizes) > 1 else sizes[0])
+    backbones = []
+    for s in sizes:
+        bpath = runners[s].onnx_path
+        bdata, _, why = read_verified(bpath, {"image_size": s})
+        if bdata is None:
+            log.info("no head export: the backbone export %s: %s", bpath.name, why)
+            return None
+        backbones.append({"size": s, "file": bpath.name, "sha256": hashlib.sha256(bdata).hexdigest()})
+    expect = {"kind": "head", "identity": key, "backbones": backbones, "runtime": "onnxruntime",
+              "version": runtime_version("onnxruntime")}
+    with _export_lock:
+        data, _, why = read_verified(path, expect)
+        if data is not None:
+            return path
+        fmaps = [runners[s](_probe(s)) for s in sizes]  # realistic maps: the backbone on a fixed probe
+        head = _HeadModule(model).eval()
+        names = [f"fmap{i}" for i in range(len(sizes))]
+        written: list[bytes] = []
+
+        def writer(tmp: str) -> None:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(_NOISY_LOGGERS):
+                warnings.simplefilter("ignore")
+                # the TorchScript exporter: a head is a few ops, exported in a fraction of a second (the
+                # dynamo exporter takes 12-16 s for the same graph)
+                torch.onnx.export(head, tuple(fmaps), tmp, input_names=names, output_names=["vector"],
+                                  dynamic_axes={n: {0: "batch"} for n in names + ["vector"]}, dynamo=False)
+            with open(tmp, "rb") as fh:
+                written.append(fh.read())
+
+        try:
+            with torch.inference_mode():
+                ref = head(*fmaps)
+            atomic_write_with(path, writer)
+            session = onnxruntime_session(written[0], 1)
+            out = session.run(None, {n: _to_numpy(f) for n, f in zip(names, fmaps, strict=True)})[0]
+        except Exception as exc:  # no head export: `search` describes its query in PyTorch
+            log.info("no head export for %s: %s", key, _brief(exc))
+            return None
+        diff = float(np.abs(out - ref.numpy()).max()) if out.shape == tuple(ref.shape) else float("inf")
+        if not diff <= HEAD_CHECK_TOL:
+            log.warning("the exported head of %s differs from PyTorch by %.3g: not used", key, diff)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        data = written[0]
+        meta = {"format": EXPORT_FORMAT, **expect, "sizes": sizes, "mean": [float(m) for m in mean],
+                "std": [float(v) for v in std], "crop_fraction": float(spec.crop_fraction),
+                "dim": int(out.shape[1]), "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "torch": torch.__version__, "checked_max_diff": diff}
+        atomic_write_text(sidecar_path(path), json.dumps(meta, indent=1))
+        log.info("exported the head of %s (%d bytes)", key, len(data))
+        return path

@@ -489,9 +489,10 @@ class FolderIndex:
         return [replace(h, rank=i + 1) for i, h in enumerate(hits)], describe_options(options)
 
 
-def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, query: str,
+def run_query(index: FolderIndex, model_cache: ModelCache | None, spec: ModelSpec, query: str,
               options: SearchOptions, among: Iterable[str] | None = None, *, exclude_query: bool = True,
-              runtime: str | None = None, box: Box | None = None) -> SearchResult:
+              runtime: str | None = None, box: Box | None = None,
+              describe: Callable[..., np.ndarray] | None = None) -> SearchResult:
     """Describe the query image and search (the window runs it on a worker thread).
 
     A query inside the folder (by its path as given: a symbolic link there counts, see
@@ -499,12 +500,18 @@ def run_query(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, quer
     itself. ``among``: search only these images (absolute paths as the collection holds them, e.g. a
     split's retrieval list): every indexed image is ranked exactly and the first ``k`` of ``among`` are
     kept. An indexed query that has not changed since is searched with its stored row (no network pass);
-    any other is described by :func:`embed_images` (``runtime``: see there). ``box``: search with that
-    region of the query image alone (engine.images.Box; described through the same path, cropped)."""
+    any other is described by ``describe(path, box) -> (D,)`` when given (the `search` command's torch-free
+    engine.fastquery), else by :func:`embed_images` on ``model_cache`` (``runtime``: see there). ``box``:
+    search with that region of the query image alone (engine.images.Box; described through the same path,
+    cropped; never from a stored row)."""
     t0 = time.monotonic()
     inside = index.collection_path(query)
     vec = index.stored_vector(spec, inside) if inside is not None and box is None else None
-    if vec is None:
+    if vec is None and describe is not None:
+        vec = describe(query, box)
+    elif vec is None:
+        if model_cache is None:
+            raise ValueError("run_query needs a model cache or a describe function for a query outside the folder")
         vec = embed_images(model_cache, spec, [query], runtime=runtime, boxes=None if box is None else [box])[0]
     exclude = inside if exclude_query else None
     label = index.label_of(query)

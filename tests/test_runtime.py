@@ -272,3 +272,22 @@ def test_exported_runner_takes_any_batch(tmp_path):
         x = torch.randn(b, 3, 32, 32)
         assert torch.allclose(runner(x), bb.forward_features(x), atol=1e-5)
     assert runner(torch.randn(0, 3, 32, 32)).shape == (0, 8, 8, 8)
+
+
+class TinySplit(TinyBackbone):
+    """TinyBackbone with the trunk/tail split of tail fine-tuning: its first convolution is the trunk."""
+
+    def forward_trunk(self, x: torch.Tensor, tail: int) -> torch.Tensor:
+        assert tail == 1
+        return self.conv[:2](x)
+
+
+def test_a_trunk_runs_exported_under_its_own_name(tmp_path):
+    """Tail mode's frozen trunk (forward_trunk) on the runtime: its own export beside the backbone's."""
+    name = _any_runtime()
+    bb = TinySplit().eval()
+    runner = feature_runner(bb, 32, "tiny", tmp_path, name, threads=1, trunk=1)
+    assert runner.name == name and runner.onnx_path == tmp_path / "runtimes" / "tiny-trunk1-32.onnx"
+    x = torch.randn(3, 3, 32, 32)
+    assert runner(x).shape == (3, 8, 16, 16)
+    assert torch.allclose(runner(x), bb.forward_trunk(x, 1), atol=1e-5)

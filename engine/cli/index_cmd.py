@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import signal
 import sys
 import time
@@ -21,8 +22,10 @@ from engine.cli.common import shown as _shown
 from engine.collection import Collection, CollectionError, update_collections
 from engine.images import ImageLoadError, parse_box
 from engine.search import SearchOptions
-from engine.session import FolderIndex, ModelCache, run_query
+from engine.session import FolderIndex, run_query
 from engine.vocabulary import DESCRIPTORS, RUNTIMES, ModelSpec, cache_root, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -159,9 +162,11 @@ def _index_held(args: argparse.Namespace, collections: list[Collection], specs: 
                 pairs, device=device, batch_size=args.batch_size,
                 num_workers=args.workers, decode_threads=args.decode_threads, features=runtime,
                 progress=TextProgress("indexing"), should_stop=lambda: stop[0])
+    cancelled = any(r.cancelled for r in reports)
+    if any(work) and not cancelled and args.ray is None:  # `search` then describes its query without torch
+        _export_heads(specs, models, runtime, Path(args.cache_dir) if args.cache_dir else cache_root())
     seconds = time.perf_counter() - start
     first, report = collections[0], reports[0]
-    cancelled = any(r.cancelled for r in reports)
     # images read once for every descriptor; the files that failed, each once whatever wanted it
     read = max((r.read for r in reports), default=0)
     failed = list({s.path: s for r in reports for s in r.skipped}.values())
@@ -257,9 +262,52 @@ class _PerSize(dict):
         return "; ".join(r.fallback_reason for r in self.values() if getattr(r, "fallback_reason", None)) or None
 
 
+def _exportable(args: argparse.Namespace) -> bool:
+    """Whether the query may run from the exports: ONNX Runtime on the CPU (the runtime "auto" prefers)."""
+    return args.device in ("auto", "cpu") and args.runtime in ("auto", "onnxruntime")
+
+
+def describe_query(args: argparse.Namespace, spec: ModelSpec, cache_dir: Path, path: str, box=None):
+    """The query's descriptor (D,): from the cached exports without torch (engine.fastquery) when they are
+    there and trusted, else in PyTorch through engine.session.embed_images, exporting the descriptor head for
+    the next search."""
+    if _exportable(args):
+        from engine.fastquery import load_describer
+
+        fast, why = load_describer(spec, cache_dir)
+        if fast is not None:
+            return fast.describe(path, box)
+        log.info("the query is described in PyTorch: %s", why)
+    from engine.session import ModelCache, embed_images, scale_features
+
+    models = ModelCache(device=resolve_device(args.device), runtime=args.runtime, cache_dir=cache_dir)
+    vec = embed_images(models, spec, [path], runtime=args.runtime, boxes=None if box is None else [box])[0]
+    if _exportable(args) and _export_heads([spec], [models.get(spec)], scale_features(models, spec, args.runtime)
+                                           if spec.scales else models.features(spec, args.runtime), cache_dir):
+        sys.stderr.write("note: this first search with this model described the query in PyTorch (slower); "
+                         "the model is now exported for faster searches\n")
+    return vec
+
+
+def _export_heads(specs: list, models: list, runtime, cache_dir: Path) -> int:
+    """Export every descriptor head whose feature maps run in ONNX Runtime (engine.runtime.export_head), for
+    `search` without torch; a head that cannot be exported only leaves `search` on PyTorch. Returns how many
+    heads have an export now."""
+    from engine.runtime import FeatureRunner, export_head
+
+    runners = dict(runtime) if isinstance(runtime, dict) else (
+        {runtime.image_size: runtime} if isinstance(runtime, FeatureRunner) else {})
+    if not runners:
+        return 0
+    return sum(export_head(model, spec, runners, cache_dir) is not None
+               for spec, model in zip(specs, models, strict=True) if model is not None)
+
+
 def run_search(args: argparse.Namespace) -> int:
-    """Rank the collection for one query image through the session the window uses (engine.session):
-    the query's feature map comes from the collection's cached runtime export (engine.runtime)."""
+    """Rank the collection for one query image through the session the window uses (engine.session). A query
+    inside the collection is searched with its stored row; any other is described from the cached exports
+    without importing torch (engine.fastquery), or, before they exist, in PyTorch as indexing does (which
+    exports them for the next search)."""
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     box = parse_box(args.box) if args.box else None
@@ -275,11 +323,9 @@ def run_search(args: argparse.Namespace) -> int:
         hint = f" --descriptor {spec.descriptor}" if args.descriptor else ""
         raise CollectionError(f"{collection.folder} is not indexed with this model yet; run "
                               f"`retrieval-explorer index {collection.folder}{hint}` with the same model options")
-    device = resolve_device(args.device)
-    models = ModelCache(device=device, runtime=args.runtime, cache_dir=index.cache_dir)
     try:
-        result = run_query(index, models, spec, str(query), options, exclude_query=False, runtime=args.runtime,
-                           box=box)
+        result = run_query(index, None, spec, str(query), options, exclude_query=False, box=box,
+                           describe=lambda path, box: describe_query(args, spec, index.cache_dir, path, box))
     except ImageLoadError as exc:
         raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
     hits = result.hits

@@ -981,19 +981,19 @@ def _cached_features(model, allimgs: D.LabelledImages, config: TrainConfig, devi
     return feats, ok, skipped, base
 
 
-def _feature_runner(model: EmbeddingModel, config: TrainConfig, device: torch.device):
-    """Head mode's frozen backbone on the CPU runtime indexing uses (engine.runtime; the export shared with
-    index by the backbone's identity; engine.vocabulary.default_runtime); None (PyTorch) on a GPU or for
-    random weights, which are drawn per run and so have no identity to cache an export under."""
-    from engine.runtime import feature_runners
+def _feature_runner(model: EmbeddingModel, config: TrainConfig, device: torch.device, trunk: int | None = None):
+    """Head mode's frozen backbone (``trunk``: tail mode's frozen trunk, the maps entering the last ``trunk``
+    units) on the CPU runtime indexing uses (engine.runtime; the backbone's export shared with index by its
+    identity; engine.vocabulary.default_runtime); None (PyTorch) on a GPU or for random weights, which are
+    drawn per run and so have no identity to cache an export under."""
+    from engine.runtime import feature_runner
     from engine.vocabulary import ModelSpec, cache_root, default_runtime
 
-    if config.weights == "random":
+    runtime = default_runtime()
+    if config.weights == "random" or device.type != "cpu" or runtime == "torch":
         return None
     ident = ModelSpec(backbone=config.backbone, weights=config.weights).backbone_identity()
-    runners = feature_runners(model.backbone, (config.image_size,), ident, cache_root(),
-                              default_runtime(), device.type)
-    return runners[config.image_size] if runners else None
+    return feature_runner(model.backbone, config.image_size, ident, cache_root(), runtime, trunk=trunk)
 
 
 def _tail_encoder(model: EmbeddingModel, config: TrainConfig, n_images: int, device: torch.device):
@@ -1001,8 +1001,10 @@ def _tail_encoder(model: EmbeddingModel, config: TrainConfig, n_images: int, dev
     of every image and view fits in memory (the message says what to change)."""
     backbone, k = model.backbone, config.tail_units
     backbone.tail_modules(k)  # a backbone that cannot be split, or a bad k: ValueError with the choices
+    runner = _feature_runner(model, config, device, trunk=k)  # the frozen trunk on the CPU runtime
+    trunk = runner or (lambda x: backbone.forward_trunk(x, k))
     with torch.no_grad():
-        shape = backbone.forward_trunk(torch.zeros(1, 3, config.image_size, config.image_size, device=device), k).shape
+        shape = trunk(torch.zeros(1, 3, config.image_size, config.image_size, device=device)).shape
     need = n_images * config.head_views * math.prod(shape[1:]) * 2
     avail = available_memory_bytes()
     if avail is not None and need > 0.8 * avail:
@@ -1012,5 +1014,5 @@ def _tail_encoder(model: EmbeddingModel, config: TrainConfig, n_images: int, dev
             "units (their input maps are smaller), use fewer views, or train the head only")
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return backbone.forward_trunk(x, k).half()
+        return trunk(x).half()
     return encode
