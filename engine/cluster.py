@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from engine.collection import update_collections
-from engine.extraction import ExtractedBatch, SkippedImage, _input_spec, iter_extract
+from engine.extraction import ExtractedBatch, SkippedImage, input_spec, iter_extract
 from engine.runtime import export_path, feature_runner
 from engine.vocabulary import is_checkpoint_name
 from models.descriptors import build_descriptor
@@ -146,7 +146,7 @@ def worker_model(pairs: Sequence[tuple[Any, Any]], features: Any = None) -> Work
     if any(m is None or not hasattr(m, "describe") or not hasattr(m, "backbone") for m in models):
         raise ValueError("a cluster run needs descriptor models (models.descriptors.DescriptorModel)")
     backbone = models[0].backbone
-    size, mean, std = _input_spec(models[0], spec.image_size)
+    size, mean, std = input_spec(models[0], spec.image_size)
     heads = []
     for m in models:
         w = getattr(m, "whitening", None)

@@ -1288,10 +1288,10 @@ def _update_held(
             raise ValueError("the folder has changed: update needs a descriptor model (engine.extraction.build_model)")
         from engine.extraction import (
             _describe,
-            _input_spec,
             feature_fn,
             feature_maps,
             input_sizes,
+            input_spec,
             iter_extract,
         )
 
@@ -1301,7 +1301,7 @@ def _update_held(
         shared = all(hasattr(m, "describe") and hasattr(m, "backbone") for m in models)
         run = feature_fn(first_model.backbone, features) if shared else None
         wanted = [np.array([p in t for p in union], bool) for t in todos]
-        size, mean, std = _input_spec(first_model, collections[0].model_spec.image_size)
+        size, mean, std = input_spec(first_model, collections[0].model_spec.image_size)
         sizes = input_sizes(size)  # several: a multi-scale model (ModelSpec.scales), a map per size
 
         def compute(x: Any) -> dict[int, torch.Tensor]:

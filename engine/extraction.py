@@ -159,7 +159,6 @@ def input_spec(model: nn.Module, image_size: int | Sequence[int] | None) -> tupl
     return (size if isinstance(size, tuple) else int(size)), mean, std
 
 
-_input_spec = input_spec  # the name engine.collection, engine.cluster and eval_cmd import
 
 
 def input_sizes(size: int | Sequence[int]) -> tuple[int, ...]:

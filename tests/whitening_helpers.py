@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from engine.extraction import _input_spec, input_sizes, whitening_training_vectors
+from engine.extraction import input_sizes, input_spec, whitening_training_vectors
 from models.whitening import PCAWhitening
 
 
@@ -30,7 +30,7 @@ def learn_whitening(descriptor_kind: str, backbone: nn.Module, paths: Sequence[s
                                            **extract)
     if dim is not None and dim > min(X.shape):
         raise ValueError(f"whitening dim {dim} is larger than the data allows ({X.shape[0]} vectors of {X.shape[1]})")
-    size, _, _ = _input_spec(backbone, extract.get("image_size"))
+    size, _, _ = input_spec(backbone, extract.get("image_size"))
     meta = {"descriptor": descriptor_kind, "sizes": list(input_sizes(size))}
     if method == "lw":
         assert labels is not None

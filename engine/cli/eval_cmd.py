@@ -79,7 +79,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     """The work of `eval` on parsed arguments -> the metrics dict (see module docstring).
     ``make_progress()`` builds the progress callback just before extraction starts (so its rate
     and ETA leave out the model loading)."""
-    from engine.extraction import _input_spec, extract_multi, input_sizes
+    from engine.extraction import extract_multi, input_sizes, input_spec
     from engine.runtime import feature_runners
     from models.descriptors import build_descriptor
     from models.registry import get_backbone
@@ -103,7 +103,7 @@ def evaluate_folder(args: argparse.Namespace, make_progress: Callable[[], Any] |
     model = build_descriptor(args.descriptor, backbone, whitening=whitening, scales=scales)
     # the backbone on the runtime index uses (an export is cached by identity: none for random weights,
     # which are drawn per run), every descriptor head in PyTorch on its feature maps
-    size, _, _ = _input_spec(model, args.image_size)
+    size, _, _ = input_spec(model, args.image_size)
     identity = None if args.weights == "random" else ModelSpec(backbone=args.backbone,
                                                                weights=args.weights).backbone_identity()
     cache = Path(args.cache_dir) if args.cache_dir else cache_root()
