@@ -339,7 +339,7 @@ GOAL_RECALL, GOAL_PRECISION, GOAL_MIXED, GOAL_BEST = 0.97, 0.99, 0.01, 0.98
 #: the verification thresholds tried on the training species (engine.copycheck.CopyRule fields)
 RULE_GRID = {"min_inliers": (8, 10, 12, 15, 20, 25), "min_inlier_ratio": (0.1, 0.3),
              "min_score": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "max_outside": (0.03, 0.06, 0.1, 0.15),
-             "max_second": (2, 4, 6, 10_000)}
+             "max_second": (2, 4, 6, 10_000), "max_blob": (3, 4, 5, 6, 10_000)}
 
 
 def candidate_pairs(vectors: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -360,14 +360,15 @@ def candidate_pairs(vectors: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray
 def evidence_table(checks: list) -> dict[str, np.ndarray]:
     return {"inliers": np.array([c.inliers for c in checks]), "ratio": np.array([c.inlier_ratio for c in checks]),
             "score": np.array([c.score for c in checks]), "outside": np.array([c.outside for c in checks]),
-            "second": np.array([c.second for c in checks]), "error": np.array([bool(c.error) for c in checks])}
+            "second": np.array([c.second for c in checks]), "blob": np.array([c.blob for c in checks]),
+            "error": np.array([bool(c.error) for c in checks])}
 
 
 def verdicts(ev: dict[str, np.ndarray], rule: dict[str, float]) -> np.ndarray:
     """engine.copycheck.is_copy over an evidence table."""
     return (~ev["error"] & (ev["inliers"] >= rule["min_inliers"]) & (ev["ratio"] >= rule["min_inlier_ratio"])
             & (ev["score"] >= rule["min_score"]) & (ev["outside"] <= rule["max_outside"])
-            & (ev["second"] <= rule["max_second"]))
+            & (ev["second"] <= rule["max_second"]) & (ev["blob"] <= rule["max_blob"]))
 
 
 def make_hard_negatives(data_images: Path, records: list[dict], out: Path, seed: int = 1) -> list[dict]:
@@ -488,20 +489,21 @@ def _checks_cached(checker, paths: list[str], a: np.ndarray, b: np.ndarray, cach
     seconds checking pairs); kept in ``cache`` (npz) for later runs (seconds then from the first run)."""
     from engine.copycheck import PairCheck
 
-    fields = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b", "second")
+    fields = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b", "second", "blob")
     if cache.is_file():
         z = np.load(cache)
         if np.array_equal(z["a"], a) and np.array_equal(z["b"], b):
             have = [f for f in fields if f in z.files]
             checks = [PairCheck(**{f: z[f][n].item() for f in have}, error="error" if z["error"][n] else "")
                       for n in range(a.size)]
-            if "second" not in z.files:
-                # evidence of an earlier version without the second-model check: it can only turn a pair
-                # that passes every other threshold of the grid into a non-copy, so only those are checked
-                # again (the seconds stay the first run's)
+            missing = [f for f in fields if f not in z.files]
+            if missing:
+                # evidence of an earlier version without a later check (the second model, the blob): a new
+                # check can only turn a pair that passes every other threshold of the grid into a non-copy,
+                # so only those are checked again (the seconds stay the first run's)
                 loose = {k: min(v) if k.startswith("max") is False else max(v) for k, v in RULE_GRID.items()}
                 again = np.flatnonzero(verdicts(evidence_table(checks), loose))
-                eprint(f"  checking {again.size:,} pairs again for the second-model evidence")
+                eprint(f"  checking {again.size:,} pairs again for the evidence {', '.join(missing)}")
                 for n in again.tolist():
                     checks[n] = checker.check(paths[a[n]], paths[b[n]])
                 np.savez(cache, a=a, b=b, prep_s=z["prep_s"], check_s=z["check_s"],
