@@ -691,6 +691,65 @@ def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarra
               f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
 
 
+#: the upscaling thresholds tried on the training species (engine.copycheck.UPSCALED_KEEPS, RESAMPLING_PEAK)
+UPSCALE_GRID = {"keeps": (0.90, 0.91, 0.92, 0.93, 0.94), "peak": (3.0, 4.0, 5.0, 6.0, 8.0, np.inf)}
+
+
+def calibrate_upscaling(folder: Path, records: list[dict], rows: np.ndarray, work: Path) -> None:
+    """The keep-best rule's upscaling test on the training species: each original enlarged x1.5-2.5
+    (bicubic) and saved as JPEG 90 and as PNG must be told an enlargement of the original's size, and the
+    original must not be told an enlargement of its resized copy's size (the mistake that keeps the
+    thumbnail). Prints the misses for each (UPSCALED_KEEPS, RESAMPLING_PEAK) and the pair chosen: the
+    fewest misses per group (an upscaled copy counts half: a group holds one, JPEG or PNG)."""
+    from PIL import Image
+
+    from engine.copycheck import _grey_full, band_kept, resampling_peak
+
+    rng = np.random.default_rng(11)
+    out = work / "upscaled-calibration"
+    feats: dict[str, list[tuple[float, float]]] = {"jpg": [], "png": [], "original": []}
+    for n in rows.tolist():
+        r = records[n]
+        if r["kind"] != "original":
+            continue
+        orig = folder / r["relpath"]
+        with Image.open(orig) as im:
+            im = im.convert("RGB")
+            side = max(im.size)
+            for ext in ("jpg", "png"):
+                p = out / r["species"] / f"{orig.stem}_up.{ext}"
+                f = rng.uniform(1.5, 2.5)
+                if not p.is_file():
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.BICUBIC).save(p, quality=90)
+                g = _grey_full(p)
+                feats[ext].append((band_kept(g, side), resampling_peak(g, side)))
+        resized = next(folder / x["relpath"] for x in records
+                       if x["source"] == r["source"] and x["kind"] == "resize")
+        with Image.open(resized) as im:
+            small = max(im.size)
+        g = _grey_full(orig)
+        feats["original"].append((band_kept(g, small), resampling_peak(g, small)))
+    arr = {k: np.array(v) for k, v in feats.items()}
+
+    def told(k: str, keeps: float, peak: float) -> np.ndarray:
+        return (arr[k][:, 0] >= keeps) | (arr[k][:, 1] >= peak)
+
+    print(f"\n### Upscaling test calibrated on the training species ({len(arr['original'])} originals)\n")
+    print("| UPSCALED_KEEPS | RESAMPLING_PEAK | upscaled JPEG 90 missed | upscaled PNG missed | originals told upscaled | misses per group |")
+    print("|---|---|---|---|---|---|")
+    best, cost_best = None, np.inf
+    for keeps in UPSCALE_GRID["keeps"]:
+        for peak in UPSCALE_GRID["peak"]:
+            mj, mp = int((~told("jpg", keeps, peak)).sum()), int((~told("png", keeps, peak)).sum())
+            fo = int(told("original", keeps, peak).sum())
+            cost = (mj + mp) / 2 + fo
+            if cost < cost_best - 1e-9:
+                best, cost_best = (keeps, peak), cost
+            print(f"| {keeps} | {peak} | {mj} | {mp} | {fo} | {cost / max(len(arr['original']), 1):.3f} |")
+    print(f"\nChosen: UPSCALED_KEEPS = {best[0]}, RESAMPLING_PEAK = {best[1]} (the first with the fewest misses).")
+
+
 def asdict_rule(rule) -> dict:
     from dataclasses import asdict
 
@@ -715,6 +774,8 @@ def main() -> None:
                     help="distinct, unedited photos per species (default -1: all the others)")
     ap.add_argument("--copies-only", action="store_true",
                     help="only the copies tier (verification; issue 29), not the descriptor tables")
+    ap.add_argument("--calibrate-upscaling", action="store_true",
+                    help="only the keep-best rule's upscaling thresholds, chosen on the training species")
     ap.add_argument("--copies-half", choices=("calibration", "test"), default=None,
                     help="verify one half only (calibration: to tune the rule; default both)")
     args = ap.parse_args()
@@ -726,6 +787,9 @@ def main() -> None:
     train = set(split["train_classes"])
     halves = {"calibration": np.array([n for n, r in enumerate(records) if r["species"] in train]),
               "test": np.array([n for n, r in enumerate(records) if r["species"] not in train])}
+    if args.calibrate_upscaling:
+        calibrate_upscaling(folder, records, halves["calibration"], folder.parent)
+        return
     vectors = index_and_load(folder, folder.parent / "cache", relpaths)
     if args.copies_only:
         copies_report(folder, records, halves, vectors["spoc"], copy_pair_keys(records), folder.parent,

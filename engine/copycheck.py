@@ -664,26 +664,29 @@ def resampling_peak(grey: np.ndarray, smaller_side: int) -> float:
     return float(np.sqrt(out[0] * out[1]))
 
 
-def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
-    """Is x an enlargement of a picture of ``smaller_side`` pixels on its long side? Either it has no detail
-    beyond that size (shrunk to it and enlarged back, it keeps UPSCALED_KEEPS of its band-pass energy), or
-    the interpolation's period shows (:func:`resampling_peak` >= RESAMPLING_PEAK: a JPEG's noise reads
-    as detail, but keeps that period)."""
+def band_kept(grey: np.ndarray, smaller_side: int) -> float:
+    """The share of the image's band-pass energy it keeps when shrunk to ``smaller_side`` pixels on its
+    long side and enlarged back (1.0: it has no detail beyond that size; 0.0 when it has no such band)."""
     import cv2
 
-    g = _grey_full(path_x)
-    h, w = g.shape
+    h, w = grey.shape
     f = smaller_side / max(h, w)
-    if f >= 0.95:
-        return False
-    if resampling_peak(g, smaller_side) >= RESAMPLING_PEAK:
-        return True
-    small = cv2.resize(g, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     back = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    hp = g - cv2.GaussianBlur(g, (0, 0), 1.0 / max(f, 1e-3))
-    lost = g - back
+    hp = grey - cv2.GaussianBlur(grey, (0, 0), 1.0 / max(f, 1e-3))
+    lost = grey - back
     energy = float((hp * hp).mean())
-    return energy > 0 and 1.0 - float((lost * lost).mean()) / energy >= UPSCALED_KEEPS
+    return 1.0 - float((lost * lost).mean()) / energy if energy > 0 else 0.0
+
+
+def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
+    """Is x an enlargement of a picture of ``smaller_side`` pixels on its long side? Either it has no detail
+    beyond that size (:func:`band_kept` >= UPSCALED_KEEPS), or the interpolation's period shows
+    (:func:`resampling_peak` >= RESAMPLING_PEAK: a JPEG's noise reads as detail, but keeps that period)."""
+    g = _grey_full(path_x)
+    if smaller_side / max(g.shape) >= 0.95:
+        return False
+    return resampling_peak(g, smaller_side) >= RESAMPLING_PEAK or band_kept(g, smaller_side) >= UPSCALED_KEEPS
 
 
 def filled_corners(path: str | os.PathLike) -> bool:
