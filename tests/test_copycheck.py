@@ -121,7 +121,8 @@ def test_a_different_picture_of_similar_content_is_not(pictures, other):
         assert chk.inliers >= 12 and chk.outside >= 0.1
     if other == "moved_b.jpg":  # one transform holds the background and the smooth subject brings no second
         # model: only the thick region where the aligned frames disagree tells it
-        assert chk.inliers >= 25 and chk.second <= DEFAULT_RULE.max_second and chk.blob > DEFAULT_RULE.max_blob
+        assert chk.inliers >= DEFAULT_RULE.min_inliers and chk.score >= DEFAULT_RULE.min_score
+        assert chk.second <= 6 and chk.blob > DEFAULT_RULE.max_blob
 
 
 def test_a_caption_is_a_thin_disagreement(pictures):
