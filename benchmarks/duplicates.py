@@ -31,6 +31,8 @@ species (RULE_GRID) and reported on the test species: precision / recall per kin
 two photos, hard negatives the benchmark makes itself (two frames of a camera shift, two frames of a moved
 subject, two textures of one generator), the keep-best rule (is the original the best of its group, an
 upscaled copy added) and the cost per 1,000 candidate pairs. ``--copies-only`` prints only that.
+``--calibrate-upscaling`` chooses the keep-best rule's upscaling thresholds (engine.copycheck's
+UPSCALED_KEEPS and RESAMPLING_PEAK) on the training species.
 
     python benchmarks/duplicates.py --data ../shared/data/cub100 [--work DIR] [--per-class 3] [--negatives 6]
 
