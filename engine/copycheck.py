@@ -15,7 +15,13 @@ module checks each one with OpenCV (opencv-python-headless, pinned in constraint
    (a caption changes a band of blocks; another photo of the same scene changes most);
 4. **containment**: a copy's content lies inside the other image (a crop, a rotation whose corners are
    black), while two frames of a burst each hold textured content the other lacks: ``outside`` is the
-   smaller of the two shares of textured pixels that fall outside the other image.
+   smaller of the two shares of textured pixels that fall outside the other image;
+5. **where they disagree**: a copy holds all its content in the one transform, so what differs once the
+   two are aligned (low-passed at the smaller image's resolution, the grey levels matched by their
+   histograms) is spread thin (JPEG noise, resampling) or a thin band (a caption); a subject that moved
+   between two frames leaves a compact region of disagreement. ``blob`` is the shorter side, in cells of
+   a BLOB_GRID x BLOB_GRID grid, of the largest connected region of cells whose mean difference exceeds
+   BLOB_LEVEL grey levels.
 
 :func:`check_pair` gives the evidence (:class:`PairCheck`); :func:`is_copy` applies the thresholds
 (:data:`DEFAULT_RULE`, chosen on the training species by benchmarks/duplicates.py). :class:`Checker`
@@ -29,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,24 +59,31 @@ GRID = 12
 PRECHECK_INLIERS = 8
 #: images decoded and described kept in memory by a Checker
 CACHE_IMAGES = 2_000
+#: cells per side of the grid where the aligned images' disagreement is measured (PairCheck.blob)
+BLOB_GRID = 16
+#: a cell disagrees when its mean absolute difference (grey levels, after histogram matching) exceeds this
+BLOB_LEVEL = 15.0
 
 
 @dataclass(frozen=True)
 class CopyRule:
     """The thresholds of :func:`is_copy`: at least ``min_inliers`` RANSAC inliers making at least
-    ``min_inlier_ratio`` of the ratio-test matches, an aligned ``score`` >= ``min_score`` and at most
-    ``max_outside`` of the textured content of both images outside the other one."""
+    ``min_inlier_ratio`` of the ratio-test matches, an aligned ``score`` >= ``min_score``, at most
+    ``max_outside`` of the textured content of both images outside the other one, a second model of at
+    most ``max_second`` inliers and no region of disagreement thicker than ``max_blob`` cells."""
 
-    min_inliers: int = 25
+    min_inliers: int = 30
     min_inlier_ratio: float = 0.3
     min_score: float = 0.6
     max_outside: float = 0.06
-    max_second: int = 6
+    max_second: int = 10_000
+    max_blob: int = 6
 
 
 #: chosen on the 50 training species of cub100 by benchmarks/duplicates.py (docs/BENCHMARKS.md): the
 #: highest minimum recall over the kinds of edit at precision >= 0.99 on every kind, on all edits at once
-#: and on the generated bursts and textures (1,152 rules tried)
+#: and on the generated bursts and textures (1,440 rules tried; with the blob, the second model's limit
+#: no longer helps: it stays evidence, unlimited by default)
 DEFAULT_RULE = CopyRule()
 #: the mirrored image is tried when the direct one gives fewer inliers than this, or fewer than
 #: MIRROR_BELOW_RATIO of the matches (the values the benchmark's evidence was measured with)
@@ -96,6 +109,8 @@ class PairCheck:
     outside_b: float = 1.0
     #: inliers of a second, different transform among the outliers of the first (a moved subject)
     second: int = 0
+    #: the shorter side (cells of BLOB_GRID) of the largest region where the aligned images disagree
+    blob: int = BLOB_GRID
     error: str = ""
 
     @property
@@ -119,7 +134,8 @@ def is_copy(check: PairCheck, rule: CopyRule = DEFAULT_RULE) -> bool:
     """The verdict on a pair's evidence: the same picture, edited."""
     return (not check.error and check.inliers >= rule.min_inliers
             and check.inlier_ratio >= rule.min_inlier_ratio and check.score >= rule.min_score
-            and check.outside <= rule.max_outside and check.second <= rule.max_second)
+            and check.outside <= rule.max_outside and check.second <= rule.max_second
+            and check.blob <= rule.max_blob)
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -274,16 +290,19 @@ def _block_sums(x: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     return np.add.reduceat(np.add.reduceat(x, ys[:-1], axis=0), xs[:-1], axis=1)
 
 
-def _aligned_score(a: Prepared, gb: np.ndarray, m: np.ndarray, smaller_side: float) -> float:
+def _resolution_sigma(smaller_side: float) -> float:
+    """The blur (pixels at WORK_SIDE) that brings both images to the band the smaller one really holds:
+    it follows the smaller image's enlargement to WORK_SIDE."""
+    return max(1.0, 0.7 * WORK_SIDE / max(smaller_side, 1.0))
+
+
+def _aligned_score(a: Prepared, wb: np.ndarray, valid: np.ndarray, smaller_side: float) -> float:
     """The share of textured blocks of a (GRID x GRID) whose band-pass correlation with b warped onto a
-    is >= 0.5, over the blocks b covers."""
+    (``wb``, covering ``valid``) is >= 0.5, over the blocks b covers."""
     import cv2
 
     h, w = a.grey.shape
-    wb = cv2.warpAffine(gb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    valid = cv2.warpAffine(np.ones(gb.shape, np.float32), m, (w, h), flags=cv2.INTER_NEAREST)
-    # the band the smaller image really holds: sigma follows its enlargement to WORK_SIDE
-    sigma = max(1.0, 0.7 * WORK_SIDE / max(smaller_side, 1.0))
+    sigma = _resolution_sigma(smaller_side)
 
     def band(g: np.ndarray) -> np.ndarray:
         g = g.astype(np.float32)
@@ -305,10 +324,55 @@ def _aligned_score(a: Prepared, gb: np.ndarray, m: np.ndarray, smaller_side: flo
     return float((used & (corr >= 0.5)).sum() / total) if total else 0.0
 
 
+def _filled(g: np.ndarray) -> np.ndarray:
+    """(H, W) bool: flat black or white pixels (a rotation's filled corners)."""
+    import cv2
+
+    mean = cv2.blur(g, (5, 5))
+    var = cv2.blur(g * g, (5, 5)) - mean * mean
+    return (var < 4.0) & ((g <= 10) | (g >= 245))
+
+
+def _disagreement_blob(a: Prepared, wb: np.ndarray, valid: np.ndarray, smaller_side: float) -> int:
+    """The shorter side (cells of BLOB_GRID x BLOB_GRID over a) of the bounding box of the largest
+    8-connected region of cells where a and b warped onto a (``wb``) differ by more than BLOB_LEVEL grey
+    levels on average, both low-passed to the smaller image's resolution and b's grey levels matched to a's
+    by their histograms over the overlap (brightness, contrast and colour casts do not count). Cells less
+    than 70 % covered by the overlap (without filled corners) are left out. 0: nowhere."""
+    import cv2
+
+    ga = a.grey.astype(np.float32)
+    gw = wb.astype(np.float32)
+    use = cv2.erode((valid > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    use &= ~_filled(ga) & ~_filled(gw)
+    if use.sum() < 100:
+        return BLOB_GRID
+    sigma = 1.5 * _resolution_sigma(smaller_side)
+    la = cv2.GaussianBlur(ga, (0, 0), sigma)
+    lw = cv2.GaussianBlur(gw, (0, 0), sigma)
+    q = np.linspace(0, 100, 33)
+    qa, qw = np.percentile(la[use], q), np.percentile(lw[use], q)
+    qw = np.maximum.accumulate(qw + np.arange(q.size) * 1e-4)  # strictly increasing for np.interp
+    diff = np.abs(la - np.interp(lw, qw, qa)).astype(np.float32) * use
+    h, w = ga.shape
+    ys = np.linspace(0, h, BLOB_GRID + 1).astype(int)
+    xs = np.linspace(0, w, BLOB_GRID + 1).astype(int)
+    cover = _block_sums(use.astype(np.float32), ys, xs)
+    mean = _block_sums(diff, ys, xs) / np.maximum(cover, 1.0)
+    bad = ((mean > BLOB_LEVEL) & (cover >= 0.7 * np.outer(np.diff(ys), np.diff(xs)))).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(bad, connectivity=8)
+    if n <= 1:
+        return 0
+    big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return int(min(stats[big, cv2.CC_STAT_WIDTH], stats[big, cv2.CC_STAT_HEIGHT]))
+
+
 def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
     """The evidence about prepared images ``a`` and ``b`` (see :class:`PairCheck`). The aligned score and
     the containment are measured only when the transform has at least PRECHECK_INLIERS inliers (else
     they stay 0 and 1: no pair that weak is a copy)."""
+    import cv2
+
     pairs = _match(a.desc, b.desc)
     m, inl = _transform(a.points, b.points, pairs)
     mirrored = False
@@ -335,7 +399,11 @@ def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
     out.outside_b = _outside(_textured(b, mirrored), m, a.grey.shape)
     out.outside_a = _outside(_textured(a), inv, gb.shape)
     smaller = min(max(a.size), max(b.size))
-    out.score = _aligned_score(a, gb, m, smaller)
+    h, w = a.grey.shape
+    wb = cv2.warpAffine(gb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    valid = cv2.warpAffine(np.ones(gb.shape, np.float32), m, (w, h), flags=cv2.INTER_NEAREST)
+    out.score = _aligned_score(a, wb, valid, smaller)
+    out.blob = _disagreement_blob(a, wb, valid, smaller)
     return out
 
 
@@ -372,6 +440,14 @@ class Checker:
             self._images.popitem(last=False)
         return got
 
+    def known(self, path_a: str, path_b: str) -> PairCheck | None:
+        """The evidence about this pair when it was checked before (else None)."""
+        return self._pairs.get((self._key(path_a), self._key(path_b)))
+
+    def remember(self, path_a: str, path_b: str, check: PairCheck) -> None:
+        """Keep evidence found elsewhere (verify_pairs' worker processes)."""
+        self._pairs[(self._key(path_a), self._key(path_b))] = check
+
     def check(self, path_a: str, path_b: str) -> PairCheck:
         """The evidence about files ``path_a`` and ``path_b`` (cached)."""
         key = (self._key(path_a), self._key(path_b))
@@ -387,29 +463,119 @@ class Checker:
         return got
 
 
+#: below this many pairs to check, verify_pairs works in its own process (starting workers costs ~1 s)
+PARALLEL_MIN_PAIRS = 400
+#: pairs per task handed to a worker process (contiguous in the caller's order: pairs that share an image
+#: mostly land in one worker, which decodes and describes that image once)
+PARALLEL_CHUNK = 64
+
+_worker_checker: Checker | None = None
+
+
+def _worker_init() -> None:
+    import cv2
+
+    global _worker_checker
+    cv2.setNumThreads(1)  # one process per core already
+    _worker_checker = Checker()
+
+
+def _worker_chunk(pairs: list[tuple[str, str]]) -> list[PairCheck]:
+    assert _worker_checker is not None
+    return [_worker_checker.check(a, b) for a, b in pairs]
+
+
+def default_workers() -> int:
+    """Worker processes for verify_pairs: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = None, *,
-                 progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None) -> list[PairCheck]:
-    """The evidence about each pair of files (a list as long as ``pairs``). Raises Cancelled when
-    ``should_stop()`` says so."""
+                 progress: ProgressFn | None = None, should_stop: ShouldStopFn | None = None,
+                 workers: int | None = None, keep: Callable[[int, PairCheck], None] | None = None,
+                 min_parallel: int = PARALLEL_MIN_PAIRS) -> list[PairCheck]:
+    """The evidence about each pair of files (a list as long as ``pairs``). With ``workers`` > 1 (default:
+    :func:`default_workers`) and at least ``min_parallel`` pairs, the pairs are checked by that many
+    processes, in chunks of PARALLEL_CHUNK (the verdicts are the same: each check is deterministic given
+    its two images). ``checker`` answers the pairs it has seen and learns the new ones; ``keep(n,
+    check)`` is called as each pair's evidence arrives, so that a caller keeps what was checked when
+    ``should_stop()`` stops the work (Cancelled is raised then)."""
     report, stop = resolve(progress, should_stop)
     checker = checker or Checker()
-    out = []
+    out: list[PairCheck | None] = [None] * len(pairs)
+
+    def done(n: int, c: PairCheck) -> None:
+        out[n] = c
+        checker.remember(pairs[n][0], pairs[n][1], c)
+        if keep is not None:
+            keep(n, c)
+
+    todo = []
     for n, (a, b) in enumerate(pairs):
-        if n % 16 == 0:
-            if stop():
-                raise Cancelled("verification stopped")
-            report(n, len(pairs), "checking candidate pairs")
-        out.append(checker.check(a, b))
-    report(len(pairs), len(pairs), "checking candidate pairs")
-    return out
+        known = checker.known(a, b)
+        if known is not None:
+            done(n, known)
+        else:
+            todo.append(n)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers > 1 and len(todo) >= max(min_parallel, 2):
+        _verify_parallel(pairs, todo, workers, done, report, stop)
+    else:
+        for x, n in enumerate(todo):
+            if x % 16 == 0:
+                if stop():
+                    raise Cancelled("verification stopped")
+                report(x, len(todo), "verifying candidate pairs")
+            done(n, checker.check(*pairs[n]))
+    report(len(todo), len(todo), "verifying candidate pairs")
+    return [c for c in out if c is not None]
+
+
+def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers: int,
+                     done: Callable[[int, PairCheck], None], report: Callable[[int, int, str], None],
+                     stop: Callable[[], bool]) -> None:
+    """verify_pairs' worker processes (spawned: safe beside the window's threads)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    chunks = [todo[x:x + PARALLEL_CHUNK] for x in range(0, len(todo), PARALLEL_CHUNK)]
+    finished = 0
+    report(0, len(todo), "verifying candidate pairs")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init) as pool:
+        running = {pool.submit(_worker_chunk, [tuple(pairs[n]) for n in c]): c for c in chunks}
+        try:
+            while running:
+                ready, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+                if stop():
+                    raise Cancelled("verification stopped")
+                for fut in ready:
+                    chunk = running.pop(fut)
+                    for n, c in zip(chunk, fut.result(), strict=True):
+                        done(n, c)
+                    finished += len(chunk)
+                    report(finished, len(todo), "verifying candidate pairs")
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # --- what the pixels say about which file came first (the keep-best rule of engine.duplicates) ----
 #: a lossless file whose 8 x 8 grid holds this much more contrast than the rest was decoded from a JPEG
 BLOCKING_RATIO = 1.15
 #: an image has no detail beyond a smaller one when shrinking it to that size and back keeps this
-#: share of its band-pass energy or more
-UPSCALED_KEEPS = 0.92
+#: share of its band-pass energy or more (chosen with RESAMPLING_PEAK on the training species of cub100:
+#: benchmarks/duplicates.py --calibrate-upscaling)
+UPSCALED_KEEPS = 0.93
+#: ... or when its second derivative's strength varies with the period an enlargement from that size
+#: leaves (resampling_peak) this many times more than at the frequencies around
+RESAMPLING_PEAK = 5.0
 LOSSLESS_FORMATS = frozenset({"PNG", "TIFF", "BMP", "WEBP", "PPM", "GIF"})
 
 
@@ -471,23 +637,57 @@ def reencoded_from(path_x: str | os.PathLike, path_y: str | os.PathLike) -> bool
         return False
 
 
-def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
-    """Has x no detail beyond ``smaller_side`` pixels on its long side (an enlargement of a smaller
-    picture)? x is shrunk to that size and enlarged back; when it keeps UPSCALED_KEEPS of its band-pass
-    energy, the shrinking lost nothing."""
+def resampling_peak(grey: np.ndarray, smaller_side: int) -> float:
+    """How strongly the image was interpolated from ``smaller_side`` pixels on its long side: an
+    enlargement by s puts each new pixel at a fractional position of the old grid that cycles with
+    frequency 1/s (folded to 0..0.5 cycles per pixel), and the strength of the second derivative cycles
+    with it (Gallagher, "Detection of linear and cubic interpolation in JPEG compressed images", 2005).
+    Returns the spectrum of the row- (column-) averaged |second derivative| at that frequency over its
+    median around it (+-0.06, JPEG's 8-pixel harmonics left out), the geometric mean of both axes; 0 when
+    the frequency falls on a JPEG harmonic (blocks cycle there too: no evidence either way)."""
+    h, w = grey.shape
+    fp = (smaller_side / max(h, w)) % 1.0
+    fp = min(fp, 1.0 - fp)
+    if min(abs(fp - j / 8) for j in range(5)) < 2.5 / max(h, w) or min(h, w) < 32:
+        return 0.0
+    out = []
+    for v in (np.abs(np.diff(grey, 2, axis=1)).mean(0), np.abs(np.diff(grey, 2, axis=0)).mean(1)):
+        n = v.size
+        spec = np.abs(np.fft.rfft((v - v.mean()) * np.hanning(n)))
+        f = np.fft.rfftfreq(n)
+        k = int(round(fp * n))
+        near = (np.abs(f - fp) < 0.06) & (np.abs(f - fp) > 2.5 / n)
+        for j in range(1, 5):
+            near &= np.abs(f - j / 8) > 2.5 / n
+        if not near.any():
+            return 0.0
+        out.append(spec[max(0, k - 1):k + 2].max() / (np.median(spec[near]) + 1e-9))
+    return float(np.sqrt(out[0] * out[1]))
+
+
+def band_kept(grey: np.ndarray, smaller_side: int) -> float:
+    """The share of the image's band-pass energy it keeps when shrunk to ``smaller_side`` pixels on its
+    long side and enlarged back (1.0: it has no detail beyond that size; 0.0 when it has no such band)."""
     import cv2
 
-    g = _grey_full(path_x)
-    h, w = g.shape
+    h, w = grey.shape
     f = smaller_side / max(h, w)
-    if f >= 0.95:
-        return False
-    small = cv2.resize(g, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     back = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    hp = g - cv2.GaussianBlur(g, (0, 0), 1.0 / max(f, 1e-3))
-    lost = g - back
+    hp = grey - cv2.GaussianBlur(grey, (0, 0), 1.0 / max(f, 1e-3))
+    lost = grey - back
     energy = float((hp * hp).mean())
-    return energy > 0 and 1.0 - float((lost * lost).mean()) / energy >= UPSCALED_KEEPS
+    return 1.0 - float((lost * lost).mean()) / energy if energy > 0 else 0.0
+
+
+def upscaled_from(path_x: str | os.PathLike, smaller_side: int) -> bool:
+    """Is x an enlargement of a picture of ``smaller_side`` pixels on its long side? Either it has no detail
+    beyond that size (:func:`band_kept` >= UPSCALED_KEEPS), or the interpolation's period shows
+    (:func:`resampling_peak` >= RESAMPLING_PEAK: a JPEG's noise reads as detail, but keeps that period)."""
+    g = _grey_full(path_x)
+    if smaller_side / max(g.shape) >= 0.95:
+        return False
+    return resampling_peak(g, smaller_side) >= RESAMPLING_PEAK or band_kept(g, smaller_side) >= UPSCALED_KEEPS
 
 
 def filled_corners(path: str | os.PathLike) -> bool:

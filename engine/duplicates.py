@@ -409,27 +409,25 @@ class DuplicateSet:
                             for a, b in zip(i.tolist(), j.tolist(), strict=True)), bool, i.shape[0])
 
     def verify(self, threshold: float | None = None, checker: Any = None, *, progress: ProgressFn | None = None,
-               should_stop: ShouldStopFn | None = None) -> int:
+               should_stop: ShouldStopFn | None = None, workers: int | None = None) -> int:
         """Stage two: check every candidate pair scoring >= ``threshold`` (default: the floor) with
-        engine.copycheck (cached: a pair checked before is not checked again). Returns the pairs checked
-        now. Raises Cancelled when stopped (the checks made so far are kept)."""
-        from engine.copycheck import Checker
+        engine.copycheck.verify_pairs (``workers`` processes, default one per core; cached: a pair checked
+        before is not checked again). Returns the pairs checked now. Raises Cancelled when stopped (the
+        checks made so far are kept)."""
+        from engine.copycheck import verify_pairs
 
-        report, stop = resolve(progress, should_stop)
         threshold = self.pairs.floor if threshold is None else max(float(threshold), self.pairs.floor)
-        checker = checker or Checker()
         i, j, _ = self.pairs.above(threshold)
         if self.candidates is not None:
             i, j = np.concatenate([i, self.candidates.i]), np.concatenate([j, self.candidates.j])
         todo = sorted({(int(a), int(b)) for a, b in zip(i.tolist(), j.tolist(), strict=True)
                        if (a, b) not in self.checks})
-        for n, (a, b) in enumerate(todo):
-            if n % 8 == 0:
-                if stop():
-                    raise Cancelled("verification stopped")
-                report(n, len(todo), "verifying candidate pairs")
-            self.checks[(a, b)] = checker.check(self.paths[a], self.paths[b])
-        report(len(todo), len(todo), "verifying candidate pairs")
+
+        def keep(n: int, check: Any) -> None:
+            self.checks[todo[n]] = check
+
+        verify_pairs([(self.paths[a], self.paths[b]) for a, b in todo], checker, progress=progress,
+                     should_stop=should_stop, workers=workers, keep=keep)
         self.verified_from = threshold if self.verified_from is None else min(self.verified_from, threshold)
         return len(todo)
 

@@ -12,7 +12,18 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from engine.collection import Collection
-from engine.copycheck import Checker, is_copy, jpeg_blocking, reencoded_from, upscaled_from
+from engine.copycheck import (
+    DEFAULT_RULE,
+    RESAMPLING_PEAK,
+    Checker,
+    _grey_full,
+    is_copy,
+    jpeg_blocking,
+    reencoded_from,
+    resampling_peak,
+    upscaled_from,
+    verify_pairs,
+)
 from engine.duplicates import BestRule, Decisions, find_duplicates
 from tests.test_duplicates import SPEC, TinyImage
 
@@ -78,6 +89,14 @@ def pictures(tmp_path_factory) -> Path:
     wide = scene(4, (400, 240))
     wide.crop((0, 0, 320, 240)).save(root / "burst_a.jpg", quality=92)
     wide.crop((80, 0, 400, 240)).save(root / "burst_b.jpg", quality=92)
+    # the same scene, a subject moved: a smooth subject (few points of its own: the geometry of the
+    # background alone says "copy") 20 % of the width further right
+    for name, x in (("moved_a.jpg", 70), ("moved_b.jpg", 134)):
+        frame = scene(5)
+        ImageDraw.Draw(frame).ellipse((x, 60, x + 120, 180), fill=(200, 170, 60))
+        frame.save(root / name, quality=92)
+    # an enlargement saved as JPEG: its noise reads as detail, the interpolation's period stays
+    original.resize((480, 360), Image.Resampling.BICUBIC).save(root / "upscaled.jpg", quality=90)
     return root
 
 
@@ -93,13 +112,34 @@ def test_an_edited_copy_is_verified(pictures, kind):
         assert abs(abs(chk.angle) - 6) < 1
 
 
-@pytest.mark.parametrize("other", ["other2.jpg", "other3.jpg", "burst_b.jpg"])
+@pytest.mark.parametrize("other", ["other2.jpg", "other3.jpg", "burst_b.jpg", "moved_b.jpg"])
 def test_a_different_picture_of_similar_content_is_not(pictures, other):
-    first = "burst_a.jpg" if other == "burst_b.jpg" else "original.jpg"
+    first = {"burst_b.jpg": "burst_a.jpg", "moved_b.jpg": "moved_a.jpg"}.get(other, "original.jpg")
     chk = Checker().check(str(pictures / first), str(pictures / other))
     assert not is_copy(chk), chk
     if other == "burst_b.jpg":  # the geometry matches (one camera shift) but each frame holds its own part
         assert chk.inliers >= 12 and chk.outside >= 0.1
+    if other == "moved_b.jpg":  # one transform holds the background and the smooth subject brings no second
+        # model: only the thick region where the aligned frames disagree tells it
+        assert chk.inliers >= DEFAULT_RULE.min_inliers and chk.score >= DEFAULT_RULE.min_score
+        assert chk.second <= 6 and chk.blob > DEFAULT_RULE.max_blob
+
+
+def test_a_caption_is_a_thin_disagreement(pictures):
+    chk = Checker().check(str(pictures / "original.jpg"), str(pictures / "text.png"))
+    assert 0 < chk.blob <= DEFAULT_RULE.max_blob
+    assert Checker().check(str(pictures / "original.jpg"), str(pictures / "colour.png")).blob <= 1
+
+
+def test_worker_processes_give_the_same_evidence(pictures):
+    names = ["rotate.png", "mirror.png", "text.png", "other2.jpg", "small.png"]
+    pairs = [(str(pictures / "original.jpg"), str(pictures / n)) for n in names]
+    kept = {}
+    here = verify_pairs(pairs, workers=1)
+    there = verify_pairs(pairs, workers=2, min_parallel=0, keep=kept.__setitem__)
+    assert [is_copy(c) for c in there] == [is_copy(c) for c in here] == [True, True, True, False, True]
+    assert [c.inliers for c in there] == [c.inliers for c in here]
+    assert sorted(kept) == list(range(len(pairs)))
 
 
 def test_an_unreadable_file_is_evidence_not_a_crash(pictures, tmp_path):
@@ -111,6 +151,9 @@ def test_an_unreadable_file_is_evidence_not_a_crash(pictures, tmp_path):
 
 def test_what_the_pixels_say_about_the_original(pictures):
     assert upscaled_from(pictures / "upscaled.png", 320)
+    assert upscaled_from(pictures / "upscaled.jpg", 320)
+    assert resampling_peak(_grey_full(pictures / "upscaled.jpg"), 320) >= RESAMPLING_PEAK
+    assert resampling_peak(_grey_full(pictures / "original.jpg"), 128) < RESAMPLING_PEAK
     assert not upscaled_from(pictures / "original.jpg", 128)
     assert jpeg_blocking(pictures / "mirror.png") > 1.15  # a decoded JPEG saved losslessly keeps its blocks
     assert reencoded_from(pictures / "reencoded.jpg", pictures / "original.jpg")
