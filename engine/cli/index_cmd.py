@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.cli.common import TextProgress, add_model_args, default_descriptor, scales_from_args
+from engine.cli.feedback_cmd import add_search_args as add_feedback_args
+from engine.cli.feedback_cmd import run_feedback_search, wants_feedback
 from engine.collection import Collection, CollectionError, update_collections
 from engine.images import ImageLoadError
 from engine.search import SearchOptions
@@ -65,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="rank an indexed folder's images by similarity to a query image",
                        description="Search the collection of DIR (made by `index`, with the same model "
                        "options) for the images most similar to IMAGE.")
-    s.add_argument("image", metavar="IMAGE", help="the query image")
+    s.add_argument("image", metavar="IMAGE", nargs="?", default=None,
+                   help="the query image (optional with --concept or --positive)")
     s.add_argument("--collection", metavar="DIR", required=True, help="the indexed image folder")
     _add_common(s)
     s.add_argument("--k", type=int, default=10, help="number of results (default 10)")
@@ -78,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--runtime", choices=RUNTIMES, default="auto",
                    help="what runs the network on the CPU for the query (as for index; default auto)")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
+    add_feedback_args(s)
     s.set_defaults(func=run_search)
 
 
@@ -246,8 +250,11 @@ def run_search(args: argparse.Namespace) -> int:
     the query's feature map comes from the collection's cached runtime export (engine.runtime)."""
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    query = Path(args.image)
-    if not query.exists() and not query.is_symlink():
+    feedback = wants_feedback(args)
+    if args.image is None and not feedback:
+        raise ValueError("give the query IMAGE (or --concept NAME, or --positive images)")
+    query = Path(args.image or ".")
+    if args.image is not None and not query.exists() and not query.is_symlink():
         raise FileNotFoundError(f"query image not found: {args.image}")
     options = SearchOptions(k=args.k, threshold=args.threshold, exact=args.exact, ef=args.ef,
                             query_expansion=args.qe, qe_top=args.qe_top, alpha=args.alpha)
@@ -261,13 +268,14 @@ def run_search(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     models = ModelCache(device=device, runtime=args.runtime, cache_dir=index.cache_dir)
     try:
-        result = run_query(index, models, spec, str(query), options, exclude_query=False, runtime=args.runtime)
+        result = (run_feedback_search(args, index, models, spec, options) if feedback else
+                  run_query(index, models, spec, str(query), options, exclude_query=False, runtime=args.runtime))
     except ImageLoadError as exc:
         raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
     hits = result.hits
     if args.json:
         print(json.dumps({
-            "query": str(query.resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
+            "query": str(Path(result.query).resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
             "options": dataclasses.asdict(options), "search_ms": round(result.search_seconds * 1000, 3),
             "hits": [dataclasses.asdict(h) for h in hits],
         }, indent=1))
