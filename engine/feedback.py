@@ -190,17 +190,20 @@ class Reranked:
 
 def rerank(vectors: np.ndarray, queries: np.ndarray, positive_rows: Sequence[int], negative_rows: Sequence[int],
            settings: FeedbackSettings | None = None, *, k: int | None = None, exclude: Sequence[int] = (),
-           extra_positives: np.ndarray | None = None, extra_negatives: np.ndarray | None = None) -> Reranked:
+           extra_positives: np.ndarray | None = None, extra_negatives: np.ndarray | None = None,
+           query_rows: Sequence[int] = ()) -> Reranked:
     """Re-rank the stored ``vectors`` (N, D) for ``queries`` (Q, D) or (D,) and the marked rows: fit
     :func:`feedback_weights` (the background drawn by :func:`background_rows` from the unmarked rows),
     score every row (:func:`linear_scores`) and keep the best ``k`` (None: all), ``exclude`` left out
     (e.g. the query's own row). Marked rows are ranked like the others. ``extra_positives`` /
-    ``extra_negatives`` (n, D): marked images that are not stored rows (described apart)."""
+    ``extra_negatives`` (n, D): marked images that are not stored rows (described apart); ``query_rows``: the
+    queries' own rows, never drawn as background (whether or not they are excluded from the ranking)."""
     s = settings or FeedbackSettings()
     pos = sorted(set(int(r) for r in positive_rows))
     neg = sorted(set(int(r) for r in negative_rows) - set(pos))
     n, dim = vectors.shape
-    bg_rows = background_rows(n, pos + neg + [int(r) for r in exclude], s.background, s.seed) \
+    bg_rows = background_rows(n, pos + neg + sorted({int(r) for r in [*exclude, *query_rows]}), s.background,
+                              s.seed) \
         if s.method == "svm" else np.zeros(0, np.int64)
     p_vec, n_vec = _rows(vectors, pos), _rows(vectors, neg)
     if extra_positives is not None and len(extra_positives):

@@ -760,7 +760,7 @@ def run_feedback(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, q
     t1 = time.perf_counter()
     exclude = q_rows if exclude_query else []
     ranked = rerank(vectors, q_vecs, p_rows, n_rows, settings, k=options.k, exclude=exclude,
-                    extra_positives=describe(p_other), extra_negatives=describe(n_other))
+                    extra_positives=describe(p_other), extra_negatives=describe(n_other), query_rows=q_rows)
     searched = time.perf_counter() - t1
     hits = []
     for rank, (r, score) in enumerate(zip(ranked.rows.tolist(), ranked.scores.tolist(), strict=True)):

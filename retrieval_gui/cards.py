@@ -20,6 +20,7 @@ class CardActions(QObject):
 
     queryRequested = Signal(str)
     message = Signal(str, bool)
+    markRequested = Signal(str, int)  # mark a result: (path, +1 relevant / -1 not / 0 no mark)
 
     def __init__(self, window: QWidget, big_loader: ThumbnailLoader) -> None:
         super().__init__(window)
@@ -51,6 +52,10 @@ class CardActions(QObject):
         menu = QMenu(self.window)
         menu.addAction("&Query with this image\tEnter", lambda: self.queryRequested.emit(hit.path))
         menu.addAction("Pre&view\tSpace", lambda: self.show_preview(hit, browsing))
+        if not browsing:  # relevance feedback (controllers.feedback): the marks re-rank the query
+            menu.addSeparator()
+            for text, value in (("Mark &relevant\t+", 1), ("Mark &not relevant\t-", -1), ("C&lear mark\t0", 0)):
+                menu.addAction(text, lambda v=value: self.markRequested.emit(hit.path, v))
         menu.addSeparator()
         menu.addAction("&Open", lambda: self.open_url(hit.path, "open the image"))
         menu.addAction("Show in &folder", lambda: self.open_url(str(Path(hit.path).parent), "show its folder"))
