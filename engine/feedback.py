@@ -44,11 +44,11 @@ class FeedbackSettings:
     positive and the mean negative. Defaults: chosen on cub100's training classes (benchmarks/feedback.py)."""
 
     method: str = "svm"
-    c: float = 0.1
-    background: int = 200
-    query_weight: float = 0.5
-    beta: float = 1.0
-    gamma: float = 0.3
+    c: float = 1.0
+    background: int = 500
+    query_weight: float = 0.0
+    beta: float = 2.0
+    gamma: float = 1.0
     center: bool = True
     seed: int = 0
 
