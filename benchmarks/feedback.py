@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.cache is None:
         ap.error("--cache is needed (the folder `index --cache-dir` wrote)")
     classes = json.loads((args.data / "class_split.json").read_text())
-    default = DEFAULT_DESCRIPTOR
+    wanted = args.descriptors.split(",")
+    default = DEFAULT_DESCRIPTOR if DEFAULT_DESCRIPTOR in wanted else wanted[0]  # a trained model: its "fc"
     paths, vecs = load_collection(args.data, args.cache, default, args.backbone)
     labels = np.array([Path(p).parent.name for p in paths])
     train_rows = class_rows(paths, classes["train_classes"])
@@ -306,13 +307,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         candidates = [(n, p) for n, (p, _) in best.items()]
         print(f"\nchosen (engine methods): {json.dumps(chosen)}\n")
     method = chosen.pop("method")
-    print(f"Test classes 50-99, {len(test_q)} queries, {args.marks} marks a round, residual mAP "
-          f"({Path(args.backbone).name}, {default}):\n")
-    print(HEAD.format(what="method (best settings on the training classes)"))
-    for name, params in candidates or [(method, chosen)]:
+    if candidates:
+        print(f"Test classes 50-99, {len(test_q)} queries, {args.marks} marks a round, residual mAP "
+              f"({Path(args.backbone).name}, {default}):\n")
+        print(HEAD.format(what="method (best settings on the training classes)"))
+    for name, params in candidates:
         f = simulate(vecs, labels, test_q, test_rows, ranker_for(name, params), args.marks)
         print(f"| {name} {params} | {fmt(f)} |", flush=True)
-    print(f"\nEvery descriptor, {method} {chosen}, test classes:\n")
+    print(f"\nEvery descriptor ({Path(args.backbone).name}), {method} {chosen}, test classes 50-99, "
+          f"{len(test_q)} queries:\n")
     print(HEAD.format(what="descriptor"))
     for d in args.descriptors.split(","):
         p2, v2 = (paths, vecs) if d == default else load_collection(args.data, args.cache, d, args.backbone)
