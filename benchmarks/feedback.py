@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--settings", default=None, help="JSON of chosen settings: skips the selection")
     ap.add_argument("--split", action="store_true", help="also the same-categories split of issue 18")
+    ap.add_argument("--split-only", action="store_true", help="only the same-categories split (with --settings)")
     ap.add_argument("--speed", action="store_true", help="only the re-ranking time at 100,000 x 1,280")
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads (default: 2 for --speed, else 1: small fits gain nothing from more)")
@@ -314,16 +315,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, params in candidates:
         f = simulate(vecs, labels, test_q, test_rows, ranker_for(name, params), args.marks)
         print(f"| {name} {params} | {fmt(f)} |", flush=True)
-    print(f"\nEvery descriptor ({Path(args.backbone).name}), {method} {chosen}, test classes 50-99, "
-          f"{len(test_q)} queries:\n")
-    print(HEAD.format(what="descriptor"))
-    for d in args.descriptors.split(","):
+    if not args.split_only:
+        print(f"\nEvery descriptor ({Path(args.backbone).name}), {method} {chosen}, test classes 50-99, "
+              f"{len(test_q)} queries:\n")
+        print(HEAD.format(what="descriptor"))
+    for d in [] if args.split_only else args.descriptors.split(","):
         p2, v2 = (paths, vecs) if d == default else load_collection(args.data, args.cache, d, args.backbone)
         if p2 != paths:
             raise SystemExit(f"{d}: its rows are not in the order of {default}'s")
         f = simulate(v2, labels, test_q, test_rows, ranker_for(method, chosen), args.marks)
         print(f"| {d} | {fmt(f)} |", flush=True)
-    if args.split:
+    if args.split or args.split_only:
         split = json.loads(SAME_SPLIT.read_text())
         where = {p: i for i, p in enumerate(paths)}
         q_rows = np.array([where[p] for p in split["query"]], np.int64)
