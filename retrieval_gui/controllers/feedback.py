@@ -40,7 +40,8 @@ class FeedbackController(QObject):
         super().__init__(parent)
         self.query = query
         self._run = run
-        self.settings = settings or FeedbackSettings()
+        self.default_settings = settings or FeedbackSettings()
+        self.settings = self.default_settings  # a reopened concept brings its own
         self.marks: dict[str, int] = {}
         self.extra_queries: list[str] = []  # a reopened concept's other query images
         self.concept_name: str | None = None
@@ -146,6 +147,7 @@ class FeedbackController(QObject):
             if not self._opening:
                 self.task.cancel()
                 self.marks, self.extra_queries, self.history, self.concept_name = {}, [], [], None
+                self.settings = self.default_settings
                 self.changed.emit()
 
     # -- concepts ------------------------------------------------------------------------------------
