@@ -110,6 +110,14 @@ def test_concepts_round_trip_list_csv_and_names(tmp_path, monkeypatch):
         load_concept(str(tmp_path / "home" / "concepts" / "broken.concept.json"))
     with pytest.raises(ConceptError, match="saved: red birds"):
         load_concept("blue birds")
+    foreign = tmp_path / "foreign.concept.json"
+    for text, said in ((json.dumps({"format": "something-else"}), "not a saved concept"),
+                       (json.dumps({**back.to_json(), "settings": {"method": "rm -rf"}}), "bad settings"),
+                       (json.dumps({**back.to_json(), "positives": [3]}), "list of image paths"),
+                       (json.dumps({**back.to_json(), "version": 99}), "version 99")):
+        foreign.write_text(text)
+        with pytest.raises(ConceptError, match=said):
+            load_concept(str(foreign))
 
 
 def test_concepts_become_a_split_the_trainer_reads(tmp_path, image_folder):
@@ -182,5 +190,7 @@ def test_cli_feedback_equals_run_feedback_and_concepts(cli, image_folder, tmp_pa
     assert (tmp_path / "ones.csv").read_text().startswith("path,mark\n")
     code, _, err = cli("search", "--collection", str(root))
     assert code == 2 and "give the query IMAGE" in err
+    code, _, err = cli("search", str(q), "--collection", str(root), "--positive", str(tmp_path / "missing.jpg"))
+    assert code == 2 and "image not found" in err
     code, _, err = cli("search", "--concept", "nope", "--collection", str(root), "--descriptor", "gem")
     assert code == 2 and "no concept named 'nope'" in err

@@ -1,5 +1,6 @@
-"""Relevance feedback and saved concepts (issue 28) under attack: damaged, foreign, deeply nested and
-path-traversing concepts, marks that name missing files. Every answer is a message, never a traceback."""
+"""Saved concepts (issue 28) under attack through `search --concept`: damaged, deeply nested and
+path-traversing concepts, a concept whose images are gone. Every answer is a message, never a traceback
+(foreign formats, bad settings and missing marks: tests/test_feedback.py, in-process)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,11 @@ def _bad_concepts(work: Path) -> None:
     good = {"format": "retrieval-explorer/concept", "version": 1, "name": "ok", "folder": str(folder),
             "queries": [photos[0]], "positives": [photos[1]], "negatives": [photos[2]], "settings": {}}
     (cdir / "ok.concept.json").write_text(json.dumps(good))
+    # each attack is a program start (seconds): foreign formats and bad settings are tested in-process
+    # (tests/test_feedback.py); here what only a whole run shows
     attacks = {
         "damaged": ("{not json", "damaged"),
-        "foreign": (json.dumps({"format": "something-else"}), "not a saved concept"),
         "nested": ("[" * 100_000 + "]" * 100_000, "damaged"),
-        "bad settings": (json.dumps({**good, "name": "bad settings", "settings": {"method": "rm -rf"}}),
-                         "bad settings"),
         "gone": (json.dumps({**good, "name": "gone", "queries": [str(work / "nowhere.jpg")]}), "image not found"),
     }
     for name, (text, _) in attacks.items():
@@ -41,17 +41,10 @@ def _bad_concepts(work: Path) -> None:
         r = run_cli(work, "search", "--concept", name, *common)
         no_traceback(r)
         assert r.rc != 0 and said in r.err, f"{name}: {r.said[-800:]}"
-    for name in ("../../../etc/passwd", "a/b", ".hidden"):
+    for name in ("../../../etc/passwd",):
         r = run_cli(work, "search", "--concept", name, *common)
         no_traceback(r)
         assert r.rc != 0 and "concept name" in r.err, f"{name}: {r.said[-800:]}"
-    r = run_cli(work, "search", photos[0], *common, "--positive", str(work / "missing.jpg"))
-    no_traceback(r)
-    assert r.rc != 0 and "image not found" in r.err, r.said[-800:]
-    r = run_cli(work, "concepts")  # the listing leaves the broken ones out and says the good one
-    no_traceback(r)
-    assert r.rc == 0 and "ok: 1 query, 1 +, 1 -" in r.out, r.said[-800:]
 
 
-CASES = [Case("concepts", "damaged, foreign, nested, traversing and missing concepts and marks", _bad_concepts,
-              slow=True)]
+CASES = [Case("concepts", "damaged, nested, path-traversing and vanished concepts", _bad_concepts, slow=True)]
