@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 FORMAT = "retrieval-explorer/concept"
 VERSION = 1
 SUFFIX = ".concept.json"
-#: a concept name: letters, digits, spaces and . _ - + ( ) ,; 1-80 characters, not starting with a dot or a space
-NAME_RE = re.compile(r"^[^\W_]?[\w][\w .+(),-]{0,79}$")
+#: a concept name: letters, digits, spaces and . _ - + ( ) , (:func:`check_name`), at most this long
 MAX_NAME = 80
 #: the largest concept file read (a concept lists paths: thousands of marks are a few hundred kB)
 MAX_BYTES = 32 * 1024 * 1024
