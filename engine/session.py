@@ -701,3 +701,93 @@ def make_progress_throttle(progress: ProgressFn, interval: float = 0.1) -> Calla
 
     return call
 
+
+
+# ---------------------------------------------------------------------------------------------
+# relevance feedback (issue 28): the ranking of a query and the results marked + / -
+_ROW_MAPS: dict[int, tuple[tuple, dict[str, int]]] = {}
+_ROW_MAPS_LOCK = threading.Lock()
+
+
+def _row_map(coll: Collection) -> dict[str, int]:
+    """{relative path: row} of ``coll``, kept per (collection, commit, size): a mark costs no pass over
+    100,000 paths."""
+    stamp = (coll.generation, len(coll))
+    with _ROW_MAPS_LOCK:
+        cached = _ROW_MAPS.get(id(coll))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    rows = {p: i for i, p in enumerate(coll.relpaths)}
+    with _ROW_MAPS_LOCK:
+        if len(_ROW_MAPS) > 16:
+            _ROW_MAPS.clear()
+        _ROW_MAPS[id(coll)] = (stamp, rows)
+    return rows
+
+
+def run_feedback(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, queries: Sequence[str],
+                 positives: Sequence[str], negatives: Sequence[str], options: SearchOptions,
+                 settings: Any = None, *, exclude_query: bool = True, runtime: str | None = None) -> SearchResult:
+    """The ranking of ``queries`` (image paths: the first names the result) corrected by the images marked
+    relevant (``positives``) and not (``negatives``): engine.feedback.rerank on the collection's stored
+    rows (every row scored exactly; ``options.k`` kept; a marked image outside the collection, or changed
+    since it was indexed, is described by :func:`embed_images`). Queries inside the folder are left out of
+    the hits when ``exclude_query``; marked images stay in the ranking. The window (on a worker) and
+    ``search --positive/--negative/--concept`` both call this, so they rank alike."""
+    from engine.feedback import FeedbackSettings, rerank
+
+    settings = settings or FeedbackSettings()
+    if not queries and not positives:
+        raise ValueError("relevance feedback needs a query image or at least one image marked relevant")
+    t0 = time.monotonic()
+    coll = index.collection(spec)
+    if len(coll) == 0:
+        raise RuntimeError(f"{DESCRIPTOR_TITLES.get(spec.descriptor, spec.descriptor)} is not indexed yet")
+    with index._key_lock(spec):
+        rel_paths = coll.relpaths
+        vectors = coll.vectors
+        rows = _row_map(coll)
+
+    def locate(paths: Sequence[str], fresh: bool = False) -> tuple[list[int], list[str]]:
+        """(stored rows of the images the collection holds, the other paths); ``fresh``: only rows of files
+        unchanged since they were indexed (a query; marks are results of this collection: their rows)."""
+        found, other = [], []
+        for p in paths:
+            inside = index.collection_path(p)
+            rel = Path(inside).relative_to(index.folder).as_posix() if inside is not None else None
+            row = rows.get(rel) if rel is not None else None
+            if row is not None and (not fresh or index.stored_vector(spec, inside) is not None):
+                found.append(row)
+            else:
+                other.append(str(p))
+        return found, other
+
+    def describe(paths: Sequence[str]) -> np.ndarray:
+        return embed_images(model_cache, spec, paths, runtime=runtime) if paths else np.zeros((0, vectors.shape[1]),
+                                                                                                np.float32)
+
+    q_rows, q_other = locate(queries, fresh=True)
+    p_rows, p_other = locate(positives)
+    n_rows, n_other = locate(negatives)
+    q_vecs = np.concatenate([vectors[q_rows], describe(q_other)]) if queries else np.zeros((0, vectors.shape[1]),
+                                                                                           np.float32)
+    t1 = time.perf_counter()
+    exclude = q_rows if exclude_query else []
+    ranked = rerank(vectors, q_vecs, p_rows, n_rows, settings, k=options.k, exclude=exclude,
+                    extra_positives=describe(p_other), extra_negatives=describe(n_other), query_rows=q_rows)
+    searched = time.perf_counter() - t1
+    hits = []
+    for rank, (r, score) in enumerate(zip(ranked.rows.tolist(), ranked.scores.tolist(), strict=True)):
+        if options.threshold is not None and score < options.threshold:
+            break
+        rel = rel_paths[r]
+        hits.append(SearchHit(str(index.folder / rel), rel, float(score), rank + 1, label_of(rel)))
+    query = str(queries[0]) if queries else str(positives[0])
+    label = index.label_of(query)
+    relevant = None
+    if label is not None:
+        relevant = max(0, index.label_counts(spec).get(label, 0) - (1 if exclude_query and q_rows else 0))
+    method = (f"feedback: {settings.method.upper() if settings.method == 'svm' else settings.method.title()}, "
+              f"{len(positives)} +, {len(negatives)} -")
+    return SearchResult(spec, query, label, hits, ranked.w, time.monotonic() - t0, method, options, relevant,
+                        searched)

@@ -42,10 +42,10 @@ from models.names import (
 )
 
 __all__ = [
-    "APP_NAME", "BACKBONES", "CACHE_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
+    "APP_NAME", "BACKBONES", "CACHE_ENV", "HOME_ENV", "CHECKPOINT_SUFFIXES", "DEFAULT_BACKBONE", "DEFAULT_DESCRIPTOR",
     "DEFAULT_IMAGE_SIZE", "DESCRIPTORS", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "DESCRIPTOR_SHORT", "DESCRIPTOR_TITLES",
     "MULTI_SCALE_RATIOS", "POOLING_DESCRIPTORS", "CONFIG_ENV", "RUNTIMES", "ModelSpec", "SearchHit", "cache_root",
-    "config_root", "check_scales", "default_runtime", "file_sha256", "fmt_clock",
+    "config_root", "check_scales", "data_home", "default_runtime", "file_sha256", "fmt_clock",
     "fmt_duration",
     "is_checkpoint_name", "multi_scales", "parse_scales", "resolve_device", "sizes_label",
 ]
@@ -55,6 +55,8 @@ APP_NAME = "retrieval-explorer"
 CACHE_ENV = "RETRIEVAL_EXPLORER_CACHE"
 #: the environment variable that moves the config folder (the installation's secret, engine.integrity)
 CONFIG_ENV = "RETRIEVAL_EXPLORER_CONFIG"
+#: the environment variable that moves the user's data (trained models, saved concepts)
+HOME_ENV = "RETRIEVAL_EXPLORER_HOME"
 #: what runs the network on the CPU (engine.runtime): "auto" takes the fastest installed
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: the descriptor of a plain backbone when none is asked for: GeM, the best measured at one size (cub100
@@ -84,6 +86,18 @@ def config_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def data_home() -> Path:
+    """Where the program keeps the user's own data (trained models, saved concepts): $RETRIEVAL_EXPLORER_HOME,
+    else the platform's user data folder for retrieval-explorer. The one rule of engine.training.registry's
+    models folder and engine.concepts' concepts folder."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME))
 
 
 def default_runtime() -> str:

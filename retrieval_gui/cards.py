@@ -22,6 +22,7 @@ class CardActions(QObject):
     queryRequested = Signal(str)
     message = Signal(str, bool)
     regionQueryRequested = Signal(str, object)  # (path, its region as shares): search with that part of it
+    markRequested = Signal(str, int)  # mark a result: (path, +1 relevant / -1 not / 0 no mark)
 
     def __init__(self, window: QWidget, big_loader: ThumbnailLoader) -> None:
         super().__init__(window)
@@ -59,6 +60,10 @@ class CardActions(QObject):
         region = None if browsing else self.region_of(hit.path)
         if region is not None:  # a region query's result: search with the part of it that matched
             menu.addAction("Search this &region", lambda: self.regionQueryRequested.emit(hit.path, region))
+        if not browsing:  # relevance feedback (controllers.feedback): the marks re-rank the query
+            menu.addSeparator()
+            for text, value in (("Mark &relevant\t+", 1), ("Mark &not relevant\t-", -1), ("C&lear mark\t0", 0)):
+                menu.addAction(text, lambda v=value: self.markRequested.emit(hit.path, v))
         menu.addSeparator()
         menu.addAction("&Open", lambda: self.open_url(hit.path, "open the image"))
         menu.addAction("Show in &folder", lambda: self.open_url(str(Path(hit.path).parent), "show its folder"))

@@ -22,6 +22,7 @@ from retrieval_gui.controllers import Explorer, collection_name, wait_idle
 from retrieval_gui.controllers.export import Exporter, export_settings
 from retrieval_gui.controllers.folder import IndexRate
 from retrieval_gui.controllers.model import DEFAULT_SIZE
+from retrieval_gui.feedback_ui import install_feedback
 from retrieval_gui.layout import build_menus, build_widgets
 from retrieval_gui.panels import QueryPanels
 from retrieval_gui.regions import RegionSelector
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
         self.region_selector = RegionSelector(self.query_slot)  # a rectangle drawn on the query searches that part
         build_menus(self)
         self._wire()
+        self.feedback_ui = install_feedback(self)  # marks + / - and concepts (issue 28)
         if restore:
             self._restore_geometry()
         self._refresh()

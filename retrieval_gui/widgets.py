@@ -192,6 +192,8 @@ class ResultsModel(QAbstractListModel):
         self.notes: dict[str, str] = {}
         #: the best-matching region of a region query's results, drawn on their cards (retrieval_gui.regions)
         self.regions: dict[str, tuple[float, float, float, float]] = {}
+        #: the user's relevance marks, path -> +1 / -1 (controllers.feedback), drawn as a badge
+        self.feedback: dict[str, int] = {}
         self._rows: dict[str, list[int]] = {}
         self._pixmaps: dict[str, QPixmap] = {}
         loader.ready.connect(self._on_thumbnail)
@@ -244,6 +246,14 @@ class ResultsModel(QAbstractListModel):
             for r in self._rows.get(p, ()):
                 self.dataChanged.emit(self.index(r), self.index(r))
 
+    def set_feedback(self, marks: dict[str, int]) -> None:
+        """The user's relevance marks (path -> +1 / -1) to draw on the cards."""
+        changed = set(marks.items()) ^ set(self.feedback.items())
+        self.feedback = dict(marks)
+        for path in {p for p, _ in changed}:
+            for r in self._rows.get(path, []):
+                self.dataChanged.emit(self.index(r), self.index(r))
+
     def _set_rows(self, hits: list[SearchHit], query_label: str | None) -> None:
         self.hits = hits
         self.query_label = query_label
@@ -287,7 +297,9 @@ class ResultsModel(QAbstractListModel):
             lab = f"\nlabel: {h.label}" if h.label is not None else ""
             if self.browsing:
                 return f"{h.path}{lab}\nclick or Enter: search with this image · Space: preview"
-            return f"{h.path}\nrank {h.rank}, score {h.score:.4f}{lab}"
+            mark = {1: "\nmarked relevant (+)", -1: "\nmarked not relevant (−)"}.get(self.feedback.get(h.path, 0), "")
+            return (f"{h.path}\nrank {h.rank}, score {h.score:.4f}{lab}{mark}\n"
+                    "+ / − / 0: mark relevant, not relevant, clear (or click the badge, bottom left)")
         if role == HitRole:
             return h
         if role == MarkRole:
@@ -321,6 +333,30 @@ class ResultsModel(QAbstractListModel):
             self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
 
 
+#: the keys that mark the current card (the text they type): relevant, not relevant, no mark
+MARK_KEYS = {"+": 1, "=": 1, "-": -1, "0": 0}
+FEEDBACK_COLOURS = {1: QColor("#1e88e5"), -1: QColor("#8e24aa")}
+
+
+def paint_feedback_badge(painter: QPainter, badge: QRect, mark: int, font: QFont) -> None:
+    """A relevance mark: a filled blue + or purple − disc; an empty ring for no mark (click to mark)."""
+    painter.save()
+    if mark:
+        painter.setPen(QPen(QColor("white"), 2))
+        painter.setBrush(FEEDBACK_COLOURS[1 if mark > 0 else -1])
+        painter.drawEllipse(badge)
+        f = QFont(font)
+        f.setBold(True)
+        painter.setFont(f)
+        painter.drawText(badge, Qt.AlignmentFlag.AlignCenter, "+" if mark > 0 else "−")
+    else:
+        painter.setOpacity(painter.opacity() * 0.5)
+        painter.setPen(QPen(QColor("#607d8b"), 1.5))
+        painter.setBrush(QColor(255, 255, 255, 160))
+        painter.drawEllipse(badge.adjusted(3, 3, -3, -3))
+    painter.restore()
+
+
 class ResultDelegate(QStyledItemDelegate):
     """A card: the thumbnail framed green (same label as the query), red (another) or grey; rank,
     score and file name below."""
@@ -331,6 +367,16 @@ class ResultDelegate(QStyledItemDelegate):
 
     def sizeHint(self, option, index) -> QSize:  # noqa: N802
         return QSize(self.thumb + 16, self.thumb + 46)
+
+    def thumb_box(self, rect: QRect) -> QRect:
+        """The thumbnail's square inside a card's ``rect``."""
+        r = rect.adjusted(3, 3, -3, -3)
+        return QRect(r.left() + (r.width() - self.thumb) // 2, r.top() + 4, self.thumb, self.thumb)
+
+    def feedback_badge(self, rect: QRect) -> QRect:
+        """Where a card's relevance mark is drawn (and clicked): the thumbnail's bottom-left corner."""
+        box = self.thumb_box(rect)
+        return QRect(box.left() + 4, box.bottom() - 25, 22, 22)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
         # Read the Python model directly: QModelIndex.data() returning None from Python over-releases
@@ -352,7 +398,7 @@ class ResultDelegate(QStyledItemDelegate):
         painter.drawRoundedRect(r, 6, 6)
         mark = model.mark(hit)
         colour = PLAIN_COLOUR if mark is None else (HIT_COLOUR if mark else MISS_COLOUR)
-        box = QRect(r.left() + (r.width() - self.thumb) // 2, r.top() + 4, self.thumb, self.thumb)
+        box = self.thumb_box(option.rect)
         pm = model.pixmap_at(index.row())
         if isinstance(pm, QPixmap) and not pm.isNull():
             scaled = pm if (pm.width() <= box.width() and pm.height() <= box.height()) else pm.scaled(
@@ -377,6 +423,9 @@ class ResultDelegate(QStyledItemDelegate):
             f.setBold(True)
             painter.setFont(f)
             painter.drawText(badge, Qt.AlignmentFlag.AlignCenter, "✓" if mark else "✗")
+        if not model.browsing:  # the user's relevance mark: a + / − badge, an empty ring to click when none
+            paint_feedback_badge(painter, self.feedback_badge(option.rect), model.feedback.get(hit.path, 0),
+                                 option.font)
         note = model.notes.get(hit.path)
         if note:  # the comparison's tag, top left: amber for "only here", blue for a rank move
             f = QFont(option.font)
@@ -423,6 +472,8 @@ class ResultsView(QListView):
     hitMenu = Signal(object, QPoint)  # right-click on a card: (hit, global position)
     currentHitChanged = Signal(object)  # the current card changed (click or arrow keys)
     escapePressed = Signal()  # Escape: close the preview
+    #: + / - / 0 on a card (hit, +1 / -1 / 0), or a click on its mark badge (hit, None: the next mark)
+    markRequested = Signal(object, object)
 
     def __init__(self, model: ResultsModel, thumb: int = 150, parent=None) -> None:
         super().__init__(parent)
@@ -466,7 +517,25 @@ class ResultsView(QListView):
             self.escapePressed.emit()
             event.accept()
             return
+        value = MARK_KEYS.get(event.text()) if not (event.modifiers() & Qt.KeyboardModifier.ControlModifier) else None
+        model = self.model()
+        if value is not None and self.current_hit() is not None and not getattr(model, "browsing", True):
+            self.markRequested.emit(self.current_hit(), value)
+            event.accept()
+            return
         super().keyPressEvent(event)
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        idx = self.indexAt(event.position().toPoint())
+        model, delegate = self.model(), self.itemDelegate()
+        if (idx.isValid() and event.button() == Qt.MouseButton.LeftButton and isinstance(model, ResultsModel)
+                and not model.browsing and isinstance(delegate, ResultDelegate)
+                and delegate.feedback_badge(self.visualRect(idx)).contains(event.position().toPoint())):
+            self.setCurrentIndex(idx)
+            self.markRequested.emit(model.hit_at(idx.row()), None)
+            event.accept()
+            return
+        super().mousePressEvent(event)
 
     def _on_menu(self, pos: QPoint) -> None:
         idx = self.indexAt(pos)

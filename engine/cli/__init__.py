@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from engine.atomic import disk_full
 
 # module names under engine.cli, in the order their subcommands are listed in --help
-_COMMAND_MODULES = ("eval_cmd", "index_cmd", "duplicates_cmd", "map_cmd", "train_cmd", "whiten_cmd")
+_COMMAND_MODULES = ("eval_cmd", "index_cmd", "duplicates_cmd", "map_cmd", "train_cmd", "whiten_cmd",
+                    "feedback_cmd")
 
 Register = Callable[[argparse._SubParsersAction], None]
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from engine.cli.common import TextProgress, add_model_args, default_descriptor, dumps_json, scales_from_args
 from engine.cli.common import shown as _shown
+from engine.cli.feedback_cmd import add_search_args as add_feedback_args
+from engine.cli.feedback_cmd import run_feedback_search, wants_feedback
 from engine.collection import Collection, CollectionError, update_collections
 from engine.images import ImageLoadError, parse_box
 from engine.search import SearchOptions
@@ -69,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="rank an indexed folder's images by similarity to a query image",
                        description="Search the collection of DIR (made by `index`, with the same model "
                        "options) for the images most similar to IMAGE.")
-    s.add_argument("image", metavar="IMAGE", help="the query image")
+    s.add_argument("image", metavar="IMAGE", nargs="?", default=None,
+                   help="the query image (optional with --concept or --positive)")
     s.add_argument("--collection", metavar="DIR", required=True, help="the indexed image folder")
     _add_common(s)
     s.add_argument("--k", type=int, default=10, help="number of results (default 10)")
@@ -85,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="search with this region of IMAGE alone (pixels of the image as shown: left, top, "
                    "width, height), e.g. 40,30,200,150")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
+    add_feedback_args(s)
     s.set_defaults(func=run_search)
 
 
@@ -311,8 +315,14 @@ def run_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     box = parse_box(args.box) if args.box else None
-    query = Path(args.image)
-    if not query.exists() and not query.is_symlink():
+    feedback = wants_feedback(args)
+    if args.image is None and not feedback:
+        raise ValueError("give the query IMAGE (or --concept NAME, or --positive images)")
+    if feedback and box is not None:
+        raise ValueError("--box searches one region of IMAGE; it does not combine with --positive, --negative "
+                         "or --concept (search the region first, then mark its results in the window)")
+    query = Path(args.image or ".")
+    if args.image is not None and not query.exists() and not query.is_symlink():
         raise FileNotFoundError(f"query image not found: {args.image}")
     options = SearchOptions(k=args.k, threshold=args.threshold, exact=args.exact, ef=args.ef,
                             query_expansion=args.qe, qe_top=args.qe_top, alpha=args.alpha)
@@ -324,14 +334,20 @@ def run_search(args: argparse.Namespace) -> int:
         raise CollectionError(f"{collection.folder} is not indexed with this model yet; run "
                               f"`retrieval-explorer index {collection.folder}{hint}` with the same model options")
     try:
-        result = run_query(index, None, spec, str(query), options, exclude_query=False, box=box,
-                           describe=lambda path, box: describe_query(args, spec, index.cache_dir, path, box))
+        if feedback:  # marked images are the collection's own rows; others are described in PyTorch
+            from engine.session import ModelCache
+
+            models = ModelCache(device=resolve_device(args.device), runtime=args.runtime, cache_dir=index.cache_dir)
+            result = run_feedback_search(args, index, models, spec, options)
+        else:
+            result = run_query(index, None, spec, str(query), options, exclude_query=False, box=box,
+                               describe=lambda path, box: describe_query(args, spec, index.cache_dir, path, box))
     except ImageLoadError as exc:
         raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
     hits = result.hits
     if args.json:
         print(dumps_json({
-            "query": str(query.resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
+            "query": str(Path(result.query).resolve()), "collection": str(collection.folder), "model": collection.state_dir.name,
             "options": dataclasses.asdict(options), "search_ms": round(result.search_seconds * 1000, 3),
             "box": list(result.box) if result.box else None,
             "hits": [dataclasses.asdict(h) for h in hits],

@@ -32,7 +32,7 @@ class TrainConfig:
     val_image_share: float = 0.2            # target "same": share of each class's images held back to validate
     val_class_share: float = 0.2            # target "new": share of the classes held back to validate
     image_split: str = ""                   # optional JSON {"train": [...], "val": [...]} of image paths relative
-    #                                         to data_root (label = parent folder): replaces the carve
+    #                                         to data_root (label = parent folder, or its "labels" map): replaces the carve
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"
     pooling: str = "mac"

@@ -55,7 +55,8 @@ OPTIONS: dict[str, Option] = {
     "val_class_share": Option(help="target new: the share of the classes held back to validate",
                               lo=0.0, hi=0.9, step=0.05),
     "image_split": Option(help="a JSON file {\"train\": [...], \"val\": [...]} of image paths relative to --data "
-                               "(label = parent folder), used instead of the automatic carve"),
+                               "(label = parent folder, or the file's \"labels\" {path: class}, as the window's "
+                               "Train on my concepts writes), used instead of the automatic carve"),
     "seed": Option("Seed (split and training):", "the seed of the split and of training", lo=0, hi=2**31 - 1,
                    page="data"),
     # model

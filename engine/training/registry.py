@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.vocabulary import data_home
+
 log = logging.getLogger(__name__)
 
 INFO_FILE = "info.json"
@@ -18,13 +20,9 @@ RUN_STATES = ("running", "finished", "stopped")
 
 
 def models_dir() -> Path:
-    """$RETRIEVAL_EXPLORER_HOME/models if set, else <platformdirs user data dir>/retrieval-explorer/models."""
-    home = os.environ.get("RETRIEVAL_EXPLORER_HOME")
-    if home:
-        return Path(home) / "models"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("retrieval-explorer")) / "models"
+    """$RETRIEVAL_EXPLORER_HOME/models if set, else <platformdirs user data dir>/retrieval-explorer/models
+    (engine.vocabulary.data_home)."""
+    return data_home() / "models"
 
 
 def cache_dir() -> Path:

@@ -406,7 +406,9 @@ def validation_split(config: TrainConfig) -> ValidationSplit:
 
 def _listed_split(config: TrainConfig) -> ValidationSplit:
     """``config.image_split``: JSON {"train": [...], "val": [...]} of paths relative to ``data_root``;
-    label = the parent folder's name; other keys (e.g. "query", "retrieval") are ignored."""
+    label = the parent folder's name, or the path's entry in an optional "labels" mapping {path: label}
+    (engine.concepts.training_split: one class per saved concept); other keys (e.g. "query",
+    "retrieval") are ignored."""
     path = Path(config.image_split)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -426,7 +428,16 @@ def _listed_split(config: TrainConfig) -> ValidationSplit:
     missing = [rel for rel, _ in rows if not (root / rel).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {path.name} are not under {root}, e.g. {missing[0]}")
-    label = [Path(rel).parent.name for rel, _ in rows]
+    named = d.get("labels")
+    if named is not None:
+        if not isinstance(named, dict) or not all(isinstance(v, str) and v for v in named.values()):
+            raise ValueError(f"{path.name}: 'labels' must map image paths to class names")
+        unnamed = [rel for rel, _ in rows if rel not in named]
+        if unnamed:
+            raise ValueError(f"{path.name}: {len(unnamed)} image(s) have no entry in 'labels', e.g. {unnamed[0]}")
+        label = [named[rel] for rel, _ in rows]
+    else:
+        label = [Path(rel).parent.name for rel, _ in rows]
     if config.train_classes is not None:
         keep = set(config.train_classes)
         rows, label = [r for r, c in zip(rows, label, strict=True) if c in keep], [c for c in label if c in keep]

@@ -14,6 +14,7 @@ from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QSettings, Sig
 
 from engine.session import FolderIndex, SearchResult, model_title, run_query
 from engine.vocabulary import ModelSpec, sizes_label
+from retrieval_gui.controllers.feedback import FeedbackController
 from retrieval_gui.controllers.folder import FolderController, indexed_paths
 from retrieval_gui.controllers.model import ModelChoice, descriptor_title, sizes_title, whitening_refusal
 from retrieval_gui.controllers.query import QueryController
@@ -49,6 +50,7 @@ class Explorer(QObject):
                                        list_images=list_images, parent=self)
         self.query = QueryController(self.folder, self.model, run=run, parent=self)
         self.regions = RegionController(self.query, parent=self)  # the results' best regions (region queries)
+        self.feedback = FeedbackController(self.query, parent=self)  # marks + / - re-rank the query (issue 28)
         self._names: tuple[Any, Counter] | None = None  # file names of the listing, for ambiguous names
         self.model.changed.connect(self._on_model_changed)
         for signal in (self.model.changed, self.folder.changed, self.folder.listed, self.query.changed):
@@ -238,7 +240,7 @@ class Explorer(QObject):
 
     # -- the task lifecycle ---------------------------------------------------------------------------
     def tasks(self) -> list[LatestTask]:
-        return [*self.folder.tasks(), self.query.task, self.regions.task]
+        return [*self.folder.tasks(), self.query.task, self.regions.task, self.feedback.task]
 
     def close(self) -> None:
         """The window closes: no folder open, every task cancelled (:func:`wait_idle` waits for their threads)."""

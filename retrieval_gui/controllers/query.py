@@ -139,6 +139,11 @@ class QueryController(QObject):
                           on_error=lambda m, _tb, q=path: self._on_failed(q, m))
         self.changed.emit()
 
+    def deliver(self, result: SearchResult, folder: Path | None) -> None:
+        """Show ``result`` (a ranking of the current query computed elsewhere: the feedback controller's
+        re-ranking with marks) as the current result."""
+        self._on_result(result, folder, self.region)
+
     def _on_result(self, result: SearchResult, folder: Path | None, region: Any = None) -> None:
         if (result.query != self.path or result.spec != self.model.key or folder != self.folder.folder
                 or region != self.region):
