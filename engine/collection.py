@@ -291,7 +291,7 @@ def _usable_settings(kind: Any, params: Any, default_kind: str, default_params: 
     try:
         return kind, check_index_settings(kind, params), None
     except IndexSettingsError as exc:
-        return default_kind, dict(default_params), f"unusable index settings ({str(exc)[:160]})"
+        return default_kind, dict(default_params), f"unusable graph settings ({str(exc)[:160]})"
 
 
 def _is_real_dir(path: Path) -> bool:

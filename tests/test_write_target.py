@@ -4,9 +4,11 @@ a device or a socket with a regular file; a regular file is still replaced atomi
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
 import threading
+import time
 
 import pytest
 
@@ -51,10 +53,21 @@ def test_a_fifo_with_a_reader_is_written_through(tmp_path):
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the reader is there before the writer
 
     def read() -> None:
-        os.set_blocking(fd, True)
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
+        # a FIFO read before any writer has opened it says end of file: read until the end that follows data
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            select.select([fd], [], [], 0.1)
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if chunk:
+                chunks.append(chunk)
+            elif chunks:
+                break
+            else:
+                time.sleep(0.005)  # no writer yet
         got.append(b"".join(chunks))
 
     t = threading.Thread(target=read)
