@@ -83,3 +83,14 @@ def window(qtbot):
     yield make
     for w in wins:
         w.close()
+
+
+def open_shown(qtbot, w, folder, timeout: int = 60_000):
+    """``w`` shown at 900 x 700, exposed, with ``folder`` opened and indexed: for tests that press keys
+    or click on what a visible window draws."""
+    w.resize(900, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    assert w.open_collection(folder)
+    qtbot.waitUntil(w.index_ready, timeout=timeout)
+    return w

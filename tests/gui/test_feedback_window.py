@@ -12,6 +12,8 @@ from PySide6.QtCore import Qt
 
 from retrieval_gui.main_window import MainWindow
 
+from .conftest import open_shown
+
 TIMEOUT = 60_000
 
 
@@ -23,12 +25,7 @@ def folder(image_folder):
 def _window(qtbot, folder) -> MainWindow:
     w = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=False)
     qtbot.addWidget(w)
-    w.resize(900, 700)
-    w.show()
-    qtbot.waitExposed(w)
-    assert w.open_collection(folder)
-    qtbot.waitUntil(w.index_ready, timeout=TIMEOUT)
-    return w
+    return open_shown(qtbot, w, folder, TIMEOUT)
 
 
 def _wait(qtbot, w: MainWindow, marks: int) -> None:

@@ -13,6 +13,8 @@ from PySide6.QtGui import QGuiApplication
 from retrieval_gui.main_window import MainWindow
 from retrieval_gui.widgets import ImageViewer
 
+from .conftest import open_shown
+
 TIMEOUT = 60_000
 
 
@@ -21,11 +23,7 @@ def win(qtbot, image_folder):
     folder = image_folder(n_classes=3, per_class=4, size=64)
     w = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=False)
     qtbot.addWidget(w)
-    w.resize(900, 700)
-    w.show()
-    qtbot.waitExposed(w)
-    assert w.open_collection(folder)
-    qtbot.waitUntil(w.index_ready, timeout=TIMEOUT)
+    open_shown(qtbot, w, folder, TIMEOUT)
     w.set_query(str(folder / "class_00" / "000.jpg"))
     _wait_result(qtbot, w, str(folder / "class_00" / "000.jpg"))
     yield w
