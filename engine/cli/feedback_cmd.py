@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
+from engine.cli.common import dumps_json
 from engine.concepts import Concept, ConceptError, delete_concept, export_csv, list_concepts, load_concept
 
 
@@ -88,7 +88,7 @@ def run_concepts(args: argparse.Namespace) -> int:
     if args.show:
         c = load_concept(args.show)
         if args.json:
-            print(json.dumps({**c.to_json(), "settings": dataclasses.asdict(c.settings)}, indent=1))
+            print(dumps_json({**c.to_json(), "settings": dataclasses.asdict(c.settings)}))
         else:
             for mark, paths in (("query", c.queries), ("+", c.positives), ("-", c.negatives)):
                 for p in paths:
@@ -96,7 +96,7 @@ def run_concepts(args: argparse.Namespace) -> int:
         return 0
     concepts = list_concepts()
     if args.json:
-        print(json.dumps([_summary(c) for c in concepts], indent=1))
+        print(dumps_json([_summary(c) for c in concepts]))
     elif not concepts:
         print("no concept saved yet (mark results + / - in the window and save them as a concept)")
     for c in concepts if not args.json else []:
