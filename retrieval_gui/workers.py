@@ -234,6 +234,7 @@ class LatestTask(QObject):
         self.generation = 0  # of the latest request
         self.handle: TaskHandle | None = None  # the running task, if any
         self.running_tag: Any = None  # what the running task works for (the caller's ``tag``)
+        self._settled = False  # the running task has delivered its outcome
         self._pending: tuple | None = None
         self._callbacks: tuple = (0, None, None, None, None)  # generation and callbacks of the running task
 
@@ -275,6 +276,10 @@ class LatestTask(QObject):
         """The ``tag`` of the waiting request (None when none waits)."""
         return self._pending[-1] if self._pending is not None else None
 
+    def settled(self) -> bool:
+        """The running task has delivered its result or error (its thread is only ending)."""
+        return self.running() and self._settled
+
     def cancelled(self) -> bool:
         """The running task was asked to stop (its results are dropped)."""
         return self.running() and self.handle.worker.cancelled
@@ -300,6 +305,7 @@ class LatestTask(QObject):
         gen, fn, args, on_result, on_error, on_progress, on_event, kwargs, tag = self._pending
         self._pending = None
         self.running_tag = tag
+        self._settled = False
         kwargs = dict(kwargs)
         kwargs.setdefault("name", self.name)
         if on_event is not None:
@@ -325,11 +331,15 @@ class LatestTask(QObject):
 
     @Slot(object)
     def _deliver_result(self, result: Any) -> None:
+        if self.sender() is self.handle:
+            self._settled = True
         if (cb := self._wanted(0)) is not None:
             cb(result)
 
     @Slot(str, str)
     def _deliver_error(self, message: str, details: str) -> None:
+        if self.sender() is self.handle:
+            self._settled = True
         if (cb := self._wanted(1)) is not None:
             cb(message, details)
 

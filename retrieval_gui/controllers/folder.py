@@ -142,7 +142,9 @@ class FolderController(QObject):
         t, pending = self.task, self.task.pending_tag
         if pending is not None and pending[0] is self.index:
             return True
-        return t.running() and t.running_tag is not None and t.running_tag[0] is self.index and not t.cancelled()
+        # once its outcome has arrived the run is over for the window, though its thread may still be ending
+        return (t.running() and t.running_tag is not None and t.running_tag[0] is self.index
+                and not t.cancelled() and not t.settled())
 
     def start_indexing(self, key: ModelSpec, *, again: bool = False) -> None:
         """Bring ``key``'s vectors of the open folder up to date in a worker (only a scan when they are)."""

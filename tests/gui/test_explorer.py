@@ -66,6 +66,20 @@ def test_open_indexes_in_background_and_shows_counts(qtbot, window, folder, isol
     assert win2.state.added == 0 and win2.state.indexed == 12
 
 
+def test_the_status_line_is_final_when_the_outcome_arrives(qtbot, window, folder):
+    """The indexing's result reaches the window before its thread has ended: from that moment the status
+    line says the counts, never "so far" (the window is redrawn on the result, maybe not again)."""
+    win = window()
+    seen = []
+    win.explorer.folder.indexed.connect(lambda _state: seen.append(
+        (win.explorer.folder.indexing, win.status_label.text())))
+    _open(qtbot, win, folder)
+    qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT)
+    indexing, text = seen[0]
+    assert not indexing
+    assert "so far" not in win.explorer.status_text() and "12 images · 12 indexed" in win.status_label.text()
+
+
 def test_drop_query_ranks_like_brute_force_with_marks(qtbot, window, folder):
     win = window()
     _open(qtbot, win, folder)
