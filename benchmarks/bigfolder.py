@@ -13,7 +13,7 @@ reused; the generation is not timed. The collection lives in --work/cache (a scr
 run also exports the network for the runtime, a one-time cost counted in its seconds and reported).
 
     nice -n 5 python benchmarks/bigfolder.py --n 2000                 # a scaled-down run
-    python benchmarks/bigfolder.py --n 100000 --work /big/disk/bench  # the full library (hours on 2 cores)
+    python benchmarks/bigfolder.py --n 100000 --distinct 3000 --work /big/disk/bench  # the full library
 
 Prints a markdown table on stdout, progress on stderr. Extrapolations are the reader's: the table says
 what was measured at --n.
@@ -62,6 +62,24 @@ def make_library(folder: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(sub / f"photo_{i:06d}.jpg", quality=88)
         if (i + 1) % 500 == 0:
             eprint(f"  generated {i + 1:,} / {n:,}")
+    done.touch()
+
+
+def link_library(folder: Path, n: int, pool: Path, distinct: int) -> None:
+    """``n`` photo names, hard links to ``distinct`` generated photos (``make_library(pool, distinct)``) in
+    the same sub-folder layout: the disk holds ``distinct`` photos, the engine still decodes and describes
+    every one of the ``n`` files (it keys files by path and never by content)."""
+    done = folder / f".linked-{n}-{distinct}"
+    if done.exists():
+        return
+    make_library(pool, distinct)
+    sources = sorted(pool.rglob("*.jpg"))
+    for i in range(n):
+        sub = folder / f"{i // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        target = sub / f"photo_{i:06d}.jpg"
+        if not target.exists():
+            os.link(sources[i % len(sources)], target)
     done.touch()
 
 
@@ -140,13 +158,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="photos in the library (100000 for the full run)")
     ap.add_argument("--work", default="bench_out/bigfolder")
+    ap.add_argument("--distinct", type=int, default=0,
+                    help="generate only this many distinct photos and hard-link them under --n names (a 100k "
+                         "library of distinct 12 MP photos does not fit a small disk); 0: all distinct")
     ap.add_argument("--keep", action="store_true", help="keep the collection (default: indexed afresh)")
     ap.add_argument("index_args", nargs="*", help="more `index` options after --, e.g. -- --descriptor gem")
     args = ap.parse_args()
     work = Path(args.work).resolve()
-    folder, cache = work / f"library-{args.n}", work / "cache"
+    distinct = args.distinct if 0 < args.distinct < args.n else 0
+    folder = work / (f"library-{args.n}-of-{distinct}" if distinct else f"library-{args.n}")
+    cache = work / "cache"
     t = time.perf_counter()
-    make_library(folder, args.n)
+    if distinct:
+        link_library(folder, args.n, work / f"pool-{distinct}", distinct)
+    else:
+        make_library(folder, args.n)
     eprint(f"library of {args.n:,} photos ready ({time.perf_counter() - t:.0f} s)")
     if not args.keep:
         shutil.rmtree(cache / "collections", ignore_errors=True)
@@ -172,7 +198,8 @@ def main() -> None:
         eprint(f"search failed (rc {s.returncode}): {s.stderr[-1000:]}")
     load1 = os.getloadavg()
     rate = args.n / r["indexed_s"]
-    print(f"\n### A library of {args.n:,} generated photos end to end (60% 1024x768, 30% 2048x1536, 10% 12 MP; "
+    made = f"{distinct:,} distinct, hard-linked under {args.n:,} names, " if distinct else ""
+    print(f"\n### A library of {args.n:,} generated photos end to end ({made}60% 1024x768, 30% 2048x1536, 10% 12 MP; "
           f"`index` defaults; {os.cpu_count()} cores; load average {load0[0]:.1f} before, {load1[0]:.1f} after)\n")
     print("| photos | to the first search s | fully indexed with its graph s | images/s overall | index peak MB "
           "| open s | open + first query s | search p50 ms (stored rows) | `search` CLI s | vectors |")
