@@ -47,13 +47,17 @@ def feedback_inputs(args: argparse.Namespace) -> tuple[list[str], list[str], lis
     return queries, pos, neg, settings
 
 
-def run_feedback_search(args: argparse.Namespace, index, models, spec, options) -> list:
-    """The hits of ``search`` with feedback (engine.session.run_feedback: the window's ranking)."""
+def run_feedback_search(args: argparse.Namespace, index, spec, options, describe, box=None) -> object:
+    """The result of ``search`` with feedback (engine.session.run_feedback: the window's ranking). ``describe(path,
+    box) -> (D,)``: how an image outside the collection becomes a vector (the query's own path: engine.fastquery,
+    else PyTorch); ``box``: IMAGE's region searched (``--box``), as the window's region query."""
     from engine.session import run_feedback
 
     queries, pos, neg, settings = feedback_inputs(args)
-    return run_feedback(index, models, spec, queries, pos, neg, options, settings, exclude_query=False,
-                        runtime=args.runtime)
+    if box is not None and not args.image:
+        raise ValueError("--box is a region of the query IMAGE: give IMAGE with it")
+    return run_feedback(index, None, spec, queries, pos, neg, options, settings, exclude_query=False, box=box,
+                        describe=describe)
 
 
 # --- the `concepts` command -------------------------------------------------------------------------
