@@ -63,7 +63,7 @@ def test_rerank_equals_direct_computation_on_stored_vectors():
     bg = background_rows(len(v), pos + neg + [0], s.background, s.seed)
     assert not set(bg.tolist()) & {0, 1, 2, 3, 5, 9}
     w = feedback_weights(q, v[pos], v[neg], v[bg], s)
-    direct = smooth_scores(v, v @ w, s.smooth_top, s.smooth_k, s.smooth_weight)
+    direct = smooth_scores(v, v @ w, s.smooth_top, s.smooth_k, s.smooth_weight, s.smooth_steps)
     order = [i for i in np.argsort(-direct, kind="stable") if i != 0][:50]
     assert r.rows.tolist() == order and np.allclose(r.scores, direct[order], atol=1e-6)
     assert np.allclose(r.w, w)
@@ -80,19 +80,20 @@ def test_rerank_equals_direct_computation_on_stored_vectors():
 
 def test_smoothing_averages_each_candidate_with_its_nearest_candidates():
     """smooth_scores against its definition, written out row by row: the best ``top`` rows are the
-    candidates; a candidate's score is averaged with the mean score of its k nearest other candidates; the
-    rest keep their scores and stay below every candidate."""
+    candidates; a candidate's score is averaged with the mean score of its k nearest other candidates (twice
+    for two steps, on the same candidates); the rest keep their scores and stay below every candidate."""
     v, labels = _vectors(n=120)
     raw = v @ v[0] + 0.01 * np.arange(120, dtype=np.float32) / 120  # no ties
     top, k, a = 40, 4, 0.7
-    got = smooth_scores(v, raw, top, k, a)
     cand = np.argsort(-raw)[:top]
+    near = {i: sorted([j for j in cand if j != i], key=lambda j: -float(v[i] @ v[j]))[:k] for i in cand}
     want = raw.copy()
-    for i in cand:
-        others = [j for j in cand if j != i]
-        near = sorted(others, key=lambda j: -float(v[i] @ v[j]))[:k]
-        want[i] = (raw[i] + a * np.mean(raw[near])) / (1 + a)
-    assert np.allclose(got, want, atol=1e-5)
+    for step in (1, 2):
+        prev = want.copy()
+        for i in cand:
+            want[i] = (prev[i] + a * np.mean(prev[near[i]])) / (1 + a)
+        got = smooth_scores(v, raw, top, k, a, steps=step)
+        assert np.allclose(got, want, atol=1e-5)
     rest = np.setdiff1d(np.arange(120), cand)
     assert got[cand].min() >= got[rest].max()
     assert np.array_equal(smooth_scores(v, raw, top, k, 0.0), raw)  # weight 0: off
@@ -196,7 +197,8 @@ def test_cli_feedback_equals_run_feedback_and_concepts(cli, image_folder, tmp_pa
     bg = background_rows(len(coll), [rows[p] for p in pos + neg] + [rows[str(q)]], s.background, s.seed)
     w = feedback_weights(coll.vectors[rows[str(q)]], coll.vectors[[rows[p] for p in pos]],
                          coll.vectors[[rows[p] for p in neg]], coll.vectors[bg], s)
-    direct = smooth_scores(coll.vectors, coll.vectors @ w, s.smooth_top, s.smooth_k, s.smooth_weight)
+    direct = smooth_scores(coll.vectors, coll.vectors @ w, s.smooth_top, s.smooth_k, s.smooth_weight,
+                           s.smooth_steps)
     order = np.argsort(-direct, kind="stable")
     assert [p for p, _ in cli_hits] == [coll.paths[i] for i in order]
     assert np.allclose([sc for _, sc in cli_hits], direct[order], atol=1e-4)
