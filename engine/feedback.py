@@ -60,10 +60,10 @@ class FeedbackSettings:
     gamma: float = 1.0
     center: bool = True
     seed: int = 0
-    smooth_weight: float = 1.0
+    smooth_weight: float = 0.5
     smooth_k: int = 10
     smooth_top: int = 500
-    smooth_steps: int = 2
+    smooth_steps: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
