@@ -16,7 +16,9 @@ from engine.concepts import Concept, ConceptError, delete_concept, export_csv, l
 def add_search_args(s: argparse.ArgumentParser) -> None:
     """The feedback options of ``search``."""
     g = s.add_argument_group("relevance feedback", "re-rank with images marked relevant or not (as the window "
-                             "does after + / - marks): a linear model fitted on their stored vectors")
+                             "does after + / - marks): a linear model fitted on their stored vectors, its "
+                             "scores smoothed over the best results' neighbours; with --box, from that region "
+                             "of IMAGE")
     g.add_argument("--positive", nargs="+", metavar="FILE", default=[], help="images marked relevant")
     g.add_argument("--negative", nargs="+", metavar="FILE", default=[], help="images marked not relevant")
     g.add_argument("--concept", metavar="NAME", default=None,
