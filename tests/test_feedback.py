@@ -289,3 +289,7 @@ def test_region_query_and_outside_marks_go_through_the_query_path(cli, image_fol
     code, _, err = cli("search", "--collection", str(root), "--descriptor", "gem", "--box", "1,1,8,8",
                        "--positive", pos[0])
     assert code == 2 and "--box is a region of the query IMAGE" in err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    code, _, err = cli("search", q, "--collection", str(root), "--descriptor", "gem", "--negative", str(broken))
+    assert code == 2 and "cannot use the marked image" in err and "broken.jpg" in err and "Traceback" not in err

@@ -338,7 +338,8 @@ def run_search(args: argparse.Namespace) -> int:
             result = run_query(index, None, spec, str(query), options, exclude_query=False, box=box,
                                describe=describe)
     except ImageLoadError as exc:
-        raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
+        what = "the query image" if args.image and Path(exc.path) == query else "the marked image"
+        raise ValueError(f"cannot use {what} {_shown(Path(exc.path) if feedback else query)}: {exc.reason}") from None
     hits = result.hits
     if args.json:
         print(dumps_json({
