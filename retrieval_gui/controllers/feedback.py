@@ -48,6 +48,7 @@ class FeedbackController(QObject):
         self.history: list[tuple[dict[str, int], list[str]]] = []
         self._query_path: str | None = None
         self._plain: SearchResult | None = None  # the latest plain ranking of the query (a region's vector)
+        self._plain_region: Any = None  # the query's region when that ranking arrived (the one it searched)
         self._opening = False
         self.task = LatestTask(self, "feedback")
         self.task.busy_changed.connect(lambda _b: self.changed.emit())
@@ -129,7 +130,8 @@ class FeedbackController(QObject):
         extra: dict[str, Any] = {}
         if region is not None:  # a region query: re-rank from the region's vector, as its plain ranking was
             plain = self._plain
-            if plain is None or plain.box is None or plain.query != q.path or plain.spec != key:
+            if (plain is None or plain.box is None or plain.query != q.path or plain.spec != key
+                    or self._plain_region != region):
                 return  # its plain search is on its way: the marks are applied when it arrives
             extra = {"query_vector": plain.vector, "box": plain.box}
         queries = [q.path] + [p for p in self.extra_queries if p != q.path]
@@ -149,7 +151,7 @@ class FeedbackController(QObject):
         """A plain search of the query arrived (a model change, new images, a region): apply the marks to it."""
         if result.method.startswith("feedback"):
             return
-        self._plain = result
+        self._plain, self._plain_region = result, self.query.region
         if self.marks or self.extra_queries:
             self.rerank()
 
