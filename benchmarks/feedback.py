@@ -175,6 +175,13 @@ def class_rows(paths: list[str], classes: Sequence[str]) -> np.ndarray:
     return np.array([i for i, p in enumerate(paths) if Path(p).parent.name in keep], np.int64)
 
 
+#: (smooth_top, smooth_k, smooth_weight, smooth_steps) tried on the best SVM (engine.feedback.smooth_scores)
+SMOOTHING_GRID = ((300, 10, 0.5, 1), (500, 10, 0.5, 1), (1000, 10, 0.5, 1), (1000, 5, 0.5, 1), (300, 5, 1.0, 1),
+                  (300, 10, 1.0, 1), (500, 5, 1.0, 1), (500, 10, 1.0, 1), (500, 20, 1.0, 1), (500, 10, 2.0, 1),
+                  (1000, 10, 2.0, 1), (500, 10, 3.0, 1), (500, 10, 5.0, 1), (500, 10, 1.0, 2), (500, 10, 2.0, 2),
+                  (500, 10, 1.0, 3), (500, 10, 0.5, 3))
+
+
 def select(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_queries: int, seed: int,
            marks: int) -> tuple[list[tuple[str, dict, Figures]], dict]:
     """Every candidate on ``rows`` (training classes); -> (all results, the best engine settings)."""
@@ -188,11 +195,16 @@ def select(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_queries:
         return f
 
     for beta, gamma in itertools.product((0.5, 1.0, 2.0), (0.0, 0.3, 1.0)):
-        run("rocchio", {"beta": beta, "gamma": gamma},
-            engine_ranker(FeedbackSettings(method="rocchio", beta=beta, gamma=gamma)))
+        run("rocchio", {"beta": beta, "gamma": gamma, "smooth_weight": 0.0},
+            engine_ranker(FeedbackSettings(method="rocchio", beta=beta, gamma=gamma, smooth_weight=0.0)))
     for c, bg, qw in itertools.product((0.3, 1.0, 3.0), (100, 200, 500), (0.0, 0.25, 0.5)):
-        run("svm", {"c": c, "background": bg, "query_weight": qw},
-            engine_ranker(FeedbackSettings(method="svm", c=c, background=bg, query_weight=qw)))
+        run("svm", {"c": c, "background": bg, "query_weight": qw, "smooth_weight": 0.0},
+            engine_ranker(FeedbackSettings(method="svm", c=c, background=bg, query_weight=qw, smooth_weight=0.0)))
+    # the neighbourhood smoothing of the scores, on the best SVM without it
+    best_svm = max((t for t in results if t[0] == "svm"), key=lambda t: sum(t[2].feedback))[1]
+    for top, k, a, steps in SMOOTHING_GRID:
+        params = {**best_svm, "smooth_weight": a, "smooth_k": k, "smooth_top": top, "smooth_steps": steps}
+        run("svm", params, engine_ranker(FeedbackSettings(method="svm", **params)))
     for c, qw in itertools.product((0.3, 3.0, 30.0), (0.0, 0.5)):
         run("logreg", {"c": c, "background": 200, "query_weight": qw}, logreg_ranker(c, 200, qw))
     for lam in (0.3, 1.0):

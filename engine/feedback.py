@@ -16,6 +16,13 @@ Methods (:data:`METHODS`), chosen by benchmarks/feedback.py on cub100's TRAINING
   (taken as negatives: any one class is a small share of a collection), classes weighted to balance;
   ``w = l2n(w_svm) + query_weight * l2n(mean q)``.
 
+Then the linear scores are smoothed over the stored rows' neighbourhoods (:func:`smooth_scores`, after
+graph-based re-ranking / label propagation, e.g. Zhou et al. 2004, and database-side augmentation): among
+the ``smooth_top`` best rows, each one's score is averaged with the mean score of its ``smooth_k`` nearest
+candidates (weight ``smooth_weight``; ``smooth_steps`` times), so an image whose close look-alikes score
+high (a marked + among them) rises, and one next to marked - images sinks. One (M, D) x (D, M) product on the candidates: a few
+milliseconds, whatever the size of the collection.
+
 Scores are cosine-like numbers (rows are L2-normalised, ``w`` has a norm near 1 + query_weight); only their
 order is meaningful.
 """
@@ -41,7 +48,9 @@ class FeedbackSettings:
     more closely); ``background``: random unmarked rows taken as negatives (drawn with ``seed``: the same
     rows for the same collection, so the window and the CLI agree); ``query_weight``: weight of the query
     direction added to the SVM's unit weight vector; ``beta`` / ``gamma``: Rocchio's weights of the mean
-    positive and the mean negative. Defaults: chosen on cub100's training classes (benchmarks/feedback.py)."""
+    positive and the mean negative; ``smooth_weight`` (0: off), ``smooth_k``, ``smooth_top``, ``smooth_steps``:
+    the neighbourhood smoothing of the scores (:func:`smooth_scores`). Defaults: chosen on cub100's training
+    classes (benchmarks/feedback.py)."""
 
     method: str = "svm"
     c: float = 1.0
@@ -51,6 +60,10 @@ class FeedbackSettings:
     gamma: float = 1.0
     center: bool = True
     seed: int = 0
+    smooth_weight: float = 0.5
+    smooth_k: int = 10
+    smooth_top: int = 500
+    smooth_steps: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -59,10 +72,14 @@ class FeedbackSettings:
             raise ValueError(f"c must be a positive number, got {self.c!r}")
         if not isinstance(self.background, (int, np.integer)) or self.background < 0:
             raise ValueError(f"background must be a non-negative integer, got {self.background!r}")
-        for name in ("query_weight", "beta", "gamma"):
+        for name in ("query_weight", "beta", "gamma", "smooth_weight"):
             v = getattr(self, name)
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        for name in ("smooth_k", "smooth_top", "smooth_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
 
 
 def _rows(vectors: np.ndarray, rows: Sequence[int]) -> np.ndarray:
@@ -164,6 +181,34 @@ def linear_scores(vectors: np.ndarray, w: np.ndarray, block: int = SCORE_BLOCK) 
     return out
 
 
+def smooth_scores(vectors: np.ndarray, scores: np.ndarray, top: int = 500, k: int = 10,
+                  weight: float = 1.0, steps: int = 1) -> np.ndarray:
+    """Scores (N,) smoothed over the neighbourhoods of the best rows: the ``top`` rows of highest score are
+    the candidates; each one's new score is ``(s_i + weight * mean of s over its k nearest other candidates
+    (cosine of the rows)) / (1 + weight)``, ``steps`` times over (a few steps of diffusion on the candidates'
+    kNN graph); the other rows keep theirs (never above a candidate's: every term of a candidate is at least
+    the ``top``-th score). vectors (N, D) float16 / float32 rows, scores (N,) -> (N,) float32 (a copy;
+    ``scores`` itself when ``weight`` or ``steps`` is 0 or there are too few rows)."""
+    s = np.asarray(scores, np.float32)
+    n = len(s)
+    m = min(int(top), n)
+    k = min(int(k), m - 1)
+    if weight <= 0 or k < 1 or steps < 1:
+        return s
+    cand = np.argpartition(-s, m - 1)[:m] if m < n else np.arange(n)
+    x = np.asarray(vectors[np.sort(cand)], np.float32)  # sorted: a gather in row order (cache-friendly)
+    cand = np.sort(cand)
+    g = x @ x.T
+    np.fill_diagonal(g, -np.inf)
+    nn = np.argpartition(-g, k - 1, axis=1)[:, :k]
+    sc = s[cand]
+    for _ in range(int(steps)):
+        sc = (sc + weight * sc[nn].mean(1)) / (1.0 + weight)
+    out = s.copy()
+    out[cand] = sc
+    return out
+
+
 def top_rows(scores: np.ndarray, k: int, exclude: Sequence[int] = ()) -> np.ndarray:
     """The ``k`` rows of highest score, best first (ties: lower row first), ``exclude`` left out -> (k',) int64."""
     s = np.asarray(scores, np.float32)
@@ -181,7 +226,8 @@ def top_rows(scores: np.ndarray, k: int, exclude: Sequence[int] = ()) -> np.ndar
 
 @dataclass
 class Reranked:
-    """A re-ranking: ``rows`` best first, their ``scores``, and the weight vector ``w`` (D,) that gave them."""
+    """A re-ranking: ``rows`` best first, their ``scores``, and the weight vector ``w`` (D,) of the linear
+    scores (before :func:`smooth_scores`)."""
 
     rows: np.ndarray
     scores: np.ndarray
@@ -194,8 +240,8 @@ def rerank(vectors: np.ndarray, queries: np.ndarray, positive_rows: Sequence[int
            query_rows: Sequence[int] = ()) -> Reranked:
     """Re-rank the stored ``vectors`` (N, D) for ``queries`` (Q, D) or (D,) and the marked rows: fit
     :func:`feedback_weights` (the background drawn by :func:`background_rows` from the unmarked rows),
-    score every row (:func:`linear_scores`) and keep the best ``k`` (None: all), ``exclude`` left out
-    (e.g. the query's own row). Marked rows are ranked like the others. ``extra_positives`` /
+    score every row (:func:`linear_scores`, then :func:`smooth_scores`) and keep the best ``k`` (None: all),
+    ``exclude`` left out (e.g. the query's own row). Marked rows are ranked like the others. ``extra_positives`` /
     ``extra_negatives`` (n, D): marked images that are not stored rows (described apart); ``query_rows``: the
     queries' own rows, never drawn as background (whether or not they are excluded from the ranking)."""
     s = settings or FeedbackSettings()
@@ -211,6 +257,7 @@ def rerank(vectors: np.ndarray, queries: np.ndarray, positive_rows: Sequence[int
     if extra_negatives is not None and len(extra_negatives):
         n_vec = np.concatenate([n_vec, np.asarray(extra_negatives, np.float32).reshape(-1, dim)])
     w = feedback_weights(queries, p_vec, n_vec, _rows(vectors, bg_rows.tolist()), s)
-    scores = linear_scores(vectors, w)
+    scores = smooth_scores(vectors, linear_scores(vectors, w), s.smooth_top, s.smooth_k, s.smooth_weight,
+                           s.smooth_steps)
     rows = top_rows(scores, n if k is None else k, exclude)
     return Reranked(rows, scores[rows], w)

@@ -725,20 +725,30 @@ def _row_map(coll: Collection) -> dict[str, int]:
     return rows
 
 
-def run_feedback(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, queries: Sequence[str],
+def run_feedback(index: FolderIndex, model_cache: ModelCache | None, spec: ModelSpec, queries: Sequence[str],
                  positives: Sequence[str], negatives: Sequence[str], options: SearchOptions,
-                 settings: Any = None, *, exclude_query: bool = True, runtime: str | None = None) -> SearchResult:
+                 settings: Any = None, *, exclude_query: bool = True, runtime: str | None = None,
+                 box: Box | None = None, query_vector: np.ndarray | None = None,
+                 describe: Callable[..., np.ndarray] | None = None) -> SearchResult:
     """The ranking of ``queries`` (image paths: the first names the result) corrected by the images marked
     relevant (``positives``) and not (``negatives``): engine.feedback.rerank on the collection's stored
-    rows (every row scored exactly; ``options.k`` kept; a marked image outside the collection, or changed
-    since it was indexed, is described by :func:`embed_images`). Queries inside the folder are left out of
-    the hits when ``exclude_query``; marked images stay in the ranking. The window (on a worker) and
-    ``search --positive/--negative/--concept`` both call this, so they rank alike."""
+    rows (every row scored exactly; ``options.k`` kept). Queries inside the folder are left out of the hits
+    when ``exclude_query``; marked images stay in the ranking. The window (on a worker) and
+    ``search --positive/--negative/--concept`` both call this, so they rank alike.
+
+    The first query is the vector its plain ranking was searched with: ``query_vector`` (D,) when given (the
+    window hands over its region query's; ``box`` then only names the region in the result), else that
+    image's region ``box`` described (a region query, as :func:`run_query` does), else its stored row. Any image the collection does not hold (or changed since it
+    was indexed) goes through the one image->vector path of :func:`run_query`: ``describe(path, box) -> (D,)``
+    when given (the `search` command's torch-free engine.fastquery), else :func:`embed_images` on
+    ``model_cache`` (``runtime``: see there)."""
     from engine.feedback import FeedbackSettings, rerank
 
     settings = settings or FeedbackSettings()
     if not queries and not positives:
         raise ValueError("relevance feedback needs a query image or at least one image marked relevant")
+    if (box is not None or query_vector is not None) and not queries:
+        raise ValueError("a query region (box) or query vector needs its query image")
     t0 = time.monotonic()
     coll = index.collection(spec)
     if len(coll) == 0:
@@ -747,6 +757,7 @@ def run_feedback(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, q
         rel_paths = coll.relpaths
         vectors = coll.vectors
         rows = _row_map(coll)
+    dim = vectors.shape[1]
 
     def locate(paths: Sequence[str], fresh: bool = False) -> tuple[list[int], list[str]]:
         """(stored rows of the images the collection holds, the other paths); ``fresh``: only rows of files
@@ -762,19 +773,37 @@ def run_feedback(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, q
                 other.append(str(p))
         return found, other
 
-    def describe(paths: Sequence[str]) -> np.ndarray:
-        return embed_images(model_cache, spec, paths, runtime=runtime) if paths else np.zeros((0, vectors.shape[1]),
-                                                                                                np.float32)
+    def embed(paths: Sequence[str], region: Box | None = None) -> np.ndarray:
+        """(len(paths), D) float32 through the one image->vector path (see above)."""
+        if not paths:
+            return np.zeros((0, dim), np.float32)
+        if describe is not None:
+            return np.stack([np.asarray(describe(p, region), np.float32).reshape(dim) for p in paths])
+        if model_cache is None:
+            raise ValueError("run_feedback needs a model cache or a describe function for images outside the folder")
+        return embed_images(model_cache, spec, paths, runtime=runtime,
+                            boxes=None if region is None else [region] * len(paths))
 
-    q_rows, q_other = locate(queries, fresh=True)
+    if query_vector is not None or box is not None:  # the first query as its plain ranking saw it
+        if query_vector is not None:
+            first = np.asarray(query_vector, np.float32).reshape(1, -1)
+            if first.shape[1] != dim:
+                raise ValueError(f"the query vector has {first.shape[1]} values; this model's rows have {dim}")
+        else:
+            first = embed([str(queries[0])], box)
+        own_rows, _ = locate(queries[:1])  # its image's row: left out of the hits and of the background
+        more_rows, more_other = locate(queries[1:], fresh=True)
+        q_vecs = np.concatenate([first, vectors[more_rows], embed(more_other)])
+        q_rows = own_rows + more_rows
+    else:
+        q_rows, q_other = locate(queries, fresh=True)
+        q_vecs = np.concatenate([vectors[q_rows], embed(q_other)]) if queries else np.zeros((0, dim), np.float32)
     p_rows, p_other = locate(positives)
     n_rows, n_other = locate(negatives)
-    q_vecs = np.concatenate([vectors[q_rows], describe(q_other)]) if queries else np.zeros((0, vectors.shape[1]),
-                                                                                           np.float32)
     t1 = time.perf_counter()
     exclude = q_rows if exclude_query else []
     ranked = rerank(vectors, q_vecs, p_rows, n_rows, settings, k=options.k, exclude=exclude,
-                    extra_positives=describe(p_other), extra_negatives=describe(n_other), query_rows=q_rows)
+                    extra_positives=embed(p_other), extra_negatives=embed(n_other), query_rows=q_rows)
     searched = time.perf_counter() - t1
     hits = []
     for rank, (r, score) in enumerate(zip(ranked.rows.tolist(), ranked.scores.tolist(), strict=True)):
@@ -790,4 +819,4 @@ def run_feedback(index: FolderIndex, model_cache: ModelCache, spec: ModelSpec, q
     method = (f"feedback: {settings.method.upper() if settings.method == 'svm' else settings.method.title()}, "
               f"{len(positives)} +, {len(negatives)} -")
     return SearchResult(spec, query, label, hits, ranked.w, time.monotonic() - t0, method, options, relevant,
-                        searched)
+                        searched, None if box is None else tuple(int(v) for v in box))

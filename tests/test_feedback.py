@@ -26,6 +26,7 @@ from engine.feedback import (
     linear_scores,
     linear_svm,
     rerank,
+    smooth_scores,
     top_rows,
 )
 from engine.vectors import l2n
@@ -62,9 +63,10 @@ def test_rerank_equals_direct_computation_on_stored_vectors():
     bg = background_rows(len(v), pos + neg + [0], s.background, s.seed)
     assert not set(bg.tolist()) & {0, 1, 2, 3, 5, 9}
     w = feedback_weights(q, v[pos], v[neg], v[bg], s)
-    direct = v @ w
+    direct = smooth_scores(v, v @ w, s.smooth_top, s.smooth_k, s.smooth_weight, s.smooth_steps)
     order = [i for i in np.argsort(-direct, kind="stable") if i != 0][:50]
     assert r.rows.tolist() == order and np.allclose(r.scores, direct[order], atol=1e-6)
+    assert np.allclose(r.w, w)
     # float16 rows (as stored) score in blocks like a float32 matrix product
     assert np.allclose(linear_scores(v.astype(np.float16), w, block=7), v.astype(np.float16).astype(np.float32) @ w,
                        atol=1e-5)
@@ -74,6 +76,30 @@ def test_rerank_equals_direct_computation_on_stored_vectors():
                            [i for i in range(1, 80) if labels[i] != labels[1]], s, k=20, exclude=[0]).rows]
              == labels[1]).mean()
     assert after > before
+
+
+def test_smoothing_averages_each_candidate_with_its_nearest_candidates():
+    """smooth_scores against its definition, written out row by row: the best ``top`` rows are the
+    candidates; a candidate's score is averaged with the mean score of its k nearest other candidates (twice
+    for two steps, on the same candidates); the rest keep their scores and stay below every candidate."""
+    v, labels = _vectors(n=120)
+    raw = v @ v[0] + 0.01 * np.arange(120, dtype=np.float32) / 120  # no ties
+    top, k, a = 40, 4, 0.7
+    cand = np.argsort(-raw)[:top]
+    near = {i: sorted([j for j in cand if j != i], key=lambda j: -float(v[i] @ v[j]))[:k] for i in cand}
+    want = raw.copy()
+    for step in (1, 2):
+        prev = want.copy()
+        for i in cand:
+            want[i] = (prev[i] + a * np.mean(prev[near[i]])) / (1 + a)
+        got = smooth_scores(v, raw, top, k, a, steps=step)
+        assert np.allclose(got, want, atol=1e-5)
+    rest = np.setdiff1d(np.arange(120), cand)
+    assert got[cand].min() >= got[rest].max()
+    assert np.array_equal(smooth_scores(v, raw, top, k, 0.0), raw)  # weight 0: off
+    assert np.array_equal(smooth_scores(v[:1], raw[:1], top, k, a), raw[:1])  # one row: nothing to average
+    with pytest.raises(ValueError, match="smooth_k must be a non-negative integer"):
+        FeedbackSettings(smooth_k=-1)
 
 
 def test_settings_and_rocchio():
@@ -171,7 +197,8 @@ def test_cli_feedback_equals_run_feedback_and_concepts(cli, image_folder, tmp_pa
     bg = background_rows(len(coll), [rows[p] for p in pos + neg] + [rows[str(q)]], s.background, s.seed)
     w = feedback_weights(coll.vectors[rows[str(q)]], coll.vectors[[rows[p] for p in pos]],
                          coll.vectors[[rows[p] for p in neg]], coll.vectors[bg], s)
-    direct = coll.vectors @ w
+    direct = smooth_scores(coll.vectors, coll.vectors @ w, s.smooth_top, s.smooth_k, s.smooth_weight,
+                           s.smooth_steps)
     order = np.argsort(-direct, kind="stable")
     assert [p for p, _ in cli_hits] == [coll.paths[i] for i in order]
     assert np.allclose([sc for _, sc in cli_hits], direct[order], atol=1e-4)
@@ -194,3 +221,75 @@ def test_cli_feedback_equals_run_feedback_and_concepts(cli, image_folder, tmp_pa
     assert code == 2 and "image not found" in err
     code, _, err = cli("search", "--concept", "nope", "--collection", str(root), "--descriptor", "gem")
     assert code == 2 and "no concept named 'nope'" in err
+
+
+def test_region_query_and_outside_marks_go_through_the_query_path(cli, image_folder, tmp_path, monkeypatch):  # noqa: F811
+    """A region query is re-ranked from the REGION's vector (never the whole image's row), and a marked image
+    outside the folder is described by the same path as the query (``describe``: the CLI's engine.fastquery);
+    `search IMAGE --box ... --positive ...` ranks as run_feedback with that box."""
+    import shutil
+
+    from engine.search import SearchOptions
+    from engine.session import FolderIndex, ModelCache, embed_images, run_feedback
+    from engine.vocabulary import ModelSpec
+
+    monkeypatch.setenv("RETRIEVAL_EXPLORER_HOME", str(tmp_path / "home"))
+    root = image_folder(n_classes=4, per_class=5)
+    assert cli("index", str(root), "--descriptor", "gem")[0] == 0
+    index = FolderIndex(root, cache_dir=tmp_path / "cache")
+    spec = ModelSpec(descriptor="gem", image_size=32)
+    models = ModelCache()
+    coll = index.collection(spec)
+    rows = {p: i for i, p in enumerate(coll.paths)}
+    q = str(root / "class_01" / "000.jpg")
+    outside = tmp_path / "elsewhere.jpg"  # a marked image the folder does not hold
+    shutil.copy(root / "class_01" / "003.jpg", outside)
+    pos, neg = [str(root / "class_01" / "002.jpg"), str(outside)], [str(root / "class_03" / "000.jpg")]
+    box = (4, 4, 20, 16)
+    calls = []
+
+    def describe(path, b):
+        calls.append((path, b))
+        return embed_images(models, spec, [path], boxes=None if b is None else [b])[0]
+
+    res = run_feedback(index, None, spec, [q], pos, neg, SearchOptions(k=20), box=box, describe=describe)
+    assert sorted(calls, key=str) == sorted([(q, box), (str(outside), None)], key=str)  # no model cache needed
+    assert res.box == box
+    region_vec, whole_row = describe(q, box), coll.vectors[rows[q]]
+    assert not np.allclose(region_vec, whole_row, atol=1e-3)  # the region is another vector than the image
+    s = FeedbackSettings()
+    marked = [rows[pos[0]], rows[neg[0]], rows[q]]
+    bg = background_rows(len(coll), marked, s.background, s.seed)
+    outside_vec = describe(str(outside), None)
+
+    def direct(query_vec):
+        w = feedback_weights(query_vec, np.stack([coll.vectors[rows[pos[0]]], outside_vec]),
+                             coll.vectors[[rows[neg[0]]]], coll.vectors[bg], s)
+        return w / np.linalg.norm(w)
+
+    assert np.allclose(res.vector / np.linalg.norm(res.vector), direct(region_vec), atol=1e-4)
+    assert not np.allclose(res.vector / np.linalg.norm(res.vector), direct(whole_row), atol=1e-3)
+    # the window hands over the vector its region ranking was searched with: the same ranking, no network pass
+    calls.clear()
+    again = run_feedback(index, None, spec, [q], pos, neg, SearchOptions(k=20), box=box, query_vector=region_vec,
+                         describe=describe)
+    assert calls == [(str(outside), None)] and again.box == box
+    assert [(h.path, round(h.score, 4)) for h in again.hits] == [(h.path, round(h.score, 4)) for h in res.hits]
+    with pytest.raises(ValueError, match="query vector has 3 values"):
+        run_feedback(index, None, spec, [q], pos, neg, SearchOptions(), query_vector=np.ones(3))
+    # the CLI: --box with marks, the outside image described as its query would be
+    code, out, err = cli("search", q, "--collection", str(root), "--descriptor", "gem", "--k", "20",
+                         "--box", ",".join(map(str, box)), "--positive", *pos, "--negative", *neg, "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["box"] == list(box)
+    kept = run_feedback(index, models, spec, [q], pos, neg, SearchOptions(k=20), box=box, exclude_query=False)
+    assert [h["path"] for h in got["hits"]] == [h.path for h in kept.hits]
+    assert [h["score"] for h in got["hits"]] == pytest.approx([h.score for h in kept.hits], abs=1e-4)
+    code, _, err = cli("search", "--collection", str(root), "--descriptor", "gem", "--box", "1,1,8,8",
+                       "--positive", pos[0])
+    assert code == 2 and "--box is a region of the query IMAGE" in err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    code, _, err = cli("search", q, "--collection", str(root), "--descriptor", "gem", "--negative", str(broken))
+    assert code == 2 and "cannot use the marked image" in err and "broken.jpg" in err and "Traceback" not in err

@@ -16,7 +16,9 @@ from engine.concepts import Concept, ConceptError, delete_concept, export_csv, l
 def add_search_args(s: argparse.ArgumentParser) -> None:
     """The feedback options of ``search``."""
     g = s.add_argument_group("relevance feedback", "re-rank with images marked relevant or not (as the window "
-                             "does after + / - marks): a linear model fitted on their stored vectors")
+                             "does after + / - marks): a linear model fitted on their stored vectors, its "
+                             "scores smoothed over the best results' neighbours; with --box, from that region "
+                             "of IMAGE")
     g.add_argument("--positive", nargs="+", metavar="FILE", default=[], help="images marked relevant")
     g.add_argument("--negative", nargs="+", metavar="FILE", default=[], help="images marked not relevant")
     g.add_argument("--concept", metavar="NAME", default=None,
@@ -47,13 +49,17 @@ def feedback_inputs(args: argparse.Namespace) -> tuple[list[str], list[str], lis
     return queries, pos, neg, settings
 
 
-def run_feedback_search(args: argparse.Namespace, index, models, spec, options) -> list:
-    """The hits of ``search`` with feedback (engine.session.run_feedback: the window's ranking)."""
+def run_feedback_search(args: argparse.Namespace, index, spec, options, describe, box=None) -> object:
+    """The result of ``search`` with feedback (engine.session.run_feedback: the window's ranking). ``describe(path,
+    box) -> (D,)``: how an image outside the collection becomes a vector (the query's own path: engine.fastquery,
+    else PyTorch); ``box``: IMAGE's region searched (``--box``), as the window's region query."""
     from engine.session import run_feedback
 
     queries, pos, neg, settings = feedback_inputs(args)
-    return run_feedback(index, models, spec, queries, pos, neg, options, settings, exclude_query=False,
-                        runtime=args.runtime)
+    if box is not None and not args.image:
+        raise ValueError("--box is a region of the query IMAGE: give IMAGE with it")
+    return run_feedback(index, None, spec, queries, pos, neg, options, settings, exclude_query=False, box=box,
+                        describe=describe)
 
 
 # --- the `concepts` command -------------------------------------------------------------------------

@@ -318,9 +318,6 @@ def run_search(args: argparse.Namespace) -> int:
     feedback = wants_feedback(args)
     if args.image is None and not feedback:
         raise ValueError("give the query IMAGE (or --concept NAME, or --positive images)")
-    if feedback and box is not None:
-        raise ValueError("--box searches one region of IMAGE; it does not combine with --positive, --negative "
-                         "or --concept (search the region first, then mark its results in the window)")
     query = Path(args.image or ".")
     if args.image is not None and not query.exists() and not query.is_symlink():
         raise FileNotFoundError(f"query image not found: {args.image}")
@@ -333,17 +330,16 @@ def run_search(args: argparse.Namespace) -> int:
         hint = f" --descriptor {spec.descriptor}" if args.descriptor else ""
         raise CollectionError(f"{collection.folder} is not indexed with this model yet; run "
                               f"`retrieval-explorer index {collection.folder}{hint}` with the same model options")
+    describe = lambda path, box: describe_query(args, spec, index.cache_dir, path, box)  # noqa: E731
     try:
-        if feedback:  # marked images are the collection's own rows; others are described in PyTorch
-            from engine.session import ModelCache
-
-            models = ModelCache(device=resolve_device(args.device), runtime=args.runtime, cache_dir=index.cache_dir)
-            result = run_feedback_search(args, index, models, spec, options)
+        if feedback:  # marked images are the collection's own rows; others are described as the query is
+            result = run_feedback_search(args, index, spec, options, describe, box)
         else:
             result = run_query(index, None, spec, str(query), options, exclude_query=False, box=box,
-                               describe=lambda path, box: describe_query(args, spec, index.cache_dir, path, box))
+                               describe=describe)
     except ImageLoadError as exc:
-        raise ValueError(f"cannot use the query image {_shown(query)}: {exc.reason}") from None
+        what = "the query image" if args.image and Path(exc.path) == query else "the marked image"
+        raise ValueError(f"cannot use {what} {_shown(Path(exc.path) if feedback else query)}: {exc.reason}") from None
     hits = result.hits
     if args.json:
         print(dumps_json({

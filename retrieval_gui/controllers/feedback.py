@@ -47,6 +47,8 @@ class FeedbackController(QObject):
         self.concept_name: str | None = None
         self.history: list[tuple[dict[str, int], list[str]]] = []
         self._query_path: str | None = None
+        self._plain: SearchResult | None = None  # the latest plain ranking of the query (a region's vector)
+        self._plain_region: Any = None  # the query's region when that ranking arrived (the one it searched)
         self._opening = False
         self.task = LatestTask(self, "feedback")
         self.task.busy_changed.connect(lambda _b: self.changed.emit())
@@ -124,21 +126,33 @@ class FeedbackController(QObject):
         index, key = q.folder.index, q.model.key
         if index is None or not q.folder.can_search(key):
             return  # the query controller says why; the marks are applied when its result arrives
-        folder = q.folder.folder
+        folder, region = q.folder.folder, q.region
+        extra: dict[str, Any] = {}
+        if region is not None:  # a region query: re-rank from the region's vector, as its plain ranking was
+            plain = self._plain
+            if (plain is None or plain.box is None or plain.query != q.path or plain.spec != key
+                    or self._plain_region != region):
+                return  # its plain search is on its way: the marks are applied when it arrives
+            extra = {"query_vector": plain.vector, "box": plain.box}
         queries = [q.path] + [p for p in self.extra_queries if p != q.path]
         self.task.request(self._run, index, q.folder.models, key, queries, self.positives, self.negatives,
-                          replace(q.options, query_expansion=None), self.settings,
-                          tag=(index, key, q.path), with_callbacks=False,
-                          on_result=lambda r, f=folder: self._on_result(r, f),
+                          replace(q.options, query_expansion=None), self.settings, **extra,
+                          tag=(index, key, q.path, region), with_callbacks=False,
+                          on_result=lambda r, f=folder, g=region: self._on_result(r, f, g),
                           on_error=lambda m, _tb: self.failed.emit(f"Re-ranking with the marks failed: {m}"))
 
-    def _on_result(self, result: SearchResult, folder: Path | None) -> None:
+    def _on_result(self, result: SearchResult, folder: Path | None, region: Any = None) -> None:
+        if region != self.query.region:
+            return  # the query's region changed since: its own plain search re-ranks again
         self.query.deliver(result, folder)
         self.changed.emit()
 
     def _on_plain_result(self, result: SearchResult) -> None:
-        """A plain search of the query arrived (a model change, new images): apply the marks to it."""
-        if (self.marks or self.extra_queries) and not result.method.startswith("feedback"):
+        """A plain search of the query arrived (a model change, new images, a region): apply the marks to it."""
+        if result.method.startswith("feedback"):
+            return
+        self._plain, self._plain_region = result, self.query.region
+        if self.marks or self.extra_queries:
             self.rerank()
 
     def _on_query_changed(self) -> None:
@@ -146,6 +160,7 @@ class FeedbackController(QObject):
             self._query_path = self.query.path
             if not self._opening:
                 self.task.cancel()
+                self._plain = None
                 self.marks, self.extra_queries, self.history, self.concept_name = {}, [], [], None
                 self.settings = self.default_settings
                 self.changed.emit()

@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from retrieval_gui.main_window import MainWindow
 
 from .conftest import open_shown
+from .test_regions_window import stand_in  # noqa: F401 - the stand-in network
 
 TIMEOUT = 60_000
 
@@ -126,4 +127,38 @@ def test_train_on_concepts_opens_the_wizard_on_its_split(qtbot, folder, monkeypa
     # the data page counts the concepts as its classes (the trainer's own split)
     s = summarize(cfg.data_root, image_split=cfg.image_split)
     assert s.ok and s.per_class == {"a": 4, "b": 5} and s.train_images + s.val_images == 9
+    w.close()
+
+
+def test_marks_on_a_region_query_rerank_from_the_region_as_the_cli_does(qtbot, stand_in, folder, capsys):  # noqa: F811
+    """Marks on a region query's results re-rank from the REGION's vector (the one its ranking was searched
+    with), not the whole image's stored row; `search IMAGE --box ... --positive ... --negative ...` agrees.
+    The stand-in network of tests/test_cli_index.py keeps it fast."""
+    from engine.cli import main
+
+    w = _window(qtbot, folder)
+    query = str(folder / "class_01" / "000.jpg")
+    w.set_query(query, (0.25, 0.25, 0.5, 0.5))
+    fc = w.explorer.feedback
+    qtbot.waitUntil(lambda: w.result is not None and w.result.box is not None and not w.searching, timeout=TIMEOUT)
+    plain = w.result
+    plus, minus = plain.hits[2].path, plain.hits[0].path
+    fc.mark(plus, 1)
+    fc.mark(minus, -1)
+    _wait(qtbot, w, 2)
+    r = w.result
+    assert r.box == plain.box and fc.marks == {plus: 1, minus: -1}
+    key = w.key
+    argv = ["search", query, "--collection", str(folder), "--backbone", key.backbone, "--weights", key.weights,
+            "--descriptor", key.descriptor, "--image-size", str(key.image_size or 64), "--device", "cpu",
+            "--k", "20", "--json", "--positive", plus, "--negative", minus]
+    assert main([*argv, "--box", ",".join(map(str, r.box))]) == 0
+    region_cli = json.loads(capsys.readouterr().out)
+    hits = [h for h in region_cli["hits"] if h["path"] != os.path.abspath(query)]
+    assert region_cli["box"] == list(r.box)
+    assert [h["path"] for h in hits] == [h.path for h in r.hits]
+    assert [h["score"] for h in hits] == pytest.approx([h.score for h in r.hits], abs=1e-4)
+    assert main(argv) == 0  # the whole image's marks rank otherwise: the region's vector was used
+    whole = [h for h in json.loads(capsys.readouterr().out)["hits"] if h["path"] != os.path.abspath(query)]
+    assert [h["score"] for h in whole] != pytest.approx([h.score for h in r.hits], abs=1e-3)
     w.close()
