@@ -296,8 +296,8 @@ def _load_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], v
     """A segment's rows into ``out`` (n, D) float32 (:func:`_from_store`: normalised, checked finite):
     the file read once and, on a machine with several cores, its CRC-32 (``verify``) and the conversion
     of its row blocks run side by side (zlib and numpy release the GIL), the CRC-32 checked before this
-    returns: a damaged file raises CollectionError and ``out`` is not used. At 100k x 1280 on 2 cores
-    this halves the open (docs/BENCHMARKS.md "Open in a fresh process")."""
+    returns: a damaged file raises CollectionError and ``out`` is not used (docs/BENCHMARKS.md "Open in a
+    fresh process": the conversion was the largest step of an open)."""
     from concurrent.futures import ThreadPoolExecutor
 
     p = folder / str(entry["file"])
@@ -1330,10 +1330,14 @@ class Collection:
                                      exact_index=self._exact_index() if options.exact else None,
                                      fetch_vectors=self.vectors_for_ids)
             out = []
+            # the stored paths are clean relative POSIX paths (_bad_path): joined as text, what str(folder / p)
+            # gives, without a Path per hit (a quarter of a search's time at 1M x 128)
+            base = str(self.folder)
             for ids, scores in results:
                 rows = np.searchsorted(self._rows.ids, ids)
                 paths = self._rows.paths
-                out.append([SearchHit(str(self.folder / paths[r]), paths[r], float(s), rank + 1, label_of(paths[r]))
+                out.append([SearchHit(os.path.join(base, paths[r] if os.sep == "/" else paths[r].replace("/", os.sep)),
+                                      paths[r], float(s), rank + 1, label_of(paths[r]))
                             for rank, (r, s) in enumerate(zip(rows, scores, strict=True))])
             return out
 

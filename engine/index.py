@@ -832,7 +832,7 @@ class HnswIndex(VectorIndex):
         todo = np.arange(q.shape[0])
         while todo.size:
             # one query: knnQuery on this thread (knnQueryBatch starts its threads at every call, which
-            # cost 3-5x nmslib's own search time at 1M x 128: docs/BENCHMARKS.md "query ef by size")
+            # cost 3-5x nmslib's own search time at 1M x 128: docs/BENCHMARKS.md "Recall at 1M: the query ef by size")
             res = [self._graph.knnQuery(q[todo[0]], k=fetch)] if todo.size == 1 else \
                 self._graph.knnQueryBatch(q[todo], k=fetch, num_threads=self.threads)
             again = []
