@@ -20,6 +20,13 @@ seconds of each (CPU counts both build threads), the load average, and then a fr
 the saved collection: open s, first query s (graph checked and loaded), peak memory (VmHWM):
 
     nice -n 5 python benchmarks/index.py --compare-engine --sizes 20000 --dim 1280 --rounds 2
+
+``--sweep``: per size, one graph per ``--ef-constructions`` value (engine.index.HnswIndex over the rows as
+a collection stores them), then every ``--efs`` value side by side, the queries interleaved (the order of
+the efs rotating): build wall/CPU s, query p50/p99 ms and recall@10 per ef (how engine.index.default_ef
+was chosen):
+
+    nice -n 5 python benchmarks/index.py --sweep --sizes 1000000 --dim 128 --efs 100 150 200 300
 """
 
 from __future__ import annotations
