@@ -20,6 +20,13 @@ seconds of each (CPU counts both build threads), the load average, and then a fr
 the saved collection: open s, first query s (graph checked and loaded), peak memory (VmHWM):
 
     nice -n 5 python benchmarks/index.py --compare-engine --sizes 20000 --dim 1280 --rounds 2
+
+``--sweep``: per size, one graph per ``--ef-constructions`` value (engine.index.HnswIndex over the rows as
+a collection stores them), then every ``--efs`` value side by side, the queries interleaved (the order of
+the efs rotating): build wall/CPU s, query p50/p99 ms and recall@10 per ef (how engine.index.default_ef
+was chosen):
+
+    nice -n 5 python benchmarks/index.py --sweep --sizes 1000000 --dim 128 --efs 100 150 200 300
 """
 
 from __future__ import annotations
@@ -232,6 +239,55 @@ def compare_engine(args: argparse.Namespace) -> None:
               f"| {o['recall10']:.3f} | {o['peak_mb']:.0f} | {disk / 1e6:.0f} | {load:.1f} |")
 
 
+def sweep(args: argparse.Namespace) -> None:
+    """Per size and per efConstruction, one graph built through the engine's HnswIndex over the rows as
+    a collection stores them (float16, normalised), then every query ``ef`` of ``--efs`` measured side by
+    side: the queries interleaved (query 1 at every ef, then query 2...), so that the load hits all alike.
+    Prints build wall/CPU s, and per ef the engine query's p50/p99 ms (one thread) and recall@10 against
+    exact search over the same rows."""
+    from engine.vectors import l2n
+
+    rng = np.random.default_rng(args.seed)
+    print(f"HNSW settings side by side (M={args.M}, {args.build_threads} build threads, queries one by one on one "
+          f"thread, k={args.k}, {args.queries} queries; {os.cpu_count()} cores)\n")
+    print("| N | D | efConstruction | build wall s | build CPU s | ef | query p50 ms | query p99 ms | recall@10 "
+          "| load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n in args.sizes:
+        x, centres = sphere_mixture(n, args.dim, args.clusters, args.spread, rng)
+        x = l2n(x.astype(np.float16).astype(np.float32))  # the rows as a collection stores and searches them
+        q, _ = sphere_mixture(args.queries, args.dim, args.clusters, args.spread, rng, centres)
+        truth = np.zeros((len(q), args.k), np.int64)
+        for a in range(0, len(q), 50):
+            s = q[a:a + 50] @ x.T
+            top = np.argpartition(-s, args.k, axis=1)[:, :args.k]
+            order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1)
+            truth[a:a + 50] = np.take_along_axis(top, order, axis=1)
+        for efc in args.ef_constructions:
+            hn = make_index("hnsw", "cosine", dim=args.dim, M=args.M, ef_construction=efc,
+                            threads=args.build_threads)
+            t, c0 = time.perf_counter(), _cpu_s()
+            hn.build(x, np.arange(n, dtype=np.int64), normalised=True)
+            wall, cpu = time.perf_counter() - t, _cpu_s() - c0
+            hn.threads = 1
+            found = {ef: np.zeros((len(q), args.k), np.int64) for ef in args.efs}
+            lat = {ef: np.zeros(len(q)) for ef in args.efs}
+            for i in range(len(q)):  # the order of the efs rotates: none always runs first on a cold cache
+                for ef in args.efs[i % len(args.efs):] + args.efs[:i % len(args.efs)]:
+                    t = time.perf_counter()
+                    r, _ = hn.query(q[i:i + 1], args.k, ef=ef)
+                    lat[ef][i] = (time.perf_counter() - t) * 1000
+                    found[ef][i] = r[0]
+            for ef in args.efs:
+                print(f"| {n:,} | {args.dim} | {efc} | {wall:.1f} | {cpu:.1f} | {ef} | "
+                      f"{np.percentile(lat[ef], 50):.3f} | {np.percentile(lat[ef], 99):.3f} | "
+                      f"{recall(found[ef], truth, args.k):.4f} | {os.getloadavg()[0]:.1f} |", flush=True)
+            del hn
+            gc.collect()
+        del x
+        gc.collect()
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| N | D | index | ef | build s | memory MB | p50 ms | p99 ms | queries/s (1 by 1) | "
             "queries/s (batch) | recall@1 | recall@10 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -265,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-engine", action="store_true",
                    help="nmslib alone against the engine's update path, then a fresh process's open")
     p.add_argument("--rounds", type=int, default=1, help="--compare-engine: interleaved rounds")
+    p.add_argument("--sweep", action="store_true",
+                   help="one graph per --ef-constructions value, all --efs side by side (interleaved queries)")
+    p.add_argument("--ef-constructions", type=int, nargs="+", default=[DEFAULT_EF_CONSTRUCTION])
     args = p.parse_args(argv)
+    if args.sweep:
+        sweep(args)
+        return 0
     if args.compare_engine:
         compare_engine(args)
         return 0

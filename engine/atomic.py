@@ -206,10 +206,9 @@ class NotRegularFileError(OSError):
     device, folder, symbolic link)."""
 
 
-def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """The bytes of ``path``, opened without following a final symbolic link and without blocking (a FIFO
-    never hangs the caller), read only when it is a regular file of at most ``limit`` bytes.
-    Raises NotRegularFileError (not a regular file, or too large), FileNotFoundError, OSError."""
+def _open_regular(path: str | os.PathLike, limit: int | None) -> IO[bytes]:
+    """``path`` opened for reading (binary, blocking) without following a final link and without blocking
+    on a FIFO, when it is a regular file of at most ``limit`` bytes; raises as :func:`read_regular`."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -227,15 +226,36 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
                                       f"{limit:,} it may hold")
         if hasattr(os, "O_NONBLOCK"):  # a regular file: blocking reads from here on
             os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb", closefd=True) as fh:
-            fd = -1
-            data = fh.read() if limit is None else fh.read(limit + 1)
-        if limit is not None and len(data) > limit:
-            raise NotRegularFileError(errno.EFBIG, f"{path} grew past the {limit:,} bytes it may hold")
-        return data
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        return os.fdopen(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, opened without following a final symbolic link and without blocking (a FIFO
+    never hangs the caller), read only when it is a regular file of at most ``limit`` bytes.
+    Raises NotRegularFileError (not a regular file, or too large), FileNotFoundError, OSError."""
+    with _open_regular(path, limit) as fh:
+        data = fh.read() if limit is None else fh.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise NotRegularFileError(errno.EFBIG, f"{path} grew past the {limit:,} bytes it may hold")
+    return data
+
+
+def read_regular_chunks(path: str | os.PathLike, limit: int, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """The bytes of ``path`` in pieces of ``chunk`` bytes (a digest of a large file without holding it in
+    memory), with the checks of :func:`read_regular`; never more than ``limit`` bytes: a file that grew
+    past it raises NotRegularFileError after its first ``limit`` bytes."""
+    with _open_regular(path, limit) as fh:
+        got = 0
+        while piece := fh.read(min(chunk, limit + 1 - got)):
+            got += len(piece)
+            if got > limit:
+                raise NotRegularFileError(errno.EFBIG, f"{path} grew past the {limit:,} bytes it may hold")
+            yield piece
+
+
 # --- outputs the user names (--csv, -o, the window's exports) ---------------------------------------------
 class TargetError(ValueError):
     """An output path that cannot be written safely (a folder, a disk, a FIFO nobody reads...): the message

@@ -44,6 +44,7 @@ from __future__ import annotations
 import abc
 import bisect
 import logging
+import math
 import os
 import struct
 import threading
@@ -66,7 +67,21 @@ METRICS = ("cosine", "l2")
 #: and 1.000 both; 100k x 128: 1.000), docs/BENCHMARKS.md "Graph build, open and storage at scale"
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 100
+#: the query-time ef of a graph of up to EF_GROWS_FROM points; larger graphs get :func:`default_ef`
 DEFAULT_EF = 100
+EF_GROWS_FROM = 100_000
+
+
+def default_ef(n: int) -> int:
+    """The query-time ef (efSearch) of a graph of ``n`` points when none was set: DEFAULT_EF up to
+    EF_GROWS_FROM points (recall@10 1.000 at 100k x 1280 and 100k x 128), then growing as n**0.477, x3
+    per x10 points: 300 at 1M, where 100 gave recall@10 0.968 and 300 gives 0.992 (1M x 128,
+    efConstruction 100; docs/BENCHMARKS.md "Recall at 1M: the query ef by size"). A rule of the query,
+    not of the build: the build time stays, and a query at 300 on one thread (knnQuery) costs what one
+    at 100 cost through knnQueryBatch before."""
+    if n <= EF_GROWS_FROM:
+        return DEFAULT_EF
+    return min(HNSW_LIMITS["ef"][1], int(round(DEFAULT_EF * (n / EF_GROWS_FROM) ** math.log10(3))))
 
 
 class IndexCorruptError(RuntimeError):
@@ -112,7 +127,7 @@ def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
     a = a.astype(np.int64, copy=False)
     if n is not None and a.shape[0] != n:
         raise ValueError(f"got {a.shape[0]} ids for {n} vectors")
-    if np.unique(a).size != a.size:
+    if a.size > 1 and not bool(np.all(a[1:] > a[:-1])) and np.unique(a).size != a.size:  # rising: unique
         raise ValueError("ids must be unique")
     return a
 
@@ -447,6 +462,18 @@ class ExactIndex(VectorIndex):
         type(self)._x.append(self, x if normalised and self._metric == "cosine" else self._prepare(x))
         self._ids = np.concatenate([self._ids, ids])
 
+    def build(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
+        """Replace the contents with ``vectors`` (N, D) under ``ids`` (N,). Rows already prepared
+        (``normalised`` cosine rows, float32, C-contiguous) are kept by reference, not copied (a
+        collection's committed rows: 512 MB at 100k x 1280), and not checked for NaN again (they were,
+        when stored or loaded); the caller must not change them afterwards."""
+        ready = normalised and self._metric == "cosine" and isinstance(vectors, np.ndarray) \
+            and vectors.dtype == np.float32 and vectors.ndim == 2 and vectors.shape[1] == self._dim \
+            and vectors.flags.c_contiguous
+        x = vectors if ready else _as_matrix(vectors, self._dim)
+        self._ids = _as_ids(ids, x.shape[0])
+        self._x = x if ready else self._prepare(x) if not normalised or self._metric != "cosine" else x
+
     def remove(self, ids: np.ndarray) -> None:
         ids = _as_ids(ids)
         present = np.isin(ids, self._ids)
@@ -519,13 +546,14 @@ class HnswIndex(VectorIndex):
     _px = _GrowingRows()  # pending rows (not yet in the graph)
 
     def __init__(self, dim: int, metric: str = "cosine", M: int = DEFAULT_M,  # noqa: N803
-                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int = DEFAULT_EF, threads: int = 1,
+                 ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef: int | None = None, threads: int = 1,
                  rebuild_share: float = 0.2, rebuild_min: int = 2048) -> None:
         super().__init__(dim, metric)
-        check_hnsw_params({"M": M, "ef_construction": ef_construction, "ef": ef, "threads": threads,
-                           "rebuild_share": rebuild_share, "rebuild_min": rebuild_min})
+        check_hnsw_params({"M": M, "ef_construction": ef_construction, "threads": threads,
+                           "rebuild_share": rebuild_share, "rebuild_min": rebuild_min,
+                           **({} if ef is None else {"ef": ef})})
         self.M, self.ef_construction, self.threads = int(M), int(ef_construction), int(threads)
-        self._ef = int(ef)
+        self._ef_set = None if ef is None else int(ef)  # None: default_ef of the graph's size
         self.rebuild_share, self.rebuild_min = float(rebuild_share), int(rebuild_min)
         self._graph = None                                   # nmslib index over _bx, or None
         self._graph_loaded = False                           # the graph came from loadIndex
@@ -545,20 +573,25 @@ class HnswIndex(VectorIndex):
 
     # --- parameters ---------------------------------------------------------------------------
     @property
+    def _ef(self) -> int:
+        return self._ef_set if self._ef_set is not None else default_ef(int(self._bids.shape[0]))
+
+    @property
     def ef(self) -> int:
-        """Query-time search breadth (efSearch)."""
+        """Query-time search breadth (efSearch): the one set, else :func:`default_ef` of the graph's size."""
         return self._ef
 
     @ef.setter
     def ef(self, value: int) -> None:
         check_hnsw_params({"ef": value})
         with self._query_lock:
-            self._ef = int(value)
+            self._ef_set = int(value)
             if self._graph is not None:
                 self._graph.setQueryTimeParams({"efSearch": self._ef})
 
     def _params(self) -> dict[str, Any]:
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef": self._ef, "threads": self.threads,
+        return {"M": self.M, "ef_construction": self.ef_construction, **({} if self._ef_set is None else
+                {"ef": self._ef_set}), "threads": self.threads,
                 "rebuild_share": self.rebuild_share, "rebuild_min": self.rebuild_min}
 
     @property
@@ -706,14 +739,16 @@ class HnswIndex(VectorIndex):
     @classmethod
     def restore(cls, folder: str | os.PathLike, info: dict[str, Any], *, dim: int, metric: str,
                 vectors_of: Any, live_ids: np.ndarray, live_vectors: np.ndarray,
-                normalised: bool = False) -> HnswIndex:
+                normalised: bool = False, digests_checked: bool = False) -> HnswIndex:
         """An index from a graph written by :meth:`save_graph`: ``vectors_of(ids (n,)) -> (n, D)`` gives the
         stored vectors of the graph's ids (removed ones included); live ids that are not in the graph
         become the pending part. Before nmslib sees the file: its size and CRC-32, the settings
         (:func:`check_hnsw_params`) and its structure (:func:`check_graph_file`, against the stored
         vectors) are checked; anything wrong raises IndexCorruptError (the caller rebuilds the graph
         from the vectors). nmslib keeps its own copy of the vectors inside the graph, so none is added
-        to it here. ``normalised``: the vectors given are already L2-normalised (used without a copy)."""
+        to it here. ``normalised``: the vectors given are already L2-normalised (used without a copy).
+        ``digests_checked``: the caller has just checked both files against a stronger digest (a
+        collection's SHA-256 under its MAC), so their CRC-32 is not read again (sizes still are)."""
         folder = Path(folder)
         try:
             if not isinstance(info, dict):
@@ -726,7 +761,7 @@ class HnswIndex(VectorIndex):
                 if "/" in name or "\\" in name or name in ("", ".", "..") or not p.is_file() \
                         or p.stat().st_size != int(entry["bytes"]):
                     raise IndexCorruptError(f"the HNSW graph file {p} is missing or truncated")
-                if crc32_file(p) != int(entry["crc32"]):
+                if not digests_checked and crc32_file(p) != int(entry["crc32"]):
                     raise IndexCorruptError(f"the HNSW graph file {p} is damaged (checksum mismatch)")
                 paths[key] = p
             params = check_hnsw_params(info["params"])
@@ -734,6 +769,8 @@ class HnswIndex(VectorIndex):
             if isinstance(exc, IndexCorruptError):
                 raise
             raise IndexCorruptError(f"the HNSW graph entry is damaged ({exc})") from exc
+        if params.get("ef") == DEFAULT_EF:  # what every graph saved before default_ef said: follow the rule
+            del params["ef"]
         index = cls(dim=dim, metric=metric, **params)
         try:
             gids = np.load(paths["ids"], allow_pickle=False)
@@ -794,7 +831,10 @@ class HnswIndex(VectorIndex):
         out: list[np.ndarray | None] = [None] * q.shape[0]
         todo = np.arange(q.shape[0])
         while todo.size:
-            res = self._graph.knnQueryBatch(q[todo], k=fetch, num_threads=self.threads)
+            # one query: knnQuery on this thread (knnQueryBatch starts its threads at every call, which
+            # cost 3-5x nmslib's own search time at 1M x 128: docs/BENCHMARKS.md "Recall at 1M: the query ef by size")
+            res = [self._graph.knnQuery(q[todo[0]], k=fetch)] if todo.size == 1 else \
+                self._graph.knnQueryBatch(q[todo], k=fetch, num_threads=self.threads)
             again = []
             for qi, (pos, _d) in zip(todo, res, strict=True):
                 pos = np.asarray(pos, np.int64)

@@ -365,6 +365,57 @@ def test_a_damaged_graph_never_reaches_nmslib_and_is_rebuilt_from_the_vectors(se
     assert "checksum" in caplog.text and "rebuilt" in caplog.text
 
 
+def test_a_large_graph_loads_in_the_background_while_searches_answer_exactly(setup, monkeypatch, caplog):
+    """A graph of BACKGROUND_GRAPH_BYTES or more is checked and loaded by a thread started at the open:
+    searches meanwhile answer exactly from the rows (same hits as an exact search), the graph takes over
+    once loaded; a damaged one is refused on that thread (a note, exact search, rebuilt by the next
+    update), and an update made during the load waits for it."""
+    import threading
+
+    import engine.collection as col
+    from engine.index import HnswIndex
+
+    root, cache, c = setup
+    monkeypatch.setattr(col, "BACKGROUND_GRAPH_BYTES", 0)
+    release = threading.Event()
+    real = col.Collection._restore_graph
+
+    def slow(self, *a, **kw):
+        release.wait(10)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(col.Collection, "_restore_graph", slow)
+    c2 = _open(root, cache)
+    exact = [[h.relpath for h in r] for r in c2.search_many(c2.vectors, SearchOptions(k=3, exact=True))]
+    assert [[h.relpath for h in r] for r in c2.search_many(c2.vectors, SearchOptions(k=3))] == exact
+    assert c2._graph_loader is not None and not c2._graph_loader.done()  # answered while it loads
+    release.set()
+    c2.wait_graph()
+    assert isinstance(c2._index, HnswIndex) and c2._index.pending == 0 and not c2.notes
+    assert [[h.relpath for h in r] for r in c2.search_many(c2.vectors, SearchOptions(k=3))] == exact
+
+    # an update during the load waits for the graph, then adds its rows beside it
+    release.clear()
+    c3 = _open(root, cache)
+    _touch_new_content(root / "class_00" / "new.png", 0, 99)
+    threading.Timer(0.2, release.set).start()
+    assert c3.update(CountingModel()).extracted == 1
+    assert isinstance(c3._index, HnswIndex) and len(c3) == 13 and not c3.notes
+
+    # a damaged graph: refused on the loading thread, searched exactly, noted
+    graph = json.loads((c3.state_dir / "manifest.json").read_text())["graph"]
+    gfile = c3.state_dir / graph["graph"]["file"]
+    data = bytearray(gfile.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    gfile.write_bytes(bytes(data))
+    c4 = _open(root, cache)
+    with caplog.at_level("WARNING"):
+        hits = c4.search_many(c4.vectors, SearchOptions(k=1))
+        c4.wait_graph()
+    assert [h[0].relpath for h in hits] == c4.relpaths
+    assert "checksum" in caplog.text and c4._rebuild_graph
+
+
 @pytest.mark.parametrize("field_name, value, match", [
     ("format_version", 99, "format version 99"),
     ("identity", {"backbone": "resnet50"}, "another model"),

@@ -343,4 +343,20 @@ def test_a_collection_with_bad_index_settings_searches_and_its_next_commit_repai
         c.commit(final=True)
         m = json.loads(manifest.read_text())
         assert m["index_kind"] == "hnsw" and set(m["index_params"]) <= {"threads"} | set(m["graph"]["params"])
-        assert m["graph"]["params"]["M"] <= 512 and m["graph"]["params"]["ef"] < 2**31
+        assert m["graph"]["params"]["M"] <= 512 and m["graph"]["params"].get("ef", 1) < 2**31
+
+
+def test_the_query_ef_follows_the_graph_size_unless_set():
+    """default_ef: 100 up to 100,000 points, then x3 per x10 (300 at 1M, where 100 lost recall); an index
+    without an ef of its own follows it (and saves none), one with an ef keeps it."""
+    from engine.index import DEFAULT_EF, EF_GROWS_FROM, default_ef
+
+    assert default_ef(10) == default_ef(EF_GROWS_FROM) == DEFAULT_EF
+    assert default_ef(1_000_000) == 300 and default_ef(300_000) < 300 < default_ef(3_000_000)
+    assert default_ef(10**12) == 100_000  # within HNSW_LIMITS
+    idx = HnswIndex(8)
+    idx.build(np.random.default_rng(0).normal(size=(50, 8)), np.arange(50))
+    assert idx.ef == DEFAULT_EF and "ef" not in idx._params()
+    idx._bids = np.arange(1_000_000)  # the rule reads the graph's size
+    assert idx.ef == 300
+    assert HnswIndex(8, ef=30).ef == 30 and HnswIndex(8, ef=30)._params()["ef"] == 30
