@@ -3,6 +3,12 @@
 The second stage of engine.duplicates: the descriptors propose candidate pairs (recall first), this
 module checks each one with OpenCV (opencv-python-headless, pinned in constraints.txt):
 
+0. **a cheap first test** settles most pairs of different pictures without local features: both images,
+   decoded at a JPEG's reduced scale, are squeezed to THUMB_SIDE x THUMB_SIDE grey thumbnails, blurred;
+   ``thumb`` is the best correlation inside a central disc of one with the other turned by THUMB_ANGLES,
+   mirrored or not (~1 ms per image, ~10 us per pair). A copy keeps its thumbnail through every edit the
+   benchmark makes (its lowest, a caption: ~0.77); a pair below the Checker's ``floor``
+   (DEFAULT_RULE.min_thumb) is not checked further (its ORB evidence stays empty);
 1. both images are decoded small (engine.images.load_image with draft decoding) and brought to
    :data:`WORK_SIDE` pixels on the long side (small images are enlarged, so that a thumbnail and its
    original meet at one scale); ORB key points (:data:`ORB_POINTS`) on the grey image;
@@ -63,6 +69,14 @@ CACHE_IMAGES = 2_000
 BLOB_GRID = 16
 #: a cell disagrees when its mean absolute difference (grey levels, after histogram matching) exceeds this
 BLOB_LEVEL = 15.0
+#: the cheap first test (PairCheck.thumb): thumbnails of THUMB_SIDE x THUMB_SIDE, blurred by THUMB_BLUR
+#: pixels, compared inside a disc of THUMB_RADIUS x the side, one turned by each of THUMB_ANGLES (degrees)
+THUMB_SIDE = 24
+THUMB_BLUR = 1.2
+THUMB_RADIUS = 0.45
+THUMB_ANGLES = (-6.0, 0.0, 6.0)
+#: thumbnails kept in memory by a Checker (16 KB each)
+CACHE_THUMBS = 4_000
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,8 @@ class CopyRule:
     """The thresholds of :func:`is_copy`: at least ``min_inliers`` RANSAC inliers making at least
     ``min_inlier_ratio`` of the ratio-test matches, an aligned ``score`` >= ``min_score``, at most
     ``max_outside`` of the textured content of both images outside the other one, a second model of at
-    most ``max_second`` inliers and no region of disagreement thicker than ``max_blob`` cells."""
+    most ``max_second`` inliers, no region of disagreement thicker than ``max_blob`` cells and thumbnails that
+    correlate at least ``min_thumb`` (the first test; a Checker skips the rest below it)."""
 
     min_inliers: int = 30
     min_inlier_ratio: float = 0.3
@@ -78,6 +93,8 @@ class CopyRule:
     max_outside: float = 0.06
     max_second: int = 10_000
     max_blob: int = 6
+    #: the cheap first test: a pair whose thumbnails correlate less (PairCheck.thumb) is no copy
+    min_thumb: float = 0.6
 
 
 #: chosen on the 50 training species of cub100 by benchmarks/duplicates.py (docs/BENCHMARKS.md): the
@@ -111,6 +128,9 @@ class PairCheck:
     second: int = 0
     #: the shorter side (cells of BLOB_GRID) of the largest region where the aligned images disagree
     blob: int = BLOB_GRID
+    #: the cheap first test's correlation of the two thumbnails (1.0: not measured); below the Checker's
+    #: floor the local features were not compared (matches, inliers ... stay 0)
+    thumb: float = 1.0
     error: str = ""
 
     @property
@@ -125,7 +145,7 @@ class PairCheck:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inlier_ratio"] = round(self.inlier_ratio, 4)
-        for k in ("scale", "angle", "score", "outside_a", "outside_b"):
+        for k in ("scale", "angle", "score", "outside_a", "outside_b", "thumb"):
             d[k] = round(float(d[k]), 4)
         return d
 
@@ -135,7 +155,7 @@ def is_copy(check: PairCheck, rule: CopyRule = DEFAULT_RULE) -> bool:
     return (not check.error and check.inliers >= rule.min_inliers
             and check.inlier_ratio >= rule.min_inlier_ratio and check.score >= rule.min_score
             and check.outside <= rule.max_outside and check.second <= rule.max_second
-            and check.blob <= rule.max_blob)
+            and check.blob <= rule.max_blob and check.thumb >= rule.min_thumb)
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -203,6 +223,60 @@ def _mirror(p: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
     if p.mirror_points is None:
         p.mirror_points, p.mirror_desc = _orb(np.ascontiguousarray(p.grey[:, ::-1]))
     return p.mirror_points, p.mirror_desc
+
+
+# --- the cheap first test --------------------------------------------------------------------------
+@dataclass
+class Thumbs:
+    """An image's thumbnails for the first test: ``base`` (S*S,) float32 the grey thumbnail (S =
+    THUMB_SIDE), blurred, zero-mean and unit-norm inside the disc (zero outside), ``turned`` (2T, S*S) the
+    same turned by each of the T THUMB_ANGLES, each also mirrored."""
+
+    base: np.ndarray
+    turned: np.ndarray
+
+
+def _disc() -> np.ndarray:
+    c = (THUMB_SIDE - 1) / 2
+    yy, xx = np.mgrid[0:THUMB_SIDE, 0:THUMB_SIDE]
+    return (((yy - c) ** 2 + (xx - c) ** 2) <= (THUMB_RADIUS * THUMB_SIDE) ** 2).astype(np.float32)
+
+
+def _unit(g: np.ndarray, disc: np.ndarray) -> np.ndarray:
+    g = g * disc
+    g = (g - g.sum() / disc.sum()) * disc
+    return (g / (np.sqrt((g * g).sum()) + 1e-3)).ravel()
+
+
+def thumbnails(path: str | os.PathLike) -> Thumbs:
+    """The first test's thumbnails of ``path``, decoded small (raises engine.images.ImageLoadError)."""
+    import cv2
+
+    from engine.images import load_image
+
+    s = THUMB_SIDE
+    with load_image(path, min_side=2 * s) as img:
+        g = np.asarray(img.convert("L"), np.float32)
+    g = cv2.resize(g, (2 * s, 2 * s), interpolation=cv2.INTER_AREA)
+    disc = _disc()
+
+    def small(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(cv2.resize(x, (s, s), interpolation=cv2.INTER_AREA), (0, 0), THUMB_BLUR)
+
+    turned = []
+    for angle in THUMB_ANGLES:
+        r = g if angle == 0 else cv2.warpAffine(g, cv2.getRotationMatrix2D((s - 0.5, s - 0.5), angle, 1.0),
+                                                (2 * s, 2 * s), flags=cv2.INTER_LINEAR,
+                                                borderMode=cv2.BORDER_REFLECT)
+        r = small(r)
+        turned += [_unit(r, disc), _unit(np.ascontiguousarray(r[:, ::-1]), disc)]
+    return Thumbs(_unit(small(g), disc), np.stack(turned))
+
+
+def thumb_score(a: Thumbs, b: Thumbs) -> float:
+    """The first test (PairCheck.thumb): the best correlation of one image's thumbnail with the other's,
+    turned by one of THUMB_ANGLES and mirrored or not, either way round (-1..1; 1: the same)."""
+    return float(max((b.turned @ a.base).max(), (a.turned @ b.base).max()))
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -408,12 +482,16 @@ def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
 
 
 class Checker:
-    """Checks pairs of files, caching decoded images (up to ``capacity``) and verdicts in memory; a file
-    is known by its path, size and mtime, so an edited file is decoded again."""
+    """Checks pairs of files, caching decoded images (up to ``capacity``), thumbnails and verdicts in
+    memory; a file is known by its path, size and mtime, so an edited file is decoded again. A pair whose
+    first test (PairCheck.thumb) is below ``floor`` is settled there (default: DEFAULT_RULE.min_thumb;
+    None: every pair gets the whole check, as the benchmark needs to choose the rule)."""
 
-    def __init__(self, capacity: int = CACHE_IMAGES) -> None:
+    def __init__(self, capacity: int = CACHE_IMAGES, floor: float | None = DEFAULT_RULE.min_thumb) -> None:
         self.capacity = capacity
+        self.floor = -np.inf if floor is None else float(floor)
         self._images: OrderedDict[tuple, Prepared | str] = OrderedDict()
+        self._thumbs: OrderedDict[tuple, Thumbs | str] = OrderedDict()
         self._pairs: dict[tuple, PairCheck] = {}
 
     @staticmethod
@@ -440,6 +518,22 @@ class Checker:
             self._images.popitem(last=False)
         return got
 
+    def thumbs(self, path: str) -> Thumbs | str:
+        """The image's first-test thumbnails, or a string saying why it cannot be read."""
+        key = self._key(path)
+        got = self._thumbs.get(key)
+        if got is not None:
+            self._thumbs.move_to_end(key)
+            return got
+        try:
+            got = thumbnails(path)
+        except Exception as exc:  # a bad file is evidence too: that pair is not verified
+            got = str(exc) or type(exc).__name__
+        self._thumbs[key] = got
+        while len(self._thumbs) > CACHE_THUMBS:
+            self._thumbs.popitem(last=False)
+        return got
+
     def known(self, path_a: str, path_b: str) -> PairCheck | None:
         """The evidence about this pair when it was checked before (else None)."""
         return self._pairs.get((self._key(path_a), self._key(path_b)))
@@ -454,12 +548,22 @@ class Checker:
         got = self._pairs.get(key)
         if got is not None:
             return got
+        got = self._check(path_a, path_b)
+        self._pairs[key] = got
+        return got
+
+    def _check(self, path_a: str, path_b: str) -> PairCheck:
+        ta, tb = self.thumbs(path_a), self.thumbs(path_b)
+        if isinstance(ta, str) or isinstance(tb, str):
+            return PairCheck(error=ta if isinstance(ta, str) else str(tb))
+        thumb = thumb_score(ta, tb)
+        if thumb < self.floor:
+            return PairCheck(thumb=thumb)
         a, b = self.prepared(path_a), self.prepared(path_b)
         if isinstance(a, str) or isinstance(b, str):
-            got = PairCheck(error=a if isinstance(a, str) else str(b))
-        else:
-            got = check_prepared(a, b)
-        self._pairs[key] = got
+            return PairCheck(error=a if isinstance(a, str) else str(b), thumb=thumb)
+        got = check_prepared(a, b)
+        got.thumb = thumb
         return got
 
 
