@@ -567,6 +567,69 @@ class Checker:
         return got
 
 
+# --- the evidence kept between runs ------------------------------------------------------------------
+#: what shapes the evidence: a store written under other values is not read (the version counts changes
+#: of the check's code)
+EVIDENCE_VERSION = 1
+_EVIDENCE_FIELDS = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b",
+                    "second", "blob", "thumb")
+
+
+def evidence_signature(floor: float) -> str:
+    """The check's constants and the first test's ``floor``: evidence is reused only under the same."""
+    return repr((EVIDENCE_VERSION, WORK_SIDE, ORB_POINTS, RATIO, RANSAC_PIXELS, GRID, PRECHECK_INLIERS,
+                 BLOB_GRID, BLOB_LEVEL, MIRROR_BELOW_INLIERS, MIRROR_BELOW_RATIO, THUMB_SIDE, THUMB_BLUR,
+                 THUMB_RADIUS, THUMB_ANGLES, round(float(floor), 6)))
+
+
+def save_evidence(path: str | os.PathLike, items: Sequence[tuple[str, str, PairCheck]], floor: float) -> int:
+    """Keep the evidence about pairs of files (path_a, path_b, evidence), found by a Checker of first-test
+    ``floor``, in ``path`` (npz, written atomically), each file with its size and mtime: :func:`load_evidence`
+    gives back only the pairs whose two files are unchanged. Returns the pairs written."""
+    from engine.atomic import atomic_open
+
+    files: dict[tuple, int] = {}
+    rows: list[tuple[int, int, PairCheck]] = []
+    for a, b, check in items:
+        ka, kb = Checker._key(a), Checker._key(b)
+        if ka[1] >= 0 and kb[1] >= 0:
+            rows.append((files.setdefault(ka, len(files)), files.setdefault(kb, len(files)), check))
+    keys = list(files)
+    arrays = {f: np.array([getattr(c, f) for _, _, c in rows]) for f in _EVIDENCE_FIELDS}
+    with atomic_open(path, "wb", durable=False) as fh:  # a cache: rebuilt when lost
+        np.savez(fh, signature=np.array(evidence_signature(floor)), files=np.array([k[0] for k in keys], dtype=str),
+                 size=np.array([k[1] for k in keys], np.int64), mtime=np.array([k[2] for k in keys], np.int64),
+                 a=np.array([r[0] for r in rows], np.int64), b=np.array([r[1] for r in rows], np.int64),
+                 error=np.array([c.error for _, _, c in rows], dtype=str), **arrays)
+    return len(rows)
+
+
+def load_evidence(path: str | os.PathLike, checker: Checker) -> int:
+    """Teach ``checker`` the evidence kept in ``path`` by :func:`save_evidence` about files that have not
+    changed since (their size and mtime), if it was found under the same check (:func:`evidence_signature`).
+    A missing store gives nothing; an unreadable one gives nothing and a warning in the log. Returns the
+    pairs learnt."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["signature"]) != evidence_signature(checker.floor):
+                return 0
+            z = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        return 0
+    except Exception as exc:  # a damaged cache is no reason to stop: the pairs are checked again
+        log.warning("ignoring unreadable duplicate evidence %s: %s", path, exc)
+        return 0
+    now = [Checker._key(str(f)) for f in z["files"].tolist()]
+    same = np.array([k[1] == s and k[2] == m for k, s, m in zip(now, z["size"].tolist(), z["mtime"].tolist(),
+                                                                  strict=True)], bool)
+    learnt = 0
+    for n in np.flatnonzero(same[z["a"]] & same[z["b"]] if z["a"].size else np.zeros(0, bool)).tolist():
+        check = PairCheck(**{f: z[f][n].item() for f in _EVIDENCE_FIELDS}, error=str(z["error"][n]))
+        checker._pairs[(now[int(z["a"][n])], now[int(z["b"][n])])] = check
+        learnt += 1
+    return learnt
+
+
 #: below this many pairs to check, verify_pairs works in its own process (starting workers costs ~1 s)
 PARALLEL_MIN_PAIRS = 400
 #: pairs per task handed to a worker process (contiguous in the caller's order: pairs that share an image

@@ -392,6 +392,8 @@ class DuplicateSet:
     #: window sets it once the candidates are verified
     similar_only: bool = False
     decisions: Decisions = field(default_factory=lambda: Decisions())
+    #: where the verification evidence is kept between runs (engine.copycheck.save_evidence; None: not kept)
+    evidence_path: Path | None = None
     _pixels: dict[tuple[int, str], Any] = field(default_factory=dict)
 
     def pixel_fact(self, row: int, name: str, fn: Callable[[str], Any]) -> Any:
@@ -412,9 +414,10 @@ class DuplicateSet:
                should_stop: ShouldStopFn | None = None, workers: int | None = None) -> int:
         """Stage two: check every candidate pair scoring >= ``threshold`` (default: the floor) with
         engine.copycheck.verify_pairs (``workers`` processes, default one per core; cached: a pair checked
-        before is not checked again). Returns the pairs checked now. Raises Cancelled when stopped (the
+        before is not checked again, also in an earlier run when ``evidence_path`` keeps the evidence and
+        neither file changed since). Returns the pairs checked now. Raises Cancelled when stopped (the
         checks made so far are kept)."""
-        from engine.copycheck import verify_pairs
+        from engine.copycheck import Checker, load_evidence, save_evidence, verify_pairs
 
         threshold = self.pairs.floor if threshold is None else max(float(threshold), self.pairs.floor)
         i, j, _ = self.pairs.above(threshold)
@@ -426,8 +429,19 @@ class DuplicateSet:
         def keep(n: int, check: Any) -> None:
             self.checks[todo[n]] = check
 
-        verify_pairs([(self.paths[a], self.paths[b]) for a, b in todo], checker, progress=progress,
-                     should_stop=should_stop, workers=workers, keep=keep)
+        checker = checker or Checker()
+        if self.evidence_path is not None and todo:
+            load_evidence(self.evidence_path, checker)
+        try:
+            verify_pairs([(self.paths[a], self.paths[b]) for a, b in todo], checker, progress=progress,
+                         should_stop=should_stop, workers=workers, keep=keep)
+        finally:  # what was checked is kept, also when stopped
+            if self.evidence_path is not None and todo:
+                try:
+                    save_evidence(self.evidence_path, [(self.paths[a], self.paths[b], c)
+                                                       for (a, b), c in self.checks.items()], checker.floor)
+                except OSError as exc:
+                    log.warning("the duplicate evidence was not kept (%s): the next run checks again", exc)
         self.verified_from = threshold if self.verified_from is None else min(self.verified_from, threshold)
         return len(todo)
 
@@ -559,6 +573,7 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
     dup.candidates = near
     if getattr(collection, "state_dir", None) is not None:
         dup.decisions = Decisions.for_collection(collection)
+        dup.evidence_path = Path(collection.state_dir).parent / EVIDENCE_FILE
     if pairs.truncated:
         dup.notes.append(f"{pairs.truncated} images have more than {MAX_NEIGHBOURS} neighbours above "
                          f"{pairs.floor:.2f}: only their {MAX_NEIGHBOURS} nearest were kept")
@@ -575,6 +590,8 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
 
 # --- decisions: "not copies" and "keep all", kept beside the collection ----------------------------
 DECISIONS_FILE = "duplicate-decisions.json"
+#: the verification evidence of the last run, beside the decisions (engine.copycheck.save_evidence)
+EVIDENCE_FILE = "duplicate-evidence.npz"
 
 
 @dataclass

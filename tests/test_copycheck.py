@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from engine import copycheck
 from engine.collection import Collection
 from engine.copycheck import (
     DEFAULT_RULE,
@@ -19,8 +20,10 @@ from engine.copycheck import (
     _grey_full,
     is_copy,
     jpeg_blocking,
+    load_evidence,
     reencoded_from,
     resampling_peak,
+    save_evidence,
     upscaled_from,
     verify_pairs,
 )
@@ -210,7 +213,27 @@ def test_two_tiers_and_the_keep_best_rule(pictures, tmp_path):
         BestRule(("resolution", "size"))
 
 
-def test_decisions_survive_reindexing(pictures, tmp_path):
+def test_the_evidence_is_kept_until_a_file_changes(pictures, tmp_path):
+    import os
+    import shutil
+
+    a, b = tmp_path / "a.jpg", tmp_path / "b.png"
+    shutil.copy(pictures / "original.jpg", a)
+    shutil.copy(pictures / "rotate.png", b)
+    first = Checker()
+    check = first.check(str(a), str(b))
+    store = tmp_path / "evidence.npz"
+    assert save_evidence(store, [(str(a), str(b), check)], first.floor) == 1
+    second = Checker()
+    assert load_evidence(store, second) == 1 and second.known(str(a), str(b)) == check
+    assert load_evidence(store, Checker(floor=None)) == 0  # found under another first test: not reused
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))  # the file changed
+    assert load_evidence(store, Checker()) == 0
+    store.write_bytes(b"damaged")
+    assert load_evidence(store, Checker()) == 0
+
+
+def test_decisions_survive_reindexing(pictures, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     c = _collection(pictures, cache)
     dup = find_duplicates(c, threshold=0.5, floor=-1.0)
@@ -224,6 +247,8 @@ def test_decisions_survive_reindexing(pictures, tmp_path):
     again = Collection.open(pictures, model_spec=SPEC, cache_dir=cache, index="exact", rebuild=True)
     again.update(TinyImage())
     dup2 = find_duplicates(again, threshold=0.5, floor=-1.0)
+    # the evidence was kept beside the decisions: files unchanged by the reindexing are not checked again
+    monkeypatch.setattr(copycheck, "thumbnails", lambda path: pytest.fail(f"{path} was checked again"))
     dup2.verify()
     assert len(dup2.copy_groups()) == n - 1
     kept = Decisions.for_collection(again)
