@@ -156,6 +156,16 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
     Every row queries its ``k`` nearest neighbours (exact when ``exact``, default: up to EXACT_LIMIT
     rows); rows whose whole list scores >= ``floor`` ask again with twice as many, up to ``max_k``.
     Raises Cancelled when ``should_stop()`` says so."""
+    return _search_pairs(collection, floor, k=k, max_k=max_k, exact=exact, batch=batch, progress=progress,
+                         should_stop=should_stop)[0]
+
+
+def _search_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = MAX_NEIGHBOURS,
+                  exact: bool | None = None, batch: int = 512, progress: ProgressFn | None = None,
+                  should_stop: ShouldStopFn | None = None,
+                  near: tuple[int, float] | None = None) -> tuple[DuplicatePairs, DuplicatePairs | None]:
+    """:func:`find_pairs`, and with ``near`` = (K, near_floor) in the same search also each row's K nearest
+    neighbours scoring >= near_floor (the copies tier's candidates; one search instead of two)."""
     report, stop = resolve(progress, should_stop)
     # one snapshot: another thread may be adding rows meanwhile (hits on rows beyond it are left out)
     vectors = collection.vectors
@@ -164,35 +174,51 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
     exact = n <= EXACT_LIMIT if exact is None else bool(exact)
     empty = DuplicatePairs(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                            float(floor), exact)
+    near_empty = None if near is None else DuplicatePairs(n, empty.i, empty.j, empty.scores, float(near[1]), exact)
     if n < 2:
-        return empty
+        return empty, near_empty
     row_of = {p: r for r, p in enumerate(relpaths)}
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
+    near_i: list[np.ndarray] = []
+    near_j: list[np.ndarray] = []
+    near_s: list[np.ndarray] = []
     todo = np.arange(n)
-    want = min(max(2, int(k) + 1), n)  # +1: a row finds itself
+    first_want = min(max(2, int(k) + 1), n)  # +1: a row finds itself
+    want = first_want
     queries, truncated, done = 0, 0, 0
     report(0, n, "searching for similar pairs")
     while todo.size:
         again: list[int] = []
+        first = want == first_want
+        # the first pass also holds the near neighbours: as many of them, down to their floor
+        ask = max(want, min(int(near[0]) + 1, n)) if first and near is not None else want
+        low = min(float(floor), float(near[1])) if first and near is not None else float(floor)
         for start in range(0, todo.size, batch):
             if stop():
                 raise Cancelled("duplicate search stopped")
             rows = todo[start:start + batch]
-            options = SearchOptions(k=want, exact=exact, threshold=float(floor))
-            hits = collection.search_many(vectors[rows], options)
+            hits = collection.search_many(vectors[rows], SearchOptions(k=ask, exact=exact, threshold=low))
             queries += 1
             for r, row_hits in zip(rows, hits, strict=True):
                 js = np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits))
                 ss = np.fromiter((h.score for h in row_hits), np.float32, len(row_hits))
                 ok = js >= 0
+                if first and near is not None:
+                    m = ok.copy()
+                    m[int(near[0]) + 1:] = False
+                    m &= ss >= np.float32(near[1])
+                    near_i.append(np.full(int(m.sum()), r, np.int64))
+                    near_j.append(js[m])
+                    near_s.append(ss[m])
+                    ok &= ss >= np.float32(floor)
                 found_i.append(np.full(int(ok.sum()), r, np.int64))
                 found_j.append(js[ok])
                 found_s.append(ss[ok])
-                if len(row_hits) >= want and want < n:
+                if int((ss >= np.float32(floor)).sum()) >= want and want < n:
                     again.append(int(r))
-            if want == min(max(2, int(k) + 1), n):
+            if first:
                 done += rows.size
                 report(done, n, "searching for similar pairs")
         if not again:
@@ -206,7 +232,11 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
         want = min(2 * want - 1, max_k + 1, n)
     i, j, s = unique_pairs(n, np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
     keep = s >= np.float32(floor)
-    return DuplicatePairs(n, i[keep], j[keep], s[keep], float(floor), exact, truncated, queries)
+    pairs = DuplicatePairs(n, i[keep], j[keep], s[keep], float(floor), exact, truncated, queries)
+    if near is None:
+        return pairs, None
+    i, j, s = unique_pairs(n, np.concatenate(near_i), np.concatenate(near_j), np.concatenate(near_s))
+    return pairs, DuplicatePairs(n, i, j, s, float(near[1]), exact, 0, queries)
 
 
 # --- grouping ------------------------------------------------------------------------------------
@@ -562,12 +592,10 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
         floor = float(threshold) - SEARCH_MARGIN
     if floor > threshold:
         raise ValueError(f"floor {floor} is above the threshold {threshold}")
-    pairs = find_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop)
-    near = None
-    if candidates and CANDIDATE_FLOOR < floor:  # stage one of the copies tier (see CANDIDATE_K)
-        near = find_pairs(collection, CANDIDATE_FLOOR, k=CANDIDATE_K, max_k=CANDIDATE_K, exact=exact,
-                          progress=lambda d, t, _m: report(d, t, "searching for copy candidates"),
-                          should_stop=stop)
+    # stage one of the copies tier (see CANDIDATE_K) comes from the same search
+    wanted = (CANDIDATE_K, CANDIDATE_FLOOR) if candidates and CANDIDATE_FLOOR < floor else None
+    pairs, near = _search_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop,
+                                near=wanted)
     paths, relpaths = collection.paths[:pairs.n], collection.relpaths[:pairs.n]
     dup = DuplicateSet(str(collection.folder), paths, relpaths, pairs, descriptor=descriptor)
     dup.candidates = near
