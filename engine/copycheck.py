@@ -7,7 +7,7 @@ module checks each one with OpenCV (opencv-python-headless, pinned in constraint
    decoded at a JPEG's reduced scale, are squeezed to THUMB_SIDE x THUMB_SIDE grey thumbnails, blurred;
    ``thumb`` is the best correlation inside a central disc of one with the other turned by THUMB_ANGLES,
    mirrored or not (~1 ms per image, ~10 us per pair). A copy keeps its thumbnail through every edit the
-   benchmark makes (its lowest, a caption: ~0.77); a pair below the Checker's ``floor``
+   benchmark makes (its lowest on cub100: 0.77-0.83, crops and captions); a pair below the Checker's ``floor``
    (DEFAULT_RULE.min_thumb) is not checked further (its ORB evidence stays empty);
 1. both images are decoded small (engine.images.load_image with draft decoding) and brought to
    :data:`WORK_SIDE` pixels on the long side (small images are enlarged, so that a thumbnail and its
@@ -94,13 +94,14 @@ class CopyRule:
     max_second: int = 10_000
     max_blob: int = 6
     #: the cheap first test: a pair whose thumbnails correlate less (PairCheck.thumb) is no copy
-    min_thumb: float = 0.6
+    min_thumb: float = 0.7
 
 
 #: chosen on the 50 training species of cub100 by benchmarks/duplicates.py (docs/BENCHMARKS.md): the
 #: highest minimum recall over the kinds of edit at precision >= 0.99 on every kind, on all edits at once
 #: and on the generated bursts and textures (1,440 rules tried; with the blob, the second model's limit
-#: no longer helps: it stays evidence, unlimited by default)
+#: no longer helps: it stays evidence, unlimited by default); the first test's min_thumb is then the highest
+#: of its grid at least 0.1 below every verified copy there (lowest: 0.83)
 DEFAULT_RULE = CopyRule()
 #: the mirrored image is tried when the direct one gives fewer inliers than this, or fewer than
 #: MIRROR_BELOW_RATIO of the matches (the values the benchmark's evidence was measured with)
@@ -632,19 +633,18 @@ def load_evidence(path: str | os.PathLike, checker: Checker) -> int:
 
 #: below this many pairs to check, verify_pairs works in its own process (starting workers costs ~1 s)
 PARALLEL_MIN_PAIRS = 400
-#: pairs per task handed to a worker process (contiguous in the caller's order: pairs that share an image
-#: mostly land in one worker, which decodes and describes that image once)
+#: pairs per task handed to a worker process (each worker works through one run of locality_order's pairs)
 PARALLEL_CHUNK = 64
 
 _worker_checker: Checker | None = None
 
 
-def _worker_init() -> None:
+def _worker_init(floor: float) -> None:
     import cv2
 
     global _worker_checker
     cv2.setNumThreads(1)  # one process per core already
-    _worker_checker = Checker()
+    _worker_checker = Checker(floor=floor)
 
 
 def _worker_chunk(pairs: list[tuple[str, str]]) -> list[PairCheck]:
@@ -667,8 +667,8 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
                  min_parallel: int = PARALLEL_MIN_PAIRS) -> list[PairCheck]:
     """The evidence about each pair of files (a list as long as ``pairs``). With ``workers`` > 1 (default:
     :func:`default_workers`) and at least ``min_parallel`` pairs, the pairs are checked by that many
-    processes, in chunks of PARALLEL_CHUNK (the verdicts are the same: each check is deterministic given
-    its two images). ``checker`` answers the pairs it has seen and learns the new ones; ``keep(n,
+    processes (:func:`_verify_parallel`; the verdicts are the same: each check is deterministic given its
+    two images and the checker's first-test floor). ``checker`` answers the pairs it has seen and learns the new ones; ``keep(n,
     check)`` is called as each pair's evidence arrives, so that a caller keeps what was checked when
     ``should_stop()`` stops the work (Cancelled is raised then)."""
     report, stop = resolve(progress, should_stop)
@@ -690,7 +690,7 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
             todo.append(n)
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers > 1 and len(todo) >= max(min_parallel, 2):
-        _verify_parallel(pairs, todo, workers, done, report, stop)
+        _verify_parallel(pairs, todo, workers, checker.floor, done, report, stop)
     else:
         for x, n in enumerate(todo):
             if x % 16 == 0:
@@ -702,35 +702,78 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
     return [c for c in out if c is not None]
 
 
-def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers: int,
+def locality_order(pairs: Sequence[tuple[str, str]], todo: Sequence[int]) -> list[int]:
+    """``todo`` (indices into ``pairs``) reordered so that pairs sharing a file come close together: the
+    files are numbered in breadth-first order over the graph the pairs make, and the pairs sorted by their
+    files' numbers (the lower first). Cut into runs, each run then holds few files another run needs, and a
+    worker's cache of decoded files rarely has to decode one twice."""
+    from collections import deque
+
+    node: dict[str, int] = {}
+    for n in todo:
+        for f in pairs[n]:
+            node.setdefault(f, len(node))
+    nbrs: list[list[int]] = [[] for _ in node]
+    ends = [(node[pairs[n][0]], node[pairs[n][1]]) for n in todo]
+    for a, b in ends:
+        nbrs[a].append(b)
+        nbrs[b].append(a)
+    rank = [-1] * len(node)
+    seen = 0
+    for root in range(len(node)):
+        if rank[root] >= 0:
+            continue
+        rank[root] = seen
+        seen += 1
+        queue = deque([root])
+        while queue:
+            for x in nbrs[queue.popleft()]:
+                if rank[x] < 0:
+                    rank[x] = seen
+                    seen += 1
+                    queue.append(x)
+    keys = [(min(rank[a], rank[b]), max(rank[a], rank[b])) for a, b in ends]
+    return [todo[x] for x in sorted(range(len(todo)), key=keys.__getitem__)]
+
+
+def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers: int, floor: float,
                      done: Callable[[int, PairCheck], None], report: Callable[[int, int, str], None],
                      stop: Callable[[], bool]) -> None:
-    """verify_pairs' worker processes (spawned: safe beside the window's threads)."""
+    """verify_pairs' worker processes (spawned: safe beside the window's threads). The pairs, in
+    :func:`locality_order`, are cut into one run per worker, each worker its own process and cache: a file
+    is decoded and described by one worker, mostly once."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    chunks = [todo[x:x + PARALLEL_CHUNK] for x in range(0, len(todo), PARALLEL_CHUNK)]
+    ordered = locality_order(pairs, todo)
+    per = -(-len(ordered) // workers)
+    runs = [ordered[x:x + per] for x in range(0, len(ordered), per)]
     finished = 0
     report(0, len(todo), "verifying candidate pairs")
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init) as pool:
-        running = {pool.submit(_worker_chunk, [tuple(pairs[n]) for n in c]): c for c in chunks}
-        try:
-            while running:
-                ready, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
-                if stop():
-                    raise Cancelled("verification stopped")
-                for fut in ready:
-                    chunk = running.pop(fut)
-                    for n, c in zip(chunk, fut.result(), strict=True):
-                        done(n, c)
-                    finished += len(chunk)
-                    report(finished, len(todo), "verifying candidate pairs")
-        except BaseException:
-            for fut in running:
-                fut.cancel()
+    context = multiprocessing.get_context("spawn")
+    pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init, initargs=(floor,))
+             for _ in runs]
+    running = {}
+    try:
+        for pool, run in zip(pools, runs, strict=True):
+            for x in range(0, len(run), PARALLEL_CHUNK):  # one worker each: its chunks in this order
+                chunk = run[x:x + PARALLEL_CHUNK]
+                running[pool.submit(_worker_chunk, [tuple(pairs[n]) for n in chunk])] = chunk
+        while running:
+            ready, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            if stop():
+                raise Cancelled("verification stopped")
+            for fut in ready:
+                chunk = running.pop(fut)
+                for n, c in zip(chunk, fut.result(), strict=True):
+                    done(n, c)
+                finished += len(chunk)
+                report(finished, len(todo), "verifying candidate pairs")
+    finally:
+        for fut in running:
+            fut.cancel()
+        for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
-            raise
 
 
 # --- what the pixels say about which file came first (the keep-best rule of engine.duplicates) ----

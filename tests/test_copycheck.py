@@ -21,6 +21,7 @@ from engine.copycheck import (
     is_copy,
     jpeg_blocking,
     load_evidence,
+    locality_order,
     reencoded_from,
     resampling_peak,
     save_evidence,
@@ -159,6 +160,12 @@ def test_worker_processes_give_the_same_evidence(pictures):
     assert [is_copy(c) for c in there] == [is_copy(c) for c in here] == [True, True, True, False, True]
     assert [c.inliers for c in there] == [c.inliers for c in here]
     assert sorted(kept) == list(range(len(pairs)))
+
+    # the workers' order keeps pairs that share a file together
+    chain = [("a", "b"), ("x", "y"), ("b", "c"), ("y", "z"), ("c", "d")]
+    order = locality_order(chain, range(len(chain)))
+    assert sorted(order) == list(range(len(chain)))
+    assert [chain[n] for n in order] == [("a", "b"), ("b", "c"), ("c", "d"), ("x", "y"), ("y", "z")]
 
 
 def test_an_unreadable_file_is_evidence_not_a_crash(pictures, tmp_path):
