@@ -691,6 +691,8 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers > 1 and len(todo) >= max(min_parallel, 2):
         _verify_parallel(pairs, todo, workers, checker.floor, done, report, stop)
+        for n in [n for n in todo if out[n] is None]:  # none: each chunk comes back once (a safety net)
+            done(n, checker.check(*pairs[n]))
     else:
         for x, n in enumerate(todo):
             if x % 16 == 0:
@@ -741,7 +743,9 @@ def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers:
                      stop: Callable[[], bool]) -> None:
     """verify_pairs' worker processes (spawned: safe beside the window's threads). The pairs, in
     :func:`locality_order`, are cut into one run per worker, each worker its own process and cache: a file
-    is decoded and described by one worker, mostly once."""
+    is decoded and described by one worker, mostly once. A worker done with its run takes over the second
+    half of the not yet started chunks of the one with most left (the first test settles pairs at very
+    different costs)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -753,22 +757,43 @@ def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers:
     context = multiprocessing.get_context("spawn")
     pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init, initargs=(floor,))
              for _ in runs]
-    running = {}
+    queued: list[list[tuple[Any, list[int]]]] = [[] for _ in runs]  # each worker's chunks, in order
+    running: dict[Any, tuple[int, list[int]]] = {}
+
+    def submit(w: int, chunk: list[int]) -> None:
+        fut = pools[w].submit(_worker_chunk, [tuple(pairs[n]) for n in chunk])
+        queued[w].append((fut, chunk))
+        running[fut] = (w, chunk)
+
+    def steal(idle: int) -> None:
+        """Hand the idle worker the not yet started second half of the busiest one's chunks."""
+        busy = max(range(len(pools)), key=lambda w: len(queued[w]))
+        tail = queued[busy][len(queued[busy]) // 2 + 1:]
+        taken = [(f, c) for f, c in tail if f.cancel()]
+        for f, c in taken:
+            queued[busy].remove((f, c))
+            running.pop(f)
+        for _, c in taken:
+            submit(idle, c)
+
     try:
-        for pool, run in zip(pools, runs, strict=True):
+        for w, run in enumerate(runs):
             for x in range(0, len(run), PARALLEL_CHUNK):  # one worker each: its chunks in this order
-                chunk = run[x:x + PARALLEL_CHUNK]
-                running[pool.submit(_worker_chunk, [tuple(pairs[n]) for n in chunk])] = chunk
+                submit(w, run[x:x + PARALLEL_CHUNK])
         while running:
             ready, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
             if stop():
                 raise Cancelled("verification stopped")
             for fut in ready:
-                chunk = running.pop(fut)
+                w, chunk = running.pop(fut)
+                queued[w] = [(f, c) for f, c in queued[w] if f is not fut]
                 for n, c in zip(chunk, fut.result(), strict=True):
                     done(n, c)
                 finished += len(chunk)
                 report(finished, len(todo), "verifying candidate pairs")
+            for w in range(len(pools)):
+                if not queued[w] and running:
+                    steal(w)
     finally:
         for fut in running:
             fut.cancel()
