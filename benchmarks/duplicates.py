@@ -370,7 +370,9 @@ def evidence_table(checks: list) -> dict[str, np.ndarray]:
     return {"inliers": np.array([c.inliers for c in checks]), "ratio": np.array([c.inlier_ratio for c in checks]),
             "score": np.array([c.score for c in checks]), "outside": np.array([c.outside for c in checks]),
             "second": np.array([c.second for c in checks]), "blob": np.array([c.blob for c in checks]),
-            "thumb": np.array([c.thumb for c in checks]), "error": np.array([bool(c.error) for c in checks])}
+            "thumb": np.array([c.thumb for c in checks]), "error": np.array([bool(c.error) for c in checks]),
+            "mirrored": np.array([bool(c.mirrored) for c in checks], bool),
+            "thumb_mirrored": np.array([c.thumb_mirrored for c in checks])}
 
 
 def verdicts(ev: dict[str, np.ndarray], rule: dict[str, float]) -> np.ndarray:
@@ -378,7 +380,12 @@ def verdicts(ev: dict[str, np.ndarray], rule: dict[str, float]) -> np.ndarray:
     return (~ev["error"] & (ev["inliers"] >= rule["min_inliers"]) & (ev["ratio"] >= rule["min_inlier_ratio"])
             & (ev["score"] >= rule["min_score"]) & (ev["outside"] <= rule["max_outside"])
             & (ev["second"] <= rule["max_second"]) & (ev["blob"] <= rule["max_blob"])
-            & (ev["thumb"] >= rule.get("min_thumb", -np.inf)))
+            & (ev["thumb"] >= rule.get("min_thumb", -np.inf))
+            # the evidence is measured with every check (Checker(floor=None)); a Checker with the first test
+            # tries the mirror only when the mirrored thumbnails pass it: a pair matched mirrored below that
+            # had a weak direct match (< MIRROR_BELOW_INLIERS inliers or ratio < MIRROR_BELOW_RATIO), no copy
+            # under any rule asking more (every rule chosen so far)
+            & ~(ev["mirrored"] & (ev["thumb_mirrored"] < rule.get("min_thumb", -np.inf))))
 
 
 def make_hard_negatives(data_images: Path, records: list[dict], out: Path, seed: int = 1) -> list[dict]:
@@ -497,10 +504,10 @@ def choose_rule(recall_per_kind, precision_per_kind) -> int:
 def _checks_cached(checker, paths: list[str], a: np.ndarray, b: np.ndarray, cache: Path) -> tuple[list, float, float]:
     """engine.copycheck evidence of pairs (paths[a], paths[b]) -> (PairChecks, seconds preparing images,
     seconds checking pairs); kept in ``cache`` (npz) for later runs (seconds then from the first run)."""
-    from engine.copycheck import PairCheck, thumb_score
+    from engine.copycheck import PairCheck, thumb_scores
 
     fields = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b", "second", "blob",
-              "thumb")
+              "thumb", "thumb_mirrored")
     if cache.is_file():
         z = np.load(cache)
         if np.array_equal(z["a"], a) and np.array_equal(z["b"], b):
@@ -509,14 +516,15 @@ def _checks_cached(checker, paths: list[str], a: np.ndarray, b: np.ndarray, cach
             checks = [PairCheck(**{f: v[n] for f, v in have.items()}, error="error" if error[n] else "")
                       for n in range(a.size)]
             extra = {"thumb_s": z["thumb_s"]} if "thumb_s" in z.files else {}
-            if "thumb" not in z.files:
+            if "thumb" not in z.files or "thumb_mirrored" not in z.files:
                 # the first test (engine.copycheck.thumb_score) is independent of the rest of the evidence:
                 # measured for every pair, the rest kept
                 t = time.perf_counter()
                 for n, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
                     ta, tb = checker.thumbs(paths[x]), checker.thumbs(paths[y])
                     if not (isinstance(ta, str) or isinstance(tb, str)):
-                        checks[n].thumb = thumb_score(ta, tb)
+                        direct, mirrored = thumb_scores(ta, tb)
+                        checks[n].thumb, checks[n].thumb_mirrored = max(direct, mirrored), mirrored
                 extra = {"thumb_s": time.perf_counter() - t}
                 eprint(f"  first test of {a.size:,} pairs in {extra['thumb_s']:.0f} s")
                 np.savez(cache, a=a, b=b, prep_s=z["prep_s"], check_s=z["check_s"], **extra,

@@ -8,7 +8,9 @@ module checks each one with OpenCV (opencv-python-headless, pinned in constraint
    ``thumb`` is the best correlation inside a central disc of one with the other turned by THUMB_ANGLES,
    mirrored or not (~1 ms per image, ~10 us per pair). A copy keeps its thumbnail through every edit the
    benchmark makes (its lowest on cub100: 0.77-0.83, crops and captions); a pair below the Checker's ``floor``
-   (DEFAULT_RULE.min_thumb) is not checked further (its ORB evidence stays empty);
+   (DEFAULT_RULE.min_thumb) is not checked further (its ORB evidence stays empty), and the mirrored image
+   is described and matched in step 2 only when the mirrored thumbnails reach the floor
+   (``thumb_mirrored``: a mirrored copy keeps them, >= 0.81 on cub100);
 1. both images are decoded small (engine.images.load_image with draft decoding) and brought to
    :data:`WORK_SIDE` pixels on the long side (small images are enlarged, so that a thumbnail and its
    original meet at one scale); ORB key points (:data:`ORB_POINTS`) on the grey image;
@@ -132,6 +134,8 @@ class PairCheck:
     #: the cheap first test's correlation of the two thumbnails (1.0: not measured); below the Checker's
     #: floor the local features were not compared (matches, inliers ... stay 0)
     thumb: float = 1.0
+    #: the same with the thumbnails mirrored (1.0: not measured); below the floor, no mirror was tried
+    thumb_mirrored: float = 1.0
     error: str = ""
 
     @property
@@ -146,7 +150,7 @@ class PairCheck:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inlier_ratio"] = round(self.inlier_ratio, 4)
-        for k in ("scale", "angle", "score", "outside_a", "outside_b", "thumb"):
+        for k in ("scale", "angle", "score", "outside_a", "outside_b", "thumb", "thumb_mirrored"):
             d[k] = round(float(d[k]), 4)
         return d
 
@@ -274,10 +278,16 @@ def thumbnails(path: str | os.PathLike) -> Thumbs:
     return Thumbs(_unit(small(g), disc), np.stack(turned))
 
 
+def thumb_scores(a: Thumbs, b: Thumbs) -> tuple[float, float]:
+    """The first test: the best correlation of one image's thumbnail with the other's turned by one of
+    THUMB_ANGLES, either way round (-1..1; 1: the same), as it is and mirrored: (direct, mirrored)."""
+    ab, ba = b.turned @ a.base, a.turned @ b.base  # rows: each angle as it is, then mirrored
+    return float(max(ab[0::2].max(), ba[0::2].max())), float(max(ab[1::2].max(), ba[1::2].max()))
+
+
 def thumb_score(a: Thumbs, b: Thumbs) -> float:
-    """The first test (PairCheck.thumb): the best correlation of one image's thumbnail with the other's,
-    turned by one of THUMB_ANGLES and mirrored or not, either way round (-1..1; 1: the same)."""
-    return float(max((b.turned @ a.base).max(), (a.turned @ b.base).max()))
+    """The first test (PairCheck.thumb): the better of :func:`thumb_scores`."""
+    return max(thumb_scores(a, b))
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -442,16 +452,17 @@ def _disagreement_blob(a: Prepared, wb: np.ndarray, valid: np.ndarray, smaller_s
     return int(min(stats[big, cv2.CC_STAT_WIDTH], stats[big, cv2.CC_STAT_HEIGHT]))
 
 
-def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
+def check_prepared(a: Prepared, b: Prepared, mirror: bool = True) -> PairCheck:
     """The evidence about prepared images ``a`` and ``b`` (see :class:`PairCheck`). The aligned score and
     the containment are measured only when the transform has at least PRECHECK_INLIERS inliers (else
-    they stay 0 and 1: no pair that weak is a copy)."""
+    they stay 0 and 1: no pair that weak is a copy). ``mirror``: b mirrored may be tried (when the direct
+    match is weak)."""
     import cv2
 
     pairs = _match(a.desc, b.desc)
     m, inl = _transform(a.points, b.points, pairs)
     mirrored = False
-    if m is None or inl < MIRROR_BELOW_INLIERS or inl < MIRROR_BELOW_RATIO * len(pairs):
+    if mirror and (m is None or inl < MIRROR_BELOW_INLIERS or inl < MIRROR_BELOW_RATIO * len(pairs)):
         mp, md = _mirror(b)
         mpairs = _match(a.desc, md)
         mm, minl = _transform(a.points, mp, mpairs)
@@ -557,23 +568,24 @@ class Checker:
         ta, tb = self.thumbs(path_a), self.thumbs(path_b)
         if isinstance(ta, str) or isinstance(tb, str):
             return PairCheck(error=ta if isinstance(ta, str) else str(tb))
-        thumb = thumb_score(ta, tb)
+        direct, mirrored = thumb_scores(ta, tb)
+        thumb = max(direct, mirrored)
         if thumb < self.floor:
-            return PairCheck(thumb=thumb)
+            return PairCheck(thumb=thumb, thumb_mirrored=mirrored)
         a, b = self.prepared(path_a), self.prepared(path_b)
         if isinstance(a, str) or isinstance(b, str):
-            return PairCheck(error=a if isinstance(a, str) else str(b), thumb=thumb)
-        got = check_prepared(a, b)
-        got.thumb = thumb
+            return PairCheck(error=a if isinstance(a, str) else str(b), thumb=thumb, thumb_mirrored=mirrored)
+        got = check_prepared(a, b, mirror=mirrored >= self.floor)
+        got.thumb, got.thumb_mirrored = thumb, mirrored
         return got
 
 
 # --- the evidence kept between runs ------------------------------------------------------------------
 #: what shapes the evidence: a store written under other values is not read (the version counts changes
 #: of the check's code)
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2
 _EVIDENCE_FIELDS = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b",
-                    "second", "blob", "thumb")
+                    "second", "blob", "thumb", "thumb_mirrored")
 
 
 def evidence_signature(floor: float) -> str:

@@ -111,6 +111,8 @@ def test_an_edited_copy_is_verified(pictures, kind):
     assert chk.mirrored == (kind == "mirror")
     assert chk.score >= 0.6 and chk.inliers >= 12
     assert chk.thumb >= DEFAULT_RULE.min_thumb  # the first test lets every edit through
+    if kind == "mirror":  # ... and the mirror is tried only for pairs whose mirrored thumbnails pass it
+        assert chk.thumb_mirrored >= DEFAULT_RULE.min_thumb
     if kind == "upscaled":
         assert chk.scale == pytest.approx(2.0, rel=0.05)
     if kind == "rotate":
