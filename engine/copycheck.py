@@ -241,16 +241,25 @@ class Thumbs:
     turned: np.ndarray
 
 
+_DISC: np.ndarray | None = None
+
+
 def _disc() -> np.ndarray:
-    c = (THUMB_SIDE - 1) / 2
-    yy, xx = np.mgrid[0:THUMB_SIDE, 0:THUMB_SIDE]
-    return (((yy - c) ** 2 + (xx - c) ** 2) <= (THUMB_RADIUS * THUMB_SIDE) ** 2).astype(np.float32)
+    """(S, S) float32: 1 inside the disc of THUMB_RADIUS x the side around the centre, 0 outside."""
+    global _DISC
+    if _DISC is None:
+        c = (THUMB_SIDE - 1) / 2
+        yy, xx = np.mgrid[0:THUMB_SIDE, 0:THUMB_SIDE]
+        _DISC = (((yy - c) ** 2 + (xx - c) ** 2) <= (THUMB_RADIUS * THUMB_SIDE) ** 2).astype(np.float32)
+    return _DISC
 
 
-def _unit(g: np.ndarray, disc: np.ndarray) -> np.ndarray:
+def _unit(g: np.ndarray) -> np.ndarray:
+    """(N, S, S) thumbnails -> (N, S*S): zero-mean and unit-norm inside the disc, zero outside."""
+    disc = _disc()
     g = g * disc
-    g = (g - g.sum() / disc.sum()) * disc
-    return (g / (np.sqrt((g * g).sum()) + 1e-3)).ravel()
+    g = (g - (g.sum((1, 2)) / disc.sum())[:, None, None]) * disc
+    return (g / (np.sqrt((g * g).sum((1, 2))) + 1e-3)[:, None, None]).reshape(g.shape[0], -1)
 
 
 def thumbnails(path: str | os.PathLike) -> Thumbs:
@@ -263,19 +272,15 @@ def thumbnails(path: str | os.PathLike) -> Thumbs:
     with load_image(path, min_side=2 * s) as img:
         g = np.asarray(img.convert("L"), np.float32)
     g = cv2.resize(g, (2 * s, 2 * s), interpolation=cv2.INTER_AREA)
-    disc = _disc()
-
-    def small(x: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(cv2.resize(x, (s, s), interpolation=cv2.INTER_AREA), (0, 0), THUMB_BLUR)
-
     turned = []
     for angle in THUMB_ANGLES:
         r = g if angle == 0 else cv2.warpAffine(g, cv2.getRotationMatrix2D((s - 0.5, s - 0.5), angle, 1.0),
                                                 (2 * s, 2 * s), flags=cv2.INTER_LINEAR,
                                                 borderMode=cv2.BORDER_REFLECT)
-        r = small(r)
-        turned += [_unit(r, disc), _unit(np.ascontiguousarray(r[:, ::-1]), disc)]
-    return Thumbs(_unit(small(g), disc), np.stack(turned))
+        r = cv2.GaussianBlur(cv2.resize(r, (s, s), interpolation=cv2.INTER_AREA), (0, 0), THUMB_BLUR)
+        turned += [r, r[:, ::-1]]
+    units = _unit(np.stack(turned))
+    return Thumbs(units[2 * THUMB_ANGLES.index(0.0)].copy(), units)
 
 
 def thumb_scores(a: Thumbs, b: Thumbs) -> tuple[float, float]:
