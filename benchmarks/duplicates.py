@@ -703,11 +703,14 @@ def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarra
     for rows in members.values():
         orig = next(r for r in rows if records[r]["kind"] == "original")
         p = up_dir / records[orig]["relpath"]
-        p = p.with_name(p.stem + ("_up.jpg" if rng.random() < 0.5 else "_up.png"))
+        # both drawn whether or not the file is there already, and named by them: every run uses the same
+        # copies (drawing the factor only when a file was missing let the JPEG / PNG choice drift between runs)
+        ext = "jpg" if rng.random() < 0.5 else "png"
+        f = float(rng.uniform(1.5, 2.5))
+        p = p.with_name(f"{p.stem}_up{f:.3f}.{ext}")
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(paths[orig]) as im:
-                f = rng.uniform(1.5, 2.5)
                 im.convert("RGB").resize((round(im.width * f), round(im.height * f)),
                                          Image.Resampling.BICUBIC).save(p, quality=90)
         row = len(paths) + len(extra_paths)

@@ -519,37 +519,30 @@ class Checker:
         except OSError:
             return (str(path), -1, -1)
 
-    def prepared(self, path: str) -> Prepared | str:
-        """The prepared image, or a string saying why it cannot be read."""
+    def _cached(self, cache: OrderedDict, capacity: int, path: str, make: Callable[[str], Any]) -> Any:
+        """``make(path)`` kept in ``cache`` (least recently used first out), or a string saying why the
+        file cannot be read (a bad file is evidence too: its pairs are not verified)."""
         key = self._key(path)
-        got = self._images.get(key)
+        got = cache.get(key)
         if got is not None:
-            self._images.move_to_end(key)
+            cache.move_to_end(key)
             return got
         try:
-            got = prepare(path)
-        except Exception as exc:  # a bad file is evidence too: that pair is not verified
+            got = make(path)
+        except Exception as exc:
             got = str(exc) or type(exc).__name__
-        self._images[key] = got
-        while len(self._images) > self.capacity:
-            self._images.popitem(last=False)
+        cache[key] = got
+        while len(cache) > capacity:
+            cache.popitem(last=False)
         return got
+
+    def prepared(self, path: str) -> Prepared | str:
+        """The prepared image, or a string saying why it cannot be read."""
+        return self._cached(self._images, self.capacity, path, prepare)
 
     def thumbs(self, path: str) -> Thumbs | str:
         """The image's first-test thumbnails, or a string saying why it cannot be read."""
-        key = self._key(path)
-        got = self._thumbs.get(key)
-        if got is not None:
-            self._thumbs.move_to_end(key)
-            return got
-        try:
-            got = thumbnails(path)
-        except Exception as exc:  # a bad file is evidence too: that pair is not verified
-            got = str(exc) or type(exc).__name__
-        self._thumbs[key] = got
-        while len(self._thumbs) > CACHE_THUMBS:
-            self._thumbs.popitem(last=False)
-        return got
+        return self._cached(self._thumbs, CACHE_THUMBS, path, thumbnails)
 
     def known(self, path_a: str, path_b: str) -> PairCheck | None:
         """The evidence about this pair when it was checked before (else None)."""
