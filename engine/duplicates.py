@@ -177,7 +177,26 @@ def _search_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int
     near_empty = None if near is None else DuplicatePairs(n, empty.i, empty.j, empty.scores, float(near[1]), exact)
     if n < 2:
         return empty, near_empty
+    if exact:
+        # the rows' own vectors against each other: engine.index's exact search on the snapshot, row numbers
+        # as ids (the collection's search answers the same, with a SearchHit per hit that this throws away)
+        from engine.index import make_index
+
+        brute = make_index("exact", "cosine", dim=int(vectors.shape[1]))
+        brute.add(np.asarray(vectors, np.float32), np.arange(n, dtype=np.int64), normalised=True)
+
     row_of = {p: r for r, p in enumerate(relpaths)}
+
+    def neighbours(rows: np.ndarray, want: int, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row: (rows, scores) of its ``want`` nearest scoring >= ``low``, best first."""
+        if exact:
+            ids, scores = brute.query(vectors[rows], want)
+            keep = scores >= np.float32(low)
+            return [(ids[x][keep[x]], scores[x][keep[x]]) for x in range(len(rows))]
+        hits = collection.search_many(vectors[rows], SearchOptions(k=want, exact=False, threshold=low))
+        return [(np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits)),
+                 np.fromiter((h.score for h in row_hits), np.float32, len(row_hits))) for row_hits in hits]
+
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
@@ -199,11 +218,9 @@ def _search_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int
             if stop():
                 raise Cancelled("duplicate search stopped")
             rows = todo[start:start + batch]
-            hits = collection.search_many(vectors[rows], SearchOptions(k=ask, exact=exact, threshold=low))
+            hits = neighbours(rows, ask, low)
             queries += 1
-            for r, row_hits in zip(rows, hits, strict=True):
-                js = np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits))
-                ss = np.fromiter((h.score for h in row_hits), np.float32, len(row_hits))
+            for r, (js, ss) in zip(rows, hits, strict=True):
                 ok = js >= 0
                 if first and near is not None:
                     m = ok.copy()
