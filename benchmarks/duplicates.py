@@ -338,6 +338,11 @@ def group_purity(records: list[dict], rows: np.ndarray, a: np.ndarray, b: np.nda
 # --- the copies tier: verification of candidate pairs (issue 29) ---------------------------------
 #: the goals of issue 29
 GOAL_RECALL, GOAL_PRECISION, GOAL_MIXED, GOAL_BEST = 0.97, 0.99, 0.01, 0.98
+#: the first test's thresholds tried on the training species once the rest of the rule is chosen
+#: (engine.copycheck.CopyRule.min_thumb): the highest at least THUMB_MARGIN below the lowest score of a
+#: verified copy there is taken (150 copies per kind make a thin tail: the margin keeps the rarer ones)
+THUMB_GRID = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+THUMB_MARGIN = 0.1
 #: the verification thresholds tried on the training species (engine.copycheck.CopyRule fields); with the
 #: blob the grid was narrowed around the rule the earlier grid chose (8-25 inliers, scores 0.3-0.8, outside
 #: 0.03-0.15, second 2-any: 25, 0.3, 0.6, 0.06, 6), so that it stays ~1,400 rules
@@ -365,14 +370,22 @@ def evidence_table(checks: list) -> dict[str, np.ndarray]:
     return {"inliers": np.array([c.inliers for c in checks]), "ratio": np.array([c.inlier_ratio for c in checks]),
             "score": np.array([c.score for c in checks]), "outside": np.array([c.outside for c in checks]),
             "second": np.array([c.second for c in checks]), "blob": np.array([c.blob for c in checks]),
-            "error": np.array([bool(c.error) for c in checks])}
+            "thumb": np.array([c.thumb for c in checks]), "error": np.array([bool(c.error) for c in checks]),
+            "mirrored": np.array([bool(c.mirrored) for c in checks], bool),
+            "thumb_mirrored": np.array([c.thumb_mirrored for c in checks])}
 
 
 def verdicts(ev: dict[str, np.ndarray], rule: dict[str, float]) -> np.ndarray:
     """engine.copycheck.is_copy over an evidence table."""
     return (~ev["error"] & (ev["inliers"] >= rule["min_inliers"]) & (ev["ratio"] >= rule["min_inlier_ratio"])
             & (ev["score"] >= rule["min_score"]) & (ev["outside"] <= rule["max_outside"])
-            & (ev["second"] <= rule["max_second"]) & (ev["blob"] <= rule["max_blob"]))
+            & (ev["second"] <= rule["max_second"]) & (ev["blob"] <= rule["max_blob"])
+            & (ev["thumb"] >= rule.get("min_thumb", -np.inf))
+            # the evidence is measured with every check (Checker(floor=None)); a Checker with the first test
+            # tries the mirror only when the mirrored thumbnails pass it: a pair matched mirrored below that
+            # had a weak direct match (< MIRROR_BELOW_INLIERS inliers or ratio < MIRROR_BELOW_RATIO), no copy
+            # under any rule asking more (every rule chosen so far)
+            & ~(ev["mirrored"] & (ev["thumb_mirrored"] < rule.get("min_thumb", -np.inf))))
 
 
 def make_hard_negatives(data_images: Path, records: list[dict], out: Path, seed: int = 1) -> list[dict]:
@@ -491,15 +504,33 @@ def choose_rule(recall_per_kind, precision_per_kind) -> int:
 def _checks_cached(checker, paths: list[str], a: np.ndarray, b: np.ndarray, cache: Path) -> tuple[list, float, float]:
     """engine.copycheck evidence of pairs (paths[a], paths[b]) -> (PairChecks, seconds preparing images,
     seconds checking pairs); kept in ``cache`` (npz) for later runs (seconds then from the first run)."""
-    from engine.copycheck import PairCheck
+    from engine.copycheck import PairCheck, thumb_scores
 
-    fields = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b", "second", "blob")
+    fields = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b", "second", "blob",
+              "thumb", "thumb_mirrored")
     if cache.is_file():
         z = np.load(cache)
         if np.array_equal(z["a"], a) and np.array_equal(z["b"], b):
-            have = [f for f in fields if f in z.files]
-            checks = [PairCheck(**{f: z[f][n].item() for f in have}, error="error" if z["error"][n] else "")
+            have = {f: z[f].tolist() for f in fields if f in z.files}  # each read once (an npz decompresses
+            error = z["error"].tolist()                                 # an array at every access)
+            checks = [PairCheck(**{f: v[n] for f, v in have.items()}, error="error" if error[n] else "")
                       for n in range(a.size)]
+            extra = {"thumb_s": z["thumb_s"]} if "thumb_s" in z.files else {}
+            if "thumb" not in z.files or "thumb_mirrored" not in z.files:
+                # the first test (engine.copycheck.thumb_score) is independent of the rest of the evidence:
+                # measured for every pair, the rest kept
+                t = time.perf_counter()
+                for n, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+                    ta, tb = checker.thumbs(paths[x]), checker.thumbs(paths[y])
+                    if not (isinstance(ta, str) or isinstance(tb, str)):
+                        direct, mirrored = thumb_scores(ta, tb)
+                        checks[n].thumb, checks[n].thumb_mirrored = max(direct, mirrored), mirrored
+                extra = {"thumb_s": time.perf_counter() - t}
+                eprint(f"  first test of {a.size:,} pairs in {extra['thumb_s']:.0f} s")
+                np.savez(cache, a=a, b=b, prep_s=z["prep_s"], check_s=z["check_s"], **extra,
+                         error=np.array([bool(c.error) for c in checks]),
+                         **{f: np.array([getattr(c, f) for c in checks]) for f in fields})
+                z = np.load(cache)
             missing = [f for f in fields if f not in z.files]
             if missing:
                 # evidence of an earlier version without a later check (the second model, the blob): a new
@@ -510,7 +541,7 @@ def _checks_cached(checker, paths: list[str], a: np.ndarray, b: np.ndarray, cach
                 eprint(f"  checking {again.size:,} pairs again for the evidence {', '.join(missing)}")
                 for n in again.tolist():
                     checks[n] = checker.check(paths[a[n]], paths[b[n]])
-                np.savez(cache, a=a, b=b, prep_s=z["prep_s"], check_s=z["check_s"],
+                np.savez(cache, a=a, b=b, prep_s=z["prep_s"], check_s=z["check_s"], **extra,
                          error=np.array([bool(c.error) for c in checks]),
                          **{f: np.array([getattr(c, f) for c in checks]) for f in fields})
             return checks, float(z["prep_s"]), float(z["check_s"])
@@ -547,7 +578,7 @@ def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarra
     kinds = [*KINDS, "all"]
     paths = [str(folder / r["relpath"]) for r in records]
     a, b = candidate_pairs(spoc, ignore)
-    checker = Checker(capacity=len(records) + 2_000)
+    checker = Checker(capacity=len(records) + 2_000, floor=None)  # the whole evidence of every pair
     ev, cost, cand_recall = {}, {}, {}
     for h in ("calibration", "test"):
         if only and h != only:
@@ -605,6 +636,14 @@ def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarra
         precs = np.array([[*(res[0][k] for k in kinds), res[2]] for res in results]).T
         chosen = rules[choose_rule(recs, precs)]
         eprint(f"rule grid ({len(rules)} rules) on the calibration species in {time.perf_counter() - t:.0f} s")
+        # the first test, once the rest is chosen: the highest threshold at least THUMB_MARGIN below every
+        # verified copy of the calibration species (it only removes pairs: precision cannot fall)
+        ha, hb, table, _ = ev["calibration"]
+        true = (source[ha] >= 0) & (source[ha] == source[hb])
+        lowest = float(table["thumb"][verdicts(table, chosen) & true].min(initial=1.0))
+        keeps = [x for x in THUMB_GRID if x <= lowest - THUMB_MARGIN]
+        chosen = {**chosen, "min_thumb": max(keeps) if keeps else -1.0}
+        eprint(f"first test: the lowest verified copy of the calibration species scores {lowest:.3f}")
     else:
         chosen = asdict_rule(CopyRule())
     print("\n### The copies tier: candidates verified by engine.copycheck (issue 29)\n")
@@ -624,6 +663,22 @@ def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarra
             cells.append(f"**{cell}**" if prec[k] >= GOAL_PRECISION and rec[k] >= GOAL_RECALL else cell)
         negs = " / ".join(f"{v[0]} of {v[1]}" for v in per_neg.values())
         print(f"| {h} | " + " | ".join(cells) + f" | {hard:.3f} | {negs} |")
+
+    print("\nThe first test (engine.copycheck.thumb_score; the rest of the rule as chosen): the candidate pairs "
+          "that pass it (the rest are settled without local features), the images that still need them, and "
+          "the lowest recall over the kinds and all edits:\n")
+    print("| min_thumb | " + " | ".join(f"{h}: pairs past / images past / lowest recall" for h in ev) + " |")
+    print("|---|" + "---|" * len(ev))
+    for x in (-1.0, *THUMB_GRID):
+        cells = []
+        for h in ev:
+            ha, hb, table, _ = ev[h]
+            past = table["thumb"] >= x
+            imgs = np.unique(np.concatenate([ha[past], hb[past]])).size
+            low = min(measure(h, {**chosen, "min_thumb": x})[1].values())
+            cells.append(f"{past.mean():.3f} / {imgs:,} of {cost[h][0]:,} / {low:.3f}")
+        mark = "**" if x == chosen["min_thumb"] else ""
+        print(f"| {mark}{'none' if x < 0 else x}{mark} | " + " | ".join(cells) + " |")
 
     # grouping and the keep-best rule on the test species
     for h in ev:
@@ -648,11 +703,14 @@ def copies_report(folder: Path, records: list[dict], halves: dict[str, np.ndarra
     for rows in members.values():
         orig = next(r for r in rows if records[r]["kind"] == "original")
         p = up_dir / records[orig]["relpath"]
-        p = p.with_name(p.stem + ("_up.jpg" if rng.random() < 0.5 else "_up.png"))
+        # both drawn whether or not the file is there already, and named by them: every run uses the same
+        # copies (drawing the factor only when a file was missing let the JPEG / PNG choice drift between runs)
+        ext = "jpg" if rng.random() < 0.5 else "png"
+        f = float(rng.uniform(1.5, 2.5))
+        p = p.with_name(f"{p.stem}_up{f:.3f}.{ext}")
         if not p.is_file():
             p.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(paths[orig]) as im:
-                f = rng.uniform(1.5, 2.5)
                 im.convert("RGB").resize((round(im.width * f), round(im.height * f)),
                                          Image.Resampling.BICUBIC).save(p, quality=90)
         row = len(paths) + len(extra_paths)

@@ -3,6 +3,14 @@
 The second stage of engine.duplicates: the descriptors propose candidate pairs (recall first), this
 module checks each one with OpenCV (opencv-python-headless, pinned in constraints.txt):
 
+0. **a cheap first test** settles most pairs of different pictures without local features: both images,
+   decoded at a JPEG's reduced scale, are squeezed to THUMB_SIDE x THUMB_SIDE grey thumbnails, blurred;
+   ``thumb`` is the best correlation inside a central disc of one with the other turned by THUMB_ANGLES,
+   mirrored or not (~1 ms per image, ~10 us per pair). A copy keeps its thumbnail through every edit the
+   benchmark makes (its lowest on cub100: 0.77-0.83, crops and captions); a pair below the Checker's ``floor``
+   (DEFAULT_RULE.min_thumb) is not checked further (its ORB evidence stays empty), and the mirrored image
+   is described and matched in step 2 only when the mirrored thumbnails reach the floor
+   (``thumb_mirrored``: a mirrored copy keeps them, >= 0.81 on cub100);
 1. both images are decoded small (engine.images.load_image with draft decoding) and brought to
    :data:`WORK_SIDE` pixels on the long side (small images are enlarged, so that a thumbnail and its
    original meet at one scale); ORB key points (:data:`ORB_POINTS`) on the grey image;
@@ -63,6 +71,14 @@ CACHE_IMAGES = 2_000
 BLOB_GRID = 16
 #: a cell disagrees when its mean absolute difference (grey levels, after histogram matching) exceeds this
 BLOB_LEVEL = 15.0
+#: the cheap first test (PairCheck.thumb): thumbnails of THUMB_SIDE x THUMB_SIDE, blurred by THUMB_BLUR
+#: pixels, compared inside a disc of THUMB_RADIUS x the side, one turned by each of THUMB_ANGLES (degrees)
+THUMB_SIDE = 24
+THUMB_BLUR = 1.2
+THUMB_RADIUS = 0.45
+THUMB_ANGLES = (-6.0, 0.0, 6.0)
+#: thumbnails kept in memory by a Checker (16 KB each)
+CACHE_THUMBS = 4_000
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,8 @@ class CopyRule:
     """The thresholds of :func:`is_copy`: at least ``min_inliers`` RANSAC inliers making at least
     ``min_inlier_ratio`` of the ratio-test matches, an aligned ``score`` >= ``min_score``, at most
     ``max_outside`` of the textured content of both images outside the other one, a second model of at
-    most ``max_second`` inliers and no region of disagreement thicker than ``max_blob`` cells."""
+    most ``max_second`` inliers, no region of disagreement thicker than ``max_blob`` cells and thumbnails that
+    correlate at least ``min_thumb`` (the first test; a Checker skips the rest below it)."""
 
     min_inliers: int = 30
     min_inlier_ratio: float = 0.3
@@ -78,12 +95,15 @@ class CopyRule:
     max_outside: float = 0.06
     max_second: int = 10_000
     max_blob: int = 6
+    #: the cheap first test: a pair whose thumbnails correlate less (PairCheck.thumb) is no copy
+    min_thumb: float = 0.7
 
 
 #: chosen on the 50 training species of cub100 by benchmarks/duplicates.py (docs/BENCHMARKS.md): the
 #: highest minimum recall over the kinds of edit at precision >= 0.99 on every kind, on all edits at once
 #: and on the generated bursts and textures (1,440 rules tried; with the blob, the second model's limit
-#: no longer helps: it stays evidence, unlimited by default)
+#: no longer helps: it stays evidence, unlimited by default); the first test's min_thumb is then the highest
+#: of its grid at least 0.1 below every verified copy there (lowest: 0.83)
 DEFAULT_RULE = CopyRule()
 #: the mirrored image is tried when the direct one gives fewer inliers than this, or fewer than
 #: MIRROR_BELOW_RATIO of the matches (the values the benchmark's evidence was measured with)
@@ -111,6 +131,11 @@ class PairCheck:
     second: int = 0
     #: the shorter side (cells of BLOB_GRID) of the largest region where the aligned images disagree
     blob: int = BLOB_GRID
+    #: the cheap first test's correlation of the two thumbnails (1.0: not measured); below the Checker's
+    #: floor the local features were not compared (matches, inliers ... stay 0)
+    thumb: float = 1.0
+    #: the same with the thumbnails mirrored (1.0: not measured); below the floor, no mirror was tried
+    thumb_mirrored: float = 1.0
     error: str = ""
 
     @property
@@ -125,7 +150,7 @@ class PairCheck:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inlier_ratio"] = round(self.inlier_ratio, 4)
-        for k in ("scale", "angle", "score", "outside_a", "outside_b"):
+        for k in ("scale", "angle", "score", "outside_a", "outside_b", "thumb", "thumb_mirrored"):
             d[k] = round(float(d[k]), 4)
         return d
 
@@ -135,7 +160,7 @@ def is_copy(check: PairCheck, rule: CopyRule = DEFAULT_RULE) -> bool:
     return (not check.error and check.inliers >= rule.min_inliers
             and check.inlier_ratio >= rule.min_inlier_ratio and check.score >= rule.min_score
             and check.outside <= rule.max_outside and check.second <= rule.max_second
-            and check.blob <= rule.max_blob)
+            and check.blob <= rule.max_blob and check.thumb >= rule.min_thumb)
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -203,6 +228,71 @@ def _mirror(p: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
     if p.mirror_points is None:
         p.mirror_points, p.mirror_desc = _orb(np.ascontiguousarray(p.grey[:, ::-1]))
     return p.mirror_points, p.mirror_desc
+
+
+# --- the cheap first test --------------------------------------------------------------------------
+@dataclass
+class Thumbs:
+    """An image's thumbnails for the first test: ``base`` (S*S,) float32 the grey thumbnail (S =
+    THUMB_SIDE), blurred, zero-mean and unit-norm inside the disc (zero outside), ``turned`` (2T, S*S) the
+    same turned by each of the T THUMB_ANGLES, each also mirrored."""
+
+    base: np.ndarray
+    turned: np.ndarray
+
+
+_DISC: np.ndarray | None = None
+
+
+def _disc() -> np.ndarray:
+    """(S, S) float32: 1 inside the disc of THUMB_RADIUS x the side around the centre, 0 outside."""
+    global _DISC
+    if _DISC is None:
+        c = (THUMB_SIDE - 1) / 2
+        yy, xx = np.mgrid[0:THUMB_SIDE, 0:THUMB_SIDE]
+        _DISC = (((yy - c) ** 2 + (xx - c) ** 2) <= (THUMB_RADIUS * THUMB_SIDE) ** 2).astype(np.float32)
+    return _DISC
+
+
+def _unit(g: np.ndarray) -> np.ndarray:
+    """(N, S, S) thumbnails -> (N, S*S): zero-mean and unit-norm inside the disc, zero outside."""
+    disc = _disc()
+    g = g * disc
+    g = (g - (g.sum((1, 2)) / disc.sum())[:, None, None]) * disc
+    return (g / (np.sqrt((g * g).sum((1, 2))) + 1e-3)[:, None, None]).reshape(g.shape[0], -1)
+
+
+def thumbnails(path: str | os.PathLike) -> Thumbs:
+    """The first test's thumbnails of ``path``, decoded small (raises engine.images.ImageLoadError)."""
+    import cv2
+
+    from engine.images import load_image
+
+    s = THUMB_SIDE
+    with load_image(path, min_side=2 * s) as img:
+        g = np.asarray(img.convert("L"), np.float32)
+    g = cv2.resize(g, (2 * s, 2 * s), interpolation=cv2.INTER_AREA)
+    turned = []
+    for angle in THUMB_ANGLES:
+        r = g if angle == 0 else cv2.warpAffine(g, cv2.getRotationMatrix2D((s - 0.5, s - 0.5), angle, 1.0),
+                                                (2 * s, 2 * s), flags=cv2.INTER_LINEAR,
+                                                borderMode=cv2.BORDER_REFLECT)
+        r = cv2.GaussianBlur(cv2.resize(r, (s, s), interpolation=cv2.INTER_AREA), (0, 0), THUMB_BLUR)
+        turned += [r, r[:, ::-1]]
+    units = _unit(np.stack(turned))
+    return Thumbs(units[2 * THUMB_ANGLES.index(0.0)].copy(), units)
+
+
+def thumb_scores(a: Thumbs, b: Thumbs) -> tuple[float, float]:
+    """The first test: the best correlation of one image's thumbnail with the other's turned by one of
+    THUMB_ANGLES, either way round (-1..1; 1: the same), as it is and mirrored: (direct, mirrored)."""
+    ab, ba = b.turned @ a.base, a.turned @ b.base  # rows: each angle as it is, then mirrored
+    return float(max(ab[0::2].max(), ba[0::2].max())), float(max(ab[1::2].max(), ba[1::2].max()))
+
+
+def thumb_score(a: Thumbs, b: Thumbs) -> float:
+    """The first test (PairCheck.thumb): the better of :func:`thumb_scores`."""
+    return max(thumb_scores(a, b))
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -367,16 +457,17 @@ def _disagreement_blob(a: Prepared, wb: np.ndarray, valid: np.ndarray, smaller_s
     return int(min(stats[big, cv2.CC_STAT_WIDTH], stats[big, cv2.CC_STAT_HEIGHT]))
 
 
-def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
+def check_prepared(a: Prepared, b: Prepared, mirror: bool = True) -> PairCheck:
     """The evidence about prepared images ``a`` and ``b`` (see :class:`PairCheck`). The aligned score and
     the containment are measured only when the transform has at least PRECHECK_INLIERS inliers (else
-    they stay 0 and 1: no pair that weak is a copy)."""
+    they stay 0 and 1: no pair that weak is a copy). ``mirror``: b mirrored may be tried (when the direct
+    match is weak)."""
     import cv2
 
     pairs = _match(a.desc, b.desc)
     m, inl = _transform(a.points, b.points, pairs)
     mirrored = False
-    if m is None or inl < MIRROR_BELOW_INLIERS or inl < MIRROR_BELOW_RATIO * len(pairs):
+    if mirror and (m is None or inl < MIRROR_BELOW_INLIERS or inl < MIRROR_BELOW_RATIO * len(pairs)):
         mp, md = _mirror(b)
         mpairs = _match(a.desc, md)
         mm, minl = _transform(a.points, mp, mpairs)
@@ -408,12 +499,16 @@ def check_prepared(a: Prepared, b: Prepared) -> PairCheck:
 
 
 class Checker:
-    """Checks pairs of files, caching decoded images (up to ``capacity``) and verdicts in memory; a file
-    is known by its path, size and mtime, so an edited file is decoded again."""
+    """Checks pairs of files, caching decoded images (up to ``capacity``), thumbnails and verdicts in
+    memory; a file is known by its path, size and mtime, so an edited file is decoded again. A pair whose
+    first test (PairCheck.thumb) is below ``floor`` is settled there (default: DEFAULT_RULE.min_thumb;
+    None: every pair gets the whole check, as the benchmark needs to choose the rule)."""
 
-    def __init__(self, capacity: int = CACHE_IMAGES) -> None:
+    def __init__(self, capacity: int = CACHE_IMAGES, floor: float | None = DEFAULT_RULE.min_thumb) -> None:
         self.capacity = capacity
+        self.floor = -np.inf if floor is None else float(floor)
         self._images: OrderedDict[tuple, Prepared | str] = OrderedDict()
+        self._thumbs: OrderedDict[tuple, Thumbs | str] = OrderedDict()
         self._pairs: dict[tuple, PairCheck] = {}
 
     @staticmethod
@@ -424,21 +519,30 @@ class Checker:
         except OSError:
             return (str(path), -1, -1)
 
-    def prepared(self, path: str) -> Prepared | str:
-        """The prepared image, or a string saying why it cannot be read."""
+    def _cached(self, cache: OrderedDict, capacity: int, path: str, make: Callable[[str], Any]) -> Any:
+        """``make(path)`` kept in ``cache`` (least recently used first out), or a string saying why the
+        file cannot be read (a bad file is evidence too: its pairs are not verified)."""
         key = self._key(path)
-        got = self._images.get(key)
+        got = cache.get(key)
         if got is not None:
-            self._images.move_to_end(key)
+            cache.move_to_end(key)
             return got
         try:
-            got = prepare(path)
-        except Exception as exc:  # a bad file is evidence too: that pair is not verified
+            got = make(path)
+        except Exception as exc:
             got = str(exc) or type(exc).__name__
-        self._images[key] = got
-        while len(self._images) > self.capacity:
-            self._images.popitem(last=False)
+        cache[key] = got
+        while len(cache) > capacity:
+            cache.popitem(last=False)
         return got
+
+    def prepared(self, path: str) -> Prepared | str:
+        """The prepared image, or a string saying why it cannot be read."""
+        return self._cached(self._images, self.capacity, path, prepare)
+
+    def thumbs(self, path: str) -> Thumbs | str:
+        """The image's first-test thumbnails, or a string saying why it cannot be read."""
+        return self._cached(self._thumbs, CACHE_THUMBS, path, thumbnails)
 
     def known(self, path_a: str, path_b: str) -> PairCheck | None:
         """The evidence about this pair when it was checked before (else None)."""
@@ -454,30 +558,103 @@ class Checker:
         got = self._pairs.get(key)
         if got is not None:
             return got
-        a, b = self.prepared(path_a), self.prepared(path_b)
-        if isinstance(a, str) or isinstance(b, str):
-            got = PairCheck(error=a if isinstance(a, str) else str(b))
-        else:
-            got = check_prepared(a, b)
+        got = self._check(path_a, path_b)
         self._pairs[key] = got
         return got
+
+    def _check(self, path_a: str, path_b: str) -> PairCheck:
+        ta, tb = self.thumbs(path_a), self.thumbs(path_b)
+        if isinstance(ta, str) or isinstance(tb, str):
+            return PairCheck(error=ta if isinstance(ta, str) else str(tb))
+        direct, mirrored = thumb_scores(ta, tb)
+        thumb = max(direct, mirrored)
+        if thumb < self.floor:
+            return PairCheck(thumb=thumb, thumb_mirrored=mirrored)
+        a, b = self.prepared(path_a), self.prepared(path_b)
+        if isinstance(a, str) or isinstance(b, str):
+            return PairCheck(error=a if isinstance(a, str) else str(b), thumb=thumb, thumb_mirrored=mirrored)
+        got = check_prepared(a, b, mirror=mirrored >= self.floor)
+        got.thumb, got.thumb_mirrored = thumb, mirrored
+        return got
+
+
+# --- the evidence kept between runs ------------------------------------------------------------------
+#: what shapes the evidence: a store written under other values is not read (the version counts changes
+#: of the check's code)
+EVIDENCE_VERSION = 2
+_EVIDENCE_FIELDS = ("matches", "inliers", "mirrored", "scale", "angle", "score", "outside_a", "outside_b",
+                    "second", "blob", "thumb", "thumb_mirrored")
+
+
+def evidence_signature(floor: float) -> str:
+    """The check's constants and the first test's ``floor``: evidence is reused only under the same."""
+    return repr((EVIDENCE_VERSION, WORK_SIDE, ORB_POINTS, RATIO, RANSAC_PIXELS, GRID, PRECHECK_INLIERS,
+                 BLOB_GRID, BLOB_LEVEL, MIRROR_BELOW_INLIERS, MIRROR_BELOW_RATIO, THUMB_SIDE, THUMB_BLUR,
+                 THUMB_RADIUS, THUMB_ANGLES, round(float(floor), 6)))
+
+
+def save_evidence(path: str | os.PathLike, items: Sequence[tuple[str, str, PairCheck]], floor: float) -> int:
+    """Keep the evidence about pairs of files (path_a, path_b, evidence), found by a Checker of first-test
+    ``floor``, in ``path`` (npz, written atomically), each file with its size and mtime: :func:`load_evidence`
+    gives back only the pairs whose two files are unchanged. Returns the pairs written."""
+    from engine.atomic import atomic_open
+
+    files: dict[tuple, int] = {}
+    rows: list[tuple[int, int, PairCheck]] = []
+    for a, b, check in items:
+        ka, kb = Checker._key(a), Checker._key(b)
+        if ka[1] >= 0 and kb[1] >= 0:
+            rows.append((files.setdefault(ka, len(files)), files.setdefault(kb, len(files)), check))
+    keys = list(files)
+    arrays = {f: np.array([getattr(c, f) for _, _, c in rows]) for f in _EVIDENCE_FIELDS}
+    with atomic_open(path, "wb", durable=False) as fh:  # a cache: rebuilt when lost
+        np.savez(fh, signature=np.array(evidence_signature(floor)), files=np.array([k[0] for k in keys], dtype=str),
+                 size=np.array([k[1] for k in keys], np.int64), mtime=np.array([k[2] for k in keys], np.int64),
+                 a=np.array([r[0] for r in rows], np.int64), b=np.array([r[1] for r in rows], np.int64),
+                 error=np.array([c.error for _, _, c in rows], dtype=str), **arrays)
+    return len(rows)
+
+
+def load_evidence(path: str | os.PathLike, checker: Checker) -> int:
+    """Teach ``checker`` the evidence kept in ``path`` by :func:`save_evidence` about files that have not
+    changed since (their size and mtime), if it was found under the same check (:func:`evidence_signature`).
+    A missing store gives nothing; an unreadable one gives nothing and a warning in the log. Returns the
+    pairs learnt."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["signature"]) != evidence_signature(checker.floor):
+                return 0
+            z = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        return 0
+    except Exception as exc:  # a damaged cache is no reason to stop: the pairs are checked again
+        log.warning("ignoring unreadable duplicate evidence %s: %s", path, exc)
+        return 0
+    now = [Checker._key(str(f)) for f in z["files"].tolist()]
+    same = np.array([k[1] == s and k[2] == m for k, s, m in zip(now, z["size"].tolist(), z["mtime"].tolist(),
+                                                                  strict=True)], bool)
+    learnt = 0
+    for n in np.flatnonzero(same[z["a"]] & same[z["b"]] if z["a"].size else np.zeros(0, bool)).tolist():
+        check = PairCheck(**{f: z[f][n].item() for f in _EVIDENCE_FIELDS}, error=str(z["error"][n]))
+        checker._pairs[(now[int(z["a"][n])], now[int(z["b"][n])])] = check
+        learnt += 1
+    return learnt
 
 
 #: below this many pairs to check, verify_pairs works in its own process (starting workers costs ~1 s)
 PARALLEL_MIN_PAIRS = 400
-#: pairs per task handed to a worker process (contiguous in the caller's order: pairs that share an image
-#: mostly land in one worker, which decodes and describes that image once)
+#: pairs per task handed to a worker process (each worker works through one run of locality_order's pairs)
 PARALLEL_CHUNK = 64
 
 _worker_checker: Checker | None = None
 
 
-def _worker_init() -> None:
+def _worker_init(floor: float) -> None:
     import cv2
 
     global _worker_checker
     cv2.setNumThreads(1)  # one process per core already
-    _worker_checker = Checker()
+    _worker_checker = Checker(floor=floor)
 
 
 def _worker_chunk(pairs: list[tuple[str, str]]) -> list[PairCheck]:
@@ -500,8 +677,8 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
                  min_parallel: int = PARALLEL_MIN_PAIRS) -> list[PairCheck]:
     """The evidence about each pair of files (a list as long as ``pairs``). With ``workers`` > 1 (default:
     :func:`default_workers`) and at least ``min_parallel`` pairs, the pairs are checked by that many
-    processes, in chunks of PARALLEL_CHUNK (the verdicts are the same: each check is deterministic given
-    its two images). ``checker`` answers the pairs it has seen and learns the new ones; ``keep(n,
+    processes (:func:`_verify_parallel`; the verdicts are the same: each check is deterministic given its
+    two images and the checker's first-test floor). ``checker`` answers the pairs it has seen and learns the new ones; ``keep(n,
     check)`` is called as each pair's evidence arrives, so that a caller keeps what was checked when
     ``should_stop()`` stops the work (Cancelled is raised then)."""
     report, stop = resolve(progress, should_stop)
@@ -523,7 +700,9 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
             todo.append(n)
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers > 1 and len(todo) >= max(min_parallel, 2):
-        _verify_parallel(pairs, todo, workers, done, report, stop)
+        _verify_parallel(pairs, todo, workers, checker.floor, done, report, stop)
+        for n in [n for n in todo if out[n] is None]:  # none: each chunk comes back once (a safety net)
+            done(n, checker.check(*pairs[n]))
     else:
         for x, n in enumerate(todo):
             if x % 16 == 0:
@@ -535,35 +714,101 @@ def verify_pairs(pairs: Sequence[tuple[str, str]], checker: Checker | None = Non
     return [c for c in out if c is not None]
 
 
-def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers: int,
+def locality_order(pairs: Sequence[tuple[str, str]], todo: Sequence[int]) -> list[int]:
+    """``todo`` (indices into ``pairs``) reordered so that pairs sharing a file come close together: the
+    files are numbered in breadth-first order over the graph the pairs make, and the pairs sorted by their
+    files' numbers (the lower first). Cut into runs, each run then holds few files another run needs, and a
+    worker's cache of decoded files rarely has to decode one twice."""
+    from collections import deque
+
+    node: dict[str, int] = {}
+    for n in todo:
+        for f in pairs[n]:
+            node.setdefault(f, len(node))
+    nbrs: list[list[int]] = [[] for _ in node]
+    ends = [(node[pairs[n][0]], node[pairs[n][1]]) for n in todo]
+    for a, b in ends:
+        nbrs[a].append(b)
+        nbrs[b].append(a)
+    rank = [-1] * len(node)
+    seen = 0
+    for root in range(len(node)):
+        if rank[root] >= 0:
+            continue
+        rank[root] = seen
+        seen += 1
+        queue = deque([root])
+        while queue:
+            for x in nbrs[queue.popleft()]:
+                if rank[x] < 0:
+                    rank[x] = seen
+                    seen += 1
+                    queue.append(x)
+    keys = [(min(rank[a], rank[b]), max(rank[a], rank[b])) for a, b in ends]
+    return [todo[x] for x in sorted(range(len(todo)), key=keys.__getitem__)]
+
+
+def _verify_parallel(pairs: Sequence[tuple[str, str]], todo: list[int], workers: int, floor: float,
                      done: Callable[[int, PairCheck], None], report: Callable[[int, int, str], None],
                      stop: Callable[[], bool]) -> None:
-    """verify_pairs' worker processes (spawned: safe beside the window's threads)."""
+    """verify_pairs' worker processes (spawned: safe beside the window's threads). The pairs, in
+    :func:`locality_order`, are cut into one run per worker, each worker its own process and cache: a file
+    is decoded and described by one worker, mostly once. A worker done with its run takes over the second
+    half of the not yet started chunks of the one with most left (the first test settles pairs at very
+    different costs)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    chunks = [todo[x:x + PARALLEL_CHUNK] for x in range(0, len(todo), PARALLEL_CHUNK)]
+    ordered = locality_order(pairs, todo)
+    per = -(-len(ordered) // workers)
+    runs = [ordered[x:x + per] for x in range(0, len(ordered), per)]
     finished = 0
     report(0, len(todo), "verifying candidate pairs")
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init) as pool:
-        running = {pool.submit(_worker_chunk, [tuple(pairs[n]) for n in c]): c for c in chunks}
-        try:
-            while running:
-                ready, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
-                if stop():
-                    raise Cancelled("verification stopped")
-                for fut in ready:
-                    chunk = running.pop(fut)
-                    for n, c in zip(chunk, fut.result(), strict=True):
-                        done(n, c)
-                    finished += len(chunk)
-                    report(finished, len(todo), "verifying candidate pairs")
-        except BaseException:
-            for fut in running:
-                fut.cancel()
+    context = multiprocessing.get_context("spawn")
+    pools = [ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init, initargs=(floor,))
+             for _ in runs]
+    queued: list[list[tuple[Any, list[int]]]] = [[] for _ in runs]  # each worker's chunks, in order
+    running: dict[Any, tuple[int, list[int]]] = {}
+
+    def submit(w: int, chunk: list[int]) -> None:
+        fut = pools[w].submit(_worker_chunk, [tuple(pairs[n]) for n in chunk])
+        queued[w].append((fut, chunk))
+        running[fut] = (w, chunk)
+
+    def steal(idle: int) -> None:
+        """Hand the idle worker the not yet started second half of the busiest one's chunks."""
+        busy = max(range(len(pools)), key=lambda w: len(queued[w]))
+        tail = queued[busy][len(queued[busy]) // 2 + 1:]
+        taken = [(f, c) for f, c in tail if f.cancel()]
+        for f, c in taken:
+            queued[busy].remove((f, c))
+            running.pop(f)
+        for _, c in taken:
+            submit(idle, c)
+
+    try:
+        for w, run in enumerate(runs):
+            for x in range(0, len(run), PARALLEL_CHUNK):  # one worker each: its chunks in this order
+                submit(w, run[x:x + PARALLEL_CHUNK])
+        while running:
+            ready, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            if stop():
+                raise Cancelled("verification stopped")
+            for fut in ready:
+                w, chunk = running.pop(fut)
+                queued[w] = [(f, c) for f, c in queued[w] if f is not fut]
+                for n, c in zip(chunk, fut.result(), strict=True):
+                    done(n, c)
+                finished += len(chunk)
+                report(finished, len(todo), "verifying candidate pairs")
+            for w in range(len(pools)):
+                if not queued[w] and running:
+                    steal(w)
+    finally:
+        for fut in running:
+            fut.cancel()
+        for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
-            raise
 
 
 # --- what the pixels say about which file came first (the keep-best rule of engine.duplicates) ----

@@ -156,6 +156,16 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
     Every row queries its ``k`` nearest neighbours (exact when ``exact``, default: up to EXACT_LIMIT
     rows); rows whose whole list scores >= ``floor`` ask again with twice as many, up to ``max_k``.
     Raises Cancelled when ``should_stop()`` says so."""
+    return _search_pairs(collection, floor, k=k, max_k=max_k, exact=exact, batch=batch, progress=progress,
+                         should_stop=should_stop)[0]
+
+
+def _search_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = MAX_NEIGHBOURS,
+                  exact: bool | None = None, batch: int = 512, progress: ProgressFn | None = None,
+                  should_stop: ShouldStopFn | None = None,
+                  near: tuple[int, float] | None = None) -> tuple[DuplicatePairs, DuplicatePairs | None]:
+    """:func:`find_pairs`, and with ``near`` = (K, near_floor) in the same search also each row's K nearest
+    neighbours scoring >= near_floor (the copies tier's candidates; one search instead of two)."""
     report, stop = resolve(progress, should_stop)
     # one snapshot: another thread may be adding rows meanwhile (hits on rows beyond it are left out)
     vectors = collection.vectors
@@ -164,35 +174,68 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
     exact = n <= EXACT_LIMIT if exact is None else bool(exact)
     empty = DuplicatePairs(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                            float(floor), exact)
+    near_empty = None if near is None else DuplicatePairs(n, empty.i, empty.j, empty.scores, float(near[1]), exact)
     if n < 2:
-        return empty
+        return empty, near_empty
+    if exact:
+        # the rows' own vectors against each other: engine.index's exact search on the snapshot, row numbers
+        # as ids (the collection's search answers the same, with a SearchHit per hit that this throws away)
+        from engine.index import make_index
+
+        brute = make_index("exact", "cosine", dim=int(vectors.shape[1]))
+        brute.add(np.asarray(vectors, np.float32), np.arange(n, dtype=np.int64), normalised=True)
+
     row_of = {p: r for r, p in enumerate(relpaths)}
+
+    def neighbours(rows: np.ndarray, want: int, low: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row: (rows, scores) of its ``want`` nearest scoring >= ``low``, best first."""
+        if exact:
+            ids, scores = brute.query(vectors[rows], want)
+            keep = scores >= np.float32(low)
+            return [(ids[x][keep[x]], scores[x][keep[x]]) for x in range(len(rows))]
+        hits = collection.search_many(vectors[rows], SearchOptions(k=want, exact=False, threshold=low))
+        return [(np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits)),
+                 np.fromiter((h.score for h in row_hits), np.float32, len(row_hits))) for row_hits in hits]
+
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
+    near_i: list[np.ndarray] = []
+    near_j: list[np.ndarray] = []
+    near_s: list[np.ndarray] = []
     todo = np.arange(n)
-    want = min(max(2, int(k) + 1), n)  # +1: a row finds itself
+    first_want = min(max(2, int(k) + 1), n)  # +1: a row finds itself
+    want = first_want
     queries, truncated, done = 0, 0, 0
     report(0, n, "searching for similar pairs")
     while todo.size:
         again: list[int] = []
+        first = want == first_want
+        # the first pass also holds the near neighbours: as many of them, down to their floor
+        ask = max(want, min(int(near[0]) + 1, n)) if first and near is not None else want
+        low = min(float(floor), float(near[1])) if first and near is not None else float(floor)
         for start in range(0, todo.size, batch):
             if stop():
                 raise Cancelled("duplicate search stopped")
             rows = todo[start:start + batch]
-            options = SearchOptions(k=want, exact=exact, threshold=float(floor))
-            hits = collection.search_many(vectors[rows], options)
+            hits = neighbours(rows, ask, low)
             queries += 1
-            for r, row_hits in zip(rows, hits, strict=True):
-                js = np.fromiter((row_of.get(h.relpath, -1) for h in row_hits), np.int64, len(row_hits))
-                ss = np.fromiter((h.score for h in row_hits), np.float32, len(row_hits))
+            for r, (js, ss) in zip(rows, hits, strict=True):
                 ok = js >= 0
+                if first and near is not None:
+                    m = ok.copy()
+                    m[int(near[0]) + 1:] = False
+                    m &= ss >= np.float32(near[1])
+                    near_i.append(np.full(int(m.sum()), r, np.int64))
+                    near_j.append(js[m])
+                    near_s.append(ss[m])
+                    ok &= ss >= np.float32(floor)
                 found_i.append(np.full(int(ok.sum()), r, np.int64))
                 found_j.append(js[ok])
                 found_s.append(ss[ok])
-                if len(row_hits) >= want and want < n:
+                if int((ss >= np.float32(floor)).sum()) >= want and want < n:
                     again.append(int(r))
-            if want == min(max(2, int(k) + 1), n):
+            if first:
                 done += rows.size
                 report(done, n, "searching for similar pairs")
         if not again:
@@ -206,7 +249,11 @@ def find_pairs(collection: Any, floor: float, *, k: int = FIRST_K, max_k: int = 
         want = min(2 * want - 1, max_k + 1, n)
     i, j, s = unique_pairs(n, np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
     keep = s >= np.float32(floor)
-    return DuplicatePairs(n, i[keep], j[keep], s[keep], float(floor), exact, truncated, queries)
+    pairs = DuplicatePairs(n, i[keep], j[keep], s[keep], float(floor), exact, truncated, queries)
+    if near is None:
+        return pairs, None
+    i, j, s = unique_pairs(n, np.concatenate(near_i), np.concatenate(near_j), np.concatenate(near_s))
+    return pairs, DuplicatePairs(n, i, j, s, float(near[1]), exact, 0, queries)
 
 
 # --- grouping ------------------------------------------------------------------------------------
@@ -392,6 +439,8 @@ class DuplicateSet:
     #: window sets it once the candidates are verified
     similar_only: bool = False
     decisions: Decisions = field(default_factory=lambda: Decisions())
+    #: where the verification evidence is kept between runs (engine.copycheck.save_evidence; None: not kept)
+    evidence_path: Path | None = None
     _pixels: dict[tuple[int, str], Any] = field(default_factory=dict)
 
     def pixel_fact(self, row: int, name: str, fn: Callable[[str], Any]) -> Any:
@@ -412,9 +461,10 @@ class DuplicateSet:
                should_stop: ShouldStopFn | None = None, workers: int | None = None) -> int:
         """Stage two: check every candidate pair scoring >= ``threshold`` (default: the floor) with
         engine.copycheck.verify_pairs (``workers`` processes, default one per core; cached: a pair checked
-        before is not checked again). Returns the pairs checked now. Raises Cancelled when stopped (the
+        before is not checked again, also in an earlier run when ``evidence_path`` keeps the evidence and
+        neither file changed since). Returns the pairs checked now. Raises Cancelled when stopped (the
         checks made so far are kept)."""
-        from engine.copycheck import verify_pairs
+        from engine.copycheck import Checker, load_evidence, save_evidence, verify_pairs
 
         threshold = self.pairs.floor if threshold is None else max(float(threshold), self.pairs.floor)
         i, j, _ = self.pairs.above(threshold)
@@ -426,8 +476,19 @@ class DuplicateSet:
         def keep(n: int, check: Any) -> None:
             self.checks[todo[n]] = check
 
-        verify_pairs([(self.paths[a], self.paths[b]) for a, b in todo], checker, progress=progress,
-                     should_stop=should_stop, workers=workers, keep=keep)
+        checker = checker or Checker()
+        if self.evidence_path is not None and todo:
+            load_evidence(self.evidence_path, checker)
+        try:
+            verify_pairs([(self.paths[a], self.paths[b]) for a, b in todo], checker, progress=progress,
+                         should_stop=should_stop, workers=workers, keep=keep)
+        finally:  # what was checked is kept, also when stopped
+            if self.evidence_path is not None and todo:
+                try:
+                    save_evidence(self.evidence_path, [(self.paths[a], self.paths[b], c)
+                                                       for (a, b), c in self.checks.items()], checker.floor)
+                except OSError as exc:
+                    log.warning("the duplicate evidence was not kept (%s): the next run checks again", exc)
         self.verified_from = threshold if self.verified_from is None else min(self.verified_from, threshold)
         return len(todo)
 
@@ -548,17 +609,16 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
         floor = float(threshold) - SEARCH_MARGIN
     if floor > threshold:
         raise ValueError(f"floor {floor} is above the threshold {threshold}")
-    pairs = find_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop)
-    near = None
-    if candidates and CANDIDATE_FLOOR < floor:  # stage one of the copies tier (see CANDIDATE_K)
-        near = find_pairs(collection, CANDIDATE_FLOOR, k=CANDIDATE_K, max_k=CANDIDATE_K, exact=exact,
-                          progress=lambda d, t, _m: report(d, t, "searching for copy candidates"),
-                          should_stop=stop)
+    # stage one of the copies tier (see CANDIDATE_K) comes from the same search
+    wanted = (CANDIDATE_K, CANDIDATE_FLOOR) if candidates and CANDIDATE_FLOOR < floor else None
+    pairs, near = _search_pairs(collection, floor, k=k, exact=exact, progress=report, should_stop=stop,
+                                near=wanted)
     paths, relpaths = collection.paths[:pairs.n], collection.relpaths[:pairs.n]
     dup = DuplicateSet(str(collection.folder), paths, relpaths, pairs, descriptor=descriptor)
     dup.candidates = near
     if getattr(collection, "state_dir", None) is not None:
         dup.decisions = Decisions.for_collection(collection)
+        dup.evidence_path = Path(collection.state_dir).parent / EVIDENCE_FILE
     if pairs.truncated:
         dup.notes.append(f"{pairs.truncated} images have more than {MAX_NEIGHBOURS} neighbours above "
                          f"{pairs.floor:.2f}: only their {MAX_NEIGHBOURS} nearest were kept")
@@ -575,6 +635,8 @@ def find_duplicates(collection: Any, *, threshold: float | None = None, floor: f
 
 # --- decisions: "not copies" and "keep all", kept beside the collection ----------------------------
 DECISIONS_FILE = "duplicate-decisions.json"
+#: the verification evidence of the last run, beside the decisions (engine.copycheck.save_evidence)
+EVIDENCE_FILE = "duplicate-evidence.npz"
 
 
 @dataclass

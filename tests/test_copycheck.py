@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from engine import copycheck
 from engine.collection import Collection
 from engine.copycheck import (
     DEFAULT_RULE,
@@ -19,8 +20,11 @@ from engine.copycheck import (
     _grey_full,
     is_copy,
     jpeg_blocking,
+    load_evidence,
+    locality_order,
     reencoded_from,
     resampling_peak,
+    save_evidence,
     upscaled_from,
     verify_pairs,
 )
@@ -106,6 +110,9 @@ def test_an_edited_copy_is_verified(pictures, kind):
     assert is_copy(chk), chk
     assert chk.mirrored == (kind == "mirror")
     assert chk.score >= 0.6 and chk.inliers >= 12
+    assert chk.thumb >= DEFAULT_RULE.min_thumb  # the first test lets every edit through
+    if kind == "mirror":  # ... and the mirror is tried only for pairs whose mirrored thumbnails pass it
+        assert chk.thumb_mirrored >= DEFAULT_RULE.min_thumb
     if kind == "upscaled":
         assert chk.scale == pytest.approx(2.0, rel=0.05)
     if kind == "rotate":
@@ -115,7 +122,9 @@ def test_an_edited_copy_is_verified(pictures, kind):
 @pytest.mark.parametrize("other", ["other2.jpg", "other3.jpg", "burst_b.jpg", "moved_b.jpg"])
 def test_a_different_picture_of_similar_content_is_not(pictures, other):
     first = {"burst_b.jpg": "burst_a.jpg", "moved_b.jpg": "moved_a.jpg"}.get(other, "original.jpg")
-    chk = Checker().check(str(pictures / first), str(pictures / other))
+    assert not is_copy(Checker().check(str(pictures / first), str(pictures / other)))
+    # the later checks tell it too, where the first test would let a pair through
+    chk = Checker(floor=None).check(str(pictures / first), str(pictures / other))
     assert not is_copy(chk), chk
     if other == "burst_b.jpg":  # the geometry matches (one camera shift) but each frame holds its own part
         assert chk.inliers >= 12 and chk.outside >= 0.1
@@ -123,6 +132,19 @@ def test_a_different_picture_of_similar_content_is_not(pictures, other):
         # model: only the thick region where the aligned frames disagree tells it
         assert chk.inliers >= DEFAULT_RULE.min_inliers and chk.score >= DEFAULT_RULE.min_score
         assert chk.second <= 6 and chk.blob > DEFAULT_RULE.max_blob
+
+
+def test_the_first_test_settles_other_pictures_without_local_features(pictures):
+    checker = Checker()
+    chk = checker.check(str(pictures / "original.jpg"), str(pictures / "other2.jpg"))
+    assert chk.thumb < DEFAULT_RULE.min_thumb and not is_copy(chk)
+    assert chk.matches == 0 and not checker._images  # neither image was described
+    # above the floor the evidence is the whole check's, the same as without the first test
+    a, b = str(pictures / "original.jpg"), str(pictures / "text.png")
+    fast, whole = Checker().check(a, b), Checker(floor=None).check(a, b)
+    assert fast == whole and fast.inliers > 0
+    # without the floor, the local features are compared all the same (what the benchmark chooses on)
+    assert Checker(floor=None).check(str(pictures / "original.jpg"), str(pictures / "other2.jpg")).matches > 0
 
 
 def test_a_caption_is_a_thin_disagreement(pictures):
@@ -140,6 +162,12 @@ def test_worker_processes_give_the_same_evidence(pictures):
     assert [is_copy(c) for c in there] == [is_copy(c) for c in here] == [True, True, True, False, True]
     assert [c.inliers for c in there] == [c.inliers for c in here]
     assert sorted(kept) == list(range(len(pairs)))
+
+    # the workers' order keeps pairs that share a file together
+    chain = [("a", "b"), ("x", "y"), ("b", "c"), ("y", "z"), ("c", "d")]
+    order = locality_order(chain, range(len(chain)))
+    assert sorted(order) == list(range(len(chain)))
+    assert [chain[n] for n in order] == [("a", "b"), ("b", "c"), ("c", "d"), ("x", "y"), ("y", "z")]
 
 
 def test_an_unreadable_file_is_evidence_not_a_crash(pictures, tmp_path):
@@ -194,7 +222,27 @@ def test_two_tiers_and_the_keep_best_rule(pictures, tmp_path):
         BestRule(("resolution", "size"))
 
 
-def test_decisions_survive_reindexing(pictures, tmp_path):
+def test_the_evidence_is_kept_until_a_file_changes(pictures, tmp_path):
+    import os
+    import shutil
+
+    a, b = tmp_path / "a.jpg", tmp_path / "b.png"
+    shutil.copy(pictures / "original.jpg", a)
+    shutil.copy(pictures / "rotate.png", b)
+    first = Checker()
+    check = first.check(str(a), str(b))
+    store = tmp_path / "evidence.npz"
+    assert save_evidence(store, [(str(a), str(b), check)], first.floor) == 1
+    second = Checker()
+    assert load_evidence(store, second) == 1 and second.known(str(a), str(b)) == check
+    assert load_evidence(store, Checker(floor=None)) == 0  # found under another first test: not reused
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))  # the file changed
+    assert load_evidence(store, Checker()) == 0
+    store.write_bytes(b"damaged")
+    assert load_evidence(store, Checker()) == 0
+
+
+def test_decisions_survive_reindexing(pictures, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     c = _collection(pictures, cache)
     dup = find_duplicates(c, threshold=0.5, floor=-1.0)
@@ -208,6 +256,8 @@ def test_decisions_survive_reindexing(pictures, tmp_path):
     again = Collection.open(pictures, model_spec=SPEC, cache_dir=cache, index="exact", rebuild=True)
     again.update(TinyImage())
     dup2 = find_duplicates(again, threshold=0.5, floor=-1.0)
+    # the evidence was kept beside the decisions: files unchanged by the reindexing are not checked again
+    monkeypatch.setattr(copycheck, "thumbnails", lambda path: pytest.fail(f"{path} was checked again"))
     dup2.verify()
     assert len(dup2.copy_groups()) == n - 1
     kept = Decisions.for_collection(again)

@@ -110,14 +110,21 @@ def test_order_falls_back_to_the_oldest_file(tmp_path):
 
 def test_regrouping_does_not_search_the_index_again(planted, monkeypatch):
     _, _, c, expected = planted
+    from engine.index import ExactIndex
+
     calls = []
-    real = Collection.search_many
+    real, real_exact = Collection.search_many, ExactIndex.query
 
     def counting(self, queries, options=None):
         calls.append(len(queries))
         return real(self, queries, options)
 
+    def counting_exact(self, vectors, k, *, ef=None):  # the exact pair search asks the index directly
+        calls.append(len(vectors))
+        return real_exact(self, vectors, k, ef=ef)
+
     monkeypatch.setattr(Collection, "search_many", counting)
+    monkeypatch.setattr(ExactIndex, "query", counting_exact)
     dup = find_duplicates(c, threshold=0.95, floor=0.5)
     searched = len(calls)
     assert searched >= 1 and dup.pairs.queries == searched

@@ -64,10 +64,15 @@ def _group_names(view: DuplicatesView) -> list[list[str]]:
 
 def test_planted_copies_are_grouped_and_the_slider_regroups_without_searching(make_view, collection,
                                                                                monkeypatch):
+    from engine.index import ExactIndex
+
     calls = []
-    real = Collection.search_many
+    real, real_exact = Collection.search_many, ExactIndex.query
     monkeypatch.setattr(Collection, "search_many",
                         lambda self, q, options=None: calls.append(len(q)) or real(self, q, options))
+    # the exact pair search asks the index directly
+    monkeypatch.setattr(ExactIndex, "query",
+                        lambda self, q, k, ef=None: calls.append(len(q)) or real_exact(self, q, k, ef=ef))
     view = make_view(collection)
     searched = len(calls)
     assert searched >= 1
