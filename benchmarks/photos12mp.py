@@ -277,8 +277,9 @@ def main() -> None:
               f"{', '.join(f'{x:.2f}' for x in ratios)} ({statistics.median(ratios):.2f}) | {cpu:.1f} | "
               f"{fixed[k]:.1f} | {1000 * (cpu - fixed[k]) / (args.n - 2):.0f} |")
     print("\nwhole process: images / wall seconds from the process's start to its exit (imports, model load, "
-          "ONNX Runtime session; index: PyTorch, the weights, the export's check and its probe, the commits "
-          "and the graph). CPU: user + system seconds of the process and its threads.")
+          "ONNX Runtime sessions; index: the exports read and their SHA-256 checked, the commits and the graph; "
+          "a variant of the code before: PyTorch, the weights, the export's check). CPU: user + system seconds "
+          "of the process and its threads.")
     if args.profile:
         profile_index(folder, runtimes, args.work, args.top)
 
