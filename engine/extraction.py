@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
 from engine.decoding import (  # noqa: F401 (ExtractedBatch, default_decode_threads: their home for callers)
+    READ_AHEAD_BATCHES,
     ExtractedBatch,
     SkippedImage,
     default_decode_threads,
@@ -160,7 +161,7 @@ def _batches(
     """Yield (indices, x on device or None, failures, n_items_in_batch).
 
     ``num_workers`` > 0 decodes in DataLoader processes; else ``decode_threads`` > 0 decodes in that
-    many threads (up to two batches ahead) while the caller runs the model; 0 decodes in line."""
+    many threads (engine.decoding.READ_AHEAD_BATCHES batches ahead) while the caller runs the model; 0 decodes in line."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
@@ -174,7 +175,8 @@ def _batches(
     else:
         def grouped() -> Iterator:
             items: list = []
-            for item in threaded_items(dataset.__getitem__, len(dataset), decode_threads, 2 * batch_size):
+            for item in threaded_items(dataset.__getitem__, len(dataset), decode_threads,
+                                       READ_AHEAD_BATCHES * batch_size):
                 items.append(item)
                 if len(items) == batch_size:
                     yield collate_drop_failures(items)

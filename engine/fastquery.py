@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.decoding import ExtractedBatch, SkippedImage, default_decode_threads, prepare_file, threaded_items
+from engine.decoding import (
+    READ_AHEAD_BATCHES,
+    ExtractedBatch,
+    SkippedImage,
+    default_decode_threads,
+    prepare_file,
+    threaded_items,
+)
 from engine.exports import head_export_path, onnxruntime_session, read_checked, read_verified, runtime_version
 from engine.images import DEFAULT_MAX_PIXELS, Box, ImageLoadError, network_array, resize_side
 from engine.vocabulary import ModelSpec
@@ -100,7 +107,7 @@ class QueryDescriber:
             return prepare_file(paths[i], self._transform, max_pixels, min_side)
 
         done, total, items = 0, len(paths), []
-        for i, item in enumerate(threaded_items(get, total, threads, 2 * batch_size)):
+        for i, item in enumerate(threaded_items(get, total, threads, READ_AHEAD_BATCHES * batch_size)):
             items.append((i, item))
             if len(items) == batch_size or i == total - 1:
                 good = [(j, x) for j, x in items if not isinstance(x, str)]
