@@ -13,12 +13,15 @@ of machine load falls on both):
   and L2 normalisation in numpy. Nothing is stored.
 - ``index``: ``python -m engine index FOLDER --cache-dir FRESH --json`` (every descriptor: one backbone
   pass, five poolings, the collection written and its graph built), a fresh collection cache each
-  round whose ``runtimes/`` folder holds the already exported model (export cache warm).
+  round whose ``runtimes/`` folder holds the already exported model (export cache warm: the backbone and
+  the five descriptor heads, so that `index` runs them in ONNX Runtime without importing PyTorch, as a
+  user's second `index` does). ``--variant NAME=DIR`` times another checkout's code beside it (e.g. the
+  PyTorch-started path before).
 
 Both rates are images / wall seconds of the whole process, from its start to its exit: Python start,
-imports (PyTorch for `index`), model load (``index``: the backbone's weights, the export's SHA-256
-check, the ONNX Runtime session and its probe comparison with PyTorch; ``reference``: the ONNX Runtime
-session) are inside. Each process also reports its steady rate (images / seconds after its model was
+imports, model load (``index``: reading the six exports and checking their SHA-256, six ONNX Runtime
+sessions; ``reference``: the ONNX Runtime session) are inside. Python's bytecode cache is left on
+(PYTHONDONTWRITEBYTECODE removed), as an installed program has it. Each process also reports its steady rate (images / seconds after its model was
 ready), printed beside. ``--profile`` runs `index` once more under cProfile (in-process, same options)
 and prints the top functions by cumulative and own time.
 
@@ -141,12 +144,13 @@ def reference(folder: Path, onnx: Path, threads: int, batch: int, t0: float) -> 
 def _env(root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed program has its bytecode compiled
     return env
 
 
 def warm_export(work: Path) -> Path:
-    """Index a 2-photo folder (``work/tiny``) once so that the backbone's ONNX export exists; -> its
-    runtimes/ folder. The same folder measures each pipeline's fixed costs."""
+    """Index a 2-photo folder (``work/tiny``) once, into a new cache, so that the backbone's and the heads'
+    ONNX exports exist; -> its runtimes/ folder. The same folder measures each pipeline's fixed costs."""
     from PIL import Image
 
     tiny = work / "tiny"
@@ -154,11 +158,13 @@ def warm_export(work: Path) -> Path:
     for i in range(2):
         Image.new("RGB", (300, 240), (40 * i, 90, 160)).save(tiny / f"{i}.jpg")
     cache = work / "warm-cache"
+    shutil.rmtree(cache, ignore_errors=True)  # an index that is up to date exports nothing
     subprocess.run([sys.executable, "-m", "engine", "index", str(tiny), "--cache-dir", str(cache), "--json"],
                    check=True, env=_env(), capture_output=True)
     onnx = sorted((cache / "runtimes").glob("*-224.onnx"))
     if not onnx:
         raise SystemExit(f"no ONNX export in {cache / 'runtimes'}: is onnxruntime installed?")
+    eprint(f"exports: {', '.join(sorted(p.name for p in (cache / 'runtimes').glob('*.onnx')))}")
     return cache / "runtimes"
 
 
@@ -182,7 +188,9 @@ def run_index(folder: Path, runtimes: Path, work: Path, extra: list[str], root: 
     shutil.copytree(runtimes, cache / "runtimes")
     c, t = _cpu(), time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "engine", "index", str(folder), "--cache-dir", str(cache),
-                        "--json", *extra], env=_env(root), capture_output=True, text=True)
+                        "--json", *extra], env=_env(root), capture_output=True, text=True, cwd=root)
+    # cwd=root: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH (a variant run
+    # from another checkout's folder would import that checkout's engine)
     wall, cpu = time.perf_counter() - t, _cpu() - c
     if p.returncode != 0:
         raise SystemExit(f"index failed (rc {p.returncode}): {p.stderr[-2000:]}")
@@ -239,12 +247,14 @@ def main() -> None:
     extra = args.index_args.split()
     variants = {"index": ROOT, **{v.split("=", 1)[0]: Path(v.split("=", 1)[1]).resolve() for v in args.variant}}
     rows: dict[str, list[dict]] = {"reference": [], **{name: [] for name in variants}}
+    loads = []
     for r in range(args.repeats):
         rows["reference"].append(run_reference(folder, onnx, args.threads))
         for name, root in variants.items():
             rows[name].append(run_index(folder, runtimes, args.work, extra, root))
+        loads.append(os.getloadavg()[0])
         eprint(f"round {r + 1}: " + ", ".join(f"{k} {args.n / v[-1]['wall']:.1f}" for k, v in rows.items())
-               + f" images/s, load {os.getloadavg()[0]:.1f}")
+               + f" images/s, load {loads[-1]:.1f}")
     # fixed costs: each pipeline on the 2-photo folder, CPU seconds (less sensitive to load than wall)
     fixed = {"reference": statistics.median(run_reference(args.work / "tiny", onnx, args.threads)["cpu"]
                                             for _ in range(2))}
@@ -253,8 +263,9 @@ def main() -> None:
                                         for _ in range(2))
     rate = {k: [args.n / x["wall"] for x in v] for k, v in rows.items()}
     print(f"\n{args.n} photos 4000x3000, {args.repeats} interleaved rounds, {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f} at the end; index {' '.join(extra) or '(defaults)'} "
-          f"on {rows['index'][0]['runtime']}\n")
+          f"load average after each round {', '.join(f'{x:.1f}' for x in loads)}, {os.getloadavg()[0]:.1f} at the "
+          f"end; index {' '.join(extra) or '(defaults)'}; runtime: "
+          + ", ".join(f"{k} {rows[k][0]['runtime']}" for k in variants) + "\n")
     print("| pipeline | images/s (whole process, median) | range | ratio to reference per round (median) "
           "| CPU s (median) | fixed CPU s (2 photos) | CPU ms / photo beyond the fixed |")
     print("|---|---:|---|---|---:|---:|---:|")
@@ -266,8 +277,9 @@ def main() -> None:
               f"{', '.join(f'{x:.2f}' for x in ratios)} ({statistics.median(ratios):.2f}) | {cpu:.1f} | "
               f"{fixed[k]:.1f} | {1000 * (cpu - fixed[k]) / (args.n - 2):.0f} |")
     print("\nwhole process: images / wall seconds from the process's start to its exit (imports, model load, "
-          "ONNX Runtime session; index: PyTorch, the weights, the export's check and its probe, the commits "
-          "and the graph). CPU: user + system seconds of the process and its threads.")
+          "ONNX Runtime sessions; index: the exports read and their SHA-256 checked, the commits and the graph; "
+          "a variant of the code before: PyTorch, the weights, the export's check). CPU: user + system seconds "
+          "of the process and its threads.")
     if args.profile:
         profile_index(folder, runtimes, args.work, args.top)
 

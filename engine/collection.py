@@ -1377,7 +1377,8 @@ def update_collections(
 
     ``extract``: another source of the batches (engine.cluster: the workers of a Ray cluster), called
     with the absolute paths to read, yielding engine.extraction.ExtractedBatch whose ``vectors`` are
-    keyed by the pair's position in ``pairs`` (the models, still given, are then not run here)."""
+    keyed by the pair's position in ``pairs`` (the models are then not run here and may be None: nothing
+    imports torch)."""
     if not pairs:
         return []
     collections = [c for c, _ in pairs]
@@ -1412,44 +1413,17 @@ def _update_held(
     needs_commit = [bool(t) or bool(r.removed) or not c.is_saved or bool(c.repair)
                     for c, t, r in zip(collections, todos, reports, strict=True)]
     if union:
-        import torch
-
-        if any(m is None for _, m in pairs):
-            raise ValueError("the folder has changed: update needs a descriptor model (engine.extraction.build_model)")
-        from engine.extraction import (
-            _describe,
-            feature_fn,
-            feature_maps,
-            input_sizes,
-            input_spec,
-            iter_extract,
-        )
-
-        first_model = pairs[0][1]
-        models = [m.to(device).eval() for _, m in pairs]
-        # DescriptorModels share one backbone pass; any other model ((B, 3, S, S) -> (B, D)) runs whole
-        shared = all(hasattr(m, "describe") and hasattr(m, "backbone") for m in models)
-        run = feature_fn(first_model.backbone, features) if shared else None
         wanted = [np.array([p in t for p in union], bool) for t in todos]
-        size, mean, std = input_spec(first_model, collections[0].model_spec.image_size)
-        sizes = input_sizes(size)  # several: a multi-scale model (ModelSpec.scales), a map per size
-
-        def compute(x: Any) -> dict[int, torch.Tensor]:
-            if run is None:
-                return {i: m(x) for i, m in enumerate(models)}
-            fmaps = feature_maps(run, sizes, x)
-            return {i: _describe(m, fmaps) for i, m in enumerate(models)}
-
         last_commit = time.monotonic()
         since = [0] * len(collections)
         pos = {p: j for j, p in enumerate(union)}
         total = len(union)
         report_progress(0, total, "extracting")
         files = [collections[0].folder / p for p in union]
-        batches = extract(files) if extract is not None else iter_extract(
-            files, compute, image_size=size, mean=mean, std=std,
-            crop_fraction=collections[0].model_spec.crop_fraction, batch_size=batch_size,
-            num_workers=num_workers, decode_threads=decode_threads, device=device)
+        # ``extract``: batches made elsewhere (a Ray cluster; the cached exports without torch, engine.fastquery)
+        batches = extract(files) if extract is not None else _torch_batches(
+            pairs, collections[0], files, device=device, batch_size=batch_size, num_workers=num_workers,
+            decode_threads=decode_threads, features=features)
         for batch in batches:
             rel = [Path(p).relative_to(collections[0].folder).as_posix() for p in batch.paths]
             bad = [(Path(s.path).relative_to(collections[0].folder).as_posix(), s.reason) for s in batch.skipped]
@@ -1489,6 +1463,33 @@ def _update_held(
         reports[i].total = len(c)
         reports[i].seconds = time.perf_counter() - start
     return reports
+
+
+def _torch_batches(pairs: Sequence[tuple[Collection, Any]], first: Collection, files: list[Path], *, device: str,
+                   batch_size: int, num_workers: int, decode_threads: int | None, features: Any) -> Any:
+    """engine.extraction.iter_extract of ``files`` through the pairs' models in PyTorch (the backbone pass
+    shared, on ``features`` when given), vectors keyed by the pair's position."""
+    if any(m is None for _, m in pairs):
+        raise ValueError("the folder has changed: update needs a descriptor model (engine.extraction.build_model)")
+    from engine.extraction import _describe, feature_fn, feature_maps, input_sizes, input_spec, iter_extract
+
+    first_model = pairs[0][1]
+    models = [m.to(device).eval() for _, m in pairs]
+    # DescriptorModels share one backbone pass; any other model ((B, 3, S, S) -> (B, D)) runs whole
+    shared = all(hasattr(m, "describe") and hasattr(m, "backbone") for m in models)
+    run = feature_fn(first_model.backbone, features) if shared else None
+    size, mean, std = input_spec(first_model, first.model_spec.image_size)
+    sizes = input_sizes(size)  # several: a multi-scale model (ModelSpec.scales), a map per size
+
+    def compute(x: Any) -> dict[int, Any]:
+        if run is None:
+            return {i: m(x) for i, m in enumerate(models)}
+        fmaps = feature_maps(run, sizes, x)
+        return {i: _describe(m, fmaps) for i, m in enumerate(models)}
+
+    return iter_extract(files, compute, image_size=size, mean=mean, std=std,
+                        crop_fraction=first.model_spec.crop_fraction, batch_size=batch_size,
+                        num_workers=num_workers, decode_threads=decode_threads, device=device)
 
 
 def _has_uncommitted(c: Collection, graph: bool = True) -> bool:

@@ -25,13 +25,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.decoding import (  # noqa: F401 (ExtractedBatch, default_decode_threads: their home for callers)
+    READ_AHEAD_BATCHES,
+    ExtractedBatch,
+    SkippedImage,
+    default_decode_threads,
+    prepare_file,
+    threaded_items,
+)
 from engine.images import (
     DEFAULT_MAX_PIXELS,
     Box,
-    ImageLoadError,
     build_transform,
-    crop_to_box,
-    load_image,
     resize_side,
 )
 from engine.vocabulary import ModelSpec
@@ -42,14 +47,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class SkippedImage:
-    """A file left out of an extraction, with the reason in plain words."""
-
-    path: str
-    reason: str
 
 
 @dataclass
@@ -94,19 +91,7 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Any]:
-        box = self.boxes[i]
-        try:
-            img = load_image(self.paths[i], max_pixels=self.max_pixels, min_side=None if box else self.min_side)
-            if box is not None:
-                try:
-                    img = crop_to_box(img, box)
-                except ValueError as exc:
-                    return i, str(exc)
-            return i, self.transform(img)
-        except ImageLoadError as exc:
-            return i, exc.reason
-        except Exception as exc:  # a transform failure must not take the batch down either
-            return i, f"cannot prepare image ({type(exc).__name__}: {exc})"
+        return i, prepare_file(self.paths[i], self.transform, self.max_pixels, self.min_side, self.boxes[i])
 
 
 class MultiScaleTransform:
@@ -166,28 +151,6 @@ def input_sizes(size: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in size) if isinstance(size, (list, tuple)) else (int(size),)
 
 
-def default_decode_threads() -> int:
-    """Decoding threads beside inference: one per core, at least one (PIL releases the GIL)."""
-    return max(1, os.cpu_count() or 1)
-
-
-def _threaded_items(dataset: ImageFileDataset, threads: int, ahead: int) -> Iterator[tuple[int, torch.Tensor | str]]:
-    """The dataset's items in order, decoded by ``threads`` threads at most ``ahead`` items in advance."""
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        queue: collections.deque = collections.deque()
-        nxt = 0
-        try:
-            while nxt < len(dataset) or queue:
-                while nxt < len(dataset) and len(queue) < ahead:
-                    queue.append(pool.submit(dataset.__getitem__, nxt))
-                    nxt += 1
-                yield queue.popleft().result()
-        finally:  # a consumer that stops early: do not decode the rest
-            for f in queue:
-                f.cancel()
 
 
 def _batches(
@@ -198,7 +161,7 @@ def _batches(
     """Yield (indices, x on device or None, failures, n_items_in_batch).
 
     ``num_workers`` > 0 decodes in DataLoader processes; else ``decode_threads`` > 0 decodes in that
-    many threads (up to two batches ahead) while the caller runs the model; 0 decodes in line."""
+    many threads (engine.decoding.READ_AHEAD_BATCHES batches ahead) while the caller runs the model; 0 decodes in line."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
@@ -212,7 +175,8 @@ def _batches(
     else:
         def grouped() -> Iterator:
             items: list = []
-            for item in _threaded_items(dataset, decode_threads, 2 * batch_size):
+            for item in threaded_items(dataset.__getitem__, len(dataset), decode_threads,
+                                       READ_AHEAD_BATCHES * batch_size):
                 items.append(item)
                 if len(items) == batch_size:
                     yield collate_drop_failures(items)
@@ -243,18 +207,6 @@ def _model_dim(model: nn.Module) -> int | None:
 
 
 # --- the public functions ------------------------------------------------------------------------
-@dataclass
-class ExtractedBatch:
-    """One batch of a streamed extraction: ``paths`` (n) with ``vectors[name]`` (n, D) float32 per head,
-    the files of the batch that could not be used, and ``done`` of ``total`` files handled so far."""
-
-    paths: list[str]
-    vectors: dict[str, np.ndarray]
-    skipped: list[SkippedImage]
-    done: int
-    total: int
-
-
 def iter_extract(paths: Sequence[str | os.PathLike], compute: Callable[[Any], dict[str, torch.Tensor]], *,
                  image_size: int | Sequence[int], mean: Sequence[float], std: Sequence[float],
                  crop_fraction: float = 1.0,

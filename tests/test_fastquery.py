@@ -33,18 +33,23 @@ class _Tiny(nn.Module):
 
     name = "tiny"
     feature_dim = 8
+    fc_dim = 4
 
     def __init__(self) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                                   nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 4)
         with torch.no_grad():
-            for p in self.conv.parameters():
+            for p in [*self.conv.parameters(), *self.fc.parameters()]:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.fc(fmap.mean((2, 3)))
 
 
 @pytest.fixture
@@ -84,7 +89,7 @@ def _torch_vector(spec, cache, path) -> np.ndarray:
     return embed_images(ModelCache(runtime="torch", cache_dir=cache), spec, [path])[0]
 
 
-def _search_in_a_fresh_process(argv: list[str]) -> dict:
+def _cli_in_a_fresh_process(argv: list[str]) -> dict:
     code = ("import json, sys\nfrom engine.cli import main\n"
             f"rc = main({argv!r})\n"
             "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules, 'torchvision': 'torchvision' in sys.modules}))")
@@ -103,7 +108,7 @@ def test_search_outside_the_collection_runs_without_torch_with_the_torch_scores(
     assert list((cache / "runtimes").glob("*.head.onnx")), "index exports the descriptor heads"
     query = tmp_path / "outside.jpg"
     shutil.copyfile(root / "class_01" / "001.jpg", query)
-    found = _search_in_a_fresh_process(["search", str(query), "--collection", str(root), *model, "--k", "4",
+    found = _cli_in_a_fresh_process(["search", str(query), "--collection", str(root), *model, "--k", "4",
                                         "--json", "--exact"])
     assert found["rc"] == 0 and not found["torch"] and not found["torchvision"]
     assert "PyTorch" not in found["stderr"]
@@ -175,3 +180,65 @@ def test_multi_scale_rmac_head_matches_pytorch_and_bad_exports_are_refused(stand
     mark.write_text(json.dumps({**json.loads(mark.read_text()), "version": "0.0"}))  # another onnxruntime
     fast, why = load_describer(spec, cache)
     assert fast is None and "not checked against PyTorch" in why
+
+
+def test_index_from_cached_exports_runs_without_torch_and_stores_the_torch_vectors(stand_in, image_folder, tmp_path,
+                                                                                   cache):
+    """Every descriptor (five heads, one backbone pass) from the exports a first `index` left, in a fresh process:
+    torch not imported, the same stored rows as the PyTorch-started index (to float16's step: the store's
+    precision), the same file skipped for the same reason."""
+    from engine.session import FolderIndex
+    from engine.vocabulary import DESCRIPTORS, ModelSpec
+
+    root = image_folder(n_classes=2, per_class=3)
+    (root / "class_00" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    model = ["--image-size", "32", "--device", "cpu", "--json"]
+    assert main(["index", str(root), *model, "--cache-dir", str(cache)]) == 0  # torch: exports every head
+    assert len(list((cache / "runtimes").glob("*.head.onnx"))) == len(DESCRIPTORS)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(cache / "runtimes", fresh / "runtimes")
+    run = _cli_in_a_fresh_process(["index", str(root), *model, "--cache-dir", str(fresh)])
+    assert run["rc"] == 0 and not run["torch"] and not run["torchvision"], run["stderr"][-2000:]
+    summary = run["result"]
+    assert summary["runtime"] == "onnxruntime" and summary["kept"] == 6
+    assert [(s["path"], bool(s["reason"])) for s in summary["skipped"]] == [("class_00/broken.jpg", True)]
+    for kind in DESCRIPTORS:
+        spec = ModelSpec(descriptor=kind, image_size=32)
+        paths, torch_rows = FolderIndex(root, cache_dir=cache).vectors(spec)
+        fast_paths, fast_rows = FolderIndex(root, cache_dir=fresh).vectors(spec)
+        assert fast_paths == paths and len(paths) == 6
+        step = np.spacing(np.abs(torch_rows).astype(np.float16)).astype(np.float32)
+        assert (np.abs(fast_rows - torch_rows) <= step).all(), kind
+        skipped = {s.path: s.reason for s in FolderIndex(root, cache_dir=fresh).collection(spec).skipped}
+        assert skipped == {s.path: s.reason for s in FolderIndex(root, cache_dir=cache).collection(spec).skipped}
+
+
+def test_one_describer_of_several_heads_streams_the_torch_vectors(stand_in, image_folder, cache):
+    """load_describers + extract (what `index` runs without torch) against embed_images in PyTorch, float32,
+    batches of 4 over 6 images (a short last batch), a bad file skipped in its batch; heads of another
+    backbone export are refused together."""
+    from engine.cli.index_cmd import _export_heads
+    from engine.fastquery import load_describers
+    from engine.session import ModelCache
+    from engine.vocabulary import ModelSpec
+
+    root = image_folder(n_classes=2, per_class=3)
+    specs = [ModelSpec(descriptor=k, image_size=32) for k in ("gem", "rmac", "fc")]
+    models = ModelCache(runtime="onnxruntime", cache_dir=cache)
+    assert _export_heads(specs, [models.get(s) for s in specs], models.features(specs[0]), cache) == 3
+    fast, why = load_describers(specs, cache)
+    assert fast is not None, why
+    files = sorted(map(str, root.rglob("*.jpg")))
+    bad = root / "bad.jpg"
+    bad.write_bytes(b"nothing")
+    batches = list(fast.extract(files[:3] + [str(bad)] + files[3:], batch_size=4, decode_threads=2))
+    assert [b.done for b in batches] == [4, 7] and [len(b.paths) for b in batches] == [3, 3]
+    assert [s.path for b in batches for s in b.skipped] == [str(bad)]
+    assert [p for b in batches for p in b.paths] == files
+    for i, spec in enumerate(specs):
+        got = np.concatenate([b.vectors[i] for b in batches])
+        want = np.stack([_torch_vector(spec, cache, f) for f in files])
+        assert np.abs(got / np.linalg.norm(got, axis=1, keepdims=True) - want).max() <= SCORE_TOL, spec.descriptor
+    other = [specs[0], ModelSpec(descriptor="gem", image_size=48)]
+    _export_heads(other[1:], [models.get(other[1])], models.features(other[1]), cache)
+    assert load_describers(other, cache) == (None, "descriptor heads of other backbone exports or preprocessing")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import sys
@@ -151,23 +152,29 @@ def _index_held(args: argparse.Namespace, collections: list[Collection], specs: 
     """`index` once every collection's lock is held."""
     repairs = [c.repair for c in collections]
     work = [bool(c.scan()) or not c.is_saved for c in collections]  # a repair alone needs no network
-    device, runtime, models = "cpu", None, [None] * len(collections)
-    if any(work):  # torch and the model only when there is work
-        # on a cluster this process only exports the network for the workers (on the CPU, unless GPUs run it)
-        device = resolve_device(args.device) if args.ray is None or args.ray_gpus > 0 else "cpu"
-        models, runtime = _build_models(specs, device, args)
+    device, runtime, models, fast = "cpu", None, [None] * len(collections), None
+    if any(work):  # the model only when there is work
+        fast = _fast_describer(specs, args)
+        if fast is not None:  # every export cached: the network runs in ONNX Runtime, torch is not imported
+            runtime = fast
+        else:
+            # on a cluster this process only exports the network for the workers (on the CPU, unless GPUs run it)
+            device = resolve_device(args.device) if args.ray is None or args.ray_gpus > 0 else "cpu"
+            models, runtime = _build_models(specs, device, args)
     stop = [False]
     with _ctrl_c_stops(stop):
         pairs = list(zip(collections, models, strict=True))
         if args.ray is not None and any(work):
             reports = _index_on_ray(args, pairs, runtime, TextProgress("indexing on Ray"), lambda: stop[0])
         else:
+            extract = None if fast is None else functools.partial(
+                fast.extract, batch_size=args.batch_size, decode_threads=args.decode_threads)
             reports = update_collections(
                 pairs, device=device, batch_size=args.batch_size,
                 num_workers=args.workers, decode_threads=args.decode_threads, features=runtime,
-                progress=TextProgress("indexing"), should_stop=lambda: stop[0])
+                progress=TextProgress("indexing"), should_stop=lambda: stop[0], extract=extract)
     cancelled = any(r.cancelled for r in reports)
-    if any(work) and not cancelled and args.ray is None:  # `search` then describes its query without torch
+    if any(work) and not cancelled and args.ray is None and fast is None:  # `search` then runs without torch
         _export_heads(specs, models, runtime, Path(args.cache_dir) if args.cache_dir else cache_root())
     seconds = time.perf_counter() - start
     first, report = collections[0], reports[0]
@@ -231,6 +238,32 @@ def _index_on_ray(args: argparse.Namespace, pairs: list, runtime, progress, shou
         return index_on_ray(pairs, features=runtime, batch_size=args.batch_size, workers=args.ray_workers,
                             cpus_per_worker=args.ray_cpus, gpus_per_worker=args.ray_gpus, progress=progress,
                             should_stop=should_stop)
+
+
+def _no_gpu_here() -> bool:
+    """True where no GPU driver is present, so that --device auto means the CPU without asking torch (whose
+    import costs 1-2 s): Linux without NVIDIA's, AMD's (ROCm) or WSL's GPU device files, or macOS."""
+    if sys.platform == "darwin":
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    dev = Path("/dev")
+    return not any(dev.glob("nvidia[0-9]*")) and not (dev / "kfd").exists() and not (dev / "dxg").exists()
+
+
+def _fast_describer(specs: list[ModelSpec], args: argparse.Namespace):
+    """engine.fastquery's describer of every spec (one backbone pass, every head) when the network runs on the
+    CPU in ONNX Runtime (--runtime auto or onnxruntime, threads not processes) and its exports are cached and
+    trusted; else None (the reason logged): the model is then built in PyTorch, which exports them."""
+    on_cpu = args.device == "cpu" or (args.device == "auto" and _no_gpu_here())
+    if not (on_cpu and _exportable(args)) or args.ray is not None or args.workers > 0:
+        return None
+    from engine.fastquery import load_describers
+
+    fast, why = load_describers(specs, Path(args.cache_dir) if args.cache_dir else cache_root())
+    if fast is None:
+        log.info("the network runs from PyTorch this time: %s", why)
+    return fast
 
 
 def _build_models(specs: list, device: str, args: argparse.Namespace):
