@@ -107,6 +107,25 @@ def test_a_region_finds_the_image_it_shows_first_and_the_best_region_is_the_past
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("kind", ["gem", "spoc", "mac"])
+def test_window_pooling_equals_the_head_on_each_cut_out_window(kind):
+    """engine.regions pools every window of a size in one pass: the same as the head on each window alone."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine.regions import region_descriptors
+    from models.descriptors import DescriptorModel
+
+    model = DescriptorModel(SimpleNamespace(feature_dim=16, fc_dim=0, name="stand-in"), kind).eval()
+    fmap = torch.rand(2, 16, 9, 7)
+    regions = candidate_regions(9, 7, 3, (0.4, 0.6))
+    fast = region_descriptors(model, fmap, regions)
+    slow = torch.stack([model.describe(fmap[:, :, y:y + h, x:x + w]) for y, x, h, w in regions], dim=1)
+    assert fast.shape == slow.shape == (2, len(regions), model.dim)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
 def test_rerank_puts_copies_first_then_orders_by_best_region():
     from dataclasses import dataclass
 
