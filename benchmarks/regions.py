@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Region query with its first K hits re-ordered by their best region (engine.regions.rerank_hits: whole-image "
           f"score >= {COPY_SCORE} first, then the best of the sliding windows {list(SLIDING_SIDES)} of the result's "
           f"map at {size} px, {DETAIL_SCALE:g} x the index's size); K = {RERANK_DEPTH} is what `search --box` and "
-          "the window do; 'all' = every image scored by its best region (no first stage); 'whole at detail' = the "
+          "the window do; 'every image' = each image scored by its best region (no first stage); 'whole at detail' = the "
           f"region query against each image's whole-image vector at {size} px:\n")
     cols = [str(k) for k in DEPTHS] + ["all"]
     print("| classes | whole-image query | region query | " + " | ".join(
