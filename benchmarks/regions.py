@@ -14,13 +14,15 @@ bird stays as a distractor) or a generated texture (half each). The folder is in
 - **region query, pooled**: the descriptor's head applied to the composite's feature map inside the box;
 
 relevant = the other composites holding a bird of the same species; mAP over the whole ranking
-(engine.evaluation.mean_average_precision, the query composite left out). Then, for the region query,
-the share of the relevant hits of its top ``--top`` whose best region (engine.regions: each candidate region
-of the hit's feature map pooled by the head and scored against the query) overlaps the bird pasted in that
-hit with IoU >= 0.3.
+(engine.evaluation.mean_average_precision, the query composite left out). Then the region query as shipped:
+its first K hits re-ordered by their best region (engine.regions.rerank_hits over the candidate regions of
+each hit's feature map at the detail size, engine.regions.region_size), for K = engine.regions.RERANK_DEPTH
+and deeper, and every image scored by its best region; and the share of the relevant hits of its top
+``--top`` whose best region overlaps the bird pasted in that hit with IoU >= 0.3.
 
 Settings are chosen on the TRAINING classes only (crop or pooled by mAP; the candidate regions of
-engine.regions by the overlap share) and reported on the test classes.
+engine.regions by the overlap share; the detail size and the copy level of engine.regions by mAP) and
+reported on the test classes.
 
     python benchmarks/regions.py [--data ../shared/data/cub100] [--per-class 8] [--side 448]
 
@@ -37,6 +39,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +51,20 @@ from benchmarks.descriptors import DEFAULT_DATA, load_protocol  # noqa: E402
 from engine.evaluation import mean_average_precision  # noqa: E402
 from engine.images import Box, load_image  # noqa: E402
 from engine.regions import (  # noqa: E402
+    COPY_SCORE,
+    DETAIL_SCALE,
     REGION_LEVELS,
+    RERANK_DEPTH,
     SLIDING_SIDES,
+    RegionMatch,
     best_regions,
     box_iou,
     box_to_cells,
     candidate_regions,
     cells_to_box,
     region_descriptors,
+    region_size,
+    rerank_hits,
 )
 from engine.session import FolderIndex, ModelCache, embed_images  # noqa: E402
 from engine.vocabulary import ModelSpec  # noqa: E402
@@ -64,8 +73,10 @@ log = logging.getLogger("bench.regions")
 
 #: the candidate-region settings tried on the training classes: (R-MAC grid levels, sliding window sides)
 REGION_CHOICES: tuple[tuple[int, tuple[float, ...]], ...] = (
-    (3, ()), (5, ()), (0, (0.4, 0.6)), (0, (0.3, 0.5, 0.7)), (3, (0.4, 0.6)), (3, (0.3, 0.5, 0.7)),
+    (3, ()), (0, (0.4, 0.6)), (0, (0.3, 0.5, 0.7)), (3, (0.4, 0.6)),
 )
+#: re-ranking depths printed beside the shipped one (engine.regions.RERANK_DEPTH)
+DEPTHS = (20, 50, 100, 200)
 IOU = 0.3
 
 
@@ -123,13 +134,16 @@ def make_composites(paths: list[str], labels: list[str], folder: Path, per_class
 
 
 # --- measuring -------------------------------------------------------------------------------------
-def feature_maps(models: ModelCache, spec: ModelSpec, paths: list[str]) -> np.ndarray:
-    """(N, C, h, w) float32: the feature maps the index saw, computed again on the runtime."""
+def feature_maps(models: ModelCache, spec: ModelSpec, paths: list[str], size: int | None = None) -> np.ndarray:
+    """(N, C, h, w) float32: the feature maps at input ``size`` (None: the index's, the maps the index saw),
+    computed again on the runtime."""
+    from dataclasses import replace
+
     from engine.extraction import IMAGENET_MEAN, IMAGENET_STD, feature_fn, iter_extract
 
     model = models.get(spec)
-    size = models.image_size(spec)
-    run = feature_fn(model.backbone, models.features(spec))
+    size = size or models.image_size(spec)
+    run = feature_fn(model.backbone, models.features(replace(spec, image_size=size)))
     bb = model.backbone
     rows: dict[str, np.ndarray] = {}
     for batch in iter_extract(paths, lambda x: {"f": run(size, x)}, image_size=size,
@@ -171,7 +185,7 @@ def overlap_share(models: ModelCache, spec: ModelSpec, maps: np.ndarray, queries
     """Share of the relevant hits among each region query's ``top`` whose best region (engine.regions'
     candidates, pooled by the head, scored against the query) overlaps the hit's pasted bird (IoU >= 0.3);
     and the number of such hits."""
-    size = models.image_size(spec)
+    size = region_size(models, spec)  # the maps are the detail maps (engine.regions.best_regions)
     lab = np.asarray(labels)
     sims = queries @ db.T
     np.fill_diagonal(sims, -np.inf)
@@ -190,19 +204,47 @@ def overlap_share(models: ModelCache, spec: ModelSpec, maps: np.ndarray, queries
     return (good / total if total else float("nan")), total
 
 
+@dataclass
+class _Hit:
+    """What engine.regions.rerank_hits needs of an engine.vocabulary.SearchHit."""
+
+    path: str
+    score: float
+    rank: int
+
+
 def region_rerank(models: ModelCache, spec: ModelSpec, maps: np.ndarray, queries: np.ndarray, db: np.ndarray,
-                  top: int, levels: int, sliding: tuple[float, ...]) -> np.ndarray:
-    """(N, N) scores: each query's ``top`` hits by the whole-image vectors re-ordered by their best region's
-    score (the score engine.regions.best_regions finds, over the same candidate regions), above the rest."""
+                  depths: tuple[int, ...], levels: int, sliding: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """(N, N) scores per depth K: each query's K first hits by the whole-image vectors re-ordered as a region
+    query's are (engine.regions.rerank_hits: copies first, then by the best region over the same candidate
+    regions of the detail ``maps``), above the rest; also "all": every image scored by its best region."""
     hw = maps.shape[-2:]
     d = all_region_descriptors(models, spec, maps, candidate_regions(hw[0], hw[1], levels, sliding))
     sims = queries @ db.T
     np.fill_diagonal(sims, -np.inf)
-    out = sims.copy()
-    for i in range(len(queries)):
-        shown = np.argsort(-sims[i])[:top]
-        out[i, shown] = 10.0 + (d[shown] @ queries[i]).max(1)
+    n, r, dim = d.shape
+    best = (d.reshape(n * r, dim) @ queries.T).reshape(n, r, -1).max(1).T  # (query, image)
+    out = {"all": best}
+    for k in depths:
+        scores = sims.copy()
+        for i in range(len(queries)):
+            shown = np.argsort(-sims[i], kind="stable")[:k]
+            hits = [_Hit(str(j), float(sims[i, j]), r + 1) for r, j in enumerate(shown)]
+            matches = [RegionMatch(str(j), (0, 0, 1, 1), (1, 1), float(best[i, j])) for j in shown]
+            for r, h in enumerate(rerank_hits(hits, matches, depth=k)):
+                scores[i, int(h.path)] = 10.0 + k - r
+        out[str(k)] = scores
     return out
+
+
+def _describe(models: ModelCache, spec: ModelSpec, maps: np.ndarray) -> np.ndarray:
+    """(N, D): the descriptor's head on each whole map."""
+    import torch
+
+    model = models.get(spec)
+    with torch.inference_mode():
+        return np.concatenate([model.describe(torch.from_numpy(maps[k:k + 32])).float().numpy()
+                               for k in range(0, len(maps), 32)])
 
 
 def run_half(name: str, paths: list[str], labels: list[str], args: argparse.Namespace, models: ModelCache,
@@ -224,8 +266,8 @@ def run_half(name: str, paths: list[str], labels: list[str], args: argparse.Name
     t2 = time.perf_counter()
     crop = embed_images(models, spec, db_paths, boxes=boxes)
     crop_s = time.perf_counter() - t2
-    maps = feature_maps(models, spec, db_paths)
-    pooled = pooled_queries(models, spec, maps, boxes, args.side)
+    pooled = pooled_queries(models, spec, feature_maps(models, spec, db_paths), boxes, args.side)
+    maps = feature_maps(models, spec, db_paths, region_size(models, spec))  # the detail maps best regions use
     res = {"n": len(db_paths), "whole": mean_average_precision(db, labs),
            "crop": mean_average_precision(db, labs, queries=crop),
            "pooled": mean_average_precision(db, labs, queries=pooled), "crop_ms": 1000 * crop_s / len(db_paths),
@@ -245,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="where composites go (default: a temporary folder)")
-    ap.add_argument("--rerank", type=int, default=20, help="shown results re-ordered by best region (20)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="an .npz keeping the extracted arrays: a second run with it measures without extracting")
     args = ap.parse_args(argv)
@@ -279,13 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = max(REGION_CHOICES, key=lambda c: shares[c][0])
         test_share = {c: overlap_share(models, spec, test["maps"], test[f"{method}_q"], test["db"], test["labels"],
                                        test["boxes"], args.side, args.top, *c) for c in REGION_CHOICES}
-        reranked = {h: mean_average_precision(r["db"], r["labels"], scores=region_rerank(
-            models, spec, r["maps"], r[f"{method}_q"], r["db"], args.rerank, *chosen)) for h, r in (("train", train),
-                                                                                                 ("test", test))}
-        # the on-demand cost the window pays: best regions of 20 shown results, decoding included
+        reranked = {h: {k: mean_average_precision(r["db"], r["labels"], scores=v) for k, v in region_rerank(
+            models, spec, r["maps"], r[f"{method}_q"], r["db"], DEPTHS, REGION_LEVELS, SLIDING_SIDES).items()}
+            for h, r in (("train", train), ("test", test))}
+        detail = {h: mean_average_precision(_describe(models, spec, r["maps"]), r["labels"], queries=r[f"{method}_q"])
+                  for h, r in (("train", train), ("test", test))}
+        # the cost a region query pays: best regions of RERANK_DEPTH results at the detail size, decoding included
         t = time.perf_counter()
         if test["paths"]:
-            best_regions(models, spec, test["paths"][:20], test["crop_q"][0])
+            best_regions(models, spec, test["paths"][:RERANK_DEPTH], test["crop_q"][0])
         best_ms = 1000 * (time.perf_counter() - t)
     runner = models.features(spec)
     print(f"## Region queries on composites ({spec.backbone}, {args.descriptor} at {args.image_size}, "
@@ -295,10 +338,23 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in (("train 0-49 (choice)", train), ("test 50-99 (report)", test)):
         print(f"| {name} | {r['n']} | {r['whole']:.4f} | {r['crop']:.4f} | {r['pooled']:.4f} |")
     print(f"\nThe better on the training classes: **{better}**, by {abs(train['crop'] - train['pooled']):.4f} mAP "
-          f"(engine.session.run_query describes a box by the crop path; the rows below use crop queries). Test: crop {test['crop'] - test['whole']:+.3f}, "
-          f"pooled {test['pooled'] - test['whole']:+.3f} mAP against the whole image. With the {args.rerank} shown results re-ordered by their best region's score "
-          f"(the chosen candidate regions): train {reranked['train']:.3f}, test {reranked['test']:.3f} "
-          f"({reranked['test'] - test['whole']:+.3f} against the whole image).\n")
+          f"(engine.session.run_query describes a box by the crop path; the rows below use crop queries).\n")
+    size = region_size(models, spec)
+    print(f"Region query with its first K hits re-ordered by their best region (engine.regions.rerank_hits: whole-image "
+          f"score >= {COPY_SCORE} first, then the best of the sliding windows {list(SLIDING_SIDES)} of the result's "
+          f"map at {size} px, {DETAIL_SCALE:g} x the index's size); K = {RERANK_DEPTH} is what `search --box` and "
+          "the window do; 'every image' = each image scored by its best region (no first stage); 'whole at detail' = the "
+          f"region query against each image's whole-image vector at {size} px:\n")
+    cols = [str(k) for k in DEPTHS] + ["all"]
+    print("| classes | whole-image query | region query | " + " | ".join(
+        ("every image by its best region" if c == "all" else f"re-ranked K={c}")
+        + (" (shipped)" if c == str(RERANK_DEPTH) else "") for c in cols) + " | whole at detail |")
+    print("|---|---|---|" + "---|" * len(cols) + "---|")
+    for name, h in (("train 0-49 (choice)", "train"), ("test 50-99 (report)", "test")):
+        r = train if h == "train" else test
+        print(f"| {name} | {r['whole']:.4f} | {r[method]:.4f} | " + " | ".join(
+            f"{reranked[h][c]:.4f} ({reranked[h][c] - r['whole']:+.3f})" for c in cols) + f" | {detail[h]:.4f} |")
+    print()
     print(f"| candidate regions (R-MAC levels, sliding sides) | train: IoU >= {IOU} share | test: IoU >= {IOU} share |")
     print("|---|---|---|")
     for c in REGION_CHOICES:
@@ -307,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{test_share[c][0]:.3f} ({test_share[c][1]} hits) |")
     cost = f"{best_ms:.0f} ms" if test["paths"] else "not measured (arrays from --cache)"
     print(f"\nengine.regions defaults: L={REGION_LEVELS}, sliding {list(SLIDING_SIDES)}; "
-          f"region query description {test['crop_ms']:.0f} ms/query (crop path, batched); best regions of 20 "
-          f"results {cost} (one call, decoding included); {platform.processor() or platform.machine()}, "
+          f"region query description {test['crop_ms']:.0f} ms/query (crop path, batched); best regions of "
+          f"{RERANK_DEPTH} results at {size} px (the re-ranking's cost) {cost} (one call, decoding included); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}.")
     return 0
 

@@ -7,15 +7,22 @@ so they are computed on demand, on the runtime (engine.session.ModelCache.featur
 shown; each candidate region of the map (the R-MAC grid of models.pooling.rmac_regions, plus square sliding
 windows) is pooled by the descriptor's own head (``describe``: pooling, whitening, L2) and scored against
 the query vector; the best one is mapped back to the result's pixels (engine.images.crop_geometry: the
-inverse of the network input's resize and centre crop).
+inverse of the network input's resize and centre crop). The result's map is computed at twice the index's
+input size (:data:`DETAIL_SCALE`): an object a third of a result's side is then seen at the scale the
+query's region has. A region query's first :data:`RERANK_DEPTH` hits are re-ordered by that best region's
+score (:func:`rerank_result`, for the window and `search --box` alike): on cub100 composites it is what
+lifts a region query more than 10 mAP points above the whole-image query (docs/BENCHMARKS.md).
 
 No Qt: the window runs :func:`best_regions` in a worker (retrieval_gui.workers.LatestTask).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,6 +44,22 @@ Cells = tuple[int, int, int, int]
 #: wins too often).
 REGION_LEVELS = 0
 SLIDING_SIDES: tuple[float, ...] = (0.4, 0.6)
+
+#: Results are described for their best region at DETAIL_SCALE x the index's input size (448 for 224): an
+#: object filling a third of a result is seen at about the scale it has in the query's region. Chosen on
+#: cub100's TRAINING classes (benchmarks/regions.py: the 20 first hits re-ordered by their best region at
+#: 224 / 320 / 448 gave mAP 0.180 / 0.225 / 0.267, the whole-image query 0.138).
+DETAIL_SCALE = 2.0
+#: A region query's first RERANK_DEPTH hits are re-ordered by their best region's score (whatever k is, so
+#: that every k agrees on the order): the cost is one network pass at the detail size per hit (measured in
+#: benchmarks/regions.py); deeper gains more (train: 0.319 at 50, 0.357 at 100) and costs more.
+RERANK_DEPTH = 20
+#: A hit whose whole image matches the region at least this well (cosine) is a copy of what the region shows
+#: (or the object alone): it stays ahead of the re-ordered hits, by its whole-image score. The lowest level
+#: that loses nothing on the TRAINING classes (K=20: 0.80 -> 0.265, 0.85 / 0.90 / 0.95 -> 0.267, the
+#: regions alone); without it an image that is the region itself can lose its first place to a region of a
+#: look-alike.
+COPY_SCORE = 0.85
 
 
 @dataclass(frozen=True)
@@ -101,12 +124,53 @@ def region_descriptors(model: Any, fmap: Any, regions: Sequence[Cells]) -> Any:
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, (_y, _x, rh, rw) in enumerate(regions):
         by_size.setdefault((rh, rw), []).append(i)
+    if getattr(model, "kind", None) in _WINDOW_POOLS and hasattr(model, "finish"):
+        return _window_descriptors(model, fmap, regions, by_size)
     for (rh, rw), idx in by_size.items():
         crops = torch.cat([fmap[:, :, y:y + rh, x:x + rw] for (y, x, _h, _w) in (regions[i] for i in idx)])
         d = model.describe(crops).float()  # (n * B, D), region-major
         if out is None:
             out = torch.empty((b, len(regions), d.shape[-1]), dtype=torch.float32, device=fmap.device)
         out[:, idx] = d.reshape(len(idx), b, -1).transpose(0, 1)
+    return out
+
+
+#: the heads (models.descriptors.DescriptorModel.kind) whose pooling of every window of one size is one
+#: pooling pass over the whole map (stride 1): the same numbers as pooling each cut-out window, without
+#: copying the windows out (which took most of best_regions' time at 448 px)
+_WINDOW_POOLS = ("gem", "spoc", "mac")
+
+
+def _window_descriptors(model: Any, fmap: Any, regions: Sequence[Cells], by_size: dict[tuple[int, int], list[int]]
+                        ) -> Any:
+    """:func:`region_descriptors` for a GeM, SPoC or MAC head: each window size pooled over the whole map at
+    stride 1 (models.pooling.gem's clamp and exponent), the regions' positions picked, then the head's
+    L2-normalisation and ``finish`` (whitening, L2)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from models.pooling import l2n
+
+    x = fmap.float()
+    b, c = x.shape[:2]
+    kind = model.kind
+    p = getattr(model, "gem_p", 3.0)
+    base = x.clamp(min=1e-6).pow(p) if kind == "gem" else x
+    out: Any = None
+    for (rh, rw), idx in by_size.items():
+        if kind == "mac":
+            pooled = F.max_pool2d(base, (rh, rw), stride=1)
+        else:
+            pooled = F.avg_pool2d(base, (rh, rw), stride=1)
+            if kind == "gem":
+                pooled = pooled.pow(1.0 / p)
+        ys = torch.tensor([regions[i][0] for i in idx], device=x.device)
+        xs = torch.tensor([regions[i][1] for i in idx], device=x.device)
+        v = pooled[:, :, ys, xs].permute(0, 2, 1).reshape(-1, c)  # (B * n, C), image-major
+        d = model.finish(l2n(v)).float()
+        if out is None:
+            out = torch.empty((b, len(regions), d.shape[-1]), dtype=torch.float32, device=x.device)
+        out[:, idx] = d.reshape(b, len(idx), -1)
     return out
 
 
@@ -158,10 +222,13 @@ def box_to_cells(box: Box, size: tuple[int, int], map_hw: tuple[int, int], image
     return y0, x0, y1 - y0, x1 - x0
 
 
-def region_size(model_cache: Any, spec: ModelSpec) -> int:
-    """The input size whose feature map gives the regions: the spec's size (the largest of a multi-scale
-    spec, its map the finest)."""
-    return int(max(spec.scales)) if spec.scales else int(model_cache.image_size(spec))
+def region_size(model_cache: Any, spec: ModelSpec, scale: float = DETAIL_SCALE) -> int:
+    """The input size whose feature map gives the regions: ``scale`` x the spec's size (the largest of a
+    multi-scale spec), at most models.names.MAX_IMAGE_SIZE."""
+    from models.names import MAX_IMAGE_SIZE
+
+    base = int(max(spec.scales)) if spec.scales else int(model_cache.image_size(spec))
+    return max(base, min(MAX_IMAGE_SIZE, int(round(scale * base))))
 
 
 def best_regions(model_cache: Any, spec: ModelSpec, paths: Sequence[str | os.PathLike], query: np.ndarray, *,
@@ -183,6 +250,15 @@ def best_regions(model_cache: Any, spec: ModelSpec, paths: Sequence[str | os.Pat
     if not paths or not (hasattr(model, "describe") and hasattr(model, "backbone")):
         return [None] * len(paths)
     size = region_size(model_cache, spec)
+    keys = {p: _memo_key(spec, runtime, levels, sliding, size, query, p) for p in paths}
+    with _MEMO_LOCK:
+        found.update((p, _MEMO[k]) for p, k in keys.items() if k is not None and k in _MEMO)
+    if found and on_event is not None:
+        on_event([found[p] for p in paths if p in found])
+    todo = [p for p in paths if p not in found]
+    if not todo:
+        progress(len(paths), len(paths), "finding the best regions")
+        return [found.get(p) for p in paths]
     run = feature_fn(model.backbone, model_cache.features(replace(spec, scales=None, image_size=size), runtime))
     bb = model.backbone
     grid: dict[tuple[int, int], list[Cells]] = {}
@@ -199,8 +275,8 @@ def best_regions(model_cache: Any, spec: ModelSpec, paths: Sequence[str | os.Pat
         maps["hw"] = hw
         return {"best": best.to(torch.float32).unsqueeze(1), "score": scores.max(1).values.unsqueeze(1)}
 
-    progress(0, len(paths), "finding the best regions")
-    for batch in iter_extract(paths, compute, image_size=size, mean=getattr(bb, "mean", IMAGENET_MEAN),
+    progress(len(found), len(paths), "finding the best regions")
+    for batch in iter_extract(todo, compute, image_size=size, mean=getattr(bb, "mean", IMAGENET_MEAN),
                               std=getattr(bb, "std", IMAGENET_STD), crop_fraction=spec.crop_fraction,
                               batch_size=max(1, batch_size), device=model_cache.device):
         matches = []
@@ -215,12 +291,72 @@ def best_regions(model_cache: Any, spec: ModelSpec, paths: Sequence[str | os.Pat
                 m = RegionMatch(p, cells_to_box(regions[int(b)], hw, shown, size, spec.crop_fraction), shown, float(s))
                 found[p] = m
                 matches.append(m)
+                _remember(keys[p], m)
         if matches and on_event is not None:
             on_event(matches)
-        progress(batch.done, batch.total, "finding the best regions")
+        progress(len(paths) - len(todo) + batch.done, len(paths), "finding the best regions")
         if batch.done < batch.total and should_stop():
             break
     return [found.get(p) for p in paths]
+
+
+#: the latest best regions found (key: :func:`_memo_key`), so that a region query's re-ranking and the
+#: window's drawing of the same results describe each result once
+_MEMO: OrderedDict[tuple, RegionMatch] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+MEMO_SIZE = 256
+
+
+def _memo_key(spec: ModelSpec, runtime: str | None, levels: int, sliding: Sequence[float], size: int,
+              query: np.ndarray, path: str) -> tuple | None:
+    """What a best region depends on: the model, the candidate regions, the query vector and the file as it
+    is now (None: the file cannot be read; it is not remembered)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    digest = hashlib.sha1(np.ascontiguousarray(query, np.float32).tobytes()).hexdigest()
+    return (spec, runtime, levels, tuple(sliding), size, digest, path, st.st_mtime_ns, st.st_size)
+
+
+def _remember(key: tuple | None, match: RegionMatch) -> None:
+    if key is None:
+        return
+    with _MEMO_LOCK:
+        _MEMO[key] = match
+        _MEMO.move_to_end(key)
+        while len(_MEMO) > MEMO_SIZE:
+            _MEMO.popitem(last=False)
+
+
+def rerank_hits(hits: Sequence[Any], matches: Sequence[RegionMatch | None], depth: int = RERANK_DEPTH,
+                copy_score: float = COPY_SCORE) -> list[Any]:
+    """A region query's hits (engine.search.SearchHit, best first, ``score`` the whole image's) with the first
+    ``depth`` re-ordered: those scoring at least ``copy_score`` first (by that score), then the others by their
+    best region's score (``matches``, aligned with the hits), which becomes their score (no match: the whole
+    image's); ties keep their order; ranks from 1. The hits after ``depth`` follow unchanged."""
+    top = list(hits[:depth])
+    matches = list(matches[:len(top)]) + [None] * (len(top) - len(matches))
+    keys = [(1, float(h.score)) if float(h.score) >= copy_score else (0, m.score if m is not None else float(h.score))
+            for h, m in zip(top, matches, strict=True)]
+    order = sorted(range(len(top)), key=lambda i: (-keys[i][0], -keys[i][1]))
+    out = [replace(top[i], score=keys[i][1]) for i in order] + list(hits[depth:])
+    return [replace(h, rank=r + 1) for r, h in enumerate(out)]
+
+
+def region_options(options: Any, depth: int = RERANK_DEPTH) -> Any:
+    """The engine.search.SearchOptions a region query searches with: at least ``depth`` hits, so that
+    :func:`rerank_result` re-orders the same first hits whatever ``k`` is asked."""
+    return replace(options, k=max(int(options.k), depth))
+
+
+def rerank_result(result: Any, model_cache: Any, k: int, depth: int = RERANK_DEPTH, **kwargs: Any) -> Any:
+    """A region query's engine.session.SearchResult (searched with :func:`region_options`) with its first
+    ``depth`` hits re-ordered by their best region (:func:`best_regions` at the detail size; ``kwargs`` go
+    to it) and cut to ``k`` hits. Measured on cub100 composites (benchmarks/regions.py, docs/BENCHMARKS.md)."""
+    hits = list(result.hits)
+    matches = best_regions(model_cache, result.spec, [h.path for h in hits[:depth]], result.vector, **kwargs)
+    return replace(result, hits=rerank_hits(hits, matches, depth)[:k], options=replace(result.options, k=k))
 
 
 def box_iou(a: Box, b: Box) -> float:

@@ -87,6 +87,63 @@ def test_a_region_finds_the_image_it_shows_first_and_the_best_region_is_the_past
     assert match is not None and match.size == (160, 120) and events == [[match]]
     assert box_iou(match.box, PASTED) >= 0.5, match
     assert np.isfinite(match.score) and 0.0 < match.score <= 1.0 + 1e-6
+    # asked again (the window drawing the regions a region query was re-ranked by), nothing is computed again;
+    # a changed file is
+    import engine.extraction
+
+    calls: list = []
+    real = engine.extraction.iter_extract
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(engine.extraction, "iter_extract", lambda paths, *a, **k: calls.append(list(paths)) or
+                        real(paths, *a, **k))
+    try:
+        again: list = []
+        assert best_regions(ModelCache(), spec, [composite, patch], q, on_event=again.append)[0] == match
+        assert calls == [[str(patch)]] and again[0] == [match]
+        Image.open(patch).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(composite)
+        best_regions(ModelCache(), spec, [composite], q)
+        assert calls[-1] == [str(composite)]
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kind", ["gem", "spoc", "mac"])
+def test_window_pooling_equals_the_head_on_each_cut_out_window(kind):
+    """engine.regions pools every window of a size in one pass: the same as the head on each window alone."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine.regions import region_descriptors
+    from models.descriptors import DescriptorModel
+
+    model = DescriptorModel(SimpleNamespace(feature_dim=16, fc_dim=0, name="stand-in"), kind).eval()
+    fmap = torch.rand(2, 16, 9, 7)
+    regions = candidate_regions(9, 7, 3, (0.4, 0.6))
+    fast = region_descriptors(model, fmap, regions)
+    slow = torch.stack([model.describe(fmap[:, :, y:y + h, x:x + w]) for y, x, h, w in regions], dim=1)
+    assert fast.shape == slow.shape == (2, len(regions), model.dim)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_rerank_puts_copies_first_then_orders_by_best_region():
+    from dataclasses import dataclass
+
+    from engine.regions import RegionMatch, region_options, rerank_hits
+    from engine.search import SearchOptions
+
+    @dataclass
+    class Hit:
+        path: str
+        score: float
+        rank: int
+
+    hits = [Hit("a", 0.80, 1), Hit("b", 0.70, 2), Hit("copy", 0.90, 3), Hit("c", 0.60, 4), Hit("after", 0.5, 5)]
+    matches = [RegionMatch(p, (0, 0, 1, 1), (2, 2), s) for p, s in (("a", 0.5), ("b", 0.75), ("copy", 0.1))] + [None]
+    out = rerank_hits(hits, matches, depth=4, copy_score=0.85)
+    assert [h.path for h in out] == ["copy", "b", "c", "a", "after"]  # c: no region, its own score
+    assert [h.score for h in out] == [0.90, 0.75, 0.60, 0.5, 0.5] and [h.rank for h in out] == [1, 2, 3, 4, 5]
+    assert region_options(SearchOptions(k=5), depth=20).k == 20 and region_options(SearchOptions(k=50)).k == 50
 
 
 def test_region_query_map_is_the_one_metric_on_other_query_vectors():

@@ -87,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what runs the network on the CPU for the query (as for index; default auto)")
     s.add_argument("--box", metavar="X,Y,W,H", default=None,
                    help="search with this region of IMAGE alone (pixels of the image as shown: left, top, "
-                   "width, height), e.g. 40,30,200,150")
+                   "width, height), e.g. 40,30,200,150; the first 20 hits are then re-ordered by the part of "
+                   "each that matches best (each seen at twice the network's input size)")
     s.add_argument("--json", action="store_true", help="print the results as a JSON object")
     add_feedback_args(s)
     s.set_defaults(func=run_search)
@@ -367,6 +368,14 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         if feedback:  # marked images are the collection's own rows; others are described as the query is
             result = run_feedback_search(args, index, spec, options, describe, box)
+        elif box is not None:  # the first hits re-ordered by their best region, as in the window
+            from engine.regions import region_options, rerank_result
+            from engine.session import ModelCache
+
+            result = run_query(index, None, spec, str(query), region_options(options), exclude_query=False, box=box,
+                               describe=describe)
+            models = ModelCache(device=resolve_device(args.device), runtime=args.runtime, cache_dir=index.cache_dir)
+            result = rerank_result(result, models, options.k)
         else:
             result = run_query(index, None, spec, str(query), options, exclude_query=False, box=box,
                                describe=describe)

@@ -2,7 +2,7 @@
 
 The query's region lives in :class:`retrieval_gui.controllers.query.QueryController` (``region``, shares of
 the image: any view of it draws the same rectangle); :func:`region_query` turns it into the image's pixels
-in the worker and searches as ``search --box`` does. :class:`RegionController` then finds the best-matching
+in the worker and searches as ``search --box`` does (the first hits re-ordered by their best region). :class:`RegionController` then finds the best-matching
 region of every shown result (engine.regions.best_regions, in a worker, the latest request winning)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from engine.images import shown_size
-from engine.regions import RegionMatch, best_regions, fraction_box
+from engine.regions import RegionMatch, best_regions, fraction_box, region_options, rerank_result
 from engine.session import SearchResult
 from retrieval_gui.workers import LatestTask
 
@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 def region_query(run: Callable[..., SearchResult], index: Any, models: Any, spec: Any, path: str, options: Any,
                  region: Sequence[float]) -> SearchResult:
     """``run(index, models, spec, path, options, box=...)`` with ``region`` (x, y, w, h shares of the image)
-    as pixels of the image (engine.regions.fraction_box on its size as shown): the CLI's ``--box``."""
-    return run(index, models, spec, path, options, box=fraction_box(region, shown_size(path)))
+    as pixels of the image (engine.regions.fraction_box on its size as shown), the first hits re-ordered by
+    their best region (engine.regions.rerank_result): the CLI's ``--box``."""
+    result = run(index, models, spec, path, region_options(options), box=fraction_box(region, shown_size(path)))
+    return rerank_result(result, models, options.k)
 
 
 class RegionController(QObject):

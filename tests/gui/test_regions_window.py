@@ -36,7 +36,7 @@ def test_drawn_rectangle_ranks_as_the_cli_box_and_shows_best_regions(qtbot, stan
     outside = tmp_path / "composite.png"  # the query lies outside the folder: nothing of it is left out
     shutil.move(composite, outside)
     shutil.rmtree(root / "scene")
-    win = MainWindow(weights="random", image_size=64, threads=1, thumb_size=64, restore=False)
+    win = MainWindow(weights="random", image_size=32, threads=1, thumb_size=64, restore=False)
     qtbot.addWidget(win)
     try:
         assert win.open_collection(root)
@@ -66,7 +66,7 @@ def test_drawn_rectangle_ranks_as_the_cli_box_and_shows_best_regions(qtbot, stan
         capsys.readouterr()
         code = main(["search", str(outside), "--collection", str(root), "--box", ",".join(map(str, r.box)),
                      "--backbone", key.backbone, "--weights", key.weights, "--descriptor", key.descriptor,
-                     "--image-size", str(key.image_size or 64), "--k", str(r.options.k), "--exact", "--json",
+                     "--image-size", str(key.image_size or 32), "--k", str(r.options.k), "--exact", "--json",
                      "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
         out = json.loads(capsys.readouterr().out)
         assert code == 0 and out["box"] == list(r.box)
