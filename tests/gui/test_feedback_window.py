@@ -161,4 +161,5 @@ def test_marks_on_a_region_query_rerank_from_the_region_as_the_cli_does(qtbot, s
     assert main(argv) == 0  # the whole image's marks rank otherwise: the region's vector was used
     whole = [h for h in json.loads(capsys.readouterr().out)["hits"] if h["path"] != os.path.abspath(query)]
     assert [h["score"] for h in whole] != pytest.approx([h.score for h in r.hits], abs=1e-3)
+    qtbot.waitUntil(lambda: not w.explorer.regions.task.busy, timeout=TIMEOUT)  # the results' best regions
     w.close()
