@@ -60,7 +60,7 @@ def test_index_then_reindex_then_search(cli, image_folder):
     code, out, _ = cli("index", str(root))
     # every descriptor is stored from ONE pass of the backbone per image
     assert code == 0 and "added 9" in out and "total 9 images" in out and _Colours.seen == 9
-    assert "descriptors fc, spoc, rmac, mac, gem" in out
+    assert "descriptors gem, fc, spoc, rmac, mac" in out  # the default first: its graph is built now
     (root / "class_00" / "000.jpg").unlink()
     code, out, _ = cli("index", str(root), "--json")
     summary = json.loads(out)
@@ -187,3 +187,15 @@ def test_index_then_search_use_the_cache_the_variable_names(monkeypatch, tmp_pat
     assert hits[0]["path"] == str(query) and hits[0]["label"] == "class_01"
     assert any((cache / "collections").rglob("manifest.json"))
     assert not platform.exists()
+
+
+def test_index_stores_the_default_descriptor_first_so_its_graph_is_built():
+    """`index` without --descriptor stores every kind and builds the search graph of the FIRST one at the end
+    (the others' when first searched): that must be the descriptor a plain `search` and the window use."""
+    from engine.cli import build_parser
+    from engine.cli.index_cmd import index_descriptors
+    from engine.vocabulary import DEFAULT_DESCRIPTOR, DESCRIPTORS
+
+    kinds = index_descriptors(build_parser().parse_args(["index", "."]))
+    assert kinds[0] == DEFAULT_DESCRIPTOR and sorted(kinds) == sorted(DESCRIPTORS)
+    assert index_descriptors(build_parser().parse_args(["index", ".", "--descriptor", "mac"])) == ["mac"]

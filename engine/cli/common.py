@@ -40,7 +40,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def default_descriptor(backbone: str, descriptor: str | None) -> str:
     """The descriptor to use: ``descriptor`` when one was asked for; else "fc" for a trained checkpoint
-    (its trained embedding: a trained model is used as trained) and "spoc" for a plain backbone."""
+    (its trained embedding: a trained model is used as trained), DEFAULT_DESCRIPTOR for a plain backbone."""
     if descriptor:
         return descriptor
     return "fc" if is_checkpoint_name(backbone) else DEFAULT_DESCRIPTOR

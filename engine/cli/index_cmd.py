@@ -103,12 +103,15 @@ def spec_from_args(args: argparse.Namespace, descriptor: str | None = None) -> M
 
 
 def index_descriptors(args: argparse.Namespace) -> list[str]:
-    """The descriptors `index` stores: the one asked for, else every kind (one backbone pass)."""
+    """The descriptors `index` stores: the one asked for, else every kind (one backbone pass), the
+    model's default first: the first one's search graph is built at the end of the run (the others' when
+    first searched; exact until then), so it must be the one a plain `search` or the window uses."""
     if args.descriptor:
         return [args.descriptor]
     if args.whitening:
         raise ValueError("--whitening belongs to one descriptor: give --descriptor too")
-    return list(DESCRIPTORS)
+    first = default_descriptor(args.backbone, None)
+    return [first, *(d for d in DESCRIPTORS if d != first)]
 
 
 @contextmanager
