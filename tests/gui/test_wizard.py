@@ -360,7 +360,9 @@ def test_pause_resume_stop_keeps_a_loadable_checkpoint(qtbot, tiny_data, tmp_pat
     bb = get_backbone(result.best_checkpoint_path)
     with torch.no_grad():  # a seeded input: an unseeded one came out near zero once (rows 0.9998 after l2n)
         emb = bb.forward_head(bb.forward_features(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))))
-    assert emb.shape == (2, bb.fc_dim) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-4)
+    # L2-normalised with an epsilon (x / (|x| + eps)): after a short, unseeded training run |x| can be as
+    # small as ~0.01, which leaves the norm at 0.9999 (CI saw it): unit norm to 1e-3
+    assert emb.shape == (2, bb.fc_dim) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-3)
 
 
 def test_errors_are_shown_in_the_page(qtbot, image_folder, tmp_path, monkeypatch):
