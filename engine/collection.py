@@ -1454,8 +1454,9 @@ def _update_held(
                     r.cancelled = True
                 break
     for i, c in enumerate(collections):
-        # the graph of the first descriptor (the one asked for) is built now; the others' are built when
-        # they are asked for first (until then their rows are searched exactly: tens of ms at 100k)
+        # the graph of the first descriptor (the one asked for, else the default: the CLI's index_descriptors
+        # and the window's FolderIndex.update put it first) is built now; the others' when they are asked for
+        # first (until then their rows are searched exactly: tens of ms at 100k)
         if not reports[i].cancelled and (needs_commit[i] or _has_uncommitted(c, graph=i == 0)):
             report_progress(len(union), len(union), "updating the search index and saving")
             c.commit(final=i == 0 or c._rebuild_graph)

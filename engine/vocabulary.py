@@ -181,7 +181,7 @@ class ModelSpec:
 
     backbone: str = DEFAULT_BACKBONE
     weights: str = "pretrained"
-    descriptor: str = "spoc"
+    descriptor: str = DEFAULT_DESCRIPTOR
     image_size: int | None = None
     whitening: str | None = None
     crop_fraction: float = 1.0

@@ -71,7 +71,7 @@ def test_search_hits_renumber_after_leaving_the_query_out(tmp_path, image_folder
     from engine.vocabulary import ModelSpec
 
     root = image_folder(n_classes=2, per_class=3)
-    spec = ModelSpec(weights="random", image_size=32)
+    spec = ModelSpec(weights="random", descriptor="spoc", image_size=32)
     models = ModelCache(runtime="torch")
     index = FolderIndex(root, cache_dir=tmp_path / "cache")
     index.update(models, spec, descriptors=["spoc"])
