@@ -76,7 +76,7 @@ from engine.atomic import (
 )
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 from engine.evaluation import evaluate
-from engine.images import label_of, scan_images
+from engine.images import file_stamp, label_of, scan_images
 from engine.index import (
     ExactIndex,
     HnswIndex,
@@ -186,11 +186,6 @@ class UpdateReport:
 def _default_threads() -> int:
     """Graph-building threads: the machine's cores, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def _stat(p: Path) -> tuple[int, int]:
-    st = p.stat()
-    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def _from_store(v: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False, first: int = 0) -> np.ndarray:
@@ -862,7 +857,7 @@ class Collection:
         """The stored row (D,) float32 of the image at ``relpath`` when the collection holds it as the file
         is now (same size and modification time), else None: such a query needs no network pass."""
         try:
-            now = _stat(self.folder / relpath)
+            now = file_stamp(self.folder / relpath)
         except OSError:
             return None
         with self._lock:
@@ -880,7 +875,7 @@ class Collection:
         out = {}
         for p in scan_images(self.folder, skipped=skipped):
             try:
-                out[p.relative_to(self.folder).as_posix()] = _stat(p)
+                out[p.relative_to(self.folder).as_posix()] = file_stamp(p)
             except OSError as exc:  # vanished between listing and stat, or unreadable
                 if skipped is not None:
                     skipped.append((str(p), f"cannot read file information ({exc.strerror or exc})"))

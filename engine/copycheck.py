@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
+from engine.images import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -514,8 +515,7 @@ class Checker:
     @staticmethod
     def _key(path: str) -> tuple:
         try:
-            st = os.stat(path)
-            return (str(path), int(st.st_size), int(st.st_mtime_ns))
+            return (str(path), *file_stamp(path))
         except OSError:
             return (str(path), -1, -1)
 

@@ -195,9 +195,8 @@ def smooth_scores(vectors: np.ndarray, scores: np.ndarray, top: int = 500, k: in
     k = min(int(k), m - 1)
     if weight <= 0 or k < 1 or steps < 1:
         return s
-    cand = np.argpartition(-s, m - 1)[:m] if m < n else np.arange(n)
-    x = np.asarray(vectors[np.sort(cand)], np.float32)  # sorted: a gather in row order (cache-friendly)
-    cand = np.sort(cand)
+    cand = np.sort(np.argpartition(-s, m - 1)[:m]) if m < n else np.arange(n)
+    x = np.asarray(vectors[cand], np.float32)  # sorted: a gather in row order (cache-friendly)
     g = x @ x.T
     np.fill_diagonal(g, -np.inf)
     nn = np.argpartition(-g, k - 1, axis=1)[:, :k]

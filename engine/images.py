@@ -88,6 +88,13 @@ class ImageLoadError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """What says a file has changed since it was read: (size in bytes, mtime in ns); OSError when it
+    cannot be stat'ed."""
+    st = os.stat(path)
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
 def label_of(relpath: str | os.PathLike) -> str | None:
     """The one label rule of the program: an image's class is the name of the folder that holds it
     (``birds/robin/1.jpg`` -> ``robin``; None for an image at the top of the folder). Collections, search,

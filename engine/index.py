@@ -472,7 +472,7 @@ class ExactIndex(VectorIndex):
             and vectors.flags.c_contiguous
         x = vectors if ready else _as_matrix(vectors, self._dim)
         self._ids = _as_ids(ids, x.shape[0])
-        self._x = x if ready else self._prepare(x) if not normalised or self._metric != "cosine" else x
+        self._x = x if normalised and self._metric == "cosine" else self._prepare(x)
 
     def remove(self, ids: np.ndarray) -> None:
         ids = _as_ids(ids)

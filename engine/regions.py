@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
-from engine.images import Box, ImageLoadError, clip_box, crop_geometry, shown_size
-from engine.vocabulary import ModelSpec
+from engine.images import Box, ImageLoadError, clip_box, crop_geometry, file_stamp, shown_size
+from engine.vocabulary import MAX_IMAGE_SIZE, ModelSpec
 
 #: (y, x, h, w) in feature-map cells, as models.pooling.Region
 Cells = tuple[int, int, int, int]
@@ -225,8 +225,6 @@ def box_to_cells(box: Box, size: tuple[int, int], map_hw: tuple[int, int], image
 def region_size(model_cache: Any, spec: ModelSpec, scale: float = DETAIL_SCALE) -> int:
     """The input size whose feature map gives the regions: ``scale`` x the spec's size (the largest of a
     multi-scale spec), at most models.names.MAX_IMAGE_SIZE."""
-    from models.names import MAX_IMAGE_SIZE
-
     base = int(max(spec.scales)) if spec.scales else int(model_cache.image_size(spec))
     return max(base, min(MAX_IMAGE_SIZE, int(round(scale * base))))
 
@@ -312,11 +310,11 @@ def _memo_key(spec: ModelSpec, runtime: str | None, levels: int, sliding: Sequen
     """What a best region depends on: the model, the candidate regions, the query vector and the file as it
     is now (None: the file cannot be read; it is not remembered)."""
     try:
-        st = os.stat(path)
+        stamp = file_stamp(path)
     except OSError:
         return None
     digest = hashlib.sha1(np.ascontiguousarray(query, np.float32).tobytes()).hexdigest()
-    return (spec, runtime, levels, tuple(sliding), size, digest, path, st.st_mtime_ns, st.st_size)
+    return (spec, runtime, levels, tuple(sliding), size, digest, path, *stamp)
 
 
 def _remember(key: tuple | None, match: RegionMatch) -> None:
