@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.collection import Collection, update_collections  # noqa: E402
-from engine.extraction import ExtractedBatch, build_model  # noqa: E402
+from engine.decoding import ExtractedBatch  # noqa: E402
+from engine.extraction import build_model  # noqa: E402
 from engine.vocabulary import ModelSpec  # noqa: E402
 
 DESCRIPTORS = ("spoc", "fc", "rmac", "mac", "gem")

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from engine.collection import update_collections
-from engine.extraction import ExtractedBatch, SkippedImage, input_spec, iter_extract
+from engine.decoding import ExtractedBatch, SkippedImage
+from engine.extraction import input_spec, iter_extract
 from engine.runtime import export_path, feature_runner
 from engine.vocabulary import is_checkpoint_name
 from models.descriptors import build_descriptor
@@ -375,7 +376,7 @@ def ray_extract(package: WorkerModel, *, batch_size: int = DEFAULT_BATCH, worker
 
 
 def _batches(stream: Iterator[dict[str, np.ndarray]], paths: list[str], heads: int) -> Iterator[ExtractedBatch]:
-    """The workers' output blocks (one per batch, in file order) as engine.extraction.ExtractedBatch."""
+    """The workers' output blocks (one per batch, in file order) as engine.decoding.ExtractedBatch."""
     done, total = 0, len(paths)
     for out in stream:
         index = np.asarray(out["index"], np.int64)

@@ -1371,7 +1371,7 @@ def update_collections(
     what it lacks; the union is read once. Commits as :meth:`Collection.update` says.
 
     ``extract``: another source of the batches (engine.cluster: the workers of a Ray cluster), called
-    with the absolute paths to read, yielding engine.extraction.ExtractedBatch whose ``vectors`` are
+    with the absolute paths to read, yielding engine.decoding.ExtractedBatch whose ``vectors`` are
     keyed by the pair's position in ``pairs`` (the models are then not run here and may be None: nothing
     imports torch)."""
     if not pairs:

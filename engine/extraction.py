@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.callbacks import Cancelled, ProgressFn, ShouldStopFn, resolve
-from engine.decoding import (  # noqa: F401 (ExtractedBatch, default_decode_threads: their home for callers)
+from engine.decoding import (
     READ_AHEAD_BATCHES,
     ExtractedBatch,
     SkippedImage,
