@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _temporary(path: Path) -> tuple[int, str]:
@@ -241,6 +241,24 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     if limit is not None and len(data) > limit:
         raise NotRegularFileError(errno.EFBIG, f"{path} grew past the {limit:,} bytes it may hold")
     return data
+
+
+def read_regular_into(path: str | os.PathLike, size: int, out: Any) -> bytes:
+    """A file of exactly ``size`` bytes read with the checks of :func:`read_regular`, its last
+    ``len(out)`` bytes straight into the writable buffer ``out`` (no copy of a large body, no second
+    allocation), the bytes before them returned. Raises NotRegularFileError (not a regular file, or
+    larger than ``size``), EOFError (shorter), FileNotFoundError, OSError."""
+    body = memoryview(out).cast("B")
+    with _open_regular(path, size) as fh:
+        head = fh.read(size - body.nbytes)
+        got = 0
+        while got < body.nbytes and (n := fh.readinto(body[got:])):
+            got += n
+        if len(head) != size - body.nbytes or got != body.nbytes:
+            raise EOFError(f"{path} is shorter than the {size:,} bytes it should hold")
+        if fh.read(1):
+            raise NotRegularFileError(errno.EFBIG, f"{path} grew past the {size:,} bytes it may hold")
+    return head
 
 
 def read_regular_chunks(path: str | os.PathLike, limit: int, chunk: int = 1 << 22) -> Iterator[bytes]:

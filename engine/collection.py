@@ -59,6 +59,7 @@ import threading
 import time
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,11 @@ from engine.atomic import (
     fsync_file,
     read_regular,
     read_regular_chunks,
+    read_regular_into,
 )
 from engine.callbacks import ProgressFn, ShouldStopFn, resolve
 from engine.evaluation import evaluate
+from engine.halfrows import half_rows
 from engine.images import file_stamp, label_of, scan_images
 from engine.index import (
     ExactIndex,
@@ -87,7 +90,7 @@ from engine.index import (
     make_index,
 )
 from engine.search import SearchOptions, search_vectors
-from engine.vectors import l2n
+from engine.vectors import STORE_DTYPE, finite_half, from_store, l2n
 from engine.vocabulary import ModelSpec, SearchHit, cache_root
 
 log = logging.getLogger(__name__)
@@ -95,8 +98,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LEGACY_CURRENT = "CURRENT"  # the pointer of format 1 (one folder per generation, rewritten whole)
-#: vectors are stored as float16 (half the disk and memory; R@1 cost measured in docs/BENCHMARKS.md)
-STORE_DTYPE = np.float16
 #: a commit every this many extracted images, or every COMMIT_EVERY_SECONDS, whichever comes first
 COMMIT_EVERY_IMAGES = 2000
 COMMIT_EVERY_SECONDS = 30.0
@@ -188,24 +189,6 @@ def _default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _from_store(v: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False, first: int = 0) -> np.ndarray:
-    """Stored float16 rows (n, D) -> float32 in ``out`` (or a new array), re-normalised (rounding moves
-    the norm by ~1e-3); done in blocks of rows, in place, so a large segment costs one pass.
-    ``finite``: raise ValueError when a row holds a NaN or an infinity (its norm says so: no extra pass;
-    the message numbers it from ``first``)."""
-    if out is None:
-        out = np.empty(v.shape, np.float32)
-    for a in range(0, v.shape[0], 8192):
-        block = out[a:a + 8192]
-        np.copyto(block, v[a:a + 8192], casting="unsafe")
-        sq = np.einsum("ij,ij->i", block, block)
-        if finite and not np.isfinite(sq).all():
-            bad = first + a + int(np.flatnonzero(~np.isfinite(sq))[0])
-            raise ValueError(f"row {bad} holds a NaN or an infinite value")
-        block /= np.maximum(np.sqrt(sq), 1e-12)[:, None]
-    return out
-
-
 def _entry_file(folder: Path, entry: dict[str, Any], what: str, pattern: re.Pattern[str]) -> Path:
     """The path of a file a manifest entry names: a plain name of the kind commits write (never a path
     that leaves the state folder)."""
@@ -286,54 +269,53 @@ class _GraphLoad:
         return self._result
 
 
-def _load_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], verify: bool,
-                  out: np.ndarray) -> None:
-    """A segment's rows into ``out`` (n, D) float32 (:func:`_from_store`: normalised, checked finite):
-    the file read once and, on a machine with several cores, its CRC-32 (``verify``) and the conversion
-    of its row blocks run side by side (zlib and numpy release the GIL), the CRC-32 checked before this
-    returns: a damaged file raises CollectionError and ``out`` is not used (docs/BENCHMARKS.md "Open in a
-    fresh process": the conversion was the largest step of an open)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    p = folder / str(entry["file"])
-    vecs, data = _read_vectors(folder, entry, shape, verify=False)
-    workers = max(1, min(4, os.cpu_count() or 1)) if vecs.size >= 1 << 22 else 1
-    edges = np.linspace(0, shape[0], workers + 1).astype(int).tolist()
-    with ThreadPoolExecutor(workers + 1, thread_name_prefix="rows") as pool:
-        crc = pool.submit(zlib.crc32, data) if verify else None
-        jobs = [pool.submit(_from_store, vecs[a:b], out[a:b], finite=True, first=a)
-                for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        if crc is not None and crc.result() != int(entry["crc32"]):
-            raise CollectionError(f"the collection file {p} is damaged (checksum mismatch)")
-        try:
-            for job in jobs:
-                job.result()
-        except ValueError as exc:
-            raise CollectionError(f"the collection file {p} is damaged ({exc})") from None
-
-
-def _read_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], verify: bool
-                  ) -> tuple[np.ndarray, bytes]:
-    """A segment's float16 vectors: the file is read once, its size and (``verify``) CRC-32 checked on
-    those bytes, its .npy header parsed and checked; -> (the rows as a view of the bytes, the bytes)."""
+def _npy_offset(head: bytes, p: Path, shape: tuple[int, int]) -> int:
+    """The length of a segment file's .npy header in ``head`` (its first bytes), checked to declare
+    C-ordered STORE_DTYPE rows of ``shape``; raises CollectionError."""
     import io
 
-    p = folder / str(entry["file"])
-    data = _read_entry(folder, entry, "the collection file", _SEGMENT_NAME, digest="crc32" if verify else None)
-    head = io.BytesIO(data[:4096])
+    buf = io.BytesIO(head[:4096])
     try:
-        version = np.lib.format.read_magic(head)
+        version = np.lib.format.read_magic(buf)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
             np.lib.format.read_array_header_2_0
-        got_shape, fortran, dtype = read_header(head)
+        got_shape, fortran, dtype = read_header(buf)
     except ValueError as exc:
         raise CollectionError(f"the collection file {p} is damaged ({exc})") from exc
     if tuple(got_shape) != shape or fortran or dtype != np.dtype(STORE_DTYPE):
         raise CollectionError(f"the collection file {p} holds {dtype} {tuple(got_shape)}, expected {shape}")
-    offset = head.tell()
-    if len(data) - offset != shape[0] * shape[1] * dtype.itemsize:
+    return buf.tell()
+
+
+def _load_vectors(folder: Path, entry: dict[str, Any], shape: tuple[int, int], verify: bool,
+                  out: np.ndarray, pool: Any) -> Any:
+    """A segment's rows read straight into ``out`` (n, D) float16, as stored (converted only where a
+    search scores them: engine.halfrows), its header checked here, its CRC-32 (``verify``, over the
+    header and ``out``) and finiteness by a job of ``pool`` (a ThreadPoolExecutor: zlib and numpy release
+    the GIL, so the next segment is read meanwhile). Returns the job: its ``result()`` raises
+    CollectionError for a damaged file (``out`` must not be used then)."""
+    p = _entry_file(folder, entry, "the collection file", _SEGMENT_NAME)
+    size = int(entry["bytes"])
+    if size < out.nbytes:
         raise CollectionError(f"the collection file {p} is truncated or damaged")
-    return np.frombuffer(data, dtype=dtype, count=shape[0] * shape[1], offset=offset).reshape(shape), data
+    try:
+        head = read_regular_into(p, size, out)
+    except FileNotFoundError:
+        raise CollectionError(f"the collection file {p} is missing") from None
+    except NotRegularFileError as exc:
+        raise CollectionError(f"the collection file {p} is damaged ({exc.strerror})") from None
+    except EOFError:
+        raise CollectionError(f"the collection file {p} is truncated or damaged") from None
+    if _npy_offset(head, p, shape) != len(head):
+        raise CollectionError(f"the collection file {p} is truncated or damaged")
+
+    def check() -> None:
+        if verify and zlib.crc32(out, zlib.crc32(head)) != int(entry["crc32"]):
+            raise CollectionError(f"the collection file {p} is damaged (checksum mismatch)")
+        if not finite_half(out):
+            raise CollectionError(f"the collection file {p} is damaged (a row holds a NaN or an infinite value)")
+
+    return pool.submit(check)
 
 
 def _write_entry(path: Path, write: Any) -> dict[str, Any]:
@@ -442,36 +424,41 @@ def _leaves(wrapped: str) -> bool:
 
 
 class _Rows:
-    """A growable block of rows: ids (n,) int64, sizes, mtimes, relative paths, vectors (n, D) float32.
-    Appending is amortised O(rows added) (capacity doubles); ``vectors`` is a view of the live part."""
+    """A growable block of rows: ids (n,) int64, sizes, mtimes, relative paths, and the vectors (n, D) as
+    stored (STORE_DTYPE: float16; :func:`engine.vectors.from_store` gives their float32 meaning).
+    Appending is amortised O(rows added) (capacity doubles); ``stored`` is a view of the live part. Rows
+    are never changed in place (appends go past them, removals make a new buffer), so an index may keep
+    a view of them."""
 
     def __init__(self, dim: int | None = None) -> None:
         self.n = 0
+        self.version = 0  # changes whenever the live rows do
         self.dim = dim
         self._cap = 0
-        self._v = np.zeros((0, dim or 0), np.float32)
+        self._v = np.zeros((0, dim or 0), STORE_DTYPE)
         self.ids = np.zeros(0, np.int64)
         self.sizes = np.zeros(0, np.int64)
         self.mtimes = np.zeros(0, np.int64)
         self.paths: list[str] = []
 
     @property
-    def vectors(self) -> np.ndarray:
+    def stored(self) -> np.ndarray:
+        """(n, D) float16: the live rows as stored (a view)."""
         return self._v[: self.n]
 
     def reserve(self, rows: int, dim: int) -> None:
         """Room for ``rows`` rows in all, without copying later appends."""
         if self.dim is None or self._v.shape[1] != dim:
             self.dim = int(dim)
-            self._v = np.zeros((0, self.dim), np.float32)
+            self._v = np.zeros((0, self.dim), STORE_DTYPE)
         if rows > self._cap:
-            grown = np.empty((rows, self.dim), np.float32)
+            grown = np.empty((rows, self.dim), STORE_DTYPE)
             grown[: self.n] = self._v[: self.n]
             self._v, self._cap = grown, rows
 
     def append(self, ids: np.ndarray, vectors: np.ndarray, paths: list[str], sizes: np.ndarray,
                mtimes: np.ndarray) -> None:
-        """Add rows (vectors (m, D) float32), growing the buffer by doubling when it is full."""
+        """Add rows (vectors (m, D) as stored), growing the buffer by doubling when it is full."""
         m = len(paths)
         if m == 0:
             return
@@ -483,6 +470,7 @@ class _Rows:
         self.mtimes = np.concatenate([self.mtimes, mtimes.astype(np.int64)])
         self.paths.extend(paths)
         self.n += m
+        self.version += 1
 
     def keep(self, mask: np.ndarray) -> None:
         """Keep the rows where ``mask`` (n,) is True, in order."""
@@ -493,6 +481,7 @@ class _Rows:
         self.ids, self.sizes, self.mtimes = self.ids[mask], self.sizes[mask], self.mtimes[mask]
         self.paths = [p for p, k in zip(self.paths, mask, strict=True) if k]
         self.n = int(mask.sum())
+        self.version += 1
 
 
 class Collection:
@@ -529,6 +518,7 @@ class Collection:
         self._next_id = 0
         self._index: VectorIndex | None = None
         self._exact: VectorIndex | None = None
+        self._f32: tuple[_Rows, int, np.ndarray] | None = None  # ``vectors``: (rows, their version, float32)
         self._graph_info: dict[str, Any] | None = None   # the graph file the manifest names
         self._graph_pending: dict[str, Any] | None = None  # manifest entry of a graph not yet loaded
         self._graph_loader: _GraphLoad | None = None      # its load in the background, if started
@@ -724,19 +714,29 @@ class Collection:
                 total = sum(declared)
                 rows.reserve(total + total // 8 + 1024, dim)
             meta: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-            for seg, n_declared in zip(segments, declared, strict=True):
-                ids, sizes, mtimes, paths = self._read_meta(seg)
-                n = len(paths)
-                if n != n_declared or not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None:
-                    raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
-                _entry_file(self.state_dir, seg["vectors"], "the collection file", _SEGMENT_NAME)
-                if seg["vectors"]["file"].removesuffix(".npy") != seg["meta"]["file"].removesuffix(".meta.npz"):
-                    raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
-                rows.reserve(max(rows.n + n, rows._cap), dim)
-                _load_vectors(self.state_dir, seg["vectors"], (n, dim), verify, rows._v[rows.n: rows.n + n])
-                rows.paths.extend(paths)
-                rows.n += n
-                meta.append((ids, sizes, mtimes))
+            with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)), thread_name_prefix="rows") as pool:
+                checks = []
+                try:
+                    for seg, n_declared in zip(segments, declared, strict=True):
+                        ids, sizes, mtimes, paths = self._read_meta(seg)
+                        n = len(paths)
+                        if n != n_declared or not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None:
+                            raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
+                        _entry_file(self.state_dir, seg["vectors"], "the collection file", _SEGMENT_NAME)
+                        if seg["vectors"]["file"].removesuffix(".npy") != \
+                                seg["meta"]["file"].removesuffix(".meta.npz"):
+                            raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
+                        rows.reserve(max(rows.n + n, rows._cap), dim)
+                        checks.append(_load_vectors(self.state_dir, seg["vectors"], (n, dim), verify,
+                                                    rows._v[rows.n: rows.n + n], pool))
+                        rows.paths.extend(paths)
+                        rows.n += n
+                        meta.append((ids, sizes, mtimes))
+                finally:  # every check ends before the rows are used (or dropped)
+                    for job in checks:
+                        job.exception()
+                for job in checks:
+                    job.result()
             if meta:  # one concatenation, not one per segment
                 rows.ids, rows.sizes, rows.mtimes = (np.concatenate([m[i] for m in meta]) for i in range(3))
         except CollectionError as exc:
@@ -758,7 +758,7 @@ class Collection:
             next_id = int(rows.ids[-1]) + 1  # never hand out an id twice
         live = ~np.isin(rows.ids, removed_ids)
         # the removed rows are kept aside until the graph that may still hold them is rebuilt
-        removed_vectors = {int(rows.ids[j]): rows.vectors[j].copy() for j in np.flatnonzero(~live)}
+        removed_vectors = {int(rows.ids[j]): rows.stored[j].copy() for j in np.flatnonzero(~live)}
         rows.keep(live)
         with self._lock:
             self._rows, self._segments, self._removed = rows, segments, removed
@@ -831,8 +831,18 @@ class Collection:
 
     @property
     def vectors(self) -> np.ndarray:
-        """(N, D) float32 L2-normalised descriptors ((0, 0) before the first update)."""
-        return self._rows.vectors if self._rows.dim is not None else np.zeros((0, 0), np.float32)
+        """(N, D) float32 L2-normalised descriptors ((0, 0) before the first update): the stored float16
+        rows converted once and kept until they change (N x D x 4 bytes, 512 MB at 100k x 1280). Searches
+        never need it (they score the stored rows), so a process that only opens and searches never pays
+        for it; :meth:`vectors_for_ids` and :meth:`stored_vector` convert only the rows they give."""
+        with self._lock:
+            r = self._rows
+            if r.dim is None:
+                return np.zeros((0, 0), np.float32)
+            cached = self._f32
+            if cached is None or cached[0] is not r or cached[1] != r.version:
+                self._f32 = cached = (r, r.version, half_rows(r.stored))
+            return cached[2]
 
     @property
     def dim(self) -> int | None:
@@ -868,7 +878,7 @@ class Collection:
                 return None
             if (int(r.sizes[i]), int(r.mtimes[i])) != now:
                 return None
-            return r.vectors[i].copy()
+            return from_store(r.stored[i: i + 1])[0]
 
     # --- scanning ----------------------------------------------------------------------------------
     def _scan_stats(self, skipped: list[tuple[str, str]] | None = None) -> dict[str, tuple[int, int]]:
@@ -927,7 +937,7 @@ class Collection:
                 mask = np.array([p not in gone for p in self._rows.paths], bool)
                 dropped = self._rows.ids[~mask]
                 for j in np.flatnonzero(~mask):
-                    self._removed_vectors[int(self._rows.ids[j])] = self._rows.vectors[j].copy()
+                    self._removed_vectors[int(self._rows.ids[j])] = self._rows.stored[j].copy()
                 index = self._live_index()
                 if index is not None and dropped.size:
                     index.remove(dropped)
@@ -944,8 +954,7 @@ class Collection:
         """Add extracted rows (vectors (n, D), L2-normalised here, stored as float16) in memory."""
         new = np.asarray(vectors, np.float32)
         if new.shape[0]:
-            new = l2n(new)
-            new = _from_store(new.astype(STORE_DTYPE))  # what a reload gives, exactly
+            new = l2n(new).astype(STORE_DTYPE)  # as stored: what a reload gives, exactly
             if self._rows.dim is not None and new.shape[1] != self._rows.dim:
                 raise CollectionError(f"the model gives {new.shape[1]}-d vectors but the collection holds "
                                       f"{self._rows.dim}-d ones; {self._fix()}")
@@ -1101,9 +1110,9 @@ class Collection:
             index = self._live_index()
             if not isinstance(index, HnswIndex) or not (force or index.needs_rebuild()) or not self._rows.n:
                 return None
-            # the committed rows by reference, not a copy (1 GB less at 100k x 1280): rows are never
+            # the committed rows by reference, not a copy (256 MB less at 100k x 1280): rows are never
             # changed in place (appends go past them, removals make a new buffer)
-            ids, vectors = self._rows.ids.copy(), self._rows.vectors
+            ids, vectors = self._rows.ids.copy(), self._rows.stored
         fresh = self._new_index(vectors.shape[1])
         assert isinstance(fresh, HnswIndex)
         fresh.build(vectors, ids, normalised=True)
@@ -1144,7 +1153,7 @@ class Collection:
 
             def save_vectors(path: Path, sl: slice = sl) -> None:
                 with open(path, "wb") as fh:
-                    np.save(fh, rows.vectors[sl].astype(STORE_DTYPE), allow_pickle=False)
+                    np.save(fh, rows.stored[sl], allow_pickle=False)
 
             written += [folder / f"{stem}.meta.npz", folder / f"{stem}.npy"]
             segments.append({"rows": rows.n - first,
@@ -1242,7 +1251,7 @@ class Collection:
             # no graph (yet): every row is in the exact part; the next update's final commit builds it
             self._index = self._new_index(self._rows.dim)
             if self._rows.n:
-                self._index.add(self._rows.vectors, self._rows.ids, normalised=True)
+                self._index.add(self._rows.stored, self._rows.ids, normalised=True)
         self._graph_pending = None
         return self._index
 
@@ -1256,7 +1265,7 @@ class Collection:
             index = HnswIndex.restore(
                 self.state_dir, info, dim=rows.dim, metric="cosine",
                 vectors_of=lambda ids: self._stored_vectors(ids, rows, removed),
-                live_ids=rows.ids, live_vectors=rows.vectors, normalised=True, digests_checked=True)
+                live_ids=rows.ids, live_vectors=rows.stored, normalised=True, digests_checked=True)
             index.rebuild_on_query = False
             return index, None
         except (IndexCorruptError, CollectionError, OSError, KeyError, ValueError, TypeError, RuntimeError,
@@ -1279,12 +1288,12 @@ class Collection:
         rows (no copy) when the ids are the first rows in order, as for a graph built before rows were added."""
         n = len(ids)
         if n <= rows.n and np.array_equal(rows.ids[:n], ids):
-            return rows.vectors[:n]
-        out = np.empty((len(ids), rows.dim), np.float32)
+            return rows.stored[:n]
+        out = np.empty((len(ids), rows.dim), STORE_DTYPE)
         at = np.searchsorted(rows.ids, ids)
         at = np.minimum(at, max(rows.n - 1, 0))
         live = (rows.n > 0) & (rows.ids[at] == ids) if rows.n else np.zeros(len(ids), bool)
-        out[live] = rows.vectors[at[live]]
+        out[live] = rows.stored[at[live]]
         for j in np.flatnonzero(~live):
             v = removed.get(int(ids[j]))
             if v is None:
@@ -1294,16 +1303,16 @@ class Collection:
 
     def _exact_index(self) -> VectorIndex:
         if self._exact is None:
-            ex = make_index("exact", "cosine", dim=self.vectors.shape[1])
+            ex = make_index("exact", "cosine", dim=self._rows.dim)
             assert isinstance(ex, ExactIndex)
-            ex.build(self.vectors, self._rows.ids, normalised=True)  # the rows by reference, not a copy
+            ex.build(self._rows.stored, self._rows.ids, normalised=True)  # the rows by reference, not a copy
             self._exact = ex
         return self._exact
 
     def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors (n, D) of index ids (n,)."""
         rows = np.searchsorted(self._rows.ids, ids)  # ids are increasing along the rows
-        return self.vectors[rows]
+        return from_store(self._rows.stored[rows])
 
     # --- searching --------------------------------------------------------------------------------
     def search_many(self, queries: np.ndarray, options: SearchOptions | None = None) -> list[list[SearchHit]]:

@@ -55,7 +55,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engine.atomic import fsync_file
-from engine.vectors import l2n
+from engine.halfrows import half_scores
+from engine.vectors import STORE_DTYPE, finite_half, from_store, l2n
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,25 @@ def _as_matrix(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _is_half(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == STORE_DTYPE
+
+
+def _as32(x: np.ndarray) -> np.ndarray:
+    """Rows as float32 vectors: stored float16 rows through :func:`engine.vectors.from_store`, float32
+    ones as they are."""
+    return from_store(x) if _is_half(x) else x
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Row blocks concatenated, in one dtype: float16 when all are, float32 otherwise."""
+    if len(parts) == 1:
+        return parts[0]
+    if not all(_is_half(p) for p in parts):
+        parts = [_as32(p) for p in parts]
+    return np.concatenate(parts)
+
+
 def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim != 1:
@@ -133,7 +153,10 @@ def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
 
 
 def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, D) x (N, D) -> (Q, N) float32 scores, higher is better (inputs already prepared)."""
+    """(Q, D) x (N, D) -> (Q, N) float32 scores, higher is better (inputs already prepared; stored
+    float16 rows, cosine only, are scored as :func:`engine.vectors.from_store` means them)."""
+    if _is_half(x):
+        return half_scores(q, x)
     s = q @ x.T
     if metric == "cosine":
         return s
@@ -322,7 +345,7 @@ def check_graph_file(path: str | os.PathLike, *, count: int, dim: int, space: st
                             for r in rows])
             if not np.all(np.isfinite(emb)):
                 raise bad("its vectors hold NaN or infinite values")
-            if vectors is not None and not np.allclose(emb, np.asarray(vectors[rows], np.float32), atol=1e-3):
+            if vectors is not None and not np.allclose(emb, _as32(np.asarray(vectors[rows])), atol=1e-3):
                 raise bad("its vectors are not the stored ones (a graph of other vectors)")
     finally:
         del mm
@@ -384,6 +407,19 @@ class VectorIndex(abc.ABC):
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         return l2n(x) if self._metric == "cosine" else x
 
+    def _rows_in(self, vectors: Any, normalised: bool, checked: bool = False) -> np.ndarray:
+        """Rows to keep: stored float16 rows of a cosine index (``normalised``, C-contiguous) as they are,
+        by reference (half the memory; scored through engine.halfrows), checked finite from their bits;
+        anything else as prepared float32 (a copy when it must be converted). ``checked``: the caller's
+        stored rows were checked finite when stored or loaded (a collection's), not read again."""
+        if normalised and self._metric == "cosine" and _is_half(vectors) and vectors.ndim == 2 \
+                and vectors.shape[1] == self._dim and vectors.flags.c_contiguous:
+            if not checked and not finite_half(vectors):
+                raise ValueError("vectors contain NaN or infinite values")
+            return vectors
+        x = _as_matrix(vectors, self._dim)
+        return x if normalised and self._metric == "cosine" else self._prepare(x)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self._dim}, metric={self._metric!r}, n={len(self)})"
 
@@ -411,6 +447,10 @@ class _GrowingRows:
     def append(self, obj: Any, rows: np.ndarray) -> None:
         """Add ``rows`` (m, D) after the live rows."""
         buf, n, m = getattr(obj, self._buf), getattr(obj, self._n), int(rows.shape[0])
+        if n == 0 and rows.dtype != buf.dtype:  # the first rows choose the dtype (float16 stored rows)
+            buf = np.empty((0,) + rows.shape[1:], rows.dtype)
+        elif rows.dtype != buf.dtype:
+            rows = _as32(rows) if buf.dtype == np.float32 else rows.astype(buf.dtype)
         if n + m > buf.shape[0]:
             grown = np.empty((max(n + m, n + n // 2, 256),) + buf.shape[1:], buf.dtype)
             grown[:n] = buf[:n]
@@ -455,11 +495,11 @@ class ExactIndex(VectorIndex):
         return self._x
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
-        x = _as_matrix(vectors, self._dim)
+        x = self._rows_in(vectors, normalised)
         ids = _as_ids(ids, x.shape[0])
         if not _above(ids, self._ids) and np.isin(ids, self._ids).any():
             raise ValueError(f"ids already in the index: {ids[np.isin(ids, self._ids)][:5].tolist()}")
-        type(self)._x.append(self, x if normalised and self._metric == "cosine" else self._prepare(x))
+        type(self)._x.append(self, x)
         self._ids = np.concatenate([self._ids, ids])
 
     def build(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
@@ -470,9 +510,9 @@ class ExactIndex(VectorIndex):
         ready = normalised and self._metric == "cosine" and isinstance(vectors, np.ndarray) \
             and vectors.dtype == np.float32 and vectors.ndim == 2 and vectors.shape[1] == self._dim \
             and vectors.flags.c_contiguous
-        x = vectors if ready else _as_matrix(vectors, self._dim)
+        x = vectors if ready else self._rows_in(vectors, normalised, checked=True)
         self._ids = _as_ids(ids, x.shape[0])
-        self._x = x if normalised and self._metric == "cosine" else self._prepare(x)
+        self._x = x
 
     def remove(self, ids: np.ndarray) -> None:
         ids = _as_ids(ids)
@@ -619,7 +659,7 @@ class HnswIndex(VectorIndex):
         return np.concatenate([self._bids, self._pids])
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
-        x = _as_matrix(vectors, self._dim)
+        x = self._rows_in(vectors, normalised)
         ids = _as_ids(ids, x.shape[0])
         if not _above(ids, self._bids, self._pids):  # above every id, tombstones included: no clash
             live = self.ids()
@@ -629,7 +669,7 @@ class HnswIndex(VectorIndex):
             # an id removed earlier but still in the graph as a tombstone: compact first so ids stay unique
             if self._dead and np.isin(ids, np.fromiter(self._dead, np.int64)).any():
                 self._rebuild()
-        type(self)._px.append(self, x if normalised and self._metric == "cosine" else self._prepare(x))
+        type(self)._px.append(self, x)
         self._pids = np.concatenate([self._pids, ids])
 
     def remove(self, ids: np.ndarray) -> None:
@@ -662,9 +702,9 @@ class HnswIndex(VectorIndex):
         """Replace the contents with ``vectors`` (N, D) under ``ids`` (N,) and build the graph now.
         Rows already prepared (``normalised`` cosine rows, float32, C-contiguous) are kept by reference,
         not copied: the caller must not change them afterwards (a collection's committed rows)."""
-        x = _as_matrix(vectors, self._dim)
+        x = self._rows_in(vectors, normalised)
         ids = _as_ids(ids, x.shape[0])
-        self._bx, self._bids = (x if normalised and self._metric == "cosine" else self._prepare(x)), ids
+        self._bx, self._bids = x, ids
         self._px, self._pids = np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64)
         self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
         self._graph = self._build_graph(self._bx) if x.shape[0] else None
@@ -674,7 +714,7 @@ class HnswIndex(VectorIndex):
     def _rebuild(self) -> None:
         keep = ~self._dead_mask
         parts = [a for a in (self._bx if keep.all() else self._bx[keep], self._px) if a.shape[0]]
-        x = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else self._px  # no copy of one part
+        x = _join(parts) if parts else self._px  # no copy of one part
         ids = np.concatenate([self._bids[keep], self._pids])
         self._px, self._pids = np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64)
         self._dead, self._dead_mask = set(), np.zeros(x.shape[0], bool)
@@ -691,7 +731,9 @@ class HnswIndex(VectorIndex):
         log.debug("building HNSW graph over %d vectors (M=%d, efConstruction=%d)", x.shape[0], self.M,
                   self.ef_construction)
         g = self._new_graph()
-        g.addDataPointBatch(x, ids=np.arange(x.shape[0], dtype=np.int32))
+        for a in range(0, x.shape[0], 65536):  # nmslib copies them: stored float16 rows converted by blocks
+            block = np.ascontiguousarray(_as32(x[a:a + 65536]), np.float32)
+            g.addDataPointBatch(block, ids=np.arange(a, a + block.shape[0], dtype=np.int32))
         g.createIndex({"M": self.M, "efConstruction": self.ef_construction, "post": 0,
                        "indexThreadQty": self.threads}, print_progress=False)
         g.setQueryTimeParams({"efSearch": self._ef})
@@ -779,18 +821,17 @@ class HnswIndex(VectorIndex):
         if gids.ndim != 1 or not np.issubdtype(gids.dtype, np.integer) or np.unique(gids).size != gids.size:
             raise IndexCorruptError("the HNSW graph ids are damaged")
         gids = gids.astype(np.int64)
-        bx = np.asarray(vectors_of(gids), np.float32)
-        bx = np.ascontiguousarray(bx if normalised and metric == "cosine" else index._prepare(bx))
-        if bx.shape != (gids.shape[0], dim):
+        bx = vectors_of(gids)
+        if getattr(bx, "shape", None) != (gids.shape[0], dim):
             raise IndexCorruptError("the HNSW graph does not match the stored vectors")
+        bx = index._rows_in(np.ascontiguousarray(bx), normalised)
         live_ids = np.asarray(live_ids, np.int64)
         in_graph = np.isin(live_ids, gids)
         index._bx, index._bids = bx, gids
         index._dead_mask = ~np.isin(gids, live_ids)
         index._dead = {int(i) for i in gids[index._dead_mask]}
-        rest = np.asarray(live_vectors, np.float32)[~in_graph]
-        index._px = (rest if normalised and metric == "cosine" else index._prepare(rest)) if rest.shape[0] \
-            else np.zeros((0, dim), np.float32)
+        rest = np.asarray(live_vectors)[~in_graph]
+        index._px = index._rows_in(rest, normalised) if rest.shape[0] else np.zeros((0, dim), np.float32)
         index._pids = live_ids[~in_graph]
         if gids.shape[0]:
             check_graph_file(paths["graph"], count=gids.shape[0], dim=dim, space=index.space, vectors=bx)
@@ -865,7 +906,7 @@ class HnswIndex(VectorIndex):
             if self.pending:
                 xs.append(self._px)
                 ids.append(self._pids)
-            x = np.concatenate(xs)
+            x = _join(xs)
             cid = np.concatenate(ids)
             s = _scores(q[i:i + 1], x, self._metric)
             sel, ss = _topk(s, k)
