@@ -966,7 +966,11 @@ class Collection:
                 index = self._live_index(create=True)  # before the rows grow: it indexes the rows it finds
                 self._rows.append(ids, new, relpaths, np.array([current[p][0] for p in relpaths], np.int64),
                                   np.array([current[p][1] for p in relpaths], np.int64))
-                index.add(new, ids, normalised=True)
+                # the graph's pending part: a view of the newest rows (all of a new folder's), not a copy
+                tail = self._rows.n - len(relpaths) - (index.pending if isinstance(index, HnswIndex) else 0)
+                if not (isinstance(index, HnswIndex) and tail >= 0
+                        and index.extend_pending(self._rows.stored[tail:], self._rows.ids[tail:])):
+                    index.add(new, ids, normalised=True)
                 self._next_id += len(relpaths)
                 self._unsaved += len(relpaths)
                 self._exact = None

@@ -672,6 +672,28 @@ class HnswIndex(VectorIndex):
         type(self)._px.append(self, x)
         self._pids = np.concatenate([self._pids, ids])
 
+    def extend_pending(self, rows: np.ndarray, ids: np.ndarray) -> bool:
+        """Add the rows past the pending ones, holding the whole pending part as ``rows`` (m, D) by
+        reference: a view of the caller's stored rows whose first ones are the pending rows (``ids``
+        (m,) begin with the pending ids; the rest are new, above every id). Prepared like ``add(...,
+        normalised=True)``; the view is never written (a later :meth:`add` copies it into a new buffer).
+        A collection that indexes a new folder has every row pending until its final commit builds the
+        graph: this spares their copy (256 MB at 100k x 1280). False (nothing done) when ``ids`` do not
+        begin with the pending ids."""
+        ids = _as_ids(ids)
+        p = int(self._pids.shape[0])
+        if ids.shape[0] < p or not np.array_equal(ids[:p], self._pids) or rows.shape[:1] != ids.shape:
+            return False
+        shared = self._metric == "cosine" and _is_half(rows) and rows.ndim == 2 and rows.shape[1] == self._dim \
+            and rows.flags.c_contiguous and (p == 0 or _is_half(self._px)) and _above(ids[p:], self._bids, self._pids)
+        if not shared:  # float32 rows, or ids that need add's checks: a copy as add makes it
+            self.add(rows[p:], ids[p:], normalised=True)
+            return True
+        if not finite_half(rows[p:]):
+            raise ValueError("vectors contain NaN or infinite values")
+        self._px, self._pids = rows, ids
+        return True
+
     def remove(self, ids: np.ndarray) -> None:
         ids = _as_ids(ids)
         live = self.ids()

@@ -573,3 +573,53 @@ def test_only_the_first_descriptor_builds_its_graph_the_others_search_exactly(im
     update_collections([(c, None) for c in gem_first])  # nothing new: the graph of gem is built now
     assert gem_first[0].index.pending == 0
     assert Collection.open(root, model_spec=specs[1], cache_dir=cache).index.pending == 0  # and saved
+
+
+def test_rows_are_kept_as_stored_and_the_index_holds_them_by_reference(image_folder, tmp_path):
+    """The rows stay float16 in memory (what the segments hold); the graph's pending part while a folder is
+    indexed and the exact index of an open are views of them, never copies; Collection.vectors is their
+    float32 meaning (from_store), made once."""
+    from engine.index import HnswIndex
+    from engine.vectors import from_store
+
+    root = image_folder(n_classes=3, per_class=6)
+    cache = tmp_path / "cache"
+    c = _open(root, cache)
+    shared = []
+
+    def progress(done, total, message):
+        index = c._index
+        if isinstance(index, HnswIndex) and index.pending:
+            shared.append(np.shares_memory(index._px, c._rows._v))
+
+    c.update(CountingModel(), batch_size=4, commit_every=100, progress=progress)
+    assert shared and all(shared)  # every row pending until the final commit, none copied
+    assert c._rows.stored.dtype == np.float16
+    np.testing.assert_array_equal(c.vectors, from_store(c._rows.stored))
+    assert c.vectors is c.vectors  # converted once
+    c2 = _open(root, cache)
+    assert c2._rows.stored.dtype == np.float16 and c2._f32 is None  # an open converts nothing
+    np.testing.assert_array_equal(c2._rows.stored, c._rows.stored)
+    hits = c2.search_many(c.vectors, SearchOptions(k=1, exact=True))
+    assert [h[0].relpath for h in hits] == c.relpaths
+    assert np.shares_memory(c2._exact._x, c2._rows._v)
+    for h, v in zip(hits, c.vectors, strict=True):  # a row's score against itself: 1 in float32
+        assert abs(h[0].score - float(v @ v)) < 1e-6
+    assert c2._f32 is None  # searching converted nothing either
+
+
+def test_a_nan_row_in_a_segment_is_refused_at_open(setup):
+    """A segment whose rows hold a NaN (right CRC: written so) is refused with advice, read from the bits."""
+    import zlib
+
+    root, cache, c = setup
+    seg = next(c.state_dir.glob("seg-*.npy"))
+    v = np.load(seg)
+    v[3, 2] = np.nan
+    entry = next(s["vectors"] for s in c._segments if s["vectors"]["file"] == seg.name)
+    np.save(seg, v)
+    entry["crc32"] = zlib.crc32(seg.read_bytes())
+    entry["bytes"] = seg.stat().st_size
+    c._commit_locked(False, [])  # re-sign the manifest with the changed entry
+    with pytest.raises(CollectionError, match="NaN or an infinite value"):
+        _open(root, cache)
