@@ -29,8 +29,11 @@ and the vector index — lives in a cache folder, as append-only commits::
   refused without blocking); ``rebuild=True`` moves a state folder of any other shape aside
   (``<state>.damaged-<time>``) and starts afresh. A commit writes only what changed: the new rows, and the graph when the
   thresholds of engine.index ask for a rebuild (points added since are searched exactly).
-- :meth:`Collection.open` loads the last commit (no image is read; the graph is loaded at the first
-  search). A reader racing a writer reads the newer manifest when a file it wanted was collected.
+- :meth:`Collection.open` loads the last commit (no image is read; a large graph is checked and loaded
+  by a background thread while searches answer exactly, a small one at the first search). The rows stay
+  in memory as stored (float16, read straight from the segments): searches score them as they are, and
+  :attr:`Collection.vectors` converts them to float32 only when a caller asks for the whole matrix. A
+  reader racing a writer reads the newer manifest when a file it wanted was collected.
 - :meth:`Collection.scan` compares the folder with the state by file size and mtime.
 - :meth:`Collection.update` (and :func:`update_collections`, several descriptors from one backbone pass)
   extracts only added and changed files and commits every few thousand images or tens of seconds: a

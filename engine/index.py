@@ -8,8 +8,10 @@ Conventions
 - ids are caller-chosen ``int64`` values (unique); ``query`` returns them with a score, best first.
 - metric ``"cosine"``: score = cosine similarity in [-1, 1] (vectors are L2-normalised on the way in).
 - metric ``"l2"``: score = ``-euclidean distance`` (so that, for both metrics, *higher is better*).
-- Both index kinds compute the returned scores the same way from the stored float32 vectors, so an HNSW
-  answer and an exact answer for the same neighbour carry the same score.
+- Both index kinds compute the returned scores the same way from the stored vectors, so an HNSW answer
+  and an exact answer for the same neighbour carry the same score. A cosine index given a collection's
+  stored float16 rows (``normalised=True``) keeps them as they are, by reference, and scores them as
+  :func:`engine.vectors.from_store` means them (engine.halfrows); float32 rows are kept as float32.
 
 HNSW and change
 ---------------
@@ -795,9 +797,15 @@ class HnswIndex(VectorIndex):
             fsync_file(folder / name)
             info[key] = {"file": name, "bytes": (folder / name).stat().st_size, "crc32": crc32_file(folder / name)}
         # the built graph holds two more copies of the vectors (nmslib's objects and their nodes) beside
-        # the one it searches with: the file just written, loaded without data, holds only the latter
+        # the one it searches with: the file just written, loaded without data, holds only the latter.
+        # The built one is freed first (queries wait on the lock), so the two are never in memory together
         with self._query_lock:
-            self._graph, self._graph_loaded = self._load_graph(folder / graph), True
+            self._graph = None
+            try:
+                self._graph, self._graph_loaded = self._load_graph(folder / graph), True
+            except BaseException:
+                self._graph, self._graph_loaded = self._build_graph(self._bx), False
+                raise
         return info
 
     @classmethod
