@@ -397,13 +397,14 @@ def _aside(p: Path) -> Path:
     return target
 
 
-def _bad_path(paths: list[Any]) -> str | None:
+def _bad_path(paths: list[Any], text: bool = False) -> str | None:
     """The first stored path a collection must not hold (a reason), or None: every path a relative POSIX
     path inside the folder, as the scan writes them (no empty, '.' or '..' part, not absolute, no NUL), and
     no hidden part (the scan leaves those out), no path twice. A few passes of compiled code over the joined
     paths (100k paths in tens of ms). Symbolic links inside the folder are the user's own: the scan follows
-    them wherever they point (engine.images.scan_images), so a stored path is checked as text, not resolved."""
-    if not all(isinstance(p, str) for p in paths):
+    them wherever they point (engine.images.scan_images), so a stored path is checked as text, not resolved.
+    ``text``: every path is known to be a str (not checked one by one again)."""
+    if not text and not all(isinstance(p, str) for p in paths):
         return "a path that is not text"
     if len(set(paths)) != len(paths):
         seen: set[str] = set()
@@ -718,10 +719,13 @@ class Collection:
                 rows.reserve(total + total // 8 + 1024, dim)
             meta: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
             with ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)), thread_name_prefix="rows") as pool:
-                checks = []
+                checks: list[Any] = []
+                # the metadata files read and checked (open, read, SHA-256: no GIL held) ahead of their parsing
+                metas = [pool.submit(_read_entry, self.state_dir, seg["meta"], "the collection file",
+                                     _SEGMENT_NAME, digest="sha256") for seg in segments]
                 try:
-                    for seg, n_declared in zip(segments, declared, strict=True):
-                        ids, sizes, mtimes, paths = self._read_meta(seg)
+                    for seg, n_declared, meta_bytes in zip(segments, declared, metas, strict=True):
+                        ids, sizes, mtimes, paths = self._read_meta(seg, meta_bytes.result())
                         n = len(paths)
                         if n != n_declared or not (ids.shape == sizes.shape == mtimes.shape == (n,)) or dim is None:
                             raise CollectionError(f"the collection segment {seg['meta']['file']} is inconsistent")
@@ -736,6 +740,8 @@ class Collection:
                         rows.n += n
                         meta.append((ids, sizes, mtimes))
                 finally:  # every check ends before the rows are used (or dropped)
+                    for job in metas:
+                        job.cancel()
                     for job in checks:
                         job.exception()
                 for job in checks:
@@ -748,7 +754,7 @@ class Collection:
             raise CollectionError(f"the collection data in {self.state_dir} is damaged ({exc}); {fix}") from exc
         except MemoryError:
             raise CollectionError(f"the collection data in {self.state_dir} does not fit in memory; {fix}") from None
-        bad = _bad_path(rows.paths)
+        bad = _bad_path(rows.paths, text=True)  # text: _read_meta took them from a unicode array
         if bad is not None:
             raise CollectionError(f"the collection cache {self.state_dir} holds {bad}: it is not this folder's "
                                   f"state; {fix}")
@@ -801,11 +807,14 @@ class Collection:
         with self._lock:
             self._live_index()
 
-    def _read_meta(self, seg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """A segment's ids, sizes, mtimes (n,) int64 and relative paths, from its checked metadata file."""
+    def _read_meta(self, seg: dict[str, Any], data: bytes | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """A segment's ids, sizes, mtimes (n,) int64 and relative paths, from its checked metadata file
+        (``data``: its bytes, already read and checked by :func:`_read_entry`)."""
         import io
 
-        data = _read_entry(self.state_dir, seg["meta"], "the collection file", _SEGMENT_NAME, digest="sha256")
+        if data is None:
+            data = _read_entry(self.state_dir, seg["meta"], "the collection file", _SEGMENT_NAME, digest="sha256")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
             paths = z["paths"]
