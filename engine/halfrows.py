@@ -18,19 +18,29 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: rows fed to the graph per run: its float32 copies stay in cache (5 MB at D = 1280); measured 1024 to
-#: 8192 at 100k x 1280, 1024 fastest
-BLOCK = 1024
+#: float16 elements fed to the graph per run (409 rows at D = 1280, 4096 at D = 128): the block's float32
+#: copies stay in cache. Measured 2^18..2^22 at 100k x 1280 and 1M x 128: 2^19 fastest at both (0.096 s
+#: and 0.12 s on one thread), 2^22 twice as slow.
+BLOCK_ELEMENTS = 1 << 19
 #: below this many float16 elements, half_scores uses numpy (no session made for a handful of rows)
 _SMALL = 1 << 14
 #: from this many float16 elements on, half_rows casts in ONNX Runtime
 _LARGE = 1 << 20
+#: from this many elements on, a call's rows are shared by two threads (not tuned: ~1 ms of work alone)
+_PARALLEL = 1 << 21
+
+
+def _block_rows(d: int) -> int:
+    """Rows per block at dimension ``d``."""
+    return max(1, BLOCK_ELEMENTS // max(d, 1))
 #: the norm's floor, as in the collection's conversion of a stored row
 _EPS = 1e-12
 
@@ -134,20 +144,25 @@ def cast_model() -> bytes:
                   [_tensor_info("R", _FLOAT, ["n", "d"])], [])
 
 
-# --- the sessions -------------------------------------------------------------------------------------
+# --- the sessions and the helper thread ---------------------------------------------------------------
 _MODELS = {"scores": scores_model, "cast": cast_model}
 _lock = threading.Lock()
 _sessions: dict[str, Any] = {}  # "scores" / "cast" -> InferenceSession, or None once it could not be made
+_pool: ThreadPoolExecutor | None = None
 
 
-def _threads() -> int:
-    """Intra-op threads: the machine's cores, at most 2 (the rest belong to loading and indexing)."""
+def _workers() -> int:
+    """Threads that share one call's rows: the machine's cores, at most 2 (the rest belong to loading and
+    indexing). ONNX Runtime's own intra-op threads gave nothing here (its ops on a cache-sized block run on
+    one thread: 2 intra-op threads measured 0.11 s against 1's 0.10 s at 100k x 1280); two callers of
+    ``run`` on halves of the rows gave 0.05 s."""
     return max(1, min(2, os.cpu_count() or 1))
 
 
 def _session(kind: str) -> Any:
     """The process's one session of ``kind`` (made on first use, under a lock; ``run`` is thread-safe), or
-    None when onnxruntime is missing or refuses the graph: then the numpy path runs (logged at debug once)."""
+    None when onnxruntime is missing or refuses the graph: then the numpy path runs (logged at debug once).
+    One intra-op thread, idle threads never spin (engine.exports.onnxruntime_session)."""
     s = _sessions.get(kind, False)
     if s is not False:
         return s
@@ -157,12 +172,30 @@ def _session(kind: str) -> Any:
             try:
                 from engine.exports import onnxruntime_session
 
-                s = onnxruntime_session(_MODELS[kind](), _threads())
+                s = onnxruntime_session(_MODELS[kind](), 1)
             except Exception as exc:  # ImportError, or the runtime refusing the graph: numpy does it
                 log.debug("half rows: the numpy path for %r (%s: %s)", kind, type(exc).__name__, exc)
                 s = None
             _sessions[kind] = s
     return s
+
+
+def _in_parts(n: int, d: int, part: Callable[[int, int], None]) -> None:
+    """``part(a, b)`` over rows [0, n): in two halves at once (the second on the helper thread) when there
+    are several cores and at least :data:`_PARALLEL` elements, else in one go on the calling thread."""
+    global _pool
+    if _workers() < 2 or n * d < _PARALLEL:
+        part(0, n)
+        return
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_workers() - 1, thread_name_prefix="halfrows")
+    h = n // 2
+    other = _pool.submit(part, h, n)  # the pool's threads never wait on the pool: no deadlock
+    try:
+        part(0, h)
+    finally:
+        other.result()
 
 
 # --- the public functions -----------------------------------------------------------------------------
@@ -174,7 +207,7 @@ def _norms(b32: np.ndarray) -> np.ndarray:
 def half_scores(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """q (Q, D) float32 prepared queries, rows (N, D) float16 stored rows -> (Q, N) float32 scores
     ``q @ r.T``, r each row in float32 divided by max(its norm, 1e-12) (a zero row scores 0).
-    Rows go in blocks of :data:`BLOCK`, through ONNX Runtime when it is there, numpy otherwise."""
+    Rows go in blocks through ONNX Runtime when it is there, numpy otherwise."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     if q.ndim != 2 or rows.ndim != 2 or q.shape[1] != rows.shape[1]:
         raise ValueError(f"queries {q.shape} and rows {rows.shape} must be (Q, D) and (N, D) with one D")
@@ -186,15 +219,20 @@ def half_scores(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
         out.fill(0.0)
         return out
     sess = _session("scores") if n * d >= _SMALL else None
-    for a in range(0, n, BLOCK):
-        block = np.ascontiguousarray(rows[a:a + BLOCK], dtype=np.float16)
-        if sess is not None:
-            s = sess.run(None, {"X": block, "Q": q})[0]  # (b, Q)
-        else:
-            b32 = block.astype(np.float32)
-            s = b32 @ q.T
-            s /= _norms(b32)[:, None]
-        out[:, a:a + block.shape[0]] = s.T
+    step = _block_rows(d)
+
+    def part(first: int, stop: int) -> None:
+        for a in range(first, stop, step):
+            block = np.ascontiguousarray(rows[a:min(a + step, stop)], dtype=np.float16)
+            if sess is not None:
+                s = sess.run(None, {"X": block, "Q": q})[0]  # (b, Q)
+            else:
+                b32 = block.astype(np.float32)
+                s = b32 @ q.T
+                s /= _norms(b32)[:, None]
+            out[:, a:a + block.shape[0]] = s.T
+
+    _in_parts(n, d, part)
     return out
 
 
@@ -210,15 +248,20 @@ def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     elif out.shape != (n, d) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {(n, d)}")
     sess = _session("cast") if n * d >= _LARGE else None
-    io = sess.io_binding() if sess is not None else None
-    for a in range(0, n, BLOCK):
-        block = np.ascontiguousarray(rows[a:a + BLOCK], dtype=np.float16)
-        dst = out[a:a + block.shape[0]]
-        if io is not None:  # ORT writes the cast into dst itself (no intermediate copy)
-            io.bind_cpu_input("X", block)
-            io.bind_output("R", "cpu", 0, np.float32, dst.shape, dst.ctypes.data)
-            sess.run_with_iobinding(io)
-        else:
-            np.copyto(dst, block, casting="unsafe")
-        dst /= _norms(dst)[:, None]
+    step = _block_rows(d)
+
+    def part(first: int, stop: int) -> None:
+        io = sess.io_binding() if sess is not None else None  # one binding per thread
+        for a in range(first, stop, step):
+            block = np.ascontiguousarray(rows[a:min(a + step, stop)], dtype=np.float16)
+            dst = out[a:a + block.shape[0]]
+            if io is not None:  # ORT writes the cast into dst itself (no intermediate copy)
+                io.bind_cpu_input("X", block)
+                io.bind_output("R", "cpu", 0, np.float32, dst.shape, dst.ctypes.data)
+                sess.run_with_iobinding(io)
+            else:
+                np.copyto(dst, block, casting="unsafe")
+            dst /= _norms(dst)[:, None]
+
+    _in_parts(n, d, part)
     return out

@@ -50,16 +50,19 @@ def test_the_fast_path_is_there():
     assert hr._session("scores") is not None and hr._session("cast") is not None
 
 
-# (Q, N, D): empty sides, one row, tiny D, a multi-block N on the runtime (N * D >= _SMALL), D = 1280
+# (Q, N, D): empty sides, one row, tiny D, multi-block N on the runtime (N * D >= _SMALL), D = 1280, and
+# rows shared by two threads (N * D >= _PARALLEL)
 SHAPES = [(1, 0, 5), (0, 5, 5), (0, 0, 4), (1, 1, 3), (7, 50, 3), (1, 2500, 64), (7, 2500, 64), (1, 1, 1280),
-          (3, 1500, 1280)]
+          (3, 1500, 1280), (1, 1700, 1280)]
 
 
-@pytest.mark.parametrize("path", ["auto", "numpy"])
+@pytest.mark.parametrize("path", ["auto", "numpy", "one thread"])
 @pytest.mark.parametrize("nq,n,d", SHAPES)
 def test_scores_equal_the_reference(nq, n, d, path, monkeypatch):
     if path == "numpy":
         monkeypatch.setattr(hr, "_sessions", {"scores": None, "cast": None})
+    if path == "one thread":
+        monkeypatch.setattr(hr, "_workers", lambda: 1)
     q, rows = _data(nq, n, d, seed=nq * 1000 + n + d)
     got = hr.half_scores(q, rows)
     assert got.shape == (nq, n) and got.dtype == np.float32
@@ -98,7 +101,7 @@ def test_a_row_scores_one_against_itself():
     np.testing.assert_allclose(np.diag(got[:, :4]), 1.0, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("n,d", [(0, 8), (1, 3), (37, 1280), (1000, 1280), (2500, 512)])
+@pytest.mark.parametrize("n,d", [(0, 8), (1, 3), (37, 1280), (1000, 1280), (2500, 512), (1700, 1280)])
 def test_half_rows_equal_the_reference(n, d, numpy_only):
     """half_rows on the runtime (n * D >= _LARGE) gives numpy's bits; both equal the reference to 1e-7."""
     _, rows = _data(1, n, d, seed=n + d)
@@ -122,7 +125,7 @@ def test_a_session_that_cannot_be_made_falls_back_to_numpy(monkeypatch):
 def test_several_threads_at_once(monkeypatch):
     """Threads racing for the session's creation and calling run together each get their own scores."""
     monkeypatch.setattr(hr, "_sessions", {})
-    q, rows = _data(8, 3000, 256, seed=5)
+    q, rows = _data(8, 8200, 256, seed=5)  # two halves each (_PARALLEL)
     want = _reference(q, rows)
     got: dict[int, np.ndarray] = {}
     start = threading.Barrier(8)
