@@ -144,11 +144,14 @@ def test_several_threads_at_once(monkeypatch):
         np.testing.assert_allclose(got[i], want[i:i + 1], rtol=0, atol=1e-6)
 
 
-def test_bad_shapes_are_refused():
+def test_bad_input_is_refused():
+    """Rows that are not float16 are refused (a silent cast would change the scores)."""
     with pytest.raises(ValueError, match="one D"):
         hr.half_scores(np.zeros((1, 4), np.float32), np.zeros((3, 5), np.float16))
-    with pytest.raises(ValueError, match=r"\(n, D\)"):
+    with pytest.raises(ValueError, match=r"float16 \(N, D\)"):
         hr.half_rows(np.zeros(5, np.float16))
+    with pytest.raises(ValueError, match="float16"):
+        hr.half_scores(np.zeros((1, 4), np.float32), np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="C-contiguous float32"):
         hr.half_rows(np.zeros((3, 5), np.float16), np.zeros((3, 5), np.float64))
 
