@@ -23,7 +23,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -193,8 +193,10 @@ def _in_parts(n: int, d: int, part: Callable[[int, int], None]) -> None:
     other = _pool.submit(part, h, n)  # the pool's threads never wait on the pool: no deadlock
     try:
         part(0, h)
-    finally:
-        other.result()
+    except BaseException:
+        wait([other])  # the helper is done with the arrays before the first half's error goes up
+        raise
+    other.result()
 
 
 # --- the public functions -----------------------------------------------------------------------------
@@ -203,9 +205,13 @@ def _block_rows(d: int) -> int:
     return max(1, BLOCK_ELEMENTS // max(d, 1))
 
 
-def _norms(b32: np.ndarray) -> np.ndarray:
-    """(n, D) float32 -> (n,) max(L2 norm, EPS)."""
-    return np.maximum(np.sqrt(np.einsum("ij,ij->i", b32, b32)), EPS)
+def _norms(b32: np.ndarray, finite: bool = False, first: int = 0) -> np.ndarray:
+    """(n, D) float32 -> (n,) max(L2 norm, EPS). ``finite``: raise ValueError when a row holds a NaN or an
+    infinity (its squared norm says so: no extra pass), numbering it from ``first``."""
+    sq = np.einsum("ij,ij->i", b32, b32)
+    if finite and not np.isfinite(sq).all():
+        raise ValueError(f"row {first + int(np.flatnonzero(~np.isfinite(sq))[0])} holds a NaN or an infinite value")
+    return np.maximum(np.sqrt(sq), EPS)
 
 
 def _check_rows(rows: np.ndarray) -> None:
@@ -232,25 +238,28 @@ def half_scores(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     sess = _session("scores") if n * d >= _SMALL else None
     step = _block_rows(d)
 
-    def part(first: int, stop: int) -> None:
-        for a in range(first, stop, step):
-            block = np.ascontiguousarray(rows[a:min(a + step, stop)])
+    def part(lo: int, hi: int) -> None:
+        for a in range(lo, hi, step):
+            block = np.ascontiguousarray(rows[a:min(a + step, hi)])
             if sess is not None:
                 s = sess.run(None, {"X": block, "Q": q})[0]  # (b, Q)
             else:
                 b32 = block.astype(np.float32)
                 s = b32 @ q.T
-                s /= _norms(b32)[:, None]
+                with np.errstate(invalid="ignore"):  # as the graph: an infinite row scores NaN, quietly
+                    s /= _norms(b32)[:, None]
             out[:, a:a + block.shape[0]] = s.T
 
     _in_parts(n, d, part)
     return out
 
 
-def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def half_rows(rows: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False,
+              first: int = 0) -> np.ndarray:
     """rows (n, D) float16 -> ``out`` (n, D) float32 (or a new array), each row divided by max(its norm,
     1e-12): the stored rows' float32 meaning. The cast runs in ONNX Runtime from ~1M elements (numpy
-    below), written straight into ``out``; the norms are numpy's, so both paths give the same bits."""
+    below), written straight into ``out``; the norms are numpy's, so both paths give the same bits.
+    ``finite``: raise ValueError naming the first row (numbered from ``first``) with a NaN or an infinity."""
     _check_rows(rows)
     n, d = rows.shape
     if out is None:
@@ -260,10 +269,10 @@ def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     sess = _session("cast") if n * d >= _LARGE else None
     step = _block_rows(d)
 
-    def part(first: int, stop: int) -> None:
+    def part(lo: int, hi: int) -> None:
         io = sess.io_binding() if sess is not None else None  # one binding per thread
-        for a in range(first, stop, step):
-            block = np.ascontiguousarray(rows[a:min(a + step, stop)])
+        for a in range(lo, hi, step):
+            block = np.ascontiguousarray(rows[a:min(a + step, hi)])
             dst = out[a:a + block.shape[0]]
             if io is not None:  # ORT writes the cast into dst itself (no intermediate copy)
                 io.bind_cpu_input("X", block)
@@ -271,7 +280,8 @@ def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
                 sess.run_with_iobinding(io)
             else:
                 np.copyto(dst, block, casting="unsafe")
-            dst /= _norms(dst)[:, None]
+            with np.errstate(invalid="ignore"):  # an unchecked infinite row becomes NaN, without a warning
+                dst /= _norms(dst, finite, first + a)[:, None]
 
     _in_parts(n, d, part)
     return out
