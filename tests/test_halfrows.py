@@ -121,9 +121,9 @@ def test_half_rows_names_the_first_row_that_is_not_finite(path, monkeypatch):
         monkeypatch.setattr(hr, "_sessions", {"scores": None, "cast": None})
     _, rows = _data(1, 1700, 1280, seed=7)
     rows[1500, 3] = np.inf
-    rows[900, 0] = np.nan
+    rows[600, 0] = np.nan  # halves: rows 0-849 and 850-1699
     hr.half_rows(rows)  # not checked: no error
-    with pytest.raises(ValueError, match="row 1900 holds a NaN or an infinite value"):
+    with pytest.raises(ValueError, match="row 1600 holds a NaN or an infinite value"):
         hr.half_rows(rows, finite=True, first=1000)
 
 
