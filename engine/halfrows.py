@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: float16 elements fed to the graph per run (409 rows at D = 1280, 4096 at D = 128): the block's float32
 #: copies stay in cache. Measured 2^18..2^22 at 100k x 1280 and 1M x 128: 2^19 fastest at both (0.096 s
-#: and 0.12 s on one thread), 2^22 twice as slow.
+#: and 0.127 s on one thread, medians of 3), 2^22 twice as slow.
 BLOCK_ELEMENTS = 1 << 19
 #: below this many float16 elements, half_scores uses numpy (no session made for a handful of rows)
 _SMALL = 1 << 14
@@ -155,8 +155,8 @@ _pool: ThreadPoolExecutor | None = None
 def _workers() -> int:
     """Threads that share one call's rows: the machine's cores, at most 2 (the rest belong to loading and
     indexing). ONNX Runtime's own intra-op threads gave nothing here (its ops on a cache-sized block run on
-    one thread: 2 intra-op threads measured 0.11 s against 1's 0.10 s at 100k x 1280); two callers of
-    ``run`` on halves of the rows gave 0.05 s."""
+    one thread: 2 intra-op threads measured 0.105 s against 1's 0.098 s at 100k x 1280, medians); two
+    callers of ``run`` on halves of the rows gave 0.05 s when the second core was free, 0.10 s when not."""
     return max(1, min(2, os.cpu_count() or 1))
 
 
