@@ -23,7 +23,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: float16 elements fed to the graph per run (409 rows at D = 1280, 4096 at D = 128): the block's float32
 #: copies stay in cache. Measured 2^18..2^22 at 100k x 1280 and 1M x 128: 2^19 fastest at both (0.096 s
-#: and 0.12 s on one thread), 2^22 twice as slow.
+#: and 0.127 s on one thread, medians of 3), 2^22 twice as slow.
 BLOCK_ELEMENTS = 1 << 19
 #: below this many float16 elements, half_scores uses numpy (no session made for a handful of rows)
 _SMALL = 1 << 14
@@ -155,8 +155,8 @@ _pool: ThreadPoolExecutor | None = None
 def _workers() -> int:
     """Threads that share one call's rows: the machine's cores, at most 2 (the rest belong to loading and
     indexing). ONNX Runtime's own intra-op threads gave nothing here (its ops on a cache-sized block run on
-    one thread: 2 intra-op threads measured 0.11 s against 1's 0.10 s at 100k x 1280); two callers of
-    ``run`` on halves of the rows gave 0.05 s."""
+    one thread: 2 intra-op threads measured 0.105 s against 1's 0.098 s at 100k x 1280, medians); two
+    callers of ``run`` on halves of the rows gave 0.05 s when the second core was free, 0.10 s when not."""
     return max(1, min(2, os.cpu_count() or 1))
 
 
@@ -193,8 +193,10 @@ def _in_parts(n: int, d: int, part: Callable[[int, int], None]) -> None:
     other = _pool.submit(part, h, n)  # the pool's threads never wait on the pool: no deadlock
     try:
         part(0, h)
-    finally:
-        other.result()
+    except BaseException:
+        wait([other])  # the helper is done with the arrays before the first half's error goes up
+        raise
+    other.result()
 
 
 # --- the public functions -----------------------------------------------------------------------------
@@ -203,9 +205,13 @@ def _block_rows(d: int) -> int:
     return max(1, BLOCK_ELEMENTS // max(d, 1))
 
 
-def _norms(b32: np.ndarray) -> np.ndarray:
-    """(n, D) float32 -> (n,) max(L2 norm, EPS)."""
-    return np.maximum(np.sqrt(np.einsum("ij,ij->i", b32, b32)), EPS)
+def _norms(b32: np.ndarray, finite: bool = False, first: int = 0) -> np.ndarray:
+    """(n, D) float32 -> (n,) max(L2 norm, EPS). ``finite``: raise ValueError when a row holds a NaN or an
+    infinity (its squared norm says so: no extra pass), numbering it from ``first``."""
+    sq = np.einsum("ij,ij->i", b32, b32)
+    if finite and not np.isfinite(sq).all():
+        raise ValueError(f"row {first + int(np.flatnonzero(~np.isfinite(sq))[0])} holds a NaN or an infinite value")
+    return np.maximum(np.sqrt(sq), EPS)
 
 
 def _check_rows(rows: np.ndarray) -> None:
@@ -232,25 +238,28 @@ def half_scores(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     sess = _session("scores") if n * d >= _SMALL else None
     step = _block_rows(d)
 
-    def part(first: int, stop: int) -> None:
-        for a in range(first, stop, step):
-            block = np.ascontiguousarray(rows[a:min(a + step, stop)])
+    def part(lo: int, hi: int) -> None:
+        for a in range(lo, hi, step):
+            block = np.ascontiguousarray(rows[a:min(a + step, hi)])
             if sess is not None:
                 s = sess.run(None, {"X": block, "Q": q})[0]  # (b, Q)
             else:
                 b32 = block.astype(np.float32)
                 s = b32 @ q.T
-                s /= _norms(b32)[:, None]
+                with np.errstate(invalid="ignore"):  # as the graph: an infinite row scores NaN, quietly
+                    s /= _norms(b32)[:, None]
             out[:, a:a + block.shape[0]] = s.T
 
     _in_parts(n, d, part)
     return out
 
 
-def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def half_rows(rows: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False,
+              first: int = 0) -> np.ndarray:
     """rows (n, D) float16 -> ``out`` (n, D) float32 (or a new array), each row divided by max(its norm,
     1e-12): the stored rows' float32 meaning. The cast runs in ONNX Runtime from ~1M elements (numpy
-    below), written straight into ``out``; the norms are numpy's, so both paths give the same bits."""
+    below), written straight into ``out``; the norms are numpy's, so both paths give the same bits.
+    ``finite``: raise ValueError naming the first row (numbered from ``first``) with a NaN or an infinity."""
     _check_rows(rows)
     n, d = rows.shape
     if out is None:
@@ -260,10 +269,10 @@ def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     sess = _session("cast") if n * d >= _LARGE else None
     step = _block_rows(d)
 
-    def part(first: int, stop: int) -> None:
+    def part(lo: int, hi: int) -> None:
         io = sess.io_binding() if sess is not None else None  # one binding per thread
-        for a in range(first, stop, step):
-            block = np.ascontiguousarray(rows[a:min(a + step, stop)])
+        for a in range(lo, hi, step):
+            block = np.ascontiguousarray(rows[a:min(a + step, hi)])
             dst = out[a:a + block.shape[0]]
             if io is not None:  # ORT writes the cast into dst itself (no intermediate copy)
                 io.bind_cpu_input("X", block)
@@ -271,7 +280,8 @@ def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
                 sess.run_with_iobinding(io)
             else:
                 np.copyto(dst, block, casting="unsafe")
-            dst /= _norms(dst)[:, None]
+            with np.errstate(invalid="ignore"):  # an unchecked infinite row becomes NaN, without a warning
+                dst /= _norms(dst, finite, first + a)[:, None]
 
     _in_parts(n, d, part)
     return out
