@@ -14,6 +14,8 @@ run also exports the network for the runtime, a one-time cost counted in its sec
 
     nice -n 5 python benchmarks/bigfolder.py --n 2000                 # a scaled-down run
     python benchmarks/bigfolder.py --n 100000 --distinct 3000 --work /big/disk/bench  # the full library
+    # then, on the library it indexed: the open and `search` of this tree against a worktree of main
+    python benchmarks/bigfolder.py --n 100000 --distinct 3000 --work /big/disk/bench --reopen ../main -- --descriptor gem
 
 Prints a markdown table on stdout, progress on stderr. Extrapolations are the reader's: the table says
 what was measured at --n.
@@ -142,16 +144,57 @@ c = Collection.open(sys.argv[2], model_spec=spec, cache_dir=sys.argv[3])
 opened = time.perf_counter() - t
 rng = np.random.default_rng(1)
 rows = rng.choice(len(c), min(len(c), 201), replace=False)
-v = c.vectors
-c.search(v[rows[0]], SearchOptions(k=10))
-first = time.perf_counter() - t
+names = c.relpaths
+v = [c.stored_vector(names[r]) for r in rows]  # the stored rows, outside the timed part (no whole-matrix copy)
+t = time.perf_counter()
+c.search(v[0], SearchOptions(k=10))
+first = opened + time.perf_counter() - t
 lat = []
-for r in rows[1:]:
-    t = time.perf_counter(); c.search(v[r], SearchOptions(k=10)); lat.append(1000 * (time.perf_counter() - t))
+for q in v[1:]:
+    t = time.perf_counter(); c.search(q, SearchOptions(k=10)); lat.append(1000 * (time.perf_counter() - t))
+getattr(c, "wait_graph", lambda: None)()
+graph_s = time.perf_counter() - t0 - imported
+lat2 = []
+for q in v[1:]:
+    t = time.perf_counter(); c.search(q, SearchOptions(k=10)); lat2.append(1000 * (time.perf_counter() - t))
 peak = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
 print(json.dumps({"import_s": imported, "open_s": opened, "open_first_s": first, "p50_ms": float(np.median(lat)),
-                  "p99_ms": float(np.percentile(lat, 99)), "peak_mb": peak, "n": len(c), "dim": c.dim}))
+                  "p99_ms": float(np.percentile(lat, 99)), "graph_p50_ms": float(np.median(lat2)), "graph_s": graph_s,
+                  "peak_mb": peak, "n": len(c), "dim": c.dim}))
 """
+
+
+def reopen(work: Path, folder: Path, trees: list[Path], rounds: int, index_args: list[str]) -> None:
+    """The open and the `search` CLI of an indexed library in fresh processes, for each code tree in turn
+    (rounds interleaved, the order reversed every other round): what a user waits for once it is indexed."""
+    cache = work / "cache"
+    manifests = [json.loads(m.read_text()) for m in (cache / "collections").rglob("manifest.json")]
+    graph = next((m for m in manifests if m.get("graph")), manifests[0])
+    inside = next(p for p in sorted(folder.rglob("*.jpg")))
+    print(f"\n### Reopening {folder.name} ({graph['count']:,} x {graph['dim']}, {len(graph['segments'])} segments; "
+          f"{os.cpu_count()} cores)\n")
+    print("| tree | round | open s | open + first query s | graph in use at s | p50 ms before / with the graph | "
+          "peak MB | `search` CLI s, photo outside / inside | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in range(rounds):
+        for tree in (trees if r % 2 == 0 else trees[::-1]):
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            out = subprocess.run([sys.executable, "-c", _OPEN, str(tree), str(folder), str(cache),
+                                  json.dumps(graph["model_spec"])], env=env, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            o = json.loads(out.stdout.strip().splitlines()[-1])
+            cli = []
+            for q in (work / "query.jpg", inside):
+                t = time.perf_counter()
+                s = subprocess.run([sys.executable, "-m", "engine", "search", str(q), "--collection", str(folder),
+                                    "--cache-dir", str(cache), *index_args], env=env, capture_output=True, text=True)
+                cli.append(time.perf_counter() - t)
+                if s.returncode:
+                    eprint(f"search failed (rc {s.returncode}): {s.stderr[-1000:]}")
+            print(f"| {tree} | {r + 1} | {o['open_s']:.2f} | {o['open_first_s']:.2f} | {o['graph_s']:.2f} | "
+                  f"{o['p50_ms']:.2f} / {o['graph_p50_ms']:.2f} | {o['peak_mb']:.0f} | {cli[0]:.2f} / {cli[1]:.2f} | "
+                  f"{os.getloadavg()[0]:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -162,12 +205,19 @@ def main() -> None:
                     help="generate only this many distinct photos and hard-link them under --n names (a 100k "
                          "library of distinct 12 MP photos does not fit a small disk); 0: all distinct")
     ap.add_argument("--keep", action="store_true", help="keep the collection (default: indexed afresh)")
+    ap.add_argument("--reopen", nargs="*", metavar="TREE",
+                    help="only reopen the library indexed by an earlier run: the open and the `search` CLI in fresh "
+                         "processes, for this code tree and each other TREE (e.g. a worktree of main), interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --reopen")
     ap.add_argument("index_args", nargs="*", help="more `index` options after --, e.g. -- --descriptor gem")
     args = ap.parse_args()
     work = Path(args.work).resolve()
     distinct = args.distinct if 0 < args.distinct < args.n else 0
     folder = work / (f"library-{args.n}-of-{distinct}" if distinct else f"library-{args.n}")
     cache = work / "cache"
+    if args.reopen is not None:
+        reopen(work, folder, [ROOT, *(Path(t).resolve() for t in args.reopen)], args.rounds, args.index_args)
+        return
     t = time.perf_counter()
     if distinct:
         link_library(folder, args.n, work / f"pool-{distinct}", distinct)

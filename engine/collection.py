@@ -93,7 +93,7 @@ from engine.index import (
     make_index,
 )
 from engine.search import SearchOptions, search_vectors
-from engine.vectors import STORE_DTYPE, finite_half, from_store, l2n
+from engine.vectors import STORE_DTYPE, finite_half, l2n
 from engine.vocabulary import ModelSpec, SearchHit, cache_root
 
 log = logging.getLogger(__name__)
@@ -429,7 +429,7 @@ def _leaves(wrapped: str) -> bool:
 
 class _Rows:
     """A growable block of rows: ids (n,) int64, sizes, mtimes, relative paths, and the vectors (n, D) as
-    stored (STORE_DTYPE: float16; :func:`engine.vectors.from_store` gives their float32 meaning).
+    stored (STORE_DTYPE: float16; :func:`engine.halfrows.half_rows` gives their float32 meaning).
     Appending is amortised O(rows added) (capacity doubles); ``stored`` is a view of the live part. Rows
     are never changed in place (appends go past them, removals make a new buffer), so an index may keep
     a view of them."""
@@ -890,7 +890,7 @@ class Collection:
                 return None
             if (int(r.sizes[i]), int(r.mtimes[i])) != now:
                 return None
-            return from_store(r.stored[i: i + 1])[0]
+            return half_rows(r.stored[i: i + 1])[0]
 
     # --- scanning ----------------------------------------------------------------------------------
     def _scan_stats(self, skipped: list[tuple[str, str]] | None = None) -> dict[str, tuple[int, int]]:
@@ -1328,7 +1328,7 @@ class Collection:
     def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors (n, D) of index ids (n,)."""
         rows = np.searchsorted(self._rows.ids, ids)  # ids are increasing along the rows
-        return from_store(self._rows.stored[rows])
+        return half_rows(self._rows.stored[rows])
 
     # --- searching --------------------------------------------------------------------------------
     def search_many(self, queries: np.ndarray, options: SearchOptions | None = None) -> list[list[SearchHit]]:

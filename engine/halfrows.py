@@ -1,7 +1,7 @@
 """Scores of float32 queries against stored float16 rows, without converting the rows first (torch-free).
 
 A collection keeps its rows as float16 (N, D), the format they are stored in; a row's float32 meaning is
-the row converted to float32 and divided by max(its L2 norm, 1e-12) (the collection's ``from_store``).
+the row converted to float32 and divided by max(its L2 norm, 1e-12) (:func:`half_rows`, the one definition).
 Exact search needs ``q @ r.T`` over those meanings. numpy's float16 -> float32 cast is the slow part
 (0.30 s for 100k x 1280 on one core; threads do not help it much), while ONNX Runtime's CPU Cast uses F16C
 (~0.03 s for the same cast). So the scores run as a tiny ONNX graph (Cast; Gemm with the queries;

@@ -11,7 +11,7 @@ Conventions
 - Both index kinds compute the returned scores the same way from the stored vectors, so an HNSW answer
   and an exact answer for the same neighbour carry the same score. A cosine index given a collection's
   stored float16 rows (``normalised=True``) keeps them as they are, by reference, and scores them as
-  :func:`engine.vectors.from_store` means them (engine.halfrows); float32 rows are kept as float32.
+  :func:`engine.halfrows.half_rows` means them; float32 rows are kept as float32.
 
 HNSW and change
 ---------------
@@ -57,8 +57,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engine.atomic import fsync_file
-from engine.halfrows import half_scores
-from engine.vectors import STORE_DTYPE, finite_half, from_store, l2n
+from engine.halfrows import half_rows, half_scores
+from engine.vectors import STORE_DTYPE, finite_half, l2n
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,9 @@ def _is_half(x: Any) -> bool:
 
 
 def _as32(x: np.ndarray) -> np.ndarray:
-    """Rows as float32 vectors: stored float16 rows through :func:`engine.vectors.from_store`, float32
+    """Rows as float32 vectors: stored float16 rows through :func:`engine.halfrows.half_rows`, float32
     ones as they are."""
-    return from_store(x) if _is_half(x) else x
+    return half_rows(x) if _is_half(x) else x
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
@@ -156,7 +156,7 @@ def _as_ids(ids: Any, n: int | None = None) -> np.ndarray:
 
 def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     """(Q, D) x (N, D) -> (Q, N) float32 scores, higher is better (inputs already prepared; stored
-    float16 rows, cosine only, are scored as :func:`engine.vectors.from_store` means them)."""
+    float16 rows, cosine only, are scored as :func:`engine.halfrows.half_rows` means them)."""
     if _is_half(x):
         return half_scores(q, x)
     s = q @ x.T

@@ -21,26 +21,8 @@ def l2n(x: np.ndarray, eps: float = EPS) -> np.ndarray:
 
 
 #: the dtype a collection stores its rows in, on disk and in memory (half the bytes of float32; the
-#: rounding moves a unit row's norm by about 1e-3, which :func:`from_store` takes back out)
+#: rounding moves a unit row's norm by about 1e-3, which :func:`engine.halfrows.half_rows` takes back out)
 STORE_DTYPE = np.float16
-
-
-def from_store(v: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False, first: int = 0) -> np.ndarray:
-    """Stored rows (n, D) (float16, or float32) -> float32 in ``out`` (or a new array), re-normalised
-    (rounding moves the norm by ~1e-3): the one meaning of a stored row as a vector. Done in blocks of
-    rows, in place, so a large block costs one pass. ``finite``: raise ValueError when a row holds a NaN
-    or an infinity (its norm says so: no extra pass; the message numbers it from ``first``)."""
-    if out is None:
-        out = np.empty(v.shape, np.float32)
-    for a in range(0, v.shape[0], 8192):
-        block = out[a:a + 8192]
-        np.copyto(block, v[a:a + 8192], casting="unsafe")
-        sq = np.einsum("ij,ij->i", block, block)
-        if finite and not np.isfinite(sq).all():
-            bad = first + a + int(np.flatnonzero(~np.isfinite(sq))[0])
-            raise ValueError(f"row {bad} holds a NaN or an infinite value")
-        block /= np.maximum(np.sqrt(sq), 1e-12)[:, None]
-    return out
 
 
 def finite_half(v: np.ndarray) -> bool:

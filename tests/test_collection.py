@@ -578,9 +578,9 @@ def test_only_the_first_descriptor_builds_its_graph_the_others_search_exactly(im
 def test_rows_are_kept_as_stored_and_the_index_holds_them_by_reference(image_folder, tmp_path):
     """The rows stay float16 in memory (what the segments hold); the graph's pending part while a folder is
     indexed and the exact index of an open are views of them, never copies; Collection.vectors is their
-    float32 meaning (from_store), made once."""
+    float32 meaning (half_rows), made once."""
+    from engine.halfrows import half_rows
     from engine.index import HnswIndex
-    from engine.vectors import from_store
 
     root = image_folder(n_classes=3, per_class=6)
     cache = tmp_path / "cache"
@@ -595,7 +595,7 @@ def test_rows_are_kept_as_stored_and_the_index_holds_them_by_reference(image_fol
     c.update(CountingModel(), batch_size=4, commit_every=100, progress=progress)
     assert shared and all(shared)  # every row pending until the final commit, none copied
     assert c._rows.stored.dtype == np.float16
-    np.testing.assert_array_equal(c.vectors, from_store(c._rows.stored))
+    np.testing.assert_array_equal(c.vectors, half_rows(c._rows.stored))
     assert c.vectors is c.vectors  # converted once
     c2 = _open(root, cache)
     assert c2._rows.stored.dtype == np.float16 and c2._f32 is None  # an open converts nothing
