@@ -169,10 +169,12 @@ def reopen(work: Path, folder: Path, trees: list[Path], rounds: int, index_args:
     (rounds interleaved, the order reversed every other round): what a user waits for once it is indexed."""
     cache = work / "cache"
     manifests = [json.loads(m.read_text()) for m in (cache / "collections").rglob("manifest.json")]
-    graph = next((m for m in manifests if m.get("graph")), manifests[0])
+    descriptor = index_args[index_args.index("--descriptor") + 1] if "--descriptor" in index_args else "gem"
+    graph = next(m for m in manifests if m["model_spec"]["descriptor"] == descriptor)  # what `search` opens
     inside = next(p for p in sorted(folder.rglob("*.jpg")))
-    print(f"\n### Reopening {folder.name} ({graph['count']:,} x {graph['dim']}, {len(graph['segments'])} segments; "
-          f"{os.cpu_count()} cores)\n")
+    print(f"\n### Reopening {folder.name}: {descriptor}, {graph['count']:,} x {graph['dim']}, "
+          f"{len(graph['segments'])} segments, graph {'saved' if graph.get('graph') else 'not built'}; "
+          f"{os.cpu_count()} cores\n")
     print("| tree | round | open s | open + first query s | graph in use at s | p50 ms before / with the graph | "
           "peak MB | `search` CLI s, photo outside / inside | load |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -188,7 +190,8 @@ def reopen(work: Path, folder: Path, trees: list[Path], rounds: int, index_args:
             for q in (work / "query.jpg", inside):
                 t = time.perf_counter()
                 s = subprocess.run([sys.executable, "-m", "engine", "search", str(q), "--collection", str(folder),
-                                    "--cache-dir", str(cache), *index_args], env=env, capture_output=True, text=True)
+                                    "--cache-dir", str(cache), *index_args], env=env, capture_output=True, text=True,
+                                   cwd=tree)  # `-m engine` imports from the working folder first
                 cli.append(time.perf_counter() - t)
                 if s.returncode:
                     eprint(f"search failed (rc {s.returncode}): {s.stderr[-1000:]}")
