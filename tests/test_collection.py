@@ -623,3 +623,15 @@ def test_a_nan_row_in_a_segment_is_refused_at_open(setup):
     c._commit_locked(False, [])  # re-sign the manifest with the changed entry
     with pytest.raises(CollectionError, match="NaN or an infinite value"):
         _open(root, cache)
+
+
+def test_distinct_paths_are_shown_by_hashes_across_segments_of_other_widths():
+    """The numpy hash check behind an open's uniqueness check: the same path in two segments (unicode arrays
+    of other widths) is never called distinct; distinct ones are; empty segments count for nothing."""
+    from engine.collection import _distinct_texts
+
+    a = np.array([f"class_{i % 7}/{i:05d}.jpg" for i in range(3000)])
+    b = np.array(["x/1.jpg", "class_3/00003.jpg", "a-much-longer-folder-name/and/file.png"])
+    assert _distinct_texts([a]) and _distinct_texts([a, np.array([], dtype="U1"), b[[0, 2]]])
+    assert not _distinct_texts([a, b])  # class_3/00003.jpg twice, 17 and 38 characters wide
+    assert not _distinct_texts([np.array(["ab"], dtype="U2"), np.array(["ab"], dtype="U9")])
