@@ -320,15 +320,18 @@ class FolderIndex:
     Collections are opened lazily (on the worker that first needs them); every method is thread-safe
     (one lock per spec: a search waits while the same spec is being written). ``rebuild_damaged``: a
     damaged cache is indexed again (a note in ``notes`` says so) instead of raising CollectionError.
+    ``load_graphs=False``: a process that searches once (the `search` command) searches exactly and never
+    loads a saved graph for it (Collection.open's ``load_graph``).
     """
 
     def __init__(self, folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
-                 rebuild_damaged: bool = True) -> None:
+                 rebuild_damaged: bool = True, load_graphs: bool = True) -> None:
         self.folder = Path(folder).expanduser().resolve()
         if not self.folder.is_dir():
             raise FileNotFoundError(f"not an image folder: {self.folder}")
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.rebuild_damaged = rebuild_damaged
+        self.load_graphs = load_graphs
         self._lock = threading.Lock()
         self._key_locks: dict[Any, threading.RLock] = {}
         self._collections: dict[ModelSpec, Any] = {}
@@ -345,7 +348,8 @@ class FolderIndex:
             coll = self._collections.get(spec)
             if coll is None:
                 try:
-                    coll = Collection.open(self.folder, model_spec=spec, cache_dir=self.cache_dir)
+                    coll = Collection.open(self.folder, model_spec=spec, cache_dir=self.cache_dir,
+                                           load_graph=self.load_graphs)
                 except CollectionError as exc:
                     if not self.rebuild_damaged:
                         raise

@@ -635,3 +635,17 @@ def test_distinct_paths_are_shown_by_hashes_across_segments_of_other_widths():
     assert _distinct_texts([a]) and _distinct_texts([a, np.array([], dtype="U1"), b[[0, 2]]])
     assert not _distinct_texts([a, b])  # class_3/00003.jpg twice, 17 and 38 characters wide
     assert not _distinct_texts([np.array(["ab"], dtype="U2"), np.array(["ab"], dtype="U9")])
+
+
+def test_an_open_for_one_search_answers_exactly_without_loading_the_graph(setup, monkeypatch):
+    """`search` opens with load_graph=False: its one search is exact, from the rows, and nmslib never reads
+    the saved graph; a change of the rows would still load it first."""
+    from engine.index import HnswIndex
+
+    root, cache, c = setup
+    assert c._graph_info  # the update saved a graph
+    exact = [[(h.relpath, h.score) for h in r] for r in c.search_many(c.vectors[:5], SearchOptions(k=3, exact=True))]
+    monkeypatch.setattr(HnswIndex, "restore", classmethod(lambda *a, **k: pytest.fail("the graph was loaded")))
+    c2 = _open(root, cache, load_graph=False)
+    got = [[(h.relpath, h.score) for h in r] for r in c2.search_many(c.vectors[:5], SearchOptions(k=3))]
+    assert got == exact and c2._index is None and c2._graph_loader is None

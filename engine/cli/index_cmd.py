@@ -78,8 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(s)
     s.add_argument("--k", type=int, default=10, help="number of results (default 10)")
     s.add_argument("--threshold", type=float, default=None, help="drop results scoring below this (cosine)")
-    s.add_argument("--exact", action="store_true", help="exact (brute-force) search instead of HNSW")
-    s.add_argument("--ef", type=int, default=None, help="HNSW search breadth for this query")
+    s.add_argument("--exact", action="store_true",
+                   help="exact (brute-force) search; the default of this one search unless --ef is given")
+    s.add_argument("--ef", type=int, default=None,
+                   help="search the HNSW graph with this breadth instead (loads the graph: for one query exact "
+                   "is faster, 0.1 s at 100,000 photos)")
     s.add_argument("--qe", choices=("average", "alpha"), default=None, help="query expansion")
     s.add_argument("--qe-top", type=int, default=5, help="neighbours used by query expansion (default 5)")
     s.add_argument("--alpha", type=float, default=3.0, help="alpha-QE exponent (default 3)")
@@ -358,10 +361,13 @@ def run_search(args: argparse.Namespace) -> int:
     query = Path(args.image or ".")
     if args.image is not None and not query.exists() and not query.is_symlink():
         raise FileNotFoundError(f"query image not found: {args.image}")
-    options = SearchOptions(k=args.k, threshold=args.threshold, exact=args.exact, ef=args.ef,
+    # one search: exact from the rows, without loading the saved graph (a second and 530 MB at 100k x 1280,
+    # where the exact search takes 0.1 s), unless an HNSW setting (--ef) was asked for
+    exact = args.exact or args.ef is None
+    options = SearchOptions(k=args.k, threshold=args.threshold, exact=exact, ef=args.ef,
                             query_expansion=args.qe, qe_top=args.qe_top, alpha=args.alpha)
     spec = spec_from_args(args)
-    index = FolderIndex(args.collection, cache_dir=args.cache_dir, rebuild_damaged=False)
+    index = FolderIndex(args.collection, cache_dir=args.cache_dir, rebuild_damaged=False, load_graphs=not exact)
     collection = index.collection(spec)
     if not collection.is_saved or len(collection) == 0:
         hint = f" --descriptor {spec.descriptor}" if args.descriptor else ""
