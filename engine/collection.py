@@ -258,6 +258,8 @@ class _GraphLoad:
         threading.Thread(target=self._run, args=(work,), name="graph-load", daemon=True).start()
 
     def _run(self, work: Any) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread has its own nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10)
         try:
             self._result = work()
         except BaseException:  # noqa: BLE001 - reported by the thread that installs the result
