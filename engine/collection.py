@@ -378,13 +378,12 @@ def _move_aside_damaged(state_dir: Path, root: Path) -> Path | None:
             return None
         if not _is_real_dir(p):
             return _aside(p)
-    for entry in os.scandir(state_dir):
-        name = entry.name
-        if entry.is_dir(follow_symlinks=False) and name.startswith("gen-"):
-            continue  # the old format's folders, collected at the next commit
-        if not entry.is_file(follow_symlinks=False):
-            return _aside(state_dir)
-    return None
+    with os.scandir(state_dir) as entries:  # closed before the folder is moved
+        # the old format's gen-* folders are collected at the next commit; anything else but a file is wrong
+        odd = any(not entry.is_file(follow_symlinks=False)
+                  and not (entry.is_dir(follow_symlinks=False) and entry.name.startswith("gen-"))
+                  for entry in entries)
+    return _aside(state_dir) if odd else None
 
 
 def _aside(p: Path) -> Path:
