@@ -506,9 +506,9 @@ class ExactIndex(VectorIndex):
 
     def build(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
         """Replace the contents with ``vectors`` (N, D) under ``ids`` (N,). Rows already prepared
-        (``normalised`` cosine rows, float32, C-contiguous) are kept by reference, not copied (a
-        collection's committed rows: 512 MB at 100k x 1280), and not checked for NaN again (they were,
-        when stored or loaded); the caller must not change them afterwards."""
+        (``normalised`` cosine rows, float32 or stored float16, C-contiguous) are kept by reference, not
+        copied (a collection's committed rows: 256 MB of float16 at 100k x 1280), and not checked for NaN
+        again (they were, when stored or loaded); the caller must not change them afterwards."""
         ready = normalised and self._metric == "cosine" and isinstance(vectors, np.ndarray) \
             and vectors.dtype == np.float32 and vectors.ndim == 2 and vectors.shape[1] == self._dim \
             and vectors.flags.c_contiguous
@@ -724,8 +724,9 @@ class HnswIndex(VectorIndex):
 
     def build(self, vectors: np.ndarray, ids: np.ndarray, *, normalised: bool = False) -> None:
         """Replace the contents with ``vectors`` (N, D) under ``ids`` (N,) and build the graph now.
-        Rows already prepared (``normalised`` cosine rows, float32, C-contiguous) are kept by reference,
-        not copied: the caller must not change them afterwards (a collection's committed rows)."""
+        Rows already prepared (``normalised`` cosine rows, float32 or stored float16, C-contiguous) are
+        kept by reference, not copied: the caller must not change them afterwards (a collection's
+        committed rows); nmslib gets its float32 copy block by block."""
         x = self._rows_in(vectors, normalised)
         ids = _as_ids(ids, x.shape[0])
         self._bx, self._bids = x, ids
@@ -851,8 +852,8 @@ class HnswIndex(VectorIndex):
         if gids.ndim != 1 or not np.issubdtype(gids.dtype, np.integer) or np.unique(gids).size != gids.size:
             raise IndexCorruptError("the HNSW graph ids are damaged")
         gids = gids.astype(np.int64)
-        bx = vectors_of(gids)
-        if getattr(bx, "shape", None) != (gids.shape[0], dim):
+        bx = np.asarray(vectors_of(gids))  # stored float16 rows stay float16 (no copy)
+        if bx.shape != (gids.shape[0], dim):
             raise IndexCorruptError("the HNSW graph does not match the stored vectors")
         bx = index._rows_in(np.ascontiguousarray(bx), normalised)
         live_ids = np.asarray(live_ids, np.int64)
