@@ -850,14 +850,11 @@ class Collection:
         with self._lock:
             self._live_index()
 
-    def _read_meta(self, seg: dict[str, Any], data: bytes | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _read_meta(self, seg: dict[str, Any], data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A segment's ids, sizes, mtimes (n,) int64 and relative paths (n,) unicode, from its checked
         metadata file (``data``: its bytes, already read and checked by :func:`_read_entry`)."""
         import io
 
-        if data is None:
-            data = _read_entry(self.state_dir, seg["meta"], "the collection file", _SEGMENT_NAME, digest="sha256")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             ids, sizes, mtimes = (z[k].astype(np.int64) for k in ("ids", "sizes", "mtimes"))
             paths = z["paths"]

@@ -211,13 +211,9 @@ def _block_rows(d: int) -> int:
     return max(1, BLOCK_ELEMENTS // max(d, 1))
 
 
-def _norms(b32: np.ndarray, finite: bool = False, first: int = 0) -> np.ndarray:
-    """(n, D) float32 -> (n,) max(L2 norm, EPS). ``finite``: raise ValueError when a row holds a NaN or an
-    infinity (its squared norm says so: no extra pass), numbering it from ``first``."""
-    sq = np.einsum("ij,ij->i", b32, b32)
-    if finite and not np.isfinite(sq).all():
-        raise ValueError(f"row {first + int(np.flatnonzero(~np.isfinite(sq))[0])} holds a NaN or an infinite value")
-    return np.maximum(np.sqrt(sq), EPS)
+def _norms(b32: np.ndarray) -> np.ndarray:
+    """(n, D) float32 -> (n,) max(L2 norm, EPS)."""
+    return np.maximum(np.sqrt(np.einsum("ij,ij->i", b32, b32)), EPS)
 
 
 def _check_rows(rows: np.ndarray) -> None:
@@ -266,12 +262,11 @@ def half_scores(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def half_rows(rows: np.ndarray, out: np.ndarray | None = None, *, finite: bool = False,
-              first: int = 0) -> np.ndarray:
+def half_rows(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """rows (n, D) float16 -> ``out`` (n, D) float32 (or a new array), each row divided by max(its norm,
     1e-12): the stored rows' float32 meaning. The cast runs in ONNX Runtime from ~1M elements (numpy
     below), written straight into ``out``; the norms are numpy's, so both paths give the same bits.
-    ``finite``: raise ValueError naming the first row (numbered from ``first``) with a NaN or an infinity."""
+    Finiteness is the reader's check (engine.vectors.finite_half, on the float16 bits)."""
     _check_rows(rows)
     n, d = rows.shape
     if out is None:
@@ -293,7 +288,7 @@ def half_rows(rows: np.ndarray, out: np.ndarray | None = None, *, finite: bool =
             else:
                 np.copyto(dst, block, casting="unsafe")
             with np.errstate(invalid="ignore"):  # an unchecked infinite row becomes NaN, without a warning
-                dst /= _norms(dst, finite, first + a)[:, None]
+                dst /= _norms(dst)[:, None]
 
     _in_parts(n, d, part)
     return out

@@ -114,19 +114,6 @@ def test_half_rows_equal_the_reference(n, d, numpy_only):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("path", ["auto", "numpy"])
-def test_half_rows_names_the_first_row_that_is_not_finite(path, monkeypatch):
-    """Bad rows in both halves of a parallel call: the message names the first (numbered from ``first``)."""
-    if path == "numpy":
-        monkeypatch.setattr(hr, "_sessions", {"scores": None, "cast": None})
-    _, rows = _data(1, 1700, 1280, seed=7)
-    rows[1500, 3] = np.inf
-    rows[600, 0] = np.nan  # halves: rows 0-849 and 850-1699
-    hr.half_rows(rows)  # not checked: no error
-    with pytest.raises(ValueError, match="row 1600 holds a NaN or an infinite value"):
-        hr.half_rows(rows, finite=True, first=1000)
-
-
 def test_a_session_that_cannot_be_made_falls_back_to_numpy(monkeypatch):
     monkeypatch.setattr(hr, "_sessions", {})
     monkeypatch.setitem(hr._MODELS, "scores", lambda: b"not an onnx model")
